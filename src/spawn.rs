@@ -1,0 +1,348 @@
+//! fork/exec of one worker with the fd layout and environment of the worker
+//! contract: listeners at fds 3.., `LISTEN_FDS`, `LISTEN_PID` = the worker's
+//! own pid, `SHEEPDOG_WORKER_ID`, `SHEEPDOG_GENERATION`; stdin on /dev/null;
+//! no other fd; its own process group; dead with the supervisor.
+//!
+//! Everything that allocates happens before fork. Between fork and exec the
+//! child makes only async-signal-safe calls (raw libc), and reports a failure
+//! (chdir or exec) through a close-on-exec pipe, so the parent can log
+//! "cannot execute" instead of a bare exit code 127.
+
+use std::collections::BTreeMap;
+use std::ffi::{CString, OsStr, OsString};
+use std::fmt;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+
+use crate::flock::Pid;
+
+/// Variables of systemd's that are meant for sheepdog alone: a worker talks to
+/// sheepdog, and sheepdog talks to systemd.
+const SCRUBBED: [&str; 6] = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"];
+
+const LISTEN_FDS_START: RawFd = 3;
+const MAX_LISTENERS: usize = 64;
+
+#[derive(Debug)]
+pub struct SpawnError(pub String);
+
+impl fmt::Display for SpawnError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Everything needed to start a worker, prepared once.
+pub struct WorkerCommand {
+    argv: Vec<CString>,
+    /// The environment shared by every worker (sheepdog's, scrubbed, plus `env`).
+    env: Vec<CString>,
+    path_var: OsString,
+    working_directory: Option<PathBuf>,
+    listeners: Vec<RawFd>,
+    fdnames: Option<String>,
+    devnull: OwnedFd,
+}
+
+/// What the parent learnt from the child before its exec.
+const STAGE_CHDIR: u8 = 1;
+const STAGE_EXEC: u8 = 2;
+const STAGE_FDS: u8 = 3;
+
+impl WorkerCommand {
+    pub fn new(
+        command: &[String],
+        extra_env: &BTreeMap<String, String>,
+        working_directory: Option<&Path>,
+        listeners: Vec<RawFd>,
+        fdnames: Option<String>,
+    ) -> Result<WorkerCommand, SpawnError> {
+        let cstring = |bytes: Vec<u8>, what: &str| {
+            CString::new(bytes).map_err(|_| SpawnError(format!("{what} contains a NUL byte")))
+        };
+        let argv = command
+            .iter()
+            .map(|arg| cstring(arg.clone().into_bytes(), "the command"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut vars: BTreeMap<OsString, OsString> = std::env::vars_os()
+            .filter(|(key, _)| !SCRUBBED.iter().any(|s| OsStr::new(s) == key))
+            .collect();
+        for (key, value) in extra_env {
+            vars.insert(key.into(), value.into());
+        }
+        let path_var = vars.get(OsStr::new("PATH")).cloned().unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+        let env = vars
+            .into_iter()
+            .map(|(key, value)| {
+                let mut entry = key.into_vec();
+                entry.push(b'=');
+                entry.extend(value.into_vec());
+                cstring(entry, "an environment variable")
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let devnull = nix::fcntl::open("/dev/null", OFlag::O_RDWR | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
+            .map_err(|e| SpawnError(format!("cannot open /dev/null: {}", e.desc())))?;
+        let command = WorkerCommand {
+            argv,
+            env,
+            path_var,
+            working_directory: working_directory.map(Path::to_path_buf),
+            listeners,
+            fdnames,
+            devnull,
+        };
+        if command.listeners.len() > MAX_LISTENERS {
+            return Err(SpawnError(format!("{} listening sockets; at most {MAX_LISTENERS} are supported", command.listeners.len())));
+        }
+        command.resolve_program()?;
+        Ok(command)
+    }
+
+    /// The program to exec: argv[0] if it has a slash (relative to the working
+    /// directory), else the first executable match in the workers' PATH.
+    pub fn resolve_program(&self) -> Result<PathBuf, SpawnError> {
+        let program = Path::new(OsStr::from_bytes(self.argv[0].as_bytes()));
+        if program.as_os_str().as_bytes().contains(&b'/') {
+            let full = match &self.working_directory {
+                Some(dir) if program.is_relative() => dir.join(program),
+                _ => program.to_path_buf(),
+            };
+            return if is_executable(&full) {
+                Ok(program.to_path_buf())
+            } else {
+                Err(SpawnError(format!("command {} is not an executable file", full.display())))
+            };
+        }
+        std::env::split_paths(&self.path_var)
+            .map(|dir| dir.join(program))
+            .find(|candidate| is_executable(candidate))
+            .ok_or_else(|| SpawnError(format!("command `{}` not found in PATH", program.display())))
+    }
+
+    /// Forks and execs the worker for `slot`. Returns once the child has
+    /// exec'd (or failed to, which is reported and then reaped as exit 127).
+    pub fn spawn(&self, slot: usize, generation: u32) -> Result<Pid, SpawnError> {
+        let program = CString::new(self.resolve_program()?.into_os_string().into_vec())
+            .map_err(|_| SpawnError("the program path contains a NUL byte".into()))?;
+        let directory = match &self.working_directory {
+            Some(dir) => Some(
+                CString::new(dir.as_os_str().as_bytes())
+                    .map_err(|_| SpawnError("working_directory contains a NUL byte".into()))?,
+            ),
+            None => None,
+        };
+        let mut env = self.env.clone();
+        env.push(CString::new(format!("SHEEPDOG_WORKER_ID={slot}")).expect("no NUL"));
+        env.push(CString::new(format!("SHEEPDOG_GENERATION={generation}")).expect("no NUL"));
+        env.push(CString::new(format!("LISTEN_FDS={}", self.listeners.len())).expect("no NUL"));
+        if let Some(names) = &self.fdnames {
+            env.push(CString::new(format!("LISTEN_FDNAMES={names}")).map_err(|_| SpawnError("LISTEN_FDNAMES contains a NUL byte".into()))?);
+        }
+        // LISTEN_PID must be the worker's own pid, known only after fork: the
+        // child writes its digits into this fixed-width buffer.
+        let mut listen_pid = *b"LISTEN_PID=\0\0\0\0\0\0\0\0\0\0\0\0";
+        let mut envp: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
+        envp.push(listen_pid.as_ptr().cast());
+        envp.push(std::ptr::null());
+        let mut argv: Vec<*const libc::c_char> = self.argv.iter().map(|a| a.as_ptr()).collect();
+        argv.push(std::ptr::null());
+
+        let (report_read, report_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
+            .map_err(|e| SpawnError(format!("cannot create a pipe: {}", e.desc())))?;
+        let child = ChildPlan {
+            program: program.as_ptr(),
+            argv: argv.as_ptr(),
+            envp: envp.as_ptr(),
+            directory: directory.as_ref().map_or(std::ptr::null(), |d| d.as_ptr()),
+            listeners: &self.listeners,
+            devnull: self.devnull.as_raw_fd(),
+            report: report_write.as_raw_fd(),
+            parent: nix::unistd::getpid().as_raw(),
+            listen_pid: listen_pid.as_mut_ptr(),
+            max_signal: libc::SIGRTMAX(),
+        };
+
+        // Signals stay blocked across fork, so that no handler of sheepdog's
+        // runs in the child before it has reset them.
+        let all = nix::sys::signal::SigSet::all();
+        let mut previous = nix::sys::signal::SigSet::empty();
+        nix::sys::signal::pthread_sigmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(&all), Some(&mut previous))
+            .map_err(|e| SpawnError(format!("cannot block signals: {}", e.desc())))?;
+        // Safety: the child runs only `child.exec()`, which makes async-signal-safe calls only.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            unsafe { child.exec() }
+        }
+        let fork_error = Errno::last();
+        let _ = nix::sys::signal::pthread_sigmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(&previous), None);
+        if pid < 0 {
+            return Err(SpawnError(format!("fork failed: {}", fork_error.desc())));
+        }
+        drop(report_write);
+
+        // EOF means exec succeeded; 5 bytes mean the child reports a failure.
+        let mut report = [0u8; 5];
+        let mut got = 0;
+        while got < report.len() {
+            match nix::unistd::read(&report_read, &mut report[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    log::warn!("worker {slot} (pid {pid}): cannot read its exec report: {}", e.desc());
+                    break;
+                }
+            }
+        }
+        if got == report.len() {
+            let errno = Errno::from_raw(i32::from_ne_bytes([report[1], report[2], report[3], report[4]]));
+            let what = match report[0] {
+                STAGE_CHDIR => format!("cannot change to working_directory {}", self.working_directory.as_deref().unwrap_or(Path::new("?")).display()),
+                STAGE_EXEC => format!("cannot execute {}", program.to_string_lossy()),
+                _ => "cannot set up its file descriptors".to_string(),
+            };
+            log::error!("worker {slot} (pid {pid}): {what}: {}", errno.desc());
+        }
+        Ok(pid)
+    }
+}
+
+fn is_executable(path: &Path) -> bool {
+    nix::unistd::access(path, nix::unistd::AccessFlags::X_OK).is_ok() && path.is_file()
+}
+
+/// Raw pointers prepared by the parent for the child, which must not allocate.
+struct ChildPlan<'a> {
+    program: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+    directory: *const libc::c_char,
+    listeners: &'a [RawFd],
+    devnull: RawFd,
+    report: RawFd,
+    parent: libc::pid_t,
+    listen_pid: *mut u8,
+    max_signal: libc::c_int,
+}
+
+impl ChildPlan<'_> {
+    /// Runs in the forked child. Never returns.
+    unsafe fn exec(&self) -> ! {
+        unsafe {
+            // A clean slate: default dispositions (Rust ignores SIGPIPE, and
+            // exec keeps ignored signals ignored), then an empty mask.
+            for signal in 1..=self.max_signal {
+                if signal != libc::SIGKILL && signal != libc::SIGSTOP {
+                    libc::signal(signal, libc::SIG_DFL);
+                }
+            }
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+
+            // Its own process group: a `kill(0, …)` in one worker cannot hit
+            // the others, and sheepdog can signal a worker's whole group.
+            libc::setpgid(0, 0);
+            // Dies with sheepdog, even by SIGKILL. Re-check the parent to close
+            // the race where sheepdog died before the prctl.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+            if libc::getppid() != self.parent {
+                libc::_exit(1);
+            }
+
+            write_decimal(self.listen_pid.add(b"LISTEN_PID=".len()), libc::getpid() as u32);
+
+            if libc::dup2(self.devnull, 0) < 0 {
+                self.fail(STAGE_FDS);
+            }
+            // Listeners to 3..3+n. First move them above that range (close-on-
+            // exec copies), so that no source is overwritten before it is copied.
+            let count = self.listeners.len() as RawFd;
+            let mut high = [0 as RawFd; MAX_LISTENERS];
+            for (i, &fd) in self.listeners.iter().enumerate().take(high.len()) {
+                high[i] = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, LISTEN_FDS_START + count);
+                if high[i] < 0 {
+                    self.fail(STAGE_FDS);
+                }
+            }
+            for i in 0..self.listeners.len().min(high.len()) {
+                // dup2 clears close-on-exec on the target: these survive exec.
+                if libc::dup2(high[i], LISTEN_FDS_START + i as RawFd) < 0 {
+                    self.fail(STAGE_FDS);
+                }
+            }
+            // Whatever else sheepdog itself inherited or opened: close on exec.
+            let first_other = (LISTEN_FDS_START + count) as libc::c_uint;
+            if libc::syscall(libc::SYS_close_range, first_other, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC) != 0 {
+                for fd in first_other as RawFd..4096 {
+                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                }
+            }
+            if !self.directory.is_null() && libc::chdir(self.directory) != 0 {
+                self.fail(STAGE_CHDIR);
+            }
+            libc::execve(self.program, self.argv, self.envp);
+            self.fail(STAGE_EXEC)
+        }
+    }
+
+    unsafe fn fail(&self, stage: u8) -> ! {
+        unsafe {
+            let errno = *libc::__errno_location();
+            let mut report = [stage, 0, 0, 0, 0];
+            report[1..].copy_from_slice(&errno.to_ne_bytes());
+            libc::write(self.report, report.as_ptr().cast(), report.len());
+            libc::_exit(127)
+        }
+    }
+}
+
+/// Writes `value` in decimal followed by a NUL, without allocating.
+unsafe fn write_decimal(out: *mut u8, mut value: u32) {
+    let mut digits = [0u8; 10];
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (value % 10) as u8;
+        value /= 10;
+        len += 1;
+        if value == 0 {
+            break;
+        }
+    }
+    for i in 0..len {
+        unsafe { *out.add(i) = digits[len - 1 - i] };
+    }
+    unsafe { *out.add(len) = 0 };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal_digits_fit_the_buffer() {
+        let mut buffer = [0xffu8; 11];
+        unsafe { write_decimal(buffer.as_mut_ptr(), 4_194_304) };
+        assert_eq!(&buffer[..8], b"4194304\0");
+        unsafe { write_decimal(buffer.as_mut_ptr(), 0) };
+        assert_eq!(&buffer[..2], b"0\0");
+        unsafe { write_decimal(buffer.as_mut_ptr(), u32::MAX) };
+        assert_eq!(&buffer[..11], b"4294967295\0");
+    }
+
+    #[test]
+    fn a_missing_program_is_reported_before_any_fork() {
+        let err = WorkerCommand::new(&["no-such-program-sheepdog".into()], &BTreeMap::new(), None, vec![], None)
+            .err()
+            .unwrap();
+        assert_eq!(err.0, "command `no-such-program-sheepdog` not found in PATH");
+        let err = WorkerCommand::new(&["./nope.sh".into()], &BTreeMap::new(), Some(Path::new("/tmp")), vec![], None)
+            .err()
+            .unwrap();
+        assert_eq!(err.0, "command /tmp/./nope.sh is not an executable file");
+    }
+}
