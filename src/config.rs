@@ -12,7 +12,7 @@ use nix::sys::signal::Signal;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::units::{format_duration, HumanDuration};
+use crate::units::{HumanDuration, format_duration};
 
 /// The most workers one sheepdog will run, whatever the config or SIGTTIN say.
 pub const MAX_WORKERS: u32 = 4096;
@@ -182,13 +182,19 @@ impl FromStr for StopSignal {
 
     fn from_str(text: &str) -> Result<Self, String> {
         let upper = text.to_ascii_uppercase();
-        let name = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+        let name = if upper.starts_with("SIG") {
+            upper
+        } else {
+            format!("SIG{upper}")
+        };
         match Signal::from_str(&name) {
-            Ok(Signal::SIGKILL | Signal::SIGSTOP) => {
-                Err(format!("{name} cannot be caught, so it cannot ask for a graceful stop"))
-            }
+            Ok(Signal::SIGKILL | Signal::SIGSTOP) => Err(format!(
+                "{name} cannot be caught, so it cannot ask for a graceful stop"
+            )),
             Ok(signal) => Ok(StopSignal(signal)),
-            Err(_) => Err(format!("\"{text}\" is not a signal name (e.g. \"SIGTERM\", \"SIGQUIT\")")),
+            Err(_) => Err(format!(
+                "\"{text}\" is not a signal name (e.g. \"SIGTERM\", \"SIGQUIT\")"
+            )),
         }
     }
 }
@@ -271,14 +277,19 @@ impl Settings {
         match path {
             None => Settings::from_toml("", None, overrides),
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| ConfigError(format!("{}: cannot read the config: {e}", path.display())))?;
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError(format!("{}: cannot read the config: {e}", path.display()))
+                })?;
                 Settings::from_toml(&text, Some(path), overrides)
             }
         }
     }
 
-    pub fn from_toml(text: &str, path: Option<&Path>, overrides: &Overrides) -> Result<Settings, ConfigError> {
+    pub fn from_toml(
+        text: &str,
+        path: Option<&Path>,
+        overrides: &Overrides,
+    ) -> Result<Settings, ConfigError> {
         let name = path.map_or("<config>".to_string(), |p| p.display().to_string());
         let locate = |span: Option<std::ops::Range<usize>>| match span {
             Some(span) => {
@@ -288,11 +299,15 @@ impl Settings {
             None => name.clone(),
         };
         let file: FileConfig = {
-            let deserializer = toml::de::Deserializer::parse(text)
-                .map_err(|e| ConfigError(format!("{}: {}", locate(e.span()), e.message().trim())))?;
+            let deserializer = toml::de::Deserializer::parse(text).map_err(|e| {
+                ConfigError(format!("{}: {}", locate(e.span()), e.message().trim()))
+            })?;
             serde_path_to_error::deserialize(deserializer).map_err(|e| {
                 // Spanned<T> shows up in the path as a private field: not a key.
-                let key = e.path().to_string().replace(".$__serde_spanned_private_value", "");
+                let key = e
+                    .path()
+                    .to_string()
+                    .replace(".$__serde_spanned_private_value", "");
                 let inner = e.into_inner();
                 let message = inner.message().trim().to_string();
                 if key == "." || message.starts_with("unknown field") {
@@ -310,14 +325,20 @@ impl Settings {
             overrides.command.clone()
         } else {
             match &file.command {
-                Some(command) if command.get_ref().is_empty() || command.get_ref()[0].is_empty() => {
-                    return Err(invalid(command.span(), "command", "is empty: name a program, e.g. [\"node\", \"server.js\"]".into()));
+                Some(command)
+                    if command.get_ref().is_empty() || command.get_ref()[0].is_empty() =>
+                {
+                    return Err(invalid(
+                        command.span(),
+                        "command",
+                        "is empty: name a program, e.g. [\"node\", \"server.js\"]".into(),
+                    ));
                 }
                 Some(command) => command.get_ref().clone(),
                 None => {
                     return Err(ConfigError(format!(
                         "{name}: no command to run: set `command = [\"node\", \"server.js\"]` in the config or pass it after `--`"
-                    )))
+                    )));
                 }
             }
         };
@@ -328,28 +349,63 @@ impl Settings {
             .resolve();
         let min_ready = match &file.min_ready {
             Some(min) if *min.get_ref() == 0 => {
-                return Err(invalid(min.span(), "min_ready", "must be at least 1".into()));
+                return Err(invalid(
+                    min.span(),
+                    "min_ready",
+                    "must be at least 1".into(),
+                ));
             }
             Some(min) if *min.get_ref() > workers => {
-                return Err(invalid(min.span(), "min_ready", format!("is {} but there are only {workers} workers", min.get_ref())));
+                return Err(invalid(
+                    min.span(),
+                    "min_ready",
+                    format!("is {} but there are only {workers} workers", min.get_ref()),
+                ));
             }
             Some(min) => *min.get_ref(),
             None => workers,
         };
-        let backoff_initial = file.backoff_initial.as_ref().map_or(Duration::from_millis(500), |b| b.get_ref().0);
-        let backoff_max = file.backoff_max.as_ref().map_or(Duration::from_secs(30), |b| b.get_ref().0);
-        if let Some(initial) = &file.backoff_initial {
-            if initial.get_ref().0 < Duration::from_millis(10) {
-                return Err(invalid(initial.span(), "backoff_initial", "must be at least 10ms, or a crashing worker becomes a fork storm".into()));
-            }
+        let backoff_initial = file
+            .backoff_initial
+            .as_ref()
+            .map_or(Duration::from_millis(500), |b| b.get_ref().0);
+        let backoff_max = file
+            .backoff_max
+            .as_ref()
+            .map_or(Duration::from_secs(30), |b| b.get_ref().0);
+        if let Some(initial) = &file.backoff_initial
+            && initial.get_ref().0 < Duration::from_millis(10)
+        {
+            return Err(invalid(
+                initial.span(),
+                "backoff_initial",
+                "must be at least 10ms, or a crashing worker becomes a fork storm".into(),
+            ));
         }
         if backoff_max < backoff_initial {
-            let span = file.backoff_max.as_ref().or(file.backoff_initial.as_ref()).map(|s| s.span()).unwrap_or(0..0);
-            return Err(invalid(span, "backoff_max", format!("{} is shorter than backoff_initial {}", format_duration(backoff_max), format_duration(backoff_initial))));
+            let span = file
+                .backoff_max
+                .as_ref()
+                .or(file.backoff_initial.as_ref())
+                .map(|s| s.span())
+                .unwrap_or(0..0);
+            return Err(invalid(
+                span,
+                "backoff_max",
+                format!(
+                    "{} is shorter than backoff_initial {}",
+                    format_duration(backoff_max),
+                    format_duration(backoff_initial)
+                ),
+            ));
         }
         let max_spawn_rate = match &file.max_spawn_rate {
             Some(rate) if *rate.get_ref() == 0 => {
-                return Err(invalid(rate.span(), "max_spawn_rate", "must be at least 1 spawn per second".into()));
+                return Err(invalid(
+                    rate.span(),
+                    "max_spawn_rate",
+                    "must be at least 1 spawn per second".into(),
+                ));
             }
             Some(rate) => *rate.get_ref(),
             None => 20,
@@ -357,11 +413,15 @@ impl Settings {
         let listen = if !overrides.listen.is_empty() {
             overrides.listen.clone()
         } else {
-            file.listen.unwrap_or_else(|| vec![DEFAULT_LISTEN.parse().expect("the default address parses")])
+            file.listen.unwrap_or_else(|| {
+                vec![DEFAULT_LISTEN.parse().expect("the default address parses")]
+            })
         };
         // Relative paths in a config file are relative to the file, not to
         // wherever sheepdog happened to be started from.
-        let base = path.and_then(Path::parent).filter(|p| !p.as_os_str().is_empty());
+        let base = path
+            .and_then(Path::parent)
+            .filter(|p| !p.as_os_str().is_empty());
         let working_directory = file.working_directory.map(|dir| match base {
             Some(base) if dir.is_relative() => base.join(dir),
             _ => dir,
@@ -395,25 +455,52 @@ impl Settings {
     pub fn describe(&self) -> String {
         let mut out = String::new();
         let quoted = |items: &mut dyn Iterator<Item = String>| {
-            items.map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ")
+            items
+                .map(|s| format!("{s:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         };
-        let _ = writeln!(out, "command = [{}]", quoted(&mut self.command.iter().cloned()));
+        let _ = writeln!(
+            out,
+            "command = [{}]",
+            quoted(&mut self.command.iter().cloned())
+        );
         let _ = writeln!(out, "workers = {}", self.workers);
         let _ = writeln!(out, "min_ready = {}", self.min_ready);
-        let _ = writeln!(out, "listen = [{}]", quoted(&mut self.listen.iter().map(|l| l.to_string())));
+        let _ = writeln!(
+            out,
+            "listen = [{}]",
+            quoted(&mut self.listen.iter().map(|l| l.to_string()))
+        );
         if let Some(dir) = &self.working_directory {
             let _ = writeln!(out, "working_directory = {:?}", dir.display().to_string());
         }
         let _ = writeln!(out, "readiness = \"{}\"", self.readiness);
-        let _ = writeln!(out, "ready_delay = \"{}\"", format_duration(self.ready_delay));
+        let _ = writeln!(
+            out,
+            "ready_delay = \"{}\"",
+            format_duration(self.ready_delay)
+        );
         let _ = writeln!(out, "stop_signal = \"{}\"", self.stop_signal.as_str());
-        let _ = writeln!(out, "stop_timeout = \"{}\"", format_duration(self.stop_timeout));
+        let _ = writeln!(
+            out,
+            "stop_timeout = \"{}\"",
+            format_duration(self.stop_timeout)
+        );
         let r = &self.restart;
         let _ = writeln!(out, "max_restarts = {}", r.max_restarts);
         let _ = writeln!(out, "restart_window = \"{}\"", format_duration(r.window));
-        let _ = writeln!(out, "backoff_initial = \"{}\"", format_duration(r.backoff_initial));
+        let _ = writeln!(
+            out,
+            "backoff_initial = \"{}\"",
+            format_duration(r.backoff_initial)
+        );
         let _ = writeln!(out, "backoff_max = \"{}\"", format_duration(r.backoff_max));
-        let _ = writeln!(out, "backoff_reset = \"{}\"", format_duration(r.backoff_reset));
+        let _ = writeln!(
+            out,
+            "backoff_reset = \"{}\"",
+            format_duration(r.backoff_reset)
+        );
         let _ = writeln!(out, "max_spawn_rate = {}", r.max_spawn_rate);
         if !self.env.is_empty() {
             let _ = writeln!(out, "\n[env]");
@@ -450,7 +537,10 @@ mod tests {
         assert_eq!(s.command, vec!["node", "server.js"]);
         assert_eq!(s.workers, 3);
         assert_eq!(s.min_ready, 3);
-        assert_eq!(s.listen, vec![ListenAddr::Tcp("127.0.0.1:8080".parse().unwrap())]);
+        assert_eq!(
+            s.listen,
+            vec![ListenAddr::Tcp("127.0.0.1:8080".parse().unwrap())]
+        );
         assert_eq!(s.stop_signal, Signal::SIGTERM);
         assert_eq!(s.stop_timeout, Duration::from_secs(30));
         assert_eq!(s.restart.max_restarts, 10);
@@ -502,7 +592,10 @@ NODE_ENV = "production"
             &Overrides::default(),
         )
         .unwrap();
-        assert_eq!(s.working_directory, Some(PathBuf::from("/etc/sheepdog/app")));
+        assert_eq!(
+            s.working_directory,
+            Some(PathBuf::from("/etc/sheepdog/app"))
+        );
     }
 
     #[test]
@@ -516,7 +609,10 @@ NODE_ENV = "production"
         let s = Settings::from_toml("command = [\"x\"]\nworkers = 2\n", None, &overrides).unwrap();
         assert_eq!((s.workers, s.min_ready), (7, 7));
         assert_eq!(s.command, vec!["other"]);
-        assert_eq!(s.listen, vec![ListenAddr::Tcp("127.0.0.1:1".parse().unwrap())]);
+        assert_eq!(
+            s.listen,
+            vec![ListenAddr::Tcp("127.0.0.1:1".parse().unwrap())]
+        );
     }
 
     #[test]
@@ -540,7 +636,10 @@ NODE_ENV = "production"
     #[test]
     fn zero_workers_is_refused() {
         let e = error("command = [\"x\"]\nworkers = 0\n");
-        assert!(e.starts_with("app.toml:2:11: workers: must be at least 1"), "{e}");
+        assert!(
+            e.starts_with("app.toml:2:11: workers: must be at least 1"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -563,7 +662,10 @@ NODE_ENV = "production"
     #[test]
     fn cross_checks_point_at_the_right_key() {
         let e = error("command = [\"x\"]\nworkers = 2\nmin_ready = 3\n");
-        assert!(e.starts_with("app.toml:3:13: min_ready: is 3 but there are only 2 workers"), "{e}");
+        assert!(
+            e.starts_with("app.toml:3:13: min_ready: is 3 but there are only 2 workers"),
+            "{e}"
+        );
         let e = error("command = [\"x\"]\nbackoff_initial = \"5s\"\nbackoff_max = \"1s\"\n");
         assert!(e.starts_with("app.toml:3:15: backoff_max:"), "{e}");
         let e = error("command = [\"x\"]\nbackoff_initial = \"1ms\"\n");
@@ -572,16 +674,30 @@ NODE_ENV = "production"
 
     #[test]
     fn bad_signals_and_addresses_are_refused() {
-        assert!(error("command = [\"x\"]\nstop_signal = \"SIGKILL\"\n").contains("stop_signal: SIGKILL cannot be caught"));
-        assert!(error("command = [\"x\"]\nstop_signal = \"SIGBOGUS\"\n").contains("not a signal name"));
+        assert!(
+            error("command = [\"x\"]\nstop_signal = \"SIGKILL\"\n")
+                .contains("stop_signal: SIGKILL cannot be caught")
+        );
+        assert!(
+            error("command = [\"x\"]\nstop_signal = \"SIGBOGUS\"\n").contains("not a signal name")
+        );
         let e = error("command = [\"x\"]\nlisten = [\"localhost\"]\n");
-        assert!(e.contains("listen[0]: \"localhost\" is not an address"), "{e}");
+        assert!(
+            e.contains("listen[0]: \"localhost\" is not an address"),
+            "{e}"
+        );
     }
 
     #[test]
     fn describe_round_trips_through_the_parser() {
         let s = parse("command = [\"node\", \"a b.js\"]\nworkers = 2\nstop_timeout = \"90s\"\n[env]\nA = \"1\"\n").unwrap();
         let again = parse(&s.describe()).unwrap();
-        assert_eq!(again, Settings { config_file: s.config_file.clone(), ..s });
+        assert_eq!(
+            again,
+            Settings {
+                config_file: s.config_file.clone(),
+                ..s
+            }
+        );
     }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use log::{debug, error, info, warn};
 use nix::sys::signal::Signal;
 
-use crate::config::{RestartPolicy, Settings, MAX_WORKERS};
+use crate::config::{MAX_WORKERS, RestartPolicy, Settings};
 use crate::units::format_duration;
 
 pub type Pid = i32;
@@ -50,11 +50,20 @@ pub enum Event {
     /// Nothing happened but time passed.
     Tick,
     /// The shell forked the worker that `Action::Spawn` asked for.
-    Spawned { slot: usize, pid: Pid },
+    Spawned {
+        slot: usize,
+        pid: Pid,
+    },
     /// The shell could not fork it.
-    SpawnFailed { slot: usize, reason: String },
+    SpawnFailed {
+        slot: usize,
+        reason: String,
+    },
     /// `waitpid` reported a child's end.
-    Exited { pid: Pid, status: ExitStatus },
+    Exited {
+        pid: Pid,
+        status: ExitStatus,
+    },
     Request(Request),
 }
 
@@ -68,12 +77,21 @@ pub enum Upward {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    Spawn { slot: usize, generation: u32 },
+    Spawn {
+        slot: usize,
+        generation: u32,
+    },
     /// Send `signal` to the worker's process group.
-    Signal { pid: Pid, signal: Signal },
+    Signal {
+        pid: Pid,
+        signal: Signal,
+    },
     Notify(Upward),
     /// All workers are gone: exit the supervisor with this code.
-    Exit { code: i32, reason: String },
+    Exit {
+        code: i32,
+        reason: String,
+    },
 }
 
 /// The policy the core applies; a projection of `Settings`.
@@ -103,10 +121,15 @@ impl Policy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WorkerState {
     Starting,
-    Ready { since: Instant },
+    Ready {
+        since: Instant,
+    },
     /// The stop signal was sent at `since`; SIGKILL follows after the stop
     /// timeout unless `killed` says it was already sent.
-    Stopping { since: Instant, killed: bool },
+    Stopping {
+        since: Instant,
+        killed: bool,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -188,7 +211,12 @@ impl Flock {
             slots: Vec::new(),
             recent_failures: VecDeque::new(),
             total_restarts: 0,
-            budget: SpawnBudget { tokens: capacity, capacity, per_second, updated: now },
+            budget: SpawnBudget {
+                tokens: capacity,
+                capacity,
+                per_second,
+                updated: now,
+            },
             phase: Phase::Running,
             announced_ready: false,
             last_status: String::new(),
@@ -209,7 +237,10 @@ impl Flock {
     }
 
     fn ready_count(&self) -> usize {
-        self.workers.iter().filter(|w| matches!(w.state, WorkerState::Ready { .. })).count()
+        self.workers
+            .iter()
+            .filter(|w| matches!(w.state, WorkerState::Ready { .. }))
+            .count()
     }
 
     fn min_ready(&self) -> usize {
@@ -225,7 +256,12 @@ impl Flock {
             Event::SpawnFailed { slot, reason } => {
                 self.slot_mut(slot, now).spawning = false;
                 warn!("worker {slot}: could not start: {reason}");
-                self.on_failure(now, slot, &mut actions, &format!("worker {slot} could not start: {reason}"));
+                self.on_failure(
+                    now,
+                    slot,
+                    &mut actions,
+                    &format!("worker {slot} could not start: {reason}"),
+                );
             }
             Event::Exited { pid, status } => self.on_exit(now, pid, status, &mut actions),
             Event::Request(request) => self.on_request(now, request, &mut actions),
@@ -245,7 +281,10 @@ impl Flock {
                 WorkerState::Ready { since } if self.slots[worker.slot].failures > 0 => {
                     deadlines.push(since + self.policy.restart.backoff_reset)
                 }
-                WorkerState::Stopping { since, killed: false } => deadlines.push(since + self.policy.stop_timeout),
+                WorkerState::Stopping {
+                    since,
+                    killed: false,
+                } => deadlines.push(since + self.policy.stop_timeout),
                 _ => {}
             }
         }
@@ -261,7 +300,12 @@ impl Flock {
 
     fn slot_mut(&mut self, slot: usize, now: Instant) -> &mut Slot {
         while self.slots.len() <= slot {
-            self.slots.push(Slot { next_spawn: now, spawning: false, failures: 0, restarts: 0 });
+            self.slots.push(Slot {
+                next_spawn: now,
+                spawning: false,
+                failures: 0,
+                restarts: 0,
+            });
         }
         &mut self.slots[slot]
     }
@@ -275,14 +319,29 @@ impl Flock {
 
     fn on_spawned(&mut self, now: Instant, slot: usize, pid: Pid, actions: &mut Vec<Action>) {
         self.slot_mut(slot, now).spawning = false;
-        debug!("worker {slot} (pid {pid}) started, generation {}", self.generation);
+        debug!(
+            "worker {slot} (pid {pid}) started, generation {}",
+            self.generation
+        );
         let mut state = WorkerState::Starting;
         if self.phase != Phase::Running {
             // Forked in the same pass that began a shutdown: it stops like the rest.
-            state = WorkerState::Stopping { since: now, killed: false };
-            actions.push(Action::Signal { pid, signal: self.policy.stop_signal });
+            state = WorkerState::Stopping {
+                since: now,
+                killed: false,
+            };
+            actions.push(Action::Signal {
+                pid,
+                signal: self.policy.stop_signal,
+            });
         }
-        self.workers.push(Worker { slot, pid, generation: self.generation, started_at: now, state });
+        self.workers.push(Worker {
+            slot,
+            pid,
+            generation: self.generation,
+            started_at: now,
+            state,
+        });
     }
 
     fn on_exit(&mut self, now: Instant, pid: Pid, status: ExitStatus, actions: &mut Vec<Action>) {
@@ -304,7 +363,11 @@ impl Flock {
                 info!("worker {slot} (pid {pid}) {status} during shutdown");
             }
             _ => {
-                let was_ready = if matches!(worker.state, WorkerState::Ready { .. }) { "" } else { " before it was ready" };
+                let was_ready = if matches!(worker.state, WorkerState::Ready { .. }) {
+                    ""
+                } else {
+                    " before it was ready"
+                };
                 let what = format!("worker {slot} (pid {pid}) {status} after {uptime}{was_ready}");
                 self.on_failure(now, slot, actions, &what);
             }
@@ -352,15 +415,29 @@ impl Flock {
     fn on_request(&mut self, now: Instant, request: Request, actions: &mut Vec<Action>) {
         match (request, &self.phase) {
             (Request::Stop, Phase::Running) => {
-                info!("stopping {} workers (stop signal {}, timeout {})", self.workers.len(), self.policy.stop_signal.as_str(), format_duration(self.policy.stop_timeout));
+                info!(
+                    "stopping {} workers (stop signal {}, timeout {})",
+                    self.workers.len(),
+                    self.policy.stop_signal.as_str(),
+                    format_duration(self.policy.stop_timeout)
+                );
                 self.begin_shutdown(now, 0, "stopped on request".into(), actions);
             }
             (Request::Stop, Phase::ShuttingDown { .. }) => {
-                warn!("second stop request: killing the remaining {} workers now", self.workers.len());
+                warn!(
+                    "second stop request: killing the remaining {} workers now",
+                    self.workers.len()
+                );
                 for worker in &mut self.workers {
                     if !matches!(worker.state, WorkerState::Stopping { killed: true, .. }) {
-                        worker.state = WorkerState::Stopping { since: now, killed: true };
-                        actions.push(Action::Signal { pid: worker.pid, signal: Signal::SIGKILL });
+                        worker.state = WorkerState::Stopping {
+                            since: now,
+                            killed: true,
+                        };
+                        actions.push(Action::Signal {
+                            pid: worker.pid,
+                            signal: Signal::SIGKILL,
+                        });
                     }
                 }
             }
@@ -387,13 +464,25 @@ impl Flock {
         }
     }
 
-    fn begin_shutdown(&mut self, now: Instant, code: i32, reason: String, actions: &mut Vec<Action>) {
+    fn begin_shutdown(
+        &mut self,
+        now: Instant,
+        code: i32,
+        reason: String,
+        actions: &mut Vec<Action>,
+    ) {
         self.phase = Phase::ShuttingDown { code, reason };
         actions.push(Action::Notify(Upward::Stopping));
         for worker in &mut self.workers {
             if !matches!(worker.state, WorkerState::Stopping { .. }) {
-                worker.state = WorkerState::Stopping { since: now, killed: false };
-                actions.push(Action::Signal { pid: worker.pid, signal: self.policy.stop_signal });
+                worker.state = WorkerState::Stopping {
+                    since: now,
+                    killed: false,
+                };
+                actions.push(Action::Signal {
+                    pid: worker.pid,
+                    signal: self.policy.stop_signal,
+                });
             }
         }
     }
@@ -402,7 +491,10 @@ impl Flock {
         self.escalate_stops(now, actions);
         if let Phase::ShuttingDown { code, reason } = &self.phase {
             if self.workers.is_empty() && !self.slots.iter().any(|s| s.spawning) {
-                actions.push(Action::Exit { code: *code, reason: reason.clone() });
+                actions.push(Action::Exit {
+                    code: *code,
+                    reason: reason.clone(),
+                });
             }
             self.update_status(actions);
             return;
@@ -422,25 +514,44 @@ impl Flock {
     fn escalate_stops(&mut self, now: Instant, actions: &mut Vec<Action>) {
         let timeout = self.policy.stop_timeout;
         for worker in &mut self.workers {
-            if let WorkerState::Stopping { since, killed: false } = worker.state {
-                if now.saturating_duration_since(since) >= timeout {
-                    warn!("worker {} (pid {}) did not stop within {}; sending SIGKILL", worker.slot, worker.pid, format_duration(timeout));
-                    worker.state = WorkerState::Stopping { since, killed: true };
-                    actions.push(Action::Signal { pid: worker.pid, signal: Signal::SIGKILL });
-                }
+            if let WorkerState::Stopping {
+                since,
+                killed: false,
+            } = worker.state
+                && now.saturating_duration_since(since) >= timeout
+            {
+                warn!(
+                    "worker {} (pid {}) did not stop within {}; sending SIGKILL",
+                    worker.slot,
+                    worker.pid,
+                    format_duration(timeout)
+                );
+                worker.state = WorkerState::Stopping {
+                    since,
+                    killed: true,
+                };
+                actions.push(Action::Signal {
+                    pid: worker.pid,
+                    signal: Signal::SIGKILL,
+                });
             }
         }
     }
 
     fn promote_ready(&mut self, now: Instant) {
-        let (ready_delay, backoff_reset) = (self.policy.ready_delay, self.policy.restart.backoff_reset);
+        let (ready_delay, backoff_reset) =
+            (self.policy.ready_delay, self.policy.restart.backoff_reset);
         for worker in &mut self.workers {
             match worker.state {
-                WorkerState::Starting if now.saturating_duration_since(worker.started_at) >= ready_delay => {
+                WorkerState::Starting
+                    if now.saturating_duration_since(worker.started_at) >= ready_delay =>
+                {
                     debug!("worker {} (pid {}) is ready", worker.slot, worker.pid);
                     worker.state = WorkerState::Ready { since: now };
                 }
-                WorkerState::Ready { since } if now.saturating_duration_since(since) >= backoff_reset => {
+                WorkerState::Ready { since }
+                    if now.saturating_duration_since(since) >= backoff_reset =>
+                {
                     self.slots[worker.slot].failures = 0;
                 }
                 _ => {}
@@ -451,10 +562,22 @@ impl Flock {
     /// Stops the workers of slots above the desired count (after a scale-down).
     fn retire_surplus(&mut self, now: Instant, actions: &mut Vec<Action>) {
         for worker in &mut self.workers {
-            if worker.slot >= self.desired && !matches!(worker.state, WorkerState::Stopping { .. }) {
-                info!("worker {} (pid {}) retired by scale-down; sending {}", worker.slot, worker.pid, self.policy.stop_signal.as_str());
-                worker.state = WorkerState::Stopping { since: now, killed: false };
-                actions.push(Action::Signal { pid: worker.pid, signal: self.policy.stop_signal });
+            if worker.slot >= self.desired && !matches!(worker.state, WorkerState::Stopping { .. })
+            {
+                info!(
+                    "worker {} (pid {}) retired by scale-down; sending {}",
+                    worker.slot,
+                    worker.pid,
+                    self.policy.stop_signal.as_str()
+                );
+                worker.state = WorkerState::Stopping {
+                    since: now,
+                    killed: false,
+                };
+                actions.push(Action::Signal {
+                    pid: worker.pid,
+                    signal: self.policy.stop_signal,
+                });
             }
         }
     }
@@ -467,21 +590,36 @@ impl Flock {
                 continue;
             }
             if self.budget.tokens < 1.0 {
-                debug!("spawn rate limit reached ({}/s); slot {slot} waits", self.policy.restart.max_spawn_rate);
+                debug!(
+                    "spawn rate limit reached ({}/s); slot {slot} waits",
+                    self.policy.restart.max_spawn_rate
+                );
                 break;
             }
             self.budget.tokens -= 1.0;
             self.slots[slot].spawning = true;
-            actions.push(Action::Spawn { slot, generation: self.generation });
+            actions.push(Action::Spawn {
+                slot,
+                generation: self.generation,
+            });
         }
     }
 
     /// One line for `systemctl status`, sent when it changes.
     fn status_line(&self) -> String {
         match &self.phase {
-            Phase::Running => format!("{}/{} ready · {} restarts", self.ready_count(), self.desired, self.total_restarts),
-            Phase::ShuttingDown { code: 0, .. } => format!("stopping · {} workers left", self.workers.len()),
-            Phase::ShuttingDown { reason, .. } => format!("failed · {} workers left · {reason}", self.workers.len()),
+            Phase::Running => format!(
+                "{}/{} ready · {} restarts",
+                self.ready_count(),
+                self.desired,
+                self.total_restarts
+            ),
+            Phase::ShuttingDown { code: 0, .. } => {
+                format!("stopping · {} workers left", self.workers.len())
+            }
+            Phase::ShuttingDown { reason, .. } => {
+                format!("failed · {} workers left · {reason}", self.workers.len())
+            }
         }
     }
 
@@ -497,7 +635,10 @@ impl Flock {
 /// `backoff_initial · 2^failures`, capped at `backoff_max`.
 fn backoff(policy: &RestartPolicy, failures: u32) -> Duration {
     let factor = 2u32.saturating_pow(failures.min(30));
-    policy.backoff_initial.saturating_mul(factor).min(policy.backoff_max)
+    policy
+        .backoff_initial
+        .saturating_mul(factor)
+        .min(policy.backoff_max)
 }
 
 fn seconds(duration: Duration) -> String {
@@ -541,7 +682,13 @@ mod tests {
     impl Harness {
         fn new(policy: Policy) -> Harness {
             let t0 = Instant::now();
-            Harness { flock: Flock::new(policy, t0), t0, now: t0, next_pid: 100, log: Vec::new() }
+            Harness {
+                flock: Flock::new(policy, t0),
+                t0,
+                now: t0,
+                next_pid: 100,
+                log: Vec::new(),
+            }
         }
 
         /// Feeds an event, performs spawns as a successful fork would, and
@@ -552,7 +699,13 @@ mod tests {
             while let Some(action) = queue.pop_front() {
                 if let Action::Spawn { slot, .. } = action {
                     self.next_pid += 1;
-                    queue.extend(self.flock.handle(self.now, Event::Spawned { slot, pid: self.next_pid }));
+                    queue.extend(self.flock.handle(
+                        self.now,
+                        Event::Spawned {
+                            slot,
+                            pid: self.next_pid,
+                        },
+                    ));
                 }
                 taken.push(action);
             }
@@ -601,15 +754,33 @@ mod tests {
     }
 
     fn spawns(actions: &[Action]) -> Vec<usize> {
-        actions.iter().filter_map(|a| match a { Action::Spawn { slot, .. } => Some(*slot), _ => None }).collect()
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Spawn { slot, .. } => Some(*slot),
+                _ => None,
+            })
+            .collect()
     }
 
     fn signals(actions: &[Action]) -> Vec<(Pid, Signal)> {
-        actions.iter().filter_map(|a| match a { Action::Signal { pid, signal } => Some((*pid, *signal)), _ => None }).collect()
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Signal { pid, signal } => Some((*pid, *signal)),
+                _ => None,
+            })
+            .collect()
     }
 
     fn statuses(actions: &[Action]) -> Vec<String> {
-        actions.iter().filter_map(|a| match a { Action::Notify(Upward::Status(s)) => Some(s.clone()), _ => None }).collect()
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Notify(Upward::Status(s)) => Some(s.clone()),
+                _ => None,
+            })
+            .collect()
     }
 
     fn ready_sent(actions: &[Action]) -> bool {
@@ -692,7 +863,12 @@ mod tests {
         let mut outcome = None;
         for _ in 0..50 {
             for slot in 0..2 {
-                if let Some(w) = h.flock.workers().iter().find(|w| w.slot == slot && w.state == WorkerState::Starting) {
+                if let Some(w) = h
+                    .flock
+                    .workers()
+                    .iter()
+                    .find(|w| w.slot == slot && w.state == WorkerState::Starting)
+                {
                     let pid = w.pid;
                     exits += 1;
                     h.exit(pid, ExitStatus::Code(3));
@@ -716,7 +892,7 @@ mod tests {
         }
         // max_restarts = 5: the 6th unrequested exit in the window is the verdict.
         assert_eq!(exits, 6);
-        let stopping = h.log.iter().any(|a| *a == Action::Notify(Upward::Stopping));
+        let stopping = h.log.contains(&Action::Notify(Upward::Stopping));
         assert!(stopping);
         // The surviving worker is stopped gracefully, then the supervisor exits 1.
         let survivor = h.flock.workers().first().map(|w| w.pid);
@@ -730,7 +906,11 @@ mod tests {
         }
         let (code, reason) = outcome.expect("the supervisor exits");
         assert_eq!(code, 1);
-        assert!(reason.starts_with("crash loop: 6 unrequested worker exits within 1m (max_restarts = 5)"), "{reason}");
+        assert!(
+            reason
+                .starts_with("crash loop: 6 unrequested worker exits within 1m (max_restarts = 5)"),
+            "{reason}"
+        );
         // Two initial spawns and two rounds of restarts; the 5th tolerated exit's
         // restart was still in backoff when the 6th exit broke the loop.
         assert_eq!(spawns(&h.log).len(), 2 + 4);
@@ -758,16 +938,29 @@ mod tests {
         let (a, b) = (h.pid_of(0), h.pid_of(1));
         let actions = h.feed(Event::Request(Request::Stop));
         assert!(actions.contains(&Action::Notify(Upward::Stopping)));
-        assert_eq!(signals(&actions), vec![(a, Signal::SIGTERM), (b, Signal::SIGTERM)]);
+        assert_eq!(
+            signals(&actions),
+            vec![(a, Signal::SIGTERM), (b, Signal::SIGTERM)]
+        );
         assert_eq!(statuses(&actions), vec!["stopping · 2 workers left"]);
 
         // `a` drains and exits; `b` ignores SIGTERM.
-        assert!(h.exit(a, ExitStatus::Code(0)).iter().all(|a| !matches!(a, Action::Exit { .. })));
+        assert!(
+            h.exit(a, ExitStatus::Code(0))
+                .iter()
+                .all(|a| !matches!(a, Action::Exit { .. }))
+        );
         assert!(signals(&h.at(6999 * MS)).is_empty());
         assert_eq!(signals(&h.at(7000 * MS)), vec![(b, Signal::SIGKILL)]);
         let actions = h.exit(b, ExitStatus::Signaled(Signal::SIGKILL));
-        assert!(actions.contains(&Action::Exit { code: 0, reason: "stopped on request".into() }));
-        assert!(spawns(&h.log).len() == 2, "nothing is respawned during a stop");
+        assert!(actions.contains(&Action::Exit {
+            code: 0,
+            reason: "stopped on request".into()
+        }));
+        assert!(
+            spawns(&h.log).len() == 2,
+            "nothing is respawned during a stop"
+        );
     }
 
     #[test]
@@ -776,7 +969,10 @@ mod tests {
         h.start();
         let pid = h.pid_of(0);
         h.feed(Event::Request(Request::Stop));
-        assert_eq!(signals(&h.feed(Event::Request(Request::Stop))), vec![(pid, Signal::SIGKILL)]);
+        assert_eq!(
+            signals(&h.feed(Event::Request(Request::Stop))),
+            vec![(pid, Signal::SIGKILL)]
+        );
     }
 
     #[test]
@@ -785,7 +981,10 @@ mod tests {
         h.start();
         h.exit(h.pid_of(0), ExitStatus::Code(1));
         let actions = h.feed(Event::Request(Request::Stop));
-        assert!(actions.contains(&Action::Exit { code: 0, reason: "stopped on request".into() }));
+        assert!(actions.contains(&Action::Exit {
+            code: 0,
+            reason: "stopped on request".into()
+        }));
     }
 
     #[test]
@@ -852,7 +1051,13 @@ mod tests {
         let mut h = Harness::new(policy(1));
         let actions = h.flock.handle(h.now, Event::Tick);
         assert_eq!(spawns(&actions), vec![0]);
-        h.flock.handle(h.now, Event::SpawnFailed { slot: 0, reason: "EAGAIN".into() });
+        h.flock.handle(
+            h.now,
+            Event::SpawnFailed {
+                slot: 0,
+                reason: "EAGAIN".into(),
+            },
+        );
         assert_eq!(h.flock.next_deadline(), Some(h.now + 100 * MS));
     }
 

@@ -17,7 +17,8 @@ pub fn init(level: Option<LevelFilter>, journal: bool) {
         builder.filter_level(level);
     }
     if journal {
-        builder.format(|out, record| writeln!(out, "<{}>{}", priority(record.level()), record.args()));
+        builder
+            .format(|out, record| writeln!(out, "<{}>{}", priority(record.level()), record.args()));
     } else {
         builder.format(|out, record| {
             let level = match record.level() {
@@ -27,7 +28,13 @@ pub fn init(level: Option<LevelFilter>, journal: bool) {
                 Level::Debug => "debug",
                 Level::Trace => "trace",
             };
-            writeln!(out, "{} sheepdog[{}] {level} {}", out.timestamp_millis(), std::process::id(), record.args())
+            writeln!(
+                out,
+                "{} sheepdog[{}] {level} {}",
+                out.timestamp_millis(),
+                std::process::id(),
+                record.args()
+            )
         });
     }
     builder.init();

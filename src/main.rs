@@ -59,7 +59,11 @@ fn run(args: RunArgs) -> ExitCode {
         settings.workers,
         settings.command.join(" "),
         listeners.describe(),
-        if listeners.inherited { "passed by systemd" } else { "bound by sheepdog" }
+        if listeners.inherited {
+            "passed by systemd"
+        } else {
+            "bound by sheepdog"
+        }
     );
     let supervisor = match Supervisor::new(Policy::from_settings(&settings), command, listeners) {
         Ok(supervisor) => supervisor,
@@ -79,7 +83,13 @@ fn check(args: RunArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if let Err(e) = WorkerCommand::new(&settings.command, &settings.env, settings.working_directory.as_deref(), vec![], None) {
+    if let Err(e) = WorkerCommand::new(
+        &settings.command,
+        &settings.env,
+        settings.working_directory.as_deref(),
+        vec![],
+        None,
+    ) {
         eprintln!("sheepdog: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }

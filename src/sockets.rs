@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::sys::socket::{
-    self, sockopt, AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, SockaddrIn6, SockaddrStorage,
-    UnixAddr,
+    self, AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, SockaddrIn6, SockaddrStorage,
+    UnixAddr, sockopt,
 };
 
 use crate::config::ListenAddr;
@@ -77,7 +77,11 @@ impl Listeners {
         if self.sockets.iter().all(|l| l.name.is_none()) {
             return None;
         }
-        let names: Vec<&str> = self.sockets.iter().map(|l| l.name.as_deref().unwrap_or("unknown")).collect();
+        let names: Vec<&str> = self
+            .sockets
+            .iter()
+            .map(|l| l.name.as_deref().unwrap_or("unknown"))
+            .collect();
         Some(names.join(":"))
     }
 
@@ -86,17 +90,27 @@ impl Listeners {
     }
 
     pub fn describe(&self) -> String {
-        self.sockets.iter().map(|l| l.address.as_str()).collect::<Vec<_>>().join(", ")
+        self.sockets
+            .iter()
+            .map(|l| l.address.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
 /// Takes the sockets systemd passed, or binds `addresses` when there are none.
 pub fn open(addresses: &[ListenAddr]) -> Result<Listeners, SocketError> {
     if let Some(sockets) = inherit()? {
-        return Ok(Listeners { sockets, inherited: true });
+        return Ok(Listeners {
+            sockets,
+            inherited: true,
+        });
     }
     let sockets = addresses.iter().map(bind).collect::<Result<Vec<_>, _>>()?;
-    Ok(Listeners { sockets, inherited: false })
+    Ok(Listeners {
+        sockets,
+        inherited: false,
+    })
 }
 
 /// The sockets from `LISTEN_FDS`, if they are meant for this process.
@@ -106,7 +120,11 @@ fn inherit() -> Result<Option<Vec<Listener>>, SocketError> {
     }
     let declared = std::env::var("LISTEN_FDS").unwrap_or_default();
     let fds: Vec<(RawFd, String)> = sd_notify::listen_fds_with_names()
-        .map_err(|e| SocketError(format!("cannot take the sockets systemd passed (LISTEN_FDS={declared}): {e}")))?
+        .map_err(|e| {
+            SocketError(format!(
+                "cannot take the sockets systemd passed (LISTEN_FDS={declared}): {e}"
+            ))
+        })?
         .collect();
     if fds.is_empty() {
         // LISTEN_PID names another process (or LISTEN_FDS=0): not ours, like sd_listen_fds.
@@ -120,7 +138,12 @@ fn inherit() -> Result<Option<Vec<Listener>>, SocketError> {
         // Safety: systemd handed this fd to us; we take sole ownership of it once.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let address = local_address(&fd).unwrap_or_else(|| format!("fd {raw}"));
-        listeners.push(Listener { fd, name: named.then_some(name), address, owned_path: None });
+        listeners.push(Listener {
+            fd,
+            name: named.then_some(name),
+            address,
+            owned_path: None,
+        });
     }
     Ok(Some(listeners))
 }
@@ -130,16 +153,22 @@ fn inherit() -> Result<Option<Vec<Listener>>, SocketError> {
 fn check_listening(raw: RawFd) -> Result<(), SocketError> {
     // Safety: only borrowed for the duration of these checks.
     let fd = unsafe { BorrowedFd::borrow_raw(raw) };
-    let stat = nix::sys::stat::fstat(fd).map_err(|e| SocketError(format!("fd {raw} from LISTEN_FDS: {}", e.desc())))?;
+    let stat = nix::sys::stat::fstat(fd)
+        .map_err(|e| SocketError(format!("fd {raw} from LISTEN_FDS: {}", e.desc())))?;
     if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
-        return Err(SocketError(format!("fd {raw} from LISTEN_FDS is not a socket")));
+        return Err(SocketError(format!(
+            "fd {raw} from LISTEN_FDS is not a socket"
+        )));
     }
     match socket::getsockopt(&fd, sockopt::AcceptConn) {
         Ok(true) => Ok(()),
         Ok(false) => Err(SocketError(format!(
             "fd {raw} from LISTEN_FDS is a socket but not listening (use ListenStream= with Accept=no)"
         ))),
-        Err(e) => Err(SocketError(format!("fd {raw} from LISTEN_FDS: SO_ACCEPTCONN: {}", e.desc()))),
+        Err(e) => Err(SocketError(format!(
+            "fd {raw} from LISTEN_FDS: SO_ACCEPTCONN: {}",
+            e.desc()
+        ))),
     }
 }
 
@@ -165,13 +194,20 @@ fn bind(address: &ListenAddr) -> Result<Listener, SocketError> {
     let fail = |what: &str, e: Errno| SocketError(format!("cannot {what} {address}: {}", e.desc()));
     let listener = match address {
         ListenAddr::Tcp(addr) => {
-            let family = if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+            let family = if addr.is_ipv4() {
+                AddressFamily::Inet
+            } else {
+                AddressFamily::Inet6
+            };
             let fd = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
                 .map_err(|e| fail("create a socket for", e))?;
             // Lets a restarted sheepdog bind while old connections sit in TIME_WAIT.
-            socket::setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(|e| fail("set SO_REUSEADDR on", e))?;
+            socket::setsockopt(&fd, sockopt::ReuseAddr, &true)
+                .map_err(|e| fail("set SO_REUSEADDR on", e))?;
             let bound = match addr {
-                std::net::SocketAddr::V4(v4) => socket::bind(fd.as_raw_fd(), &SockaddrIn::from(*v4)),
+                std::net::SocketAddr::V4(v4) => {
+                    socket::bind(fd.as_raw_fd(), &SockaddrIn::from(*v4))
+                }
                 std::net::SocketAddr::V6(v6) => {
                     // As systemd's BindIPv6Only=default: [::] accepts IPv4 too.
                     socket::bind(fd.as_raw_fd(), &SockaddrIn6::from(*v6))
@@ -179,9 +215,16 @@ fn bind(address: &ListenAddr) -> Result<Listener, SocketError> {
             };
             bound.map_err(|e| fail("bind", e))?;
             let address = local_address(&fd).unwrap_or_else(|| addr.to_string());
-            Listener { fd, name: None, address, owned_path: None }
+            Listener {
+                fd,
+                name: None,
+                address,
+                owned_path: None,
+            }
         }
-        ListenAddr::Unix(path) => bind_unix(path).map_err(|e| SocketError(format!("cannot bind {address}: {e}")))?,
+        ListenAddr::Unix(path) => {
+            bind_unix(path).map_err(|e| SocketError(format!("cannot bind {address}: {e}")))?
+        }
     };
     socket::listen(&listener.fd, Backlog::MAXCONN).map_err(|e| fail("listen on", e))?;
     Ok(listener)
@@ -196,14 +239,20 @@ fn bind_unix(path: &Path) -> Result<Listener, String> {
                 return Err("another process is listening on it".into());
             }
             log::info!("replacing stale socket file {}", path.display());
-            std::fs::remove_file(path).map_err(|e| format!("cannot remove the stale socket file: {e}"))?;
+            std::fs::remove_file(path)
+                .map_err(|e| format!("cannot remove the stale socket file: {e}"))?;
         }
         Ok(_) => return Err("the path exists and is not a socket".into()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e.to_string()),
     }
-    let fd = socket::socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
-        .map_err(|e| e.desc().to_string())?;
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| e.desc().to_string())?;
     let addr = UnixAddr::new(path).map_err(|e| e.desc().to_string())?;
     socket::bind(fd.as_raw_fd(), &addr).map_err(|e| e.desc().to_string())?;
     let meta = std::fs::symlink_metadata(path).map_err(|e| e.to_string())?;
@@ -216,13 +265,21 @@ fn bind_unix(path: &Path) -> Result<Listener, String> {
 }
 
 fn socket_is_live(path: &Path) -> Result<bool, String> {
-    let probe = socket::socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None)
-        .map_err(|e| e.desc().to_string())?;
+    let probe = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )
+    .map_err(|e| e.desc().to_string())?;
     let addr = UnixAddr::new(path).map_err(|e| e.desc().to_string())?;
     match socket::connect(probe.as_raw_fd(), &addr) {
         Ok(()) | Err(Errno::EAGAIN) | Err(Errno::EINPROGRESS) => Ok(true),
         Err(Errno::ECONNREFUSED) => Ok(false),
-        Err(e) => Err(format!("cannot probe the existing socket file: {}", e.desc())),
+        Err(e) => Err(format!(
+            "cannot probe the existing socket file: {}",
+            e.desc()
+        )),
     }
 }
 
@@ -271,9 +328,15 @@ mod tests {
     fn a_socket_that_is_not_listening_is_named_by_fd() {
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
         let err = check_listening(a.as_raw_fd()).unwrap_err().0;
-        assert!(err.ends_with("is a socket but not listening (use ListenStream= with Accept=no)"), "{err}");
+        assert!(
+            err.ends_with("is a socket but not listening (use ListenStream= with Accept=no)"),
+            "{err}"
+        );
         let file = std::fs::File::open("/dev/null").unwrap();
         let err = check_listening(file.as_raw_fd()).unwrap_err().0;
-        assert_eq!(err, format!("fd {} from LISTEN_FDS is not a socket", file.as_raw_fd()));
+        assert_eq!(
+            err,
+            format!("fd {} from LISTEN_FDS is not a socket", file.as_raw_fd())
+        );
     }
 }

@@ -22,7 +22,14 @@ use crate::flock::Pid;
 
 /// Variables of systemd's that are meant for sheepdog alone: a worker talks to
 /// sheepdog, and sheepdog talks to systemd.
-const SCRUBBED: [&str; 6] = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"];
+const SCRUBBED: [&str; 6] = [
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+];
 
 const LISTEN_FDS_START: RawFd = 3;
 const MAX_LISTENERS: usize = 64;
@@ -74,7 +81,10 @@ impl WorkerCommand {
         for (key, value) in extra_env {
             vars.insert(key.into(), value.into());
         }
-        let path_var = vars.get(OsStr::new("PATH")).cloned().unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+        let path_var = vars
+            .get(OsStr::new("PATH"))
+            .cloned()
+            .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
         let env = vars
             .into_iter()
             .map(|(key, value)| {
@@ -84,8 +94,12 @@ impl WorkerCommand {
                 cstring(entry, "an environment variable")
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let devnull = nix::fcntl::open("/dev/null", OFlag::O_RDWR | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
-            .map_err(|e| SpawnError(format!("cannot open /dev/null: {}", e.desc())))?;
+        let devnull = nix::fcntl::open(
+            "/dev/null",
+            OFlag::O_RDWR | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| SpawnError(format!("cannot open /dev/null: {}", e.desc())))?;
         let command = WorkerCommand {
             argv,
             env,
@@ -96,7 +110,10 @@ impl WorkerCommand {
             devnull,
         };
         if command.listeners.len() > MAX_LISTENERS {
-            return Err(SpawnError(format!("{} listening sockets; at most {MAX_LISTENERS} are supported", command.listeners.len())));
+            return Err(SpawnError(format!(
+                "{} listening sockets; at most {MAX_LISTENERS} are supported",
+                command.listeners.len()
+            )));
         }
         command.resolve_program()?;
         Ok(command)
@@ -114,7 +131,10 @@ impl WorkerCommand {
             return if is_executable(&full) {
                 Ok(program.to_path_buf())
             } else {
-                Err(SpawnError(format!("command {} is not an executable file", full.display())))
+                Err(SpawnError(format!(
+                    "command {} is not an executable file",
+                    full.display()
+                )))
             };
         }
         std::env::split_paths(&self.path_var)
@@ -140,7 +160,10 @@ impl WorkerCommand {
         env.push(CString::new(format!("SHEEPDOG_GENERATION={generation}")).expect("no NUL"));
         env.push(CString::new(format!("LISTEN_FDS={}", self.listeners.len())).expect("no NUL"));
         if let Some(names) = &self.fdnames {
-            env.push(CString::new(format!("LISTEN_FDNAMES={names}")).map_err(|_| SpawnError("LISTEN_FDNAMES contains a NUL byte".into()))?);
+            env.push(
+                CString::new(format!("LISTEN_FDNAMES={names}"))
+                    .map_err(|_| SpawnError("LISTEN_FDNAMES contains a NUL byte".into()))?,
+            );
         }
         // LISTEN_PID must be the worker's own pid, known only after fork: the
         // child writes its digits into this fixed-width buffer.
@@ -170,15 +193,23 @@ impl WorkerCommand {
         // runs in the child before it has reset them.
         let all = nix::sys::signal::SigSet::all();
         let mut previous = nix::sys::signal::SigSet::empty();
-        nix::sys::signal::pthread_sigmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(&all), Some(&mut previous))
-            .map_err(|e| SpawnError(format!("cannot block signals: {}", e.desc())))?;
+        nix::sys::signal::pthread_sigmask(
+            nix::sys::signal::SigmaskHow::SIG_SETMASK,
+            Some(&all),
+            Some(&mut previous),
+        )
+        .map_err(|e| SpawnError(format!("cannot block signals: {}", e.desc())))?;
         // Safety: the child runs only `child.exec()`, which makes async-signal-safe calls only.
         let pid = unsafe { libc::fork() };
         if pid == 0 {
             unsafe { child.exec() }
         }
         let fork_error = Errno::last();
-        let _ = nix::sys::signal::pthread_sigmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(&previous), None);
+        let _ = nix::sys::signal::pthread_sigmask(
+            nix::sys::signal::SigmaskHow::SIG_SETMASK,
+            Some(&previous),
+            None,
+        );
         if pid < 0 {
             return Err(SpawnError(format!("fork failed: {}", fork_error.desc())));
         }
@@ -193,15 +224,26 @@ impl WorkerCommand {
                 Ok(n) => got += n,
                 Err(Errno::EINTR) => continue,
                 Err(e) => {
-                    log::warn!("worker {slot} (pid {pid}): cannot read its exec report: {}", e.desc());
+                    log::warn!(
+                        "worker {slot} (pid {pid}): cannot read its exec report: {}",
+                        e.desc()
+                    );
                     break;
                 }
             }
         }
         if got == report.len() {
-            let errno = Errno::from_raw(i32::from_ne_bytes([report[1], report[2], report[3], report[4]]));
+            let errno = Errno::from_raw(i32::from_ne_bytes([
+                report[1], report[2], report[3], report[4],
+            ]));
             let what = match report[0] {
-                STAGE_CHDIR => format!("cannot change to working_directory {}", self.working_directory.as_deref().unwrap_or(Path::new("?")).display()),
+                STAGE_CHDIR => format!(
+                    "cannot change to working_directory {}",
+                    self.working_directory
+                        .as_deref()
+                        .unwrap_or(Path::new("?"))
+                        .display()
+                ),
                 STAGE_EXEC => format!("cannot execute {}", program.to_string_lossy()),
                 _ => "cannot set up its file descriptors".to_string(),
             };
@@ -249,12 +291,21 @@ impl ChildPlan<'_> {
             libc::setpgid(0, 0);
             // Dies with sheepdog, even by SIGKILL. Re-check the parent to close
             // the race where sheepdog died before the prctl.
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            );
             if libc::getppid() != self.parent {
                 libc::_exit(1);
             }
 
-            write_decimal(self.listen_pid.add(b"LISTEN_PID=".len()), libc::getpid() as u32);
+            write_decimal(
+                self.listen_pid.add(b"LISTEN_PID=".len()),
+                libc::getpid() as u32,
+            );
 
             if libc::dup2(self.devnull, 0) < 0 {
                 self.fail(STAGE_FDS);
@@ -269,15 +320,21 @@ impl ChildPlan<'_> {
                     self.fail(STAGE_FDS);
                 }
             }
-            for i in 0..self.listeners.len().min(high.len()) {
+            for (i, &copy) in high.iter().enumerate().take(self.listeners.len()) {
                 // dup2 clears close-on-exec on the target: these survive exec.
-                if libc::dup2(high[i], LISTEN_FDS_START + i as RawFd) < 0 {
+                if libc::dup2(copy, LISTEN_FDS_START + i as RawFd) < 0 {
                     self.fail(STAGE_FDS);
                 }
             }
             // Whatever else sheepdog itself inherited or opened: close on exec.
             let first_other = (LISTEN_FDS_START + count) as libc::c_uint;
-            if libc::syscall(libc::SYS_close_range, first_other, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC) != 0 {
+            if libc::syscall(
+                libc::SYS_close_range,
+                first_other,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            ) != 0
+            {
                 for fd in first_other as RawFd..4096 {
                     libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
                 }
@@ -336,13 +393,28 @@ mod tests {
 
     #[test]
     fn a_missing_program_is_reported_before_any_fork() {
-        let err = WorkerCommand::new(&["no-such-program-sheepdog".into()], &BTreeMap::new(), None, vec![], None)
-            .err()
-            .unwrap();
-        assert_eq!(err.0, "command `no-such-program-sheepdog` not found in PATH");
-        let err = WorkerCommand::new(&["./nope.sh".into()], &BTreeMap::new(), Some(Path::new("/tmp")), vec![], None)
-            .err()
-            .unwrap();
+        let err = WorkerCommand::new(
+            &["no-such-program-sheepdog".into()],
+            &BTreeMap::new(),
+            None,
+            vec![],
+            None,
+        )
+        .err()
+        .unwrap();
+        assert_eq!(
+            err.0,
+            "command `no-such-program-sheepdog` not found in PATH"
+        );
+        let err = WorkerCommand::new(
+            &["./nope.sh".into()],
+            &BTreeMap::new(),
+            Some(Path::new("/tmp")),
+            vec![],
+            None,
+        )
+        .err()
+        .unwrap();
         assert_eq!(err.0, "command /tmp/./nope.sh is not an executable file");
     }
 }

@@ -14,8 +14,8 @@ use std::time::Instant;
 use log::{debug, error, info, warn};
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{kill, Signal};
-use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
 use nix::unistd::Pid as NixPid;
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGTTIN, SIGTTOU};
 use signal_hook::iterator::backend::SignalDelivery;
@@ -41,10 +41,18 @@ pub struct Supervisor {
 impl Supervisor {
     /// Installs the signal handlers (before any fork, so no exit is missed)
     /// and makes sheepdog the reaper of its workers' orphans.
-    pub fn new(policy: Policy, command: WorkerCommand, listeners: Listeners) -> Result<Supervisor, String> {
-        let (read, write) = UnixStream::pair().map_err(|e| format!("cannot create the signal pipe: {e}"))?;
-        read.set_nonblocking(true).map_err(|e| format!("cannot set up the signal pipe: {e}"))?;
-        write.set_nonblocking(true).map_err(|e| format!("cannot set up the signal pipe: {e}"))?;
+    pub fn new(
+        policy: Policy,
+        command: WorkerCommand,
+        listeners: Listeners,
+    ) -> Result<Supervisor, String> {
+        let (read, write) =
+            UnixStream::pair().map_err(|e| format!("cannot create the signal pipe: {e}"))?;
+        read.set_nonblocking(true)
+            .map_err(|e| format!("cannot set up the signal pipe: {e}"))?;
+        write
+            .set_nonblocking(true)
+            .map_err(|e| format!("cannot set up the signal pipe: {e}"))?;
         let signals = SignalDelivery::with_pipe(read, write, SignalOnly, HANDLED_SIGNALS)
             .map_err(|e| format!("cannot install signal handlers: {e}"))?;
         // Orphans of a worker (e.g. the server a wrapper script started) are
@@ -52,7 +60,12 @@ impl Supervisor {
         if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
             warn!("cannot become a child subreaper: {}", e.desc());
         }
-        Ok(Supervisor { flock: Flock::new(policy, Instant::now()), command, listeners, signals })
+        Ok(Supervisor {
+            flock: Flock::new(policy, Instant::now()),
+            command,
+            listeners,
+            signals,
+        })
     }
 
     /// Runs until the flock is stopped; returns the process exit code.
@@ -82,12 +95,20 @@ impl Supervisor {
         }
     }
 
-    fn perform(&mut self, now: Instant, action: Action, follow_ups: &mut VecDeque<Action>) -> Option<i32> {
+    fn perform(
+        &mut self,
+        now: Instant,
+        action: Action,
+        follow_ups: &mut VecDeque<Action>,
+    ) -> Option<i32> {
         match action {
             Action::Spawn { slot, generation } => {
                 let event = match self.command.spawn(slot, generation) {
                     Ok(pid) => Event::Spawned { slot, pid },
-                    Err(e) => Event::SpawnFailed { slot, reason: e.to_string() },
+                    Err(e) => Event::SpawnFailed {
+                        slot,
+                        reason: e.to_string(),
+                    },
                 };
                 follow_ups.extend(self.flock.handle(now, event));
             }
@@ -111,11 +132,17 @@ impl Supervisor {
             None => PollTimeout::NONE,
             Some(deadline) => {
                 // Round up: waking a millisecond early would only spin.
-                let ms = deadline.saturating_duration_since(now).as_micros().div_ceil(1000);
+                let ms = deadline
+                    .saturating_duration_since(now)
+                    .as_micros()
+                    .div_ceil(1000);
                 PollTimeout::try_from(ms.min(60_000) as i32).unwrap_or(PollTimeout::MAX)
             }
         };
-        let mut fds = [PollFd::new(self.signals.get_read().as_fd(), PollFlags::POLLIN)];
+        let mut fds = [PollFd::new(
+            self.signals.get_read().as_fd(),
+            PollFlags::POLLIN,
+        )];
         match nix::poll::poll(&mut fds, timeout) {
             Ok(_) | Err(Errno::EINTR) => Ok(()),
             Err(e) => Err(e),
@@ -146,7 +173,10 @@ impl Supervisor {
     fn reap(&mut self) -> Vec<Event> {
         let mut events = Vec::new();
         loop {
-            let peek = waitid(Id::All, WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT);
+            let peek = waitid(
+                Id::All,
+                WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
+            );
             let pid = match peek {
                 Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
                 Ok(status) => match status.pid() {
@@ -180,7 +210,10 @@ impl Supervisor {
                     break;
                 }
             };
-            events.push(Event::Exited { pid: pid.as_raw(), status });
+            events.push(Event::Exited {
+                pid: pid.as_raw(),
+                status,
+            });
         }
         events
     }
@@ -195,11 +228,20 @@ fn signal_worker(pid: i32, signal: Signal) {
     };
     match result {
         Ok(()) => debug!("sent {} to worker pid {pid}", signal.as_str()),
-        Err(Errno::ESRCH) => debug!("worker pid {pid} already gone; {} not sent", signal.as_str()),
-        Err(e) => warn!("cannot send {} to worker pid {pid}: {}", signal.as_str(), e.desc()),
+        Err(Errno::ESRCH) => debug!(
+            "worker pid {pid} already gone; {} not sent",
+            signal.as_str()
+        ),
+        Err(e) => warn!(
+            "cannot send {} to worker pid {pid}: {}",
+            signal.as_str(),
+            e.desc()
+        ),
     }
 }
 
 fn signal_name(signal: i32) -> &'static str {
-    Signal::try_from(signal).map(Signal::as_str).unwrap_or("signal")
+    Signal::try_from(signal)
+        .map(Signal::as_str)
+        .unwrap_or("signal")
 }

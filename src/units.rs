@@ -16,7 +16,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "m" | "min" => 60.0,
         "h" => 3600.0,
         "" => return Err(format!("duration \"{text}\" needs a unit (ms, s, m, h)")),
-        other => return Err(format!("unknown duration unit \"{other}\" in \"{text}\" (use ms, s, m, h)")),
+        other => {
+            return Err(format!(
+                "unknown duration unit \"{other}\" in \"{text}\" (use ms, s, m, h)"
+            ));
+        }
     };
     let seconds = number * seconds_per_unit;
     if seconds > 365.0 * 86400.0 {
@@ -36,8 +40,16 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "KB" | "kB" => 1e3,
         "MB" => 1e6,
         "GB" => 1e9,
-        "" => return Err(format!("size \"{text}\" needs a unit (B, KiB, MiB, GiB, KB, MB, GB)")),
-        other => return Err(format!("unknown size unit \"{other}\" in \"{text}\" (use B, KiB, MiB, GiB, KB, MB, GB)")),
+        "" => {
+            return Err(format!(
+                "size \"{text}\" needs a unit (B, KiB, MiB, GiB, KB, MB, GB)"
+            ));
+        }
+        other => {
+            return Err(format!(
+                "unknown size unit \"{other}\" in \"{text}\" (use B, KiB, MiB, GiB, KB, MB, GB)"
+            ));
+        }
     };
     let bytes = number * bytes_per_unit;
     if bytes > (1u64 << 50) as f64 {
@@ -66,9 +78,9 @@ pub fn format_duration(duration: Duration) -> String {
     let ms = duration.as_millis();
     if ms == 0 && !duration.is_zero() {
         format!("{}us", duration.as_micros())
-    } else if ms % 1000 != 0 || ms == 0 {
+    } else if !ms.is_multiple_of(1000) || ms == 0 {
         format!("{ms}ms")
-    } else if ms % 60_000 != 0 || ms < 60_000 {
+    } else if !ms.is_multiple_of(60_000) || ms < 60_000 {
         format!("{}s", ms / 1000)
     } else {
         format!("{}m", ms / 60_000)
@@ -98,7 +110,12 @@ pub struct HumanDuration(pub Duration);
 
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(TextVisitor("a duration such as \"5s\" or \"500ms\"", parse_duration)).map(HumanDuration)
+        deserializer
+            .deserialize_any(TextVisitor(
+                "a duration such as \"5s\" or \"500ms\"",
+                parse_duration,
+            ))
+            .map(HumanDuration)
     }
 }
 
@@ -108,7 +125,9 @@ pub struct HumanSize(pub u64);
 
 impl<'de> Deserialize<'de> for HumanSize {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(TextVisitor("a size such as \"700MiB\"", parse_size)).map(HumanSize)
+        deserializer
+            .deserialize_any(TextVisitor("a size such as \"700MiB\"", parse_size))
+            .map(HumanSize)
     }
 }
 
@@ -128,15 +147,21 @@ impl<T> de::Visitor<'_> for TextVisitor<T> {
     }
 
     fn visit_i64<E: de::Error>(self, number: i64) -> Result<T, E> {
-        Err(E::custom(format!("{number} needs a unit and quotes, e.g. \"{number}s\"")))
+        Err(E::custom(format!(
+            "{number} needs a unit and quotes, e.g. \"{number}s\""
+        )))
     }
 
     fn visit_u64<E: de::Error>(self, number: u64) -> Result<T, E> {
-        Err(E::custom(format!("{number} needs a unit and quotes, e.g. \"{number}s\"")))
+        Err(E::custom(format!(
+            "{number} needs a unit and quotes, e.g. \"{number}s\""
+        )))
     }
 
     fn visit_f64<E: de::Error>(self, number: f64) -> Result<T, E> {
-        Err(E::custom(format!("{number} needs a unit and quotes, e.g. \"{number}s\"")))
+        Err(E::custom(format!(
+            "{number} needs a unit and quotes, e.g. \"{number}s\""
+        )))
     }
 }
 
@@ -158,8 +183,16 @@ mod tests {
     fn bad_durations_are_refused_with_a_reason() {
         assert!(parse_duration("5").unwrap_err().contains("needs a unit"));
         assert!(parse_duration("-5s").unwrap_err().contains("negative"));
-        assert!(parse_duration("five seconds").unwrap_err().contains("number"));
-        assert!(parse_duration("5 fortnights").unwrap_err().contains("unknown duration unit"));
+        assert!(
+            parse_duration("five seconds")
+                .unwrap_err()
+                .contains("number")
+        );
+        assert!(
+            parse_duration("5 fortnights")
+                .unwrap_err()
+                .contains("unknown duration unit")
+        );
         assert!(parse_duration("").is_err());
         assert!(parse_duration("1.2.3s").is_err());
         assert!(parse_duration("99999999h").unwrap_err().contains("year"));
@@ -179,7 +212,11 @@ mod tests {
         assert!(parse_size("700").unwrap_err().contains("needs a unit"));
         assert!(parse_size("-1MiB").unwrap_err().contains("negative"));
         assert!(parse_size("lots").is_err());
-        assert!(parse_size("7 parsecs").unwrap_err().contains("unknown size unit"));
+        assert!(
+            parse_size("7 parsecs")
+                .unwrap_err()
+                .contains("unknown size unit")
+        );
     }
 
     #[test]
