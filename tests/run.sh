@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh Debian machine: installs what the tests
+# use (Debian's systemd for systemd-socket-activate, Node.js, Python 3) when it
+# is missing, then runs every unit and integration test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v systemd-socket-activate >/dev/null || missing+=(systemd)
+command -v node >/dev/null || missing+=(nodejs)
+command -v python3 >/dev/null || missing+=(python3)
+if ((${#missing[@]})); then
+    echo "tests/run.sh: installing ${missing[*]}" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+command -v cargo >/dev/null || { echo "tests/run.sh: needs a Rust toolchain (cargo) >= 1.88" >&2; exit 1; }
+
+cargo test --locked
