@@ -22,7 +22,10 @@ fn crash_looping_run(journal_stream: impl Fn(&std::fs::File) -> Option<String>) 
     let log = std::fs::File::create(&log_path).unwrap();
     let mut command = Command::new(BIN);
     command.args(["run", "--config", config.to_str().unwrap()]);
-    command.env_remove("JOURNAL_STREAM").env_remove("NOTIFY_SOCKET").env_remove("LISTEN_FDS");
+    command
+        .env_remove("JOURNAL_STREAM")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("LISTEN_FDS");
     if let Some(value) = journal_stream(&log) {
         command.env("JOURNAL_STREAM", value);
     }
@@ -32,11 +35,18 @@ fn crash_looping_run(journal_stream: impl Fn(&std::fs::File) -> Option<String>) 
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        assert!(std::time::Instant::now() < deadline, "sheepdog did not stop");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sheepdog did not stop"
+        );
         std::thread::sleep(Duration::from_millis(10));
     };
     assert_eq!(status.code(), Some(1));
-    std::fs::read_to_string(&log_path).unwrap().lines().map(String::from).collect()
+    std::fs::read_to_string(&log_path)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect()
 }
 
 #[test]
@@ -48,7 +58,12 @@ fn under_journald_each_line_carries_its_priority_and_no_timestamp() {
     assert!(lines.iter().all(|l| l.starts_with('<')), "{lines:#?}");
     let first = &lines[0];
     assert!(first.starts_with("<6>sheepdog "), "{first}");
-    assert!(lines.iter().any(|l| l.starts_with("<4>worker 0 (pid ") && l.contains("exited with code 3")), "{lines:#?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("<4>worker 0 (pid ") && l.contains("exited with code 3")),
+        "{lines:#?}"
+    );
     let last = lines.last().unwrap();
     assert!(last.starts_with("<3>crash loop: "), "{last}");
 }
@@ -57,7 +72,10 @@ fn under_journald_each_line_carries_its_priority_and_no_timestamp() {
 fn a_journal_stream_that_is_not_our_stderr_is_ignored() {
     let lines = crash_looping_run(|_| Some("1:1".into()));
     assert!(lines.iter().all(|l| l.contains(" sheepdog[")), "{lines:#?}");
-    assert!(lines.iter().any(|l| l.contains(" warn  worker 0 ")), "{lines:#?}");
+    assert!(
+        lines.iter().any(|l| l.contains(" warn  worker 0 ")),
+        "{lines:#?}"
+    );
     assert!(lines.last().unwrap().contains(" error crash loop: "));
     let plain = crash_looping_run(|_| None);
     assert!(!plain[0].starts_with('<'));
