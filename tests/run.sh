@@ -16,4 +16,11 @@ if ((${#missing[@]})); then
 fi
 command -v cargo >/dev/null || { echo "tests/run.sh: needs a Rust toolchain (cargo) >= 1.88" >&2; exit 1; }
 
-cargo test --locked
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --locked 2>&1 | tee "$log" || status=$?
+# One closing line for the whole suite, summed over the test binaries.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
