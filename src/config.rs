@@ -12,7 +12,7 @@ use nix::sys::signal::Signal;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::units::{HumanDuration, format_duration};
+use crate::units::{HumanDuration, HumanSize, format_duration, format_size};
 
 /// The most workers one sheepdog will run, whatever the config or SIGTTIN say.
 pub const MAX_WORKERS: u32 = 4096;
@@ -41,6 +41,10 @@ struct FileConfig {
     env: Option<BTreeMap<String, String>>,
     readiness: Option<Readiness>,
     ready_delay: Option<HumanDuration>,
+    ready_timeout: Option<HumanDuration>,
+    max_surge: Option<Spanned<u32>>,
+    heartbeat: Option<Spanned<HeartbeatFile>>,
+    memory: Option<Spanned<MemoryFile>>,
     stop_signal: Option<StopSignal>,
     stop_timeout: Option<HumanDuration>,
     max_restarts: Option<u32>,
@@ -50,6 +54,56 @@ struct FileConfig {
     backoff_reset: Option<HumanDuration>,
     max_spawn_rate: Option<Spanned<u32>>,
     log_level: Option<LogLevel>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HeartbeatFile {
+    interval: Option<Spanned<HumanDuration>>,
+    timeout: Option<Spanned<HumanDuration>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MemoryFile {
+    limit: Option<HumanSize>,
+    interval: Option<Spanned<HumanDuration>>,
+    measure: Option<MemoryMeasure>,
+}
+
+/// How a worker's memory is counted: PSS shares each page among the processes
+/// mapping it (so pages shared after fork are not counted N times); RSS counts
+/// every resident page of every process in the tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemoryMeasure {
+    Pss,
+    Rss,
+}
+
+impl fmt::Display for MemoryMeasure {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(match self {
+            MemoryMeasure::Pss => "pss",
+            MemoryMeasure::Rss => "rss",
+        })
+    }
+}
+
+/// Heartbeats: a ready worker silent for longer than `timeout` is hung.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeartbeatPolicy {
+    /// How often sheepdog pings node-ipc workers.
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+/// Memory: each worker's process tree measured every `interval`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryPolicy {
+    pub limit: Option<u64>,
+    pub interval: Duration,
+    pub measure: MemoryMeasure,
 }
 
 /// `workers = 4` or `workers = "auto"` (one per available CPU).
@@ -157,19 +211,25 @@ impl<'de> Deserialize<'de> for ListenAddr {
     }
 }
 
-/// How a worker tells sheepdog it is ready (and, later, alive). Only `none`
-/// exists so far: ready once it has stayed up for `ready_delay`.
+/// How a worker tells sheepdog it is ready and alive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Readiness {
+    /// The sd_notify protocol on a socket of sheepdog's (`NOTIFY_SOCKET`).
+    Notify,
+    /// Node's IPC channel (`NODE_CHANNEL_FD`): `process.send('ready')`.
+    NodeIpc,
+    /// Ready once it stayed up for `ready_delay`; no heartbeats.
     None,
 }
 
 impl fmt::Display for Readiness {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        match self {
-            Readiness::None => f.write_str("none"),
-        }
+        f.write_str(match self {
+            Readiness::Notify => "notify",
+            Readiness::NodeIpc => "node-ipc",
+            Readiness::None => "none",
+        })
     }
 }
 
@@ -188,9 +248,9 @@ impl FromStr for StopSignal {
             format!("SIG{upper}")
         };
         match Signal::from_str(&name) {
-            Ok(Signal::SIGKILL | Signal::SIGSTOP) => Err(format!(
-                "{name} cannot be caught, so it cannot ask for a graceful stop"
-            )),
+            Ok(Signal::SIGKILL | Signal::SIGSTOP) => {
+                Err(format!("{name} cannot be caught, so it cannot ask for a graceful stop"))
+            }
             Ok(signal) => Ok(StopSignal(signal)),
             Err(_) => Err(format!(
                 "\"{text}\" is not a signal name (e.g. \"SIGTERM\", \"SIGQUIT\")"
@@ -254,6 +314,10 @@ pub struct Settings {
     pub env: BTreeMap<String, String>,
     pub readiness: Readiness,
     pub ready_delay: Duration,
+    pub ready_timeout: Duration,
+    pub max_surge: u32,
+    pub heartbeat: Option<HeartbeatPolicy>,
+    pub memory: MemoryPolicy,
     pub stop_signal: Signal,
     pub stop_timeout: Duration,
     pub restart: RestartPolicy,
@@ -277,19 +341,14 @@ impl Settings {
         match path {
             None => Settings::from_toml("", None, overrides),
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    ConfigError(format!("{}: cannot read the config: {e}", path.display()))
-                })?;
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError(format!("{}: cannot read the config: {e}", path.display())))?;
                 Settings::from_toml(&text, Some(path), overrides)
             }
         }
     }
 
-    pub fn from_toml(
-        text: &str,
-        path: Option<&Path>,
-        overrides: &Overrides,
-    ) -> Result<Settings, ConfigError> {
+    pub fn from_toml(text: &str, path: Option<&Path>, overrides: &Overrides) -> Result<Settings, ConfigError> {
         let name = path.map_or("<config>".to_string(), |p| p.display().to_string());
         let locate = |span: Option<std::ops::Range<usize>>| match span {
             Some(span) => {
@@ -299,15 +358,11 @@ impl Settings {
             None => name.clone(),
         };
         let file: FileConfig = {
-            let deserializer = toml::de::Deserializer::parse(text).map_err(|e| {
-                ConfigError(format!("{}: {}", locate(e.span()), e.message().trim()))
-            })?;
+            let deserializer = toml::de::Deserializer::parse(text)
+                .map_err(|e| ConfigError(format!("{}: {}", locate(e.span()), e.message().trim())))?;
             serde_path_to_error::deserialize(deserializer).map_err(|e| {
                 // Spanned<T> shows up in the path as a private field: not a key.
-                let key = e
-                    .path()
-                    .to_string()
-                    .replace(".$__serde_spanned_private_value", "");
+                let key = e.path().to_string().replace(".$__serde_spanned_private_value", "");
                 let inner = e.into_inner();
                 let message = inner.message().trim().to_string();
                 if key == "." || message.starts_with("unknown field") {
@@ -325,9 +380,7 @@ impl Settings {
             overrides.command.clone()
         } else {
             match &file.command {
-                Some(command)
-                    if command.get_ref().is_empty() || command.get_ref()[0].is_empty() =>
-                {
+                Some(command) if command.get_ref().is_empty() || command.get_ref()[0].is_empty() => {
                     return Err(invalid(
                         command.span(),
                         "command",
@@ -349,11 +402,7 @@ impl Settings {
             .resolve();
         let min_ready = match &file.min_ready {
             Some(min) if *min.get_ref() == 0 => {
-                return Err(invalid(
-                    min.span(),
-                    "min_ready",
-                    "must be at least 1".into(),
-                ));
+                return Err(invalid(min.span(), "min_ready", "must be at least 1".into()));
             }
             Some(min) if *min.get_ref() > workers => {
                 return Err(invalid(
@@ -410,18 +459,81 @@ impl Settings {
             Some(rate) => *rate.get_ref(),
             None => 20,
         };
+        let readiness = file.readiness.unwrap_or(Readiness::None);
+        let heartbeat = match &file.heartbeat {
+            None => None,
+            Some(section) => {
+                let hb = section.get_ref();
+                if readiness == Readiness::None {
+                    return Err(invalid(
+                        section.span(),
+                        "heartbeat",
+                        "needs readiness = \"notify\" or \"node-ipc\": with \"none\" a worker cannot send heartbeats"
+                            .into(),
+                    ));
+                }
+                let interval = hb.interval.as_ref().map_or(Duration::from_secs(5), |i| i.get_ref().0);
+                if interval < Duration::from_millis(100) {
+                    let span = hb.interval.as_ref().map_or(section.span(), |i| i.span());
+                    return Err(invalid(span, "heartbeat.interval", "must be at least 100ms".into()));
+                }
+                let timeout = hb.timeout.as_ref().map_or(interval * 3, |t| t.get_ref().0);
+                if let Some(t) = &hb.timeout
+                    && timeout <= interval
+                {
+                    return Err(invalid(
+                        t.span(),
+                        "heartbeat.timeout",
+                        format!(
+                            "{} must be longer than the interval {}",
+                            format_duration(timeout),
+                            format_duration(interval)
+                        ),
+                    ));
+                }
+                Some(HeartbeatPolicy { interval, timeout })
+            }
+        };
+        let memory = match &file.memory {
+            None => MemoryPolicy {
+                limit: None,
+                interval: Duration::from_secs(5),
+                measure: MemoryMeasure::Pss,
+            },
+            Some(section) => {
+                let m = section.get_ref();
+                let interval = m.interval.as_ref().map_or(Duration::from_secs(5), |i| i.get_ref().0);
+                if interval < Duration::from_millis(100) {
+                    let span = m.interval.as_ref().map_or(section.span(), |i| i.span());
+                    return Err(invalid(span, "memory.interval", "must be at least 100ms".into()));
+                }
+                MemoryPolicy {
+                    limit: m.limit.map(|l| l.0),
+                    interval,
+                    measure: m.measure.unwrap_or(MemoryMeasure::Pss),
+                }
+            }
+        };
+        let max_surge = match &file.max_surge {
+            Some(surge) if *surge.get_ref() == 0 => {
+                return Err(invalid(
+                    surge.span(),
+                    "max_surge",
+                    "must be at least 1: a replacement starts before the worker it replaces stops".into(),
+                ));
+            }
+            Some(surge) => *surge.get_ref(),
+            None => 1,
+        };
         let listen = if !overrides.listen.is_empty() {
             overrides.listen.clone()
         } else {
-            file.listen.unwrap_or_else(|| {
-                vec![DEFAULT_LISTEN.parse().expect("the default address parses")]
-            })
+            file.listen
+                .unwrap_or_else(|| vec![DEFAULT_LISTEN.parse().expect("the default address parses")])
         };
         // Relative paths in a config file are relative to the file, not to
         // wherever sheepdog happened to be started from.
-        let base = path
-            .and_then(Path::parent)
-            .filter(|p| !p.as_os_str().is_empty());
+        let base = path.and_then(Path::parent).filter(|p| !p.as_os_str().is_empty());
         let working_directory = file.working_directory.map(|dir| match base {
             Some(base) if dir.is_relative() => base.join(dir),
             _ => dir,
@@ -435,8 +547,12 @@ impl Settings {
             listen,
             working_directory,
             env: file.env.unwrap_or_default(),
-            readiness: file.readiness.unwrap_or(Readiness::None),
+            readiness,
             ready_delay: file.ready_delay.map_or(Duration::from_secs(1), |d| d.0),
+            ready_timeout: file.ready_timeout.map_or(Duration::from_secs(60), |d| d.0),
+            max_surge,
+            heartbeat,
+            memory,
             stop_signal: file.stop_signal.map_or(Signal::SIGTERM, |s| s.0),
             stop_timeout: file.stop_timeout.map_or(Duration::from_secs(30), |d| d.0),
             restart: RestartPolicy {
@@ -454,17 +570,9 @@ impl Settings {
     /// The effective settings as TOML, for `sheepdog check`.
     pub fn describe(&self) -> String {
         let mut out = String::new();
-        let quoted = |items: &mut dyn Iterator<Item = String>| {
-            items
-                .map(|s| format!("{s:?}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let _ = writeln!(
-            out,
-            "command = [{}]",
-            quoted(&mut self.command.iter().cloned())
-        );
+        let quoted =
+            |items: &mut dyn Iterator<Item = String>| items.map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ");
+        let _ = writeln!(out, "command = [{}]", quoted(&mut self.command.iter().cloned()));
         let _ = writeln!(out, "workers = {}", self.workers);
         let _ = writeln!(out, "min_ready = {}", self.min_ready);
         let _ = writeln!(
@@ -476,32 +584,29 @@ impl Settings {
             let _ = writeln!(out, "working_directory = {:?}", dir.display().to_string());
         }
         let _ = writeln!(out, "readiness = \"{}\"", self.readiness);
-        let _ = writeln!(
-            out,
-            "ready_delay = \"{}\"",
-            format_duration(self.ready_delay)
-        );
+        let _ = writeln!(out, "ready_delay = \"{}\"", format_duration(self.ready_delay));
+        let _ = writeln!(out, "ready_timeout = \"{}\"", format_duration(self.ready_timeout));
+        let _ = writeln!(out, "max_surge = {}", self.max_surge);
         let _ = writeln!(out, "stop_signal = \"{}\"", self.stop_signal.as_str());
-        let _ = writeln!(
-            out,
-            "stop_timeout = \"{}\"",
-            format_duration(self.stop_timeout)
-        );
+        let _ = writeln!(out, "stop_timeout = \"{}\"", format_duration(self.stop_timeout));
         let r = &self.restart;
         let _ = writeln!(out, "max_restarts = {}", r.max_restarts);
         let _ = writeln!(out, "restart_window = \"{}\"", format_duration(r.window));
-        let _ = writeln!(
-            out,
-            "backoff_initial = \"{}\"",
-            format_duration(r.backoff_initial)
-        );
+        let _ = writeln!(out, "backoff_initial = \"{}\"", format_duration(r.backoff_initial));
         let _ = writeln!(out, "backoff_max = \"{}\"", format_duration(r.backoff_max));
-        let _ = writeln!(
-            out,
-            "backoff_reset = \"{}\"",
-            format_duration(r.backoff_reset)
-        );
+        let _ = writeln!(out, "backoff_reset = \"{}\"", format_duration(r.backoff_reset));
         let _ = writeln!(out, "max_spawn_rate = {}", r.max_spawn_rate);
+        if let Some(heartbeat) = &self.heartbeat {
+            let _ = writeln!(out, "\n[heartbeat]");
+            let _ = writeln!(out, "interval = \"{}\"", format_duration(heartbeat.interval));
+            let _ = writeln!(out, "timeout = \"{}\"", format_duration(heartbeat.timeout));
+        }
+        let _ = writeln!(out, "\n[memory]");
+        if let Some(limit) = self.memory.limit {
+            let _ = writeln!(out, "limit = \"{}\"", format_size(limit).replace(' ', ""));
+        }
+        let _ = writeln!(out, "interval = \"{}\"", format_duration(self.memory.interval));
+        let _ = writeln!(out, "measure = \"{}\"", self.memory.measure);
         if !self.env.is_empty() {
             let _ = writeln!(out, "\n[env]");
             for (key, value) in &self.env {
@@ -537,10 +642,7 @@ mod tests {
         assert_eq!(s.command, vec!["node", "server.js"]);
         assert_eq!(s.workers, 3);
         assert_eq!(s.min_ready, 3);
-        assert_eq!(
-            s.listen,
-            vec![ListenAddr::Tcp("127.0.0.1:8080".parse().unwrap())]
-        );
+        assert_eq!(s.listen, vec![ListenAddr::Tcp("127.0.0.1:8080".parse().unwrap())]);
         assert_eq!(s.stop_signal, Signal::SIGTERM);
         assert_eq!(s.stop_timeout, Duration::from_secs(30));
         assert_eq!(s.restart.max_restarts, 10);
@@ -592,10 +694,7 @@ NODE_ENV = "production"
             &Overrides::default(),
         )
         .unwrap();
-        assert_eq!(
-            s.working_directory,
-            Some(PathBuf::from("/etc/sheepdog/app"))
-        );
+        assert_eq!(s.working_directory, Some(PathBuf::from("/etc/sheepdog/app")));
     }
 
     #[test]
@@ -609,10 +708,7 @@ NODE_ENV = "production"
         let s = Settings::from_toml("command = [\"x\"]\nworkers = 2\n", None, &overrides).unwrap();
         assert_eq!((s.workers, s.min_ready), (7, 7));
         assert_eq!(s.command, vec!["other"]);
-        assert_eq!(
-            s.listen,
-            vec![ListenAddr::Tcp("127.0.0.1:1".parse().unwrap())]
-        );
+        assert_eq!(s.listen, vec![ListenAddr::Tcp("127.0.0.1:1".parse().unwrap())]);
     }
 
     #[test]
@@ -636,10 +732,7 @@ NODE_ENV = "production"
     #[test]
     fn zero_workers_is_refused() {
         let e = error("command = [\"x\"]\nworkers = 0\n");
-        assert!(
-            e.starts_with("app.toml:2:11: workers: must be at least 1"),
-            "{e}"
-        );
+        assert!(e.starts_with("app.toml:2:11: workers: must be at least 1"), "{e}");
     }
 
     #[test]
@@ -675,22 +768,61 @@ NODE_ENV = "production"
     #[test]
     fn bad_signals_and_addresses_are_refused() {
         assert!(
-            error("command = [\"x\"]\nstop_signal = \"SIGKILL\"\n")
-                .contains("stop_signal: SIGKILL cannot be caught")
+            error("command = [\"x\"]\nstop_signal = \"SIGKILL\"\n").contains("stop_signal: SIGKILL cannot be caught")
         );
-        assert!(
-            error("command = [\"x\"]\nstop_signal = \"SIGBOGUS\"\n").contains("not a signal name")
-        );
+        assert!(error("command = [\"x\"]\nstop_signal = \"SIGBOGUS\"\n").contains("not a signal name"));
         let e = error("command = [\"x\"]\nlisten = [\"localhost\"]\n");
+        assert!(e.contains("listen[0]: \"localhost\" is not an address"), "{e}");
+    }
+
+    #[test]
+    fn health_sections_are_read_with_defaults() {
+        let s = parse("command = [\"x\"]\nreadiness = \"node-ipc\"\n[heartbeat]\ninterval = \"2s\"\n[memory]\nlimit = \"700MiB\"\n").unwrap();
+        assert_eq!(s.readiness, Readiness::NodeIpc);
+        let heartbeat = s.heartbeat.unwrap();
+        assert_eq!(
+            (heartbeat.interval, heartbeat.timeout),
+            (Duration::from_secs(2), Duration::from_secs(6))
+        );
+        assert_eq!(s.memory.limit, Some(700 * 1024 * 1024));
+        assert_eq!(s.memory.measure, MemoryMeasure::Pss);
+        assert_eq!(s.memory.interval, Duration::from_secs(5));
+        assert_eq!(s.max_surge, 1);
+        let s =
+            parse("command = [\"x\"]\nreadiness = \"notify\"\nready_timeout = \"5s\"\n[memory]\nmeasure = \"rss\"\n")
+                .unwrap();
+        assert_eq!(s.readiness, Readiness::Notify);
+        assert_eq!(s.ready_timeout, Duration::from_secs(5));
+        assert_eq!(s.memory.measure, MemoryMeasure::Rss);
+        assert!(s.heartbeat.is_none());
+    }
+
+    #[test]
+    fn health_sections_are_validated() {
+        let e = error("command = [\"x\"]\n[heartbeat]\ninterval = \"1s\"\n");
+        assert!(e.starts_with("app.toml:2:1: heartbeat: needs readiness"), "{e}");
+        let e = error("command = [\"x\"]\nreadiness = \"notify\"\n[heartbeat]\ninterval = \"2s\"\ntimeout = \"1s\"\n");
         assert!(
-            e.contains("listen[0]: \"localhost\" is not an address"),
+            e.starts_with("app.toml:5:11: heartbeat.timeout: 1s must be longer than the interval 2s"),
             "{e}"
         );
+        let e = error("command = [\"x\"]\n[memory]\nlimit = \"lots\"\n");
+        assert!(e.starts_with("app.toml:3:9: memory.limit: "), "{e}");
+        let e = error("command = [\"x\"]\n[memory]\nlimit = \"-1MiB\"\n");
+        assert!(e.contains("memory.limit: \"-1MiB\" is negative"), "{e}");
+        let e = error("command = [\"x\"]\nreadiness = \"carrier-pigeon\"\n");
+        assert!(
+            e.starts_with("app.toml:2:13: readiness: unknown variant `carrier-pigeon`"),
+            "{e}"
+        );
+        let e = error("command = [\"x\"]\n[memory]\nlimmit = \"1GiB\"\n");
+        assert!(e.starts_with("app.toml:3:1: unknown field `limmit`"), "{e}");
+        assert!(error("command = [\"x\"]\nmax_surge = 0\n").contains("max_surge: must be at least 1"));
     }
 
     #[test]
     fn describe_round_trips_through_the_parser() {
-        let s = parse("command = [\"node\", \"a b.js\"]\nworkers = 2\nstop_timeout = \"90s\"\n[env]\nA = \"1\"\n").unwrap();
+        let s = parse("command = [\"node\", \"a b.js\"]\nworkers = 2\nstop_timeout = \"90s\"\nreadiness = \"notify\"\n[heartbeat]\ninterval = \"1s\"\n[memory]\nlimit = \"1.5GiB\"\n[env]\nA = \"1\"\n").unwrap();
         let again = parse(&s.describe()).unwrap();
         assert_eq!(
             again,

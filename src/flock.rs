@@ -1,10 +1,11 @@
 //! The functional core: the worker table and every supervision decision.
 //!
-//! `Flock` performs no syscalls. The shell feeds it events (a worker exited, a
-//! signal arrived, a spawn succeeded, time passed) together with the current
-//! monotonic time, and performs the actions it returns. Time is a value, so
-//! every policy — backoff, crash loop, stop timeout, scaling — is tested below
-//! with a fake clock, instantly and without processes.
+//! `Flock` performs no syscalls. The shell feeds it events (a worker exited or
+//! spoke, a signal arrived, a spawn succeeded, memory was measured, time
+//! passed) together with the current monotonic time, and performs the actions
+//! it returns. Time is a value, so every policy — backoff, crash loop, stop
+//! timeout, scaling, readiness, heartbeats, memory, the watchdog relay — is
+//! tested below with a fake clock, instantly and without processes.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -13,8 +14,9 @@ use std::time::{Duration, Instant};
 use log::{debug, error, info, warn};
 use nix::sys::signal::Signal;
 
-use crate::config::{MAX_WORKERS, RestartPolicy, Settings};
-use crate::units::format_duration;
+use crate::channel::WorkerMessage;
+use crate::config::{HeartbeatPolicy, MAX_WORKERS, Readiness, RestartPolicy, Settings};
+use crate::units::{format_duration, format_size};
 
 pub type Pid = i32;
 
@@ -64,6 +66,16 @@ pub enum Event {
         pid: Pid,
         status: ExitStatus,
     },
+    /// A worker (or its descendant) said something on its channel.
+    Message {
+        pid: Pid,
+        message: WorkerMessage,
+    },
+    /// The memory of a worker's process tree, as `Action::Measure` asked.
+    Measured {
+        pid: Pid,
+        bytes: u64,
+    },
     Request(Request),
 }
 
@@ -73,6 +85,7 @@ pub enum Upward {
     Ready,
     Status(String),
     Stopping,
+    Watchdog,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +98,14 @@ pub enum Action {
     Signal {
         pid: Pid,
         signal: Signal,
+    },
+    /// Send a heartbeat request on the worker's Node IPC channel.
+    Ping {
+        pid: Pid,
+    },
+    /// Measure these workers' memory and report `Event::Measured`.
+    Measure {
+        pids: Vec<Pid>,
     },
     Notify(Upward),
     /// All workers are gone: exit the supervisor with this code.
@@ -99,21 +120,36 @@ pub enum Action {
 pub struct Policy {
     pub workers: usize,
     pub min_ready: usize,
+    pub readiness: Readiness,
     pub ready_delay: Duration,
+    pub ready_timeout: Duration,
+    pub heartbeat: Option<HeartbeatPolicy>,
+    pub memory_limit: Option<u64>,
+    pub memory_interval: Duration,
+    pub max_surge: usize,
     pub stop_signal: Signal,
     pub stop_timeout: Duration,
     pub restart: RestartPolicy,
+    /// systemd's WATCHDOG_USEC for sheepdog itself, when set.
+    pub watchdog: Option<Duration>,
 }
 
 impl Policy {
-    pub fn from_settings(settings: &Settings) -> Policy {
+    pub fn from_settings(settings: &Settings, watchdog: Option<Duration>) -> Policy {
         Policy {
             workers: settings.workers as usize,
             min_ready: settings.min_ready as usize,
+            readiness: settings.readiness,
             ready_delay: settings.ready_delay,
+            ready_timeout: settings.ready_timeout,
+            heartbeat: settings.heartbeat,
+            memory_limit: settings.memory.limit,
+            memory_interval: settings.memory.interval,
+            max_surge: settings.max_surge as usize,
             stop_signal: settings.stop_signal,
             stop_timeout: settings.stop_timeout,
             restart: settings.restart.clone(),
+            watchdog,
         }
     }
 }
@@ -124,8 +160,9 @@ pub enum WorkerState {
     Ready {
         since: Instant,
     },
-    /// The stop signal was sent at `since`; SIGKILL follows after the stop
-    /// timeout unless `killed` says it was already sent.
+    /// On its way out since `since`: asked with the stop signal, or leaving on
+    /// its own. SIGKILL follows after the stop timeout unless `killed` says it
+    /// was already sent.
     Stopping {
         since: Instant,
         killed: bool,
@@ -139,6 +176,34 @@ pub struct Worker {
     pub generation: u32,
     pub started_at: Instant,
     pub state: WorkerState,
+    pub last_heartbeat: Instant,
+    /// Its process tree's memory, as last measured.
+    pub memory: Option<u64>,
+    /// Still serving, but to be stopped once a replacement in its slot is ready.
+    pub retiring: Option<&'static str>,
+    /// The last STATUS= it sent.
+    pub status: Option<String>,
+    /// Killed by sheepdog for a failure already counted and logged.
+    condemned: bool,
+}
+
+impl Worker {
+    fn is_stopping(&self) -> bool {
+        matches!(self.state, WorkerState::Stopping { .. })
+    }
+
+    fn is_ready(&self) -> bool {
+        matches!(self.state, WorkerState::Ready { .. })
+    }
+
+    /// Starting, or ready and not being replaced: the slot needs nothing more.
+    fn fills_slot(&self) -> bool {
+        match self.state {
+            WorkerState::Starting => true,
+            WorkerState::Ready { .. } => self.retiring.is_none(),
+            WorkerState::Stopping { .. } => false,
+        }
+    }
 }
 
 /// A slot is a stable worker identity (`SHEEPDOG_WORKER_ID`) that outlives the
@@ -183,6 +248,18 @@ impl SpawnBudget {
     }
 }
 
+/// Periodic duties: pinging node-ipc workers, measuring memory, and pinging
+/// systemd's watchdog.
+#[derive(Debug, Clone)]
+struct Timers {
+    next_ping: Instant,
+    next_measure: Instant,
+    next_watchdog: Instant,
+    /// When the loop last ran, for the stall guard.
+    last_pass: Instant,
+    withholding_watchdog: bool,
+}
+
 pub struct Flock {
     policy: Policy,
     desired: usize,
@@ -193,6 +270,7 @@ pub struct Flock {
     recent_failures: VecDeque<Instant>,
     total_restarts: u32,
     budget: SpawnBudget,
+    timers: Timers,
     phase: Phase,
     announced_ready: bool,
     last_status: String,
@@ -217,6 +295,15 @@ impl Flock {
                 per_second,
                 updated: now,
             },
+            // Pinging or measuring a process that has just exec'd tells
+            // nothing: the first of each comes one interval in.
+            timers: Timers {
+                next_ping: now + policy.heartbeat.map_or(Duration::ZERO, |h| h.interval),
+                next_measure: now + policy.memory_interval,
+                next_watchdog: now,
+                last_pass: now,
+                withholding_watchdog: false,
+            },
             phase: Phase::Running,
             announced_ready: false,
             last_status: String::new(),
@@ -237,19 +324,23 @@ impl Flock {
     }
 
     fn ready_count(&self) -> usize {
-        self.workers
-            .iter()
-            .filter(|w| matches!(w.state, WorkerState::Ready { .. }))
-            .count()
+        self.workers.iter().filter(|w| w.is_ready()).count()
     }
 
     fn min_ready(&self) -> usize {
         self.policy.min_ready.clamp(1, self.desired)
     }
 
+    /// At least `min_ready` workers ready (and so, where heartbeats are on,
+    /// heartbeating: a silent one is killed before this is asked).
+    pub fn is_healthy(&self) -> bool {
+        self.ready_count() >= self.min_ready()
+    }
+
     /// Applies one event, then reconciles the table with what is desired.
     pub fn handle(&mut self, now: Instant, event: Event) -> Vec<Action> {
         let mut actions = Vec::new();
+        self.guard_against_stalls(now);
         match event {
             Event::Tick => {}
             Event::Spawned { slot, pid } => self.on_spawned(now, slot, pid, &mut actions),
@@ -264,6 +355,8 @@ impl Flock {
                 );
             }
             Event::Exited { pid, status } => self.on_exit(now, pid, status, &mut actions),
+            Event::Message { pid, message } => self.on_message(now, pid, message, &mut actions),
+            Event::Measured { pid, bytes } => self.on_measured(pid, bytes),
             Event::Request(request) => self.on_request(now, request, &mut actions),
         }
         self.reconcile(now, &mut actions);
@@ -273,27 +366,45 @@ impl Flock {
     /// The earliest time at which `handle(Tick)` has something to do.
     pub fn next_deadline(&self) -> Option<Instant> {
         let mut deadlines: Vec<Instant> = Vec::new();
+        let running = self.phase == Phase::Running;
         for worker in &self.workers {
             match worker.state {
-                WorkerState::Starting if self.phase == Phase::Running => {
-                    deadlines.push(worker.started_at + self.policy.ready_delay)
+                WorkerState::Starting if running => deadlines.push(match self.policy.readiness {
+                    Readiness::None => worker.started_at + self.policy.ready_delay,
+                    _ => worker.started_at + self.policy.ready_timeout,
+                }),
+                WorkerState::Ready { since } if running => {
+                    if self.slots[worker.slot].failures > 0 {
+                        deadlines.push(since + self.policy.restart.backoff_reset);
+                    }
+                    if let Some(heartbeat) = self.policy.heartbeat {
+                        deadlines.push(worker.last_heartbeat + heartbeat.timeout);
+                    }
                 }
-                WorkerState::Ready { since } if self.slots[worker.slot].failures > 0 => {
-                    deadlines.push(since + self.policy.restart.backoff_reset)
-                }
-                WorkerState::Stopping {
-                    since,
-                    killed: false,
-                } => deadlines.push(since + self.policy.stop_timeout),
+                WorkerState::Stopping { since, killed: false } => deadlines.push(since + self.policy.stop_timeout),
                 _ => {}
             }
         }
-        if self.phase == Phase::Running {
+        if running {
             for (slot, state) in self.slots.iter().enumerate().take(self.desired) {
                 if !state.spawning && !self.slot_is_filled(slot) {
                     deadlines.push(state.next_spawn.max(self.budget.next_token_at()));
                 }
             }
+            if let Some(heartbeat) = self.policy.heartbeat {
+                // Wake at least every interval, so that a long silence of the
+                // loop can only mean the supervisor itself was stalled.
+                deadlines.push(self.timers.last_pass + heartbeat.interval);
+                if self.policy.readiness == Readiness::NodeIpc {
+                    deadlines.push(self.timers.next_ping);
+                }
+            }
+            if !self.workers.is_empty() {
+                deadlines.push(self.timers.next_measure);
+            }
+        }
+        if self.policy.watchdog.is_some() {
+            deadlines.push(self.timers.next_watchdog);
         }
         deadlines.into_iter().min()
     }
@@ -310,19 +421,31 @@ impl Flock {
         &mut self.slots[slot]
     }
 
-    /// A slot is filled by a worker that is not on its way out.
     fn slot_is_filled(&self, slot: usize) -> bool {
-        self.workers
-            .iter()
-            .any(|w| w.slot == slot && !matches!(w.state, WorkerState::Stopping { .. }))
+        self.workers.iter().any(|w| w.slot == slot && w.fills_slot())
+    }
+
+    /// If the loop itself did not run for longer than a heartbeat timeout (the
+    /// supervisor was SIGSTOPped or starved), the silence is ours, not the
+    /// workers': give every worker a fresh timeout rather than killing all.
+    fn guard_against_stalls(&mut self, now: Instant) {
+        let gap = now.saturating_duration_since(self.timers.last_pass);
+        self.timers.last_pass = now;
+        let Some(heartbeat) = self.policy.heartbeat else { return };
+        if gap > heartbeat.timeout.max(heartbeat.interval * 2) {
+            warn!(
+                "the supervisor itself was stalled for {}; sparing the workers' heartbeats for one timeout",
+                seconds(gap)
+            );
+            for worker in &mut self.workers {
+                worker.last_heartbeat = worker.last_heartbeat.max(now);
+            }
+        }
     }
 
     fn on_spawned(&mut self, now: Instant, slot: usize, pid: Pid, actions: &mut Vec<Action>) {
         self.slot_mut(slot, now).spawning = false;
-        debug!(
-            "worker {slot} (pid {pid}) started, generation {}",
-            self.generation
-        );
+        debug!("worker {slot} (pid {pid}) started, generation {}", self.generation);
         let mut state = WorkerState::Starting;
         if self.phase != Phase::Running {
             // Forked in the same pass that began a shutdown: it stops like the rest.
@@ -341,6 +464,11 @@ impl Flock {
             generation: self.generation,
             started_at: now,
             state,
+            last_heartbeat: now,
+            memory: None,
+            retiring: None,
+            status: None,
+            condemned: false,
         });
     }
 
@@ -355,6 +483,7 @@ impl Flock {
         let uptime = seconds(now.saturating_duration_since(worker.started_at));
         let (slot, pid) = (worker.slot, worker.pid);
         match worker.state {
+            _ if worker.condemned => debug!("worker {slot} (pid {pid}) {status}"),
             WorkerState::Stopping { since, .. } => {
                 let took = seconds(now.saturating_duration_since(since));
                 info!("worker {slot} (pid {pid}) stopped: {status} after {took} of draining");
@@ -363,11 +492,7 @@ impl Flock {
                 info!("worker {slot} (pid {pid}) {status} during shutdown");
             }
             _ => {
-                let was_ready = if matches!(worker.state, WorkerState::Ready { .. }) {
-                    ""
-                } else {
-                    " before it was ready"
-                };
+                let was_ready = if worker.is_ready() { "" } else { " before it was ready" };
                 let what = format!("worker {slot} (pid {pid}) {status} after {uptime}{was_ready}");
                 self.on_failure(now, slot, actions, &what);
             }
@@ -409,6 +534,88 @@ impl Flock {
             warn!("{what}; restarting in {}", format_duration(delay));
         } else {
             warn!("{what}; not restarted (slot retired)");
+        }
+    }
+
+    /// SIGKILLs a worker for a failure (hung, not ready in time, asked to be
+    /// treated as hung) and counts it like a crash.
+    fn condemn(&mut self, now: Instant, index: usize, why: &str, actions: &mut Vec<Action>) {
+        let worker = &mut self.workers[index];
+        worker.condemned = true;
+        worker.state = WorkerState::Stopping {
+            since: now,
+            killed: true,
+        };
+        let (slot, pid) = (worker.slot, worker.pid);
+        actions.push(Action::Signal {
+            pid,
+            signal: Signal::SIGKILL,
+        });
+        self.on_failure(
+            now,
+            slot,
+            actions,
+            &format!("worker {slot} (pid {pid}) {why}; killed it"),
+        );
+    }
+
+    fn on_message(&mut self, now: Instant, pid: Pid, message: WorkerMessage, actions: &mut Vec<Action>) {
+        let Some(index) = self.workers.iter().position(|w| w.pid == pid) else {
+            debug!("message from pid {pid}, which is no longer a worker: {message:?}");
+            return;
+        };
+        let worker = &mut self.workers[index];
+        let (slot, stopping) = (worker.slot, worker.is_stopping());
+        match message {
+            WorkerMessage::Ready => {
+                worker.last_heartbeat = now;
+                if worker.state == WorkerState::Starting && self.policy.readiness != Readiness::None {
+                    let took = seconds(now.saturating_duration_since(worker.started_at));
+                    info!("worker {slot} (pid {pid}) is ready after {took}");
+                    worker.state = WorkerState::Ready { since: now };
+                }
+            }
+            WorkerMessage::Heartbeat => worker.last_heartbeat = now,
+            WorkerMessage::WatchdogTrigger if !stopping => {
+                self.condemn(now, index, "asked to be replaced (WATCHDOG=trigger)", actions);
+            }
+            WorkerMessage::Stopping if !stopping => {
+                info!("worker {slot} (pid {pid}) is stopping on its own; starting its replacement now");
+                worker.state = WorkerState::Stopping {
+                    since: now,
+                    killed: false,
+                };
+            }
+            WorkerMessage::Status(status) => {
+                debug!("worker {slot} (pid {pid}) status: {status}");
+                worker.status = Some(status);
+            }
+            WorkerMessage::Errno(errno) => {
+                let text = nix::errno::Errno::from_raw(errno).desc();
+                warn!("worker {slot} (pid {pid}) reports errno {errno} ({text})");
+            }
+            WorkerMessage::WatchdogTrigger | WorkerMessage::Stopping => {}
+        }
+    }
+
+    fn on_measured(&mut self, pid: Pid, bytes: u64) {
+        let Some(worker) = self.workers.iter_mut().find(|w| w.pid == pid) else {
+            return;
+        };
+        worker.memory = Some(bytes);
+        if let Some(limit) = self.policy.memory_limit
+            && bytes > limit
+            && worker.is_ready()
+            && worker.retiring.is_none()
+        {
+            warn!(
+                "worker {} (pid {}) uses {}, over the memory limit of {}; starting its replacement",
+                worker.slot,
+                worker.pid,
+                format_size(bytes),
+                format_size(limit)
+            );
+            worker.retiring = Some("memory limit");
         }
     }
 
@@ -464,17 +671,11 @@ impl Flock {
         }
     }
 
-    fn begin_shutdown(
-        &mut self,
-        now: Instant,
-        code: i32,
-        reason: String,
-        actions: &mut Vec<Action>,
-    ) {
+    fn begin_shutdown(&mut self, now: Instant, code: i32, reason: String, actions: &mut Vec<Action>) {
         self.phase = Phase::ShuttingDown { code, reason };
         actions.push(Action::Notify(Upward::Stopping));
         for worker in &mut self.workers {
-            if !matches!(worker.state, WorkerState::Stopping { .. }) {
+            if !worker.is_stopping() {
                 worker.state = WorkerState::Stopping {
                     since: now,
                     killed: false,
@@ -496,17 +697,24 @@ impl Flock {
                     reason: reason.clone(),
                 });
             }
+            self.ping_watchdog(now, actions);
             self.update_status(actions);
             return;
         }
         self.promote_ready(now);
+        self.kill_unready(now, actions);
+        self.kill_hung(now, actions);
         self.retire_surplus(now, actions);
+        self.stop_replaced(now, actions);
         self.fill_slots(now, actions);
-        if !self.announced_ready && self.ready_count() >= self.min_ready() {
+        self.ping_workers(now, actions);
+        self.measure(now, actions);
+        if !self.announced_ready && self.is_healthy() {
             self.announced_ready = true;
             info!("ready: {}/{} workers", self.ready_count(), self.desired);
             actions.push(Action::Notify(Upward::Ready));
         }
+        self.ping_watchdog(now, actions);
         self.update_status(actions);
     }
 
@@ -514,10 +722,7 @@ impl Flock {
     fn escalate_stops(&mut self, now: Instant, actions: &mut Vec<Action>) {
         let timeout = self.policy.stop_timeout;
         for worker in &mut self.workers {
-            if let WorkerState::Stopping {
-                since,
-                killed: false,
-            } = worker.state
+            if let WorkerState::Stopping { since, killed: false } = worker.state
                 && now.saturating_duration_since(since) >= timeout
             {
                 warn!(
@@ -526,10 +731,7 @@ impl Flock {
                     worker.pid,
                     format_duration(timeout)
                 );
-                worker.state = WorkerState::Stopping {
-                    since,
-                    killed: true,
-                };
+                worker.state = WorkerState::Stopping { since, killed: true };
                 actions.push(Action::Signal {
                     pid: worker.pid,
                     signal: Signal::SIGKILL,
@@ -539,19 +741,18 @@ impl Flock {
     }
 
     fn promote_ready(&mut self, now: Instant) {
-        let (ready_delay, backoff_reset) =
-            (self.policy.ready_delay, self.policy.restart.backoff_reset);
+        let (ready_delay, backoff_reset) = (self.policy.ready_delay, self.policy.restart.backoff_reset);
+        let by_delay = self.policy.readiness == Readiness::None;
         for worker in &mut self.workers {
             match worker.state {
                 WorkerState::Starting
-                    if now.saturating_duration_since(worker.started_at) >= ready_delay =>
+                    if by_delay && now.saturating_duration_since(worker.started_at) >= ready_delay =>
                 {
                     debug!("worker {} (pid {}) is ready", worker.slot, worker.pid);
                     worker.state = WorkerState::Ready { since: now };
+                    worker.last_heartbeat = now;
                 }
-                WorkerState::Ready { since }
-                    if now.saturating_duration_since(since) >= backoff_reset =>
-                {
+                WorkerState::Ready { since } if now.saturating_duration_since(since) >= backoff_reset => {
                     self.slots[worker.slot].failures = 0;
                 }
                 _ => {}
@@ -559,13 +760,76 @@ impl Flock {
         }
     }
 
+    /// A worker that has not said it is ready within `ready_timeout` failed to start.
+    fn kill_unready(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        if self.policy.readiness == Readiness::None {
+            return;
+        }
+        let timeout = self.policy.ready_timeout;
+        while let Some(index) = self
+            .workers
+            .iter()
+            .position(|w| w.state == WorkerState::Starting && now.saturating_duration_since(w.started_at) >= timeout)
+        {
+            self.condemn(
+                now,
+                index,
+                &format!("was not ready within {}", format_duration(timeout)),
+                actions,
+            );
+        }
+    }
+
+    /// A ready worker silent for longer than the heartbeat timeout is hung.
+    fn kill_hung(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        let Some(heartbeat) = self.policy.heartbeat else { return };
+        while let Some(index) = self
+            .workers
+            .iter()
+            .position(|w| w.is_ready() && now.saturating_duration_since(w.last_heartbeat) >= heartbeat.timeout)
+        {
+            let silent = seconds(now.saturating_duration_since(self.workers[index].last_heartbeat));
+            self.condemn(now, index, &format!("missed heartbeats for {silent}"), actions);
+        }
+    }
+
     /// Stops the workers of slots above the desired count (after a scale-down).
     fn retire_surplus(&mut self, now: Instant, actions: &mut Vec<Action>) {
         for worker in &mut self.workers {
-            if worker.slot >= self.desired && !matches!(worker.state, WorkerState::Stopping { .. })
-            {
+            if worker.slot >= self.desired && !worker.is_stopping() {
                 info!(
                     "worker {} (pid {}) retired by scale-down; sending {}",
+                    worker.slot,
+                    worker.pid,
+                    self.policy.stop_signal.as_str()
+                );
+                worker.state = WorkerState::Stopping {
+                    since: now,
+                    killed: false,
+                };
+                actions.push(Action::Signal {
+                    pid: worker.pid,
+                    signal: self.policy.stop_signal,
+                });
+            }
+        }
+    }
+
+    /// A retiring worker is stopped only once a ready replacement serves its slot.
+    fn stop_replaced(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        let replaced: Vec<(usize, Pid)> = self
+            .workers
+            .iter()
+            .filter(|w| w.is_ready() && w.retiring.is_none())
+            .map(|w| (w.slot, w.pid))
+            .collect();
+        for worker in &mut self.workers {
+            if let Some(reason) = worker.retiring
+                && !worker.is_stopping()
+                && let Some((_, new)) = replaced.iter().find(|(slot, _)| *slot == worker.slot)
+            {
+                info!(
+                    "worker {} (pid {}) replaced by pid {new} ({reason}); sending {}",
                     worker.slot,
                     worker.pid,
                     self.policy.stop_signal.as_str()
@@ -589,6 +853,15 @@ impl Flock {
             if state.spawning || state.next_spawn > now || self.slot_is_filled(slot) {
                 continue;
             }
+            // A replacement for a still-serving worker is surge: bounded.
+            let replacing = self.workers.iter().any(|w| w.slot == slot && !w.is_stopping());
+            if replacing {
+                let live = self.workers.iter().filter(|w| !w.is_stopping()).count()
+                    + self.slots.iter().filter(|s| s.spawning).count();
+                if live.saturating_sub(self.desired) >= self.policy.max_surge {
+                    continue;
+                }
+            }
             if self.budget.tokens < 1.0 {
                 debug!(
                     "spawn rate limit reached ({}/s); slot {slot} waits",
@@ -605,21 +878,82 @@ impl Flock {
         }
     }
 
-    /// One line for `systemctl status`, sent when it changes.
-    fn status_line(&self) -> String {
-        match &self.phase {
-            Phase::Running => format!(
-                "{}/{} ready · {} restarts",
+    /// Node IPC heartbeats: a 'ping' every interval; any message back counts.
+    fn ping_workers(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        let Some(heartbeat) = self.policy.heartbeat else { return };
+        if self.policy.readiness != Readiness::NodeIpc || now < self.timers.next_ping {
+            return;
+        }
+        self.timers.next_ping = now + heartbeat.interval;
+        for worker in self.workers.iter().filter(|w| !w.is_stopping()) {
+            actions.push(Action::Ping { pid: worker.pid });
+        }
+    }
+
+    fn measure(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        if now < self.timers.next_measure {
+            return;
+        }
+        self.timers.next_measure = now + self.policy.memory_interval;
+        let pids: Vec<Pid> = self
+            .workers
+            .iter()
+            .filter(|w| !w.is_stopping())
+            .map(|w| w.pid)
+            .collect();
+        if !pids.is_empty() {
+            actions.push(Action::Measure { pids });
+        }
+    }
+
+    /// The watchdog relay: WATCHDOG=1 at half systemd's interval, but after
+    /// READY only while the flock is healthy, so that systemd's
+    /// `Restart=on-watchdog` takes over a flock sheepdog cannot heal. Before
+    /// READY (TimeoutStartSec governs) and while stopping (TimeoutStopSec
+    /// does) the pings go on.
+    fn ping_watchdog(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        let Some(interval) = self.policy.watchdog else { return };
+        if now < self.timers.next_watchdog {
+            return;
+        }
+        self.timers.next_watchdog = now + interval / 2;
+        let starting = !self.announced_ready;
+        if starting || self.is_shutting_down() || self.is_healthy() {
+            if self.timers.withholding_watchdog {
+                info!("the flock is healthy again; resuming watchdog pings");
+                self.timers.withholding_watchdog = false;
+            }
+            actions.push(Action::Notify(Upward::Watchdog));
+        } else if !self.timers.withholding_watchdog {
+            self.timers.withholding_watchdog = true;
+            warn!(
+                "the flock is unhealthy ({}/{} ready, {} needed): withholding watchdog pings from systemd",
                 self.ready_count(),
                 self.desired,
-                self.total_restarts
-            ),
-            Phase::ShuttingDown { code: 0, .. } => {
-                format!("stopping · {} workers left", self.workers.len())
+                self.min_ready()
+            );
+        }
+    }
+
+    /// One line for `systemctl status`, sent when it changes.
+    fn status_line(&self) -> String {
+        let memory: u64 = self.workers.iter().filter_map(|w| w.memory).sum();
+        let memory = if memory > 0 {
+            format!(" · {}", format_size(memory))
+        } else {
+            String::new()
+        };
+        match &self.phase {
+            Phase::Running => {
+                format!(
+                    "{}/{} ready · {} restarts{memory}",
+                    self.ready_count(),
+                    self.desired,
+                    self.total_restarts
+                )
             }
-            Phase::ShuttingDown { reason, .. } => {
-                format!("failed · {} workers left · {reason}", self.workers.len())
-            }
+            Phase::ShuttingDown { code: 0, .. } => format!("stopping · {} workers left", self.workers.len()),
+            Phase::ShuttingDown { reason, .. } => format!("failed · {} workers left · {reason}", self.workers.len()),
         }
     }
 
@@ -635,10 +969,7 @@ impl Flock {
 /// `backoff_initial · 2^failures`, capped at `backoff_max`.
 fn backoff(policy: &RestartPolicy, failures: u32) -> Duration {
     let factor = 2u32.saturating_pow(failures.min(30));
-    policy
-        .backoff_initial
-        .saturating_mul(factor)
-        .min(policy.backoff_max)
+    policy.backoff_initial.saturating_mul(factor).min(policy.backoff_max)
 }
 
 fn seconds(duration: Duration) -> String {
@@ -648,6 +979,7 @@ fn seconds(duration: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::HeartbeatPolicy;
 
     const MS: Duration = Duration::from_millis(1);
 
@@ -655,7 +987,14 @@ mod tests {
         Policy {
             workers,
             min_ready: workers,
+            readiness: Readiness::None,
             ready_delay: 1000 * MS,
+            ready_timeout: 3000 * MS,
+            heartbeat: None,
+            memory_limit: None,
+            memory_interval: Duration::from_secs(3600),
+            max_surge: 1,
+            watchdog: None,
             stop_signal: Signal::SIGTERM,
             stop_timeout: 5000 * MS,
             restart: RestartPolicy {
@@ -907,8 +1246,7 @@ mod tests {
         let (code, reason) = outcome.expect("the supervisor exits");
         assert_eq!(code, 1);
         assert!(
-            reason
-                .starts_with("crash loop: 6 unrequested worker exits within 1m (max_restarts = 5)"),
+            reason.starts_with("crash loop: 6 unrequested worker exits within 1m (max_restarts = 5)"),
             "{reason}"
         );
         // Two initial spawns and two rounds of restarts; the 5th tolerated exit's
@@ -938,10 +1276,7 @@ mod tests {
         let (a, b) = (h.pid_of(0), h.pid_of(1));
         let actions = h.feed(Event::Request(Request::Stop));
         assert!(actions.contains(&Action::Notify(Upward::Stopping)));
-        assert_eq!(
-            signals(&actions),
-            vec![(a, Signal::SIGTERM), (b, Signal::SIGTERM)]
-        );
+        assert_eq!(signals(&actions), vec![(a, Signal::SIGTERM), (b, Signal::SIGTERM)]);
         assert_eq!(statuses(&actions), vec!["stopping · 2 workers left"]);
 
         // `a` drains and exits; `b` ignores SIGTERM.
@@ -957,10 +1292,7 @@ mod tests {
             code: 0,
             reason: "stopped on request".into()
         }));
-        assert!(
-            spawns(&h.log).len() == 2,
-            "nothing is respawned during a stop"
-        );
+        assert!(spawns(&h.log).len() == 2, "nothing is respawned during a stop");
     }
 
     #[test]
@@ -1003,7 +1335,8 @@ mod tests {
         let actions = h.exit(top, ExitStatus::Code(0));
         assert!(spawns(&actions).is_empty());
         assert_eq!(statuses(&h.log).last().unwrap(), "2/2 ready · 0 restarts");
-        assert!(h.flock.next_deadline().is_none());
+        // Nothing is pending but the (hourly, in this policy) memory check.
+        assert!(h.flock.next_deadline().unwrap() > h.now + Duration::from_secs(60));
     }
 
     #[test]
@@ -1075,5 +1408,282 @@ mod tests {
         let seq: Vec<u128> = (0..6).map(|n| backoff(&p, n).as_millis()).collect();
         assert_eq!(seq, vec![100, 200, 400, 800, 1000, 1000]);
         assert_eq!(backoff(&p, 1000), 1000 * MS);
+    }
+
+    fn notify_policy(workers: usize) -> Policy {
+        let mut p = policy(workers);
+        p.readiness = Readiness::Notify;
+        p.heartbeat = Some(HeartbeatPolicy {
+            interval: 1000 * MS,
+            timeout: 3000 * MS,
+        });
+        p
+    }
+
+    impl Harness {
+        fn say(&mut self, pid: Pid, message: WorkerMessage) -> Vec<Action> {
+            self.feed(Event::Message { pid, message })
+        }
+
+        fn make_ready(&mut self) {
+            let starting: Vec<Pid> = self
+                .flock
+                .workers()
+                .iter()
+                .filter(|w| w.state == WorkerState::Starting)
+                .map(|w| w.pid)
+                .collect();
+            for pid in starting {
+                self.say(pid, WorkerMessage::Ready);
+            }
+        }
+
+        fn ready_pids(&self) -> Vec<Pid> {
+            self.flock
+                .workers()
+                .iter()
+                .filter(|w| w.is_ready())
+                .map(|w| w.pid)
+                .collect()
+        }
+    }
+
+    #[test]
+    fn with_a_readiness_protocol_only_the_worker_says_when_it_is_ready() {
+        let mut h = Harness::new(notify_policy(2));
+        h.start();
+        assert!(!ready_sent(&h.at(2500 * MS)), "no ready_delay promotion under notify");
+        let (a, b) = (h.pid_of(0), h.pid_of(1));
+        assert!(!ready_sent(&h.say(a, WorkerMessage::Ready)));
+        assert!(ready_sent(&h.say(b, WorkerMessage::Ready)));
+    }
+
+    #[test]
+    fn a_worker_not_ready_within_ready_timeout_is_killed_and_counted() {
+        let mut h = Harness::new(notify_policy(1));
+        h.start();
+        let pid = h.pid_of(0);
+        assert!(signals(&h.at(2999 * MS)).is_empty());
+        let actions = h.at(3000 * MS);
+        assert_eq!(signals(&actions), vec![(pid, Signal::SIGKILL)]);
+        assert_eq!(h.flock.total_restarts, 1);
+        // Its replacement comes after the backoff, before the old one is reaped.
+        assert_eq!(spawns(&h.at(3100 * MS)), vec![0]);
+        h.exit(pid, ExitStatus::Signaled(Signal::SIGKILL));
+        assert_eq!(h.flock.total_restarts, 1, "the reaped exit is not counted twice");
+    }
+
+    #[test]
+    fn a_hung_worker_is_killed_after_the_heartbeat_timeout_and_replaced() {
+        let mut h = Harness::new(notify_policy(2));
+        h.start();
+        h.make_ready();
+        let (a, b) = (h.pid_of(0), h.pid_of(1));
+        // `a` keeps heartbeating; `b` goes silent after t = 0.
+        for t in [900u32, 1800, 2700, 3600] {
+            h.at(t * MS);
+            h.say(a, WorkerMessage::Heartbeat);
+            if t < 3000 {
+                assert!(signals(&h.log).is_empty(), "nobody is killed before the timeout");
+            }
+        }
+        assert_eq!(
+            signals(&h.log),
+            vec![(b, Signal::SIGKILL)],
+            "killed when the 3 s timeout passed"
+        );
+        // The loop wakes exactly at the expiry deadline.
+        let mut h2 = Harness::new(notify_policy(1));
+        h2.start();
+        h2.make_ready();
+        assert_eq!(
+            h2.flock.next_deadline(),
+            Some(h2.t0 + 1000 * MS),
+            "the stall-guard tick comes first"
+        );
+        let actions = h2.run_until(3000 * MS);
+        assert_eq!(signals(&actions).len(), 1);
+        assert_eq!(h.flock.total_restarts, 1);
+        assert_eq!(spawns(&h.run_until(4000 * MS)), vec![1]);
+    }
+
+    #[test]
+    fn a_stalled_supervisor_spares_its_workers_once() {
+        let mut h = Harness::new(notify_policy(1));
+        h.start();
+        h.make_ready();
+        // The loop itself did not run for 10 s (SIGSTOPped): no mass murder.
+        assert!(signals(&h.at(10_000 * MS)).is_empty());
+        // But a worker still silent one timeout later is hung after all.
+        assert_eq!(signals(&h.run_until(13_000 * MS)).len(), 1);
+    }
+
+    #[test]
+    fn watchdog_trigger_replaces_at_once() {
+        let mut h = Harness::new(notify_policy(1));
+        h.start();
+        h.make_ready();
+        let pid = h.pid_of(0);
+        assert_eq!(
+            signals(&h.say(pid, WorkerMessage::WatchdogTrigger)),
+            vec![(pid, Signal::SIGKILL)]
+        );
+        assert_eq!(h.flock.total_restarts, 1);
+    }
+
+    #[test]
+    fn a_worker_that_says_it_is_stopping_gets_its_replacement_before_it_exits() {
+        let mut h = Harness::new(notify_policy(1));
+        h.start();
+        h.make_ready();
+        let old = h.pid_of(0);
+        let actions = h.say(old, WorkerMessage::Stopping);
+        assert_eq!(spawns(&actions), vec![0], "replacement forked at once");
+        assert!(signals(&actions).is_empty(), "the leaving worker is not signalled");
+        assert!(h.flock.workers().iter().any(|w| w.pid == old), "old one still draining");
+        h.exit(old, ExitStatus::Code(0));
+        assert_eq!(h.flock.total_restarts, 0, "leaving on its own is not a failure");
+        // One that never exits is killed after the stop timeout.
+        let mut p = notify_policy(1);
+        p.heartbeat = None;
+        let mut h = Harness::new(p);
+        h.start();
+        h.make_ready();
+        let old = h.pid_of(0);
+        h.say(old, WorkerMessage::Stopping);
+        h.make_ready();
+        assert_eq!(signals(&h.run_until(5000 * MS)), vec![(old, Signal::SIGKILL)]);
+    }
+
+    #[test]
+    fn memory_over_the_limit_is_replaced_replacement_first_within_the_surge_bound() {
+        let mut p = notify_policy(3);
+        p.heartbeat = None;
+        p.memory_limit = Some(700 << 20);
+        p.memory_interval = 1000 * MS;
+        let mut h = Harness::new(p);
+        h.start();
+        h.make_ready();
+        let measured = h.at(1000 * MS);
+        assert!(
+            measured
+                .iter()
+                .any(|a| matches!(a, Action::Measure { pids } if pids.len() == 3))
+        );
+        let old: Vec<Pid> = (0..3).map(|s| h.pid_of(s)).collect();
+        h.feed(Event::Measured {
+            pid: old[0],
+            bytes: 100 << 20,
+        });
+        assert_eq!(statuses(&h.log).last().unwrap(), "3/3 ready · 0 restarts · 100 MiB");
+        // Two workers bloat at once; max_surge = 1: one replacement at a time.
+        let mut actions = h.feed(Event::Measured {
+            pid: old[1],
+            bytes: 800 << 20,
+        });
+        actions.extend(h.feed(Event::Measured {
+            pid: old[2],
+            bytes: 900 << 20,
+        }));
+        assert_eq!(spawns(&actions), vec![1]);
+        assert!(
+            signals(&actions).is_empty(),
+            "the bloated worker keeps serving until replaced"
+        );
+        let first_new = h.flock.workers().last().unwrap().pid;
+        let actions = h.say(first_new, WorkerMessage::Ready);
+        assert_eq!(
+            signals(&actions),
+            vec![(old[1], Signal::SIGTERM)],
+            "stopped once its replacement is ready"
+        );
+        assert_eq!(spawns(&actions), vec![2], "the surge slot is free again");
+        assert_eq!(h.ready_pids().len(), 3, "never fewer ready workers than desired");
+        let second_new = h.flock.workers().last().unwrap().pid;
+        assert_eq!(
+            signals(&h.say(second_new, WorkerMessage::Ready)),
+            vec![(old[2], Signal::SIGTERM)]
+        );
+        assert_eq!(h.flock.total_restarts, 0);
+    }
+
+    #[test]
+    fn a_failed_memory_replacement_leaves_the_old_worker_serving() {
+        let mut p = notify_policy(1);
+        p.heartbeat = None;
+        p.memory_limit = Some(1 << 20);
+        let mut h = Harness::new(p);
+        h.start();
+        h.make_ready();
+        let old = h.pid_of(0);
+        let spawned = spawns(&h.feed(Event::Measured {
+            pid: old,
+            bytes: 2 << 20,
+        }));
+        assert_eq!(spawned, vec![0]);
+        let new = h.flock.workers().last().unwrap().pid;
+        h.exit(new, ExitStatus::Code(1));
+        assert!(h.ready_pids().contains(&old));
+        assert!(signals(&h.log).is_empty());
+    }
+
+    #[test]
+    fn node_ipc_workers_are_pinged_every_interval() {
+        let mut p = notify_policy(2);
+        p.readiness = Readiness::NodeIpc;
+        p.ready_timeout = 60_000 * MS;
+        p.heartbeat = Some(HeartbeatPolicy {
+            interval: 1000 * MS,
+            timeout: 10_000 * MS,
+        });
+        let mut h = Harness::new(p);
+        let pings = |actions: &[Action]| actions.iter().filter(|a| matches!(a, Action::Ping { .. })).count();
+        assert_eq!(pings(&h.start()), 0);
+        assert_eq!(pings(&h.at(999 * MS)), 0);
+        assert_eq!(pings(&h.at(1000 * MS)), 2);
+        assert_eq!(pings(&h.run_until(3500 * MS)), 4);
+    }
+
+    #[test]
+    fn the_watchdog_relay_pings_only_a_healthy_flock() {
+        let mut p = notify_policy(2);
+        p.watchdog = Some(2000 * MS);
+        p.restart.max_restarts = 100;
+        let mut h = Harness::new(p);
+        let watchdogs = |actions: &[Action]| {
+            actions
+                .iter()
+                .filter(|a| **a == Action::Notify(Upward::Watchdog))
+                .count()
+        };
+        assert_eq!(watchdogs(&h.start()), 1, "pinged while starting");
+        assert_eq!(h.flock.next_deadline(), Some(h.t0 + 1000 * MS));
+        h.make_ready();
+        let mut total = 0;
+        for t in (1000..=6000u32).step_by(500) {
+            let actions = h.at(t * MS);
+            total += watchdogs(&actions);
+            for pid in h.ready_pids() {
+                h.say(pid, WorkerMessage::Heartbeat);
+            }
+        }
+        assert_eq!(total, 6, "every half interval (1 s) while healthy");
+        // Every worker hangs; their replacements never become ready.
+        let before = h.log.len();
+        h.run_until(20_000 * MS);
+        let first_kill = before
+            + h.log[before..]
+                .iter()
+                .position(|a| matches!(a, Action::Signal { .. }))
+                .unwrap();
+        assert!(h.now - h.t0 >= 9000 * MS);
+        assert_eq!(watchdogs(&h.log[first_kill..]), 0, "no ping for an unhealthy flock");
+        assert!(
+            signals(&h.log[first_kill..]).len() >= 4,
+            "hung workers and unready replacements killed"
+        );
+        // Healthy again: the pings resume.
+        h.make_ready();
+        assert_eq!(watchdogs(&h.run_until(22_000 * MS)), 2);
     }
 }

@@ -17,10 +17,13 @@
 //! - [`config`], [`units`] and [`sockets`] do everything that can fail before
 //!   the first fork, so a bad setup exits 78 with nothing started.
 
+pub mod channel;
 pub mod cli;
 pub mod config;
 pub mod flock;
+pub mod links;
 pub mod logging;
+pub mod proc_stats;
 pub mod sockets;
 pub mod spawn;
 pub mod supervisor;

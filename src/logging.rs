@@ -17,8 +17,7 @@ pub fn init(level: Option<LevelFilter>, journal: bool) {
         builder.filter_level(level);
     }
     if journal {
-        builder
-            .format(|out, record| writeln!(out, "<{}>{}", priority(record.level()), record.args()));
+        builder.format(|out, record| writeln!(out, "<{}>{}", priority(record.level()), record.args()));
     } else {
         builder.format(|out, record| {
             let level = match record.level() {

@@ -65,7 +65,15 @@ fn run(args: RunArgs) -> ExitCode {
             "bound by sheepdog"
         }
     );
-    let supervisor = match Supervisor::new(Policy::from_settings(&settings), command, listeners) {
+    let watchdog = systemd::watchdog_interval();
+    if let Some(interval) = watchdog {
+        log::info!(
+            "systemd watchdog: {}; pinging at half of it while the flock is healthy",
+            sheepdog::units::format_duration(interval)
+        );
+    }
+    let policy = Policy::from_settings(&settings, watchdog);
+    let supervisor = match Supervisor::new(policy, settings.memory.measure, command, listeners) {
         Ok(supervisor) => supervisor,
         Err(e) => {
             log::error!("{e}");

@@ -15,8 +15,7 @@ use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::sys::socket::{
-    self, AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, SockaddrIn6, SockaddrStorage,
-    UnixAddr, sockopt,
+    self, AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, SockaddrIn6, SockaddrStorage, UnixAddr, sockopt,
 };
 
 use crate::config::ListenAddr;
@@ -153,12 +152,9 @@ fn inherit() -> Result<Option<Vec<Listener>>, SocketError> {
 fn check_listening(raw: RawFd) -> Result<(), SocketError> {
     // Safety: only borrowed for the duration of these checks.
     let fd = unsafe { BorrowedFd::borrow_raw(raw) };
-    let stat = nix::sys::stat::fstat(fd)
-        .map_err(|e| SocketError(format!("fd {raw} from LISTEN_FDS: {}", e.desc())))?;
+    let stat = nix::sys::stat::fstat(fd).map_err(|e| SocketError(format!("fd {raw} from LISTEN_FDS: {}", e.desc())))?;
     if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
-        return Err(SocketError(format!(
-            "fd {raw} from LISTEN_FDS is not a socket"
-        )));
+        return Err(SocketError(format!("fd {raw} from LISTEN_FDS is not a socket")));
     }
     match socket::getsockopt(&fd, sockopt::AcceptConn) {
         Ok(true) => Ok(()),
@@ -202,12 +198,9 @@ fn bind(address: &ListenAddr) -> Result<Listener, SocketError> {
             let fd = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
                 .map_err(|e| fail("create a socket for", e))?;
             // Lets a restarted sheepdog bind while old connections sit in TIME_WAIT.
-            socket::setsockopt(&fd, sockopt::ReuseAddr, &true)
-                .map_err(|e| fail("set SO_REUSEADDR on", e))?;
+            socket::setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(|e| fail("set SO_REUSEADDR on", e))?;
             let bound = match addr {
-                std::net::SocketAddr::V4(v4) => {
-                    socket::bind(fd.as_raw_fd(), &SockaddrIn::from(*v4))
-                }
+                std::net::SocketAddr::V4(v4) => socket::bind(fd.as_raw_fd(), &SockaddrIn::from(*v4)),
                 std::net::SocketAddr::V6(v6) => {
                     // As systemd's BindIPv6Only=default: [::] accepts IPv4 too.
                     socket::bind(fd.as_raw_fd(), &SockaddrIn6::from(*v6))
@@ -222,9 +215,7 @@ fn bind(address: &ListenAddr) -> Result<Listener, SocketError> {
                 owned_path: None,
             }
         }
-        ListenAddr::Unix(path) => {
-            bind_unix(path).map_err(|e| SocketError(format!("cannot bind {address}: {e}")))?
-        }
+        ListenAddr::Unix(path) => bind_unix(path).map_err(|e| SocketError(format!("cannot bind {address}: {e}")))?,
     };
     socket::listen(&listener.fd, Backlog::MAXCONN).map_err(|e| fail("listen on", e))?;
     Ok(listener)
@@ -239,20 +230,14 @@ fn bind_unix(path: &Path) -> Result<Listener, String> {
                 return Err("another process is listening on it".into());
             }
             log::info!("replacing stale socket file {}", path.display());
-            std::fs::remove_file(path)
-                .map_err(|e| format!("cannot remove the stale socket file: {e}"))?;
+            std::fs::remove_file(path).map_err(|e| format!("cannot remove the stale socket file: {e}"))?;
         }
         Ok(_) => return Err("the path exists and is not a socket".into()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e.to_string()),
     }
-    let fd = socket::socket(
-        AddressFamily::Unix,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .map_err(|e| e.desc().to_string())?;
+    let fd = socket::socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
+        .map_err(|e| e.desc().to_string())?;
     let addr = UnixAddr::new(path).map_err(|e| e.desc().to_string())?;
     socket::bind(fd.as_raw_fd(), &addr).map_err(|e| e.desc().to_string())?;
     let meta = std::fs::symlink_metadata(path).map_err(|e| e.to_string())?;
@@ -276,10 +261,7 @@ fn socket_is_live(path: &Path) -> Result<bool, String> {
     match socket::connect(probe.as_raw_fd(), &addr) {
         Ok(()) | Err(Errno::EAGAIN) | Err(Errno::EINPROGRESS) => Ok(true),
         Err(Errno::ECONNREFUSED) => Ok(false),
-        Err(e) => Err(format!(
-            "cannot probe the existing socket file: {}",
-            e.desc()
-        )),
+        Err(e) => Err(format!("cannot probe the existing socket file: {}", e.desc())),
     }
 }
 
@@ -334,9 +316,6 @@ mod tests {
         );
         let file = std::fs::File::open("/dev/null").unwrap();
         let err = check_listening(file.as_raw_fd()).unwrap_err().0;
-        assert_eq!(
-            err,
-            format!("fd {} from LISTEN_FDS is not a socket", file.as_raw_fd())
-        );
+        assert_eq!(err, format!("fd {} from LISTEN_FDS is not a socket", file.as_raw_fd()));
     }
 }

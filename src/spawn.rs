@@ -55,6 +55,17 @@ pub struct WorkerCommand {
     devnull: OwnedFd,
 }
 
+/// What one worker gets beyond the common command: its channel to sheepdog.
+#[derive(Debug, Default)]
+pub struct WorkerExtras {
+    /// `KEY=VALUE` entries (NOTIFY_SOCKET, NODE_CHANNEL_FD, WATCHDOG_USEC…).
+    pub env: Vec<String>,
+    /// An fd placed right after the listeners (the Node IPC channel).
+    pub channel_fd: Option<RawFd>,
+    /// Add `WATCHDOG_PID=` the worker's own pid (heartbeats over notify).
+    pub watchdog_pid: bool,
+}
+
 /// What the parent learnt from the child before its exec.
 const STAGE_CHDIR: u8 = 1;
 const STAGE_EXEC: u8 = 2;
@@ -143,9 +154,14 @@ impl WorkerCommand {
             .ok_or_else(|| SpawnError(format!("command `{}` not found in PATH", program.display())))
     }
 
+    /// The fd number a worker's channel gets: right after the listeners.
+    pub fn channel_fd_number(&self) -> RawFd {
+        LISTEN_FDS_START + self.listeners.len() as RawFd
+    }
+
     /// Forks and execs the worker for `slot`. Returns once the child has
     /// exec'd (or failed to, which is reported and then reaped as exit 127).
-    pub fn spawn(&self, slot: usize, generation: u32) -> Result<Pid, SpawnError> {
+    pub fn spawn(&self, slot: usize, generation: u32, extras: &WorkerExtras) -> Result<Pid, SpawnError> {
         let program = CString::new(self.resolve_program()?.into_os_string().into_vec())
             .map_err(|_| SpawnError("the program path contains a NUL byte".into()))?;
         let directory = match &self.working_directory {
@@ -165,12 +181,21 @@ impl WorkerCommand {
                     .map_err(|_| SpawnError("LISTEN_FDNAMES contains a NUL byte".into()))?,
             );
         }
-        // LISTEN_PID must be the worker's own pid, known only after fork: the
-        // child writes its digits into this fixed-width buffer.
+        for entry in &extras.env {
+            env.push(CString::new(entry.as_str()).map_err(|_| SpawnError(format!("{entry:?} contains a NUL byte")))?);
+        }
+        // LISTEN_PID (and WATCHDOG_PID) must be the worker's own pid, known only
+        // after fork: the child writes its digits into these fixed-width buffers.
         let mut listen_pid = *b"LISTEN_PID=\0\0\0\0\0\0\0\0\0\0\0\0";
+        let mut watchdog_pid = *b"WATCHDOG_PID=\0\0\0\0\0\0\0\0\0\0\0\0";
         let mut envp: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
         envp.push(listen_pid.as_ptr().cast());
+        if extras.watchdog_pid {
+            envp.push(watchdog_pid.as_ptr().cast());
+        }
         envp.push(std::ptr::null());
+        let mut inherited = self.listeners.clone();
+        inherited.extend(extras.channel_fd);
         let mut argv: Vec<*const libc::c_char> = self.argv.iter().map(|a| a.as_ptr()).collect();
         argv.push(std::ptr::null());
 
@@ -181,11 +206,16 @@ impl WorkerCommand {
             argv: argv.as_ptr(),
             envp: envp.as_ptr(),
             directory: directory.as_ref().map_or(std::ptr::null(), |d| d.as_ptr()),
-            listeners: &self.listeners,
+            inherited: &inherited,
             devnull: self.devnull.as_raw_fd(),
             report: report_write.as_raw_fd(),
             parent: nix::unistd::getpid().as_raw(),
             listen_pid: listen_pid.as_mut_ptr(),
+            watchdog_pid: if extras.watchdog_pid {
+                watchdog_pid.as_mut_ptr()
+            } else {
+                std::ptr::null_mut()
+            },
             max_signal: libc::SIGRTMAX(),
         };
 
@@ -205,11 +235,7 @@ impl WorkerCommand {
             unsafe { child.exec() }
         }
         let fork_error = Errno::last();
-        let _ = nix::sys::signal::pthread_sigmask(
-            nix::sys::signal::SigmaskHow::SIG_SETMASK,
-            Some(&previous),
-            None,
-        );
+        let _ = nix::sys::signal::pthread_sigmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(&previous), None);
         if pid < 0 {
             return Err(SpawnError(format!("fork failed: {}", fork_error.desc())));
         }
@@ -224,25 +250,17 @@ impl WorkerCommand {
                 Ok(n) => got += n,
                 Err(Errno::EINTR) => continue,
                 Err(e) => {
-                    log::warn!(
-                        "worker {slot} (pid {pid}): cannot read its exec report: {}",
-                        e.desc()
-                    );
+                    log::warn!("worker {slot} (pid {pid}): cannot read its exec report: {}", e.desc());
                     break;
                 }
             }
         }
         if got == report.len() {
-            let errno = Errno::from_raw(i32::from_ne_bytes([
-                report[1], report[2], report[3], report[4],
-            ]));
+            let errno = Errno::from_raw(i32::from_ne_bytes([report[1], report[2], report[3], report[4]]));
             let what = match report[0] {
                 STAGE_CHDIR => format!(
                     "cannot change to working_directory {}",
-                    self.working_directory
-                        .as_deref()
-                        .unwrap_or(Path::new("?"))
-                        .display()
+                    self.working_directory.as_deref().unwrap_or(Path::new("?")).display()
                 ),
                 STAGE_EXEC => format!("cannot execute {}", program.to_string_lossy()),
                 _ => "cannot set up its file descriptors".to_string(),
@@ -263,11 +281,13 @@ struct ChildPlan<'a> {
     argv: *const *const libc::c_char,
     envp: *const *const libc::c_char,
     directory: *const libc::c_char,
-    listeners: &'a [RawFd],
+    /// Listeners, then the channel: placed at fds 3, 4, …
+    inherited: &'a [RawFd],
     devnull: RawFd,
     report: RawFd,
     parent: libc::pid_t,
     listen_pid: *mut u8,
+    watchdog_pid: *mut u8,
     max_signal: libc::c_int,
 }
 
@@ -291,36 +311,31 @@ impl ChildPlan<'_> {
             libc::setpgid(0, 0);
             // Dies with sheepdog, even by SIGKILL. Re-check the parent to close
             // the race where sheepdog died before the prctl.
-            libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            );
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
             if libc::getppid() != self.parent {
                 libc::_exit(1);
             }
 
-            write_decimal(
-                self.listen_pid.add(b"LISTEN_PID=".len()),
-                libc::getpid() as u32,
-            );
+            let own_pid = libc::getpid() as u32;
+            write_decimal(self.listen_pid.add(b"LISTEN_PID=".len()), own_pid);
+            if !self.watchdog_pid.is_null() {
+                write_decimal(self.watchdog_pid.add(b"WATCHDOG_PID=".len()), own_pid);
+            }
 
             if libc::dup2(self.devnull, 0) < 0 {
                 self.fail(STAGE_FDS);
             }
-            // Listeners to 3..3+n. First move them above that range (close-on-
+            // Listeners (and channel) to 3..3+n. First move them above that range (close-on-
             // exec copies), so that no source is overwritten before it is copied.
-            let count = self.listeners.len() as RawFd;
-            let mut high = [0 as RawFd; MAX_LISTENERS];
-            for (i, &fd) in self.listeners.iter().enumerate().take(high.len()) {
+            let count = self.inherited.len() as RawFd;
+            let mut high = [0 as RawFd; MAX_LISTENERS + 1];
+            for (i, &fd) in self.inherited.iter().enumerate().take(high.len()) {
                 high[i] = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, LISTEN_FDS_START + count);
                 if high[i] < 0 {
                     self.fail(STAGE_FDS);
                 }
             }
-            for (i, &copy) in high.iter().enumerate().take(self.listeners.len()) {
+            for (i, &copy) in high.iter().enumerate().take(self.inherited.len()) {
                 // dup2 clears close-on-exec on the target: these survive exec.
                 if libc::dup2(copy, LISTEN_FDS_START + i as RawFd) < 0 {
                     self.fail(STAGE_FDS);
@@ -402,10 +417,7 @@ mod tests {
         )
         .err()
         .unwrap();
-        assert_eq!(
-            err.0,
-            "command `no-such-program-sheepdog` not found in PATH"
-        );
+        assert_eq!(err.0, "command `no-such-program-sheepdog` not found in PATH");
         let err = WorkerCommand::new(
             &["./nope.sh".into()],
             &BTreeMap::new(),

@@ -21,7 +21,10 @@ use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGTTIN, SIGTTOU};
 use signal_hook::iterator::backend::SignalDelivery;
 use signal_hook::iterator::exfiltrator::SignalOnly;
 
+use crate::config::MemoryMeasure;
 use crate::flock::{Action, Event, ExitStatus, Flock, Policy, Request};
+use crate::links::Links;
+use crate::proc_stats;
 use crate::sockets::Listeners;
 use crate::spawn::WorkerCommand;
 use crate::systemd;
@@ -35,6 +38,8 @@ pub struct Supervisor {
     flock: Flock,
     command: WorkerCommand,
     listeners: Listeners,
+    links: Links,
+    memory_measure: MemoryMeasure,
     signals: SignalDelivery<UnixStream, SignalOnly>,
 }
 
@@ -43,11 +48,12 @@ impl Supervisor {
     /// and makes sheepdog the reaper of its workers' orphans.
     pub fn new(
         policy: Policy,
+        memory_measure: MemoryMeasure,
         command: WorkerCommand,
         listeners: Listeners,
     ) -> Result<Supervisor, String> {
-        let (read, write) =
-            UnixStream::pair().map_err(|e| format!("cannot create the signal pipe: {e}"))?;
+        let links = Links::new(policy.readiness, policy.heartbeat, command.channel_fd_number())?;
+        let (read, write) = UnixStream::pair().map_err(|e| format!("cannot create the signal pipe: {e}"))?;
         read.set_nonblocking(true)
             .map_err(|e| format!("cannot set up the signal pipe: {e}"))?;
         write
@@ -64,6 +70,8 @@ impl Supervisor {
             flock: Flock::new(policy, Instant::now()),
             command,
             listeners,
+            links,
+            memory_measure,
             signals,
         })
     }
@@ -82,37 +90,54 @@ impl Supervisor {
                     for listener in &self.listeners.sockets {
                         listener.remove_socket_file();
                     }
+                    self.links.cleanup();
                     return code;
                 }
             }
-            if let Err(e) = self.wait(now) {
-                error!("poll failed: {e}");
-                return EXIT_OS_ERROR;
-            }
+            let readable = match self.wait(now) {
+                Ok(readable) => readable,
+                Err(e) => {
+                    error!("poll failed: {e}");
+                    return EXIT_OS_ERROR;
+                }
+            };
             events.extend(self.pending_signals());
             events.extend(self.reap());
+            let now = Instant::now();
+            for pid in readable {
+                events.extend(self.links.read(pid, now));
+            }
             events.push(Event::Tick);
         }
     }
 
-    fn perform(
-        &mut self,
-        now: Instant,
-        action: Action,
-        follow_ups: &mut VecDeque<Action>,
-    ) -> Option<i32> {
+    fn perform(&mut self, now: Instant, action: Action, follow_ups: &mut VecDeque<Action>) -> Option<i32> {
         match action {
             Action::Spawn { slot, generation } => {
-                let event = match self.command.spawn(slot, generation) {
-                    Ok(pid) => Event::Spawned { slot, pid },
-                    Err(e) => Event::SpawnFailed {
-                        slot,
-                        reason: e.to_string(),
+                let event = match self.links.prepare(slot) {
+                    Err(reason) => Event::SpawnFailed { slot, reason },
+                    Ok(prepared) => match self.command.spawn(slot, generation, &prepared.extras) {
+                        Ok(pid) => {
+                            self.links.attach(pid, slot, prepared.link);
+                            Event::Spawned { slot, pid }
+                        }
+                        Err(e) => Event::SpawnFailed {
+                            slot,
+                            reason: e.to_string(),
+                        },
                     },
                 };
                 follow_ups.extend(self.flock.handle(now, event));
             }
             Action::Signal { pid, signal } => signal_worker(pid, signal),
+            Action::Ping { pid } => self.links.ping(pid),
+            Action::Measure { pids } => {
+                for pid in pids {
+                    if let Some(bytes) = proc_stats::tree_memory(pid, self.memory_measure) {
+                        follow_ups.extend(self.flock.handle(now, Event::Measured { pid, bytes }));
+                    }
+                }
+            }
             Action::Notify(message) => systemd::notify(&message),
             Action::Exit { code, reason } => {
                 if code == 0 {
@@ -126,25 +151,28 @@ impl Supervisor {
         None
     }
 
-    /// Sleeps until a signal arrives or the core's next deadline.
-    fn wait(&self, now: Instant) -> Result<(), Errno> {
+    /// Sleeps until a signal or a worker's message arrives, or the core's next
+    /// deadline; returns the workers whose channels are readable.
+    fn wait(&self, now: Instant) -> Result<Vec<i32>, Errno> {
         let timeout = match self.flock.next_deadline() {
             None => PollTimeout::NONE,
             Some(deadline) => {
                 // Round up: waking a millisecond early would only spin.
-                let ms = deadline
-                    .saturating_duration_since(now)
-                    .as_micros()
-                    .div_ceil(1000);
+                let ms = deadline.saturating_duration_since(now).as_micros().div_ceil(1000);
                 PollTimeout::try_from(ms.min(60_000) as i32).unwrap_or(PollTimeout::MAX)
             }
         };
-        let mut fds = [PollFd::new(
-            self.signals.get_read().as_fd(),
-            PollFlags::POLLIN,
-        )];
+        let links = self.links.pollable();
+        let mut fds = vec![PollFd::new(self.signals.get_read().as_fd(), PollFlags::POLLIN)];
+        fds.extend(links.iter().map(|(_, fd)| PollFd::new(*fd, PollFlags::POLLIN)));
         match nix::poll::poll(&mut fds, timeout) {
-            Ok(_) | Err(Errno::EINTR) => Ok(()),
+            Ok(_) => Ok(fds[1..]
+                .iter()
+                .zip(&links)
+                .filter(|(fd, _)| fd.revents().is_some_and(|r| !r.is_empty()))
+                .map(|(_, (pid, _))| *pid)
+                .collect()),
+            Err(Errno::EINTR) => Ok(Vec::new()),
             Err(e) => Err(e),
         }
     }
@@ -210,6 +238,7 @@ impl Supervisor {
                     break;
                 }
             };
+            self.links.detach(pid.as_raw());
             events.push(Event::Exited {
                 pid: pid.as_raw(),
                 status,
@@ -228,20 +257,11 @@ fn signal_worker(pid: i32, signal: Signal) {
     };
     match result {
         Ok(()) => debug!("sent {} to worker pid {pid}", signal.as_str()),
-        Err(Errno::ESRCH) => debug!(
-            "worker pid {pid} already gone; {} not sent",
-            signal.as_str()
-        ),
-        Err(e) => warn!(
-            "cannot send {} to worker pid {pid}: {}",
-            signal.as_str(),
-            e.desc()
-        ),
+        Err(Errno::ESRCH) => debug!("worker pid {pid} already gone; {} not sent", signal.as_str()),
+        Err(e) => warn!("cannot send {} to worker pid {pid}: {}", signal.as_str(), e.desc()),
     }
 }
 
 fn signal_name(signal: i32) -> &'static str {
-    Signal::try_from(signal)
-        .map(Signal::as_str)
-        .unwrap_or("signal")
+    Signal::try_from(signal).map(Signal::as_str).unwrap_or("signal")
 }

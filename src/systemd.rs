@@ -14,10 +14,17 @@ pub fn notify(message: &Upward) {
         Upward::Ready => sd_notify::notify(&[NotifyState::Ready]),
         Upward::Stopping => sd_notify::notify(&[NotifyState::Stopping]),
         Upward::Status(status) => sd_notify::notify(&[NotifyState::Status(status)]),
+        Upward::Watchdog => sd_notify::notify(&[NotifyState::Watchdog]),
     };
     if let Err(e) = result {
         log::warn!("cannot notify systemd ({message:?}): {e}");
     }
+}
+
+/// systemd's watchdog interval for sheepdog (WATCHDOG_USEC, when WATCHDOG_PID
+/// is unset or ours).
+pub fn watchdog_interval() -> Option<std::time::Duration> {
+    sd_notify::watchdog_enabled()
 }
 
 /// True when stderr is the journal stream systemd connected (`JOURNAL_STREAM`

@@ -41,9 +41,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "MB" => 1e6,
         "GB" => 1e9,
         "" => {
-            return Err(format!(
-                "size \"{text}\" needs a unit (B, KiB, MiB, GiB, KB, MB, GB)"
-            ));
+            return Err(format!("size \"{text}\" needs a unit (B, KiB, MiB, GiB, KB, MB, GB)"));
         }
         other => {
             return Err(format!(
@@ -111,10 +109,7 @@ pub struct HumanDuration(pub Duration);
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         deserializer
-            .deserialize_any(TextVisitor(
-                "a duration such as \"5s\" or \"500ms\"",
-                parse_duration,
-            ))
+            .deserialize_any(TextVisitor("a duration such as \"5s\" or \"500ms\"", parse_duration))
             .map(HumanDuration)
     }
 }
@@ -183,11 +178,7 @@ mod tests {
     fn bad_durations_are_refused_with_a_reason() {
         assert!(parse_duration("5").unwrap_err().contains("needs a unit"));
         assert!(parse_duration("-5s").unwrap_err().contains("negative"));
-        assert!(
-            parse_duration("five seconds")
-                .unwrap_err()
-                .contains("number")
-        );
+        assert!(parse_duration("five seconds").unwrap_err().contains("number"));
         assert!(
             parse_duration("5 fortnights")
                 .unwrap_err()
@@ -212,11 +203,7 @@ mod tests {
         assert!(parse_size("700").unwrap_err().contains("needs a unit"));
         assert!(parse_size("-1MiB").unwrap_err().contains("negative"));
         assert!(parse_size("lots").is_err());
-        assert!(
-            parse_size("7 parsecs")
-                .unwrap_err()
-                .contains("unknown size unit")
-        );
+        assert!(parse_size("7 parsecs").unwrap_err().contains("unknown size unit"));
     }
 
     #[test]

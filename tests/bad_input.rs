@@ -65,10 +65,7 @@ impl Case {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(78), "stderr: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
-        assert!(
-            stderr.contains(expected),
-            "expected {expected:?} in {stderr:?}"
-        );
+        assert!(stderr.contains(expected), "expected {expected:?} in {stderr:?}");
         assert!(!self.marker().exists(), "a worker was forked");
     }
 }
@@ -187,10 +184,7 @@ fn check_prints_the_effective_settings_or_refuses() {
     assert!(stdout.contains("workers = 3\n"), "{stdout}");
     assert!(stdout.contains("min_ready = 3\n"), "{stdout}");
     assert!(stdout.contains("stop_timeout = \"90s\"\n"), "{stdout}");
-    assert!(
-        stdout.contains("listen = [\"127.0.0.1:8080\"]\n"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("listen = [\"127.0.0.1:8080\"]\n"), "{stdout}");
     assert!(!case.marker().exists());
 
     let config = case.config("workers = -1\n");

@@ -35,10 +35,7 @@ fn crash_looping_run(journal_stream: impl Fn(&std::fs::File) -> Option<String>) 
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "sheepdog did not stop"
-        );
+        assert!(std::time::Instant::now() < deadline, "sheepdog did not stop");
         std::thread::sleep(Duration::from_millis(10));
     };
     assert_eq!(status.code(), Some(1));
@@ -72,10 +69,7 @@ fn under_journald_each_line_carries_its_priority_and_no_timestamp() {
 fn a_journal_stream_that_is_not_our_stderr_is_ignored() {
     let lines = crash_looping_run(|_| Some("1:1".into()));
     assert!(lines.iter().all(|l| l.contains(" sheepdog[")), "{lines:#?}");
-    assert!(
-        lines.iter().any(|l| l.contains(" warn  worker 0 ")),
-        "{lines:#?}"
-    );
+    assert!(lines.iter().any(|l| l.contains(" warn  worker 0 ")), "{lines:#?}");
     assert!(lines.last().unwrap().contains(" error crash loop: "));
     let plain = crash_looping_run(|_| None);
     assert!(!plain[0].starts_with('<'));

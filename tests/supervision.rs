@@ -56,9 +56,7 @@ fn socket_activated_node_workers_serve_report_ready_and_stop_cleanly() {
         statuses.contains(&"STATUS=0/2 ready · 0 restarts".to_string()),
         "{statuses:?}"
     );
-    notify
-        .messages
-        .wait_for("STATUS=2/2 ready · 0 restarts", 5 * SECOND);
+    notify.messages.wait_for("STATUS=2/2 ready · 0 restarts", 5 * SECOND);
 
     // A burst of new connections: both workers accept on the shared socket.
     let mut pids = HashSet::new();
@@ -112,25 +110,17 @@ fn a_killed_worker_is_replaced_in_its_slot_while_requests_keep_succeeding() {
         }
     };
     unsafe { libc::kill(victim, libc::SIGKILL) };
-    sheepdog.logs.wait_for(
-        &format!("worker 1 (pid {victim}) was killed by SIGKILL"),
-        5 * SECOND,
-    );
+    sheepdog
+        .logs
+        .wait_for(&format!("worker 1 (pid {victim}) was killed by SIGKILL"), 5 * SECOND);
     sheepdog.logs.wait_for("restarting in 100ms", SECOND);
 
     // A new pid answers as worker 1.
     let deadline = Instant::now() + 10 * SECOND;
     let replacement = loop {
-        assert!(
-            Instant::now() < deadline,
-            "no replacement answered as worker 1"
-        );
+        assert!(Instant::now() < deadline, "no replacement answered as worker 1");
         let answers = requests.snapshot().answers;
-        if let Some((_, pid)) = answers
-            .iter()
-            .rev()
-            .find(|(id, pid)| id == "1" && *pid != victim)
-        {
+        if let Some((_, pid)) = answers.iter().rev().find(|(id, pid)| id == "1" && *pid != victim) {
             break *pid;
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -141,12 +131,7 @@ fn a_killed_worker_is_replaced_in_its_slot_while_requests_keep_succeeding() {
     assert!(sheepdog.worker_pids().contains(&replacement));
     // SIGKILL loses at most the one request the victim was answering; new
     // connections wait in the kernel's queue for the surviving worker.
-    assert!(
-        result.failed <= 1,
-        "{} failed: {:?}",
-        result.failed,
-        result.errors
-    );
+    assert!(result.failed <= 1, "{} failed: {:?}", result.failed, result.errors);
 }
 
 #[test]
@@ -203,15 +188,8 @@ stop_timeout = "2s"
     // Backoff grows per slot: 50, 100, 200, 400 ms (each gap includes the
     // previous worker's own brief life, so compare with the floor only).
     for slot in ["0", "1"] {
-        let times: Vec<u128> = records
-            .iter()
-            .filter(|(id, _)| id == slot)
-            .map(|(_, t)| *t)
-            .collect();
-        let gaps: Vec<u128> = times
-            .windows(2)
-            .map(|w| (w[1] - w[0]) / 1_000_000)
-            .collect();
+        let times: Vec<u128> = records.iter().filter(|(id, _)| id == slot).map(|(_, t)| *t).collect();
+        let gaps: Vec<u128> = times.windows(2).map(|w| (w[1] - w[0]) / 1_000_000).collect();
         assert!(gaps.len() >= 3, "slot {slot} gaps {gaps:?}");
         for (i, gap) in gaps.iter().enumerate() {
             let floor = 50u128 << i;
@@ -266,24 +244,13 @@ stop_timeout = "1s"
 
 #[test]
 fn workers_die_with_a_sigkilled_supervisor() {
-    let mut launch = Launch::new(&[
-        "run",
-        "--workers",
-        "3",
-        "--listen",
-        "127.0.0.1:0",
-        "--",
-        "sleep",
-        "600",
-    ]);
+    let mut launch = Launch::new(&["run", "--workers", "3", "--listen", "127.0.0.1:0", "--", "sleep", "600"]);
     launch
         .args
         .splice(1..1, ["--log-level".to_string(), "debug".to_string()]);
     let mut sheepdog = launch.spawn();
     let pids = {
-        wait_until(10 * SECOND, "3 workers", || {
-            sheepdog.worker_pids().len() == 3
-        });
+        wait_until(10 * SECOND, "3 workers", || sheepdog.worker_pids().len() == 3);
         sheepdog.worker_pids()
     };
     sheepdog.signal(libc::SIGKILL);
@@ -312,9 +279,7 @@ fn a_worker_sees_only_stdio_and_the_listeners() {
     ])
     .shell_prefix("exec 7</dev/null");
     let sheepdog = launch.spawn();
-    wait_until(10 * SECOND, "2 workers", || {
-        sheepdog.worker_pids().len() == 2
-    });
+    wait_until(10 * SECOND, "2 workers", || sheepdog.worker_pids().len() == 2);
     let sheepdog_fds = fds(sheepdog.pid());
     assert!(
         sheepdog_fds.contains(&7),
@@ -383,10 +348,7 @@ import time; time.sleep(600)
     let text = std::fs::read_to_string(&report).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines[0], format!("3 ('127.0.0.1', {}) 1", tcp.port()));
-    assert!(
-        lines[1].starts_with("4 ") && lines[1].ends_with("app.sock 1"),
-        "{text}"
-    );
+    assert!(lines[1].starts_with("4 ") && lines[1].ends_with("app.sock 1"), "{text}");
 }
 
 #[test]
@@ -426,10 +388,7 @@ fn standalone_tcp_and_unix_listeners_serve_http() {
     assert!(response.body.starts_with("hello from worker"));
     unix.signal(libc::SIGTERM);
     assert_eq!(unix.wait_exit(10 * SECOND).code(), Some(0));
-    assert!(
-        !socket.exists(),
-        "sheepdog removes the socket file it created"
-    );
+    assert!(!socket.exists(), "sheepdog removes the socket file it created");
 }
 
 #[test]
@@ -457,9 +416,7 @@ fn sigttin_and_sigttou_scale_the_flock() {
     assert_eq!(sheepdog.worker_pids().len(), 3);
     // Signals of one kind do not queue: wait for each step before the next.
     sheepdog.signal(libc::SIGTTOU);
-    notify
-        .messages
-        .wait_for_nth("STATUS=2/2 ready", 2, 10 * SECOND);
+    notify.messages.wait_for_nth("STATUS=2/2 ready", 2, 10 * SECOND);
     sheepdog.signal(libc::SIGTTOU);
     notify.messages.wait_for("STATUS=1/1 ready", 10 * SECOND);
     wait_until(5 * SECOND, "retired workers to be reaped", || {

@@ -34,13 +34,7 @@ impl Recorder {
     }
 
     pub fn lines(&self) -> Vec<String> {
-        self.inner
-            .0
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(_, l)| l.clone())
-            .collect()
+        self.inner.0.lock().unwrap().iter().map(|(_, l)| l.clone()).collect()
     }
 
     pub fn timed(&self) -> Vec<(Instant, String)> {
@@ -191,14 +185,8 @@ impl Launch {
         let mut child = command.spawn().expect("start sheepdog");
         let logs = Recorder::default();
         for stream in [
-            child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn Read + Send>),
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+            child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
         ]
         .into_iter()
         .flatten()
@@ -227,11 +215,7 @@ impl Sheepdog {
     }
 
     pub fn signal(&self, signal: i32) {
-        assert_eq!(
-            unsafe { libc::kill(self.pid(), signal) },
-            0,
-            "kill sheepdog"
-        );
+        assert_eq!(unsafe { libc::kill(self.pid(), signal) }, 0, "kill sheepdog");
     }
 
     /// Waits for sheepdog to exit within `timeout`.
@@ -260,9 +244,7 @@ impl Sheepdog {
 
     /// The TCP address sheepdog logged it bound (for `--listen 127.0.0.1:0`).
     pub fn bound_address(&self) -> SocketAddr {
-        let (_, line) = self
-            .logs
-            .wait_for(" on 127.0.0.1:", Duration::from_secs(10));
+        let (_, line) = self.logs.wait_for(" on 127.0.0.1:", Duration::from_secs(10));
         let after = line.split(" on ").nth(1).unwrap();
         after
             .split_whitespace()
@@ -303,12 +285,7 @@ pub fn children(pid: i32) -> Vec<i32> {
 pub fn alive(pid: i32) -> bool {
     // A zombie is dead for our purposes.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with('Z'),
+        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
         Err(_) => false,
     }
 }
@@ -385,12 +362,7 @@ fn request_close<S: Read + Write>(mut stream: S) -> std::io::Result<Response> {
 
 fn parse_response(raw: &[u8]) -> std::io::Result<Response> {
     let text = String::from_utf8_lossy(raw);
-    let bad = || {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("bad response: {text:?}"),
-        )
-    };
+    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad response: {text:?}"));
     let (head, body) = text.split_once("\r\n\r\n").ok_or_else(bad)?;
     let status = head
         .split_whitespace()

@@ -1,0 +1,222 @@
+//! What workers say to sheepdog, parsed by pure functions: sd_notify datagrams
+//! (`READY=1\nSTATUS=…`) and Node IPC lines (one JSON value per line). Anything
+//! malformed is an `Err` with a reason for the log, never a panic.
+
+/// The largest notify datagram accepted (systemd's own limit is similar).
+pub const MAX_DATAGRAM: usize = 4096;
+/// The longest Node IPC line accepted.
+pub const MAX_IPC_LINE: usize = 64 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkerMessage {
+    /// `READY=1`, or `'ready'` over IPC.
+    Ready,
+    /// `WATCHDOG=1`, or any other IPC message (the reply to a ping).
+    Heartbeat,
+    /// `WATCHDOG=trigger`: the worker asks to be treated as hung.
+    WatchdogTrigger,
+    /// `STOPPING=1`, `'stopping'` or `{act: 'suicide'}`: it is leaving; start
+    /// its replacement now.
+    Stopping,
+    Status(String),
+    Errno(i32),
+}
+
+/// Parses one sd_notify datagram: newline-separated `KEY=VALUE` assignments.
+/// Unknown keys are ignored (as systemd does); a line without `=` makes the
+/// whole datagram garbage.
+pub fn parse_notify(datagram: &[u8]) -> Result<Vec<WorkerMessage>, String> {
+    if datagram.len() > MAX_DATAGRAM {
+        return Err(format!("datagram of {} bytes exceeds {MAX_DATAGRAM}", datagram.len()));
+    }
+    let text = std::str::from_utf8(datagram).map_err(|_| "datagram is not UTF-8".to_string())?;
+    let mut messages = Vec::new();
+    for line in text.split('\n').filter(|l| !l.is_empty()) {
+        let Some((key, value)) = line.split_once('=') else {
+            return Err(format!("not a KEY=VALUE line: {:?}", truncate(line)));
+        };
+        match (key, value) {
+            ("READY", "1") => messages.push(WorkerMessage::Ready),
+            ("WATCHDOG", "1") => messages.push(WorkerMessage::Heartbeat),
+            ("WATCHDOG", "trigger") => messages.push(WorkerMessage::WatchdogTrigger),
+            ("STOPPING", "1") => messages.push(WorkerMessage::Stopping),
+            ("STATUS", status) => messages.push(WorkerMessage::Status(status.to_string())),
+            ("ERRNO", errno) => match errno.trim().parse() {
+                Ok(n) => messages.push(WorkerMessage::Errno(n)),
+                Err(_) => return Err(format!("ERRNO is not a number: {:?}", truncate(errno))),
+            },
+            _ => {}
+        }
+    }
+    if messages.is_empty() && text.trim().is_empty() {
+        return Err("empty datagram".into());
+    }
+    Ok(messages)
+}
+
+/// Parses one Node IPC line (JSON serialization). Node's own internal
+/// messages (`{"cmd": "NODE_…"}`) are ignored.
+pub fn parse_ipc_line(line: &[u8]) -> Result<Option<WorkerMessage>, String> {
+    let value: serde_json::Value = serde_json::from_slice(line)
+        .map_err(|e| format!("not JSON ({e}): {:?}", truncate(&String::from_utf8_lossy(line))))?;
+    let message = match &value {
+        serde_json::Value::String(s) if s == "ready" => WorkerMessage::Ready,
+        serde_json::Value::String(s) if s == "stopping" => WorkerMessage::Stopping,
+        serde_json::Value::Object(map) => {
+            if map.get("act").and_then(|a| a.as_str()) == Some("suicide") {
+                WorkerMessage::Stopping
+            } else if map
+                .get("cmd")
+                .and_then(|c| c.as_str())
+                .is_some_and(|c| c.starts_with("NODE_"))
+            {
+                return Ok(None);
+            } else {
+                WorkerMessage::Heartbeat
+            }
+        }
+        _ => WorkerMessage::Heartbeat,
+    };
+    Ok(Some(message))
+}
+
+fn truncate(text: &str) -> String {
+    text.chars().take(80).collect()
+}
+
+/// Splits a byte stream into lines of at most `max` bytes. A longer line is
+/// reported once as an error and skipped up to its newline, so a worker that
+/// never sends a newline cannot make sheepdog buffer without bound.
+#[derive(Debug)]
+pub struct LineBuffer {
+    pending: Vec<u8>,
+    max: usize,
+    discarding: bool,
+}
+
+impl LineBuffer {
+    pub fn new(max: usize) -> LineBuffer {
+        LineBuffer {
+            pending: Vec::new(),
+            max,
+            discarding: false,
+        }
+    }
+
+    /// Feeds bytes; returns the complete lines (without '\n') or errors for
+    /// overlong ones.
+    pub fn push(&mut self, mut bytes: &[u8]) -> Vec<Result<Vec<u8>, String>> {
+        let mut out = Vec::new();
+        while !bytes.is_empty() {
+            match bytes.iter().position(|b| *b == b'\n') {
+                Some(end) => {
+                    if self.discarding {
+                        self.discarding = false;
+                    } else if self.pending.len() + end > self.max {
+                        out.push(Err(format!("line longer than {} bytes", self.max)));
+                    } else {
+                        self.pending.extend_from_slice(&bytes[..end]);
+                        out.push(Ok(std::mem::take(&mut self.pending)));
+                    }
+                    self.pending.clear();
+                    bytes = &bytes[end + 1..];
+                }
+                None => {
+                    if !self.discarding {
+                        if self.pending.len() + bytes.len() > self.max {
+                            out.push(Err(format!("line longer than {} bytes", self.max)));
+                            self.pending.clear();
+                            self.discarding = true;
+                        } else {
+                            self.pending.extend_from_slice(bytes);
+                        }
+                    }
+                    bytes = &[];
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use WorkerMessage::*;
+
+    #[test]
+    fn notify_assignments_are_recognised() {
+        assert_eq!(parse_notify(b"READY=1"), Ok(vec![Ready]));
+        assert_eq!(parse_notify(b"WATCHDOG=1\n"), Ok(vec![Heartbeat]));
+        assert_eq!(parse_notify(b"WATCHDOG=trigger"), Ok(vec![WatchdogTrigger]));
+        assert_eq!(parse_notify(b"STOPPING=1"), Ok(vec![Stopping]));
+        assert_eq!(
+            parse_notify(b"READY=1\nSTATUS=serving 12 rps\nERRNO=5\n"),
+            Ok(vec![Ready, Status("serving 12 rps".into()), Errno(5)])
+        );
+        assert_eq!(parse_notify(b"STATUS=a=b"), Ok(vec![Status("a=b".into())]));
+    }
+
+    #[test]
+    fn unknown_keys_are_ignored_like_systemd_does() {
+        assert_eq!(
+            parse_notify(b"MAINPID=42\nEXTEND_TIMEOUT_USEC=5\nX_CUSTOM=1"),
+            Ok(vec![])
+        );
+        assert_eq!(parse_notify(b"READY=0"), Ok(vec![]));
+    }
+
+    #[test]
+    fn garbage_is_refused_with_a_reason() {
+        assert!(
+            parse_notify(b"hello world")
+                .unwrap_err()
+                .contains("not a KEY=VALUE line")
+        );
+        assert!(parse_notify(b"READY=1\n\xff\xfe").unwrap_err().contains("not UTF-8"));
+        assert!(parse_notify(b"ERRNO=x").unwrap_err().contains("ERRNO"));
+        assert!(parse_notify(b"").unwrap_err().contains("empty"));
+        assert!(
+            parse_notify(&vec![b'A'; MAX_DATAGRAM + 1])
+                .unwrap_err()
+                .contains("exceeds")
+        );
+    }
+
+    #[test]
+    fn ipc_messages_follow_the_pm2_and_cluster_conventions() {
+        assert_eq!(parse_ipc_line(br#""ready""#), Ok(Some(Ready)));
+        assert_eq!(parse_ipc_line(br#""pong""#), Ok(Some(Heartbeat)));
+        assert_eq!(parse_ipc_line(br#""stopping""#), Ok(Some(Stopping)));
+        assert_eq!(parse_ipc_line(br#"{"act":"suicide"}"#), Ok(Some(Stopping)));
+        assert_eq!(parse_ipc_line(br#"{"anything":[1,2]}"#), Ok(Some(Heartbeat)));
+        assert_eq!(parse_ipc_line(br#"{"cmd":"NODE_HANDLE_ACK"}"#), Ok(None));
+        assert!(parse_ipc_line(b"{not json").unwrap_err().starts_with("not JSON"));
+        assert!(parse_ipc_line(b"\xff").is_err());
+    }
+
+    #[test]
+    fn lines_are_split_across_reads() {
+        let mut buffer = LineBuffer::new(16);
+        assert!(buffer.push(b"\"rea").is_empty());
+        assert_eq!(
+            buffer.push(b"dy\"\n\"pong\"\n\"x"),
+            vec![Ok(b"\"ready\"".to_vec()), Ok(b"\"pong\"".to_vec())]
+        );
+        assert_eq!(buffer.push(b"\"\n"), vec![Ok(b"\"x\"".to_vec())]);
+    }
+
+    #[test]
+    fn overlong_lines_are_reported_once_and_skipped() {
+        let mut buffer = LineBuffer::new(8);
+        let first = buffer.push(b"0123456789");
+        assert_eq!(first.len(), 1);
+        assert!(first[0].is_err());
+        assert!(buffer.push(b"more garbage without end").is_empty());
+        assert_eq!(buffer.push(b"tail\n\"ok\"\n"), vec![Ok(b"\"ok\"".to_vec())]);
+        // A line that completes past the limit in one read.
+        let out = buffer.push(b"0123456789\n\"ok\"\n");
+        assert!(out[0].is_err());
+        assert_eq!(out[1], Ok(b"\"ok\"".to_vec()));
+    }
+}

@@ -1,0 +1,496 @@
+//! The shell side of the worker channels: one sd_notify socket per worker in a
+//! private directory, or one Node IPC socketpair per worker.
+//!
+//! A notify datagram is attributed to a worker by the socket it arrives on
+//! (only that worker was told its path), then checked against the sender's
+//! kernel credentials (SO_PASSCRED): it must be the worker itself or one of
+//! its descendants. A sender that already exited (`systemd-notify` exits right
+//! after sending) can no longer be traced; it is accepted when its uid is
+//! ours, since it used the worker's private socket. Anything else is dropped
+//! and logged, at a bounded rate. Nothing a worker sends can do more than that.
+
+use std::collections::HashMap;
+use std::io::{IoSliceMut, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use log::{debug, warn};
+use nix::errno::Errno;
+use nix::sys::socket::{self, ControlMessageOwned, MsgFlags, sockopt};
+
+use crate::channel::{self, LineBuffer, MAX_DATAGRAM, MAX_IPC_LINE, WorkerMessage};
+use crate::config::{HeartbeatPolicy, Readiness};
+use crate::flock::{Event, Pid};
+use crate::spawn::WorkerExtras;
+
+/// The most a single worker may make the loop read in one pass, so that one
+/// flooding worker cannot starve the others.
+const MAX_DATAGRAMS_PER_PASS: usize = 256;
+const MAX_IPC_BYTES_PER_PASS: usize = 1024 * 1024;
+/// Pings not yet written (the worker is not reading) are not queued past this.
+const MAX_OUTBOX: usize = 4096;
+
+pub enum Link {
+    Notify {
+        socket: UnixDatagram,
+        path: PathBuf,
+    },
+    NodeIpc {
+        stream: UnixStream,
+        lines: LineBuffer,
+        outbox: Vec<u8>,
+        open: bool,
+    },
+}
+
+/// A link made before fork, and the end of it that goes to the child.
+pub struct Prepared {
+    pub extras: WorkerExtras,
+    pub link: Option<Link>,
+    /// Kept open until the fork is done, then dropped.
+    pub child_end: Option<OwnedFd>,
+}
+
+pub struct Links {
+    readiness: Readiness,
+    heartbeat: Option<HeartbeatPolicy>,
+    /// The private (0700) directory of the notify sockets.
+    dir: Option<PathBuf>,
+    channel_fd: i32,
+    by_pid: HashMap<Pid, Link>,
+    /// Which worker a pid belongs to, for the log.
+    slots: HashMap<Pid, usize>,
+    sequence: u64,
+    drops: DropLog,
+    own_uid: u32,
+}
+
+impl Links {
+    pub fn new(readiness: Readiness, heartbeat: Option<HeartbeatPolicy>, channel_fd: i32) -> Result<Links, String> {
+        let dir = match readiness {
+            Readiness::Notify => Some(private_dir()?),
+            _ => None,
+        };
+        Ok(Links {
+            readiness,
+            heartbeat,
+            dir,
+            channel_fd,
+            by_pid: HashMap::new(),
+            slots: HashMap::new(),
+            sequence: 0,
+            drops: DropLog::default(),
+            own_uid: nix::unistd::getuid().as_raw(),
+        })
+    }
+
+    /// Makes the channel for the next worker of `slot`.
+    pub fn prepare(&mut self, slot: usize) -> Result<Prepared, String> {
+        self.sequence += 1;
+        match self.readiness {
+            Readiness::None => Ok(Prepared {
+                extras: WorkerExtras::default(),
+                link: None,
+                child_end: None,
+            }),
+            Readiness::Notify => {
+                let dir = self.dir.as_ref().expect("notify readiness has a directory");
+                let path = dir.join(format!("w{slot}-{}.sock", self.sequence));
+                let socket = UnixDatagram::bind(&path).map_err(|e| format!("cannot bind {}: {e}", path.display()))?;
+                socket::setsockopt(&socket, sockopt::PassCred, &true)
+                    .map_err(|e| format!("SO_PASSCRED: {}", e.desc()))?;
+                socket
+                    .set_nonblocking(true)
+                    .map_err(|e| format!("cannot set up {}: {e}", path.display()))?;
+                let mut extras = WorkerExtras {
+                    env: vec![format!("NOTIFY_SOCKET={}", path.display())],
+                    ..Default::default()
+                };
+                if let Some(heartbeat) = self.heartbeat {
+                    // As with systemd: the worker pings at least every half of it.
+                    extras
+                        .env
+                        .push(format!("WATCHDOG_USEC={}", heartbeat.timeout.as_micros()));
+                    extras.watchdog_pid = true;
+                }
+                Ok(Prepared {
+                    extras,
+                    link: Some(Link::Notify { socket, path }),
+                    child_end: None,
+                })
+            }
+            Readiness::NodeIpc => {
+                let (ours, theirs) = UnixStream::pair().map_err(|e| format!("cannot create the IPC channel: {e}"))?;
+                ours.set_nonblocking(true)
+                    .map_err(|e| format!("cannot set up the IPC channel: {e}"))?;
+                let extras = WorkerExtras {
+                    env: vec![
+                        format!("NODE_CHANNEL_FD={}", self.channel_fd),
+                        "NODE_CHANNEL_SERIALIZATION_MODE=json".to_string(),
+                    ],
+                    channel_fd: Some(theirs.as_raw_fd()),
+                    watchdog_pid: false,
+                };
+                let link = Link::NodeIpc {
+                    stream: ours,
+                    lines: LineBuffer::new(MAX_IPC_LINE),
+                    outbox: Vec::new(),
+                    open: true,
+                };
+                Ok(Prepared {
+                    extras,
+                    link: Some(link),
+                    child_end: Some(theirs.into()),
+                })
+            }
+        }
+    }
+
+    pub fn attach(&mut self, pid: Pid, slot: usize, link: Option<Link>) {
+        if let Some(link) = link {
+            self.by_pid.insert(pid, link);
+            self.slots.insert(pid, slot);
+        }
+    }
+
+    /// Forgets an exited worker's channel (and removes its socket file).
+    pub fn detach(&mut self, pid: Pid) {
+        self.slots.remove(&pid);
+        if let Some(Link::Notify { path, .. }) = self.by_pid.remove(&pid) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// The fds to poll, with the worker each belongs to.
+    pub fn pollable(&self) -> Vec<(Pid, BorrowedFd<'_>)> {
+        self.by_pid
+            .iter()
+            .filter_map(|(pid, link)| match link {
+                Link::Notify { socket, .. } => Some((*pid, socket.as_fd())),
+                Link::NodeIpc { stream, open: true, .. } => Some((*pid, stream.as_fd())),
+                Link::NodeIpc { open: false, .. } => None,
+            })
+            .collect()
+    }
+
+    /// Reads what worker `pid` sent, as events for the core.
+    pub fn read(&mut self, pid: Pid, now: Instant) -> Vec<Event> {
+        let slot = self.slots.get(&pid).copied().unwrap_or(usize::MAX);
+        let own_uid = self.own_uid;
+        let Some(link) = self.by_pid.get_mut(&pid) else {
+            return Vec::new();
+        };
+        let mut events = Vec::new();
+        match link {
+            Link::Notify { socket, .. } => {
+                for _ in 0..MAX_DATAGRAMS_PER_PASS {
+                    match receive_datagram(socket) {
+                        Ok(None) => break,
+                        Ok(Some(datagram)) => {
+                            let verdict = datagram.check_sender(pid, own_uid).and_then(|()| {
+                                datagram
+                                    .parse()
+                                    .map_err(|e| format!("{e} (from pid {})", datagram.sender))
+                            });
+                            match verdict {
+                                Ok(messages) => {
+                                    events.extend(messages.into_iter().map(|message| Event::Message { pid, message }))
+                                }
+                                Err(why) => self.drops.dropped(now, slot, pid, &why),
+                            }
+                        }
+                        Err(e) => {
+                            warn!("worker {slot} (pid {pid}): cannot read its notify socket: {}", e.desc());
+                            break;
+                        }
+                    }
+                }
+            }
+            Link::NodeIpc {
+                stream, lines, open, ..
+            } => {
+                let mut buffer = [0u8; 16 * 1024];
+                let mut budget = MAX_IPC_BYTES_PER_PASS;
+                while budget > 0 {
+                    match stream.read(&mut buffer) {
+                        Ok(0) => {
+                            warn!("worker {slot} (pid {pid}) closed its IPC channel; it can no longer send heartbeats");
+                            *open = false;
+                            break;
+                        }
+                        Ok(n) => {
+                            budget = budget.saturating_sub(n);
+                            for line in lines.push(&buffer[..n]) {
+                                match line.and_then(|l| channel::parse_ipc_line(&l)) {
+                                    Ok(Some(message)) => events.push(Event::Message { pid, message }),
+                                    Ok(None) => {}
+                                    Err(why) => self.drops.dropped(now, slot, pid, &why),
+                                }
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(e) => {
+                            warn!("worker {slot} (pid {pid}): IPC channel error: {e}");
+                            *open = false;
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        events
+    }
+
+    /// Sends 'ping' on a node-ipc worker's channel; never blocks.
+    pub fn ping(&mut self, pid: Pid) {
+        let Some(Link::NodeIpc {
+            stream,
+            outbox,
+            open: true,
+            ..
+        }) = self.by_pid.get_mut(&pid)
+        else {
+            return;
+        };
+        if outbox.len() + 7 <= MAX_OUTBOX {
+            outbox.extend_from_slice(b"\"ping\"\n");
+        }
+        while !outbox.is_empty() {
+            match stream.write(outbox) {
+                Ok(n) => {
+                    outbox.drain(..n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    debug!("worker pid {pid}: cannot ping: {e}");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Removes the notify directory (on exit).
+    pub fn cleanup(&mut self) {
+        self.by_pid.clear();
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+struct Datagram {
+    bytes: Vec<u8>,
+    truncated: bool,
+    sender: Pid,
+    uid: Option<u32>,
+}
+
+impl Datagram {
+    fn parse(&self) -> Result<Vec<WorkerMessage>, String> {
+        if self.truncated {
+            return Err(format!("datagram larger than {MAX_DATAGRAM} bytes"));
+        }
+        channel::parse_notify(&self.bytes)
+    }
+
+    /// The worker itself, a live descendant, or an already-exited sender of our uid.
+    fn check_sender(&self, worker: Pid, own_uid: u32) -> Result<(), String> {
+        let Some(uid) = self.uid else {
+            return Err("datagram without sender credentials".into());
+        };
+        if self.sender == worker {
+            return Ok(());
+        }
+        if uid != own_uid && uid != 0 {
+            return Err(format!(
+                "datagram from pid {} of uid {uid}, not the worker's",
+                self.sender
+            ));
+        }
+        match is_descendant(self.sender, worker) {
+            Some(true) | None => Ok(()),
+            Some(false) => Err(format!(
+                "datagram from pid {}, which is neither the worker nor its descendant",
+                self.sender
+            )),
+        }
+    }
+}
+
+/// Receives one datagram with its sender's credentials, or None when drained.
+fn receive_datagram(socket: &UnixDatagram) -> Result<Option<Datagram>, Errno> {
+    let mut buffer = vec![0u8; MAX_DATAGRAM + 1];
+    let mut cmsg = nix::cmsg_space!(nix::sys::socket::UnixCredentials);
+    let mut iov = [IoSliceMut::new(&mut buffer)];
+    let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_TRUNC;
+    let received = match socket::recvmsg::<()>(socket.as_raw_fd(), &mut iov, Some(&mut cmsg), flags) {
+        Ok(received) => received,
+        Err(Errno::EAGAIN) => return Ok(None),
+        Err(Errno::EINTR) => return receive_datagram(socket),
+        Err(e) => return Err(e),
+    };
+    let (mut sender, mut uid) = (0, None);
+    if let Ok(messages) = received.cmsgs() {
+        for message in messages {
+            match message {
+                ControlMessageOwned::ScmCredentials(credentials) => {
+                    sender = credentials.pid();
+                    uid = Some(credentials.uid());
+                }
+                ControlMessageOwned::ScmRights(fds) => {
+                    // Nobody may hand us fds this way: close them.
+                    for fd in fds {
+                        let _ = nix::unistd::close(fd);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    let length = received.bytes;
+    let truncated = received.flags.contains(MsgFlags::MSG_TRUNC) || length > MAX_DATAGRAM;
+    buffer.truncate(length.min(MAX_DATAGRAM));
+    Ok(Some(Datagram {
+        bytes: buffer,
+        truncated,
+        sender,
+        uid,
+    }))
+}
+
+/// Whether `pid` descends from `ancestor` (by parent chain or process group),
+/// or None if `pid` is gone and cannot be traced any more.
+fn is_descendant(pid: Pid, ancestor: Pid) -> Option<bool> {
+    let mut current = pid;
+    for depth in 0..64 {
+        let Some((ppid, pgrp)) = parent_and_group(current) else {
+            return if depth == 0 { None } else { Some(false) };
+        };
+        if pgrp == ancestor || ppid == ancestor {
+            return Some(true);
+        }
+        if ppid <= 1 {
+            return Some(false);
+        }
+        current = ppid;
+    }
+    Some(false)
+}
+
+fn parent_and_group(pid: Pid) -> Option<(Pid, Pid)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: read after the last ')'.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    let _state = fields.next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    let pgrp = fields.next()?.parse().ok()?;
+    Some((ppid, pgrp))
+}
+
+/// A private directory for the notify sockets: under systemd's
+/// RuntimeDirectory= when there is one, else $XDG_RUNTIME_DIR or /tmp.
+fn private_dir() -> Result<PathBuf, String> {
+    let base = std::env::var_os("RUNTIME_DIRECTORY")
+        .and_then(|dirs| std::env::split_paths(&dirs).next())
+        .or_else(|| std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from))
+        .unwrap_or_else(std::env::temp_dir);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let dir = base.join(format!("sheepdog.{}.{nanos:x}", std::process::id()));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| format!("cannot create the notify directory {}: {e}", dir.display()))?;
+    // A unix socket path must fit in sun_path (108 bytes with its NUL).
+    if dir.as_os_str().len() > 80 {
+        return Err(format!(
+            "the notify directory path {} is too long for unix sockets",
+            dir.display()
+        ));
+    }
+    Ok(dir)
+}
+
+/// Logs dropped messages at most 5 times per 10 s, then counts the rest.
+#[derive(Default)]
+struct DropLog {
+    window: Option<Instant>,
+    logged: u32,
+    suppressed: u32,
+}
+
+impl DropLog {
+    fn dropped(&mut self, now: Instant, slot: usize, pid: Pid, why: &str) {
+        let window = *self.window.get_or_insert(now);
+        if now.saturating_duration_since(window) >= Duration::from_secs(10) {
+            if self.suppressed > 0 {
+                warn!("{} more dropped worker messages were not logged", self.suppressed);
+            }
+            self.window = Some(now);
+            self.logged = 0;
+            self.suppressed = 0;
+        }
+        if self.logged < 5 {
+            self.logged += 1;
+            warn!("dropped a message for worker {slot} (pid {pid}): {why}");
+        } else {
+            self.suppressed += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn our_own_ancestry_is_traced() {
+        let me = std::process::id() as Pid;
+        let parent = nix::unistd::getppid().as_raw();
+        assert_eq!(is_descendant(me, parent), Some(true));
+        assert_eq!(is_descendant(parent, me), Some(false));
+        assert_eq!(is_descendant(i32::MAX - 1, me), None);
+    }
+
+    #[test]
+    fn the_sender_check_follows_the_rules() {
+        let me = std::process::id() as Pid;
+        let uid = nix::unistd::getuid().as_raw();
+        let datagram = |sender, uid| Datagram {
+            bytes: b"READY=1".to_vec(),
+            truncated: false,
+            sender,
+            uid,
+        };
+        assert!(datagram(me, Some(uid)).check_sender(me, uid).is_ok());
+        assert!(datagram(me, None).check_sender(me, uid).is_err());
+        // A live process that is not a descendant of the worker.
+        let parent = nix::unistd::getppid().as_raw();
+        assert!(
+            datagram(parent, Some(uid))
+                .check_sender(me, uid)
+                .unwrap_err()
+                .contains("neither the worker")
+        );
+        // Gone: accepted for our uid only.
+        assert!(datagram(i32::MAX - 1, Some(uid)).check_sender(me, uid).is_ok());
+        assert!(datagram(i32::MAX - 1, Some(12345)).check_sender(me, 54321).is_err());
+    }
+
+    #[test]
+    fn a_truncated_datagram_is_refused() {
+        let d = Datagram {
+            bytes: b"READY=1".to_vec(),
+            truncated: true,
+            sender: 1,
+            uid: Some(0),
+        };
+        assert!(d.parse().unwrap_err().contains("larger than"));
+    }
+}

@@ -1,0 +1,121 @@
+//! Readers of /proc: a worker's process tree and its memory.
+//!
+//! PSS (from `smaps_rollup`) divides each page among the processes that map
+//! it, so the pages a forked tree shares are counted once in total rather
+//! than once per process; RSS (from `statm`) is cheaper but counts shared
+//! pages in full for each process.
+
+use std::collections::HashSet;
+
+use crate::config::MemoryMeasure;
+use crate::flock::Pid;
+
+/// `pid` and all its descendants (via every thread's `children` list).
+pub fn process_tree(pid: Pid) -> Vec<Pid> {
+    let mut tree = vec![pid];
+    let mut seen: HashSet<Pid> = HashSet::from([pid]);
+    let mut next = 0;
+    while next < tree.len() {
+        let parent = tree[next];
+        next += 1;
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{parent}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let path = task.path().join("children");
+            let Ok(children) = std::fs::read_to_string(path) else {
+                continue;
+            };
+            for child in children.split_whitespace().filter_map(|c| c.parse::<Pid>().ok()) {
+                if seen.insert(child) {
+                    tree.push(child);
+                }
+            }
+        }
+    }
+    tree
+}
+
+/// The memory of one process in bytes, or None if it is gone (or a zombie).
+pub fn process_memory(pid: Pid, measure: MemoryMeasure) -> Option<u64> {
+    match measure {
+        MemoryMeasure::Pss => {
+            let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+            parse_pss_kib(&rollup).map(|kib| kib * 1024)
+        }
+        MemoryMeasure::Rss => {
+            let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+            let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+            Some(pages * page_size())
+        }
+    }
+}
+
+/// The memory of a worker's whole process tree.
+pub fn tree_memory(pid: Pid, measure: MemoryMeasure) -> Option<u64> {
+    let mut total = None;
+    for member in process_tree(pid) {
+        if let Some(bytes) = process_memory(member, measure) {
+            *total.get_or_insert(0) += bytes;
+        }
+    }
+    total
+}
+
+fn parse_pss_kib(rollup: &str) -> Option<u64> {
+    let line = rollup.lines().find(|l| l.starts_with("Pss:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn page_size() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .unwrap_or(4096) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pss_is_read_from_smaps_rollup_text() {
+        let text = "55d0c0a1e000-7ffd4b1f9000 ---p 00000000 00:00 0  [rollup]\nRss:  10240 kB\nPss:   4321 kB\nPss_Anon: 100 kB\n";
+        assert_eq!(parse_pss_kib(text), Some(4321));
+        assert_eq!(parse_pss_kib("Rss: 1 kB\n"), None);
+    }
+
+    #[test]
+    fn our_own_memory_is_measured_both_ways() {
+        let me = std::process::id() as Pid;
+        let rss = process_memory(me, MemoryMeasure::Rss).unwrap();
+        let pss = process_memory(me, MemoryMeasure::Pss).unwrap();
+        assert!(rss > 1024 * 1024, "{rss}");
+        assert!(pss > 0 && pss <= rss + 1024 * 1024, "pss {pss} rss {rss}");
+        assert_eq!(process_memory(i32::MAX, MemoryMeasure::Rss), None);
+    }
+
+    #[test]
+    fn the_tree_includes_children_and_grandchildren() {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & sleep 30 & wait"])
+            .spawn()
+            .unwrap();
+        let pid = child.id() as Pid;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let tree = loop {
+            let tree = process_tree(pid);
+            if tree.len() == 3 || std::time::Instant::now() > deadline {
+                break tree;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        let _ = std::process::Command::new("pkill")
+            .args(["-P", &pid.to_string()])
+            .status();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(tree.len(), 3, "{tree:?}");
+        assert_eq!(tree[0], pid);
+    }
+}
