@@ -325,7 +325,9 @@ impl Datagram {
 /// Receives one datagram with its sender's credentials, or None when drained.
 fn receive_datagram(socket: &UnixDatagram) -> Result<Option<Datagram>, Errno> {
     let mut buffer = vec![0u8; MAX_DATAGRAM + 1];
-    let mut cmsg = nix::cmsg_space!(nix::sys::socket::UnixCredentials);
+    // Room for the credentials and a few fds: `systemd-notify --ready` sends
+    // BARRIER=1 with a pipe's write end and waits until the receiver closes it.
+    let mut cmsg = nix::cmsg_space!(nix::sys::socket::UnixCredentials, [std::os::fd::RawFd; 8]);
     let mut iov = [IoSliceMut::new(&mut buffer)];
     let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_TRUNC;
     let received = match socket::recvmsg::<()>(socket.as_raw_fd(), &mut iov, Some(&mut cmsg), flags) {
@@ -343,7 +345,8 @@ fn receive_datagram(socket: &UnixDatagram) -> Result<Option<Datagram>, Errno> {
                     uid = Some(credentials.uid());
                 }
                 ControlMessageOwned::ScmRights(fds) => {
-                    // Nobody may hand us fds this way: close them.
+                    // Closing a received fd is what completes a BARRIER=1; no
+                    // other fd is kept either.
                     for fd in fds {
                         let _ = nix::unistd::close(fd);
                     }

@@ -8,11 +8,16 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v systemd-socket-activate >/dev/null || missing+=(systemd)
 command -v node >/dev/null || missing+=(nodejs)
-command -v python3 >/dev/null || missing+=(python3)
+command -v python3 >/dev/null || missing+=(python3 python3-pip)
 if ((${#missing[@]})); then
     echo "tests/run.sh: installing ${missing[*]}" >&2
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+# The Python worker fixture uses the real sdnotify package from PyPI.
+if ! python3 -c "import sdnotify" 2>/dev/null; then
+    python3 -m pip install --quiet --disable-pip-version-check sdnotify 2>/dev/null \
+        || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages sdnotify
 fi
 command -v cargo >/dev/null || { echo "tests/run.sh: needs a Rust toolchain (cargo) >= 1.88" >&2; exit 1; }
 

@@ -336,18 +336,21 @@ impl Response {
 
 /// One GET on a new connection (`Connection: close`), with a deadline.
 pub fn get(addr: SocketAddr, timeout: Duration) -> std::io::Result<Response> {
-    let stream = TcpStream::connect_timeout(&addr, timeout)?;
-    exchange(stream, timeout)
+    get_path(addr, "/", timeout)
+}
+
+pub fn get_path(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Result<Response> {
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    parse_response(&raw)
 }
 
 pub fn get_unix(path: &Path, timeout: Duration) -> std::io::Result<Response> {
     let stream = UnixStream::connect(path)?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    request_close(stream)
-}
-
-fn exchange(stream: TcpStream, timeout: Duration) -> std::io::Result<Response> {
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
     request_close(stream)
