@@ -386,8 +386,9 @@ impl Flock {
             }
         }
         if running {
+            let filled = self.filled_slots();
             for (slot, state) in self.slots.iter().enumerate().take(self.desired) {
-                if !state.spawning && !self.slot_is_filled(slot) {
+                if !state.spawning && !filled[slot] {
                     deadlines.push(state.next_spawn.max(self.budget.next_token_at()));
                 }
             }
@@ -421,8 +422,18 @@ impl Flock {
         &mut self.slots[slot]
     }
 
-    fn slot_is_filled(&self, slot: usize) -> bool {
-        self.workers.iter().any(|w| w.slot == slot && w.fills_slot())
+    /// For each desired slot, whether a worker fills it: one pass over the
+    /// table, since this runs on every loop pass.
+    fn filled_slots(&self) -> Vec<bool> {
+        let mut filled = vec![false; self.desired];
+        for worker in &self.workers {
+            if worker.fills_slot()
+                && let Some(slot) = filled.get_mut(worker.slot)
+            {
+                *slot = true;
+            }
+        }
+        filled
     }
 
     /// If the loop itself did not run for longer than a heartbeat timeout (the
@@ -848,9 +859,12 @@ impl Flock {
 
     fn fill_slots(&mut self, now: Instant, actions: &mut Vec<Action>) {
         self.budget.refill(now);
-        for slot in 0..self.desired {
-            let state = self.slot_mut(slot, now).clone();
-            if state.spawning || state.next_spawn > now || self.slot_is_filled(slot) {
+        if self.desired > 0 {
+            self.slot_mut(self.desired - 1, now);
+        }
+        for (slot, filled) in self.filled_slots().into_iter().enumerate() {
+            let state = &self.slots[slot];
+            if state.spawning || state.next_spawn > now || filled {
                 continue;
             }
             // A replacement for a still-serving worker is surge: bounded.

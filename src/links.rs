@@ -164,16 +164,17 @@ impl Links {
         }
     }
 
-    /// The fds to poll, with the worker each belongs to.
-    pub fn pollable(&self) -> Vec<(Pid, BorrowedFd<'_>)> {
-        self.by_pid
-            .iter()
-            .filter_map(|(pid, link)| match link {
-                Link::Notify { socket, .. } => Some((*pid, socket.as_fd())),
-                Link::NodeIpc { stream, open: true, .. } => Some((*pid, stream.as_fd())),
-                Link::NodeIpc { open: false, .. } => None,
-            })
-            .collect()
+    /// The fd to watch for worker `pid`'s messages.
+    pub fn fd(&self, pid: Pid) -> Option<BorrowedFd<'_>> {
+        match self.by_pid.get(&pid)? {
+            Link::Notify { socket, .. } => Some(socket.as_fd()),
+            Link::NodeIpc { stream, .. } => Some(stream.as_fd()),
+        }
+    }
+
+    /// False once a worker closed its IPC channel: stop watching it.
+    pub fn is_open(&self, pid: Pid) -> bool {
+        !matches!(self.by_pid.get(&pid), Some(Link::NodeIpc { open: false, .. }))
     }
 
     /// Reads what worker `pid` sent, as events for the core.
@@ -315,8 +316,9 @@ impl Datagram {
         match is_descendant(self.sender, worker) {
             Some(true) | None => Ok(()),
             Some(false) => Err(format!(
-                "datagram from pid {}, which is neither the worker nor its descendant",
-                self.sender
+                "datagram from pid {} ({}), which is neither the worker nor its descendant",
+                self.sender,
+                describe_process(self.sender)
             )),
         }
     }
@@ -377,12 +379,26 @@ fn is_descendant(pid: Pid, ancestor: Pid) -> Option<bool> {
         if pgrp == ancestor || ppid == ancestor {
             return Some(true);
         }
+        // While the kernel reaps a process its stat still reads, with parent
+        // 0: it is as good as gone (systemd-notify exits right after sending).
+        if ppid == 0 && depth == 0 {
+            return None;
+        }
         if ppid <= 1 {
             return Some(false);
         }
         current = ppid;
     }
     Some(false)
+}
+
+/// "comm, parent P, group G", for the log.
+fn describe_process(pid: Pid) -> String {
+    let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    match parent_and_group(pid) {
+        Some((ppid, pgrp)) => format!("{}, parent {ppid}, group {pgrp}", name.trim()),
+        None => "gone".into(),
+    }
 }
 
 fn parent_and_group(pid: Pid) -> Option<(Pid, Pid)> {

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr, OsString};
 use std::fmt;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
@@ -161,7 +161,7 @@ impl WorkerCommand {
 
     /// Forks and execs the worker for `slot`. Returns once the child has
     /// exec'd (or failed to, which is reported and then reaped as exit 127).
-    pub fn spawn(&self, slot: usize, generation: u32, extras: &WorkerExtras) -> Result<Pid, SpawnError> {
+    pub fn spawn(&self, slot: usize, generation: u32, extras: &WorkerExtras) -> Result<(Pid, ExecReport), SpawnError> {
         let program = CString::new(self.resolve_program()?.into_os_string().into_vec())
             .map_err(|_| SpawnError("the program path contains a NUL byte".into()))?;
         let directory = match &self.working_directory {
@@ -199,7 +199,7 @@ impl WorkerCommand {
         let mut argv: Vec<*const libc::c_char> = self.argv.iter().map(|a| a.as_ptr()).collect();
         argv.push(std::ptr::null());
 
-        let (report_read, report_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
+        let (report_read, report_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
             .map_err(|e| SpawnError(format!("cannot create a pipe: {}", e.desc())))?;
         let child = ChildPlan {
             program: program.as_ptr(),
@@ -240,34 +240,60 @@ impl WorkerCommand {
             return Err(SpawnError(format!("fork failed: {}", fork_error.desc())));
         }
         drop(report_write);
+        let report = ExecReport {
+            pipe: report_read,
+            slot,
+            pid,
+            program: program.to_string_lossy().into_owned(),
+            working_directory: self.working_directory.clone(),
+        };
+        Ok((pid, report))
+    }
+}
 
-        // EOF means exec succeeded; 5 bytes mean the child reports a failure.
+/// The child's word on its exec, read when the pipe becomes readable: EOF
+/// means the exec succeeded (the pipe was close-on-exec); five bytes mean it
+/// failed, at which stage and with which errno. Read asynchronously, so that
+/// spawning never waits for a child to be scheduled.
+pub struct ExecReport {
+    pipe: OwnedFd,
+    pub slot: usize,
+    pub pid: Pid,
+    program: String,
+    working_directory: Option<PathBuf>,
+}
+
+impl ExecReport {
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.pipe.as_fd()
+    }
+
+    /// Once readable: Ok if the worker exec'd, else what went wrong.
+    pub fn read(&self) -> Result<(), String> {
         let mut report = [0u8; 5];
         let mut got = 0;
         while got < report.len() {
-            match nix::unistd::read(&report_read, &mut report[got..]) {
+            match nix::unistd::read(&self.pipe, &mut report[got..]) {
                 Ok(0) => break,
                 Ok(n) => got += n,
                 Err(Errno::EINTR) => continue,
-                Err(e) => {
-                    log::warn!("worker {slot} (pid {pid}): cannot read its exec report: {}", e.desc());
-                    break;
-                }
+                Err(Errno::EAGAIN) if got == 0 => return Ok(()),
+                Err(e) => return Err(format!("cannot read its exec report: {}", e.desc())),
             }
         }
-        if got == report.len() {
-            let errno = Errno::from_raw(i32::from_ne_bytes([report[1], report[2], report[3], report[4]]));
-            let what = match report[0] {
-                STAGE_CHDIR => format!(
-                    "cannot change to working_directory {}",
-                    self.working_directory.as_deref().unwrap_or(Path::new("?")).display()
-                ),
-                STAGE_EXEC => format!("cannot execute {}", program.to_string_lossy()),
-                _ => "cannot set up its file descriptors".to_string(),
-            };
-            log::error!("worker {slot} (pid {pid}): {what}: {}", errno.desc());
+        if got < report.len() {
+            return Ok(());
         }
-        Ok(pid)
+        let errno = Errno::from_raw(i32::from_ne_bytes([report[1], report[2], report[3], report[4]]));
+        let what = match report[0] {
+            STAGE_CHDIR => format!(
+                "cannot change to working_directory {}",
+                self.working_directory.as_deref().unwrap_or(Path::new("?")).display()
+            ),
+            STAGE_EXEC => format!("cannot execute {}", self.program),
+            _ => "cannot set up its file descriptors".to_string(),
+        };
+        Err(format!("{what}: {}", errno.desc()))
     }
 }
 

@@ -1,19 +1,25 @@
-//! The imperative shell: one `poll(2)` loop that turns signals and child exits
-//! into events for the [`Flock`], and performs the actions it returns.
+//! The imperative shell: one event loop that turns signals, child exits and
+//! worker messages into events for the [`Flock`], and performs the actions it
+//! returns.
 //!
-//! Each pass: read the clock once, drain the signal pipe, reap every exited
-//! child, feed the events, perform the actions, then sleep in `poll` until the
-//! nearest deadline the core asked for. Signal handlers only queue and wake
-//! (signal-hook's self-pipe); nothing is done inside them.
+//! Each pass: read the clock, drain the signal pipe, reap the exited children
+//! (when SIGCHLD said there are some), read the workers' channels, feed the
+//! events, perform the actions, then sleep in `epoll_wait` until something is
+//! readable or the nearest deadline the core asked for. Signal handlers only
+//! queue and wake (signal-hook's self-pipe); nothing is done inside them.
+//!
+//! epoll rather than poll: every fd (one per worker) is registered once, so a
+//! pass costs the kernel the ready fds only, not all of them.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
 use nix::errno::Errno;
-use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::poll::PollTimeout;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
 use nix::unistd::Pid as NixPid;
@@ -22,25 +28,43 @@ use signal_hook::iterator::backend::SignalDelivery;
 use signal_hook::iterator::exfiltrator::SignalOnly;
 
 use crate::config::MemoryMeasure;
-use crate::flock::{Action, Event, ExitStatus, Flock, Policy, Request};
+use crate::flock::{Action, Event, ExitStatus, Flock, Pid, Policy, Request};
 use crate::links::Links;
-use crate::proc_stats;
+use crate::proc_stats::MemoryMeter;
 use crate::sockets::Listeners;
-use crate::spawn::WorkerCommand;
-use crate::systemd;
+use crate::spawn::{ExecReport, WorkerCommand};
+use crate::systemd::Notifier;
 
 /// Exit code when setting up the loop itself fails (EX_OSERR).
 pub const EXIT_OS_ERROR: i32 = 71;
 
 const HANDLED_SIGNALS: [i32; 6] = [SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGTTIN, SIGTTOU];
 
+/// What an epoll registration stands for, in its 64-bit tag.
+const TAG_SIGNALS: u64 = 0;
+const TAG_LINK: u64 = 1 << 32;
+const TAG_EXEC_REPORT: u64 = 2 << 32;
+const TAG_KIND: u64 = 0xffff_ffff << 32;
+
 pub struct Supervisor {
     flock: Flock,
     command: WorkerCommand,
     listeners: Listeners,
     links: Links,
-    memory_measure: MemoryMeasure,
+    memory: MemoryMeter,
+    notifier: Notifier,
+    /// Exec reports of workers just forked, read once their pipe is readable.
+    exec_reports: HashMap<Pid, ExecReport>,
     signals: SignalDelivery<UnixStream, SignalOnly>,
+    epoll: Epoll,
+}
+
+/// What one wait found ready.
+#[derive(Default)]
+struct Ready {
+    signals: bool,
+    links: Vec<Pid>,
+    exec_reports: Vec<Pid>,
 }
 
 impl Supervisor {
@@ -53,14 +77,22 @@ impl Supervisor {
         listeners: Listeners,
     ) -> Result<Supervisor, String> {
         let links = Links::new(policy.readiness, policy.heartbeat, command.channel_fd_number())?;
+        let memory = MemoryMeter::new(memory_measure, policy.memory_limit);
         let (read, write) = UnixStream::pair().map_err(|e| format!("cannot create the signal pipe: {e}"))?;
-        read.set_nonblocking(true)
-            .map_err(|e| format!("cannot set up the signal pipe: {e}"))?;
-        write
-            .set_nonblocking(true)
-            .map_err(|e| format!("cannot set up the signal pipe: {e}"))?;
+        for end in [&read, &write] {
+            end.set_nonblocking(true)
+                .map_err(|e| format!("cannot set up the signal pipe: {e}"))?;
+        }
         let signals = SignalDelivery::with_pipe(read, write, SignalOnly, HANDLED_SIGNALS)
             .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+        let epoll =
+            Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(|e| format!("cannot create an epoll: {}", e.desc()))?;
+        epoll
+            .add(
+                signals.get_read().as_fd(),
+                EpollEvent::new(EpollFlags::EPOLLIN, TAG_SIGNALS),
+            )
+            .map_err(|e| format!("cannot watch the signal pipe: {}", e.desc()))?;
         // Orphans of a worker (e.g. the server a wrapper script started) are
         // re-parented to us rather than to init, so we reap them.
         if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
@@ -71,8 +103,11 @@ impl Supervisor {
             command,
             listeners,
             links,
-            memory_measure,
+            memory,
+            notifier: Notifier::from_env(),
+            exec_reports: HashMap::new(),
             signals,
+            epoll,
         })
     }
 
@@ -94,18 +129,26 @@ impl Supervisor {
                     return code;
                 }
             }
-            let readable = match self.wait(now) {
-                Ok(readable) => readable,
+            self.notifier.flush();
+            let ready = match self.wait(now) {
+                Ok(ready) => ready,
                 Err(e) => {
-                    error!("poll failed: {e}");
+                    error!("epoll_wait failed: {}", e.desc());
                     return EXIT_OS_ERROR;
                 }
             };
-            events.extend(self.pending_signals());
-            events.extend(self.reap());
+            if ready.signals {
+                events.extend(self.pending_signals());
+            }
             let now = Instant::now();
-            for pid in readable {
+            for pid in ready.exec_reports {
+                self.read_exec_report(pid);
+            }
+            for pid in ready.links {
                 events.extend(self.links.read(pid, now));
+                if !self.links.is_open(pid) {
+                    self.unwatch_link(pid);
+                }
             }
             events.push(Event::Tick);
         }
@@ -114,31 +157,20 @@ impl Supervisor {
     fn perform(&mut self, now: Instant, action: Action, follow_ups: &mut VecDeque<Action>) -> Option<i32> {
         match action {
             Action::Spawn { slot, generation } => {
-                let event = match self.links.prepare(slot) {
-                    Err(reason) => Event::SpawnFailed { slot, reason },
-                    Ok(prepared) => match self.command.spawn(slot, generation, &prepared.extras) {
-                        Ok(pid) => {
-                            self.links.attach(pid, slot, prepared.link);
-                            Event::Spawned { slot, pid }
-                        }
-                        Err(e) => Event::SpawnFailed {
-                            slot,
-                            reason: e.to_string(),
-                        },
-                    },
-                };
+                let event = self.spawn(slot, generation);
                 follow_ups.extend(self.flock.handle(now, event));
             }
             Action::Signal { pid, signal } => signal_worker(pid, signal),
             Action::Ping { pid } => self.links.ping(pid),
             Action::Measure { pids } => {
+                self.memory.next_round();
                 for pid in pids {
-                    if let Some(bytes) = proc_stats::tree_memory(pid, self.memory_measure) {
+                    if let Some(bytes) = self.memory.measure(pid) {
                         follow_ups.extend(self.flock.handle(now, Event::Measured { pid, bytes }));
                     }
                 }
             }
-            Action::Notify(message) => systemd::notify(&message),
+            Action::Notify(message) => self.notifier.send(&message),
             Action::Exit { code, reason } => {
                 if code == 0 {
                     info!("{reason}; exiting");
@@ -151,10 +183,45 @@ impl Supervisor {
         None
     }
 
-    /// Sleeps until a signal or a worker's message arrives, or the core's next
-    /// deadline; returns the workers whose channels are readable.
-    fn wait(&self, now: Instant) -> Result<Vec<i32>, Errno> {
-        let timeout = match self.flock.next_deadline() {
+    fn spawn(&mut self, slot: usize, generation: u32) -> Event {
+        let prepared = match self.links.prepare(slot) {
+            Ok(prepared) => prepared,
+            Err(reason) => return Event::SpawnFailed { slot, reason },
+        };
+        let (pid, report) = match self.command.spawn(slot, generation, &prepared.extras) {
+            Ok(spawned) => spawned,
+            Err(e) => {
+                return Event::SpawnFailed {
+                    slot,
+                    reason: e.to_string(),
+                };
+            }
+        };
+        let watched = self.epoll.add(
+            report.fd(),
+            EpollEvent::new(EpollFlags::EPOLLIN, TAG_EXEC_REPORT | pid as u64),
+        );
+        if let Err(e) = watched {
+            warn!("worker {slot} (pid {pid}): cannot watch its exec report: {}", e.desc());
+        } else {
+            self.exec_reports.insert(pid, report);
+        }
+        self.links.attach(pid, slot, prepared.link);
+        if let Some(fd) = self.links.fd(pid)
+            && let Err(e) = self
+                .epoll
+                .add(fd, EpollEvent::new(EpollFlags::EPOLLIN, TAG_LINK | pid as u64))
+        {
+            warn!("worker {slot} (pid {pid}): cannot watch its channel: {}", e.desc());
+        }
+        Event::Spawned { slot, pid }
+    }
+
+    /// Sleeps until something is readable or the core's next deadline.
+    fn wait(&self, now: Instant) -> Result<Ready, Errno> {
+        // Messages waiting for systemd to read its socket are retried soon.
+        let retry = self.notifier.has_pending().then(|| now + Duration::from_millis(20));
+        let timeout = match self.flock.next_deadline().into_iter().chain(retry).min() {
             None => PollTimeout::NONE,
             Some(deadline) => {
                 // Round up: waking a millisecond early would only spin.
@@ -162,26 +229,31 @@ impl Supervisor {
                 PollTimeout::try_from(ms.min(60_000) as i32).unwrap_or(PollTimeout::MAX)
             }
         };
-        let links = self.links.pollable();
-        let mut fds = vec![PollFd::new(self.signals.get_read().as_fd(), PollFlags::POLLIN)];
-        fds.extend(links.iter().map(|(_, fd)| PollFd::new(*fd, PollFlags::POLLIN)));
-        match nix::poll::poll(&mut fds, timeout) {
-            Ok(_) => Ok(fds[1..]
-                .iter()
-                .zip(&links)
-                .filter(|(fd, _)| fd.revents().is_some_and(|r| !r.is_empty()))
-                .map(|(_, (pid, _))| *pid)
-                .collect()),
-            Err(Errno::EINTR) => Ok(Vec::new()),
-            Err(e) => Err(e),
+        let mut buffer = [EpollEvent::empty(); 64];
+        let count = match self.epoll.wait(&mut buffer, timeout) {
+            Ok(count) => count,
+            Err(Errno::EINTR) => 0,
+            Err(e) => return Err(e),
+        };
+        let mut ready = Ready::default();
+        for event in &buffer[..count] {
+            let (kind, pid) = (event.data() & TAG_KIND, (event.data() & 0xffff_ffff) as Pid);
+            match kind {
+                TAG_LINK => ready.links.push(pid),
+                TAG_EXEC_REPORT => ready.exec_reports.push(pid),
+                _ => ready.signals = true,
+            }
         }
+        Ok(ready)
     }
 
+    /// Turns the signals received into requests; SIGCHLD into reaping.
     fn pending_signals(&mut self) -> Vec<Event> {
         let mut events = Vec::new();
+        let mut children_exited = false;
         for signal in self.signals.pending() {
             match signal {
-                SIGCHLD => {} // reaped below, every pass
+                SIGCHLD => children_exited = true,
                 SIGTERM | SIGINT => {
                     info!("received {}", signal_name(signal));
                     events.push(Event::Request(Request::Stop));
@@ -192,7 +264,27 @@ impl Supervisor {
                 other => debug!("ignoring signal {other}"),
             }
         }
+        if children_exited {
+            events.extend(self.reap());
+        }
         events
+    }
+
+    /// Logs the exec failure of a worker just forked (it exits 127, and is
+    /// reaped and backed off like any crash).
+    fn read_exec_report(&mut self, pid: Pid) {
+        if let Some(report) = self.exec_reports.remove(&pid) {
+            let _ = self.epoll.delete(report.fd());
+            if let Err(why) = report.read() {
+                error!("worker {} (pid {pid}): {why}", report.slot);
+            }
+        }
+    }
+
+    fn unwatch_link(&mut self, pid: Pid) {
+        if let Some(fd) = self.links.fd(pid) {
+            let _ = self.epoll.delete(fd);
+        }
     }
 
     /// Reaps every exited child. A worker's process group is swept with
@@ -220,7 +312,7 @@ impl Supervisor {
             let is_worker = self.flock.workers().iter().any(|w| w.pid == pid.as_raw());
             if is_worker {
                 match kill(NixPid::from_raw(-pid.as_raw()), Signal::SIGKILL) {
-                    Ok(()) => debug!("killed what was left in the process group of pid {pid}"),
+                    Ok(()) => log::trace!("swept the process group of pid {pid}"),
                     Err(Errno::ESRCH) | Err(Errno::EPERM) => {}
                     Err(e) => warn!("cannot sweep the process group of pid {pid}: {}", e.desc()),
                 }
@@ -238,11 +330,13 @@ impl Supervisor {
                     break;
                 }
             };
-            self.links.detach(pid.as_raw());
-            events.push(Event::Exited {
-                pid: pid.as_raw(),
-                status,
-            });
+            let pid = pid.as_raw();
+            // The exec report may still be unread if exec failed at once.
+            self.read_exec_report(pid);
+            self.unwatch_link(pid);
+            self.links.detach(pid);
+            self.memory.forget(pid);
+            events.push(Event::Exited { pid, status });
         }
         events
     }

@@ -1,23 +1,106 @@
-//! Talking upward to systemd: sd_notify messages, and whether stderr is a
-//! journal stream. Silent (and free) when sheepdog is not run by systemd.
+//! Talking upward to systemd: sd_notify messages, the watchdog interval, and
+//! whether stderr is a journal stream. Silent (and free) when sheepdog is not
+//! run by systemd.
 
 use std::os::fd::AsFd;
-
-use sd_notify::NotifyState;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram};
 
 use crate::flock::Upward;
 
-/// Sends one state to `$NOTIFY_SOCKET`, if there is one. A failure is logged,
-/// never fatal: systemd going away must not take the flock down with it.
-pub fn notify(message: &Upward) {
-    let result = match message {
-        Upward::Ready => sd_notify::notify(&[NotifyState::Ready]),
-        Upward::Stopping => sd_notify::notify(&[NotifyState::Stopping]),
-        Upward::Status(status) => sd_notify::notify(&[NotifyState::Status(status)]),
-        Upward::Watchdog => sd_notify::notify(&[NotifyState::Watchdog]),
-    };
-    if let Err(e) = result {
-        log::warn!("cannot notify systemd ({message:?}): {e}");
+/// Sends sd_notify datagrams to `$NOTIFY_SOCKET` without ever blocking, so a
+/// stalled receiver cannot stall the supervisor. A unix datagram queue is
+/// short (`net.unix.max_dgram_qlen`, 10 by default), so what does not fit
+/// waits in an outbox, in order, and is retried: only the latest STATUS= is
+/// kept and one WATCHDOG=1 is enough, while READY=1 and STOPPING=1 are never
+/// dropped.
+pub struct Notifier {
+    target: Option<(UnixDatagram, SocketAddr)>,
+    outbox: std::collections::VecDeque<String>,
+    dropped: u64,
+}
+
+/// An outbox longer than this means the receiver is gone: drop the oldest.
+const MAX_OUTBOX: usize = 64;
+
+impl Notifier {
+    pub fn from_env() -> Notifier {
+        let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+            return Notifier {
+                target: None,
+                outbox: Default::default(),
+                dropped: 0,
+            };
+        };
+        let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
+        let address = match bytes.strip_prefix(b"@") {
+            Some(name) => SocketAddr::from_abstract_name(name),
+            None => SocketAddr::from_pathname(&path),
+        };
+        let socket = UnixDatagram::unbound().and_then(|s| s.set_nonblocking(true).map(|()| s));
+        match (socket, address) {
+            (Ok(socket), Ok(address)) => Notifier {
+                target: Some((socket, address)),
+                outbox: Default::default(),
+                dropped: 0,
+            },
+            (Err(e), _) | (_, Err(e)) => {
+                log::warn!("cannot use NOTIFY_SOCKET {}: {e}", path.to_string_lossy());
+                Notifier {
+                    target: None,
+                    outbox: Default::default(),
+                    dropped: 0,
+                }
+            }
+        }
+    }
+
+    pub fn send(&mut self, message: &Upward) {
+        if self.target.is_none() {
+            return;
+        }
+        let text = format_message(message);
+        match message {
+            Upward::Status(_) => self.outbox.retain(|m| !m.starts_with("STATUS=")),
+            Upward::Watchdog if self.outbox.iter().any(|m| m == "WATCHDOG=1") => return,
+            _ => {}
+        }
+        self.outbox.push_back(text);
+        while self.outbox.len() > MAX_OUTBOX {
+            let lost = self.outbox.pop_front();
+            self.dropped += 1;
+            log::warn!("systemd is not reading its notify socket; dropped {lost:?}");
+        }
+        self.flush();
+    }
+
+    /// Sends what waits in the outbox, as far as the receiver takes it.
+    pub fn flush(&mut self) {
+        let Some((socket, address)) = &self.target else { return };
+        while let Some(text) = self.outbox.front() {
+            match socket.send_to_addr(text.as_bytes(), address) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => log::warn!("cannot notify systemd ({text:?}): {e}"),
+            }
+            self.outbox.pop_front();
+        }
+    }
+
+    /// Messages wait for the receiver: the loop should retry soon.
+    pub fn has_pending(&self) -> bool {
+        !self.outbox.is_empty()
+    }
+}
+
+/// The datagram for one upward message.
+pub fn format_message(message: &Upward) -> String {
+    match message {
+        Upward::Ready => "READY=1".into(),
+        Upward::Stopping => "STOPPING=1".into(),
+        Upward::Watchdog => "WATCHDOG=1".into(),
+        // A status is one line: a newline would start a new assignment.
+        Upward::Status(status) => format!("STATUS={}", status.replace('\n', " ")),
     }
 }
 
@@ -42,5 +125,80 @@ pub fn stderr_is_journal() -> bool {
     match nix::sys::stat::fstat(std::io::stderr().as_fd()) {
         Ok(stat) => stat.st_dev == dev && stat.st_ino == ino,
         Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn pair(name: &str) -> (UnixDatagram, Notifier, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("sheepdog-notifier-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("notify.sock");
+        let _ = std::fs::remove_file(&path);
+        let receiver = UnixDatagram::bind(&path).unwrap();
+        let notifier = Notifier {
+            target: Some((
+                UnixDatagram::unbound()
+                    .and_then(|s| s.set_nonblocking(true).map(|()| s))
+                    .unwrap(),
+                SocketAddr::from_pathname(&path).unwrap(),
+            )),
+            outbox: Default::default(),
+            dropped: 0,
+        };
+        (receiver, notifier, dir)
+    }
+
+    fn drain(receiver: &UnixDatagram) -> Vec<String> {
+        receiver.set_nonblocking(true).unwrap();
+        let mut buffer = [0u8; 256];
+        let mut got = Vec::new();
+        while let Ok(n) = receiver.recv(&mut buffer) {
+            got.push(String::from_utf8_lossy(&buffer[..n]).into_owned());
+        }
+        got
+    }
+
+    #[test]
+    fn a_full_receiver_never_blocks_and_nothing_important_is_lost() {
+        let (receiver, mut notifier, dir) = pair("full");
+        // Nobody reads: a burst far longer than the queue, without blocking.
+        for i in 0..1000 {
+            notifier.send(&Upward::Status(format!("{i}/1000 ready")));
+            notifier.send(&Upward::Watchdog);
+            if i == 500 {
+                notifier.send(&Upward::Ready);
+            }
+        }
+        assert!(notifier.has_pending());
+        assert_eq!(notifier.dropped, 0);
+        // The receiver catches up: READY=1 arrives, and the last status.
+        let mut got = drain(&receiver);
+        while notifier.has_pending() {
+            notifier.flush();
+            got.extend(drain(&receiver));
+        }
+        assert_eq!(got.iter().filter(|m| *m == "READY=1").count(), 1);
+        assert_eq!(got.last().map(String::as_str), Some("STATUS=999/1000 ready"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_receiver_that_never_reads_costs_a_bounded_outbox() {
+        let (_receiver, mut notifier, dir) = pair("gone");
+        for _ in 0..1000 {
+            notifier.send(&Upward::Ready);
+        }
+        assert!(notifier.outbox.len() <= MAX_OUTBOX);
+        assert!(notifier.dropped > 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_status_stays_on_one_line() {
+        assert_eq!(format_message(&Upward::Status("a\nREADY=1".into())), "STATUS=a READY=1");
     }
 }
