@@ -27,6 +27,55 @@ pub enum Command {
     Run(RunArgs),
     /// Validate a config file and print the effective settings (exit 0, or 78 when invalid).
     Check(RunArgs),
+    /// Show the supervisor and a table of its workers.
+    Status(StatusArgs),
+    /// Roll the workers onto the config and code as they are now, and wait for
+    /// the outcome: exit 0 when done, 1 when it failed (the old workers keep serving).
+    Reload(ReloadArgs),
+    /// Set the number of workers.
+    Scale(ScaleArgs),
+}
+
+/// How a client finds the control socket of a running sheepdog.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// The config file the server runs with (its `control_socket`, or the default for it).
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// The control socket itself.
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+
+    /// Print the status as JSON, for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReloadArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+
+    /// How long to wait for the reload to end.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = crate::units::parse_duration)]
+    pub timeout: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct ScaleArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+
+    /// The number of workers.
+    #[arg(value_name = "N", value_parser = clap::value_parser!(u32).range(1..=crate::config::MAX_WORKERS as i64))]
+    pub workers: u32,
 }
 
 #[derive(Debug, Args)]

@@ -53,6 +53,7 @@ struct FileConfig {
     backoff_max: Option<Spanned<HumanDuration>>,
     backoff_reset: Option<HumanDuration>,
     max_spawn_rate: Option<Spanned<u32>>,
+    control_socket: Option<PathBuf>,
     log_level: Option<LogLevel>,
 }
 
@@ -321,6 +322,7 @@ pub struct Settings {
     pub stop_signal: Signal,
     pub stop_timeout: Duration,
     pub restart: RestartPolicy,
+    pub control_socket: PathBuf,
     pub log_level: Option<LogLevel>,
 }
 
@@ -534,10 +536,15 @@ impl Settings {
         // Relative paths in a config file are relative to the file, not to
         // wherever sheepdog happened to be started from.
         let base = path.and_then(Path::parent).filter(|p| !p.as_os_str().is_empty());
-        let working_directory = file.working_directory.map(|dir| match base {
+        let relative_to_file = |dir: PathBuf| match base {
             Some(base) if dir.is_relative() => base.join(dir),
             _ => dir,
-        });
+        };
+        let working_directory = file.working_directory.map(relative_to_file);
+        let control_socket = file
+            .control_socket
+            .map(relative_to_file)
+            .unwrap_or_else(|| default_control_socket(path));
 
         Ok(Settings {
             config_file: path.map(Path::to_path_buf),
@@ -563,6 +570,7 @@ impl Settings {
                 backoff_reset: file.backoff_reset.map_or(Duration::from_secs(30), |d| d.0),
                 max_spawn_rate,
             },
+            control_socket,
             log_level: overrides.log_level.or(file.log_level),
         })
     }
@@ -596,6 +604,7 @@ impl Settings {
         let _ = writeln!(out, "backoff_max = \"{}\"", format_duration(r.backoff_max));
         let _ = writeln!(out, "backoff_reset = \"{}\"", format_duration(r.backoff_reset));
         let _ = writeln!(out, "max_spawn_rate = {}", r.max_spawn_rate);
+        let _ = writeln!(out, "control_socket = {:?}", self.control_socket.display().to_string());
         if let Some(heartbeat) = &self.heartbeat {
             let _ = writeln!(out, "\n[heartbeat]");
             let _ = writeln!(out, "interval = \"{}\"", format_duration(heartbeat.interval));
@@ -614,6 +623,57 @@ impl Settings {
             }
         }
         out
+    }
+}
+
+/// Where the control socket is when the config does not say: under systemd's
+/// RuntimeDirectory= (`$RUNTIME_DIRECTORY/control.sock`, which `sheepdog
+/// reload` run by ExecReload= sees too), else `/run/sheepdog/NAME.sock` for
+/// root and `$XDG_RUNTIME_DIR/sheepdog/NAME.sock` (or
+/// `/tmp/sheepdog-UID/NAME.sock`) for others, NAME being the config file's
+/// name without `.toml` (`sheepdog` without a config file).
+pub fn default_control_socket(config: Option<&Path>) -> PathBuf {
+    if let Some(dir) = std::env::var_os("RUNTIME_DIRECTORY").and_then(|d| std::env::split_paths(&d).next()) {
+        return dir.join("control.sock");
+    }
+    let name = config
+        .and_then(Path::file_stem)
+        .map_or("sheepdog".into(), |s| s.to_string_lossy().into_owned());
+    let uid = nix::unistd::getuid().as_raw();
+    let dir = if uid == 0 {
+        PathBuf::from("/run/sheepdog")
+    } else if let Some(runtime) = std::env::var_os("XDG_RUNTIME_DIR") {
+        PathBuf::from(runtime).join("sheepdog")
+    } else {
+        PathBuf::from(format!("/tmp/sheepdog-{uid}"))
+    };
+    dir.join(format!("{name}.sock"))
+}
+
+/// The control socket a client should use: `--socket`, else the config
+/// file's `control_socket`, else the default for that config file. Only that
+/// key is read, so a client works even while the rest of the file is being edited.
+pub fn client_control_socket(config: Option<&Path>, socket: Option<&Path>) -> Result<PathBuf, ConfigError> {
+    if let Some(socket) = socket {
+        return Ok(socket.to_path_buf());
+    }
+    let Some(path) = config else {
+        return Ok(default_control_socket(None));
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("{}: cannot read the config: {e}", path.display())))?;
+    let table: toml::Table =
+        toml::from_str(&text).map_err(|e| ConfigError(format!("{}: {}", path.display(), e.message().trim())))?;
+    match table.get("control_socket").and_then(|v| v.as_str()) {
+        Some(socket) => {
+            let socket = PathBuf::from(socket);
+            let base = path.parent().filter(|p| !p.as_os_str().is_empty());
+            Ok(match base {
+                Some(base) if socket.is_relative() => base.join(socket),
+                _ => socket,
+            })
+        }
+        None => Ok(default_control_socket(Some(path))),
     }
 }
 
@@ -818,6 +878,38 @@ NODE_ENV = "production"
         let e = error("command = [\"x\"]\n[memory]\nlimmit = \"1GiB\"\n");
         assert!(e.starts_with("app.toml:3:1: unknown field `limmit`"), "{e}");
         assert!(error("command = [\"x\"]\nmax_surge = 0\n").contains("max_surge: must be at least 1"));
+    }
+
+    #[test]
+    fn the_control_socket_is_found_from_the_config_file() {
+        let dir = std::env::temp_dir().join(format!("sheepdog-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("myapp.toml");
+        std::fs::write(&file, "control_socket = \"run/ctl.sock\"\n").unwrap();
+        assert_eq!(
+            client_control_socket(Some(&file), None).unwrap(),
+            dir.join("run/ctl.sock")
+        );
+        std::fs::write(&file, "workers = 2\n").unwrap();
+        let default = client_control_socket(Some(&file), None).unwrap();
+        assert_eq!(default, default_control_socket(Some(&file)));
+        assert!(
+            default.ends_with("myapp.sock") || default.ends_with("control.sock"),
+            "{}",
+            default.display()
+        );
+        assert_eq!(
+            client_control_socket(Some(&file), Some(Path::new("/x.sock"))).unwrap(),
+            PathBuf::from("/x.sock")
+        );
+        let s = Settings::from_toml(
+            "command = [\"x\"]\ncontrol_socket = \"c.sock\"\n",
+            Some(&file),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.control_socket, dir.join("c.sock"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

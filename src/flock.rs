@@ -15,7 +15,7 @@ use log::{debug, error, info, warn};
 use nix::sys::signal::Signal;
 
 use crate::channel::WorkerMessage;
-use crate::config::{HeartbeatPolicy, MAX_WORKERS, Readiness, RestartPolicy, Settings};
+use crate::config::{HeartbeatPolicy, MAX_WORKERS, MemoryMeasure, Readiness, RestartPolicy, Settings};
 use crate::units::{format_duration, format_size};
 
 pub type Pid = i32;
@@ -37,7 +37,7 @@ impl fmt::Display for ExitStatus {
 }
 
 /// Requests that reach the supervisor as signals (or, later, the control socket).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     /// SIGTERM / SIGINT: stop every worker gracefully, then exit 0.
     Stop,
@@ -45,6 +45,13 @@ pub enum Request {
     ScaleUp,
     /// SIGTTOU: one worker less.
     ScaleDown,
+    /// `sheepdog scale N`.
+    Scale(usize),
+    /// SIGHUP or `sheepdog reload`: roll the flock onto a new generation
+    /// running under `policy`. `ticket` names the request in its outcome.
+    Reload { ticket: u64, policy: Box<Policy> },
+    /// A reload that could not even begin (e.g. the config file is invalid).
+    ReloadRefused { ticket: u64, reason: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +90,8 @@ pub enum Event {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Upward {
     Ready,
+    /// RELOADING=1; the shell adds MONOTONIC_USEC.
+    Reloading,
     Status(String),
     Stopping,
     Watchdog,
@@ -108,6 +117,12 @@ pub enum Action {
         pids: Vec<Pid>,
     },
     Notify(Upward),
+    /// A reload ended (or was refused): tell whoever waits on `ticket`.
+    ReloadFinished {
+        ticket: u64,
+        ok: bool,
+        message: String,
+    },
     /// All workers are gone: exit the supervisor with this code.
     Exit {
         code: i32,
@@ -116,7 +131,7 @@ pub enum Action {
 }
 
 /// The policy the core applies; a projection of `Settings`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
     pub workers: usize,
     pub min_ready: usize,
@@ -126,6 +141,7 @@ pub struct Policy {
     pub heartbeat: Option<HeartbeatPolicy>,
     pub memory_limit: Option<u64>,
     pub memory_interval: Duration,
+    pub memory_measure: MemoryMeasure,
     pub max_surge: usize,
     pub stop_signal: Signal,
     pub stop_timeout: Duration,
@@ -145,6 +161,7 @@ impl Policy {
             heartbeat: settings.heartbeat,
             memory_limit: settings.memory.limit,
             memory_interval: settings.memory.interval,
+            memory_measure: settings.memory.measure,
             max_surge: settings.max_surge as usize,
             stop_signal: settings.stop_signal,
             stop_timeout: settings.stop_timeout,
@@ -260,10 +277,36 @@ struct Timers {
     withholding_watchdog: bool,
 }
 
+/// A rolling reload in progress: workers of older generations are replaced
+/// slot by slot by workers of `generation`.
+#[derive(Debug, Clone)]
+struct Rollout {
+    ticket: u64,
+    generation: u32,
+    from_generation: u32,
+    started: Instant,
+    /// What to go back to if the new generation fails to start.
+    previous: Policy,
+    previous_desired: usize,
+}
+
+/// How the last reload ended, for STATUS and `sheepdog status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadOutcome {
+    pub generation: u32,
+    pub ok: bool,
+    pub message: String,
+}
+
 pub struct Flock {
     policy: Policy,
     desired: usize,
+    /// The generation new workers are started in.
     generation: u32,
+    /// The highest generation ever started (generations are never reused).
+    newest_generation: u32,
+    rollout: Option<Rollout>,
+    last_reload: Option<ReloadOutcome>,
     workers: Vec<Worker>,
     slots: Vec<Slot>,
     /// Unrequested exits within the restart window, oldest first.
@@ -285,6 +328,9 @@ impl Flock {
         Flock {
             desired,
             generation: 1,
+            newest_generation: 1,
+            rollout: None,
+            last_reload: None,
             workers: Vec::new(),
             slots: Vec::new(),
             recent_failures: VecDeque::new(),
@@ -317,6 +363,37 @@ impl Flock {
 
     pub fn desired(&self) -> usize {
         self.desired
+    }
+
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    /// The generation number the next reload will start.
+    pub fn next_generation(&self) -> u32 {
+        self.newest_generation + 1
+    }
+
+    /// The generation being rolled out, if a reload is in progress.
+    pub fn reloading_to(&self) -> Option<u32> {
+        self.rollout.as_ref().map(|r| r.generation)
+    }
+
+    pub fn last_reload(&self) -> Option<&ReloadOutcome> {
+        self.last_reload.as_ref()
+    }
+
+    /// Restarts of `slot` so far (unrequested exits).
+    pub fn slot_restarts(&self, slot: usize) -> u32 {
+        self.slots.get(slot).map_or(0, |s| s.restarts)
+    }
+
+    pub fn total_restarts(&self) -> u32 {
+        self.total_restarts
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
     }
 
     pub fn is_shutting_down(&self) -> bool {
@@ -505,8 +582,20 @@ impl Flock {
             _ => {
                 let was_ready = if worker.is_ready() { "" } else { " before it was ready" };
                 let what = format!("worker {slot} (pid {pid}) {status} after {uptime}{was_ready}");
-                self.on_failure(now, slot, actions, &what);
+                self.on_worker_failed(now, &worker, actions, &what);
             }
+        }
+    }
+
+    /// A worker failed. A new-generation worker that fails before it is ready
+    /// aborts the reload; anything else is a crash to back off from.
+    fn on_worker_failed(&mut self, now: Instant, worker: &Worker, actions: &mut Vec<Action>, what: &str) {
+        let failed_start = !worker.is_ready() && worker.retiring.is_none();
+        match &self.rollout {
+            Some(rollout) if failed_start && worker.generation == rollout.generation => {
+                self.abort_reload(now, what, actions);
+            }
+            _ => self.on_failure(now, worker.slot, actions, what),
         }
     }
 
@@ -551,6 +640,7 @@ impl Flock {
     /// SIGKILLs a worker for a failure (hung, not ready in time, asked to be
     /// treated as hung) and counts it like a crash.
     fn condemn(&mut self, now: Instant, index: usize, why: &str, actions: &mut Vec<Action>) {
+        let before = self.workers[index].clone();
         let worker = &mut self.workers[index];
         worker.condemned = true;
         worker.state = WorkerState::Stopping {
@@ -562,12 +652,182 @@ impl Flock {
             pid,
             signal: Signal::SIGKILL,
         });
-        self.on_failure(
+        self.on_worker_failed(
             now,
-            slot,
+            &before,
             actions,
             &format!("worker {slot} (pid {pid}) {why}; killed it"),
         );
+    }
+
+    /// Starts rolling the flock onto a new generation under `policy`.
+    fn begin_reload(&mut self, now: Instant, ticket: u64, policy: Policy, actions: &mut Vec<Action>) {
+        actions.push(Action::Notify(Upward::Reloading));
+        if let Some(rollout) = &self.rollout {
+            let message = format!("a reload to generation {} is already in progress", rollout.generation);
+            warn!("reload refused: {message}");
+            actions.push(Action::ReloadFinished {
+                ticket,
+                ok: false,
+                message,
+            });
+            return;
+        }
+        if policy.readiness != self.policy.readiness {
+            let message = format!(
+                "readiness cannot change in a reload (\"{}\" to \"{}\"): restart the service instead",
+                self.policy.readiness, policy.readiness
+            );
+            self.refuse_reload(ticket, message, actions);
+            return;
+        }
+        self.newest_generation += 1;
+        let generation = self.newest_generation;
+        let previous = std::mem::replace(&mut self.policy, policy);
+        let previous_desired = self.desired;
+        self.desired = self.policy.workers.clamp(1, MAX_WORKERS as usize);
+        self.budget.capacity = (self.desired as f64).max(self.budget.per_second);
+        info!(
+            "reloading: generation {} to {generation}, {} workers, at most {} extra at once",
+            self.generation, self.desired, self.policy.max_surge
+        );
+        self.rollout = Some(Rollout {
+            ticket,
+            generation,
+            from_generation: self.generation,
+            started: now,
+            previous,
+            previous_desired,
+        });
+        self.generation = generation;
+        let stop_signal = self.policy.stop_signal;
+        for worker in &mut self.workers {
+            match worker.state {
+                // Not serving yet: nothing to keep it for.
+                WorkerState::Starting => {
+                    worker.state = WorkerState::Stopping {
+                        since: now,
+                        killed: false,
+                    };
+                    actions.push(Action::Signal {
+                        pid: worker.pid,
+                        signal: stop_signal,
+                    });
+                }
+                WorkerState::Ready { .. } => worker.retiring = Some("reload"),
+                WorkerState::Stopping { .. } => {}
+            }
+        }
+        // The new generation starts now, whatever backoff the old one was in.
+        for slot in &mut self.slots {
+            slot.next_spawn = slot.next_spawn.min(now);
+            slot.failures = 0;
+        }
+    }
+
+    /// A reload that does not start: READY=1 again at once, and the reason.
+    fn refuse_reload(&mut self, ticket: u64, message: String, actions: &mut Vec<Action>) {
+        error!("reload refused: {message}");
+        self.last_reload = Some(ReloadOutcome {
+            generation: self.generation,
+            ok: false,
+            message: message.clone(),
+        });
+        actions.push(Action::Notify(Upward::Ready));
+        actions.push(Action::ReloadFinished {
+            ticket,
+            ok: false,
+            message,
+        });
+    }
+
+    /// The new generation failed to start: go back to the old one. Workers of
+    /// the new generation still starting are stopped; ready ones are replaced
+    /// by old-generation workers slot by slot, like any reload.
+    fn abort_reload(&mut self, now: Instant, what: &str, actions: &mut Vec<Action>) {
+        let Some(rollout) = self.rollout.take() else { return };
+        let message = format!(
+            "reload to generation {} failed: {what}; generation {} keeps serving",
+            rollout.generation, rollout.from_generation
+        );
+        error!("{message}");
+        self.policy = rollout.previous;
+        self.desired = rollout.previous_desired;
+        self.generation = rollout.from_generation;
+        let stop_signal = self.policy.stop_signal;
+        for worker in &mut self.workers {
+            if worker.is_stopping() {
+                continue;
+            }
+            if worker.generation == rollout.generation {
+                if worker.is_ready() {
+                    worker.retiring = Some("reload aborted");
+                } else {
+                    worker.state = WorkerState::Stopping {
+                        since: now,
+                        killed: false,
+                    };
+                    actions.push(Action::Signal {
+                        pid: worker.pid,
+                        signal: stop_signal,
+                    });
+                }
+            } else if worker.retiring == Some("reload") {
+                worker.retiring = None;
+            }
+        }
+        self.last_reload = Some(ReloadOutcome {
+            generation: rollout.generation,
+            ok: false,
+            message: message.clone(),
+        });
+        actions.push(Action::Notify(Upward::Ready));
+        actions.push(Action::ReloadFinished {
+            ticket: rollout.ticket,
+            ok: false,
+            message,
+        });
+    }
+
+    /// The reload is done once every desired slot has a ready worker of the
+    /// new generation and every old worker has been told to stop.
+    fn finish_reload_if_done(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        let Some(rollout) = &self.rollout else { return };
+        let generation = rollout.generation;
+        let old_serving = self
+            .workers
+            .iter()
+            .any(|w| !w.is_stopping() && w.generation != generation);
+        let mut ready = vec![false; self.desired];
+        for worker in &self.workers {
+            if worker.generation == generation
+                && worker.is_ready()
+                && let Some(slot) = ready.get_mut(worker.slot)
+            {
+                *slot = true;
+            }
+        }
+        if old_serving || !ready.iter().all(|r| *r) {
+            return;
+        }
+        let rollout = self.rollout.take().expect("checked above");
+        let message = format!(
+            "reloaded to generation {generation} ({} workers) in {}",
+            self.desired,
+            seconds(now.saturating_duration_since(rollout.started))
+        );
+        info!("{message}");
+        self.last_reload = Some(ReloadOutcome {
+            generation,
+            ok: true,
+            message: message.clone(),
+        });
+        actions.push(Action::Notify(Upward::Ready));
+        actions.push(Action::ReloadFinished {
+            ticket: rollout.ticket,
+            ok: true,
+            message,
+        });
     }
 
     fn on_message(&mut self, now: Instant, pid: Pid, message: WorkerMessage, actions: &mut Vec<Action>) {
@@ -678,11 +938,46 @@ impl Flock {
                     warn!("not scaling below 1 worker");
                 }
             }
-            (_, Phase::ShuttingDown { .. }) => debug!("ignoring {request:?} during shutdown"),
+            (Request::Scale(workers), Phase::Running) => {
+                let workers = workers.clamp(1, MAX_WORKERS as usize);
+                if workers != self.desired {
+                    info!("scaling from {} to {workers} workers", self.desired);
+                    for slot in self.desired..workers {
+                        let state = self.slot_mut(slot, now);
+                        state.next_spawn = state.next_spawn.max(now);
+                    }
+                    self.desired = workers;
+                }
+            }
+            (Request::Reload { ticket, policy }, Phase::Running) => self.begin_reload(now, ticket, *policy, actions),
+            (Request::ReloadRefused { ticket, reason }, Phase::Running) => {
+                actions.push(Action::Notify(Upward::Reloading));
+                self.refuse_reload(ticket, reason, actions);
+            }
+            (Request::Reload { ticket, .. } | Request::ReloadRefused { ticket, .. }, Phase::ShuttingDown { .. }) => {
+                let message = "the supervisor is stopping".to_string();
+                actions.push(Action::ReloadFinished {
+                    ticket,
+                    ok: false,
+                    message,
+                });
+            }
+            (other, Phase::ShuttingDown { .. }) => debug!("ignoring {other:?} during shutdown"),
         }
     }
 
     fn begin_shutdown(&mut self, now: Instant, code: i32, reason: String, actions: &mut Vec<Action>) {
+        if let Some(rollout) = self.rollout.take() {
+            let message = format!(
+                "reload to generation {} interrupted: the supervisor is stopping",
+                rollout.generation
+            );
+            actions.push(Action::ReloadFinished {
+                ticket: rollout.ticket,
+                ok: false,
+                message,
+            });
+        }
         self.phase = Phase::ShuttingDown { code, reason };
         actions.push(Action::Notify(Upward::Stopping));
         for worker in &mut self.workers {
@@ -718,6 +1013,7 @@ impl Flock {
         self.retire_surplus(now, actions);
         self.stop_replaced(now, actions);
         self.fill_slots(now, actions);
+        self.finish_reload_if_done(now, actions);
         self.ping_workers(now, actions);
         self.measure(now, actions);
         if !self.announced_ready && self.is_healthy() {
@@ -857,38 +1153,47 @@ impl Flock {
         }
     }
 
+    /// Starts workers for empty slots first, then replacements for slots
+    /// whose worker is retiring (reload, memory), those within `max_surge`:
+    /// at most `desired + max_surge` workers run at once.
     fn fill_slots(&mut self, now: Instant, actions: &mut Vec<Action>) {
         self.budget.refill(now);
         if self.desired > 0 {
             self.slot_mut(self.desired - 1, now);
         }
-        for (slot, filled) in self.filled_slots().into_iter().enumerate() {
-            let state = &self.slots[slot];
-            if state.spawning || state.next_spawn > now || filled {
-                continue;
+        let filled = self.filled_slots();
+        let mut occupied = vec![false; self.desired];
+        for worker in self.workers.iter().filter(|w| !w.is_stopping()) {
+            if let Some(slot) = occupied.get_mut(worker.slot) {
+                *slot = true;
             }
-            // A replacement for a still-serving worker is surge: bounded.
-            let replacing = self.workers.iter().any(|w| w.slot == slot && !w.is_stopping());
-            if replacing {
-                let live = self.workers.iter().filter(|w| !w.is_stopping()).count()
-                    + self.slots.iter().filter(|s| s.spawning).count();
-                if live.saturating_sub(self.desired) >= self.policy.max_surge {
+        }
+        let mut live =
+            self.workers.iter().filter(|w| !w.is_stopping()).count() + self.slots.iter().filter(|s| s.spawning).count();
+        for replacing in [false, true] {
+            for slot in 0..self.desired {
+                let state = &self.slots[slot];
+                if filled[slot] || occupied[slot] != replacing || state.spawning || state.next_spawn > now {
                     continue;
                 }
+                if replacing && live.saturating_sub(self.desired) >= self.policy.max_surge {
+                    return;
+                }
+                if self.budget.tokens < 1.0 {
+                    debug!(
+                        "spawn rate limit reached ({}/s); slot {slot} waits",
+                        self.policy.restart.max_spawn_rate
+                    );
+                    return;
+                }
+                self.budget.tokens -= 1.0;
+                self.slots[slot].spawning = true;
+                live += 1;
+                actions.push(Action::Spawn {
+                    slot,
+                    generation: self.generation,
+                });
             }
-            if self.budget.tokens < 1.0 {
-                debug!(
-                    "spawn rate limit reached ({}/s); slot {slot} waits",
-                    self.policy.restart.max_spawn_rate
-                );
-                break;
-            }
-            self.budget.tokens -= 1.0;
-            self.slots[slot].spawning = true;
-            actions.push(Action::Spawn {
-                slot,
-                generation: self.generation,
-            });
         }
     }
 
@@ -957,10 +1262,21 @@ impl Flock {
         } else {
             String::new()
         };
+        let generation = match (&self.rollout, &self.last_reload) {
+            (Some(rollout), _) => format!(" · reloading to generation {}", rollout.generation),
+            (None, Some(outcome)) if !outcome.ok => {
+                format!(
+                    " · generation {} · reload to {} failed",
+                    self.generation, outcome.generation
+                )
+            }
+            (None, _) if self.generation > 1 => format!(" · generation {}", self.generation),
+            _ => String::new(),
+        };
         match &self.phase {
             Phase::Running => {
                 format!(
-                    "{}/{} ready · {} restarts{memory}",
+                    "{}/{} ready · {} restarts{generation}{memory}",
                     self.ready_count(),
                     self.desired,
                     self.total_restarts
@@ -1007,6 +1323,7 @@ mod tests {
             heartbeat: None,
             memory_limit: None,
             memory_interval: Duration::from_secs(3600),
+            memory_measure: MemoryMeasure::Pss,
             max_surge: 1,
             watchdog: None,
             stop_signal: Signal::SIGTERM,
@@ -1699,5 +2016,279 @@ mod tests {
         // Healthy again: the pings resume.
         h.make_ready();
         assert_eq!(watchdogs(&h.run_until(22_000 * MS)), 2);
+    }
+
+    fn reload(h: &mut Harness, ticket: u64, policy: Policy) -> Vec<Action> {
+        h.feed(Event::Request(Request::Reload {
+            ticket,
+            policy: Box::new(policy),
+        }))
+    }
+
+    fn finished(actions: &[Action]) -> Option<(u64, bool, String)> {
+        actions.iter().find_map(|a| match a {
+            Action::ReloadFinished { ticket, ok, message } => Some((*ticket, *ok, message.clone())),
+            _ => None,
+        })
+    }
+
+    fn spawned_generations(actions: &[Action]) -> Vec<(usize, u32)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Spawn { slot, generation } => Some((*slot, *generation)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn reload_policy(workers: usize) -> Policy {
+        let mut p = notify_policy(workers);
+        p.heartbeat = None;
+        p.ready_timeout = 5000 * MS;
+        p
+    }
+
+    /// Makes ready every starting worker, one at a time, checking after each
+    /// step that no fewer than `min_ready` workers were ready.
+    fn ready_one_by_one(h: &mut Harness, min_ready: usize) -> Vec<Action> {
+        let mut all = Vec::new();
+        while let Some(pid) = h
+            .flock
+            .workers()
+            .iter()
+            .find(|w| w.state == WorkerState::Starting)
+            .map(|w| w.pid)
+        {
+            all.extend(h.say(pid, WorkerMessage::Ready));
+            assert!(
+                h.ready_pids().len() >= min_ready,
+                "fewer than {min_ready} ready workers"
+            );
+        }
+        all
+    }
+
+    #[test]
+    fn a_reload_rolls_slot_by_slot_within_the_surge_and_never_below_min_ready() {
+        let mut h = Harness::new(reload_policy(3));
+        h.start();
+        h.make_ready();
+        let old: Vec<Pid> = (0..3).map(|s| h.pid_of(s)).collect();
+        let actions = reload(&mut h, 7, reload_policy(3));
+        assert_eq!(actions.first(), Some(&Action::Notify(Upward::Reloading)));
+        assert_eq!(
+            spawned_generations(&actions),
+            vec![(0, 2)],
+            "max_surge = 1: one new worker at a time"
+        );
+        assert!(
+            signals(&actions).is_empty(),
+            "nothing stops before its replacement is ready"
+        );
+        assert!(statuses(&h.log).last().unwrap().contains("reloading to generation 2"));
+
+        let actions = ready_one_by_one(&mut h, 3);
+        for pid in &old {
+            assert!(
+                signals(&actions).contains(&(*pid, Signal::SIGTERM)),
+                "old worker {pid} stopped"
+            );
+        }
+        assert_eq!(spawned_generations(&actions), vec![(1, 2), (2, 2)]);
+        let (ticket, ok, message) = finished(&actions).expect("the reload finished");
+        assert_eq!((ticket, ok), (7, true));
+        assert!(
+            message.starts_with("reloaded to generation 2 (3 workers) in"),
+            "{message}"
+        );
+        assert!(actions.contains(&Action::Notify(Upward::Ready)));
+        assert_eq!(h.flock.generation(), 2);
+        assert!(
+            h.flock
+                .workers()
+                .iter()
+                .filter(|w| !w.is_stopping())
+                .all(|w| w.generation == 2)
+        );
+        for pid in old {
+            h.exit(pid, ExitStatus::Code(0));
+        }
+        assert_eq!(
+            statuses(&h.log).last().unwrap(),
+            "3/3 ready · 0 restarts · generation 2"
+        );
+    }
+
+    #[test]
+    fn a_larger_surge_replaces_several_slots_at_once() {
+        let mut h = Harness::new(reload_policy(4));
+        h.start();
+        h.make_ready();
+        let mut p = reload_policy(4);
+        p.max_surge = 2;
+        assert_eq!(spawned_generations(&reload(&mut h, 1, p)), vec![(0, 2), (1, 2)]);
+    }
+
+    #[test]
+    fn a_new_generation_that_crashes_at_boot_aborts_and_the_old_keeps_serving() {
+        let mut h = Harness::new(reload_policy(2));
+        h.start();
+        h.make_ready();
+        let old: Vec<Pid> = (0..2).map(|s| h.pid_of(s)).collect();
+        reload(&mut h, 3, reload_policy(2));
+        let new = h.flock.workers().last().unwrap().pid;
+        let actions = h.exit(new, ExitStatus::Code(1));
+        let (ticket, ok, message) = finished(&actions).expect("the reload ended");
+        assert_eq!((ticket, ok), (3, false));
+        assert!(message.contains("reload to generation 2 failed: worker 0"), "{message}");
+        assert!(message.contains("exited with code 1"), "{message}");
+        assert!(message.ends_with("generation 1 keeps serving"), "{message}");
+        assert!(actions.contains(&Action::Notify(Upward::Ready)));
+        assert!(signals(&h.log).is_empty(), "the old workers were never signalled");
+        assert_eq!(h.ready_pids(), old);
+        assert!(spawns(&h.run_until(20_000 * MS)).is_empty(), "nothing more is started");
+        assert_eq!(h.flock.generation(), 1);
+        assert_eq!(
+            h.flock.total_restarts(),
+            0,
+            "a failed reload is not a crash of the flock"
+        );
+        assert!(
+            statuses(&h.log)
+                .last()
+                .unwrap()
+                .contains("generation 1 · reload to 2 failed")
+        );
+        // The next reload gets a fresh generation number.
+        let actions = reload(&mut h, 4, reload_policy(2));
+        assert_eq!(spawned_generations(&actions), vec![(0, 3)]);
+    }
+
+    #[test]
+    fn an_abort_after_some_slots_switched_rolls_them_back_replacement_first() {
+        let mut h = Harness::new(reload_policy(2));
+        h.start();
+        h.make_ready();
+        let old: Vec<Pid> = (0..2).map(|s| h.pid_of(s)).collect();
+        reload(&mut h, 1, reload_policy(2));
+        let new0 = h.flock.workers().last().unwrap().pid;
+        let actions = h.say(new0, WorkerMessage::Ready);
+        assert_eq!(signals(&actions), vec![(old[0], Signal::SIGTERM)]);
+        h.exit(old[0], ExitStatus::Code(0));
+        let new1 = h
+            .flock
+            .workers()
+            .iter()
+            .find(|w| w.slot == 1 && w.generation == 2)
+            .unwrap()
+            .pid;
+        // Slot 1's new worker crashes: slot 0 must go back to generation 1,
+        // its generation-2 worker serving until the replacement is ready.
+        let actions = h.exit(new1, ExitStatus::Code(2));
+        assert_eq!(finished(&actions).map(|f| f.1), Some(false));
+        assert_eq!(spawned_generations(&actions), vec![(0, 1)]);
+        assert!(signals(&actions).is_empty());
+        let back = h
+            .flock
+            .workers()
+            .iter()
+            .find(|w| w.slot == 0 && w.generation == 1)
+            .unwrap()
+            .pid;
+        assert_eq!(
+            signals(&h.say(back, WorkerMessage::Ready)),
+            vec![(new0, Signal::SIGTERM)]
+        );
+        assert!(h.ready_pids().contains(&old[1]));
+        assert!(h.ready_pids().contains(&back));
+    }
+
+    #[test]
+    fn a_new_generation_that_never_becomes_ready_aborts_at_ready_timeout() {
+        let mut h = Harness::new(reload_policy(1));
+        h.start();
+        h.make_ready();
+        let old = h.pid_of(0);
+        h.at(1000 * MS);
+        reload(&mut h, 9, reload_policy(1));
+        let new = h.flock.workers().last().unwrap().pid;
+        let actions = h.at(6000 * MS);
+        assert_eq!(signals(&actions), vec![(new, Signal::SIGKILL)]);
+        let (_, ok, message) = finished(&actions).unwrap();
+        assert!(!ok);
+        assert!(message.contains("was not ready within 5s"), "{message}");
+        assert_eq!(h.ready_pids(), vec![old]);
+    }
+
+    #[test]
+    fn a_second_reload_during_a_reload_is_refused() {
+        let mut h = Harness::new(reload_policy(2));
+        h.start();
+        h.make_ready();
+        reload(&mut h, 1, reload_policy(2));
+        let actions = reload(&mut h, 2, reload_policy(2));
+        let (ticket, ok, message) = finished(&actions).unwrap();
+        assert_eq!((ticket, ok), (2, false));
+        assert_eq!(message, "a reload to generation 2 is already in progress");
+        assert!(spawned_generations(&actions).is_empty());
+        // The first one goes on and succeeds.
+        let done = ready_one_by_one(&mut h, 2);
+        assert_eq!(finished(&done).map(|f| (f.0, f.1)), Some((1, true)));
+    }
+
+    #[test]
+    fn a_refused_reload_changes_nothing() {
+        let mut h = Harness::new(reload_policy(2));
+        h.start();
+        h.make_ready();
+        let actions = h.feed(Event::Request(Request::ReloadRefused {
+            ticket: 5,
+            reason: "app.toml:3:1: bad".into(),
+        }));
+        assert_eq!(
+            actions[..2],
+            [Action::Notify(Upward::Reloading), Action::Notify(Upward::Ready)],
+            "systemd sees the reload begin and end"
+        );
+        assert_eq!(finished(&actions), Some((5, false, "app.toml:3:1: bad".into())));
+        assert!(spawns(&actions).is_empty() && signals(&actions).is_empty());
+        let mut p = reload_policy(2);
+        p.readiness = Readiness::NodeIpc;
+        let (_, ok, message) = finished(&reload(&mut h, 6, p)).unwrap();
+        assert!(!ok && message.starts_with("readiness cannot change"), "{message}");
+    }
+
+    #[test]
+    fn a_reload_can_change_the_worker_count_both_ways() {
+        let mut h = Harness::new(reload_policy(2));
+        h.start();
+        h.make_ready();
+        let actions = reload(&mut h, 1, reload_policy(4));
+        // Slots 2 and 3 are new capacity, started first; then one replacement
+        // within the surge: never more than 4 + 1 workers.
+        assert_eq!(spawned_generations(&actions), vec![(2, 2), (3, 2), (0, 2)]);
+        let done = ready_one_by_one(&mut h, 2);
+        assert_eq!(finished(&done).map(|f| f.1), Some(true));
+        assert_eq!(h.ready_pids().len(), 4);
+        let stopped: Vec<Pid> = signals(&h.log).iter().map(|(p, _)| *p).collect();
+        for pid in stopped {
+            h.exit(pid, ExitStatus::Code(0));
+        }
+        let actions = reload(&mut h, 2, reload_policy(2));
+        assert_eq!(signals(&actions).len(), 2, "slots 2 and 3 retired");
+        let done = ready_one_by_one(&mut h, 2);
+        assert_eq!(finished(&done).map(|f| f.1), Some(true));
+        assert_eq!(h.flock.desired(), 2);
+    }
+
+    #[test]
+    fn scale_sets_the_worker_count() {
+        let mut h = Harness::new(reload_policy(2));
+        h.start();
+        assert_eq!(spawns(&h.feed(Event::Request(Request::Scale(4)))), vec![2, 3]);
+        h.make_ready();
+        assert_eq!(signals(&h.feed(Event::Request(Request::Scale(1)))).len(), 3);
+        assert_eq!(h.flock.desired(), 1);
     }
 }

@@ -20,12 +20,14 @@
 pub mod channel;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod flock;
 pub mod links;
 pub mod logging;
 pub mod proc_stats;
 pub mod sockets;
 pub mod spawn;
+pub mod status_view;
 pub mod supervisor;
 pub mod systemd;
 pub mod units;

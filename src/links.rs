@@ -56,7 +56,6 @@ pub struct Prepared {
 
 pub struct Links {
     readiness: Readiness,
-    heartbeat: Option<HeartbeatPolicy>,
     /// The private (0700) directory of the notify sockets.
     dir: Option<PathBuf>,
     channel_fd: i32,
@@ -69,14 +68,13 @@ pub struct Links {
 }
 
 impl Links {
-    pub fn new(readiness: Readiness, heartbeat: Option<HeartbeatPolicy>, channel_fd: i32) -> Result<Links, String> {
+    pub fn new(readiness: Readiness, channel_fd: i32) -> Result<Links, String> {
         let dir = match readiness {
             Readiness::Notify => Some(private_dir()?),
             _ => None,
         };
         Ok(Links {
             readiness,
-            heartbeat,
             dir,
             channel_fd,
             by_pid: HashMap::new(),
@@ -87,8 +85,9 @@ impl Links {
         })
     }
 
-    /// Makes the channel for the next worker of `slot`.
-    pub fn prepare(&mut self, slot: usize) -> Result<Prepared, String> {
+    /// Makes the channel for the next worker of `slot`, with the heartbeat
+    /// policy of the generation it starts in.
+    pub fn prepare(&mut self, slot: usize, heartbeat: Option<HeartbeatPolicy>) -> Result<Prepared, String> {
         self.sequence += 1;
         match self.readiness {
             Readiness::None => Ok(Prepared {
@@ -109,7 +108,7 @@ impl Links {
                     env: vec![format!("NOTIFY_SOCKET={}", path.display())],
                     ..Default::default()
                 };
-                if let Some(heartbeat) = self.heartbeat {
+                if let Some(heartbeat) = heartbeat {
                     // As with systemd: the worker pings at least every half of it.
                     extras
                         .env

@@ -1,13 +1,15 @@
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
+use serde_json::{Value, json};
 
-use sheepdog::cli::{Cli, Command, RunArgs};
-use sheepdog::config::Settings;
-use sheepdog::flock::Policy;
+use sheepdog::cli::{Cli, ClientArgs, Command, ReloadArgs, RunArgs, ScaleArgs, StatusArgs};
+use sheepdog::config::{Settings, client_control_socket};
+use sheepdog::control::{self, ControlServer, PROTOCOL_VERSION};
 use sheepdog::spawn::WorkerCommand;
 use sheepdog::supervisor::Supervisor;
-use sheepdog::{logging, sockets, systemd};
+use sheepdog::{logging, sockets, status_view, systemd};
 
 /// EX_CONFIG from sysexits.h: the configuration (or environment) is unusable.
 const EXIT_CONFIG: u8 = 78;
@@ -17,12 +19,16 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => run(args),
         Command::Check(args) => check(args),
+        Command::Status(args) => status(args),
+        Command::Reload(args) => reload(args),
+        Command::Scale(args) => scale(args),
     }
 }
 
 fn run(args: RunArgs) -> ExitCode {
     let journal = systemd::stderr_is_journal();
-    let settings = match Settings::load(args.config.as_deref(), &args.overrides()) {
+    let overrides = args.overrides();
+    let settings = match Settings::load(args.config.as_deref(), &overrides) {
         Ok(settings) => settings,
         Err(e) => {
             logging::init(None, journal);
@@ -53,8 +59,15 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    let control = match ControlServer::bind(&settings.control_socket) {
+        Ok(control) => control,
+        Err(e) => {
+            log::error!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     log::info!(
-        "sheepdog {}: {} workers of `{}` on {} ({})",
+        "sheepdog {}: {} workers of `{}` on {} ({}); control socket {}",
         env!("CARGO_PKG_VERSION"),
         settings.workers,
         settings.command.join(" "),
@@ -63,7 +76,8 @@ fn run(args: RunArgs) -> ExitCode {
             "passed by systemd"
         } else {
             "bound by sheepdog"
-        }
+        },
+        settings.control_socket.display()
     );
     let watchdog = systemd::watchdog_interval();
     if let Some(interval) = watchdog {
@@ -72,8 +86,7 @@ fn run(args: RunArgs) -> ExitCode {
             sheepdog::units::format_duration(interval)
         );
     }
-    let policy = Policy::from_settings(&settings, watchdog);
-    let supervisor = match Supervisor::new(policy, settings.memory.measure, command, listeners) {
+    let supervisor = match Supervisor::new(&settings, overrides, watchdog, command, listeners, control) {
         Ok(supervisor) => supervisor,
         Err(e) => {
             log::error!("{e}");
@@ -103,4 +116,85 @@ fn check(args: RunArgs) -> ExitCode {
     }
     print!("{}", settings.describe());
     ExitCode::SUCCESS
+}
+
+/// Sends one request to the running sheepdog; prints errors; None on failure.
+fn ask(client: &ClientArgs, request: Value, timeout: Duration) -> Option<Value> {
+    let socket = match client_control_socket(client.config.as_deref(), client.socket.as_deref()) {
+        Ok(socket) => socket,
+        Err(e) => {
+            eprintln!("sheepdog: {e}");
+            return None;
+        }
+    };
+    match control::request(&socket, &request, Some(timeout)) {
+        Ok(reply) => Some(reply),
+        Err(e) => {
+            eprintln!("sheepdog: {e}");
+            None
+        }
+    }
+}
+
+fn status(args: StatusArgs) -> ExitCode {
+    let Some(reply) = ask(
+        &args.client,
+        json!({"v": PROTOCOL_VERSION, "cmd": "status"}),
+        Duration::from_secs(10),
+    ) else {
+        return ExitCode::FAILURE;
+    };
+    if reply["ok"] != json!(true) {
+        eprintln!("sheepdog: {}", reply["error"].as_str().unwrap_or("status failed"));
+        return ExitCode::FAILURE;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reply).unwrap_or_default());
+    } else {
+        print!("{}", status_view::render(&reply));
+    }
+    ExitCode::SUCCESS
+}
+
+fn reload(args: ReloadArgs) -> ExitCode {
+    let Some(reply) = ask(
+        &args.client,
+        json!({"v": PROTOCOL_VERSION, "cmd": "reload"}),
+        args.timeout,
+    ) else {
+        return ExitCode::FAILURE;
+    };
+    match (
+        reply["ok"].as_bool(),
+        reply["message"].as_str().or(reply["error"].as_str()),
+    ) {
+        (Some(true), Some(message)) => {
+            println!("{message}");
+            ExitCode::SUCCESS
+        }
+        (_, message) => {
+            eprintln!("sheepdog: {}", message.unwrap_or("reload failed"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn scale(args: ScaleArgs) -> ExitCode {
+    let request = json!({"v": PROTOCOL_VERSION, "cmd": "scale", "workers": args.workers});
+    let Some(reply) = ask(&args.client, request, Duration::from_secs(10)) else {
+        return ExitCode::FAILURE;
+    };
+    match (
+        reply["ok"].as_bool(),
+        reply["message"].as_str().or(reply["error"].as_str()),
+    ) {
+        (Some(true), Some(message)) => {
+            println!("{message}");
+            ExitCode::SUCCESS
+        }
+        (_, message) => {
+            eprintln!("sheepdog: {}", message.unwrap_or("scale failed"));
+            ExitCode::FAILURE
+        }
+    }
 }

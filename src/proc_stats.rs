@@ -60,22 +60,16 @@ const PSS_REFRESH_ROUNDS: u64 = 10;
 /// within the limit cannot be over it by PSS: RSS is read every round, PSS
 /// only when RSS is over the limit, or every 10th round (staggered by pid) to
 /// keep the figures shown in STATUS current.
+#[derive(Default)]
 pub struct MemoryMeter {
-    measure: MemoryMeasure,
-    limit: Option<u64>,
     round: u64,
     /// The last PSS of each worker's tree, and the round it was read in.
     pss: HashMap<Pid, (u64, u64)>,
 }
 
 impl MemoryMeter {
-    pub fn new(measure: MemoryMeasure, limit: Option<u64>) -> MemoryMeter {
-        MemoryMeter {
-            measure,
-            limit,
-            round: 0,
-            pss: HashMap::new(),
-        }
+    pub fn new() -> MemoryMeter {
+        MemoryMeter::default()
     }
 
     /// Starts a round of measurements (one `Action::Measure`).
@@ -84,13 +78,13 @@ impl MemoryMeter {
     }
 
     /// The memory of `pid`'s process tree, or None if it is gone.
-    pub fn measure(&mut self, pid: Pid) -> Option<u64> {
+    pub fn measure(&mut self, pid: Pid, measure: MemoryMeasure, limit: Option<u64>) -> Option<u64> {
         let tree = process_tree(pid);
         let rss = sum(&tree, MemoryMeasure::Rss)?;
-        if self.measure == MemoryMeasure::Rss {
+        if measure == MemoryMeasure::Rss {
             return Some(rss);
         }
-        let over = self.limit.is_some_and(|limit| rss > limit);
+        let over = limit.is_some_and(|limit| rss > limit);
         let due = (self.round + pid as u64).is_multiple_of(PSS_REFRESH_ROUNDS);
         match self.pss.get(&pid) {
             Some(&(pss, _)) if !over && !due => Some(pss.min(rss)),
@@ -106,6 +100,27 @@ impl MemoryMeter {
     pub fn forget(&mut self, pid: Pid) {
         self.pss.remove(&pid);
     }
+}
+
+/// A process's CPU use over its life, in % of one core.
+pub fn cpu_percent(pid: Pid) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // After the command: state is field 3, utime 14, stime 15, starttime 22.
+    let ticks = |i: usize| fields.get(i - 3)?.parse::<f64>().ok();
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let cpu = (ticks(14)? + ticks(15)?) / hz;
+    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let age = uptime - ticks(22)? / hz;
+    (age > 0.0).then(|| 100.0 * cpu / age)
 }
 
 fn sum(tree: &[Pid], measure: MemoryMeasure) -> Option<u64> {
@@ -157,13 +172,13 @@ mod tests {
         let rss = process_memory(me, MemoryMeasure::Rss).unwrap();
         // No limit in reach: the first round reads PSS, later ones reuse it
         // until the refresh comes round.
-        let mut meter = MemoryMeter::new(MemoryMeasure::Pss, Some(u64::MAX));
-        let first = meter.measure(me).unwrap();
+        let mut meter = MemoryMeter::new();
+        let first = meter.measure(me, MemoryMeasure::Pss, Some(u64::MAX)).unwrap();
         assert_eq!(meter.pss[&me].1, 0);
         let mut refreshed_at = Vec::new();
         for _ in 0..PSS_REFRESH_ROUNDS * 2 {
             meter.next_round();
-            assert!(meter.measure(me).unwrap() > 0);
+            assert!(meter.measure(me, MemoryMeasure::Pss, Some(u64::MAX)).unwrap() > 0);
             if meter.pss[&me].1 == meter.round {
                 refreshed_at.push(meter.round);
             }
@@ -175,14 +190,14 @@ mod tests {
         );
         assert!(first <= rss + (4 << 20));
         // Over the limit by RSS: PSS is read every round.
-        let mut meter = MemoryMeter::new(MemoryMeasure::Pss, Some(1));
+        let mut meter = MemoryMeter::new();
         for _ in 0..3 {
             meter.next_round();
-            meter.measure(me);
+            meter.measure(me, MemoryMeasure::Pss, Some(1));
             assert_eq!(meter.pss[&me].1, meter.round);
         }
-        let mut meter = MemoryMeter::new(MemoryMeasure::Rss, Some(1));
-        assert!(meter.measure(me).unwrap() >= rss / 2);
+        let mut meter = MemoryMeter::new();
+        assert!(meter.measure(me, MemoryMeasure::Rss, Some(1)).unwrap() >= rss / 2);
         assert!(meter.pss.is_empty());
     }
 

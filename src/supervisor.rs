@@ -27,10 +27,13 @@ use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGTTIN, SIGTTOU};
 use signal_hook::iterator::backend::SignalDelivery;
 use signal_hook::iterator::exfiltrator::SignalOnly;
 
-use crate::config::MemoryMeasure;
-use crate::flock::{Action, Event, ExitStatus, Flock, Pid, Policy, Request};
+use serde_json::{Value, json};
+
+use crate::config::{ListenAddr, Overrides, Settings};
+use crate::control::{ClientInput, Command, ControlServer, PROTOCOL_VERSION, error_reply};
+use crate::flock::{Action, Event, ExitStatus, Flock, Pid, Policy, Request, WorkerState};
 use crate::links::Links;
-use crate::proc_stats::MemoryMeter;
+use crate::proc_stats::{self, MemoryMeter};
 use crate::sockets::Listeners;
 use crate::spawn::{ExecReport, WorkerCommand};
 use crate::systemd::Notifier;
@@ -44,12 +47,25 @@ const HANDLED_SIGNALS: [i32; 6] = [SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGTTIN, SI
 const TAG_SIGNALS: u64 = 0;
 const TAG_LINK: u64 = 1 << 32;
 const TAG_EXEC_REPORT: u64 = 2 << 32;
+const TAG_CONTROL: u64 = 3 << 32;
+const TAG_CLIENT: u64 = 4 << 32;
 const TAG_KIND: u64 = 0xffff_ffff << 32;
 
 pub struct Supervisor {
     flock: Flock,
-    command: WorkerCommand,
+    /// The worker command of each generation that may still be spawned.
+    commands: HashMap<u32, WorkerCommand>,
     listeners: Listeners,
+    control: ControlServer,
+    /// To re-read the config on reload, as it was read at start.
+    config_file: Option<std::path::PathBuf>,
+    overrides: Overrides,
+    listen_at_start: Vec<ListenAddr>,
+    watchdog: Option<Duration>,
+    started: Instant,
+    next_ticket: u64,
+    /// Control clients waiting for the outcome of the reload with this ticket.
+    reload_waiters: HashMap<u64, u64>,
     links: Links,
     memory: MemoryMeter,
     notifier: Notifier,
@@ -65,19 +81,24 @@ struct Ready {
     signals: bool,
     links: Vec<Pid>,
     exec_reports: Vec<Pid>,
+    control: bool,
+    clients: Vec<(u64, bool)>,
 }
 
 impl Supervisor {
     /// Installs the signal handlers (before any fork, so no exit is missed)
     /// and makes sheepdog the reaper of its workers' orphans.
     pub fn new(
-        policy: Policy,
-        memory_measure: MemoryMeasure,
+        settings: &Settings,
+        overrides: Overrides,
+        watchdog: Option<Duration>,
         command: WorkerCommand,
         listeners: Listeners,
+        control: ControlServer,
     ) -> Result<Supervisor, String> {
-        let links = Links::new(policy.readiness, policy.heartbeat, command.channel_fd_number())?;
-        let memory = MemoryMeter::new(memory_measure, policy.memory_limit);
+        let policy = Policy::from_settings(settings, watchdog);
+        let links = Links::new(policy.readiness, command.channel_fd_number())?;
+        let memory = MemoryMeter::new();
         let (read, write) = UnixStream::pair().map_err(|e| format!("cannot create the signal pipe: {e}"))?;
         for end in [&read, &write] {
             end.set_nonblocking(true)
@@ -93,15 +114,27 @@ impl Supervisor {
                 EpollEvent::new(EpollFlags::EPOLLIN, TAG_SIGNALS),
             )
             .map_err(|e| format!("cannot watch the signal pipe: {}", e.desc()))?;
+        epoll
+            .add(control.listener_fd(), EpollEvent::new(EpollFlags::EPOLLIN, TAG_CONTROL))
+            .map_err(|e| format!("cannot watch the control socket: {}", e.desc()))?;
         // Orphans of a worker (e.g. the server a wrapper script started) are
         // re-parented to us rather than to init, so we reap them.
         if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
             warn!("cannot become a child subreaper: {}", e.desc());
         }
+        let now = Instant::now();
         Ok(Supervisor {
-            flock: Flock::new(policy, Instant::now()),
-            command,
+            flock: Flock::new(policy, now),
+            commands: HashMap::from([(1, command)]),
             listeners,
+            control,
+            config_file: settings.config_file.clone(),
+            overrides,
+            listen_at_start: settings.listen.clone(),
+            watchdog,
+            started: now,
+            next_ticket: 1,
+            reload_waiters: HashMap::new(),
             links,
             memory,
             notifier: Notifier::from_env(),
@@ -126,6 +159,7 @@ impl Supervisor {
                         listener.remove_socket_file();
                     }
                     self.links.cleanup();
+                    self.control.cleanup();
                     return code;
                 }
             }
@@ -141,6 +175,13 @@ impl Supervisor {
                 events.extend(self.pending_signals());
             }
             let now = Instant::now();
+            if ready.control {
+                self.accept_clients(now);
+            }
+            for (client, writable) in ready.clients {
+                events.extend(self.serve_client(client, writable));
+            }
+            self.control.expire(now);
             for pid in ready.exec_reports {
                 self.read_exec_report(pid);
             }
@@ -164,13 +205,30 @@ impl Supervisor {
             Action::Ping { pid } => self.links.ping(pid),
             Action::Measure { pids } => {
                 self.memory.next_round();
+                let (measure, limit) = (self.flock.policy().memory_measure, self.flock.policy().memory_limit);
                 for pid in pids {
-                    if let Some(bytes) = self.memory.measure(pid) {
+                    if let Some(bytes) = self.memory.measure(pid, measure, limit) {
                         follow_ups.extend(self.flock.handle(now, Event::Measured { pid, bytes }));
                     }
                 }
             }
             Action::Notify(message) => self.notifier.send(&message),
+            Action::ReloadFinished { ticket, ok, message } => {
+                if let Some(client) = self.reload_waiters.remove(&ticket) {
+                    let reply = if ok {
+                        json!({"v": PROTOCOL_VERSION, "ok": true, "message": message})
+                    } else {
+                        error_reply(&message)
+                    };
+                    self.reply(client, &reply);
+                }
+                // Only the current generation can be spawned from now on,
+                // plus any generation that still has workers (after an abort).
+                let flock = &self.flock;
+                self.commands.retain(|generation, _| {
+                    *generation == flock.generation() || flock.workers().iter().any(|w| w.generation == *generation)
+                });
+            }
             Action::Exit { code, reason } => {
                 if code == 0 {
                     info!("{reason}; exiting");
@@ -184,11 +242,17 @@ impl Supervisor {
     }
 
     fn spawn(&mut self, slot: usize, generation: u32) -> Event {
-        let prepared = match self.links.prepare(slot) {
+        let Some(command) = self.commands.get(&generation) else {
+            return Event::SpawnFailed {
+                slot,
+                reason: format!("no command for generation {generation}"),
+            };
+        };
+        let prepared = match self.links.prepare(slot, self.flock.policy().heartbeat) {
             Ok(prepared) => prepared,
             Err(reason) => return Event::SpawnFailed { slot, reason },
         };
-        let (pid, report) = match self.command.spawn(slot, generation, &prepared.extras) {
+        let (pid, report) = match command.spawn(slot, generation, &prepared.extras) {
             Ok(spawned) => spawned,
             Err(e) => {
                 return Event::SpawnFailed {
@@ -221,7 +285,8 @@ impl Supervisor {
     fn wait(&self, now: Instant) -> Result<Ready, Errno> {
         // Messages waiting for systemd to read its socket are retried soon.
         let retry = self.notifier.has_pending().then(|| now + Duration::from_millis(20));
-        let timeout = match self.flock.next_deadline().into_iter().chain(retry).min() {
+        let deadlines = [self.flock.next_deadline(), retry, self.control.next_deadline()];
+        let timeout = match deadlines.into_iter().flatten().min() {
             None => PollTimeout::NONE,
             Some(deadline) => {
                 // Round up: waking a millisecond early would only spin.
@@ -241,6 +306,11 @@ impl Supervisor {
             match kind {
                 TAG_LINK => ready.links.push(pid),
                 TAG_EXEC_REPORT => ready.exec_reports.push(pid),
+                TAG_CONTROL => ready.control = true,
+                TAG_CLIENT => {
+                    let writable = event.events().contains(EpollFlags::EPOLLOUT);
+                    ready.clients.push((event.data() & 0xffff_ffff, writable));
+                }
                 _ => ready.signals = true,
             }
         }
@@ -260,7 +330,10 @@ impl Supervisor {
                 }
                 SIGTTIN => events.push(Event::Request(Request::ScaleUp)),
                 SIGTTOU => events.push(Event::Request(Request::ScaleDown)),
-                SIGHUP => warn!("received SIGHUP: reloading is not implemented yet; ignored"),
+                SIGHUP => {
+                    info!("received SIGHUP: reloading");
+                    events.push(self.reload_request(0));
+                }
                 other => debug!("ignoring signal {other}"),
             }
         }
@@ -268,6 +341,141 @@ impl Supervisor {
             events.extend(self.reap());
         }
         events
+    }
+
+    /// Re-reads the config and asks the core to roll onto it; an invalid
+    /// config refuses the reload and changes nothing.
+    fn reload_request(&mut self, ticket: u64) -> Event {
+        let refused = |reason: String| Event::Request(Request::ReloadRefused { ticket, reason });
+        let settings = match Settings::load(self.config_file.as_deref(), &self.overrides) {
+            Ok(settings) => settings,
+            Err(e) => return refused(e.0),
+        };
+        if settings.listen != self.listen_at_start && !self.listeners.inherited {
+            warn!("the listen addresses cannot change in a reload; restart sheepdog to bind others");
+        }
+        let command = match WorkerCommand::new(
+            &settings.command,
+            &settings.env,
+            settings.working_directory.as_deref(),
+            self.listeners.raw_fds(),
+            self.listeners.fdnames(),
+        ) {
+            Ok(command) => command,
+            Err(e) => return refused(e.0),
+        };
+        self.commands.insert(self.flock.next_generation(), command);
+        let policy = Policy::from_settings(&settings, self.watchdog);
+        Event::Request(Request::Reload {
+            ticket,
+            policy: Box::new(policy),
+        })
+    }
+
+    fn accept_clients(&mut self, now: Instant) {
+        for client in self.control.accept(now) {
+            if let Some(fd) = self.control.client_fd(client)
+                && let Err(e) = self
+                    .epoll
+                    .add(fd, EpollEvent::new(EpollFlags::EPOLLIN, TAG_CLIENT | client))
+            {
+                warn!("cannot watch control client {client}: {}", e.desc());
+            }
+        }
+    }
+
+    /// Reads a control client's request, or writes the rest of its reply.
+    fn serve_client(&mut self, client: u64, writable: bool) -> Vec<Event> {
+        if writable {
+            self.control.flush(client);
+            return Vec::new();
+        }
+        let command = match self.control.read(client) {
+            ClientInput::Request(command) => command,
+            ClientInput::Pending | ClientInput::Gone => return Vec::new(),
+        };
+        match command {
+            Command::Status => {
+                let reply = self.status_reply(Instant::now());
+                self.reply(client, &reply);
+                Vec::new()
+            }
+            Command::Scale { workers } => {
+                let message = format!("scaling to {workers} workers");
+                self.reply(client, &json!({"v": PROTOCOL_VERSION, "ok": true, "message": message}));
+                vec![Event::Request(Request::Scale(workers))]
+            }
+            Command::Reload => {
+                let ticket = self.next_ticket;
+                self.next_ticket += 1;
+                self.reload_waiters.insert(ticket, client);
+                vec![self.reload_request(ticket)]
+            }
+        }
+    }
+
+    /// Sends a reply; watches the client for writability if it reads slowly.
+    fn reply(&mut self, client: u64, reply: &Value) {
+        if self.control.reply(client, reply)
+            && let Some(fd) = self.control.client_fd(client)
+        {
+            let _ = self
+                .epoll
+                .modify(fd, &mut EpollEvent::new(EpollFlags::EPOLLOUT, TAG_CLIENT | client));
+        }
+    }
+
+    fn status_reply(&self, now: Instant) -> Value {
+        let flock = &self.flock;
+        let heartbeats = flock.policy().heartbeat.is_some();
+        let workers: Vec<Value> = flock
+            .workers()
+            .iter()
+            .map(|w| {
+                let state = match w.state {
+                    WorkerState::Starting => "starting",
+                    WorkerState::Ready { .. } if w.retiring.is_some() => "retiring",
+                    WorkerState::Ready { .. } => "ready",
+                    WorkerState::Stopping { .. } => "stopping",
+                };
+                json!({
+                    "slot": w.slot,
+                    "pid": w.pid,
+                    "generation": w.generation,
+                    "state": state,
+                    "uptime_s": now.saturating_duration_since(w.started_at).as_secs_f64(),
+                    "restarts": flock.slot_restarts(w.slot),
+                    "memory_bytes": w.memory,
+                    "cpu_percent": proc_stats::cpu_percent(w.pid),
+                    "heartbeat_age_s": heartbeats.then(|| now.saturating_duration_since(w.last_heartbeat).as_secs_f64()),
+                    "status": w.status,
+                })
+            })
+            .collect();
+        let ready = flock
+            .workers()
+            .iter()
+            .filter(|w| matches!(w.state, WorkerState::Ready { .. }))
+            .count();
+        json!({
+            "v": PROTOCOL_VERSION,
+            "ok": true,
+            "supervisor": {
+                "version": env!("CARGO_PKG_VERSION"),
+                "pid": std::process::id(),
+                "uptime_s": now.saturating_duration_since(self.started).as_secs_f64(),
+                "config": self.config_file.as_ref().map(|p| p.display().to_string()),
+                "generation": flock.generation(),
+                "desired": flock.desired(),
+                "ready": ready,
+                "restarts": flock.total_restarts(),
+                "reloading_to": flock.reloading_to(),
+                "last_reload": flock.last_reload().map(|r| json!({
+                    "generation": r.generation, "ok": r.ok, "message": r.message,
+                })),
+            },
+            "workers": workers,
+        })
     }
 
     /// Logs the exec failure of a worker just forked (it exits 127, and is

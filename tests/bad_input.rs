@@ -43,6 +43,7 @@ impl Case {
             .env_remove("NOTIFY_SOCKET")
             .env_remove("LISTEN_FDS")
             .env_remove("JOURNAL_STREAM")
+            .env("RUNTIME_DIRECTORY", self.dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -21,6 +21,7 @@ fn crash_looping_run(journal_stream: impl Fn(&std::fs::File) -> Option<String>) 
     let log_path = dir.path().join("stderr");
     let log = std::fs::File::create(&log_path).unwrap();
     let mut command = Command::new(BIN);
+    command.env("RUNTIME_DIRECTORY", dir.path());
     command.args(["run", "--config", config.to_str().unwrap()]);
     command
         .env_remove("JOURNAL_STREAM")

@@ -7,6 +7,7 @@
 // the connections that stay idle, and exits once none is left.
 'use strict';
 const http = require('http');
+const net = require('net');
 
 const id = process.env.SHEEPDOG_WORKER_ID ?? '-';
 const version = process.env.APP_VERSION ?? '1';
@@ -14,8 +15,10 @@ let draining = false;
 
 const server = http.createServer((req, res) => {
   if (draining) res.setHeader('Connection', 'close');
+  const body = `hello from worker ${id} pid ${process.pid} version ${version}\n`;
   res.setHeader('Content-Type', 'text/plain');
-  res.end(`hello from worker ${id} pid ${process.pid} version ${version}\n`);
+  res.setHeader('Content-Length', Buffer.byteLength(body));
+  res.end(body);
 });
 server.keepAliveTimeout = 5000;
 
@@ -29,9 +32,11 @@ if (listenFds >= 1 && listenPid === process.pid) {
 
 process.on('SIGTERM', () => {
   draining = true;
-  // Stop accepting; the callback runs once every connection has closed.
-  server.close(() => process.exit(0));
-  // Idle keep-alive connections get a short grace for a request already on
-  // its way, then are closed; busy ones close after their response.
+  // Stop accepting, but leave open connections alone: http.Server#close()
+  // (Node >= 19) would also destroy idle keep-alive sockets at once, losing
+  // requests already on their way. The callback runs once all have closed.
+  net.Server.prototype.close.call(server, () => process.exit(0));
+  // Each connection closes after its next response (Connection: close);
+  // those that stay idle get a short grace, then are closed.
   setTimeout(() => server.closeIdleConnections(), 1000).unref();
 });

@@ -144,7 +144,13 @@ impl Launch {
         path
     }
 
-    pub fn spawn(self) -> Sheepdog {
+    pub fn spawn(mut self) -> Sheepdog {
+        // As systemd's RuntimeDirectory=: the control socket and the notify
+        // sockets of this sheepdog live in the test's own directory.
+        if !self.env.iter().any(|(k, _)| k == "RUNTIME_DIRECTORY") {
+            let dir = self.dir.path().display().to_string();
+            self.env.push(("RUNTIME_DIRECTORY".into(), dir));
+        }
         let mut command = match (self.activate, &self.shell_prefix) {
             (Some(addr), _) => {
                 let mut c = Command::new("systemd-socket-activate");
@@ -392,6 +398,8 @@ pub struct LoopResult {
     pub errors: Vec<String>,
     /// (worker id, pid) of every successful answer, in order.
     pub answers: Vec<(String, i32)>,
+    /// The app version of every successful answer, in order.
+    pub versions: Vec<String>,
 }
 
 impl RequestLoop {
@@ -409,6 +417,7 @@ impl RequestLoop {
                     Ok(r) if r.status == 200 => {
                         p.ok += 1;
                         p.answers.push(r.worker());
+                        p.versions.push(r.version());
                     }
                     Ok(r) => {
                         p.failed += 1;
@@ -445,4 +454,141 @@ impl RequestLoop {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.handle.take().unwrap().join().unwrap()
     }
+}
+
+/// A client loop on its own thread that keeps one HTTP/1.1 connection alive
+/// for as long as the server lets it (it reconnects after `Connection:
+/// close`), counting every failed request, as a browser or proxy would see.
+pub struct KeepAliveLoop {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<LoopResult>>,
+    pub progress: Arc<Mutex<LoopResult>>,
+}
+
+impl KeepAliveLoop {
+    pub fn start(addr: SocketAddr) -> KeepAliveLoop {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let progress = Arc::new(Mutex::new(LoopResult::default()));
+        let (flag, shared) = (stop.clone(), progress.clone());
+        let handle = std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(90);
+            let mut connection: Option<BufReader<TcpStream>> = None;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+                let outcome = keep_alive_request(addr, &mut connection);
+                let mut p = shared.lock().unwrap();
+                match outcome {
+                    Ok(r) if r.status == 200 => {
+                        p.ok += 1;
+                        p.answers.push(r.worker());
+                        p.versions.push(r.version());
+                    }
+                    Ok(r) => {
+                        p.failed += 1;
+                        p.errors.push(format!("status {}", r.status));
+                    }
+                    Err(e) => {
+                        p.failed += 1;
+                        p.errors.push(e.to_string());
+                        connection = None;
+                    }
+                }
+            }
+            shared.lock().unwrap().clone()
+        });
+        KeepAliveLoop {
+            stop,
+            handle: Some(handle),
+            progress,
+        }
+    }
+
+    pub fn snapshot(&self) -> LoopResult {
+        self.progress.lock().unwrap().clone()
+    }
+
+    pub fn wait_successes(&self, n: usize, timeout: Duration) {
+        let start = self.snapshot().ok;
+        wait_until(timeout, &format!("{n} keep-alive successes"), || {
+            self.snapshot().ok >= start + n
+        });
+    }
+
+    pub fn stop(mut self) -> LoopResult {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.handle.take().unwrap().join().unwrap()
+    }
+}
+
+fn keep_alive_request(addr: SocketAddr, connection: &mut Option<BufReader<TcpStream>>) -> std::io::Result<Response> {
+    if connection.is_none() {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        *connection = Some(BufReader::new(stream));
+    }
+    let reader = connection.as_mut().unwrap();
+    reader.get_mut().write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")?;
+    let mut status_line = String::new();
+    if reader.read_line(&mut status_line)? == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "connection closed before a response",
+        ));
+    }
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let (mut length, mut close) = (0usize, false);
+    loop {
+        let mut header = String::new();
+        reader.read_line(&mut header)?;
+        let header = header.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        let lower = header.to_ascii_lowercase();
+        if let Some(value) = lower.strip_prefix("content-length:") {
+            length = value.trim().parse().unwrap_or(0);
+        }
+        if lower == "connection: close" {
+            close = true;
+        }
+    }
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body)?;
+    if close {
+        *connection = None;
+    }
+    Ok(Response {
+        status,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+impl Response {
+    /// "… version 2" → "2".
+    pub fn version(&self) -> String {
+        self.body.split_whitespace().last().unwrap_or("").to_string()
+    }
+}
+
+/// Runs `sheepdog ARGS…` as a client to completion (bounded), returning its output.
+pub fn sheepdog_client(args: &[&str], timeout: Duration) -> std::process::Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the sheepdog client");
+    let deadline = Instant::now() + timeout;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("`sheepdog {}` did not finish within {timeout:?}", args.join(" "));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
 }

@@ -1,0 +1,380 @@
+//! The control socket: `sheepdog status`, `sheepdog reload`, `sheepdog scale`.
+//!
+//! A unix stream socket, mode 0600, whose peers must be root or sheepdog's own
+//! uid (SO_PEERCRED). One JSON request per line, one JSON reply per line, both
+//! carrying `"v": 1`. The server never blocks: a request must arrive whole
+//! within 5 s and 64 KiB, at most 64 clients are served at once, and a reply a
+//! client does not read is dropped with the client. `reload` replies when the
+//! reload has ended.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use log::{debug, warn};
+use nix::sys::socket::{self, sockopt};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+pub const PROTOCOL_VERSION: u64 = 1;
+const MAX_REQUEST: usize = 64 * 1024;
+const MAX_REPLY_BACKLOG: usize = 16 * 1024 * 1024;
+const MAX_CLIENTS: usize = 64;
+const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "cmd", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Command {
+    Status,
+    Reload,
+    Scale { workers: usize },
+}
+
+/// A request, once read and checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Incoming {
+    pub client: u64,
+    pub command: Command,
+}
+
+/// Parses one request line: `{"v": 1, "cmd": "status"}`.
+pub fn parse_request(line: &[u8]) -> Result<Command, String> {
+    let value: Value = serde_json::from_slice(line).map_err(|e| format!("not JSON: {e}"))?;
+    let Value::Object(mut map) = value else {
+        return Err("a request is a JSON object".into());
+    };
+    match map.remove("v").and_then(|v| v.as_u64()) {
+        Some(PROTOCOL_VERSION) => {}
+        Some(other) => {
+            return Err(format!(
+                "protocol version {other} is not supported (this sheepdog speaks {PROTOCOL_VERSION})"
+            ));
+        }
+        None => return Err("missing \"v\" (protocol version)".into()),
+    }
+    serde_json::from_value(Value::Object(map)).map_err(|e| format!("bad request: {e}"))
+}
+
+pub fn error_reply(message: &str) -> Value {
+    json!({ "v": PROTOCOL_VERSION, "ok": false, "error": message })
+}
+
+struct Client {
+    stream: UnixStream,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    opened: Instant,
+    /// A whole request was read: no more input, no deadline.
+    answered_or_busy: bool,
+    /// Close once `output` is written.
+    closing: bool,
+}
+
+pub struct ControlServer {
+    listener: UnixListener,
+    path: PathBuf,
+    clients: HashMap<u64, Client>,
+    next_client: u64,
+    own_uid: u32,
+}
+
+/// What reading from a client gave.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ClientInput {
+    Request(Command),
+    /// Nothing complete yet (or an error reply was sent).
+    Pending,
+    /// The client hung up.
+    Gone,
+}
+
+impl ControlServer {
+    /// Binds `path` (mode 0600). A stale socket file is replaced; a live one
+    /// means another sheepdog uses it, which is an error.
+    pub fn bind(path: &Path) -> Result<ControlServer, String> {
+        let describe = |e: std::io::Error| format!("control socket {}: {e}", path.display());
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(describe)?;
+        }
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.file_type().is_socket() => {
+                if UnixStream::connect(path).is_ok() {
+                    return Err(format!(
+                        "control socket {}: another sheepdog is listening on it (set control_socket to run two)",
+                        path.display()
+                    ));
+                }
+                std::fs::remove_file(path).map_err(describe)?;
+            }
+            Ok(_) => {
+                return Err(format!(
+                    "control socket {}: the path exists and is not a socket",
+                    path.display()
+                ));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(describe(e)),
+        }
+        let listener = UnixListener::bind(path).map_err(describe)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(describe)?;
+        listener.set_nonblocking(true).map_err(describe)?;
+        Ok(ControlServer {
+            listener,
+            path: path.to_path_buf(),
+            clients: HashMap::new(),
+            next_client: 1,
+            own_uid: nix::unistd::getuid().as_raw(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn listener_fd(&self) -> BorrowedFd<'_> {
+        self.listener.as_fd()
+    }
+
+    pub fn client_fd(&self, client: u64) -> Option<BorrowedFd<'_>> {
+        self.clients.get(&client).map(|c| c.stream.as_fd())
+    }
+
+    /// Accepts every pending connection; returns the new clients to watch.
+    pub fn accept(&mut self, now: Instant) -> Vec<u64> {
+        let mut added = Vec::new();
+        loop {
+            let stream = match self.listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    warn!("control socket: accept failed: {e}");
+                    break;
+                }
+            };
+            if let Err(refusal) = self.admit(&stream) {
+                warn!("control socket: {refusal}");
+                let mut stream = stream;
+                let _ = stream.set_nonblocking(true);
+                let _ = stream.write_all(format!("{}\n", error_reply(&refusal)).as_bytes());
+                continue;
+            }
+            let id = self.next_client;
+            self.next_client += 1;
+            let client = Client {
+                stream,
+                input: Vec::new(),
+                output: Vec::new(),
+                opened: now,
+                answered_or_busy: false,
+                closing: false,
+            };
+            self.clients.insert(id, client);
+            added.push(id);
+        }
+        added
+    }
+
+    fn admit(&self, stream: &UnixStream) -> Result<(), String> {
+        stream.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let credentials = socket::getsockopt(stream, sockopt::PeerCredentials).map_err(|e| e.desc().to_string())?;
+        if credentials.uid() != 0 && credentials.uid() != self.own_uid {
+            return Err(format!(
+                "refused pid {} of uid {}: only root or uid {} may control sheepdog",
+                credentials.pid(),
+                credentials.uid(),
+                self.own_uid
+            ));
+        }
+        if self.clients.len() >= MAX_CLIENTS {
+            return Err(format!(
+                "refused pid {}: {MAX_CLIENTS} clients are already connected",
+                credentials.pid()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads what a client sent: its request once a whole line arrived.
+    pub fn read(&mut self, id: u64) -> ClientInput {
+        let Some(client) = self.clients.get_mut(&id) else {
+            return ClientInput::Gone;
+        };
+        let mut buffer = [0u8; 8192];
+        loop {
+            match client.stream.read(&mut buffer) {
+                Ok(0) => {
+                    // Gone: a reload waiter that hangs up just stops waiting.
+                    self.clients.remove(&id);
+                    return ClientInput::Gone;
+                }
+                Ok(n) if client.answered_or_busy => debug!("control client {id}: ignoring {n} more bytes"),
+                Ok(n) => {
+                    client.input.extend_from_slice(&buffer[..n]);
+                    if let Some(end) = client.input.iter().position(|b| *b == b'\n') {
+                        client.answered_or_busy = true;
+                        let line = std::mem::take(&mut client.input);
+                        return match parse_request(&line[..end]) {
+                            Ok(command) => ClientInput::Request(command),
+                            Err(e) => {
+                                warn!("control client {id}: {e}");
+                                self.reply(id, &error_reply(&e));
+                                ClientInput::Pending
+                            }
+                        };
+                    }
+                    if client.input.len() > MAX_REQUEST {
+                        let message = format!("request longer than {MAX_REQUEST} bytes");
+                        warn!("control client {id}: {message}; disconnecting it");
+                        client.answered_or_busy = true;
+                        client.input = Vec::new();
+                        self.reply(id, &error_reply(&message));
+                        return ClientInput::Pending;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return ClientInput::Pending,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    self.clients.remove(&id);
+                    return ClientInput::Gone;
+                }
+            }
+        }
+    }
+
+    /// Sends `reply` and closes the connection once it is written. Returns
+    /// true when the reply could not be written at once (watch for writability).
+    pub fn reply(&mut self, id: u64, reply: &Value) -> bool {
+        let Some(client) = self.clients.get_mut(&id) else {
+            return false;
+        };
+        client.output.extend_from_slice(reply.to_string().as_bytes());
+        client.output.push(b'\n');
+        client.closing = true;
+        self.flush(id)
+    }
+
+    /// Writes pending output; true if some is left (the client reads slowly).
+    pub fn flush(&mut self, id: u64) -> bool {
+        let Some(client) = self.clients.get_mut(&id) else {
+            return false;
+        };
+        while !client.output.is_empty() {
+            match client.stream.write(&client.output) {
+                Ok(n) => {
+                    client.output.drain(..n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if client.output.len() > MAX_REPLY_BACKLOG {
+                        warn!("control client {id} does not read its reply; disconnecting it");
+                        self.clients.remove(&id);
+                        return false;
+                    }
+                    return true;
+                }
+                Err(_) => {
+                    self.clients.remove(&id);
+                    return false;
+                }
+            }
+        }
+        if client.closing {
+            self.clients.remove(&id);
+        }
+        false
+    }
+
+    /// Disconnects clients that did not send a whole request in time.
+    pub fn expire(&mut self, now: Instant) {
+        self.clients.retain(|id, client| {
+            let late = !client.answered_or_busy && now.saturating_duration_since(client.opened) >= REQUEST_DEADLINE;
+            if late {
+                warn!(
+                    "control client {id} sent no request within {}s; disconnecting it",
+                    REQUEST_DEADLINE.as_secs()
+                );
+            }
+            !late
+        });
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.clients
+            .values()
+            .filter(|c| !c.answered_or_busy)
+            .map(|c| c.opened + REQUEST_DEADLINE)
+            .min()
+    }
+
+    /// Removes the socket file (on exit), if it is still ours.
+    pub fn cleanup(&mut self) {
+        self.clients.clear();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The client side: sends one request and waits for its reply.
+pub fn request(socket: &Path, request: &Value, timeout: Option<Duration>) -> Result<Value, String> {
+    let mut stream = UnixStream::connect(socket).map_err(|e| {
+        format!(
+            "cannot connect to {}: {e} (is sheepdog running with this config?)",
+            socket.display()
+        )
+    })?;
+    stream.set_read_timeout(timeout).map_err(|e| e.to_string())?;
+    stream
+        .write_all(format!("{request}\n").as_bytes())
+        .map_err(|e| format!("cannot send the request: {e}"))?;
+    let mut line = String::new();
+    match BufReader::new(&stream).read_line(&mut line) {
+        Ok(0) => Err("sheepdog closed the connection without a reply".into()),
+        Ok(_) => serde_json::from_str(&line).map_err(|e| format!("unreadable reply: {e}")),
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => Err(format!(
+            "no reply within {}",
+            crate::units::format_duration(timeout.unwrap_or_default())
+        )),
+        Err(e) => Err(format!("cannot read the reply: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_versioned_json_lines() {
+        assert_eq!(parse_request(br#"{"v":1,"cmd":"status"}"#), Ok(Command::Status));
+        assert_eq!(parse_request(br#"{"v":1,"cmd":"reload"}"#), Ok(Command::Reload));
+        assert_eq!(
+            parse_request(br#"{"v":1,"cmd":"scale","workers":4}"#),
+            Ok(Command::Scale { workers: 4 })
+        );
+        assert!(
+            parse_request(br#"{"cmd":"status"}"#)
+                .unwrap_err()
+                .contains("missing \"v\"")
+        );
+        assert!(
+            parse_request(br#"{"v":2,"cmd":"status"}"#)
+                .unwrap_err()
+                .contains("version 2 is not supported")
+        );
+        assert!(
+            parse_request(br#"{"v":1,"cmd":"explode"}"#)
+                .unwrap_err()
+                .starts_with("bad request")
+        );
+        assert!(
+            parse_request(br#"{"v":1,"cmd":"scale"}"#)
+                .unwrap_err()
+                .starts_with("bad request")
+        );
+        assert!(parse_request(b"[1,2]").unwrap_err().contains("JSON object"));
+        assert!(parse_request(b"\xff").unwrap_err().starts_with("not JSON"));
+    }
+}

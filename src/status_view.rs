@@ -1,0 +1,125 @@
+//! `sheepdog status` for a terminal: a summary line and an aligned table of
+//! workers, like `pm2 list`.
+
+use serde_json::Value;
+
+use crate::units::format_size;
+
+pub fn render(reply: &Value) -> String {
+    let sup = &reply["supervisor"];
+    let mut out = format!(
+        "sheepdog {} · pid {} · up {} · generation {} · {}/{} ready · {} restarts\n",
+        sup["version"].as_str().unwrap_or("?"),
+        sup["pid"],
+        age(sup["uptime_s"].as_f64()),
+        sup["generation"],
+        sup["ready"],
+        sup["desired"],
+        sup["restarts"],
+    );
+    if let Some(generation) = sup["reloading_to"].as_u64() {
+        out += &format!("reloading to generation {generation}\n");
+    }
+    if let Some(last) = sup["last_reload"].as_object() {
+        let verdict = if last["ok"] == Value::Bool(true) {
+            "ok"
+        } else {
+            "FAILED"
+        };
+        out += &format!("last reload: {verdict}: {}\n", last["message"].as_str().unwrap_or(""));
+    }
+    out += "\n";
+    let header = [
+        "slot",
+        "pid",
+        "gen",
+        "state",
+        "uptime",
+        "restarts",
+        "memory",
+        "cpu",
+        "heartbeat",
+    ];
+    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
+    for worker in reply["workers"].as_array().into_iter().flatten() {
+        rows.push(vec![
+            worker["slot"].to_string(),
+            worker["pid"].to_string(),
+            worker["generation"].to_string(),
+            worker["state"].as_str().unwrap_or("?").to_string(),
+            age(worker["uptime_s"].as_f64()),
+            worker["restarts"].to_string(),
+            worker["memory_bytes"].as_u64().map_or("-".into(), format_size),
+            worker["cpu_percent"]
+                .as_f64()
+                .map_or("-".into(), |c| format!("{c:.1}%")),
+            worker["heartbeat_age_s"]
+                .as_f64()
+                .map_or("-".into(), |a| format!("{a:.1}s ago")),
+        ]);
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    for row in rows {
+        let line: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+        out += line.join("  ").trim_end();
+        out += "\n";
+    }
+    out
+}
+
+/// "45s", "12m 3s", "2h 3m", "3d 4h".
+fn age(seconds: Option<f64>) -> String {
+    let Some(seconds) = seconds else { return "-".into() };
+    let s = seconds as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m {}s", s / 60, s % 60),
+        3600..86400 => format!("{}h {}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d {}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_is_aligned() {
+        let reply = serde_json::json!({
+            "v": 1, "ok": true,
+            "supervisor": {"version": "0.1.0", "pid": 42, "uptime_s": 3725.0, "generation": 2, "ready": 2, "desired": 2,
+                           "restarts": 1, "reloading_to": null,
+                           "last_reload": {"generation": 2, "ok": true, "message": "reloaded to generation 2 (2 workers) in 1.2s"}},
+            "workers": [
+                {"slot": 0, "pid": 100, "generation": 2, "state": "ready", "uptime_s": 61.0, "restarts": 0,
+                 "memory_bytes": 52428800, "cpu_percent": 0.25, "heartbeat_age_s": 0.4},
+                {"slot": 1, "pid": 12345, "generation": 2, "state": "starting", "uptime_s": 1.0, "restarts": 1,
+                 "memory_bytes": null, "cpu_percent": null, "heartbeat_age_s": null}
+            ]
+        });
+        let text = render(&reply);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "sheepdog 0.1.0 · pid 42 · up 1h 2m · generation 2 · 2/2 ready · 1 restarts"
+        );
+        assert_eq!(
+            lines[1],
+            "last reload: ok: reloaded to generation 2 (2 workers) in 1.2s"
+        );
+        assert_eq!(
+            lines[3],
+            "slot  pid    gen  state     uptime  restarts  memory  cpu   heartbeat"
+        );
+        assert_eq!(
+            lines[4],
+            "0     100    2    ready     1m 1s   0         50 MiB  0.2%  0.4s ago"
+        );
+        assert_eq!(
+            lines[5],
+            "1     12345  2    starting  1s      1         -       -     -"
+        );
+    }
+}
