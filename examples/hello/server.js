@@ -24,10 +24,14 @@ server.keepAliveTimeout = 5000;
 
 const listenFds = parseInt(process.env.LISTEN_FDS ?? '0', 10);
 const listenPid = parseInt(process.env.LISTEN_PID ?? '0', 10);
+// With an IPC channel (sheepdog's readiness = "node-ipc", pm2, cluster):
+// say 'ready' once listening, and answer heartbeat pings.
+const ready = () => { if (process.send) process.send('ready'); };
+process.on('message', (m) => { if (m === 'ping') process.send('pong'); });
 if (listenFds >= 1 && listenPid === process.pid) {
-  server.listen({ fd: 3 });
+  server.listen({ fd: 3 }, ready);
 } else {
-  server.listen(parseInt(process.env.PORT ?? '8080', 10), '127.0.0.1');
+  server.listen(parseInt(process.env.PORT ?? '8080', 10), '127.0.0.1', ready);
 }
 
 process.on('SIGTERM', () => {

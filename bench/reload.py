@@ -1,0 +1,167 @@
+#!/usr/bin/env python3
+"""Requests lost across rolling reloads, side by side, on the same app
+(examples/hello/server.js, 2 workers, draining on SIGTERM as the README says)
+and the same load: sheepdog reload, `pm2 reload` (pm2 installed locally in
+bench/ with npm), and Node cluster's classic one-by-one rolling restart
+(bench/cluster.js). For each: the steady p99 under wrk, then 20 reloads in a
+row under the same wrk, keep-alive and `Connection: close`; wrk counts every
+socket error and non-2xx answer. Also the wall time of each reload.
+
+Usage: bench/reload.py [--reloads 20] [--connections 32]
+Needs: wrk, node, npm install --prefix bench pm2, cargo build --release.
+"""
+import argparse, json, os, re, signal, socket, statistics, subprocess, sys, tempfile, time, urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SERVER = os.path.join(ROOT, "examples", "hello", "server.js")
+SHEEPDOG = os.path.join(ROOT, "target", "release", "sheepdog")
+PM2 = os.path.join(ROOT, "bench", "node_modules", ".bin", "pm2")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_serving(port, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).read()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing serves on port {port}")
+
+
+def parse_wrk(out):
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)\b", out)
+    p99_ms = float(p99.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[p99.group(2)] if p99 else float("nan")
+    errors = 0
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if socket_errors:
+        errors += sum(int(x) for x in socket_errors.groups())
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if non2xx:
+        errors += int(non2xx.group(1))
+    return requests, errors, p99_ms
+
+
+def wrk_args(port, connections, close):
+    args = ["wrk", "-t2", f"-c{connections}", "--latency", "--timeout", "5s"]
+    if close:
+        args += ["-H", "Connection: close"]
+    return args + [f"http://127.0.0.1:{port}/"]
+
+
+class Sheepdog:
+    name = "sheepdog reload"
+
+    def start(self, port, tmp):
+        self.config = os.path.join(tmp, "hello.toml")
+        with open(self.config, "w") as f:
+            f.write(f'command = ["node", "{SERVER}"]\nworkers = 2\nlisten = ["127.0.0.1:{port}"]\n'
+                    f'readiness = "node-ipc"\nstop_timeout = "10s"\ncontrol_socket = "{tmp}/control.sock"\n'
+                    f'log_level = "warn"\n')
+        self.proc = subprocess.Popen([SHEEPDOG, "run", "--config", self.config], stderr=subprocess.DEVNULL)
+
+    def reload(self):
+        subprocess.run([SHEEPDOG, "reload", "--config", self.config], check=True, stdout=subprocess.DEVNULL)
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(30)
+
+
+class Pm2:
+    name = "pm2 reload"
+
+    def start(self, port, tmp):
+        self.env = {**os.environ, "PM2_HOME": os.path.join(tmp, "pm2"), "PORT": str(port)}
+        subprocess.run([PM2, "start", SERVER, "--name", "hello", "-i", "2", "--wait-ready", "--listen-timeout", "10000",
+                        "--kill-timeout", "10000"], env=self.env, check=True, stdout=subprocess.DEVNULL)
+
+    def reload(self):
+        subprocess.run([PM2, "reload", "hello"], env=self.env, check=True, stdout=subprocess.DEVNULL)
+
+    def stop(self):
+        subprocess.run([PM2, "kill"], env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+class Cluster:
+    name = "node cluster rolling restart"
+
+    def start(self, port, tmp):
+        self.proc = subprocess.Popen(["node", os.path.join(ROOT, "bench", "cluster.js")],
+                                     env={**os.environ, "PORT": str(port), "WORKERS": "2"},
+                                     stdout=subprocess.PIPE, text=True)
+
+    def reload(self):
+        self.proc.send_signal(signal.SIGHUP)
+        if self.proc.stdout.readline().strip() != "reloaded":
+            raise SystemExit("cluster master did not reload")
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(30)
+
+
+def run(setup, reloads, connections, seconds_steady):
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        port = free_port()
+        setup.start(port, tmp)
+        try:
+            wait_serving(port)
+            time.sleep(1)
+            for mode, close in (("keep-alive", False), ("close", True)):
+                steady = subprocess.run(wrk_args(port, connections, close)[:1] + [f"-d{seconds_steady}s"]
+                                        + wrk_args(port, connections, close)[1:], capture_output=True, text=True).stdout
+                _, _, steady_p99 = parse_wrk(steady)
+                load = subprocess.Popen(wrk_args(port, connections, close)[:1] + ["-d600s"]
+                                        + wrk_args(port, connections, close)[1:], stdout=subprocess.PIPE, text=True)
+                time.sleep(1)
+                walls = []
+                for _ in range(reloads):
+                    t0 = time.monotonic()
+                    setup.reload()
+                    walls.append(time.monotonic() - t0)
+                time.sleep(1)
+                load.send_signal(signal.SIGINT)
+                out = load.communicate(timeout=30)[0]
+                requests, errors, p99 = parse_wrk(out)
+                results[mode] = dict(requests=requests, errors=errors, steady_p99=steady_p99, p99=p99,
+                                     wall=statistics.median(walls))
+                print(f"  {setup.name} {mode}: {results[mode]}", file=sys.stderr)
+        finally:
+            setup.stop()
+    return results
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reloads", type=int, default=20)
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--steady", type=int, default=5)
+    args = ap.parse_args()
+    for need in (SHEEPDOG, PM2):
+        if not os.path.exists(need):
+            raise SystemExit(f"missing {need}: cargo build --release; npm install --prefix bench pm2")
+    rows = []
+    for setup in (Sheepdog(), Pm2(), Cluster()):
+        rows.append((setup.name, run(setup, args.reloads, args.connections, args.steady)))
+    print(f"{args.reloads} reloads in a row under wrk -t2 -c{args.connections} on 127.0.0.1, 2 workers of "
+          f"examples/hello/server.js\n")
+    print("| setup | load | requests | failed (socket errors + non-2xx) | steady p99 ms | p99 during reloads ms | ratio | median reload wall time |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for name, result in rows:
+        for mode, r in result.items():
+            ratio = r["p99"] / r["steady_p99"] if r["steady_p99"] else float("nan")
+            print(f"| {name} | {mode} | {r['requests']} | {r['errors']} | {r['steady_p99']:.2f} | {r['p99']:.2f} | "
+                  f"{ratio:.2f}x | {r['wall']:.2f} s |")
+
+
+if __name__ == "__main__":
+    main()
