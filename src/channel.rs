@@ -20,6 +20,8 @@ pub enum WorkerMessage {
     Stopping,
     Status(String),
     Errno(i32),
+    /// The worker closed its Node IPC channel.
+    ChannelClosed,
 }
 
 /// Parses one sd_notify datagram: newline-separated `KEY=VALUE` assignments.

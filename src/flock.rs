@@ -865,6 +865,12 @@ impl Flock {
                 let text = nix::errno::Errno::from_raw(errno).desc();
                 warn!("worker {slot} (pid {pid}) reports errno {errno} ({text})");
             }
+            // A draining worker closes it on its way out; a serving one can
+            // no longer heartbeat, and its timeout will tell.
+            WorkerMessage::ChannelClosed if stopping => debug!("worker {slot} (pid {pid}) closed its IPC channel"),
+            WorkerMessage::ChannelClosed => {
+                warn!("worker {slot} (pid {pid}) closed its IPC channel; it can no longer send heartbeats")
+            }
             WorkerMessage::WatchdogTrigger | WorkerMessage::Stopping => {}
         }
     }

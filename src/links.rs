@@ -217,8 +217,11 @@ impl Links {
                 while budget > 0 {
                     match stream.read(&mut buffer) {
                         Ok(0) => {
-                            warn!("worker {slot} (pid {pid}) closed its IPC channel; it can no longer send heartbeats");
                             *open = false;
+                            events.push(Event::Message {
+                                pid,
+                                message: WorkerMessage::ChannelClosed,
+                            });
                             break;
                         }
                         Ok(n) => {
