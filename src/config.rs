@@ -54,6 +54,7 @@ struct FileConfig {
     backoff_reset: Option<HumanDuration>,
     max_spawn_rate: Option<Spanned<u32>>,
     control_socket: Option<PathBuf>,
+    name: Option<String>,
     log_level: Option<LogLevel>,
 }
 
@@ -323,6 +324,8 @@ pub struct Settings {
     pub stop_timeout: Duration,
     pub restart: RestartPolicy,
     pub control_socket: PathBuf,
+    /// Names the app in logs: workers' journal identifiers are NAME-worker-SLOT.
+    pub name: String,
     pub log_level: Option<LogLevel>,
 }
 
@@ -545,6 +548,7 @@ impl Settings {
             .control_socket
             .map(relative_to_file)
             .unwrap_or_else(|| default_control_socket(path));
+        let name = file.name.clone().unwrap_or_else(|| default_name(path, &command));
 
         Ok(Settings {
             config_file: path.map(Path::to_path_buf),
@@ -571,6 +575,7 @@ impl Settings {
                 max_spawn_rate,
             },
             control_socket,
+            name,
             log_level: overrides.log_level.or(file.log_level),
         })
     }
@@ -605,6 +610,7 @@ impl Settings {
         let _ = writeln!(out, "backoff_reset = \"{}\"", format_duration(r.backoff_reset));
         let _ = writeln!(out, "max_spawn_rate = {}", r.max_spawn_rate);
         let _ = writeln!(out, "control_socket = {:?}", self.control_socket.display().to_string());
+        let _ = writeln!(out, "name = {:?}", self.name);
         if let Some(heartbeat) = &self.heartbeat {
             let _ = writeln!(out, "\n[heartbeat]");
             let _ = writeln!(out, "interval = \"{}\"", format_duration(heartbeat.interval));
@@ -624,6 +630,20 @@ impl Settings {
         }
         out
     }
+}
+
+/// The config file's name without `.toml`, else the program's name.
+fn default_name(config: Option<&Path>, command: &[String]) -> String {
+    config
+        .and_then(Path::file_stem)
+        .map(|s| s.to_string_lossy().into_owned())
+        .or_else(|| {
+            command
+                .first()
+                .and_then(|c| Path::new(c).file_name())
+                .map(|s| s.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "sheepdog".into())
 }
 
 /// Where the control socket is when the config does not say: under systemd's

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use sheepdog::cli::{Cli, ClientArgs, Command, ReloadArgs, RunArgs, ScaleArgs, StatusArgs};
 use sheepdog::config::{Settings, client_control_socket};
 use sheepdog::control::{self, ControlServer, PROTOCOL_VERSION};
-use sheepdog::spawn::WorkerCommand;
+use sheepdog::spawn::{JournalStreams, WorkerCommand};
 use sheepdog::supervisor::Supervisor;
 use sheepdog::{logging, sockets, status_view, systemd};
 
@@ -53,7 +53,7 @@ fn run(args: RunArgs) -> ExitCode {
         listeners.raw_fds(),
         listeners.fdnames(),
     ) {
-        Ok(command) => command,
+        Ok(command) => command.with_journal(journal.then(|| JournalStreams::new(&settings.name)).flatten()),
         Err(e) => {
             log::error!("{e}");
             return ExitCode::from(EXIT_CONFIG);
@@ -86,7 +86,7 @@ fn run(args: RunArgs) -> ExitCode {
             sheepdog::units::format_duration(interval)
         );
     }
-    let supervisor = match Supervisor::new(&settings, overrides, watchdog, command, listeners, control) {
+    let supervisor = match Supervisor::new(&settings, overrides, watchdog, journal, command, listeners, control) {
         Ok(supervisor) => supervisor,
         Err(e) => {
             log::error!("{e}");

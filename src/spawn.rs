@@ -53,6 +53,7 @@ pub struct WorkerCommand {
     listeners: Vec<RawFd>,
     fdnames: Option<String>,
     devnull: OwnedFd,
+    journal: Option<JournalStreams>,
 }
 
 /// What one worker gets beyond the common command: its channel to sheepdog.
@@ -64,6 +65,46 @@ pub struct WorkerExtras {
     pub channel_fd: Option<RawFd>,
     /// Add `WATCHDOG_PID=` the worker's own pid (heartbeats over notify).
     pub watchdog_pid: bool,
+}
+
+/// journald's stream socket, which `systemd-cat` and systemd itself connect
+/// a service's stdout and stderr to.
+const JOURNAL_STDOUT: &str = "/run/systemd/journal/stdout";
+
+/// Workers' own journal streams: each worker connects (in the child, before
+/// exec) a stream of its own to journald, so its lines carry its pid and the
+/// identifier `NAME-worker-SLOT`, and a worker that floods its output writes
+/// to journald directly, never through sheepdog.
+pub struct JournalStreams {
+    address: libc::sockaddr_un,
+    length: libc::socklen_t,
+    name: String,
+}
+
+impl JournalStreams {
+    /// Journal streams for workers of `name`, if journald's socket is there.
+    pub fn new(name: &str) -> Option<JournalStreams> {
+        let path = JOURNAL_STDOUT.as_bytes();
+        // Safety: sockaddr_un is plain data; zero is a valid value.
+        let mut address: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        address.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        for (slot, byte) in address.sun_path.iter_mut().zip(path) {
+            *slot = *byte as libc::c_char;
+        }
+        let length = (std::mem::size_of::<libc::sa_family_t>() + path.len() + 1) as libc::socklen_t;
+        Path::new(JOURNAL_STDOUT).exists().then(|| JournalStreams {
+            address,
+            length,
+            name: name.to_string(),
+        })
+    }
+
+    /// The stream header, as sd_journal_stream_fd() writes it: identifier,
+    /// unit (none), priority (info), level prefixes on ("<3>" marks an error
+    /// line), and no forwarding to syslog, kmsg or the console.
+    fn header(&self, slot: usize) -> Vec<u8> {
+        format!("{}-worker-{slot}\n\n6\n1\n0\n0\n0\n", self.name).into_bytes()
+    }
 }
 
 /// What the parent learnt from the child before its exec.
@@ -119,6 +160,7 @@ impl WorkerCommand {
             listeners,
             fdnames,
             devnull,
+            journal: None,
         };
         if command.listeners.len() > MAX_LISTENERS {
             return Err(SpawnError(format!(
@@ -152,6 +194,16 @@ impl WorkerCommand {
             .map(|dir| dir.join(program))
             .find(|candidate| is_executable(candidate))
             .ok_or_else(|| SpawnError(format!("command `{}` not found in PATH", program.display())))
+    }
+
+    /// Gives each worker its own journal stream (see [`JournalStreams`]).
+    pub fn with_journal(mut self, journal: Option<JournalStreams>) -> WorkerCommand {
+        if journal.is_some() {
+            // Each worker gets the JOURNAL_STREAM of its own stream instead.
+            self.env.retain(|e| !e.as_bytes().starts_with(b"JOURNAL_STREAM="));
+        }
+        self.journal = journal;
+        self
     }
 
     /// The fd number a worker's channel gets: right after the listeners.
@@ -194,6 +246,16 @@ impl WorkerCommand {
             envp.push(watchdog_pid.as_ptr().cast());
         }
         envp.push(std::ptr::null());
+        // JOURNAL_STREAM names the worker's own stream once the child has
+        // connected it (dev:ino), else still sheepdog's, which it then inherits.
+        let mut journal_stream = [0u8; 64];
+        let journal_header = self.journal.as_ref().map(|j| j.header(slot));
+        if self.journal.is_some() {
+            let fallback = format!("JOURNAL_STREAM={}", std::env::var("JOURNAL_STREAM").unwrap_or_default());
+            let kept = fallback.len().min(journal_stream.len() - 1);
+            journal_stream[..kept].copy_from_slice(&fallback.as_bytes()[..kept]);
+            envp.insert(envp.len() - 1, journal_stream.as_ptr().cast());
+        }
         let mut inherited = self.listeners.clone();
         inherited.extend(extras.channel_fd);
         let mut argv: Vec<*const libc::c_char> = self.argv.iter().map(|a| a.as_ptr()).collect();
@@ -211,6 +273,12 @@ impl WorkerCommand {
             report: report_write.as_raw_fd(),
             parent: nix::unistd::getpid().as_raw(),
             listen_pid: listen_pid.as_mut_ptr(),
+            journal: self
+                .journal
+                .as_ref()
+                .zip(journal_header.as_ref())
+                .map(|(j, h)| (&j.address, j.length, h.as_slice())),
+            journal_stream: journal_stream.as_mut_ptr(),
             watchdog_pid: if extras.watchdog_pid {
                 watchdog_pid.as_mut_ptr()
             } else {
@@ -314,6 +382,10 @@ struct ChildPlan<'a> {
     parent: libc::pid_t,
     listen_pid: *mut u8,
     watchdog_pid: *mut u8,
+    /// journald's socket address and this worker's stream header.
+    journal: Option<(&'a libc::sockaddr_un, libc::socklen_t, &'a [u8])>,
+    /// `JOURNAL_STREAM=` to fill in with the stream's dev:ino.
+    journal_stream: *mut u8,
     max_signal: libc::c_int,
 }
 
@@ -342,7 +414,7 @@ impl ChildPlan<'_> {
                 libc::_exit(1);
             }
 
-            let own_pid = libc::getpid() as u32;
+            let own_pid = libc::getpid() as u64;
             write_decimal(self.listen_pid.add(b"LISTEN_PID=".len()), own_pid);
             if !self.watchdog_pid.is_null() {
                 write_decimal(self.watchdog_pid.add(b"WATCHDOG_PID=".len()), own_pid);
@@ -367,6 +439,9 @@ impl ChildPlan<'_> {
                     self.fail(STAGE_FDS);
                 }
             }
+            if let Some((address, length, header)) = self.journal {
+                self.connect_journal(address, length, header);
+            }
             // Whatever else sheepdog itself inherited or opened: close on exec.
             let first_other = (LISTEN_FDS_START + count) as libc::c_uint;
             if libc::syscall(
@@ -388,6 +463,33 @@ impl ChildPlan<'_> {
         }
     }
 
+    /// Connects stdout and stderr to a journal stream of the worker's own;
+    /// on any failure they stay the inherited ones.
+    unsafe fn connect_journal(&self, address: &libc::sockaddr_un, length: libc::socklen_t, header: &[u8]) {
+        unsafe {
+            let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            if fd < 0 {
+                return;
+            }
+            let mut ok = libc::connect(fd, (address as *const libc::sockaddr_un).cast(), length) == 0;
+            let mut written = 0;
+            while ok && written < header.len() {
+                let n = libc::write(fd, header[written..].as_ptr().cast(), header.len() - written);
+                ok = n > 0;
+                written += n.max(0) as usize;
+            }
+            ok = ok && libc::shutdown(fd, libc::SHUT_RD) == 0;
+            let mut stat: libc::stat = std::mem::zeroed();
+            if ok && libc::fstat(fd, &mut stat) == 0 && libc::dup2(fd, 1) == 1 && libc::dup2(fd, 2) == 2 {
+                let prefix = b"JOURNAL_STREAM=".len();
+                let length = write_decimal(self.journal_stream.add(prefix), stat.st_dev);
+                *self.journal_stream.add(prefix + length) = b':';
+                write_decimal(self.journal_stream.add(prefix + length + 1), stat.st_ino);
+            }
+            libc::close(fd);
+        }
+    }
+
     unsafe fn fail(&self, stage: u8) -> ! {
         unsafe {
             let errno = *libc::__errno_location();
@@ -400,8 +502,8 @@ impl ChildPlan<'_> {
 }
 
 /// Writes `value` in decimal followed by a NUL, without allocating.
-unsafe fn write_decimal(out: *mut u8, mut value: u32) {
-    let mut digits = [0u8; 10];
+unsafe fn write_decimal(out: *mut u8, mut value: u64) -> usize {
+    let mut digits = [0u8; 20];
     let mut len = 0;
     loop {
         digits[len] = b'0' + (value % 10) as u8;
@@ -415,6 +517,7 @@ unsafe fn write_decimal(out: *mut u8, mut value: u32) {
         unsafe { *out.add(i) = digits[len - 1 - i] };
     }
     unsafe { *out.add(len) = 0 };
+    len
 }
 
 #[cfg(test)]
@@ -423,13 +526,13 @@ mod tests {
 
     #[test]
     fn decimal_digits_fit_the_buffer() {
-        let mut buffer = [0xffu8; 11];
-        unsafe { write_decimal(buffer.as_mut_ptr(), 4_194_304) };
+        let mut buffer = [0xffu8; 21];
+        assert_eq!(unsafe { write_decimal(buffer.as_mut_ptr(), 4_194_304) }, 7);
         assert_eq!(&buffer[..8], b"4194304\0");
-        unsafe { write_decimal(buffer.as_mut_ptr(), 0) };
+        assert_eq!(unsafe { write_decimal(buffer.as_mut_ptr(), 0) }, 1);
         assert_eq!(&buffer[..2], b"0\0");
-        unsafe { write_decimal(buffer.as_mut_ptr(), u32::MAX) };
-        assert_eq!(&buffer[..11], b"4294967295\0");
+        assert_eq!(unsafe { write_decimal(buffer.as_mut_ptr(), u64::MAX) }, 20);
+        assert_eq!(&buffer[..21], b"18446744073709551615\0");
     }
 
     #[test]

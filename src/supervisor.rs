@@ -35,7 +35,7 @@ use crate::flock::{Action, Event, ExitStatus, Flock, Pid, Policy, Request, Worke
 use crate::links::Links;
 use crate::proc_stats::{self, MemoryMeter};
 use crate::sockets::Listeners;
-use crate::spawn::{ExecReport, WorkerCommand};
+use crate::spawn::{ExecReport, JournalStreams, WorkerCommand};
 use crate::systemd::Notifier;
 
 /// Exit code when setting up the loop itself fails (EX_OSERR).
@@ -62,6 +62,8 @@ pub struct Supervisor {
     overrides: Overrides,
     listen_at_start: Vec<ListenAddr>,
     watchdog: Option<Duration>,
+    /// sheepdog logs to the journal: give each worker a journal stream too.
+    journal: bool,
     started: Instant,
     next_ticket: u64,
     /// Control clients waiting for the outcome of the reload with this ticket.
@@ -92,6 +94,7 @@ impl Supervisor {
         settings: &Settings,
         overrides: Overrides,
         watchdog: Option<Duration>,
+        journal: bool,
         command: WorkerCommand,
         listeners: Listeners,
         control: ControlServer,
@@ -132,6 +135,7 @@ impl Supervisor {
             overrides,
             listen_at_start: settings.listen.clone(),
             watchdog,
+            journal,
             started: now,
             next_ticket: 1,
             reload_waiters: HashMap::new(),
@@ -361,7 +365,7 @@ impl Supervisor {
             self.listeners.raw_fds(),
             self.listeners.fdnames(),
         ) {
-            Ok(command) => command,
+            Ok(command) => command.with_journal(self.journal.then(|| JournalStreams::new(&settings.name)).flatten()),
             Err(e) => return refused(e.0),
         };
         self.commands.insert(self.flock.next_generation(), command);

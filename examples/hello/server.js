@@ -26,7 +26,10 @@ const listenFds = parseInt(process.env.LISTEN_FDS ?? '0', 10);
 const listenPid = parseInt(process.env.LISTEN_PID ?? '0', 10);
 // With an IPC channel (sheepdog's readiness = "node-ipc", pm2, cluster):
 // say 'ready' once listening, and answer heartbeat pings.
-const ready = () => { if (process.send) process.send('ready'); };
+const ready = () => {
+  console.log(`worker ${id} (pid ${process.pid}) serving version ${version}`);
+  if (process.send) process.send('ready');
+};
 process.on('message', (m) => { if (m === 'ping') process.send('pong'); });
 if (listenFds >= 1 && listenPid === process.pid) {
   server.listen({ fd: 3 }, ready);
