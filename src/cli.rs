@@ -13,8 +13,9 @@ use crate::config::{ListenAddr, LogLevel, Overrides, WorkerCount};
     about = "A pre-fork process supervisor for network services under systemd",
     long_about = "sheepdog runs N copies of any server program on one shared listening socket \
                   (inherited from systemd socket activation, or bound itself), replaces the ones \
-                  that die, and stops them cleanly. Workers accept() directly on the socket: \
-                  sheepdog never sits in the request path."
+                  that crash, hang or bloat, rolls them over on reload without dropping a request, \
+                  and tells systemd the truth about the flock (readiness, status, watchdog). \
+                  Workers accept() directly on the socket: sheepdog never sits in the request path."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -34,6 +35,9 @@ pub enum Command {
     Reload(ReloadArgs),
     /// Set the number of workers.
     Scale(ScaleArgs),
+    /// Print the man page (roff), as packaged in sheepdog.1.
+    #[command(hide = true)]
+    Man,
 }
 
 /// How a client finds the control socket of a running sheepdog.

@@ -646,12 +646,14 @@ fn default_name(config: Option<&Path>, command: &[String]) -> String {
         .unwrap_or_else(|| "sheepdog".into())
 }
 
-/// Where the control socket is when the config does not say: under systemd's
-/// RuntimeDirectory= (`$RUNTIME_DIRECTORY/control.sock`, which `sheepdog
-/// reload` run by ExecReload= sees too), else `/run/sheepdog/NAME.sock` for
-/// root and `$XDG_RUNTIME_DIR/sheepdog/NAME.sock` (or
-/// `/tmp/sheepdog-UID/NAME.sock`) for others, NAME being the config file's
-/// name without `.toml` (`sheepdog` without a config file).
+/// Where the control socket is when the config does not say:
+/// `$RUNTIME_DIRECTORY/control.sock` under systemd's RuntimeDirectory= (the
+/// shipped units set `RuntimeDirectory=sheepdog/NAME`), else
+/// `/run/sheepdog/NAME/control.sock` for root, the same path, so that
+/// `sheepdog status --config /etc/sheepdog/NAME.toml` typed in a root shell
+/// finds it; for other users `$XDG_RUNTIME_DIR/sheepdog/NAME/control.sock` (or
+/// `/tmp/sheepdog-UID/NAME/control.sock`). NAME is the config file's name
+/// without `.toml` (`sheepdog` without a config file).
 pub fn default_control_socket(config: Option<&Path>) -> PathBuf {
     if let Some(dir) = std::env::var_os("RUNTIME_DIRECTORY").and_then(|d| std::env::split_paths(&d).next()) {
         return dir.join("control.sock");
@@ -667,7 +669,7 @@ pub fn default_control_socket(config: Option<&Path>) -> PathBuf {
     } else {
         PathBuf::from(format!("/tmp/sheepdog-{uid}"))
     };
-    dir.join(format!("{name}.sock"))
+    dir.join(name).join("control.sock")
 }
 
 /// The control socket a client should use: `--socket`, else the config

@@ -22,6 +22,7 @@ fn main() -> ExitCode {
         Command::Status(args) => status(args),
         Command::Reload(args) => reload(args),
         Command::Scale(args) => scale(args),
+        Command::Man => man(),
     }
 }
 
@@ -94,6 +95,17 @@ fn run(args: RunArgs) -> ExitCode {
         }
     };
     ExitCode::from(supervisor.run() as u8)
+}
+
+fn man() -> ExitCode {
+    let page = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
+    match page.render(&mut std::io::stdout()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sheepdog: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn check(args: RunArgs) -> ExitCode {

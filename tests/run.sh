@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh Debian machine: installs what the tests
-# use (Debian's systemd for systemd-socket-activate, Node.js, Python 3) when it
-# is missing, then runs every unit and integration test.
+# use (Debian's systemd for systemd-socket-activate, Node.js, Python 3 and its
+# sdnotify package) when it is missing, runs every unit and integration test,
+# then the end-to-end tests on a real systemd in a container (tests/e2e/run.sh,
+# which needs root and ../shared/sandbox).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,7 +27,12 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
 cargo test --locked 2>&1 | tee "$log" || status=$?
+if [ "$(id -u)" -eq 0 ] && [ -x ../shared/sandbox/sandbox.sh ]; then
+    tests/e2e/run.sh 2>&1 | tee -a "$log" || status=$?
+else
+    echo "tests/run.sh: end-to-end tests skipped: they need root and ../shared/sandbox/sandbox.sh" >&2
+fi
 # One closing line for the whole suite, summed over the test binaries.
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+awk '/^test result:|^e2e: / { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
 exit "$status"

@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# End-to-end tests on a real systemd booted in a container (../shared/sandbox):
+# the .deb installed with dpkg -i, the example Node app deployed as `myapp`,
+# driven with systemctl and read with journalctl, as a user would. Debian 12
+# (systemd 252, Type=notify + ExecReload=sheepdog reload) and Debian 13
+# (systemd 257, Type=notify-reload). Ends with an "N passed, N failed" line.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+repo=$PWD
+sandbox=${SANDBOX_SH:-$repo/../shared/sandbox/sandbox.sh}
+[ -x "$sandbox" ] || { echo "e2e: no sandbox at $sandbox" >&2; exit 1; }
+passed=0; failed=0
+
+check() { # check NAME COMMAND...: one test
+    local name=$1; shift
+    if "$@"; then passed=$((passed + 1)); echo "ok - $name"
+    else
+        failed=$((failed + 1)); echo "not ok - $name"
+        # What the journal said, for whoever reads the CI log.
+        x journalctl -u myapp --no-pager -n 15 2>/dev/null | sed 's/^/#   /'
+    fi
+}
+S() { "$sandbox" "$@"; }
+x() { "$sandbox" exec "$@"; }
+# until DEADLINE_SECONDS COMMAND...: poll for an event, bounded.
+until_ok() { local end=$((SECONDS + $1)); shift; until "$@" >/dev/null 2>&1; do ((SECONDS >= end)) && return 1; sleep 0.2; done; }
+get() { x curl -sS --max-time 20 http://127.0.0.1:8080/; }
+answers() { get | grep -F -- "$1" >/dev/null; }
+active() { [ "$(x systemctl is-active "$1")" = "$2" ]; }
+# grep reads all its input (no -q): with pipefail, journalctl killed by
+# SIGPIPE after an early match would fail the check.
+journal_has() { local pattern=$1; shift; x journalctl --no-pager "$@" | grep -F -- "$pattern" >/dev/null; }
+config() { # config VERSION [COMMAND]
+    local command=${2:-'"node", "/srv/myapp/server.js"'}
+    printf 'command = [%s]\nworkers = 2\nreadiness = "node-ipc"\nready_timeout = "3s"\nstop_timeout = "5s"\nmax_restarts = 100\n[heartbeat]\ninterval = "500ms"\n[env]\nAPP_VERSION = "%s"\n' "$command" "$1" > /tmp/e2e-myapp.toml
+    S copy-in /tmp/e2e-myapp.toml /etc/sheepdog/myapp.toml
+}
+hammer_start() { x rm -f /tmp/hammer.stop; S exec /usr/local/bin/hammer 120 /tmp/hammer.stop > /tmp/e2e-hammer.out & hammer_pid=$!; until_ok 20 answers "hello"; }
+hammer_stop() { x touch /tmp/hammer.stop; wait "$hammer_pid"; cat /tmp/e2e-hammer.out; }
+zero_failed() { grep -q " failed=0 " /tmp/e2e-hammer.out; }
+zero_refused() { grep -q " refused=0 " /tmp/e2e-hammer.out; }
+slot0_pid() { x sheepdog status --config /etc/sheepdog/myapp.toml | awk '$1 == "0" && $4 == "ready" { print $2 }'; }
+
+deploy() { # deploy SERVICE_UNIT: install the .deb and the example app as myapp
+    S copy-in "$deb" /root/sheepdog.deb
+    check "dpkg -i installs the package" x dpkg -i /root/sheepdog.deb
+    S copy-in "$repo/tests/e2e/hammer" /usr/local/bin/hammer
+    x mkdir -p /srv/myapp /etc/systemd/system/myapp.service.d
+    x cp /usr/share/doc/sheepdog/examples/hello/server.js /srv/myapp/server.js
+    x cp /usr/share/doc/sheepdog/examples/systemd/myapp.socket /etc/systemd/system/myapp.socket
+    x cp "/usr/share/doc/sheepdog/examples/systemd/$1" /etc/systemd/system/myapp.service
+    # Shorter watchdog and stop timeouts, to keep the run short.
+    printf '[Service]\nWatchdogSec=4s\nTimeoutStopSec=15s\nStartLimitBurst=50\n' > /tmp/e2e-dropin.conf
+    S copy-in /tmp/e2e-dropin.conf /etc/systemd/system/myapp.service.d/e2e.conf
+    config 1
+    x systemctl daemon-reload
+}
+
+boot() { # boot SUITE
+    export SANDBOX_NAME=sheepdog-e2e-$1 SANDBOX_SUITE=$1 SANDBOX_PACKAGES=nodejs,curl
+    S boot || { echo "e2e: the $1 sandbox did not boot" >&2; S logs | tail -20 >&2; exit 1; }
+    trap 'S stop >/dev/null 2>&1' EXIT
+}
+
+S host-deps >/dev/null
+packaging/build-deb >/dev/null || { echo "e2e: cannot build the .deb" >&2; exit 1; }
+deb=$(ls -t "$repo"/target/debian/sheepdog_*_amd64.deb | head -1)
+
+echo "# Debian 12 (systemd 252): Type=notify, ExecReload=sheepdog reload"
+boot bookworm
+deploy myapp.service
+
+x systemctl start myapp.socket
+check "myapp is not running before the first connection" active myapp.service inactive
+check "the first request starts it and gets 200" answers "hello from worker"
+check "the service is active" active myapp.service active
+check "systemctl status shows sheepdog's STATUS line" until_ok 10 bash -c "'$sandbox' exec systemctl status myapp --no-pager | grep -q 'Status: \"2/2 ready'"
+
+hammer_start
+config 2
+check "systemctl reload onto new code exits 0" x systemctl reload myapp
+check "the new code answers" answers "version 2"
+hammer_stop
+check "no request failed during the reload" zero_failed
+
+hammer_start
+config 3 '"node", "-e", "process.exit(1)"'
+check "systemctl reload onto broken code fails" bash -c "! '$sandbox' exec systemctl reload myapp"
+check "the service stays active after a failed reload" active myapp.service active
+check "the old code keeps answering" answers "version 2"
+hammer_stop
+check "no request failed during the failed reload" zero_failed
+config 2
+
+victim=$(slot0_pid)
+x kill -9 "$victim"
+check "a killed worker is replaced" until_ok 15 bash -c "p=\$('$sandbox' exec sheepdog status --config /etc/sheepdog/myapp.toml | awk '\$1 == \"0\" && \$4 == \"ready\" { print \$2 }'); [ -n \"\$p\" ] && [ \"\$p\" != '$victim' ]"
+check "journalctl -u myapp shows sheepdog's lines" journal_has "ready: 2/2 workers" -u myapp
+check "journalctl -u myapp -p warning shows the replacement" journal_has "(pid $victim) was killed by SIGKILL" -u myapp -p warning
+check "each worker's output is attributed to its slot" journal_has "worker 0 (pid" -u myapp -t myapp-worker-0
+
+# Hang every worker, and make replacements unable to become ready: sheepdog
+# kills and replaces the hung ones, stops pinging the watchdog, and systemd
+# restarts the service.
+restarts_before=$(x systemctl show -p NRestarts --value myapp)
+x bash -c 'mv /usr/bin/node /usr/bin/node.real && printf "#!/bin/sh\nexec sleep 600\n" > /usr/bin/node && chmod 755 /usr/bin/node'
+x pkill -STOP -f /srv/myapp/server.js
+check "hung workers are killed for missed heartbeats" until_ok 20 journal_has "missed heartbeats for" -u myapp
+check "an unhealthy flock stops the watchdog pings" until_ok 20 journal_has "withholding watchdog pings" -u myapp
+check "systemd's watchdog restarts the service" until_ok 30 journal_has "Watchdog timeout" -u myapp
+x bash -c 'mv -f /usr/bin/node.real /usr/bin/node'
+check "the service was restarted" until_ok 30 bash -c "[ \"\$('$sandbox' exec systemctl show -p NRestarts --value myapp)\" -gt '$restarts_before' ]"
+x systemctl reset-failed myapp >/dev/null 2>&1
+x systemctl restart myapp.service
+check "it serves again once workers can start" until_ok 30 answers "hello from worker"
+
+hammer_start
+check "systemctl restart under load exits 0" x systemctl restart myapp.service
+until_ok 20 answers "hello from worker"
+hammer_stop
+check "no connection was refused during the restart" zero_refused
+check "no request failed during the restart" zero_failed
+
+check "systemctl stop stops cleanly" x systemctl stop myapp.socket myapp.service
+check "nothing is left in the service's cgroup" bash -c "! '$sandbox' exec pgrep -f /srv/myapp/server.js"
+check "the stop was logged as requested" until_ok 10 journal_has "stopped on request; exiting" -u myapp
+
+check "dpkg -r removes the package" x dpkg -r sheepdog
+check "the units are gone" bash -c "! '$sandbox' exec test -e /lib/systemd/system/sheepdog@.service"
+S stop >/dev/null
+
+echo "# Debian 13 (systemd 257): Type=notify-reload"
+boot trixie
+deploy myapp-notify-reload.service
+x systemctl start myapp.socket
+check "trixie: the first request starts the service" answers "hello from worker"
+check "trixie: active with sheepdog's STATUS" until_ok 10 bash -c "'$sandbox' exec systemctl status myapp --no-pager | grep -q 'Status: \"2/2 ready'"
+hammer_start
+config 2
+check "trixie: systemctl reload (SIGHUP by systemd) exits 0" x systemctl reload myapp
+# notify-reload waits for RELOADING=1 + MONOTONIC_USEC then READY=1: when
+# systemctl returns, the roll is done.
+check "trixie: reload returned only once the roll was done" bash -c "'$sandbox' exec sheepdog status --config /etc/sheepdog/myapp.toml | grep -q 'generation 2 · 2/2 ready'"
+check "trixie: the new code answers" answers "version 2"
+hammer_stop
+check "trixie: no request failed during the reload" zero_failed
+check "trixie: journalctl -u myapp shows the reload" journal_has "reloaded to generation 2" -u myapp
+check "trixie: each worker's output is attributed to its slot" journal_has "worker 1 (pid" -u myapp -t myapp-worker-1
+S stop >/dev/null
+trap - EXIT
+
+echo "e2e: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
