@@ -705,14 +705,7 @@ impl Flock {
             match worker.state {
                 // Not serving yet: nothing to keep it for.
                 WorkerState::Starting => {
-                    worker.state = WorkerState::Stopping {
-                        since: now,
-                        killed: false,
-                    };
-                    actions.push(Action::Signal {
-                        pid: worker.pid,
-                        signal: stop_signal,
-                    });
+                    stop_gracefully(worker, now, stop_signal, actions);
                 }
                 WorkerState::Ready { .. } => worker.retiring = Some("reload"),
                 WorkerState::Stopping { .. } => {}
@@ -763,14 +756,7 @@ impl Flock {
                 if worker.is_ready() {
                     worker.retiring = Some("reload aborted");
                 } else {
-                    worker.state = WorkerState::Stopping {
-                        since: now,
-                        killed: false,
-                    };
-                    actions.push(Action::Signal {
-                        pid: worker.pid,
-                        signal: stop_signal,
-                    });
+                    stop_gracefully(worker, now, stop_signal, actions);
                 }
             } else if worker.retiring == Some("reload") {
                 worker.retiring = None;
@@ -988,14 +974,7 @@ impl Flock {
         actions.push(Action::Notify(Upward::Stopping));
         for worker in &mut self.workers {
             if !worker.is_stopping() {
-                worker.state = WorkerState::Stopping {
-                    since: now,
-                    killed: false,
-                };
-                actions.push(Action::Signal {
-                    pid: worker.pid,
-                    signal: self.policy.stop_signal,
-                });
+                stop_gracefully(worker, now, self.policy.stop_signal, actions);
             }
         }
     }
@@ -1116,14 +1095,7 @@ impl Flock {
                     worker.pid,
                     self.policy.stop_signal.as_str()
                 );
-                worker.state = WorkerState::Stopping {
-                    since: now,
-                    killed: false,
-                };
-                actions.push(Action::Signal {
-                    pid: worker.pid,
-                    signal: self.policy.stop_signal,
-                });
+                stop_gracefully(worker, now, self.policy.stop_signal, actions);
             }
         }
     }
@@ -1147,14 +1119,7 @@ impl Flock {
                     worker.pid,
                     self.policy.stop_signal.as_str()
                 );
-                worker.state = WorkerState::Stopping {
-                    since: now,
-                    killed: false,
-                };
-                actions.push(Action::Signal {
-                    pid: worker.pid,
-                    signal: self.policy.stop_signal,
-                });
+                stop_gracefully(worker, now, self.policy.stop_signal, actions);
             }
         }
     }
@@ -1300,6 +1265,18 @@ impl Flock {
             actions.push(Action::Notify(Upward::Status(status)));
         }
     }
+}
+
+/// Sends a worker its stop signal; SIGKILL follows after the stop timeout.
+fn stop_gracefully(worker: &mut Worker, now: Instant, signal: Signal, actions: &mut Vec<Action>) {
+    worker.state = WorkerState::Stopping {
+        since: now,
+        killed: false,
+    };
+    actions.push(Action::Signal {
+        pid: worker.pid,
+        signal,
+    });
 }
 
 /// `backoff_initial · 2^failures`, capped at `backoff_max`.

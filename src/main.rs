@@ -169,31 +169,19 @@ fn status(args: StatusArgs) -> ExitCode {
 }
 
 fn reload(args: ReloadArgs) -> ExitCode {
-    let Some(reply) = ask(
-        &args.client,
-        json!({"v": PROTOCOL_VERSION, "cmd": "reload"}),
-        args.timeout,
-    ) else {
-        return ExitCode::FAILURE;
-    };
-    match (
-        reply["ok"].as_bool(),
-        reply["message"].as_str().or(reply["error"].as_str()),
-    ) {
-        (Some(true), Some(message)) => {
-            println!("{message}");
-            ExitCode::SUCCESS
-        }
-        (_, message) => {
-            eprintln!("sheepdog: {}", message.unwrap_or("reload failed"));
-            ExitCode::FAILURE
-        }
-    }
+    let request = json!({"v": PROTOCOL_VERSION, "cmd": "reload"});
+    outcome(ask(&args.client, request, args.timeout), "reload failed")
 }
 
 fn scale(args: ScaleArgs) -> ExitCode {
     let request = json!({"v": PROTOCOL_VERSION, "cmd": "scale", "workers": args.workers});
-    let Some(reply) = ask(&args.client, request, Duration::from_secs(10)) else {
+    outcome(ask(&args.client, request, Duration::from_secs(10)), "scale failed")
+}
+
+/// Prints a reply's message: on stdout with exit 0 when it went well, else
+/// on stderr with exit 1.
+fn outcome(reply: Option<Value>, failure: &str) -> ExitCode {
+    let Some(reply) = reply else {
         return ExitCode::FAILURE;
     };
     match (
@@ -205,7 +193,7 @@ fn scale(args: ScaleArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         (_, message) => {
-            eprintln!("sheepdog: {}", message.unwrap_or("scale failed"));
+            eprintln!("sheepdog: {}", message.unwrap_or(failure));
             ExitCode::FAILURE
         }
     }
