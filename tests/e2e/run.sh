@@ -64,14 +64,19 @@ boot() { # boot SUITE
 
 S host-deps >/dev/null
 packaging/build-deb >/dev/null || { echo "e2e: cannot build the .deb" >&2; exit 1; }
-deb=$(ls -t "$repo"/target/debian/sheepdog_*_amd64.deb | head -1)
+# cargo-deb empties target/debian/ on every build: keep this one aside.
+deb=$repo/target/e2e.deb
+cp "$(ls -t "$repo"/target/debian/sheepdog_*_amd64.deb | head -1)" "$deb"
+# The same build under a higher version, to upgrade to.
+(cd "$repo" && cargo deb --no-build --quiet --deb-version 99.0.0-1 --output target/e2e-upgrade.deb >/dev/null) \
+    || { echo "e2e: cannot build the upgrade .deb" >&2; exit 1; }
 
 echo "# Debian 12 (systemd 252): Type=notify, ExecReload=sheepdog reload"
 boot bookworm
 deploy myapp.service
 
 x systemctl start myapp.socket
-check "myapp is not running before the first connection" active myapp.service inactive
+check "myapp is not running before the first connection" bash -c "[ \"\$('$sandbox' exec systemctl is-active myapp.socket)\" = active ] && [ \"\$('$sandbox' exec systemctl is-active myapp.service)\" = inactive ]"
 check "the first request starts it and gets 200" answers "hello from worker"
 check "the service is active" active myapp.service active
 check "systemctl status shows sheepdog's STATUS line" until_ok 10 bash -c "'$sandbox' exec systemctl status myapp --no-pager | grep -q 'Status: \"2/2 ready'"
@@ -113,6 +118,11 @@ check "the service was restarted" until_ok 30 bash -c "[ \"\$('$sandbox' exec sy
 x systemctl reset-failed myapp >/dev/null 2>&1
 x systemctl restart myapp.service
 check "it serves again once workers can start" until_ok 30 answers "hello from worker"
+
+main_pid=$(x systemctl show -p MainPID --value myapp)
+S copy-in "$repo/target/e2e-upgrade.deb" /root/sheepdog-upgrade.deb
+check "upgrading the package succeeds" x dpkg -i /root/sheepdog-upgrade.deb
+check "the upgrade restarted nothing" bash -c "[ \"\$('$sandbox' exec systemctl show -p MainPID --value myapp)\" = '$main_pid' ] && '$sandbox' exec systemctl is-active myapp >/dev/null"
 
 hammer_start
 check "systemctl restart under load exits 0" x systemctl restart myapp.service
