@@ -95,7 +95,7 @@ impl App {
 fn a_reload_onto_new_code_under_load_loses_no_request() {
     let app = start(2, "APP_VERSION = \"1\"");
     let fresh = RequestLoop::start(app.addr);
-    let kept = KeepAliveLoop::start(app.addr);
+    let kept = RequestLoop::keep_alive(app.addr);
     fresh.wait_successes(100, 10 * SECOND);
     kept.wait_successes(100, 10 * SECOND);
 
@@ -172,7 +172,7 @@ fn a_reload_onto_code_that_crashes_at_boot_fails_and_the_old_workers_keep_servin
 fn a_reload_onto_code_that_never_becomes_ready_fails_at_ready_timeout() {
     let app = start(2, "APP_VERSION = \"1\"");
     let before = app.serving_pids();
-    let kept = KeepAliveLoop::start(app.addr);
+    let kept = RequestLoop::keep_alive(app.addr);
     kept.wait_successes(50, 10 * SECOND);
     app.rewrite(
         &config_text(2, "NEVER_READY = \"1\"", "").replace("ready_timeout = \"10s\"", "ready_timeout = \"2s\""),

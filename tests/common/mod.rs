@@ -384,7 +384,8 @@ fn parse_response(raw: &[u8]) -> std::io::Result<Response> {
     })
 }
 
-/// A client loop on its own thread, counting successes and failures until stopped.
+/// A client loop on its own thread, counting successes and failures until
+/// stopped (and for 90 s at most, if a test forgets to stop it).
 pub struct RequestLoop {
     stop: Arc<std::sync::atomic::AtomicBool>,
     handle: Option<std::thread::JoinHandle<LoopResult>>,
@@ -403,15 +404,33 @@ pub struct LoopResult {
 }
 
 impl RequestLoop {
+    /// A new connection per request (`Connection: close`).
     pub fn start(addr: SocketAddr) -> RequestLoop {
+        RequestLoop::run(move || get(addr, Duration::from_secs(5)))
+    }
+
+    /// One HTTP/1.1 connection kept alive for as long as the server lets it
+    /// (reconnecting after `Connection: close` or an error), as a browser or
+    /// proxy would see the server.
+    pub fn keep_alive(addr: SocketAddr) -> RequestLoop {
+        let mut connection: Option<BufReader<TcpStream>> = None;
+        RequestLoop::run(move || {
+            let outcome = keep_alive_request(addr, &mut connection);
+            if outcome.is_err() {
+                connection = None;
+            }
+            outcome
+        })
+    }
+
+    fn run(mut request: impl FnMut() -> std::io::Result<Response> + Send + 'static) -> RequestLoop {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let progress = Arc::new(Mutex::new(LoopResult::default()));
         let (flag, shared) = (stop.clone(), progress.clone());
         let handle = std::thread::spawn(move || {
-            // Bounded: at most 60 s of requests even if the test forgets to stop it.
-            let deadline = Instant::now() + Duration::from_secs(60);
+            let deadline = Instant::now() + Duration::from_secs(90);
             while !flag.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
-                let outcome = get(addr, Duration::from_secs(5));
+                let outcome = request();
                 let mut p = shared.lock().unwrap();
                 match outcome {
                     Ok(r) if r.status == 200 => {
@@ -442,73 +461,10 @@ impl RequestLoop {
         self.progress.lock().unwrap().clone()
     }
 
-    /// Waits until the loop has `n` more successes than at `since`.
+    /// Waits until the loop has `n` more successes than now.
     pub fn wait_successes(&self, n: usize, timeout: Duration) {
         let start = self.snapshot().ok;
         wait_until(timeout, &format!("{n} successful requests"), || {
-            self.snapshot().ok >= start + n
-        });
-    }
-
-    pub fn stop(mut self) -> LoopResult {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.handle.take().unwrap().join().unwrap()
-    }
-}
-
-/// A client loop on its own thread that keeps one HTTP/1.1 connection alive
-/// for as long as the server lets it (it reconnects after `Connection:
-/// close`), counting every failed request, as a browser or proxy would see.
-pub struct KeepAliveLoop {
-    stop: Arc<std::sync::atomic::AtomicBool>,
-    handle: Option<std::thread::JoinHandle<LoopResult>>,
-    pub progress: Arc<Mutex<LoopResult>>,
-}
-
-impl KeepAliveLoop {
-    pub fn start(addr: SocketAddr) -> KeepAliveLoop {
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let progress = Arc::new(Mutex::new(LoopResult::default()));
-        let (flag, shared) = (stop.clone(), progress.clone());
-        let handle = std::thread::spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(90);
-            let mut connection: Option<BufReader<TcpStream>> = None;
-            while !flag.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
-                let outcome = keep_alive_request(addr, &mut connection);
-                let mut p = shared.lock().unwrap();
-                match outcome {
-                    Ok(r) if r.status == 200 => {
-                        p.ok += 1;
-                        p.answers.push(r.worker());
-                        p.versions.push(r.version());
-                    }
-                    Ok(r) => {
-                        p.failed += 1;
-                        p.errors.push(format!("status {}", r.status));
-                    }
-                    Err(e) => {
-                        p.failed += 1;
-                        p.errors.push(e.to_string());
-                        connection = None;
-                    }
-                }
-            }
-            shared.lock().unwrap().clone()
-        });
-        KeepAliveLoop {
-            stop,
-            handle: Some(handle),
-            progress,
-        }
-    }
-
-    pub fn snapshot(&self) -> LoopResult {
-        self.progress.lock().unwrap().clone()
-    }
-
-    pub fn wait_successes(&self, n: usize, timeout: Duration) {
-        let start = self.snapshot().ok;
-        wait_until(timeout, &format!("{n} keep-alive successes"), || {
             self.snapshot().ok >= start + n
         });
     }
