@@ -40,11 +40,15 @@ fn socket_activated_node_workers_serve_report_ready_and_stop_cleanly() {
     // waits in the socket's backlog until a worker accepts it.
     let first = get(addr, 20 * SECOND).expect("the first request is answered");
     assert_eq!(first.status, 200);
-    let (spawned_at, _) = sheepdog.logs.wait_for("2 workers of `node", 5 * SECOND);
-    let (ready_at, _) = notify.messages.wait_for("READY=1", 10 * SECOND);
+    notify.messages.wait_for("READY=1", 10 * SECOND);
+    // READY=1 is sent in the pass that logs "ready: 2/2 workers": measure the
+    // gating on sheepdog's own clock, from the spawn to that line.
+    let (_, spawned) = sheepdog.logs.wait_for("2 workers of `node", 5 * SECOND);
+    let (_, ready) = sheepdog.logs.wait_for("ready: 2/2 workers", 5 * SECOND);
+    let waited = logged_at(&ready).saturating_sub(logged_at(&spawned));
     assert!(
-        ready_at - spawned_at >= Duration::from_millis(500),
-        "READY=1 came before ready_delay"
+        waited >= Duration::from_millis(500),
+        "READY=1 came {waited:?} after the spawn, before ready_delay"
     );
     let statuses: Vec<String> = notify
         .messages

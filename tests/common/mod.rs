@@ -308,6 +308,27 @@ pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> 
     }
 }
 
+/// The time sheepdog wrote on a log line ("2026-11-21T09:18:26.555Z …"), as
+/// time of day: its own clock, free of the delays of the pipe that brought it.
+pub fn logged_at(line: &str) -> Duration {
+    let stamp = line.split_whitespace().next().unwrap_or_default();
+    let time = stamp.split('T').nth(1).unwrap_or_default().trim_end_matches('Z');
+    let mut parts = time.split(':');
+    let hours: u64 = parts
+        .next()
+        .and_then(|h| h.parse().ok())
+        .expect("a timestamped log line");
+    let minutes: u64 = parts
+        .next()
+        .and_then(|m| m.parse().ok())
+        .expect("a timestamped log line");
+    let seconds: f64 = parts
+        .next()
+        .and_then(|s| s.parse().ok())
+        .expect("a timestamped log line");
+    Duration::from_secs(hours * 3600 + minutes * 60) + Duration::from_secs_f64(seconds)
+}
+
 pub fn free_port() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
