@@ -662,17 +662,10 @@ impl Flock {
 
     /// Starts rolling the flock onto a new generation under `policy`.
     fn begin_reload(&mut self, now: Instant, ticket: u64, policy: Policy, actions: &mut Vec<Action>) {
-        actions.push(Action::Notify(Upward::Reloading));
-        if let Some(rollout) = &self.rollout {
-            let message = format!("a reload to generation {} is already in progress", rollout.generation);
-            warn!("reload refused: {message}");
-            actions.push(Action::ReloadFinished {
-                ticket,
-                ok: false,
-                message,
-            });
+        if self.refuse_during_rollout(ticket, actions) {
             return;
         }
+        actions.push(Action::Notify(Upward::Reloading));
         if policy.readiness != self.policy.readiness {
             let message = format!(
                 "readiness cannot change in a reload (\"{}\" to \"{}\"): restart the service instead",
@@ -716,6 +709,21 @@ impl Flock {
             slot.next_spawn = slot.next_spawn.min(now);
             slot.failures = 0;
         }
+    }
+
+    /// One reload at a time: a request during a roll is refused at once. The
+    /// roll goes on, and systemd hears nothing of the refused request (the
+    /// roll's own READY=1 comes when it is done).
+    fn refuse_during_rollout(&mut self, ticket: u64, actions: &mut Vec<Action>) -> bool {
+        let Some(rollout) = &self.rollout else { return false };
+        let message = format!("a reload to generation {} is already in progress", rollout.generation);
+        warn!("reload refused: {message}");
+        actions.push(Action::ReloadFinished {
+            ticket,
+            ok: false,
+            message,
+        });
+        true
     }
 
     /// A reload that does not start: READY=1 again at once, and the reason.
@@ -943,8 +951,10 @@ impl Flock {
             }
             (Request::Reload { ticket, policy }, Phase::Running) => self.begin_reload(now, ticket, *policy, actions),
             (Request::ReloadRefused { ticket, reason }, Phase::Running) => {
-                actions.push(Action::Notify(Upward::Reloading));
-                self.refuse_reload(ticket, reason, actions);
+                if !self.refuse_during_rollout(ticket, actions) {
+                    actions.push(Action::Notify(Upward::Reloading));
+                    self.refuse_reload(ticket, reason, actions);
+                }
             }
             (Request::Reload { ticket, .. } | Request::ReloadRefused { ticket, .. }, Phase::ShuttingDown { .. }) => {
                 let message = "the supervisor is stopping".to_string();
@@ -2218,6 +2228,36 @@ mod tests {
         // The first one goes on and succeeds.
         let done = ready_one_by_one(&mut h, 2);
         assert_eq!(finished(&done).map(|f| (f.0, f.1)), Some((1, true)));
+    }
+
+    #[test]
+    fn a_reload_refused_during_a_roll_sends_nothing_upward_and_the_roll_goes_on() {
+        let mut h = Harness::new(reload_policy(2));
+        h.start();
+        h.make_ready();
+        reload(&mut h, 1, reload_policy(2));
+        for actions in [
+            h.feed(Event::Request(Request::ReloadRefused {
+                ticket: 2,
+                reason: "app.toml:1:1: bad".into(),
+            })),
+            reload(&mut h, 3, reload_policy(2)),
+        ] {
+            let (_, ok, message) = finished(&actions).expect("refused at once");
+            assert!(!ok);
+            assert_eq!(message, "a reload to generation 2 is already in progress");
+            assert!(
+                !actions
+                    .iter()
+                    .any(|a| matches!(a, Action::Notify(Upward::Ready | Upward::Reloading))),
+                "systemd hears nothing of a refused reload during a roll: {actions:?}"
+            );
+        }
+        assert_eq!(h.flock.last_reload(), None, "the roll's outcome is not overwritten");
+        let done = ready_one_by_one(&mut h, 2);
+        assert_eq!(finished(&done).map(|f| (f.0, f.1)), Some((1, true)));
+        assert!(ready_sent(&done), "READY=1 once the roll is done");
+        assert!(h.flock.last_reload().unwrap().ok);
     }
 
     #[test]

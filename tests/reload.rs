@@ -298,3 +298,38 @@ fn clients_without_a_running_sheepdog_say_so() {
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("is sheepdog running with this config?"));
 }
+
+#[test]
+fn an_invalid_config_during_a_roll_is_refused_and_systemd_hears_of_the_roll_alone() {
+    let app = start(2, "APP_VERSION = \"1\"");
+    // Workers that take 2.5 s to boot: the roll lasts about 5 s.
+    app.rewrite(&config_text(2, "APP_VERSION = \"2\"\nREADY_AFTER_MS = \"2500\"", ""));
+    app.sheepdog.signal(libc::SIGHUP);
+    app.sheepdog.logs.wait_for("reloading: generation 1 to 2", 5 * SECOND);
+    app.rewrite(&config_text(0, "", ""));
+    app.sheepdog.signal(libc::SIGHUP);
+    app.sheepdog.logs.wait_for(
+        "reload refused: a reload to generation 2 is already in progress",
+        5 * SECOND,
+    );
+    app.sheepdog.logs.wait_for("reloaded to generation 2", 30 * SECOND);
+    // Datagrams arrive in order: once the roll's READY=1 is here, so is
+    // anything sent before it.
+    app.notify.messages.wait_for_nth("READY=1", 2, 5 * SECOND);
+    let messages = app.notify.messages.lines();
+    assert_eq!(
+        messages.iter().filter(|m| *m == "RELOADING=1").count(),
+        1,
+        "one RELOADING=1, for the roll: {messages:#?}"
+    );
+    let reloading = messages.iter().position(|m| m == "RELOADING=1").unwrap();
+    let ready_again = reloading + messages[reloading..].iter().position(|m| m == "READY=1").unwrap();
+    let next_status = messages[ready_again..].iter().find(|m| m.starts_with("STATUS="));
+    assert!(
+        next_status.is_some_and(|s| s.contains("generation 2") && !s.contains("reloading")),
+        "READY=1 came before the roll was done: {messages:#?}"
+    );
+    let status = app.status();
+    assert_eq!(status["supervisor"]["last_reload"]["ok"], true, "{status}");
+    assert_eq!(status["supervisor"]["generation"], 2);
+}
