@@ -41,6 +41,9 @@ use crate::systemd::Notifier;
 /// Exit code when setting up the loop itself fails (EX_OSERR).
 pub const EXIT_OS_ERROR: i32 = 71;
 
+/// How long an exiting sheepdog waits for systemd to read its last messages.
+const FINAL_FLUSH: Duration = Duration::from_secs(1);
+
 const HANDLED_SIGNALS: [i32; 6] = [SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGTTIN, SIGTTOU];
 
 /// What an epoll registration stands for, in its 64-bit tag.
@@ -157,15 +160,15 @@ impl Supervisor {
             for event in events.drain(..) {
                 actions.extend(self.flock.handle(now, event));
             }
+            // Every action of the pass is performed, even after Exit: the
+            // final STATUS= comes after it.
+            let mut exit = None;
             while let Some(action) = actions.pop_front() {
-                if let Some(code) = self.perform(now, action, &mut actions) {
-                    for listener in &self.listeners.sockets {
-                        listener.remove_socket_file();
-                    }
-                    self.links.cleanup();
-                    self.control.cleanup();
-                    return code;
-                }
+                exit = exit.or(self.perform(now, action, &mut actions));
+            }
+            if let Some(code) = exit {
+                self.finish();
+                return code;
             }
             self.notifier.flush();
             let ready = match self.wait(now) {
@@ -197,6 +200,25 @@ impl Supervisor {
             }
             events.push(Event::Tick);
         }
+    }
+
+    /// Last words: gives systemd a moment to read what waits in the outbox
+    /// (STOPPING=1, the final STATUS=), then removes sheepdog's files.
+    fn finish(&mut self) {
+        let deadline = Instant::now() + FINAL_FLUSH;
+        self.notifier.flush();
+        while self.notifier.has_pending() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+            self.notifier.flush();
+        }
+        if self.notifier.has_pending() {
+            warn!("systemd did not read its notify socket; exiting with messages unsent");
+        }
+        for listener in &self.listeners.sockets {
+            listener.remove_socket_file();
+        }
+        self.links.cleanup();
+        self.control.cleanup();
     }
 
     fn perform(&mut self, now: Instant, action: Action, follow_ups: &mut VecDeque<Action>) -> Option<i32> {

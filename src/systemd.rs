@@ -2,6 +2,7 @@
 //! whether stderr is a journal stream. Silent (and free) when sheepdog is not
 //! run by systemd.
 
+use std::collections::VecDeque;
 use std::os::fd::AsFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
@@ -11,26 +12,31 @@ use crate::flock::Upward;
 /// Sends sd_notify datagrams to `$NOTIFY_SOCKET` without ever blocking, so a
 /// stalled receiver cannot stall the supervisor. A unix datagram queue is
 /// short (`net.unix.max_dgram_qlen`, 10 by default), so what does not fit
-/// waits in an outbox, in order, and is retried: only the latest STATUS= is
-/// kept and one WATCHDOG=1 is enough, while READY=1 and STOPPING=1 are never
-/// dropped.
+/// waits in an outbox, in order, and is retried. Only the newest STATUS= is
+/// kept and one WATCHDOG=1 is enough. READY=1, RELOADING=1 and STOPPING=1
+/// change systemd's view of the service and are never dropped; should
+/// thousands of them pile up (a receiver gone for good, and an operator
+/// reloading in a loop), the oldest reload pairs already superseded by a later
+/// READY=1 are merged away, so the outbox stays bounded and its last word stands.
 pub struct Notifier {
     target: Option<(UnixDatagram, SocketAddr)>,
-    outbox: std::collections::VecDeque<String>,
-    dropped: u64,
+    outbox: VecDeque<String>,
+    /// Superseded state changes merged away, not logged yet.
+    merged: u64,
 }
 
-/// An outbox longer than this means the receiver is gone: drop the oldest.
-const MAX_OUTBOX: usize = 64;
+/// State changes waiting beyond this many means the receiver is gone.
+const MAX_STATE_CHANGES: usize = 4096;
 
 impl Notifier {
     pub fn from_env() -> Notifier {
+        let mut notifier = Notifier {
+            target: None,
+            outbox: VecDeque::new(),
+            merged: 0,
+        };
         let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-            return Notifier {
-                target: None,
-                outbox: Default::default(),
-                dropped: 0,
-            };
+            return notifier;
         };
         let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
         let address = match bytes.strip_prefix(b"@") {
@@ -39,39 +45,40 @@ impl Notifier {
         };
         let socket = UnixDatagram::unbound().and_then(|s| s.set_nonblocking(true).map(|()| s));
         match (socket, address) {
-            (Ok(socket), Ok(address)) => Notifier {
-                target: Some((socket, address)),
-                outbox: Default::default(),
-                dropped: 0,
-            },
-            (Err(e), _) | (_, Err(e)) => {
-                log::warn!("cannot use NOTIFY_SOCKET {}: {e}", path.to_string_lossy());
-                Notifier {
-                    target: None,
-                    outbox: Default::default(),
-                    dropped: 0,
-                }
-            }
+            (Ok(socket), Ok(address)) => notifier.target = Some((socket, address)),
+            (Err(e), _) | (_, Err(e)) => log::warn!("cannot use NOTIFY_SOCKET {}: {e}", path.to_string_lossy()),
         }
+        notifier
     }
 
     pub fn send(&mut self, message: &Upward) {
         if self.target.is_none() {
             return;
         }
-        let text = format_message(message);
         match message {
             Upward::Status(_) => self.outbox.retain(|m| !m.starts_with("STATUS=")),
             Upward::Watchdog if self.outbox.iter().any(|m| m == "WATCHDOG=1") => return,
             _ => {}
         }
-        self.outbox.push_back(text);
-        while self.outbox.len() > MAX_OUTBOX {
-            let lost = self.outbox.pop_front();
-            self.dropped += 1;
-            log::warn!("systemd is not reading its notify socket; dropped {lost:?}");
-        }
+        self.outbox.push_back(format_message(message));
+        self.merge_superseded();
         self.flush();
+    }
+
+    /// Keeps the outbox bounded without losing its final state: drops the
+    /// oldest READY=1 or RELOADING=1 that a later READY=1 supersedes.
+    fn merge_superseded(&mut self) {
+        while self.outbox.len() > MAX_STATE_CHANGES {
+            let last_ready = self.outbox.iter().rposition(|m| m == "READY=1");
+            let oldest = self
+                .outbox
+                .iter()
+                .position(|m| m == "READY=1" || m.starts_with("RELOADING=1"))
+                .filter(|i| last_ready.is_some_and(|last| *i < last));
+            let Some(index) = oldest else { return };
+            self.outbox.remove(index);
+            self.merged += 1;
+        }
     }
 
     /// Sends what waits in the outbox, as far as the receiver takes it.
@@ -80,10 +87,17 @@ impl Notifier {
         while let Some(text) = self.outbox.front() {
             match socket.send_to_addr(text.as_bytes(), address) {
                 Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => log::warn!("cannot notify systemd ({text:?}): {e}"),
             }
             self.outbox.pop_front();
+        }
+        if self.merged > 0 && self.outbox.len() < MAX_STATE_CHANGES / 2 {
+            log::warn!(
+                "systemd was not reading its notify socket: {} superseded reload messages were merged",
+                self.merged
+            );
+            self.merged = 0;
         }
     }
 
@@ -156,8 +170,8 @@ mod tests {
                     .unwrap(),
                 SocketAddr::from_pathname(&path).unwrap(),
             )),
-            outbox: Default::default(),
-            dropped: 0,
+            outbox: VecDeque::new(),
+            merged: 0,
         };
         (receiver, notifier, dir)
     }
@@ -172,38 +186,62 @@ mod tests {
         got
     }
 
+    /// Reads until the notifier has nothing left to send.
+    fn catch_up(receiver: &UnixDatagram, notifier: &mut Notifier) -> Vec<String> {
+        let mut got = drain(receiver);
+        while notifier.has_pending() {
+            notifier.flush();
+            got.extend(drain(receiver));
+        }
+        got
+    }
+
     #[test]
-    fn a_full_receiver_never_blocks_and_nothing_important_is_lost() {
+    fn a_stalled_receiver_never_blocks_and_loses_no_state_change() {
         let (receiver, mut notifier, dir) = pair("full");
         // Nobody reads: a burst far longer than the queue, without blocking.
+        notifier.send(&Upward::Ready);
         for i in 0..1000 {
             notifier.send(&Upward::Status(format!("{i}/1000 ready")));
             notifier.send(&Upward::Watchdog);
-            if i == 500 {
+            if i % 10 == 0 {
+                notifier.send(&Upward::Reloading);
                 notifier.send(&Upward::Ready);
             }
         }
+        notifier.send(&Upward::Stopping);
+        notifier.send(&Upward::Status("stopping · 0 workers left".into()));
         assert!(notifier.has_pending());
-        assert_eq!(notifier.dropped, 0);
-        // The receiver catches up: READY=1 arrives, and the last status.
-        let mut got = drain(&receiver);
-        while notifier.has_pending() {
-            notifier.flush();
-            got.extend(drain(&receiver));
-        }
-        assert_eq!(got.iter().filter(|m| *m == "READY=1").count(), 1);
-        assert_eq!(got.last().map(String::as_str), Some("STATUS=999/1000 ready"));
+        let got = catch_up(&receiver, &mut notifier);
+        let count = |what: &str| got.iter().filter(|m| m.starts_with(what)).count();
+        assert_eq!(count("READY=1"), 101);
+        assert_eq!(count("RELOADING=1"), 100);
+        assert_eq!(count("STOPPING=1"), 1);
+        assert_eq!(got.first().map(String::as_str), Some("READY=1"));
+        let stopping = got.iter().position(|m| m == "STOPPING=1").unwrap();
+        assert!(got[..stopping].iter().rev().find(|m| m.starts_with("RE")).unwrap() == "READY=1");
+        assert_eq!(got.last().map(String::as_str), Some("STATUS=stopping · 0 workers left"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
-    fn a_receiver_that_never_reads_costs_a_bounded_outbox() {
-        let (_receiver, mut notifier, dir) = pair("gone");
-        for _ in 0..1000 {
+    fn a_receiver_that_never_reads_costs_a_bounded_outbox_ending_in_its_last_word() {
+        let (receiver, mut notifier, dir) = pair("gone");
+        for _ in 0..3 * MAX_STATE_CHANGES {
+            notifier.send(&Upward::Reloading);
             notifier.send(&Upward::Ready);
+            notifier.send(&Upward::Status("x".into()));
         }
-        assert!(notifier.outbox.len() <= MAX_OUTBOX);
-        assert!(notifier.dropped > 0);
+        notifier.send(&Upward::Stopping);
+        assert!(
+            notifier.outbox.len() <= MAX_STATE_CHANGES + 1,
+            "{}",
+            notifier.outbox.len()
+        );
+        assert!(notifier.merged > 0);
+        let got = catch_up(&receiver, &mut notifier);
+        let tail: Vec<&str> = got.iter().rev().take(3).rev().map(String::as_str).collect();
+        assert_eq!(tail, ["READY=1", "STATUS=x", "STOPPING=1"]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

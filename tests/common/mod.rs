@@ -77,11 +77,21 @@ pub struct NotifySocket {
 
 impl NotifySocket {
     pub fn bind(dir: &Path) -> NotifySocket {
+        let (notify, resume) = NotifySocket::stalled(dir);
+        resume();
+        notify
+    }
+
+    /// A receiver that reads nothing until `resume` is called, as a stuck
+    /// systemd would: the kernel queue fills and sheepdog must not block.
+    pub fn stalled(dir: &Path) -> (NotifySocket, impl FnOnce() + use<>) {
         let path = dir.join("notify.sock");
         let socket = UnixDatagram::bind(&path).expect("bind notify socket");
         let messages = Recorder::default();
         let sink = messages.clone();
+        let (resume, resumed) = std::sync::mpsc::channel::<()>();
         std::thread::spawn(move || {
+            let _ = resumed.recv();
             let mut buffer = vec![0u8; 65536];
             while let Ok(n) = socket.recv(&mut buffer) {
                 // One datagram may carry several newline-separated assignments.
@@ -90,7 +100,9 @@ impl NotifySocket {
                 }
             }
         });
-        NotifySocket { path, messages }
+        (NotifySocket { path, messages }, move || {
+            let _ = resume.send(());
+        })
     }
 }
 
