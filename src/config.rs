@@ -324,6 +324,10 @@ pub struct Settings {
     pub stop_timeout: Duration,
     pub restart: RestartPolicy,
     pub control_socket: PathBuf,
+    /// `control_socket` was set in the file: a clash with another sheepdog is
+    /// an error. The default path is shared by name, so a clash there picks
+    /// a path of its own instead.
+    pub control_socket_explicit: bool,
     /// Names the app in logs: workers' journal identifiers are NAME-worker-SLOT.
     pub name: String,
     pub log_level: Option<LogLevel>,
@@ -544,6 +548,7 @@ impl Settings {
             _ => dir,
         };
         let working_directory = file.working_directory.map(relative_to_file);
+        let control_socket_explicit = file.control_socket.is_some();
         let control_socket = file
             .control_socket
             .map(relative_to_file)
@@ -575,6 +580,7 @@ impl Settings {
                 max_spawn_rate,
             },
             control_socket,
+            control_socket_explicit,
             name,
             log_level: overrides.log_level.or(file.log_level),
         })
@@ -609,7 +615,12 @@ impl Settings {
         let _ = writeln!(out, "backoff_max = \"{}\"", format_duration(r.backoff_max));
         let _ = writeln!(out, "backoff_reset = \"{}\"", format_duration(r.backoff_reset));
         let _ = writeln!(out, "max_spawn_rate = {}", r.max_spawn_rate);
-        let _ = writeln!(out, "control_socket = {:?}", self.control_socket.display().to_string());
+        let socket = format!("control_socket = {:?}", self.control_socket.display().to_string());
+        if self.control_socket_explicit {
+            let _ = writeln!(out, "{socket}");
+        } else {
+            let _ = writeln!(out, "# {socket} (the default)");
+        }
         let _ = writeln!(out, "name = {:?}", self.name);
         if let Some(heartbeat) = &self.heartbeat {
             let _ = writeln!(out, "\n[heartbeat]");
@@ -661,26 +672,45 @@ pub fn default_control_socket(config: Option<&Path>) -> PathBuf {
     let name = config
         .and_then(Path::file_stem)
         .map_or("sheepdog".into(), |s| s.to_string_lossy().into_owned());
+    default_socket_dir().join(name).join("control.sock")
+}
+
+/// Where the default control sockets of this user's sheepdogs live, one
+/// folder per name: `/run/sheepdog` for root, `$XDG_RUNTIME_DIR/sheepdog`
+/// (or `/tmp/sheepdog-UID`) for other users. `sheepdog status` looks here.
+pub fn default_socket_dir() -> PathBuf {
     let uid = nix::unistd::getuid().as_raw();
-    let dir = if uid == 0 {
+    if uid == 0 {
         PathBuf::from("/run/sheepdog")
     } else if let Some(runtime) = std::env::var_os("XDG_RUNTIME_DIR") {
         PathBuf::from(runtime).join("sheepdog")
     } else {
         PathBuf::from(format!("/tmp/sheepdog-{uid}"))
-    };
-    dir.join(name).join("control.sock")
+    }
+}
+
+/// Where a client looks for a running sheepdog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientTarget {
+    /// `--socket`, or `control_socket` in the config file: exactly this one.
+    Socket(PathBuf),
+    /// The default path for this config file, or a sibling with a pid in its
+    /// name (a clash at the default path makes a second sheepdog take one);
+    /// the one that runs `config` is meant.
+    Default { path: PathBuf, config: PathBuf },
+    /// Nothing named: every sheepdog of this user.
+    Any,
 }
 
 /// The control socket a client should use: `--socket`, else the config
 /// file's `control_socket`, else the default for that config file. Only that
 /// key is read, so a client works even while the rest of the file is being edited.
-pub fn client_control_socket(config: Option<&Path>, socket: Option<&Path>) -> Result<PathBuf, ConfigError> {
+pub fn client_target(config: Option<&Path>, socket: Option<&Path>) -> Result<ClientTarget, ConfigError> {
     if let Some(socket) = socket {
-        return Ok(socket.to_path_buf());
+        return Ok(ClientTarget::Socket(socket.to_path_buf()));
     }
     let Some(path) = config else {
-        return Ok(default_control_socket(None));
+        return Ok(ClientTarget::Any);
     };
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError(format!("{}: cannot read the config: {e}", path.display())))?;
@@ -690,13 +720,21 @@ pub fn client_control_socket(config: Option<&Path>, socket: Option<&Path>) -> Re
         Some(socket) => {
             let socket = PathBuf::from(socket);
             let base = path.parent().filter(|p| !p.as_os_str().is_empty());
-            Ok(match base {
+            Ok(ClientTarget::Socket(match base {
                 Some(base) if socket.is_relative() => base.join(socket),
                 _ => socket,
-            })
+            }))
         }
-        None => Ok(default_control_socket(Some(path))),
+        None => Ok(ClientTarget::Default {
+            path: default_control_socket(Some(path)),
+            config: canonical(path),
+        }),
     }
+}
+
+/// A config file's absolute path, as a running sheepdog reports it.
+pub fn canonical(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
@@ -909,21 +947,28 @@ NODE_ENV = "production"
         let file = dir.join("myapp.toml");
         std::fs::write(&file, "control_socket = \"run/ctl.sock\"\n").unwrap();
         assert_eq!(
-            client_control_socket(Some(&file), None).unwrap(),
-            dir.join("run/ctl.sock")
+            client_target(Some(&file), None).unwrap(),
+            ClientTarget::Socket(dir.join("run/ctl.sock"))
         );
         std::fs::write(&file, "workers = 2\n").unwrap();
-        let default = client_control_socket(Some(&file), None).unwrap();
-        assert_eq!(default, default_control_socket(Some(&file)));
+        let default = client_target(Some(&file), None).unwrap();
+        assert_eq!(
+            default,
+            ClientTarget::Default {
+                path: default_control_socket(Some(&file)),
+                config: std::fs::canonicalize(&file).unwrap()
+            }
+        );
+        assert!(default_control_socket(Some(&file)).ends_with("myapp/control.sock"));
         assert!(
-            default.ends_with("myapp.sock") || default.ends_with("control.sock"),
-            "{}",
-            default.display()
+            default_control_socket(Some(&file)).starts_with(default_socket_dir())
+                || std::env::var_os("RUNTIME_DIRECTORY").is_some()
         );
         assert_eq!(
-            client_control_socket(Some(&file), Some(Path::new("/x.sock"))).unwrap(),
-            PathBuf::from("/x.sock")
+            client_target(Some(&file), Some(Path::new("/x.sock"))).unwrap(),
+            ClientTarget::Socket(PathBuf::from("/x.sock"))
         );
+        assert_eq!(client_target(None, None).unwrap(), ClientTarget::Any);
         let s = Settings::from_toml(
             "command = [\"x\"]\ncontrol_socket = \"c.sock\"\n",
             Some(&file),

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -19,6 +19,8 @@ use log::{debug, warn};
 use nix::sys::socket::{self, sockopt};
 use serde::Deserialize;
 use serde_json::{Value, json};
+
+use crate::config::{ClientTarget, default_socket_dir};
 
 pub const PROTOCOL_VERSION: u64 = 1;
 const MAX_REQUEST: usize = 64 * 1024;
@@ -76,7 +78,10 @@ struct Client {
 
 pub struct ControlServer {
     listener: UnixListener,
+    /// The socket file, with its device and inode: removed on exit only if
+    /// it is still the one bound here.
     path: PathBuf,
+    identity: (u64, u64),
     clients: HashMap<u64, Client>,
     next_client: u64,
     own_uid: u32,
@@ -93,44 +98,43 @@ pub enum ClientInput {
 }
 
 impl ControlServer {
-    /// Binds `path` (mode 0600). A stale socket file is replaced; a live one
-    /// means another sheepdog uses it, which is an error.
-    pub fn bind(path: &Path) -> Result<ControlServer, String> {
-        let describe = |e: std::io::Error| format!("control socket {}: {e}", path.display());
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(describe)?;
-        }
-        match std::fs::symlink_metadata(path) {
-            Ok(meta) if meta.file_type().is_socket() => {
-                if UnixStream::connect(path).is_ok() {
-                    return Err(format!(
-                        "control socket {}: another sheepdog is listening on it (set control_socket to run two)",
-                        path.display()
-                    ));
-                }
-                std::fs::remove_file(path).map_err(describe)?;
+    /// Binds `path` (mode 0600). A stale socket file is replaced. A live one
+    /// means another sheepdog uses it: an error when the path was set
+    /// explicitly; at a default path (shared by every sheepdog of the same
+    /// name) this one takes `control.PID.sock` beside it instead, since the
+    /// control socket is a side channel the flock must not fail for.
+    pub fn bind(path: &Path, explicit: bool) -> Result<ControlServer, String> {
+        match bind_socket(path) {
+            Err(BindError::Live) if !explicit => {
+                let own = path.with_file_name(format!("control.{}.sock", std::process::id()));
+                log::warn!(
+                    "control socket {} is taken by another running sheepdog; using {} (`sheepdog status` lists both)",
+                    path.display(),
+                    own.display()
+                );
+                ControlServer::bind(&own, true)
             }
-            Ok(_) => {
-                return Err(format!(
-                    "control socket {}: the path exists and is not a socket",
-                    path.display()
-                ));
+            Err(BindError::Live) => Err(format!(
+                "control socket {}: another sheepdog is listening on it (set control_socket to run two)",
+                path.display()
+            )),
+            Err(BindError::Other(e)) => Err(e),
+            Ok(listener) => {
+                let meta =
+                    std::fs::symlink_metadata(path).map_err(|e| format!("control socket {}: {e}", path.display()))?;
+                Ok(ControlServer {
+                    listener,
+                    path: path.to_path_buf(),
+                    identity: (meta.dev(), meta.ino()),
+                    clients: HashMap::new(),
+                    next_client: 1,
+                    own_uid: nix::unistd::getuid().as_raw(),
+                })
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(describe(e)),
         }
-        let listener = UnixListener::bind(path).map_err(describe)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(describe)?;
-        listener.set_nonblocking(true).map_err(describe)?;
-        Ok(ControlServer {
-            listener,
-            path: path.to_path_buf(),
-            clients: HashMap::new(),
-            next_client: 1,
-            own_uid: nix::unistd::getuid().as_raw(),
-        })
     }
 
+    /// The path clients reach this server at.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -179,7 +183,7 @@ impl ControlServer {
         added
     }
 
-    fn admit(&self, stream: &UnixStream) -> Result<(), String> {
+    fn admit(&mut self, stream: &UnixStream) -> Result<(), String> {
         stream.set_nonblocking(true).map_err(|e| e.to_string())?;
         let credentials = socket::getsockopt(stream, sockopt::PeerCredentials).map_err(|e| e.desc().to_string())?;
         if credentials.uid() != 0 && credentials.uid() != self.own_uid {
@@ -190,13 +194,35 @@ impl ControlServer {
                 self.own_uid
             ));
         }
-        if self.clients.len() >= MAX_CLIENTS {
+        if self.clients.len() >= MAX_CLIENTS && !self.evict_oldest_idle() {
             return Err(format!(
-                "refused pid {}: {MAX_CLIENTS} clients are already connected",
+                "refused pid {}: {MAX_CLIENTS} clients are already waiting for replies",
                 credentials.pid()
             ));
         }
         Ok(())
+    }
+
+    /// Makes room for a new client by disconnecting the one that has been
+    /// connected longest without sending a request, so that idle connections
+    /// can never shut an operator's `sheepdog status` out.
+    fn evict_oldest_idle(&mut self) -> bool {
+        let oldest = self
+            .clients
+            .iter()
+            .filter(|(_, c)| !c.answered_or_busy)
+            .min_by_key(|(id, c)| (c.opened, **id))
+            .map(|(id, _)| *id);
+        match oldest {
+            Some(id) => {
+                warn!(
+                    "control socket: {MAX_CLIENTS} clients connected; disconnecting idle client {id} to admit another"
+                );
+                self.clients.remove(&id);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Reads what a client sent: its request once a whole line arrived.
@@ -311,10 +337,156 @@ impl ControlServer {
             .min()
     }
 
-    /// Removes the socket file (on exit), if it is still ours.
+    /// Removes the socket file (on exit), if it is still the one bound here:
+    /// another sheepdog may have replaced it since.
     pub fn cleanup(&mut self) {
         self.clients.clear();
-        let _ = std::fs::remove_file(&self.path);
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(meta) if (meta.dev(), meta.ino()) == self.identity => {
+                if let Err(e) = std::fs::remove_file(&self.path) {
+                    warn!("cannot remove the control socket {}: {e}", self.path.display());
+                }
+            }
+            _ => debug!(
+                "control socket {} is no longer ours; left in place",
+                self.path.display()
+            ),
+        }
+    }
+}
+
+enum BindError {
+    /// A sheepdog answers on that path.
+    Live,
+    Other(String),
+}
+
+/// Binds a unix socket at `path`, mode 0600, non-blocking, replacing a stale
+/// socket file.
+fn bind_socket(path: &Path) -> Result<UnixListener, BindError> {
+    let describe = |e: std::io::Error| BindError::Other(format!("control socket {}: {e}", path.display()));
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(describe)?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if UnixStream::connect(path).is_ok() {
+                return Err(BindError::Live);
+            }
+            std::fs::remove_file(path).map_err(describe)?;
+        }
+        Ok(_) => {
+            return Err(BindError::Other(format!(
+                "control socket {}: the path exists and is not a socket",
+                path.display()
+            )));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(describe(e)),
+    }
+    let listener = UnixListener::bind(path).map_err(describe)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(describe)?;
+    listener.set_nonblocking(true).map_err(describe)?;
+    Ok(listener)
+}
+
+/// The live control sockets under `dir` (the default socket directory): one
+/// folder per name, `control.sock` in it, and `control.PID.sock` for any
+/// sheepdog that found that path taken.
+pub fn discover(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(names) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for folder in names.flatten() {
+        let Ok(entries) = std::fs::read_dir(folder.path()) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let is_socket = entry.file_type().is_ok_and(|t| t.is_socket());
+            if is_socket && name.starts_with("control") && name.ends_with(".sock") {
+                found.push(entry.path());
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// A running sheepdog a client found, with its status reply.
+pub struct Found {
+    pub socket: PathBuf,
+    pub status: Value,
+}
+
+/// Asks every socket for its status; those that answer are running.
+pub fn running(sockets: &[PathBuf]) -> Vec<Found> {
+    let status = json!({"v": PROTOCOL_VERSION, "cmd": "status"});
+    sockets
+        .iter()
+        .filter_map(|socket| {
+            let reply = request(socket, &status, Some(DISCOVERY_TIMEOUT)).ok()?;
+            (reply["ok"] == json!(true)).then(|| Found {
+                socket: socket.clone(),
+                status: reply,
+            })
+        })
+        .collect()
+}
+
+const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The control socket of the sheepdog a client means.
+pub fn resolve(target: &ClientTarget) -> Result<PathBuf, String> {
+    match target {
+        ClientTarget::Socket(socket) => Ok(socket.clone()),
+        ClientTarget::Default { path, config } => {
+            // The default path first, then the siblings a clash made.
+            let mut candidates = vec![path.clone()];
+            let dir = path.parent().unwrap_or(Path::new("."));
+            candidates.extend(
+                discover(dir.parent().unwrap_or(Path::new("/")))
+                    .into_iter()
+                    .filter(|s| s.parent() == Some(dir) && s != path),
+            );
+            let found = running(&candidates);
+            let runs = |f: &&Found| f.status["supervisor"]["config"].as_str() == Some(&*config.to_string_lossy());
+            match found.iter().find(runs) {
+                Some(found) => Ok(found.socket.clone()),
+                None => match found.first() {
+                    Some(other) => Err(format!(
+                        "the sheepdog on {} runs {}, not {}; is sheepdog running with this config?",
+                        other.socket.display(),
+                        other.status["supervisor"]["config"]
+                            .as_str()
+                            .unwrap_or("no config file"),
+                        config.display()
+                    )),
+                    // Nobody answers: the request itself says so.
+                    None => Ok(path.clone()),
+                },
+            }
+        }
+        ClientTarget::Any => {
+            let dir = default_socket_dir();
+            let found = running(&discover(&dir));
+            match found.as_slice() {
+                [one] => Ok(one.socket.clone()),
+                [] => Err(format!(
+                    "no running sheepdog found in {} (name one with --config FILE or --socket PATH)",
+                    dir.display()
+                )),
+                many => Err(format!(
+                    "{} sheepdogs are running ({}): name one with --config FILE or --socket PATH",
+                    many.len(),
+                    many.iter()
+                        .map(|f| f.socket.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+            }
+        }
     }
 }
 

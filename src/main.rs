@@ -5,7 +5,7 @@ use clap::Parser;
 use serde_json::{Value, json};
 
 use sheepdog::cli::{Cli, ClientArgs, Command, ReloadArgs, RunArgs, ScaleArgs, StatusArgs};
-use sheepdog::config::{Settings, client_control_socket};
+use sheepdog::config::{ClientTarget, Settings, client_target, default_socket_dir};
 use sheepdog::control::{self, ControlServer, PROTOCOL_VERSION};
 use sheepdog::spawn::{JournalStreams, WorkerCommand};
 use sheepdog::supervisor::Supervisor;
@@ -60,7 +60,7 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let control = match ControlServer::bind(&settings.control_socket) {
+    let control = match ControlServer::bind(&settings.control_socket, settings.control_socket_explicit) {
         Ok(control) => control,
         Err(e) => {
             log::error!("{e}");
@@ -78,7 +78,7 @@ fn run(args: RunArgs) -> ExitCode {
         } else {
             "bound by sheepdog"
         },
-        settings.control_socket.display()
+        control.path().display()
     );
     let watchdog = systemd::watchdog_interval();
     if let Some(interval) = watchdog {
@@ -132,7 +132,10 @@ fn check(args: RunArgs) -> ExitCode {
 
 /// Sends one request to the running sheepdog; prints errors; None on failure.
 fn ask(client: &ClientArgs, request: Value, timeout: Duration) -> Option<Value> {
-    let socket = match client_control_socket(client.config.as_deref(), client.socket.as_deref()) {
+    let socket = client_target(client.config.as_deref(), client.socket.as_deref())
+        .map_err(|e| e.to_string())
+        .and_then(|target| control::resolve(&target));
+    let socket = match socket {
         Ok(socket) => socket,
         Err(e) => {
             eprintln!("sheepdog: {e}");
@@ -149,6 +152,9 @@ fn ask(client: &ClientArgs, request: Value, timeout: Duration) -> Option<Value> 
 }
 
 fn status(args: StatusArgs) -> ExitCode {
+    if let Ok(ClientTarget::Any) = client_target(args.client.config.as_deref(), args.client.socket.as_deref()) {
+        return list(args.json);
+    }
     let Some(reply) = ask(
         &args.client,
         json!({"v": PROTOCOL_VERSION, "cmd": "status"}),
@@ -164,6 +170,30 @@ fn status(args: StatusArgs) -> ExitCode {
         println!("{}", serde_json::to_string_pretty(&reply).unwrap_or_default());
     } else {
         print!("{}", status_view::render(&reply));
+    }
+    ExitCode::SUCCESS
+}
+
+/// `sheepdog status` naming no sheepdog: every running one of this user.
+fn list(json: bool) -> ExitCode {
+    let dir = default_socket_dir();
+    let found = control::running(&control::discover(&dir));
+    if found.is_empty() {
+        eprintln!("sheepdog: no running sheepdog found in {}", dir.display());
+        return ExitCode::FAILURE;
+    }
+    if json {
+        let entries: Vec<Value> = found
+            .iter()
+            .map(|f| json!({"socket": f.socket.display().to_string(), "status": f.status}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&entries).unwrap_or_default());
+    } else {
+        let entries: Vec<(String, &Value)> = found
+            .iter()
+            .map(|f| (f.socket.display().to_string(), &f.status))
+            .collect();
+        print!("{}", status_view::render_list(&entries));
     }
     ExitCode::SUCCESS
 }

@@ -58,9 +58,47 @@ pub fn render(reply: &Value) -> String {
                 .map_or("-".into(), |a| format!("{a:.1}s ago")),
         ]);
     }
-    let widths: Vec<usize> = (0..header.len())
+    out += &table(&rows);
+    out
+}
+
+/// Every running sheepdog of this user, a line each, like `pm2 list`:
+/// `(control socket, status reply)` pairs.
+pub fn render_list(found: &[(String, &Value)]) -> String {
+    let header = [
+        "name",
+        "pid",
+        "up",
+        "gen",
+        "ready",
+        "restarts",
+        "config or control socket",
+    ];
+    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
+    for (socket, reply) in found {
+        let sup = &reply["supervisor"];
+        rows.push(vec![
+            sup["name"].as_str().unwrap_or("?").to_string(),
+            sup["pid"].to_string(),
+            age(sup["uptime_s"].as_f64()),
+            sup["generation"].to_string(),
+            format!("{}/{}", sup["ready"], sup["desired"]),
+            sup["restarts"].to_string(),
+            sup["config"].as_str().unwrap_or(socket).to_string(),
+        ]);
+    }
+    let mut out = table(&rows);
+    out += "\n`sheepdog status --config FILE` (or `--socket PATH`) shows one of them in full.\n";
+    out
+}
+
+/// Rows of cells, left-aligned in columns two spaces apart.
+fn table(rows: &[Vec<String>]) -> String {
+    let columns = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..columns)
         .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
         .collect();
+    let mut out = String::new();
     for row in rows {
         let line: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
         out += line.join("  ").trim_end();
@@ -84,6 +122,31 @@ fn age(seconds: Option<f64>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_list_shows_one_line_per_sheepdog() {
+        let a = serde_json::json!({"ok": true, "supervisor": {"name": "myapp", "pid": 42, "uptime_s": 61.0, "generation": 3,
+            "ready": 2, "desired": 2, "restarts": 1, "config": "/etc/sheepdog/myapp.toml"}});
+        let b = serde_json::json!({"ok": true, "supervisor": {"name": "node", "pid": 4242, "uptime_s": 5.0, "generation": 1,
+            "ready": 1, "desired": 4, "restarts": 0, "config": null}});
+        let text = render_list(&[
+            ("/run/sheepdog/myapp/control.sock".into(), &a),
+            ("/run/sheepdog/sheepdog/control.sock".into(), &b),
+        ]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "name   pid   up     gen  ready  restarts  config or control socket"
+        );
+        assert_eq!(
+            lines[1],
+            "myapp  42    1m 1s  3    2/2    1         /etc/sheepdog/myapp.toml"
+        );
+        assert_eq!(
+            lines[2],
+            "node   4242  5s     1    1/4    0         /run/sheepdog/sheepdog/control.sock"
+        );
+    }
 
     #[test]
     fn the_table_is_aligned() {

@@ -62,6 +62,8 @@ pub struct Supervisor {
     control: ControlServer,
     /// To re-read the config on reload, as it was read at start.
     config_file: Option<std::path::PathBuf>,
+    /// The app's name (for `sheepdog status` listing every sheepdog).
+    name: String,
     overrides: Overrides,
     listen_at_start: Vec<ListenAddr>,
     watchdog: Option<Duration>,
@@ -135,6 +137,7 @@ impl Supervisor {
             listeners,
             control,
             config_file: settings.config_file.clone(),
+            name: settings.name.clone(),
             overrides,
             listen_at_start: settings.listen.clone(),
             watchdog,
@@ -490,7 +493,8 @@ impl Supervisor {
                 "version": env!("CARGO_PKG_VERSION"),
                 "pid": std::process::id(),
                 "uptime_s": now.saturating_duration_since(self.started).as_secs_f64(),
-                "config": self.config_file.as_ref().map(|p| p.display().to_string()),
+                "name": self.name,
+                "config": self.config_file.as_ref().map(|p| crate::config::canonical(p).display().to_string()),
                 "generation": flock.generation(),
                 "desired": flock.desired(),
                 "ready": ready,

@@ -121,6 +121,9 @@ pub struct Launch {
     /// A shell prefix run before exec'ing sheepdog (e.g. to leak an fd into it).
     pub shell_prefix: Option<String>,
     pub dir: tempfile::TempDir,
+    /// Leave RUNTIME_DIRECTORY unset, so the control socket takes its default
+    /// path (under /run/sheepdog for root).
+    pub default_paths: bool,
 }
 
 impl Launch {
@@ -131,7 +134,13 @@ impl Launch {
             activate: None,
             shell_prefix: None,
             dir: tempfile::tempdir().expect("tempdir"),
+            default_paths: false,
         }
+    }
+
+    pub fn with_default_paths(mut self) -> Launch {
+        self.default_paths = true;
+        self
     }
 
     pub fn env(mut self, key: &str, value: &str) -> Launch {
@@ -159,7 +168,7 @@ impl Launch {
     pub fn spawn(mut self) -> Sheepdog {
         // As systemd's RuntimeDirectory=: the control socket and the notify
         // sockets of this sheepdog live in the test's own directory.
-        if !self.env.iter().any(|(k, _)| k == "RUNTIME_DIRECTORY") {
+        if !self.default_paths && !self.env.iter().any(|(k, _)| k == "RUNTIME_DIRECTORY") {
             let dir = self.dir.path().display().to_string();
             self.env.push(("RUNTIME_DIRECTORY".into(), dir));
         }
@@ -187,14 +196,12 @@ impl Launch {
                 c
             }
         };
-        command.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        command
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("LISTEN_FDS")
-            .env_remove("JOURNAL_STREAM");
-        if let Some((_, socket)) = self.env.iter().find(|(k, _)| k == "NOTIFY_SOCKET") {
-            command.env("NOTIFY_SOCKET", socket);
+        // Nothing of the test runner's own systemd context leaks in; only
+        // what the test set.
+        for inherited in ["NOTIFY_SOCKET", "LISTEN_FDS", "JOURNAL_STREAM", "RUNTIME_DIRECTORY"] {
+            command.env_remove(inherited);
         }
+        command.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         command
             .current_dir(self.dir.path())
             .stdin(Stdio::null())

@@ -1,0 +1,137 @@
+//! The control socket as a side channel: it never fails the flock, never
+//! shuts an operator out, and never removes a file that is not its own.
+
+mod common;
+
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const SECOND: Duration = Duration::from_secs(1);
+
+fn start(launch: Launch, config: &str) -> Sheepdog {
+    let file = launch.file("app.toml", config);
+    let mut launch = launch;
+    launch.args = vec!["run".into(), "--config".into(), file.display().to_string()];
+    let sheepdog = launch.spawn();
+    sheepdog.logs.wait_for("ready: 1/1 workers", 10 * SECOND);
+    sheepdog
+}
+
+const SLEEPER: &str =
+    "command = [\"sleep\", \"600\"]\nworkers = 1\nlisten = [\"127.0.0.1:0\"]\nready_delay = \"100ms\"\n";
+
+#[test]
+fn a_control_socket_file_replaced_by_another_is_left_in_place_on_exit() {
+    let mut sheepdog = start(
+        Launch::new(&[]),
+        &format!("{SLEEPER}control_socket = \"control.sock\"\n"),
+    );
+    let path = sheepdog.dir.path().join("control.sock");
+    assert!(path.exists());
+    // Someone else (another sheepdog, an operator) takes the path over.
+    std::fs::remove_file(&path).unwrap();
+    let _other = UnixListener::bind(&path).unwrap();
+    sheepdog.signal(libc::SIGTERM);
+    assert_eq!(sheepdog.wait_exit(10 * SECOND).code(), Some(0));
+    assert!(path.exists(), "sheepdog removed a socket file that was not its own");
+}
+
+#[test]
+fn idle_clients_never_shut_out_an_operators_status() {
+    let sheepdog = start(
+        Launch::new(&[]),
+        &format!("{SLEEPER}control_socket = \"control.sock\"\n"),
+    );
+    let path = sheepdog.dir.path().join("control.sock");
+    let idle: Vec<UnixStream> = (0..64).map(|_| UnixStream::connect(&path).unwrap()).collect();
+    // Every one of them is accepted before the operator comes.
+    wait_until(5 * SECOND, "64 idle clients accepted", || {
+        sheepdog.logs.count("disconnecting idle client") == 0 && {
+            let fds = std::fs::read_dir(format!("/proc/{}/fd", sheepdog.pid()))
+                .unwrap()
+                .count();
+            fds >= 64
+        }
+    });
+    let started = Instant::now();
+    let output = sheepdog_client(&["status", "--socket", path.to_str().unwrap()], 10 * SECOND);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        started.elapsed() < 4 * SECOND,
+        "answered only after the idle clients timed out ({:?})",
+        started.elapsed()
+    );
+    sheepdog.logs.wait_for("disconnecting idle client", SECOND);
+    drop(idle);
+}
+
+#[test]
+fn two_flocks_with_the_same_default_control_socket_both_run_and_are_both_listed() {
+    // Two configs of the same name in two folders default to the same
+    // control socket path.
+    let name = format!("collide-{}", std::process::id());
+    let config = format!("{SLEEPER}name = \"{name}\"\n");
+    let launch = |config: &str| {
+        let launch = Launch::new(&[]).with_default_paths();
+        let file = launch.file(&format!("{name}.toml"), config);
+        (launch, file)
+    };
+    let (first, first_file) = launch(&config);
+    let (second, second_file) = launch(&config);
+    let run = |mut launch: Launch, file: &std::path::Path| {
+        launch.args = vec!["run".into(), "--config".into(), file.display().to_string()];
+        let sheepdog = launch.spawn();
+        sheepdog.logs.wait_for("ready: 1/1 workers", 10 * SECOND);
+        sheepdog
+    };
+    let mut first = run(first, &first_file);
+    let mut second = run(second, &second_file);
+    second
+        .logs
+        .wait_for("is taken by another running sheepdog; using", SECOND);
+
+    // Each config's client finds its own flock.
+    for (sheepdog, file) in [(&first, &first_file), (&second, &second_file)] {
+        let output = sheepdog_client(&["status", "--json", "--config", file.to_str().unwrap()], 10 * SECOND);
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let reply: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(reply["supervisor"]["pid"], sheepdog.pid());
+    }
+    // With no arguments, `status` lists both instead of guessing one.
+    let output = sheepdog_client(&["status"], 10 * SECOND);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    for sheepdog in [&first, &second] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&name) && l.contains(&format!(" {} ", sheepdog.pid()))),
+            "{text}"
+        );
+    }
+    let output = sheepdog_client(&["reload"], 10 * SECOND);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("sheepdogs are running"));
+
+    for sheepdog in [&mut first, &mut second] {
+        sheepdog.signal(libc::SIGTERM);
+        assert_eq!(sheepdog.wait_exit(10 * SECOND).code(), Some(0));
+    }
+    let dir = sheepdog_socket_dir().join(&name);
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    let _ = std::fs::remove_dir(dir);
+}
+
+/// The default control socket folder, as sheepdog picks it for this user.
+fn sheepdog_socket_dir() -> std::path::PathBuf {
+    let uid = unsafe { libc::getuid() };
+    match (uid, std::env::var_os("XDG_RUNTIME_DIR")) {
+        (0, _) => "/run/sheepdog".into(),
+        (_, Some(runtime)) => std::path::PathBuf::from(runtime).join("sheepdog"),
+        _ => format!("/tmp/sheepdog-{uid}").into(),
+    }
+}
