@@ -17,17 +17,14 @@
 //! - [`config`], [`units`] and [`sockets`] do everything that can fail before
 //!   the first fork, so a bad setup exits 78 with nothing started.
 
-pub mod channel;
 pub mod cli;
 pub mod config;
 pub mod control;
-pub mod flock;
-pub mod links;
+pub mod core;
 pub mod logging;
-pub mod proc_stats;
-pub mod sockets;
-pub mod spawn;
-pub mod status_view;
-pub mod supervisor;
+pub mod shell;
 pub mod systemd;
-pub mod units;
+pub mod worker;
+
+/// Human units ("500ms", "700MiB"), used across the crate.
+pub use config::units;

@@ -2,14 +2,18 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use serde_json::{Value, json};
 
 use sheepdog::cli::{Cli, ClientArgs, Command, ReloadArgs, RunArgs, ScaleArgs, StatusArgs};
 use sheepdog::config::{ClientTarget, Settings, client_target, default_socket_dir};
-use sheepdog::control::{self, ControlServer, PROTOCOL_VERSION};
-use sheepdog::spawn::{JournalStreams, WorkerCommand};
-use sheepdog::supervisor::Supervisor;
-use sheepdog::{logging, sockets, status_view, systemd};
+use sheepdog::control::client;
+use sheepdog::control::protocol::{Command as Request, Reply};
+use sheepdog::control::server::ControlServer;
+use sheepdog::control::view;
+use sheepdog::shell::os::Os;
+use sheepdog::shell::supervisor::{EXIT_OS_ERROR, ReloadSource, Supervisor};
+use sheepdog::systemd::{notify, sockets};
+use sheepdog::worker::spawn::{CommandContext, WorkerCommand};
+use sheepdog::{logging, units};
 
 /// EX_CONFIG from sysexits.h: the configuration (or environment) is unusable.
 const EXIT_CONFIG: u8 = 78;
@@ -27,7 +31,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: RunArgs) -> ExitCode {
-    let journal = systemd::stderr_is_journal();
+    let journal = notify::stderr_is_journal();
     let overrides = args.overrides();
     let settings = match Settings::load(args.config.as_deref(), &overrides) {
         Ok(settings) => settings,
@@ -47,14 +51,13 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let command = match WorkerCommand::new(
-        &settings.command,
-        &settings.env,
-        settings.working_directory.as_deref(),
-        listeners.raw_fds(),
-        listeners.fdnames(),
-    ) {
-        Ok(command) => command.with_journal(journal.then(|| JournalStreams::new(&settings.name)).flatten()),
+    let context = CommandContext {
+        listeners: listeners.raw_fds(),
+        fdnames: listeners.fdnames(),
+        journal,
+    };
+    let command = match WorkerCommand::from_settings(&settings, &context) {
+        Ok(command) => command,
         Err(e) => {
             log::error!("{e}");
             return ExitCode::from(EXIT_CONFIG);
@@ -80,20 +83,28 @@ fn run(args: RunArgs) -> ExitCode {
         },
         control.path().display()
     );
-    let watchdog = systemd::watchdog_interval();
+    let watchdog = notify::watchdog_interval();
     if let Some(interval) = watchdog {
         log::info!(
             "systemd watchdog: {}; pinging at half of it while the flock is healthy",
-            sheepdog::units::format_duration(interval)
+            units::format_duration(interval)
         );
     }
-    let supervisor = match Supervisor::new(&settings, overrides, watchdog, journal, command, listeners, control) {
-        Ok(supervisor) => supervisor,
+    let source = ReloadSource {
+        config_file: settings.config_file.clone(),
+        overrides,
+        listen: settings.listen.clone(),
+        inherited: listeners.inherited,
+        watchdog,
+    };
+    let os = match Os::new(settings.readiness, listeners, control) {
+        Ok(os) => os,
         Err(e) => {
             log::error!("{e}");
-            return ExitCode::from(sheepdog::supervisor::EXIT_OS_ERROR as u8);
+            return ExitCode::from(EXIT_OS_ERROR as u8);
         }
     };
+    let supervisor = Supervisor::new(&settings, source, context, command, os);
     ExitCode::from(supervisor.run() as u8)
 }
 
@@ -116,13 +127,7 @@ fn check(args: RunArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if let Err(e) = WorkerCommand::new(
-        &settings.command,
-        &settings.env,
-        settings.working_directory.as_deref(),
-        vec![],
-        None,
-    ) {
+    if let Err(e) = WorkerCommand::from_settings(&settings, &CommandContext::default()) {
         eprintln!("sheepdog: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }
@@ -131,10 +136,10 @@ fn check(args: RunArgs) -> ExitCode {
 }
 
 /// Sends one request to the running sheepdog; prints errors; None on failure.
-fn ask(client: &ClientArgs, request: Value, timeout: Duration) -> Option<Value> {
+fn ask(client: &ClientArgs, request: Request, timeout: Duration) -> Option<Reply> {
     let socket = client_target(client.config.as_deref(), client.socket.as_deref())
         .map_err(|e| e.to_string())
-        .and_then(|target| control::resolve(&target));
+        .and_then(|target| client::resolve(&target));
     let socket = match socket {
         Ok(socket) => socket,
         Err(e) => {
@@ -142,7 +147,7 @@ fn ask(client: &ClientArgs, request: Value, timeout: Duration) -> Option<Value> 
             return None;
         }
     };
-    match control::request(&socket, &request, Some(timeout)) {
+    match client::request(&socket, &request, Some(timeout)) {
         Ok(reply) => Some(reply),
         Err(e) => {
             eprintln!("sheepdog: {e}");
@@ -155,76 +160,84 @@ fn status(args: StatusArgs) -> ExitCode {
     if let Ok(ClientTarget::Any) = client_target(args.client.config.as_deref(), args.client.socket.as_deref()) {
         return list(args.json);
     }
-    let Some(reply) = ask(
-        &args.client,
-        json!({"v": PROTOCOL_VERSION, "cmd": "status"}),
-        Duration::from_secs(10),
-    ) else {
-        return ExitCode::FAILURE;
-    };
-    if reply["ok"] != json!(true) {
-        eprintln!("sheepdog: {}", reply["error"].as_str().unwrap_or("status failed"));
-        return ExitCode::FAILURE;
+    match ask(&args.client, Request::Status, Duration::from_secs(10)) {
+        Some(Reply::Status(report)) => {
+            if args.json {
+                println!("{}", pretty(&Reply::Status(report)));
+            } else {
+                print!("{}", view::render(&report));
+            }
+            ExitCode::SUCCESS
+        }
+        Some(Reply::Failed(error)) => {
+            eprintln!("sheepdog: {error}");
+            ExitCode::FAILURE
+        }
+        Some(Reply::Done(message)) => {
+            eprintln!("sheepdog: unexpected reply to status: {message}");
+            ExitCode::FAILURE
+        }
+        None => ExitCode::FAILURE,
     }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&reply).unwrap_or_default());
-    } else {
-        print!("{}", status_view::render(&reply));
-    }
-    ExitCode::SUCCESS
+}
+
+/// A reply as indented JSON, for `--json`.
+fn pretty(reply: &Reply) -> String {
+    serde_json::from_str::<serde_json::Value>(&reply.encode())
+        .and_then(|v| serde_json::to_string_pretty(&v))
+        .unwrap_or_default()
 }
 
 /// `sheepdog status` naming no sheepdog: every running one of this user.
 fn list(json: bool) -> ExitCode {
     let dir = default_socket_dir();
-    let found = control::running(&control::discover(&dir));
+    let found = client::running(&client::discover(&dir));
     if found.is_empty() {
         eprintln!("sheepdog: no running sheepdog found in {}", dir.display());
         return ExitCode::FAILURE;
     }
     if json {
-        let entries: Vec<Value> = found
+        let entries: Vec<serde_json::Value> = found
             .iter()
-            .map(|f| json!({"socket": f.socket.display().to_string(), "status": f.status}))
+            .map(|f| {
+                let status = serde_json::to_value(&f.status).unwrap_or_default();
+                serde_json::json!({"socket": f.socket.display().to_string(), "status": status})
+            })
             .collect();
         println!("{}", serde_json::to_string_pretty(&entries).unwrap_or_default());
     } else {
-        let entries: Vec<(String, &Value)> = found
-            .iter()
-            .map(|f| (f.socket.display().to_string(), &f.status))
-            .collect();
-        print!("{}", status_view::render_list(&entries));
+        print!("{}", view::render_list(&found));
     }
     ExitCode::SUCCESS
 }
 
 fn reload(args: ReloadArgs) -> ExitCode {
-    let request = json!({"v": PROTOCOL_VERSION, "cmd": "reload"});
-    outcome(ask(&args.client, request, args.timeout), "reload failed")
+    outcome(ask(&args.client, Request::Reload, args.timeout))
 }
 
 fn scale(args: ScaleArgs) -> ExitCode {
-    let request = json!({"v": PROTOCOL_VERSION, "cmd": "scale", "workers": args.workers});
-    outcome(ask(&args.client, request, Duration::from_secs(10)), "scale failed")
+    let request = Request::Scale {
+        workers: args.workers as usize,
+    };
+    outcome(ask(&args.client, request, Duration::from_secs(10)))
 }
 
 /// Prints a reply's message: on stdout with exit 0 when it went well, else
 /// on stderr with exit 1.
-fn outcome(reply: Option<Value>, failure: &str) -> ExitCode {
-    let Some(reply) = reply else {
-        return ExitCode::FAILURE;
-    };
-    match (
-        reply["ok"].as_bool(),
-        reply["message"].as_str().or(reply["error"].as_str()),
-    ) {
-        (Some(true), Some(message)) => {
+fn outcome(reply: Option<Reply>) -> ExitCode {
+    match reply {
+        Some(Reply::Done(message)) => {
             println!("{message}");
             ExitCode::SUCCESS
         }
-        (_, message) => {
-            eprintln!("sheepdog: {}", message.unwrap_or(failure));
+        Some(Reply::Failed(error)) => {
+            eprintln!("sheepdog: {error}");
             ExitCode::FAILURE
         }
+        Some(Reply::Status(_)) => {
+            eprintln!("sheepdog: unexpected status reply");
+            ExitCode::FAILURE
+        }
+        None => ExitCode::FAILURE,
     }
 }

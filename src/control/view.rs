@@ -1,32 +1,28 @@
 //! `sheepdog status` for a terminal: a summary line and an aligned table of
-//! workers, like `pm2 list`.
+//! workers, like `pm2 list`; and the list of every running sheepdog.
 
-use serde_json::Value;
-
+use super::client::Found;
+use super::protocol::StatusReport;
 use crate::units::format_size;
 
-pub fn render(reply: &Value) -> String {
-    let sup = &reply["supervisor"];
+pub fn render(report: &StatusReport) -> String {
+    let sup = &report.supervisor;
     let mut out = format!(
         "sheepdog {} · pid {} · up {} · generation {} · {}/{} ready · {} restarts\n",
-        sup["version"].as_str().unwrap_or("?"),
-        sup["pid"],
-        age(sup["uptime_s"].as_f64()),
-        sup["generation"],
-        sup["ready"],
-        sup["desired"],
-        sup["restarts"],
+        sup.version,
+        sup.pid,
+        age(Some(sup.uptime_s)),
+        sup.generation,
+        sup.ready,
+        sup.desired,
+        sup.restarts,
     );
-    if let Some(generation) = sup["reloading_to"].as_u64() {
+    if let Some(generation) = sup.reloading_to {
         out += &format!("reloading to generation {generation}\n");
     }
-    if let Some(last) = sup["last_reload"].as_object() {
-        let verdict = if last["ok"] == Value::Bool(true) {
-            "ok"
-        } else {
-            "FAILED"
-        };
-        out += &format!("last reload: {verdict}: {}\n", last["message"].as_str().unwrap_or(""));
+    if let Some(last) = &sup.last_reload {
+        let verdict = if last.ok { "ok" } else { "FAILED" };
+        out += &format!("last reload: {verdict}: {}\n", last.message);
     }
     out += "\n";
     let header = [
@@ -41,30 +37,25 @@ pub fn render(reply: &Value) -> String {
         "heartbeat",
     ];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
-    for worker in reply["workers"].as_array().into_iter().flatten() {
+    for worker in &report.workers {
         rows.push(vec![
-            worker["slot"].to_string(),
-            worker["pid"].to_string(),
-            worker["generation"].to_string(),
-            worker["state"].as_str().unwrap_or("?").to_string(),
-            age(worker["uptime_s"].as_f64()),
-            worker["restarts"].to_string(),
-            worker["memory_bytes"].as_u64().map_or("-".into(), format_size),
-            worker["cpu_percent"]
-                .as_f64()
-                .map_or("-".into(), |c| format!("{c:.1}%")),
-            worker["heartbeat_age_s"]
-                .as_f64()
-                .map_or("-".into(), |a| format!("{a:.1}s ago")),
+            worker.slot.to_string(),
+            worker.pid.to_string(),
+            worker.generation.to_string(),
+            worker.state.clone(),
+            age(Some(worker.uptime_s)),
+            worker.restarts.to_string(),
+            worker.memory_bytes.map_or("-".into(), format_size),
+            worker.cpu_percent.map_or("-".into(), |c| format!("{c:.1}%")),
+            worker.heartbeat_age_s.map_or("-".into(), |a| format!("{a:.1}s ago")),
         ]);
     }
     out += &table(&rows);
     out
 }
 
-/// Every running sheepdog of this user, a line each, like `pm2 list`:
-/// `(control socket, status reply)` pairs.
-pub fn render_list(found: &[(String, &Value)]) -> String {
+/// Every running sheepdog of this user, a line each, like `pm2 list`.
+pub fn render_list(found: &[Found]) -> String {
     let header = [
         "name",
         "pid",
@@ -75,16 +66,16 @@ pub fn render_list(found: &[(String, &Value)]) -> String {
         "config or control socket",
     ];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
-    for (socket, reply) in found {
-        let sup = &reply["supervisor"];
+    for Found { socket, status } in found {
+        let sup = &status.supervisor;
         rows.push(vec![
-            sup["name"].as_str().unwrap_or("?").to_string(),
-            sup["pid"].to_string(),
-            age(sup["uptime_s"].as_f64()),
-            sup["generation"].to_string(),
-            format!("{}/{}", sup["ready"], sup["desired"]),
-            sup["restarts"].to_string(),
-            sup["config"].as_str().unwrap_or(socket).to_string(),
+            sup.name.clone(),
+            sup.pid.to_string(),
+            age(Some(sup.uptime_s)),
+            sup.generation.to_string(),
+            format!("{}/{}", sup.ready, sup.desired),
+            sup.restarts.to_string(),
+            sup.config.clone().unwrap_or_else(|| socket.display().to_string()),
         ]);
     }
     let mut out = table(&rows);
@@ -122,16 +113,37 @@ fn age(seconds: Option<f64>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::control::protocol::Reply;
+
+    fn report(json: serde_json::Value) -> StatusReport {
+        match Reply::decode(json.to_string().as_bytes()).unwrap() {
+            Reply::Status(report) => report,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn supervisor(name: &str, pid: u32, uptime: f64, config: Option<&str>) -> serde_json::Value {
+        serde_json::json!({"version": "0.1.0", "pid": pid, "uptime_s": uptime, "name": name, "config": config,
+            "generation": 3, "ready": 2, "desired": 2, "restarts": 1, "reloading_to": null, "last_reload": null})
+    }
 
     #[test]
     fn the_list_shows_one_line_per_sheepdog() {
-        let a = serde_json::json!({"ok": true, "supervisor": {"name": "myapp", "pid": 42, "uptime_s": 61.0, "generation": 3,
-            "ready": 2, "desired": 2, "restarts": 1, "config": "/etc/sheepdog/myapp.toml"}});
-        let b = serde_json::json!({"ok": true, "supervisor": {"name": "node", "pid": 4242, "uptime_s": 5.0, "generation": 1,
-            "ready": 1, "desired": 4, "restarts": 0, "config": null}});
+        let a = report(
+            serde_json::json!({"v": 1, "ok": true, "supervisor": supervisor("myapp", 42, 61.0, Some("/etc/sheepdog/myapp.toml")), "workers": []}),
+        );
+        let b = report(
+            serde_json::json!({"v": 1, "ok": true, "supervisor": supervisor("node", 4242, 5.0, None), "workers": []}),
+        );
         let text = render_list(&[
-            ("/run/sheepdog/myapp/control.sock".into(), &a),
-            ("/run/sheepdog/sheepdog/control.sock".into(), &b),
+            Found {
+                socket: "/run/sheepdog/myapp/control.sock".into(),
+                status: a,
+            },
+            Found {
+                socket: "/run/sheepdog/sheepdog/control.sock".into(),
+                status: b,
+            },
         ]);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
@@ -144,25 +156,27 @@ mod tests {
         );
         assert_eq!(
             lines[2],
-            "node   4242  5s     1    1/4    0         /run/sheepdog/sheepdog/control.sock"
+            "node   4242  5s     3    2/2    1         /run/sheepdog/sheepdog/control.sock"
         );
     }
 
     #[test]
     fn the_table_is_aligned() {
-        let reply = serde_json::json!({
+        let mut sup = supervisor("myapp", 42, 3725.0, None);
+        sup["generation"] = 2.into();
+        sup["last_reload"] =
+            serde_json::json!({"generation": 2, "ok": true, "message": "reloaded to generation 2 (2 workers) in 1.2s"});
+        let report = report(serde_json::json!({
             "v": 1, "ok": true,
-            "supervisor": {"version": "0.1.0", "pid": 42, "uptime_s": 3725.0, "generation": 2, "ready": 2, "desired": 2,
-                           "restarts": 1, "reloading_to": null,
-                           "last_reload": {"generation": 2, "ok": true, "message": "reloaded to generation 2 (2 workers) in 1.2s"}},
+            "supervisor": sup,
             "workers": [
                 {"slot": 0, "pid": 100, "generation": 2, "state": "ready", "uptime_s": 61.0, "restarts": 0,
-                 "memory_bytes": 52428800, "cpu_percent": 0.25, "heartbeat_age_s": 0.4},
+                 "memory_bytes": 52428800, "cpu_percent": 0.25, "heartbeat_age_s": 0.4, "status": null},
                 {"slot": 1, "pid": 12345, "generation": 2, "state": "starting", "uptime_s": 1.0, "restarts": 1,
-                 "memory_bytes": null, "cpu_percent": null, "heartbeat_age_s": null}
+                 "memory_bytes": null, "cpu_percent": null, "heartbeat_age_s": null, "status": null}
             ]
-        });
-        let text = render(&reply);
+        }));
+        let text = render(&report);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0],

@@ -7,7 +7,7 @@ use std::os::fd::AsFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 
-use crate::flock::Upward;
+use crate::core::Upward;
 
 /// Sends sd_notify datagrams to `$NOTIFY_SOCKET` without ever blocking, so a
 /// stalled receiver cannot stall the supervisor. A unix datagram queue is

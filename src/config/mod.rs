@@ -12,7 +12,9 @@ use nix::sys::signal::Signal;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::units::{HumanDuration, HumanSize, format_duration, format_size};
+pub mod units;
+
+use units::{HumanDuration, HumanSize, format_duration, format_size};
 
 /// The most workers one sheepdog will run, whatever the config or SIGTTIN say.
 pub const MAX_WORKERS: u32 = 4096;

@@ -18,7 +18,8 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 
-use crate::flock::Pid;
+use crate::config::Settings;
+use crate::core::Pid;
 
 /// Variables of systemd's that are meant for sheepdog alone: a worker talks to
 /// sheepdog, and sheepdog talks to systemd.
@@ -41,6 +42,23 @@ impl fmt::Display for SpawnError {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// What every worker command of one supervisor shares, whatever the config
+/// says: the listening sockets, and whether workers get journal streams.
+#[derive(Debug, Clone, Default)]
+pub struct CommandContext {
+    /// The listeners' fds, in the order workers get them (fds 3..).
+    pub listeners: Vec<RawFd>,
+    /// `LISTEN_FDNAMES` to pass through, when systemd named the sockets.
+    pub fdnames: Option<String>,
+    /// sheepdog logs to the journal: give each worker a stream of its own.
+    pub journal: bool,
+}
+
+/// The fd number a worker's channel gets: right after the `listeners`.
+pub fn channel_fd_number(listeners: usize) -> RawFd {
+    LISTEN_FDS_START + listeners as RawFd
 }
 
 /// Everything needed to start a worker, prepared once.
@@ -113,6 +131,29 @@ const STAGE_EXEC: u8 = 2;
 const STAGE_FDS: u8 = 3;
 
 impl WorkerCommand {
+    /// The command `settings` describe, in `context`: the one way a worker
+    /// command is made from a config.
+    pub fn from_settings(settings: &Settings, context: &CommandContext) -> Result<WorkerCommand, SpawnError> {
+        let command = WorkerCommand::new(
+            &settings.command,
+            &settings.env,
+            settings.working_directory.as_deref(),
+            context.listeners.clone(),
+            context.fdnames.clone(),
+        )?;
+        let journal = context.journal.then(|| JournalStreams::new(&settings.name)).flatten();
+        Ok(command.with_journal(journal))
+    }
+
+    /// The command line, for logs and tests: `node server.js`.
+    pub fn describe(&self) -> String {
+        self.argv
+            .iter()
+            .map(|a| a.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
     pub fn new(
         command: &[String],
         extra_env: &BTreeMap<String, String>,
@@ -204,11 +245,6 @@ impl WorkerCommand {
         }
         self.journal = journal;
         self
-    }
-
-    /// The fd number a worker's channel gets: right after the listeners.
-    pub fn channel_fd_number(&self) -> RawFd {
-        LISTEN_FDS_START + self.listeners.len() as RawFd
     }
 
     /// Forks and execs the worker for `slot`. Returns once the child has

@@ -21,10 +21,10 @@ use log::{debug, warn};
 use nix::errno::Errno;
 use nix::sys::socket::{self, ControlMessageOwned, MsgFlags, sockopt};
 
-use crate::channel::{self, LineBuffer, MAX_DATAGRAM, MAX_IPC_LINE, WorkerMessage};
+use super::channel::{self, LineBuffer, MAX_DATAGRAM, MAX_IPC_LINE, WorkerMessage};
+use super::spawn::WorkerExtras;
 use crate::config::{HeartbeatPolicy, Readiness};
-use crate::flock::{Event, Pid};
-use crate::spawn::WorkerExtras;
+use crate::core::Pid;
 
 /// The most a single worker may make the loop read in one pass, so that one
 /// flooding worker cannot starve the others.
@@ -176,14 +176,14 @@ impl Links {
         !matches!(self.by_pid.get(&pid), Some(Link::NodeIpc { open: false, .. }))
     }
 
-    /// Reads what worker `pid` sent, as events for the core.
-    pub fn read(&mut self, pid: Pid, now: Instant) -> Vec<Event> {
+    /// Reads what worker `pid` sent.
+    pub fn read(&mut self, pid: Pid, now: Instant) -> Vec<WorkerMessage> {
         let slot = self.slots.get(&pid).copied().unwrap_or(usize::MAX);
         let own_uid = self.own_uid;
         let Some(link) = self.by_pid.get_mut(&pid) else {
             return Vec::new();
         };
-        let mut events = Vec::new();
+        let mut messages = Vec::new();
         match link {
             Link::Notify { socket, .. } => {
                 for _ in 0..MAX_DATAGRAMS_PER_PASS {
@@ -196,9 +196,7 @@ impl Links {
                                     .map_err(|e| format!("{e} (from pid {})", datagram.sender))
                             });
                             match verdict {
-                                Ok(messages) => {
-                                    events.extend(messages.into_iter().map(|message| Event::Message { pid, message }))
-                                }
+                                Ok(said) => messages.extend(said),
                                 Err(why) => self.drops.dropped(now, slot, pid, &why),
                             }
                         }
@@ -218,17 +216,14 @@ impl Links {
                     match stream.read(&mut buffer) {
                         Ok(0) => {
                             *open = false;
-                            events.push(Event::Message {
-                                pid,
-                                message: WorkerMessage::ChannelClosed,
-                            });
+                            messages.push(WorkerMessage::ChannelClosed);
                             break;
                         }
                         Ok(n) => {
                             budget = budget.saturating_sub(n);
                             for line in lines.push(&buffer[..n]) {
                                 match line.and_then(|l| channel::parse_ipc_line(&l)) {
-                                    Ok(Some(message)) => events.push(Event::Message { pid, message }),
+                                    Ok(Some(message)) => messages.push(message),
                                     Ok(None) => {}
                                     Err(why) => self.drops.dropped(now, slot, pid, &why),
                                 }
@@ -245,7 +240,7 @@ impl Links {
                 }
             }
         }
-        events
+        messages
     }
 
     /// Sends 'ping' on a node-ipc worker's channel; never blocks.

@@ -8,7 +8,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::config::MemoryMeasure;
-use crate::flock::Pid;
+use crate::core::Pid;
 
 /// `pid` and all its descendants (via every thread's `children` list).
 pub fn process_tree(pid: Pid) -> Vec<Pid> {

@@ -1,14 +1,15 @@
-//! The control socket: `sheepdog status`, `sheepdog reload`, `sheepdog scale`.
+//! The control socket's server: `sheepdog status`, `sheepdog reload`,
+//! `sheepdog scale` reach the running sheepdog here.
 //!
 //! A unix stream socket, mode 0600, whose peers must be root or sheepdog's own
-//! uid (SO_PEERCRED). One JSON request per line, one JSON reply per line, both
-//! carrying `"v": 1`. The server never blocks: a request must arrive whole
-//! within 5 s and 64 KiB, at most 64 clients are served at once, and a reply a
-//! client does not read is dropped with the client. `reload` replies when the
-//! reload has ended.
+//! uid (SO_PEERCRED), speaking [`protocol`](super::protocol). The server never
+//! blocks: a request must arrive whole within 5 s and 64 KiB, at most 64
+//! clients are served at once (the one idle longest makes room for a new one),
+//! and a reply a client does not read is dropped with the client. `reload`
+//! replies when the reload has ended.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -17,53 +18,12 @@ use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 use nix::sys::socket::{self, sockopt};
-use serde::Deserialize;
-use serde_json::{Value, json};
 
-use crate::config::{ClientTarget, default_socket_dir};
-
-pub const PROTOCOL_VERSION: u64 = 1;
+use super::protocol::{Command, Reply, parse_request};
 const MAX_REQUEST: usize = 64 * 1024;
 const MAX_REPLY_BACKLOG: usize = 16 * 1024 * 1024;
 const MAX_CLIENTS: usize = 64;
 const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
-
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(tag = "cmd", rename_all = "lowercase", deny_unknown_fields)]
-pub enum Command {
-    Status,
-    Reload,
-    Scale { workers: usize },
-}
-
-/// A request, once read and checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Incoming {
-    pub client: u64,
-    pub command: Command,
-}
-
-/// Parses one request line: `{"v": 1, "cmd": "status"}`.
-pub fn parse_request(line: &[u8]) -> Result<Command, String> {
-    let value: Value = serde_json::from_slice(line).map_err(|e| format!("not JSON: {e}"))?;
-    let Value::Object(mut map) = value else {
-        return Err("a request is a JSON object".into());
-    };
-    match map.remove("v").and_then(|v| v.as_u64()) {
-        Some(PROTOCOL_VERSION) => {}
-        Some(other) => {
-            return Err(format!(
-                "protocol version {other} is not supported (this sheepdog speaks {PROTOCOL_VERSION})"
-            ));
-        }
-        None => return Err("missing \"v\" (protocol version)".into()),
-    }
-    serde_json::from_value(Value::Object(map)).map_err(|e| format!("bad request: {e}"))
-}
-
-pub fn error_reply(message: &str) -> Value {
-    json!({ "v": PROTOCOL_VERSION, "ok": false, "error": message })
-}
 
 struct Client {
     stream: UnixStream,
@@ -164,7 +124,7 @@ impl ControlServer {
                 warn!("control socket: {refusal}");
                 let mut stream = stream;
                 let _ = stream.set_nonblocking(true);
-                let _ = stream.write_all(format!("{}\n", error_reply(&refusal)).as_bytes());
+                let _ = stream.write_all(format!("{}\n", Reply::Failed(refusal).encode()).as_bytes());
                 continue;
             }
             let id = self.next_client;
@@ -248,7 +208,7 @@ impl ControlServer {
                             Ok(command) => ClientInput::Request(command),
                             Err(e) => {
                                 warn!("control client {id}: {e}");
-                                self.reply(id, &error_reply(&e));
+                                self.reply(id, &Reply::Failed(e));
                                 ClientInput::Pending
                             }
                         };
@@ -258,7 +218,7 @@ impl ControlServer {
                         warn!("control client {id}: {message}; disconnecting it");
                         client.answered_or_busy = true;
                         client.input = Vec::new();
-                        self.reply(id, &error_reply(&message));
+                        self.reply(id, &Reply::Failed(message));
                         return ClientInput::Pending;
                     }
                 }
@@ -274,11 +234,11 @@ impl ControlServer {
 
     /// Sends `reply` and closes the connection once it is written. Returns
     /// true when the reply could not be written at once (watch for writability).
-    pub fn reply(&mut self, id: u64, reply: &Value) -> bool {
+    pub fn reply(&mut self, id: u64, reply: &Reply) -> bool {
         let Some(client) = self.clients.get_mut(&id) else {
             return false;
         };
-        client.output.extend_from_slice(reply.to_string().as_bytes());
+        client.output.extend_from_slice(reply.encode().as_bytes());
         client.output.push(b'\n');
         client.closing = true;
         self.flush(id)
@@ -388,165 +348,4 @@ fn bind_socket(path: &Path) -> Result<UnixListener, BindError> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(describe)?;
     listener.set_nonblocking(true).map_err(describe)?;
     Ok(listener)
-}
-
-/// The live control sockets under `dir` (the default socket directory): one
-/// folder per name, `control.sock` in it, and `control.PID.sock` for any
-/// sheepdog that found that path taken.
-pub fn discover(dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let Ok(names) = std::fs::read_dir(dir) else {
-        return found;
-    };
-    for folder in names.flatten() {
-        let Ok(entries) = std::fs::read_dir(folder.path()) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let is_socket = entry.file_type().is_ok_and(|t| t.is_socket());
-            if is_socket && name.starts_with("control") && name.ends_with(".sock") {
-                found.push(entry.path());
-            }
-        }
-    }
-    found.sort();
-    found
-}
-
-/// A running sheepdog a client found, with its status reply.
-pub struct Found {
-    pub socket: PathBuf,
-    pub status: Value,
-}
-
-/// Asks every socket for its status; those that answer are running.
-pub fn running(sockets: &[PathBuf]) -> Vec<Found> {
-    let status = json!({"v": PROTOCOL_VERSION, "cmd": "status"});
-    sockets
-        .iter()
-        .filter_map(|socket| {
-            let reply = request(socket, &status, Some(DISCOVERY_TIMEOUT)).ok()?;
-            (reply["ok"] == json!(true)).then(|| Found {
-                socket: socket.clone(),
-                status: reply,
-            })
-        })
-        .collect()
-}
-
-const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// The control socket of the sheepdog a client means.
-pub fn resolve(target: &ClientTarget) -> Result<PathBuf, String> {
-    match target {
-        ClientTarget::Socket(socket) => Ok(socket.clone()),
-        ClientTarget::Default { path, config } => {
-            // The default path first, then the siblings a clash made.
-            let mut candidates = vec![path.clone()];
-            let dir = path.parent().unwrap_or(Path::new("."));
-            candidates.extend(
-                discover(dir.parent().unwrap_or(Path::new("/")))
-                    .into_iter()
-                    .filter(|s| s.parent() == Some(dir) && s != path),
-            );
-            let found = running(&candidates);
-            let runs = |f: &&Found| f.status["supervisor"]["config"].as_str() == Some(&*config.to_string_lossy());
-            match found.iter().find(runs) {
-                Some(found) => Ok(found.socket.clone()),
-                None => match found.first() {
-                    Some(other) => Err(format!(
-                        "the sheepdog on {} runs {}, not {}; is sheepdog running with this config?",
-                        other.socket.display(),
-                        other.status["supervisor"]["config"]
-                            .as_str()
-                            .unwrap_or("no config file"),
-                        config.display()
-                    )),
-                    // Nobody answers: the request itself says so.
-                    None => Ok(path.clone()),
-                },
-            }
-        }
-        ClientTarget::Any => {
-            let dir = default_socket_dir();
-            let found = running(&discover(&dir));
-            match found.as_slice() {
-                [one] => Ok(one.socket.clone()),
-                [] => Err(format!(
-                    "no running sheepdog found in {} (name one with --config FILE or --socket PATH)",
-                    dir.display()
-                )),
-                many => Err(format!(
-                    "{} sheepdogs are running ({}): name one with --config FILE or --socket PATH",
-                    many.len(),
-                    many.iter()
-                        .map(|f| f.socket.display().to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )),
-            }
-        }
-    }
-}
-
-/// The client side: sends one request and waits for its reply.
-pub fn request(socket: &Path, request: &Value, timeout: Option<Duration>) -> Result<Value, String> {
-    let mut stream = UnixStream::connect(socket).map_err(|e| {
-        format!(
-            "cannot connect to {}: {e} (is sheepdog running with this config?)",
-            socket.display()
-        )
-    })?;
-    stream.set_read_timeout(timeout).map_err(|e| e.to_string())?;
-    stream
-        .write_all(format!("{request}\n").as_bytes())
-        .map_err(|e| format!("cannot send the request: {e}"))?;
-    let mut line = String::new();
-    match BufReader::new(&stream).read_line(&mut line) {
-        Ok(0) => Err("sheepdog closed the connection without a reply".into()),
-        Ok(_) => serde_json::from_str(&line).map_err(|e| format!("unreadable reply: {e}")),
-        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => Err(format!(
-            "no reply within {}",
-            crate::units::format_duration(timeout.unwrap_or_default())
-        )),
-        Err(e) => Err(format!("cannot read the reply: {e}")),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn requests_are_versioned_json_lines() {
-        assert_eq!(parse_request(br#"{"v":1,"cmd":"status"}"#), Ok(Command::Status));
-        assert_eq!(parse_request(br#"{"v":1,"cmd":"reload"}"#), Ok(Command::Reload));
-        assert_eq!(
-            parse_request(br#"{"v":1,"cmd":"scale","workers":4}"#),
-            Ok(Command::Scale { workers: 4 })
-        );
-        assert!(
-            parse_request(br#"{"cmd":"status"}"#)
-                .unwrap_err()
-                .contains("missing \"v\"")
-        );
-        assert!(
-            parse_request(br#"{"v":2,"cmd":"status"}"#)
-                .unwrap_err()
-                .contains("version 2 is not supported")
-        );
-        assert!(
-            parse_request(br#"{"v":1,"cmd":"explode"}"#)
-                .unwrap_err()
-                .starts_with("bad request")
-        );
-        assert!(
-            parse_request(br#"{"v":1,"cmd":"scale"}"#)
-                .unwrap_err()
-                .starts_with("bad request")
-        );
-        assert!(parse_request(b"[1,2]").unwrap_err().contains("JSON object"));
-        assert!(parse_request(b"\xff").unwrap_err().starts_with("not JSON"));
-    }
 }

@@ -1,0 +1,12 @@
+//! The control plane: `sheepdog status`, `reload` and `scale` talk to a
+//! running sheepdog over a unix socket.
+//!
+//! - [`protocol`]: the typed requests and replies, shared by both ends.
+//! - [`server`]: the non-blocking server inside the supervisor's loop.
+//! - [`client`]: finding the right sheepdog, and one request and its reply.
+//! - [`view`]: `sheepdog status` for a terminal.
+
+pub mod client;
+pub mod protocol;
+pub mod server;
+pub mod view;

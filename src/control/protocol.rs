@@ -1,0 +1,251 @@
+//! The control protocol, typed: one JSON object per line each way, both
+//! carrying `"v": 1`. The server, the client and the status view all speak
+//! it through these types, never through untyped JSON.
+//!
+//! Requests: `{"v":1,"cmd":"status"}`, `{"v":1,"cmd":"reload"}`,
+//! `{"v":1,"cmd":"scale","workers":4}`. Replies carry `"ok"` and either the
+//! status (`supervisor`, `workers`), a `"message"`, or an `"error"`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+pub const PROTOCOL_VERSION: u64 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Command {
+    Status,
+    Reload,
+    Scale { workers: usize },
+}
+
+/// The request line for `command`, without its newline.
+pub fn encode_request(command: &Command) -> String {
+    let mut value = serde_json::to_value(command).unwrap_or_else(|_| json!({}));
+    if let Value::Object(map) = &mut value {
+        map.insert("v".into(), json!(PROTOCOL_VERSION));
+    }
+    value.to_string()
+}
+
+/// Parses one request line: `{"v": 1, "cmd": "status"}`.
+pub fn parse_request(line: &[u8]) -> Result<Command, String> {
+    let value: Value = serde_json::from_slice(line).map_err(|e| format!("not JSON: {e}"))?;
+    let Value::Object(mut map) = value else {
+        return Err("a request is a JSON object".into());
+    };
+    match map.remove("v").and_then(|v| v.as_u64()) {
+        Some(PROTOCOL_VERSION) => {}
+        Some(other) => {
+            return Err(format!(
+                "protocol version {other} is not supported (this sheepdog speaks {PROTOCOL_VERSION})"
+            ));
+        }
+        None => return Err("missing \"v\" (protocol version)".into()),
+    }
+    serde_json::from_value(Value::Object(map)).map_err(|e| format!("bad request: {e}"))
+}
+
+/// What the server answers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    Status(StatusReport),
+    /// It went well (a reload that ended, a scale that began).
+    Done(String),
+    Failed(String),
+}
+
+impl Reply {
+    /// The reply line, without its newline.
+    pub fn encode(&self) -> String {
+        let mut map = Map::new();
+        map.insert("v".into(), json!(PROTOCOL_VERSION));
+        match self {
+            Reply::Status(report) => {
+                map.insert("ok".into(), json!(true));
+                if let Ok(Value::Object(fields)) = serde_json::to_value(report) {
+                    map.extend(fields);
+                }
+            }
+            Reply::Done(message) => {
+                map.insert("ok".into(), json!(true));
+                map.insert("message".into(), json!(message));
+            }
+            Reply::Failed(error) => {
+                map.insert("ok".into(), json!(false));
+                map.insert("error".into(), json!(error));
+            }
+        }
+        Value::Object(map).to_string()
+    }
+
+    /// Reads a reply line; anything malformed is an error, never a panic.
+    pub fn decode(line: &[u8]) -> Result<Reply, String> {
+        let value: Value = serde_json::from_slice(line).map_err(|e| format!("unreadable reply: {e}"))?;
+        let text = |key: &str| value.get(key).and_then(Value::as_str).map(str::to_string);
+        match value.get("ok").and_then(Value::as_bool) {
+            Some(false) => Ok(Reply::Failed(
+                text("error").unwrap_or_else(|| "failed, with no reason given".into()),
+            )),
+            Some(true) => match text("message") {
+                Some(message) => Ok(Reply::Done(message)),
+                None => serde_json::from_value(value)
+                    .map(Reply::Status)
+                    .map_err(|e| format!("unreadable status reply: {e}")),
+            },
+            None => Err("unreadable reply: no \"ok\"".into()),
+        }
+    }
+}
+
+/// `sheepdog status`: the supervisor, and a row per worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub supervisor: SupervisorStatus,
+    pub workers: Vec<WorkerStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SupervisorStatus {
+    pub version: String,
+    pub pid: u32,
+    pub uptime_s: f64,
+    /// The app's name (journal identifiers are NAME-worker-SLOT).
+    pub name: String,
+    /// The config file's absolute path, when there is one.
+    pub config: Option<String>,
+    pub generation: u32,
+    pub desired: usize,
+    pub ready: usize,
+    pub restarts: u32,
+    pub reloading_to: Option<u32>,
+    pub last_reload: Option<LastReload>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastReload {
+    pub generation: u32,
+    pub ok: bool,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    pub slot: usize,
+    pub pid: i32,
+    pub generation: u32,
+    /// `starting`, `ready`, `retiring` (ready, its replacement on the way) or `stopping`.
+    pub state: String,
+    pub uptime_s: f64,
+    pub restarts: u32,
+    pub memory_bytes: Option<u64>,
+    /// Over its life, in % of one core.
+    pub cpu_percent: Option<f64>,
+    /// With heartbeats: seconds since the last one.
+    pub heartbeat_age_s: Option<f64>,
+    /// The last STATUS= it sent.
+    pub status: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_versioned_json_lines() {
+        assert_eq!(parse_request(br#"{"v":1,"cmd":"status"}"#), Ok(Command::Status));
+        assert_eq!(parse_request(br#"{"v":1,"cmd":"reload"}"#), Ok(Command::Reload));
+        assert_eq!(
+            parse_request(br#"{"v":1,"cmd":"scale","workers":4}"#),
+            Ok(Command::Scale { workers: 4 })
+        );
+        assert!(
+            parse_request(br#"{"cmd":"status"}"#)
+                .unwrap_err()
+                .contains("missing \"v\"")
+        );
+        assert!(
+            parse_request(br#"{"v":2,"cmd":"status"}"#)
+                .unwrap_err()
+                .contains("version 2 is not supported")
+        );
+        assert!(
+            parse_request(br#"{"v":1,"cmd":"explode"}"#)
+                .unwrap_err()
+                .starts_with("bad request")
+        );
+        assert!(
+            parse_request(br#"{"v":1,"cmd":"scale"}"#)
+                .unwrap_err()
+                .starts_with("bad request")
+        );
+        assert!(parse_request(b"[1,2]").unwrap_err().contains("JSON object"));
+        assert!(parse_request(b"\xff").unwrap_err().starts_with("not JSON"));
+    }
+
+    #[test]
+    fn a_request_encodes_to_what_the_server_parses() {
+        for command in [Command::Status, Command::Reload, Command::Scale { workers: 3 }] {
+            let line = encode_request(&command);
+            assert!(line.contains("\"v\":1"), "{line}");
+            assert_eq!(parse_request(line.as_bytes()), Ok(command));
+        }
+    }
+
+    #[test]
+    fn replies_round_trip_and_keep_their_wire_shape() {
+        let report = StatusReport {
+            supervisor: SupervisorStatus {
+                version: "0.1.0".into(),
+                pid: 42,
+                uptime_s: 1.5,
+                name: "myapp".into(),
+                config: Some("/etc/sheepdog/myapp.toml".into()),
+                generation: 2,
+                desired: 1,
+                ready: 1,
+                restarts: 0,
+                reloading_to: None,
+                last_reload: Some(LastReload {
+                    generation: 2,
+                    ok: true,
+                    message: "reloaded".into(),
+                }),
+            },
+            workers: vec![WorkerStatus {
+                slot: 0,
+                pid: 100,
+                generation: 2,
+                state: "ready".into(),
+                uptime_s: 1.0,
+                restarts: 0,
+                memory_bytes: None,
+                cpu_percent: Some(0.5),
+                heartbeat_age_s: None,
+                status: None,
+            }],
+        };
+        for reply in [
+            Reply::Status(report),
+            Reply::Done("scaling to 3 workers".into()),
+            Reply::Failed("no".into()),
+        ] {
+            let line = reply.encode();
+            assert!(line.contains("\"v\":1") && line.contains("\"ok\":"), "{line}");
+            assert_eq!(Reply::decode(line.as_bytes()), Ok(reply));
+        }
+        let wire: Value = serde_json::from_str(&Reply::Failed("no".into()).encode()).unwrap();
+        assert_eq!(wire, json!({"v": 1, "ok": false, "error": "no"}));
+    }
+
+    #[test]
+    fn a_malformed_reply_is_an_error_not_a_panic() {
+        assert!(Reply::decode(b"garbage").is_err());
+        assert!(Reply::decode(br#"{"v":1}"#).is_err());
+        assert!(Reply::decode(br#"{"v":1,"ok":true,"supervisor":{}}"#).is_err());
+        assert_eq!(
+            Reply::decode(br#"{"v":1,"ok":false}"#),
+            Ok(Reply::Failed("failed, with no reason given".into()))
+        );
+    }
+}

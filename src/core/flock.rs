@@ -1,0 +1,426 @@
+//! The flock: the worker table, and the dispatch of each event to the
+//! policies that decide what follows. Each policy lives in a module of its
+//! own (`restart`, `health`, `reload`, `status`) with the deadline it needs.
+
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
+use nix::sys::signal::Signal;
+
+use super::health::Timers;
+use super::model::*;
+use super::reload::{ReloadOutcome, Rollout};
+use super::restart::{RestartHistory, Slot, SpawnBudget};
+use crate::config::MAX_WORKERS;
+use crate::units::format_duration;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Phase {
+    Running,
+    ShuttingDown { code: i32, reason: String },
+}
+
+pub struct Flock {
+    pub(super) policy: Policy,
+    pub(super) desired: usize,
+    /// The generation new workers are started in, and its command.
+    pub(super) generation: u32,
+    pub(super) command: CommandId,
+    /// The highest generation ever started (generations are never reused).
+    pub(super) newest_generation: u32,
+    pub(super) rollout: Option<Rollout>,
+    pub(super) last_reload: Option<ReloadOutcome>,
+    pub(super) workers: Vec<Worker>,
+    pub(super) slots: Vec<Slot>,
+    pub(super) history: RestartHistory,
+    pub(super) budget: SpawnBudget,
+    pub(super) timers: Timers,
+    pub(super) phase: Phase,
+    pub(super) announced_ready: bool,
+    pub(super) last_status: String,
+}
+
+impl Flock {
+    /// A flock of `policy.workers` workers, none started yet, that will run `command`.
+    pub fn new(policy: Policy, command: CommandId, now: Instant) -> Flock {
+        let desired = clamp_workers(policy.workers);
+        Flock {
+            desired,
+            generation: 1,
+            command,
+            newest_generation: 1,
+            rollout: None,
+            last_reload: None,
+            workers: Vec::new(),
+            slots: (0..desired).map(|_| Slot::fresh(now)).collect(),
+            history: RestartHistory::default(),
+            budget: SpawnBudget::new(desired, policy.restart.max_spawn_rate, now),
+            timers: Timers::new(&policy, now),
+            phase: Phase::Running,
+            announced_ready: false,
+            last_status: String::new(),
+            policy,
+        }
+    }
+
+    pub fn workers(&self) -> &[Worker] {
+        &self.workers
+    }
+
+    pub fn desired(&self) -> usize {
+        self.desired
+    }
+
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    /// The generation being rolled out, if a reload is in progress.
+    pub fn reloading_to(&self) -> Option<u32> {
+        self.rollout.as_ref().map(|r| r.generation)
+    }
+
+    pub fn last_reload(&self) -> Option<&ReloadOutcome> {
+        self.last_reload.as_ref()
+    }
+
+    /// Restarts of `slot` so far (unrequested exits).
+    pub fn slot_restarts(&self, slot: usize) -> u32 {
+        self.slots.get(slot).map_or(0, |s| s.restarts)
+    }
+
+    pub fn total_restarts(&self) -> u32 {
+        self.history.total
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.phase != Phase::Running
+    }
+
+    pub(super) fn is_running(&self) -> bool {
+        self.phase == Phase::Running
+    }
+
+    /// Applies one event, then reconciles the table with what is desired.
+    pub fn handle(&mut self, now: Instant, event: Event) -> Vec<Action> {
+        let mut actions = Vec::new();
+        self.guard_against_stalls(now);
+        match event {
+            Event::Tick => {}
+            Event::Spawned { order, pid } => self.on_spawned(now, order, pid, &mut actions),
+            Event::SpawnFailed { order, reason } => {
+                let slot = order.slot;
+                self.slot_mut(slot, now).spawning = false;
+                warn!("worker {slot}: could not start: {reason}");
+                let what = format!("worker {slot} could not start: {reason}");
+                self.on_failure(now, slot, &mut actions, &what);
+            }
+            Event::Exited { pid, status } => self.on_exit(now, pid, status, &mut actions),
+            Event::Message { pid, message } => self.on_message(now, pid, message, &mut actions),
+            Event::Measured { pid, bytes } => self.on_measured(pid, bytes),
+            Event::Request(request) => self.on_request(now, request, &mut actions),
+        }
+        self.reconcile(now, &mut actions);
+        actions
+    }
+
+    /// The earliest time at which `handle(Tick)` has something to do: the
+    /// nearest of the deadlines each policy keeps.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let mut deadlines = vec![self.stop_deadline(), self.watchdog_deadline()];
+        if self.is_running() {
+            deadlines.extend([
+                self.readiness_deadline(),
+                self.heartbeat_deadline(),
+                self.backoff_reset_deadline(),
+                self.spawn_deadline(),
+                self.ping_deadline(),
+                self.stall_guard_deadline(),
+                self.measure_deadline(),
+            ]);
+        }
+        deadlines.into_iter().flatten().min()
+    }
+
+    fn reconcile(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        self.escalate_stops(now, actions);
+        if let Phase::ShuttingDown { code, reason } = &self.phase {
+            if self.workers.is_empty() && !self.slots.iter().any(|s| s.spawning) {
+                actions.push(Action::Exit {
+                    code: *code,
+                    reason: reason.clone(),
+                });
+            }
+            self.ping_watchdog(now, actions);
+            self.update_status(actions);
+            return;
+        }
+        self.promote_ready(now);
+        self.reset_backoffs(now);
+        self.kill_unready(now, actions);
+        self.kill_hung(now, actions);
+        self.retire_surplus(now, actions);
+        self.stop_replaced(now, actions);
+        self.fill_slots(now, actions);
+        self.finish_reload_if_done(now, actions);
+        self.ping_workers(now, actions);
+        self.measure(now, actions);
+        if !self.announced_ready && self.is_healthy() {
+            self.announced_ready = true;
+            info!("ready: {}/{} workers", self.ready_count(), self.desired);
+            actions.push(Action::Notify(Upward::Ready));
+        }
+        self.ping_watchdog(now, actions);
+        self.update_status(actions);
+    }
+
+    fn on_spawned(&mut self, now: Instant, order: SpawnOrder, pid: Pid, actions: &mut Vec<Action>) {
+        self.slot_mut(order.slot, now).spawning = false;
+        debug!(
+            "worker {} (pid {pid}) started, generation {}",
+            order.slot, order.generation
+        );
+        let mut worker = Worker {
+            slot: order.slot,
+            pid,
+            generation: order.generation,
+            started_at: now,
+            state: WorkerState::Starting,
+            last_heartbeat: now,
+            memory: None,
+            status: None,
+        };
+        // Forked in the pass that began a shutdown, or for a generation that
+        // a reload (or an abort) replaced meanwhile: it stops like the rest.
+        let unwanted = match self.phase {
+            Phase::ShuttingDown { .. } => Some(StopCause::Shutdown),
+            Phase::Running if order.generation != self.generation => Some(StopCause::Superseded),
+            Phase::Running => None,
+        };
+        if let Some(cause) = unwanted {
+            stop_gracefully(&mut worker, now, cause, self.policy.stop_signal, actions);
+        }
+        self.workers.push(worker);
+    }
+
+    fn on_exit(&mut self, now: Instant, pid: Pid, status: ExitStatus, actions: &mut Vec<Action>) {
+        let Some(index) = self.workers.iter().position(|w| w.pid == pid) else {
+            // Orphaned descendants of workers are re-parented to us (we are a
+            // child subreaper) and reaped here.
+            debug!("reaped pid {pid}, not a worker ({status})");
+            return;
+        };
+        let worker = self.workers.swap_remove(index);
+        let (slot, pid) = (worker.slot, worker.pid);
+        match worker.state {
+            WorkerState::Stopping {
+                cause: StopCause::Failed(_),
+                ..
+            } => debug!("worker {slot} (pid {pid}) {status}"),
+            WorkerState::Stopping { since, .. } => {
+                let took = seconds(now.saturating_duration_since(since));
+                info!("worker {slot} (pid {pid}) stopped: {status} after {took} of draining");
+            }
+            _ if !self.is_running() => info!("worker {slot} (pid {pid}) {status} during shutdown"),
+            _ => {
+                let uptime = seconds(now.saturating_duration_since(worker.started_at));
+                let was_ready = if worker.is_ready() { "" } else { " before it was ready" };
+                let what = format!("worker {slot} (pid {pid}) {status} after {uptime}{was_ready}");
+                self.on_worker_failed(now, &worker, actions, &what);
+            }
+        }
+    }
+
+    /// A worker failed. A new-generation worker that fails before it is ready
+    /// aborts the reload; anything else is a crash to back off from.
+    pub(super) fn on_worker_failed(&mut self, now: Instant, worker: &Worker, actions: &mut Vec<Action>, what: &str) {
+        match &self.rollout {
+            Some(rollout) if worker.is_starting() && worker.generation == rollout.generation => {
+                self.abort_reload(now, what, actions);
+            }
+            _ => self.on_failure(now, worker.slot, actions, what),
+        }
+    }
+
+    fn on_request(&mut self, now: Instant, request: Request, actions: &mut Vec<Action>) {
+        if !self.is_running() {
+            match request {
+                Request::Stop => self.kill_all_now(now, actions),
+                Request::Reload { ticket, command, .. } => {
+                    actions.push(stopping_refusal(ticket));
+                    actions.push(Action::ReleaseCommand(command));
+                }
+                Request::ReloadRefused { ticket, .. } => actions.push(stopping_refusal(ticket)),
+                other => debug!("ignoring {other:?} during shutdown"),
+            }
+            return;
+        }
+        match request {
+            Request::Stop => {
+                info!(
+                    "stopping {} workers (stop signal {}, timeout {})",
+                    self.workers.len(),
+                    self.policy.stop_signal.as_str(),
+                    format_duration(self.policy.stop_timeout)
+                );
+                self.begin_shutdown(now, 0, "stopped on request".into(), actions);
+            }
+            Request::ScaleUp => self.scale_up(now),
+            Request::ScaleDown => self.scale_down(),
+            Request::Scale(workers) => self.scale_to(now, workers),
+            Request::Reload {
+                ticket,
+                policy,
+                command,
+            } => self.begin_reload(now, ticket, *policy, command, actions),
+            Request::ReloadRefused { ticket, reason } => self.refuse_invalid_reload(ticket, reason, actions),
+        }
+    }
+
+    /// A second stop request: SIGKILL for whoever is still there.
+    fn kill_all_now(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        warn!(
+            "second stop request: killing the remaining {} workers now",
+            self.workers.len()
+        );
+        for worker in &mut self.workers {
+            match worker.state {
+                WorkerState::Stopping { killed: true, .. } => {}
+                WorkerState::Stopping { since, cause, .. } => {
+                    worker.state = WorkerState::Stopping {
+                        since,
+                        cause,
+                        killed: true,
+                    };
+                    actions.push(sigkill(worker.pid));
+                }
+                _ => {
+                    worker.state = WorkerState::Stopping {
+                        since: now,
+                        cause: StopCause::Shutdown,
+                        killed: true,
+                    };
+                    actions.push(sigkill(worker.pid));
+                }
+            }
+        }
+    }
+
+    pub(super) fn begin_shutdown(&mut self, now: Instant, code: i32, reason: String, actions: &mut Vec<Action>) {
+        if let Some(rollout) = self.rollout.take() {
+            let message = format!(
+                "reload to generation {} interrupted: the supervisor is stopping",
+                rollout.generation
+            );
+            actions.push(Action::ReloadFinished {
+                ticket: rollout.ticket,
+                ok: false,
+                message,
+            });
+        }
+        self.phase = Phase::ShuttingDown { code, reason };
+        actions.push(Action::Notify(Upward::Stopping));
+        let signal = self.policy.stop_signal;
+        for worker in self.workers.iter_mut().filter(|w| !w.is_stopping()) {
+            stop_gracefully(worker, now, StopCause::Shutdown, signal, actions);
+        }
+    }
+
+    /// SIGKILL for workers still there a stop timeout after their stop signal.
+    fn escalate_stops(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        let timeout = self.policy.stop_timeout;
+        for worker in &mut self.workers {
+            if let WorkerState::Stopping {
+                since,
+                cause,
+                killed: false,
+            } = worker.state
+                && now.saturating_duration_since(since) >= timeout
+            {
+                warn!(
+                    "worker {} (pid {}) did not stop within {}; sending SIGKILL",
+                    worker.slot,
+                    worker.pid,
+                    format_duration(timeout)
+                );
+                worker.state = WorkerState::Stopping {
+                    since,
+                    cause,
+                    killed: true,
+                };
+                actions.push(sigkill(worker.pid));
+            }
+        }
+    }
+
+    /// When a stopping worker that has not been killed yet gets SIGKILL.
+    fn stop_deadline(&self) -> Option<Instant> {
+        self.workers
+            .iter()
+            .filter_map(|w| match w.state {
+                WorkerState::Stopping {
+                    since, killed: false, ..
+                } => Some(since + self.policy.stop_timeout),
+                _ => None,
+            })
+            .min()
+    }
+
+    pub(super) fn slot_mut(&mut self, slot: usize, now: Instant) -> &mut Slot {
+        while self.slots.len() <= slot {
+            self.slots.push(Slot::fresh(now));
+        }
+        &mut self.slots[slot]
+    }
+
+    pub(super) fn ready_count(&self) -> usize {
+        self.workers.iter().filter(|w| w.is_ready()).count()
+    }
+}
+
+/// Sends a worker its stop signal; SIGKILL follows after the stop timeout.
+pub(super) fn stop_gracefully(
+    worker: &mut Worker,
+    now: Instant,
+    cause: StopCause,
+    signal: Signal,
+    actions: &mut Vec<Action>,
+) {
+    worker.state = WorkerState::Stopping {
+        since: now,
+        cause,
+        killed: false,
+    };
+    actions.push(Action::Signal {
+        pid: worker.pid,
+        signal,
+    });
+}
+
+pub(super) fn sigkill(pid: Pid) -> Action {
+    Action::Signal {
+        pid,
+        signal: Signal::SIGKILL,
+    }
+}
+
+fn stopping_refusal(ticket: u64) -> Action {
+    Action::ReloadFinished {
+        ticket,
+        ok: false,
+        message: "the supervisor is stopping".into(),
+    }
+}
+
+/// The worker count, within what one sheepdog runs.
+pub(super) fn clamp_workers(workers: usize) -> usize {
+    workers.clamp(1, MAX_WORKERS as usize)
+}
+
+pub(super) fn seconds(duration: Duration) -> String {
+    format!("{:.1}s", duration.as_secs_f64())
+}

@@ -1,0 +1,323 @@
+//! Health: readiness (by protocol or by delay), heartbeats and hung workers,
+//! what workers say, memory, the stall guard, and the watchdog relay to
+//! systemd.
+
+use std::time::Instant;
+
+use log::{debug, info, warn};
+
+use super::flock::{Flock, seconds, sigkill};
+use super::model::*;
+use crate::config::Readiness;
+use crate::units::{format_duration, format_size};
+use crate::worker::channel::WorkerMessage;
+
+/// Periodic duties: pinging node-ipc workers, measuring memory, and pinging
+/// systemd's watchdog.
+#[derive(Debug, Clone)]
+pub(super) struct Timers {
+    pub next_ping: Instant,
+    pub next_measure: Instant,
+    pub next_watchdog: Instant,
+    /// When the loop last ran, for the stall guard.
+    pub last_pass: Instant,
+    pub withholding_watchdog: bool,
+}
+
+impl Timers {
+    /// Pinging or measuring a process that has just exec'd tells nothing:
+    /// the first of each comes one interval in.
+    pub fn new(policy: &Policy, now: Instant) -> Timers {
+        Timers {
+            next_ping: now + policy.heartbeat.map_or(std::time::Duration::ZERO, |h| h.interval),
+            next_measure: now + policy.memory_interval,
+            next_watchdog: now,
+            last_pass: now,
+            withholding_watchdog: false,
+        }
+    }
+}
+
+impl Flock {
+    fn min_ready(&self) -> usize {
+        self.policy.min_ready.clamp(1, self.desired)
+    }
+
+    /// At least `min_ready` workers ready (and so, where heartbeats are on,
+    /// heartbeating: a silent one is killed before this is asked).
+    pub fn is_healthy(&self) -> bool {
+        self.ready_count() >= self.min_ready()
+    }
+
+    /// With `readiness = "none"`, a worker up for `ready_delay` is ready.
+    pub(super) fn promote_ready(&mut self, now: Instant) {
+        if self.policy.readiness != Readiness::None {
+            return;
+        }
+        let ready_delay = self.policy.ready_delay;
+        for worker in &mut self.workers {
+            if worker.is_starting() && now.saturating_duration_since(worker.started_at) >= ready_delay {
+                debug!("worker {} (pid {}) is ready", worker.slot, worker.pid);
+                worker.state = WorkerState::Ready {
+                    since: now,
+                    retiring: None,
+                };
+                worker.last_heartbeat = now;
+            }
+        }
+    }
+
+    /// A worker that has not said it is ready within `ready_timeout` failed to start.
+    pub(super) fn kill_unready(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        if self.policy.readiness == Readiness::None {
+            return;
+        }
+        let timeout = self.policy.ready_timeout;
+        while let Some(index) = self
+            .workers
+            .iter()
+            .position(|w| w.is_starting() && now.saturating_duration_since(w.started_at) >= timeout)
+        {
+            let why = format!("was not ready within {}", format_duration(timeout));
+            self.condemn(now, index, Failure::NotReadyInTime, &why, actions);
+        }
+    }
+
+    /// When a starting worker becomes ready by delay, or is out of time to say so.
+    pub(super) fn readiness_deadline(&self) -> Option<Instant> {
+        let wait = match self.policy.readiness {
+            Readiness::None => self.policy.ready_delay,
+            _ => self.policy.ready_timeout,
+        };
+        self.workers
+            .iter()
+            .filter(|w| w.is_starting())
+            .map(|w| w.started_at + wait)
+            .min()
+    }
+
+    /// A ready worker silent for longer than the heartbeat timeout is hung.
+    pub(super) fn kill_hung(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        let Some(heartbeat) = self.policy.heartbeat else { return };
+        while let Some(index) = self
+            .workers
+            .iter()
+            .position(|w| w.is_ready() && now.saturating_duration_since(w.last_heartbeat) >= heartbeat.timeout)
+        {
+            let silent = seconds(now.saturating_duration_since(self.workers[index].last_heartbeat));
+            let why = format!("missed heartbeats for {silent}");
+            self.condemn(now, index, Failure::Hung, &why, actions);
+        }
+    }
+
+    /// When the quietest ready worker is out of heartbeats.
+    pub(super) fn heartbeat_deadline(&self) -> Option<Instant> {
+        let heartbeat = self.policy.heartbeat?;
+        self.workers
+            .iter()
+            .filter(|w| w.is_ready())
+            .map(|w| w.last_heartbeat + heartbeat.timeout)
+            .min()
+    }
+
+    /// SIGKILLs a worker for a failure (hung, not ready in time, asked to be
+    /// treated as hung) and counts it like a crash.
+    pub(super) fn condemn(
+        &mut self,
+        now: Instant,
+        index: usize,
+        failure: Failure,
+        why: &str,
+        actions: &mut Vec<Action>,
+    ) {
+        let before = self.workers[index].clone();
+        let worker = &mut self.workers[index];
+        worker.state = WorkerState::Stopping {
+            since: now,
+            cause: StopCause::Failed(failure),
+            killed: true,
+        };
+        let (slot, pid) = (worker.slot, worker.pid);
+        actions.push(sigkill(pid));
+        self.on_worker_failed(
+            now,
+            &before,
+            actions,
+            &format!("worker {slot} (pid {pid}) {why}; killed it"),
+        );
+    }
+
+    pub(super) fn on_message(&mut self, now: Instant, pid: Pid, message: WorkerMessage, actions: &mut Vec<Action>) {
+        let Some(index) = self.workers.iter().position(|w| w.pid == pid) else {
+            debug!("message from pid {pid}, which is no longer a worker: {message:?}");
+            return;
+        };
+        let by_protocol = self.policy.readiness != Readiness::None;
+        let worker = &mut self.workers[index];
+        let (slot, stopping) = (worker.slot, worker.is_stopping());
+        match message {
+            WorkerMessage::Ready => {
+                worker.last_heartbeat = now;
+                if worker.is_starting() && by_protocol {
+                    let took = seconds(now.saturating_duration_since(worker.started_at));
+                    info!("worker {slot} (pid {pid}) is ready after {took}");
+                    worker.state = WorkerState::Ready {
+                        since: now,
+                        retiring: None,
+                    };
+                }
+            }
+            WorkerMessage::Heartbeat => worker.last_heartbeat = now,
+            WorkerMessage::WatchdogTrigger if !stopping => {
+                let why = "asked to be replaced (WATCHDOG=trigger)";
+                self.condemn(now, index, Failure::Triggered, why, actions);
+            }
+            WorkerMessage::Stopping if !stopping => {
+                info!("worker {slot} (pid {pid}) is stopping on its own; starting its replacement now");
+                worker.state = WorkerState::Stopping {
+                    since: now,
+                    cause: StopCause::Leaving,
+                    killed: false,
+                };
+            }
+            WorkerMessage::Status(status) => {
+                debug!("worker {slot} (pid {pid}) status: {status}");
+                worker.status = Some(status);
+            }
+            WorkerMessage::Errno(errno) => {
+                let text = nix::errno::Errno::from_raw(errno).desc();
+                warn!("worker {slot} (pid {pid}) reports errno {errno} ({text})");
+            }
+            // A draining worker closes it on its way out; a serving one can
+            // no longer heartbeat, and its timeout will tell.
+            WorkerMessage::ChannelClosed if stopping => debug!("worker {slot} (pid {pid}) closed its IPC channel"),
+            WorkerMessage::ChannelClosed => {
+                warn!("worker {slot} (pid {pid}) closed its IPC channel; it can no longer send heartbeats")
+            }
+            // Already on its way out: nothing more to do for it.
+            WorkerMessage::WatchdogTrigger | WorkerMessage::Stopping => {}
+        }
+    }
+
+    pub(super) fn on_measured(&mut self, pid: Pid, bytes: u64) {
+        let limit = self.policy.memory_limit;
+        let Some(worker) = self.workers.iter_mut().find(|w| w.pid == pid) else {
+            return;
+        };
+        worker.memory = Some(bytes);
+        if let (Some(limit), WorkerState::Ready { since, retiring: None }) = (limit, worker.state)
+            && bytes > limit
+        {
+            warn!(
+                "worker {} (pid {}) uses {}, over the memory limit of {}; starting its replacement",
+                worker.slot,
+                worker.pid,
+                format_size(bytes),
+                format_size(limit)
+            );
+            worker.state = WorkerState::Ready {
+                since,
+                retiring: Some(Retire::MemoryLimit),
+            };
+        }
+    }
+
+    /// Node IPC heartbeats: a 'ping' every interval; any message back counts.
+    pub(super) fn ping_workers(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        let Some(interval) = self.ping_interval() else { return };
+        if now < self.timers.next_ping {
+            return;
+        }
+        self.timers.next_ping = now + interval;
+        for worker in self.workers.iter().filter(|w| !w.is_stopping()) {
+            actions.push(Action::Ping { pid: worker.pid });
+        }
+    }
+
+    /// Heartbeats over Node IPC are asked for; over notify, workers send them.
+    fn ping_interval(&self) -> Option<std::time::Duration> {
+        let heartbeat = self.policy.heartbeat?;
+        (self.policy.readiness == Readiness::NodeIpc).then_some(heartbeat.interval)
+    }
+
+    pub(super) fn ping_deadline(&self) -> Option<Instant> {
+        self.ping_interval().map(|_| self.timers.next_ping)
+    }
+
+    pub(super) fn measure(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        if now < self.timers.next_measure {
+            return;
+        }
+        self.timers.next_measure = now + self.policy.memory_interval;
+        let pids: Vec<Pid> = self
+            .workers
+            .iter()
+            .filter(|w| !w.is_stopping())
+            .map(|w| w.pid)
+            .collect();
+        if !pids.is_empty() {
+            actions.push(Action::Measure { pids });
+        }
+    }
+
+    pub(super) fn measure_deadline(&self) -> Option<Instant> {
+        (!self.workers.is_empty()).then_some(self.timers.next_measure)
+    }
+
+    /// If the loop itself did not run for longer than a heartbeat timeout (the
+    /// supervisor was SIGSTOPped or starved), the silence is ours, not the
+    /// workers': give every worker a fresh timeout rather than killing all.
+    pub(super) fn guard_against_stalls(&mut self, now: Instant) {
+        let gap = now.saturating_duration_since(self.timers.last_pass);
+        self.timers.last_pass = now;
+        let Some(heartbeat) = self.policy.heartbeat else { return };
+        if gap > heartbeat.timeout.max(heartbeat.interval * 2) {
+            warn!(
+                "the supervisor itself was stalled for {}; sparing the workers' heartbeats for one timeout",
+                seconds(gap)
+            );
+            for worker in &mut self.workers {
+                worker.last_heartbeat = worker.last_heartbeat.max(now);
+            }
+        }
+    }
+
+    /// With heartbeats, the loop wakes at least every interval, so that a
+    /// long silence of the loop can only mean the supervisor was stalled.
+    pub(super) fn stall_guard_deadline(&self) -> Option<Instant> {
+        self.policy.heartbeat.map(|h| self.timers.last_pass + h.interval)
+    }
+
+    /// The watchdog relay: WATCHDOG=1 at half systemd's interval, but after
+    /// READY only while the flock is healthy, so that systemd's
+    /// `Restart=on-watchdog` takes over a flock sheepdog cannot heal. Before
+    /// READY (TimeoutStartSec governs) and while stopping (TimeoutStopSec
+    /// does) the pings go on.
+    pub(super) fn ping_watchdog(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        let Some(interval) = self.policy.watchdog else { return };
+        if now < self.timers.next_watchdog {
+            return;
+        }
+        self.timers.next_watchdog = now + interval / 2;
+        let starting = !self.announced_ready;
+        if starting || self.is_shutting_down() || self.is_healthy() {
+            if self.timers.withholding_watchdog {
+                info!("the flock is healthy again; resuming watchdog pings");
+                self.timers.withholding_watchdog = false;
+            }
+            actions.push(Action::Notify(Upward::Watchdog));
+        } else if !self.timers.withholding_watchdog {
+            self.timers.withholding_watchdog = true;
+            warn!(
+                "the flock is unhealthy ({}/{} ready, {} needed): withholding watchdog pings from systemd",
+                self.ready_count(),
+                self.desired,
+                self.min_ready()
+            );
+        }
+    }
+
+    pub(super) fn watchdog_deadline(&self) -> Option<Instant> {
+        self.policy.watchdog.map(|_| self.timers.next_watchdog)
+    }
+}

@@ -1,0 +1,30 @@
+//! The functional core: the worker table and every supervision decision.
+//!
+//! [`Flock`] performs no syscalls and reads no clock. The shell feeds it
+//! events (a worker exited or spoke, a request arrived, a spawn succeeded,
+//! memory was measured, time passed) together with the current monotonic
+//! time, and performs the actions it returns, in order. Time is a value, so
+//! every policy is tested with a fake clock, instantly and without processes.
+//!
+//! - [`model`]: events, actions, the policy, the worker records.
+//! - `flock`: the table, the dispatch of events, stopping.
+//! - `restart`: backoff, the crash-loop breaker, the spawn budget, filling slots.
+//! - `health`: readiness, heartbeats, memory, the stall guard, the watchdog relay.
+//! - `reload`: rolling reloads and their abort.
+//! - `status`: the STATUS= line.
+//!
+//! Each policy keeps its own deadline; [`Flock::next_deadline`] is the
+//! nearest of them, and the shell sleeps until then.
+
+mod flock;
+mod health;
+pub mod model;
+mod reload;
+mod restart;
+mod status;
+#[cfg(test)]
+mod tests;
+
+pub use flock::Flock;
+pub use model::*;
+pub use reload::ReloadOutcome;

@@ -1,0 +1,298 @@
+//! The core's vocabulary: what happens (events), what to do about it
+//! (actions), the policy it applies, and the records of the worker table.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::config::{HeartbeatPolicy, MemoryMeasure, Readiness, RestartPolicy, Settings};
+use crate::worker::channel::WorkerMessage;
+
+pub type Pid = i32;
+
+/// Names a worker command the shell prepared (one per generation): the core
+/// says which one each spawn uses and when one is no longer needed.
+pub type CommandId = u64;
+
+/// How a worker process ended, as `waitpid` reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    Code(i32),
+    Signaled(Signal),
+}
+
+impl fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            ExitStatus::Code(code) => write!(f, "exited with code {code}"),
+            ExitStatus::Signaled(signal) => write!(f, "was killed by {}", signal.as_str()),
+        }
+    }
+}
+
+/// Everything the shell needs to start one worker. `Event::Spawned` echoes
+/// it back, so the worker is recorded as what it was started as, whatever
+/// the core decided between the order and the fork.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpawnOrder {
+    pub slot: usize,
+    pub generation: u32,
+    pub command: CommandId,
+    /// The generation's heartbeats (a notify worker's `WATCHDOG_USEC`).
+    pub heartbeat: Option<HeartbeatPolicy>,
+}
+
+/// What operators ask for, by signal or over the control socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// SIGTERM / SIGINT: stop every worker gracefully, then exit 0.
+    Stop,
+    /// SIGTTIN: one worker more.
+    ScaleUp,
+    /// SIGTTOU: one worker less.
+    ScaleDown,
+    /// `sheepdog scale N`.
+    Scale(usize),
+    /// SIGHUP or `sheepdog reload`: roll the flock onto a new generation
+    /// running `command` under `policy`. `ticket` names the request in its outcome.
+    Reload {
+        ticket: u64,
+        policy: Box<Policy>,
+        command: CommandId,
+    },
+    /// A reload that could not even begin (e.g. the config file is invalid).
+    ReloadRefused { ticket: u64, reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Nothing happened but time passed.
+    Tick,
+    /// The shell forked the worker `order` asked for.
+    Spawned {
+        order: SpawnOrder,
+        pid: Pid,
+    },
+    /// The shell could not fork it.
+    SpawnFailed {
+        order: SpawnOrder,
+        reason: String,
+    },
+    /// `waitpid` reported a child's end.
+    Exited {
+        pid: Pid,
+        status: ExitStatus,
+    },
+    /// A worker (or its descendant) said something on its channel.
+    Message {
+        pid: Pid,
+        message: WorkerMessage,
+    },
+    /// The memory of a worker's process tree, as `Action::Measure` asked.
+    Measured {
+        pid: Pid,
+        bytes: u64,
+    },
+    Request(Request),
+}
+
+/// What the supervisor tells systemd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upward {
+    Ready,
+    /// RELOADING=1; the shell adds MONOTONIC_USEC.
+    Reloading,
+    Status(String),
+    Stopping,
+    Watchdog,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Spawn(SpawnOrder),
+    /// Send `signal` to the worker's process group.
+    Signal {
+        pid: Pid,
+        signal: Signal,
+    },
+    /// Send a heartbeat request on the worker's Node IPC channel.
+    Ping {
+        pid: Pid,
+    },
+    /// Measure these workers' memory and report `Event::Measured`.
+    Measure {
+        pids: Vec<Pid>,
+    },
+    Notify(Upward),
+    /// A reload ended (or was refused): tell whoever waits on `ticket`.
+    ReloadFinished {
+        ticket: u64,
+        ok: bool,
+        message: String,
+    },
+    /// No worker will be started with this command any more: forget it.
+    /// (Spawns asked for before it, in the same pass, still use it.)
+    ReleaseCommand(CommandId),
+    /// All workers are gone: exit the supervisor with this code, once the
+    /// actions of this pass are done.
+    Exit {
+        code: i32,
+        reason: String,
+    },
+}
+
+/// The policy the core applies; a projection of `Settings`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub workers: usize,
+    pub min_ready: usize,
+    pub readiness: Readiness,
+    pub ready_delay: Duration,
+    pub ready_timeout: Duration,
+    pub heartbeat: Option<HeartbeatPolicy>,
+    pub memory_limit: Option<u64>,
+    pub memory_interval: Duration,
+    pub memory_measure: MemoryMeasure,
+    pub max_surge: usize,
+    pub stop_signal: Signal,
+    pub stop_timeout: Duration,
+    pub restart: RestartPolicy,
+    /// systemd's WATCHDOG_USEC for sheepdog itself, when set.
+    pub watchdog: Option<Duration>,
+}
+
+impl Policy {
+    pub fn from_settings(settings: &Settings, watchdog: Option<Duration>) -> Policy {
+        Policy {
+            workers: settings.workers as usize,
+            min_ready: settings.min_ready as usize,
+            readiness: settings.readiness,
+            ready_delay: settings.ready_delay,
+            ready_timeout: settings.ready_timeout,
+            heartbeat: settings.heartbeat,
+            memory_limit: settings.memory.limit,
+            memory_interval: settings.memory.interval,
+            memory_measure: settings.memory.measure,
+            max_surge: settings.max_surge as usize,
+            stop_signal: settings.stop_signal,
+            stop_timeout: settings.stop_timeout,
+            restart: settings.restart.clone(),
+            watchdog,
+        }
+    }
+}
+
+/// Why a ready worker is being replaced, replacement first: it keeps
+/// serving until a ready worker of its slot takes over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retire {
+    /// A reload rolls its slot onto the new generation.
+    Reload,
+    /// It belongs to a generation whose reload failed: back to the old one.
+    ReloadAborted,
+    /// Its process tree grew over the memory limit.
+    MemoryLimit,
+}
+
+impl fmt::Display for Retire {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(match self {
+            Retire::Reload => "reload",
+            Retire::ReloadAborted => "reload aborted",
+            Retire::MemoryLimit => "memory limit",
+        })
+    }
+}
+
+/// A failure sheepdog kills a worker for (with SIGKILL), counted as a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// A ready worker stopped heartbeating.
+    Hung,
+    /// Not ready within `ready_timeout`.
+    NotReadyInTime,
+    /// It sent WATCHDOG=trigger.
+    Triggered,
+}
+
+/// Why a worker is on its way out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopCause {
+    /// The supervisor is stopping.
+    Shutdown,
+    /// Its slot was retired by scaling down.
+    ScaledDown,
+    /// A ready worker of its slot took over.
+    Replaced(Retire),
+    /// It was starting in a generation that is no longer wanted (a reload
+    /// began or was aborted meanwhile): nothing to keep it for.
+    Superseded,
+    /// It said it is leaving (STOPPING=1, 'stopping', `{act: 'suicide'}`).
+    Leaving,
+    /// Killed for a failure that was counted and logged when it was found.
+    Failed(Failure),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerState {
+    Starting,
+    Ready {
+        since: Instant,
+        /// Being replaced, replacement first; serving until then.
+        retiring: Option<Retire>,
+    },
+    /// On its way out since `since`: SIGKILL follows after the stop timeout
+    /// unless `killed` says it was already sent.
+    Stopping {
+        since: Instant,
+        cause: StopCause,
+        killed: bool,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Worker {
+    pub slot: usize,
+    pub pid: Pid,
+    pub generation: u32,
+    pub started_at: Instant,
+    pub state: WorkerState,
+    pub last_heartbeat: Instant,
+    /// Its process tree's memory, as last measured.
+    pub memory: Option<u64>,
+    /// The last STATUS= it sent.
+    pub status: Option<String>,
+}
+
+impl Worker {
+    pub fn is_stopping(&self) -> bool {
+        matches!(self.state, WorkerState::Stopping { .. })
+    }
+
+    pub fn is_ready(&self) -> bool {
+        matches!(self.state, WorkerState::Ready { .. })
+    }
+
+    pub fn is_starting(&self) -> bool {
+        self.state == WorkerState::Starting
+    }
+
+    /// Why it is being replaced, if it is.
+    pub fn retiring(&self) -> Option<Retire> {
+        match self.state {
+            WorkerState::Ready { retiring, .. } => retiring,
+            _ => None,
+        }
+    }
+
+    /// Ready and not being replaced: it holds its slot for good.
+    pub fn serves_for_good(&self) -> bool {
+        matches!(self.state, WorkerState::Ready { retiring: None, .. })
+    }
+
+    /// Starting, or ready and not being replaced: the slot needs nothing more.
+    pub fn fills_slot(&self) -> bool {
+        self.is_starting() || self.serves_for_good()
+    }
+}

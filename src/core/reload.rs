@@ -1,0 +1,256 @@
+//! Rolling reloads: generation g+1 replaces g slot by slot within the surge,
+//! each old worker stopped only once its replacement is ready; a new worker
+//! that fails to start aborts the roll and the old generation comes back.
+
+use std::time::Instant;
+
+use log::{error, info, warn};
+
+use super::flock::{Flock, clamp_workers, seconds, stop_gracefully};
+use super::model::*;
+
+/// A rolling reload in progress: workers of older generations are replaced
+/// slot by slot by workers of `generation`.
+#[derive(Debug, Clone)]
+pub(super) struct Rollout {
+    pub ticket: u64,
+    pub generation: u32,
+    pub from_generation: u32,
+    pub started: Instant,
+    /// What to go back to if the new generation fails to start.
+    pub previous: Policy,
+    pub previous_desired: usize,
+    pub previous_command: CommandId,
+}
+
+/// How the last reload ended, for STATUS and `sheepdog status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadOutcome {
+    pub generation: u32,
+    pub ok: bool,
+    pub message: String,
+}
+
+impl Flock {
+    /// Starts rolling the flock onto a new generation running `command` under `policy`.
+    pub(super) fn begin_reload(
+        &mut self,
+        now: Instant,
+        ticket: u64,
+        policy: Policy,
+        command: CommandId,
+        actions: &mut Vec<Action>,
+    ) {
+        if self.refuse_during_rollout(ticket, actions) {
+            actions.push(Action::ReleaseCommand(command));
+            return;
+        }
+        actions.push(Action::Notify(Upward::Reloading));
+        if policy.readiness != self.policy.readiness {
+            let message = format!(
+                "readiness cannot change in a reload (\"{}\" to \"{}\"): restart the service instead",
+                self.policy.readiness, policy.readiness
+            );
+            self.refuse_reload(ticket, message, actions);
+            actions.push(Action::ReleaseCommand(command));
+            return;
+        }
+        self.newest_generation += 1;
+        let generation = self.newest_generation;
+        let previous = std::mem::replace(&mut self.policy, policy);
+        let previous_desired = self.desired;
+        let previous_command = std::mem::replace(&mut self.command, command);
+        self.desired = clamp_workers(self.policy.workers);
+        self.budget.capacity = (self.desired as f64).max(self.budget.per_second);
+        info!(
+            "reloading: generation {} to {generation}, {} workers, at most {} extra at once",
+            self.generation, self.desired, self.policy.max_surge
+        );
+        self.rollout = Some(Rollout {
+            ticket,
+            generation,
+            from_generation: self.generation,
+            started: now,
+            previous,
+            previous_desired,
+            previous_command,
+        });
+        self.generation = generation;
+        let stop_signal = self.policy.stop_signal;
+        for worker in &mut self.workers {
+            match worker.state {
+                // Not serving yet: nothing to keep it for.
+                WorkerState::Starting => {
+                    stop_gracefully(worker, now, StopCause::Superseded, stop_signal, actions);
+                }
+                WorkerState::Ready { since, .. } => {
+                    worker.state = WorkerState::Ready {
+                        since,
+                        retiring: Some(Retire::Reload),
+                    }
+                }
+                WorkerState::Stopping { .. } => {}
+            }
+        }
+        // The new generation starts now, whatever backoff the old one was in.
+        for slot in &mut self.slots {
+            slot.next_spawn = slot.next_spawn.min(now);
+            slot.failures = 0;
+        }
+    }
+
+    /// One reload at a time: a request during a roll is refused at once. The
+    /// roll goes on, and systemd hears nothing of the refused request (the
+    /// roll's own READY=1 comes when it is done).
+    fn refuse_during_rollout(&mut self, ticket: u64, actions: &mut Vec<Action>) -> bool {
+        let Some(rollout) = &self.rollout else { return false };
+        let message = format!("a reload to generation {} is already in progress", rollout.generation);
+        warn!("reload refused: {message}");
+        actions.push(Action::ReloadFinished {
+            ticket,
+            ok: false,
+            message,
+        });
+        true
+    }
+
+    /// A reload whose config could not be used (the shell says why).
+    pub(super) fn refuse_invalid_reload(&mut self, ticket: u64, reason: String, actions: &mut Vec<Action>) {
+        if !self.refuse_during_rollout(ticket, actions) {
+            actions.push(Action::Notify(Upward::Reloading));
+            self.refuse_reload(ticket, reason, actions);
+        }
+    }
+
+    /// A reload that does not start: READY=1 again at once, and the reason.
+    fn refuse_reload(&mut self, ticket: u64, message: String, actions: &mut Vec<Action>) {
+        error!("reload refused: {message}");
+        self.last_reload = Some(ReloadOutcome {
+            generation: self.generation,
+            ok: false,
+            message: message.clone(),
+        });
+        actions.push(Action::Notify(Upward::Ready));
+        actions.push(Action::ReloadFinished {
+            ticket,
+            ok: false,
+            message,
+        });
+    }
+
+    /// The new generation failed to start: go back to the old one. Workers of
+    /// the new generation still starting are stopped; ready ones are replaced
+    /// by old-generation workers slot by slot, like any reload.
+    pub(super) fn abort_reload(&mut self, now: Instant, what: &str, actions: &mut Vec<Action>) {
+        let Some(rollout) = self.rollout.take() else { return };
+        let message = format!(
+            "reload to generation {} failed: {what}; generation {} keeps serving",
+            rollout.generation, rollout.from_generation
+        );
+        error!("{message}");
+        self.policy = rollout.previous;
+        self.desired = rollout.previous_desired;
+        self.generation = rollout.from_generation;
+        let abandoned = std::mem::replace(&mut self.command, rollout.previous_command);
+        let stop_signal = self.policy.stop_signal;
+        for worker in &mut self.workers {
+            match worker.state {
+                WorkerState::Stopping { .. } => {}
+                WorkerState::Starting if worker.generation == rollout.generation => {
+                    stop_gracefully(worker, now, StopCause::Superseded, stop_signal, actions);
+                }
+                WorkerState::Ready { since, .. } if worker.generation == rollout.generation => {
+                    worker.state = WorkerState::Ready {
+                        since,
+                        retiring: Some(Retire::ReloadAborted),
+                    };
+                }
+                WorkerState::Ready {
+                    since,
+                    retiring: Some(Retire::Reload),
+                } => {
+                    worker.state = WorkerState::Ready { since, retiring: None };
+                }
+                _ => {}
+            }
+        }
+        self.last_reload = Some(ReloadOutcome {
+            generation: rollout.generation,
+            ok: false,
+            message: message.clone(),
+        });
+        actions.push(Action::Notify(Upward::Ready));
+        actions.push(Action::ReloadFinished {
+            ticket: rollout.ticket,
+            ok: false,
+            message,
+        });
+        actions.push(Action::ReleaseCommand(abandoned));
+    }
+
+    /// The reload is done once every desired slot has a ready worker of the
+    /// new generation and every old worker has been told to stop.
+    pub(super) fn finish_reload_if_done(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        let Some(rollout) = &self.rollout else { return };
+        let generation = rollout.generation;
+        let old_serving = self
+            .workers
+            .iter()
+            .any(|w| !w.is_stopping() && w.generation != generation);
+        let mut ready = vec![false; self.desired];
+        for worker in &self.workers {
+            if worker.generation == generation
+                && worker.is_ready()
+                && let Some(slot) = ready.get_mut(worker.slot)
+            {
+                *slot = true;
+            }
+        }
+        if old_serving || !ready.iter().all(|r| *r) {
+            return;
+        }
+        let Some(rollout) = self.rollout.take() else { return };
+        let message = format!(
+            "reloaded to generation {generation} ({} workers) in {}",
+            self.desired,
+            seconds(now.saturating_duration_since(rollout.started))
+        );
+        info!("{message}");
+        self.last_reload = Some(ReloadOutcome {
+            generation,
+            ok: true,
+            message: message.clone(),
+        });
+        actions.push(Action::Notify(Upward::Ready));
+        actions.push(Action::ReloadFinished {
+            ticket: rollout.ticket,
+            ok: true,
+            message,
+        });
+        actions.push(Action::ReleaseCommand(rollout.previous_command));
+    }
+
+    /// A retiring worker is stopped only once a ready replacement serves its slot.
+    pub(super) fn stop_replaced(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        let replacements: Vec<(usize, Pid)> = self
+            .workers
+            .iter()
+            .filter(|w| w.serves_for_good())
+            .map(|w| (w.slot, w.pid))
+            .collect();
+        let signal = self.policy.stop_signal;
+        for worker in &mut self.workers {
+            if let Some(reason) = worker.retiring()
+                && let Some((_, new)) = replacements.iter().find(|(slot, _)| *slot == worker.slot)
+            {
+                info!(
+                    "worker {} (pid {}) replaced by pid {new} ({reason}); sending {}",
+                    worker.slot,
+                    worker.pid,
+                    signal.as_str()
+                );
+                stop_gracefully(worker, now, StopCause::Replaced(reason), signal, actions);
+            }
+        }
+    }
+}

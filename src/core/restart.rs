@@ -1,0 +1,296 @@
+//! Restarts: per-slot backoff, the flock's crash-loop breaker, the bound on
+//! spawns per second, and filling slots (first start, refills, scaling,
+//! replacements within the surge).
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use log::{debug, error, info, warn};
+
+use super::flock::{Flock, clamp_workers, stop_gracefully};
+use super::model::*;
+use crate::config::{MAX_WORKERS, RestartPolicy};
+use crate::units::format_duration;
+
+/// A slot is a stable worker identity (`SHEEPDOG_WORKER_ID`) that outlives the
+/// processes filling it.
+#[derive(Debug, Clone)]
+pub(super) struct Slot {
+    /// When the slot may be filled again (now for a fresh slot, later after a crash).
+    pub next_spawn: Instant,
+    /// A spawn was ordered and its outcome is not known yet.
+    pub spawning: bool,
+    /// Unrequested exits in a row: the exponent of the backoff.
+    pub failures: u32,
+    pub restarts: u32,
+}
+
+impl Slot {
+    pub fn fresh(now: Instant) -> Slot {
+        Slot {
+            next_spawn: now,
+            spawning: false,
+            failures: 0,
+            restarts: 0,
+        }
+    }
+}
+
+/// Unrequested exits across the flock.
+#[derive(Debug, Clone, Default)]
+pub(super) struct RestartHistory {
+    /// Those within the restart window, oldest first.
+    pub recent: VecDeque<Instant>,
+    pub total: u32,
+}
+
+/// Spawns are rationed by a token bucket, so that no combination of crashing
+/// workers and scaling requests turns into a fork storm.
+#[derive(Debug, Clone)]
+pub(super) struct SpawnBudget {
+    pub tokens: f64,
+    pub capacity: f64,
+    pub per_second: f64,
+    pub updated: Instant,
+}
+
+impl SpawnBudget {
+    /// The first start may fork the whole flock at once.
+    pub fn new(workers: usize, max_spawn_rate: u32, now: Instant) -> SpawnBudget {
+        let per_second = max_spawn_rate.max(1) as f64;
+        let capacity = (workers as f64).max(per_second);
+        SpawnBudget {
+            tokens: capacity,
+            capacity,
+            per_second,
+            updated: now,
+        }
+    }
+
+    pub fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.per_second).min(self.capacity);
+        self.updated = now;
+    }
+
+    pub fn next_token_at(&self) -> Instant {
+        let missing = (1.0 - self.tokens).max(0.0);
+        self.updated + Duration::from_secs_f64(missing / self.per_second)
+    }
+}
+
+/// `backoff_initial · 2^failures`, capped at `backoff_max`.
+pub(super) fn backoff(policy: &RestartPolicy, failures: u32) -> Duration {
+    let factor = 2u32.saturating_pow(failures.min(30));
+    policy.backoff_initial.saturating_mul(factor).min(policy.backoff_max)
+}
+
+/// Who fills each desired slot now, counted once per pass.
+struct Occupancy {
+    /// A starting worker, or a ready one not being replaced: nothing to do.
+    filled: Vec<bool>,
+    /// Any worker that is not stopping (a retiring one included).
+    occupied: Vec<bool>,
+    /// Workers not stopping, and spawns on their way.
+    live: usize,
+}
+
+impl Flock {
+    /// An unrequested end of a worker: back off, and break a crash loop.
+    pub(super) fn on_failure(&mut self, now: Instant, slot: usize, actions: &mut Vec<Action>, what: &str) {
+        if !self.is_running() {
+            return;
+        }
+        let policy = self.policy.restart.clone();
+        let recent = &mut self.history.recent;
+        recent.push_back(now);
+        while recent
+            .front()
+            .is_some_and(|oldest| now.saturating_duration_since(*oldest) > policy.window)
+        {
+            recent.pop_front();
+        }
+        if recent.len() > policy.max_restarts as usize {
+            let reason = format!(
+                "crash loop: {} unrequested worker exits within {} (max_restarts = {}); last: {what}",
+                recent.len(),
+                format_duration(policy.window),
+                policy.max_restarts
+            );
+            error!("{what}; giving up");
+            self.begin_shutdown(now, 1, reason, actions);
+            return;
+        }
+        self.history.total += 1;
+        let state = self.slot_mut(slot, now);
+        let delay = backoff(&policy, state.failures);
+        state.failures += 1;
+        state.restarts += 1;
+        state.next_spawn = now + delay;
+        if slot < self.desired {
+            warn!("{what}; restarting in {}", format_duration(delay));
+        } else {
+            warn!("{what}; not restarted (slot retired)");
+        }
+    }
+
+    /// A worker ready for `backoff_reset` clears its slot's backoff.
+    pub(super) fn reset_backoffs(&mut self, now: Instant) {
+        let reset_after = self.policy.restart.backoff_reset;
+        for worker in &self.workers {
+            if let WorkerState::Ready { since, .. } = worker.state
+                && now.saturating_duration_since(since) >= reset_after
+                && let Some(slot) = self.slots.get_mut(worker.slot)
+            {
+                slot.failures = 0;
+            }
+        }
+    }
+
+    /// When a ready worker will have cleared its slot's backoff.
+    pub(super) fn backoff_reset_deadline(&self) -> Option<Instant> {
+        self.workers
+            .iter()
+            .filter_map(|w| match w.state {
+                WorkerState::Ready { since, .. } if self.slots.get(w.slot).is_some_and(|s| s.failures > 0) => {
+                    Some(since + self.policy.restart.backoff_reset)
+                }
+                _ => None,
+            })
+            .min()
+    }
+
+    fn occupancy(&self) -> Occupancy {
+        let mut filled = vec![false; self.desired];
+        let mut occupied = vec![false; self.desired];
+        let mut live = self.slots.iter().filter(|s| s.spawning).count();
+        for worker in self.workers.iter().filter(|w| !w.is_stopping()) {
+            live += 1;
+            if let Some(slot) = occupied.get_mut(worker.slot) {
+                *slot = true;
+            }
+            if worker.fills_slot()
+                && let Some(slot) = filled.get_mut(worker.slot)
+            {
+                *slot = true;
+            }
+        }
+        Occupancy { filled, occupied, live }
+    }
+
+    /// Starts workers for empty slots first, then replacements for slots
+    /// whose worker is retiring (reload, memory), those within `max_surge`:
+    /// at most `desired + max_surge` workers run at once.
+    pub(super) fn fill_slots(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        self.budget.refill(now);
+        if self.desired > 0 {
+            self.slot_mut(self.desired - 1, now);
+        }
+        let Occupancy {
+            filled,
+            occupied,
+            mut live,
+        } = self.occupancy();
+        for replacing in [false, true] {
+            for slot in 0..self.desired {
+                let state = &self.slots[slot];
+                if filled[slot] || occupied[slot] != replacing || state.spawning || state.next_spawn > now {
+                    continue;
+                }
+                if replacing && live.saturating_sub(self.desired) >= self.policy.max_surge {
+                    return;
+                }
+                if self.budget.tokens < 1.0 {
+                    debug!(
+                        "spawn rate limit reached ({}/s); slot {slot} waits",
+                        self.policy.restart.max_spawn_rate
+                    );
+                    return;
+                }
+                self.budget.tokens -= 1.0;
+                self.slots[slot].spawning = true;
+                live += 1;
+                actions.push(Action::Spawn(SpawnOrder {
+                    slot,
+                    generation: self.generation,
+                    command: self.command,
+                    heartbeat: self.policy.heartbeat,
+                }));
+            }
+        }
+    }
+
+    /// When `fill_slots` can next start a worker: for an empty slot, when its
+    /// backoff ends; for a replacement, only while the surge has room (a
+    /// replacement held back by the surge waits for a worker to become
+    /// ready or to exit, which are events, not deadlines); and never before
+    /// the spawn budget has a token.
+    pub(super) fn spawn_deadline(&self) -> Option<Instant> {
+        let Occupancy { filled, occupied, live } = self.occupancy();
+        let surge_room = live.saturating_sub(self.desired) < self.policy.max_surge;
+        (0..self.desired)
+            .filter_map(|slot| {
+                let state = self.slots.get(slot)?;
+                let waiting = !filled[slot] && !state.spawning && (!occupied[slot] || surge_room);
+                waiting.then_some(state.next_spawn)
+            })
+            .min()
+            .map(|at| at.max(self.budget.next_token_at()))
+    }
+
+    /// Stops the workers of slots above the desired count (after a scale-down).
+    pub(super) fn retire_surplus(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        let signal = self.policy.stop_signal;
+        for worker in &mut self.workers {
+            if worker.slot >= self.desired && !worker.is_stopping() {
+                info!(
+                    "worker {} (pid {}) retired by scale-down; sending {}",
+                    worker.slot,
+                    worker.pid,
+                    signal.as_str()
+                );
+                stop_gracefully(worker, now, StopCause::ScaledDown, signal, actions);
+            }
+        }
+    }
+
+    /// SIGTTIN: one worker more.
+    pub(super) fn scale_up(&mut self, now: Instant) {
+        if self.desired >= MAX_WORKERS as usize {
+            warn!("already at the maximum of {MAX_WORKERS} workers");
+            return;
+        }
+        self.open_slots(now, self.desired + 1);
+        info!("scaling up to {} workers", self.desired);
+    }
+
+    /// SIGTTOU: one worker less.
+    pub(super) fn scale_down(&mut self) {
+        if self.desired <= 1 {
+            warn!("not scaling below 1 worker");
+            return;
+        }
+        self.desired -= 1;
+        info!("scaling down to {} workers", self.desired);
+    }
+
+    /// `sheepdog scale N`.
+    pub(super) fn scale_to(&mut self, now: Instant, workers: usize) {
+        let workers = clamp_workers(workers);
+        if workers != self.desired {
+            info!("scaling from {} to {workers} workers", self.desired);
+            self.open_slots(now, workers);
+            self.desired = workers;
+        }
+    }
+
+    /// Makes slots up to `workers` fillable now (a slot still in backoff from
+    /// an earlier life keeps it).
+    fn open_slots(&mut self, now: Instant, workers: usize) {
+        for slot in self.desired..workers {
+            let state = self.slot_mut(slot, now);
+            state.next_spawn = state.next_spawn.max(now);
+        }
+        self.desired = self.desired.max(workers);
+    }
+}

@@ -1,0 +1,49 @@
+//! The one-line STATUS= for `systemctl status`, kept current.
+
+use super::flock::{Flock, Phase};
+use super::model::*;
+use crate::units::format_size;
+
+impl Flock {
+    /// "2/2 ready · 1 restarts · generation 3 · 96.4 MiB".
+    pub fn status_line(&self) -> String {
+        let memory: u64 = self.workers.iter().filter_map(|w| w.memory).sum();
+        let memory = if memory > 0 {
+            format!(" · {}", format_size(memory))
+        } else {
+            String::new()
+        };
+        let generation = match (&self.rollout, &self.last_reload) {
+            (Some(rollout), _) => format!(" · reloading to generation {}", rollout.generation),
+            (None, Some(outcome)) if !outcome.ok => {
+                format!(
+                    " · generation {} · reload to {} failed",
+                    self.generation, outcome.generation
+                )
+            }
+            (None, _) if self.generation > 1 => format!(" · generation {}", self.generation),
+            _ => String::new(),
+        };
+        match &self.phase {
+            Phase::Running => {
+                format!(
+                    "{}/{} ready · {} restarts{generation}{memory}",
+                    self.ready_count(),
+                    self.desired,
+                    self.history.total
+                )
+            }
+            Phase::ShuttingDown { code: 0, .. } => format!("stopping · {} workers left", self.workers.len()),
+            Phase::ShuttingDown { reason, .. } => format!("failed · {} workers left · {reason}", self.workers.len()),
+        }
+    }
+
+    /// Sends STATUS= when the line changed.
+    pub(super) fn update_status(&mut self, actions: &mut Vec<Action>) {
+        let status = self.status_line();
+        if status != self.last_status {
+            self.last_status = status.clone();
+            actions.push(Action::Notify(Upward::Status(status)));
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! Readiness, heartbeats, memory, the stall guard and the watchdog relay.
+
+use super::*;
+
+#[test]
+fn with_a_readiness_protocol_only_the_worker_says_when_it_is_ready() {
+    let mut h = Harness::new(notify_policy(2));
+    h.start();
+    assert!(!ready_sent(&h.at(2500 * MS)), "no ready_delay promotion under notify");
+    let (a, b) = (h.pid_of(0), h.pid_of(1));
+    assert!(!ready_sent(&h.say(a, WorkerMessage::Ready)));
+    assert!(ready_sent(&h.say(b, WorkerMessage::Ready)));
+}
+
+#[test]
+fn a_worker_not_ready_within_ready_timeout_is_killed_and_counted() {
+    let mut h = Harness::new(notify_policy(1));
+    h.start();
+    let pid = h.pid_of(0);
+    assert!(signals(&h.at(2999 * MS)).is_empty());
+    let actions = h.at(3000 * MS);
+    assert_eq!(signals(&actions), vec![(pid, Signal::SIGKILL)]);
+    assert_eq!(h.flock.total_restarts(), 1);
+    // Its replacement comes after the backoff, before the old one is reaped.
+    assert_eq!(spawns(&h.at(3100 * MS)), vec![0]);
+    h.exit(pid, ExitStatus::Signaled(Signal::SIGKILL));
+    assert_eq!(h.flock.total_restarts(), 1, "the reaped exit is not counted twice");
+}
+
+#[test]
+fn a_hung_worker_is_killed_after_the_heartbeat_timeout_and_replaced() {
+    let mut h = Harness::new(notify_policy(2));
+    h.start();
+    h.make_ready();
+    let (a, b) = (h.pid_of(0), h.pid_of(1));
+    // `a` keeps heartbeating; `b` goes silent after t = 0.
+    for t in [900u32, 1800, 2700, 3600] {
+        h.at(t * MS);
+        h.say(a, WorkerMessage::Heartbeat);
+        if t < 3000 {
+            assert!(signals(&h.log).is_empty(), "nobody is killed before the timeout");
+        }
+    }
+    assert_eq!(
+        signals(&h.log),
+        vec![(b, Signal::SIGKILL)],
+        "killed when the 3 s timeout passed"
+    );
+    // The loop wakes exactly at the expiry deadline.
+    let mut h2 = Harness::new(notify_policy(1));
+    h2.start();
+    h2.make_ready();
+    assert_eq!(
+        h2.flock.next_deadline(),
+        Some(h2.t0 + 1000 * MS),
+        "the stall-guard tick comes first"
+    );
+    let actions = h2.run_until(3000 * MS);
+    assert_eq!(signals(&actions).len(), 1);
+    assert_eq!(h.flock.total_restarts(), 1);
+    assert_eq!(spawns(&h.run_until(4000 * MS)), vec![1]);
+}
+
+#[test]
+fn a_stalled_supervisor_spares_its_workers_once() {
+    let mut h = Harness::new(notify_policy(1));
+    h.start();
+    h.make_ready();
+    // The loop itself did not run for 10 s (SIGSTOPped): no mass murder.
+    assert!(signals(&h.at(10_000 * MS)).is_empty());
+    // But a worker still silent one timeout later is hung after all.
+    assert_eq!(signals(&h.run_until(13_000 * MS)).len(), 1);
+}
+
+#[test]
+fn watchdog_trigger_replaces_at_once() {
+    let mut h = Harness::new(notify_policy(1));
+    h.start();
+    h.make_ready();
+    let pid = h.pid_of(0);
+    assert_eq!(
+        signals(&h.say(pid, WorkerMessage::WatchdogTrigger)),
+        vec![(pid, Signal::SIGKILL)]
+    );
+    assert_eq!(h.flock.total_restarts(), 1);
+}
+
+#[test]
+fn a_worker_that_says_it_is_stopping_gets_its_replacement_before_it_exits() {
+    let mut h = Harness::new(notify_policy(1));
+    h.start();
+    h.make_ready();
+    let old = h.pid_of(0);
+    let actions = h.say(old, WorkerMessage::Stopping);
+    assert_eq!(spawns(&actions), vec![0], "replacement forked at once");
+    assert!(signals(&actions).is_empty(), "the leaving worker is not signalled");
+    assert!(h.flock.workers().iter().any(|w| w.pid == old), "old one still draining");
+    h.exit(old, ExitStatus::Code(0));
+    assert_eq!(h.flock.total_restarts(), 0, "leaving on its own is not a failure");
+    // One that never exits is killed after the stop timeout.
+    let mut p = notify_policy(1);
+    p.heartbeat = None;
+    let mut h = Harness::new(p);
+    h.start();
+    h.make_ready();
+    let old = h.pid_of(0);
+    h.say(old, WorkerMessage::Stopping);
+    h.make_ready();
+    assert_eq!(signals(&h.run_until(5000 * MS)), vec![(old, Signal::SIGKILL)]);
+}
+
+#[test]
+fn memory_over_the_limit_is_replaced_replacement_first_within_the_surge_bound() {
+    let mut p = notify_policy(3);
+    p.heartbeat = None;
+    p.memory_limit = Some(700 << 20);
+    p.memory_interval = 1000 * MS;
+    let mut h = Harness::new(p);
+    h.start();
+    h.make_ready();
+    let measured = h.at(1000 * MS);
+    assert!(
+        measured
+            .iter()
+            .any(|a| matches!(a, Action::Measure { pids } if pids.len() == 3))
+    );
+    let old: Vec<Pid> = (0..3).map(|s| h.pid_of(s)).collect();
+    h.feed(Event::Measured {
+        pid: old[0],
+        bytes: 100 << 20,
+    });
+    assert_eq!(statuses(&h.log).last().unwrap(), "3/3 ready · 0 restarts · 100 MiB");
+    // Two workers bloat at once; max_surge = 1: one replacement at a time.
+    let mut actions = h.feed(Event::Measured {
+        pid: old[1],
+        bytes: 800 << 20,
+    });
+    actions.extend(h.feed(Event::Measured {
+        pid: old[2],
+        bytes: 900 << 20,
+    }));
+    assert_eq!(spawns(&actions), vec![1]);
+    assert!(
+        signals(&actions).is_empty(),
+        "the bloated worker keeps serving until replaced"
+    );
+    let first_new = h.flock.workers().last().unwrap().pid;
+    let actions = h.say(first_new, WorkerMessage::Ready);
+    assert_eq!(
+        signals(&actions),
+        vec![(old[1], Signal::SIGTERM)],
+        "stopped once its replacement is ready"
+    );
+    assert_eq!(spawns(&actions), vec![2], "the surge slot is free again");
+    assert_eq!(h.ready_pids().len(), 3, "never fewer ready workers than desired");
+    let second_new = h.flock.workers().last().unwrap().pid;
+    assert_eq!(
+        signals(&h.say(second_new, WorkerMessage::Ready)),
+        vec![(old[2], Signal::SIGTERM)]
+    );
+    assert_eq!(h.flock.total_restarts(), 0);
+}
+
+#[test]
+fn a_failed_memory_replacement_leaves_the_old_worker_serving() {
+    let mut p = notify_policy(1);
+    p.heartbeat = None;
+    p.memory_limit = Some(1 << 20);
+    let mut h = Harness::new(p);
+    h.start();
+    h.make_ready();
+    let old = h.pid_of(0);
+    let spawned = spawns(&h.feed(Event::Measured {
+        pid: old,
+        bytes: 2 << 20,
+    }));
+    assert_eq!(spawned, vec![0]);
+    let new = h.flock.workers().last().unwrap().pid;
+    h.exit(new, ExitStatus::Code(1));
+    assert!(h.ready_pids().contains(&old));
+    assert!(signals(&h.log).is_empty());
+}
+
+#[test]
+fn node_ipc_workers_are_pinged_every_interval() {
+    let mut p = notify_policy(2);
+    p.readiness = Readiness::NodeIpc;
+    p.ready_timeout = 60_000 * MS;
+    p.heartbeat = Some(HeartbeatPolicy {
+        interval: 1000 * MS,
+        timeout: 10_000 * MS,
+    });
+    let mut h = Harness::new(p);
+    let pings = |actions: &[Action]| actions.iter().filter(|a| matches!(a, Action::Ping { .. })).count();
+    assert_eq!(pings(&h.start()), 0);
+    assert_eq!(pings(&h.at(999 * MS)), 0);
+    assert_eq!(pings(&h.at(1000 * MS)), 2);
+    assert_eq!(pings(&h.run_until(3500 * MS)), 4);
+}
+
+#[test]
+fn the_watchdog_relay_pings_only_a_healthy_flock() {
+    let mut p = notify_policy(2);
+    p.watchdog = Some(2000 * MS);
+    p.restart.max_restarts = 100;
+    let mut h = Harness::new(p);
+    let watchdogs = |actions: &[Action]| {
+        actions
+            .iter()
+            .filter(|a| **a == Action::Notify(Upward::Watchdog))
+            .count()
+    };
+    assert_eq!(watchdogs(&h.start()), 1, "pinged while starting");
+    assert_eq!(h.flock.next_deadline(), Some(h.t0 + 1000 * MS));
+    h.make_ready();
+    let mut total = 0;
+    for t in (1000..=6000u32).step_by(500) {
+        let actions = h.at(t * MS);
+        total += watchdogs(&actions);
+        for pid in h.ready_pids() {
+            h.say(pid, WorkerMessage::Heartbeat);
+        }
+    }
+    assert_eq!(total, 6, "every half interval (1 s) while healthy");
+    // Every worker hangs; their replacements never become ready.
+    let before = h.log.len();
+    h.run_until(20_000 * MS);
+    let first_kill = before
+        + h.log[before..]
+            .iter()
+            .position(|a| matches!(a, Action::Signal { .. }))
+            .unwrap();
+    assert!(h.now - h.t0 >= 9000 * MS);
+    assert_eq!(watchdogs(&h.log[first_kill..]), 0, "no ping for an unhealthy flock");
+    assert!(
+        signals(&h.log[first_kill..]).len() >= 4,
+        "hung workers and unready replacements killed"
+    );
+    // Healthy again: the pings resume.
+    h.make_ready();
+    assert_eq!(watchdogs(&h.run_until(22_000 * MS)), 2);
+}

@@ -1,0 +1,120 @@
+//! Starting, readiness upward, stopping and scaling.
+
+use super::*;
+
+#[test]
+fn starts_every_slot_at_once() {
+    let mut h = Harness::new(policy(4));
+    assert_eq!(spawns(&h.start()), vec![0, 1, 2, 3]);
+    assert_eq!(h.flock.workers().len(), 4);
+    assert_eq!(h.flock.next_deadline(), Some(h.t0 + 1000 * MS));
+}
+
+#[test]
+fn ready_is_announced_only_once_min_ready_workers_are_ready() {
+    let mut h = Harness::new(policy(2));
+    assert!(!ready_sent(&h.start()));
+    assert!(!ready_sent(&h.at(999 * MS)));
+    let actions = h.at(1000 * MS);
+    assert!(ready_sent(&actions));
+    assert_eq!(statuses(&actions), vec!["2/2 ready · 0 restarts"]);
+    assert!(!ready_sent(&h.at(2000 * MS)), "READY=1 is sent once");
+}
+
+#[test]
+fn min_ready_below_workers_announces_earlier() {
+    let mut p = policy(2);
+    p.min_ready = 1;
+    let mut h = Harness::new(p);
+    h.start();
+    let late = h.pid_of(1);
+    h.exit(late, ExitStatus::Code(1));
+    assert!(ready_sent(&h.at(1000 * MS)));
+}
+
+#[test]
+fn stop_sends_the_stop_signal_then_sigkill_after_the_timeout_then_exits_zero() {
+    let mut h = Harness::new(policy(2));
+    h.start();
+    h.at(2000 * MS);
+    let (a, b) = (h.pid_of(0), h.pid_of(1));
+    let actions = h.feed(Event::Request(Request::Stop));
+    assert!(actions.contains(&Action::Notify(Upward::Stopping)));
+    assert_eq!(signals(&actions), vec![(a, Signal::SIGTERM), (b, Signal::SIGTERM)]);
+    assert_eq!(statuses(&actions), vec!["stopping · 2 workers left"]);
+
+    // `a` drains and exits; `b` ignores SIGTERM.
+    assert!(
+        h.exit(a, ExitStatus::Code(0))
+            .iter()
+            .all(|a| !matches!(a, Action::Exit { .. }))
+    );
+    assert!(signals(&h.at(6999 * MS)).is_empty());
+    assert_eq!(signals(&h.at(7000 * MS)), vec![(b, Signal::SIGKILL)]);
+    let actions = h.exit(b, ExitStatus::Signaled(Signal::SIGKILL));
+    assert!(actions.contains(&Action::Exit {
+        code: 0,
+        reason: "stopped on request".into()
+    }));
+    assert!(spawns(&h.log).len() == 2, "nothing is respawned during a stop");
+}
+
+#[test]
+fn a_second_stop_request_kills_at_once() {
+    let mut h = Harness::new(policy(1));
+    h.start();
+    let pid = h.pid_of(0);
+    h.feed(Event::Request(Request::Stop));
+    assert_eq!(
+        signals(&h.feed(Event::Request(Request::Stop))),
+        vec![(pid, Signal::SIGKILL)]
+    );
+}
+
+#[test]
+fn stop_with_no_worker_alive_exits_at_once() {
+    let mut h = Harness::new(policy(1));
+    h.start();
+    h.exit(h.pid_of(0), ExitStatus::Code(1));
+    let actions = h.feed(Event::Request(Request::Stop));
+    assert!(actions.contains(&Action::Exit {
+        code: 0,
+        reason: "stopped on request".into()
+    }));
+}
+
+#[test]
+fn scale_up_adds_a_slot_and_scale_down_retires_the_highest() {
+    let mut h = Harness::new(policy(2));
+    h.start();
+    assert_eq!(spawns(&h.feed(Event::Request(Request::ScaleUp))), vec![2]);
+    assert_eq!(h.flock.desired(), 3);
+    h.at(2000 * MS);
+    assert_eq!(statuses(&h.log).last().unwrap(), "3/3 ready · 0 restarts");
+
+    let top = h.pid_of(2);
+    let actions = h.feed(Event::Request(Request::ScaleDown));
+    assert_eq!(signals(&actions), vec![(top, Signal::SIGTERM)]);
+    // A retired worker's exit is not a failure and is not replaced.
+    let actions = h.exit(top, ExitStatus::Code(0));
+    assert!(spawns(&actions).is_empty());
+    assert_eq!(statuses(&h.log).last().unwrap(), "2/2 ready · 0 restarts");
+    // Nothing is pending but the (hourly, in this policy) memory check.
+    assert!(h.flock.next_deadline().unwrap() > h.now + Duration::from_secs(60));
+}
+
+#[test]
+fn scale_down_never_goes_below_one() {
+    let mut h = Harness::new(policy(1));
+    h.start();
+    assert!(signals(&h.feed(Event::Request(Request::ScaleDown))).is_empty());
+    assert_eq!(h.flock.desired(), 1);
+}
+
+#[test]
+fn unknown_pids_are_ignored() {
+    let mut h = Harness::new(policy(1));
+    h.start();
+    assert!(h.exit(99_999, ExitStatus::Code(0)).is_empty());
+    assert_eq!(h.flock.workers().len(), 1);
+}

@@ -1,0 +1,260 @@
+//! The core under a fake clock: a harness standing in for the shell, and
+//! the policies' tests, one file per policy.
+
+mod health;
+mod lifecycle;
+mod reload;
+mod restart;
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use super::restart::backoff;
+use super::*;
+use crate::config::{HeartbeatPolicy, MemoryMeasure, Readiness, RestartPolicy};
+use crate::worker::channel::WorkerMessage;
+
+const MS: Duration = Duration::from_millis(1);
+/// The command the flock starts with; reloads bring their own.
+const FIRST_COMMAND: CommandId = 1;
+
+fn policy(workers: usize) -> Policy {
+    Policy {
+        workers,
+        min_ready: workers,
+        readiness: Readiness::None,
+        ready_delay: 1000 * MS,
+        ready_timeout: 3000 * MS,
+        heartbeat: None,
+        memory_limit: None,
+        memory_interval: Duration::from_secs(3600),
+        memory_measure: MemoryMeasure::Pss,
+        max_surge: 1,
+        watchdog: None,
+        stop_signal: Signal::SIGTERM,
+        stop_timeout: 5000 * MS,
+        restart: RestartPolicy {
+            max_restarts: 5,
+            window: Duration::from_secs(60),
+            backoff_initial: 100 * MS,
+            backoff_max: 1000 * MS,
+            backoff_reset: Duration::from_secs(10),
+            max_spawn_rate: 100,
+        },
+    }
+}
+
+/// A flock driven by a fake clock, with a fake pid allocator standing in
+/// for fork.
+struct Harness {
+    flock: Flock,
+    t0: Instant,
+    now: Instant,
+    next_pid: Pid,
+    log: Vec<Action>,
+}
+
+impl Harness {
+    fn new(policy: Policy) -> Harness {
+        let t0 = Instant::now();
+        Harness {
+            flock: Flock::new(policy, FIRST_COMMAND, t0),
+            t0,
+            now: t0,
+            next_pid: 100,
+            log: Vec::new(),
+        }
+    }
+
+    /// Feeds an event, performs spawns as a successful fork would, and
+    /// returns every action taken (spawns included).
+    fn feed(&mut self, event: Event) -> Vec<Action> {
+        let mut taken = Vec::new();
+        let mut queue = VecDeque::from(self.flock.handle(self.now, event));
+        while let Some(action) = queue.pop_front() {
+            if let Action::Spawn(order) = action {
+                self.next_pid += 1;
+                queue.extend(self.flock.handle(
+                    self.now,
+                    Event::Spawned {
+                        order,
+                        pid: self.next_pid,
+                    },
+                ));
+            }
+            taken.push(action);
+        }
+        self.log.extend(taken.clone());
+        taken
+    }
+
+    fn start(&mut self) -> Vec<Action> {
+        self.feed(Event::Tick)
+    }
+
+    /// Advances the clock to `at` (since t0) and ticks.
+    fn at(&mut self, at: Duration) -> Vec<Action> {
+        self.now = self.t0 + at;
+        self.feed(Event::Tick)
+    }
+
+    /// Advances the clock deadline by deadline until `until`, as the poll
+    /// loop would, collecting all actions.
+    fn run_until(&mut self, until: Duration) -> Vec<Action> {
+        let mut all = Vec::new();
+        while let Some(deadline) = self.flock.next_deadline() {
+            if deadline > self.t0 + until {
+                break;
+            }
+            self.now = deadline.max(self.now);
+            all.extend(self.feed(Event::Tick));
+        }
+        self.now = self.t0 + until;
+        all.extend(self.feed(Event::Tick));
+        all
+    }
+
+    fn exit(&mut self, pid: Pid, status: ExitStatus) -> Vec<Action> {
+        self.feed(Event::Exited { pid, status })
+    }
+
+    fn pid_of(&self, slot: usize) -> Pid {
+        self.flock
+            .workers()
+            .iter()
+            .find(|w| w.slot == slot && !matches!(w.state, WorkerState::Stopping { .. }))
+            .map(|w| w.pid)
+            .expect("slot is filled")
+    }
+}
+
+fn spawns(actions: &[Action]) -> Vec<usize> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Spawn(order) => Some(order.slot),
+            _ => None,
+        })
+        .collect()
+}
+
+fn signals(actions: &[Action]) -> Vec<(Pid, Signal)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Signal { pid, signal } => Some((*pid, *signal)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn statuses(actions: &[Action]) -> Vec<String> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Notify(Upward::Status(s)) => Some(s.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn ready_sent(actions: &[Action]) -> bool {
+    actions.contains(&Action::Notify(Upward::Ready))
+}
+
+fn notify_policy(workers: usize) -> Policy {
+    let mut p = policy(workers);
+    p.readiness = Readiness::Notify;
+    p.heartbeat = Some(HeartbeatPolicy {
+        interval: 1000 * MS,
+        timeout: 3000 * MS,
+    });
+    p
+}
+
+impl Harness {
+    fn say(&mut self, pid: Pid, message: WorkerMessage) -> Vec<Action> {
+        self.feed(Event::Message { pid, message })
+    }
+
+    fn make_ready(&mut self) {
+        let starting: Vec<Pid> = self
+            .flock
+            .workers()
+            .iter()
+            .filter(|w| w.state == WorkerState::Starting)
+            .map(|w| w.pid)
+            .collect();
+        for pid in starting {
+            self.say(pid, WorkerMessage::Ready);
+        }
+    }
+
+    fn ready_pids(&self) -> Vec<Pid> {
+        self.flock
+            .workers()
+            .iter()
+            .filter(|w| w.is_ready())
+            .map(|w| w.pid)
+            .collect()
+    }
+}
+
+fn reload(h: &mut Harness, ticket: u64, policy: Policy) -> Vec<Action> {
+    h.feed(Event::Request(Request::Reload {
+        ticket,
+        policy: Box::new(policy),
+        command: command_of(ticket),
+    }))
+}
+
+/// The command a test reload with `ticket` brings.
+fn command_of(ticket: u64) -> CommandId {
+    100 + ticket
+}
+
+fn finished(actions: &[Action]) -> Option<(u64, bool, String)> {
+    actions.iter().find_map(|a| match a {
+        Action::ReloadFinished { ticket, ok, message } => Some((*ticket, *ok, message.clone())),
+        _ => None,
+    })
+}
+
+fn spawned_generations(actions: &[Action]) -> Vec<(usize, u32)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Spawn(order) => Some((order.slot, order.generation)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn reload_policy(workers: usize) -> Policy {
+    let mut p = notify_policy(workers);
+    p.heartbeat = None;
+    p.ready_timeout = 5000 * MS;
+    p
+}
+
+/// Makes ready every starting worker, one at a time, checking after each
+/// step that no fewer than `min_ready` workers were ready.
+fn ready_one_by_one(h: &mut Harness, min_ready: usize) -> Vec<Action> {
+    let mut all = Vec::new();
+    while let Some(pid) = h
+        .flock
+        .workers()
+        .iter()
+        .find(|w| w.state == WorkerState::Starting)
+        .map(|w| w.pid)
+    {
+        all.extend(h.say(pid, WorkerMessage::Ready));
+        assert!(
+            h.ready_pids().len() >= min_ready,
+            "fewer than {min_ready} ready workers"
+        );
+    }
+    all
+}

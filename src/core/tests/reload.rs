@@ -1,0 +1,286 @@
+//! Rolling reloads, their abort, and refused reloads.
+
+use super::*;
+
+#[test]
+fn a_reload_rolls_slot_by_slot_within_the_surge_and_never_below_min_ready() {
+    let mut h = Harness::new(reload_policy(3));
+    h.start();
+    h.make_ready();
+    let old: Vec<Pid> = (0..3).map(|s| h.pid_of(s)).collect();
+    let actions = reload(&mut h, 7, reload_policy(3));
+    assert_eq!(actions.first(), Some(&Action::Notify(Upward::Reloading)));
+    assert_eq!(
+        spawned_generations(&actions),
+        vec![(0, 2)],
+        "max_surge = 1: one new worker at a time"
+    );
+    assert!(
+        signals(&actions).is_empty(),
+        "nothing stops before its replacement is ready"
+    );
+    assert!(statuses(&h.log).last().unwrap().contains("reloading to generation 2"));
+
+    let actions = ready_one_by_one(&mut h, 3);
+    for pid in &old {
+        assert!(
+            signals(&actions).contains(&(*pid, Signal::SIGTERM)),
+            "old worker {pid} stopped"
+        );
+    }
+    assert_eq!(spawned_generations(&actions), vec![(1, 2), (2, 2)]);
+    let (ticket, ok, message) = finished(&actions).expect("the reload finished");
+    assert_eq!((ticket, ok), (7, true));
+    assert!(
+        message.starts_with("reloaded to generation 2 (3 workers) in"),
+        "{message}"
+    );
+    assert!(actions.contains(&Action::Notify(Upward::Ready)));
+    assert_eq!(h.flock.generation(), 2);
+    assert!(
+        h.flock
+            .workers()
+            .iter()
+            .filter(|w| !w.is_stopping())
+            .all(|w| w.generation == 2)
+    );
+    for pid in old {
+        h.exit(pid, ExitStatus::Code(0));
+    }
+    assert_eq!(
+        statuses(&h.log).last().unwrap(),
+        "3/3 ready · 0 restarts · generation 2"
+    );
+}
+
+#[test]
+fn a_larger_surge_replaces_several_slots_at_once() {
+    let mut h = Harness::new(reload_policy(4));
+    h.start();
+    h.make_ready();
+    let mut p = reload_policy(4);
+    p.max_surge = 2;
+    assert_eq!(spawned_generations(&reload(&mut h, 1, p)), vec![(0, 2), (1, 2)]);
+}
+
+#[test]
+fn a_new_generation_that_crashes_at_boot_aborts_and_the_old_keeps_serving() {
+    let mut h = Harness::new(reload_policy(2));
+    h.start();
+    h.make_ready();
+    let old: Vec<Pid> = (0..2).map(|s| h.pid_of(s)).collect();
+    reload(&mut h, 3, reload_policy(2));
+    let new = h.flock.workers().last().unwrap().pid;
+    let actions = h.exit(new, ExitStatus::Code(1));
+    let (ticket, ok, message) = finished(&actions).expect("the reload ended");
+    assert_eq!((ticket, ok), (3, false));
+    assert!(message.contains("reload to generation 2 failed: worker 0"), "{message}");
+    assert!(message.contains("exited with code 1"), "{message}");
+    assert!(message.ends_with("generation 1 keeps serving"), "{message}");
+    assert!(actions.contains(&Action::Notify(Upward::Ready)));
+    assert!(signals(&h.log).is_empty(), "the old workers were never signalled");
+    assert_eq!(h.ready_pids(), old);
+    assert!(spawns(&h.run_until(20_000 * MS)).is_empty(), "nothing more is started");
+    assert_eq!(h.flock.generation(), 1);
+    assert_eq!(
+        h.flock.total_restarts(),
+        0,
+        "a failed reload is not a crash of the flock"
+    );
+    assert!(
+        statuses(&h.log)
+            .last()
+            .unwrap()
+            .contains("generation 1 · reload to 2 failed")
+    );
+    // The next reload gets a fresh generation number.
+    let actions = reload(&mut h, 4, reload_policy(2));
+    assert_eq!(spawned_generations(&actions), vec![(0, 3)]);
+}
+
+#[test]
+fn an_abort_after_some_slots_switched_rolls_them_back_replacement_first() {
+    let mut h = Harness::new(reload_policy(2));
+    h.start();
+    h.make_ready();
+    let old: Vec<Pid> = (0..2).map(|s| h.pid_of(s)).collect();
+    reload(&mut h, 1, reload_policy(2));
+    let new0 = h.flock.workers().last().unwrap().pid;
+    let actions = h.say(new0, WorkerMessage::Ready);
+    assert_eq!(signals(&actions), vec![(old[0], Signal::SIGTERM)]);
+    h.exit(old[0], ExitStatus::Code(0));
+    let new1 = h
+        .flock
+        .workers()
+        .iter()
+        .find(|w| w.slot == 1 && w.generation == 2)
+        .unwrap()
+        .pid;
+    // Slot 1's new worker crashes: slot 0 must go back to generation 1,
+    // its generation-2 worker serving until the replacement is ready.
+    let actions = h.exit(new1, ExitStatus::Code(2));
+    assert_eq!(finished(&actions).map(|f| f.1), Some(false));
+    assert_eq!(spawned_generations(&actions), vec![(0, 1)]);
+    assert!(signals(&actions).is_empty());
+    let back = h
+        .flock
+        .workers()
+        .iter()
+        .find(|w| w.slot == 0 && w.generation == 1)
+        .unwrap()
+        .pid;
+    assert_eq!(
+        signals(&h.say(back, WorkerMessage::Ready)),
+        vec![(new0, Signal::SIGTERM)]
+    );
+    assert!(h.ready_pids().contains(&old[1]));
+    assert!(h.ready_pids().contains(&back));
+}
+
+#[test]
+fn a_new_generation_that_never_becomes_ready_aborts_at_ready_timeout() {
+    let mut h = Harness::new(reload_policy(1));
+    h.start();
+    h.make_ready();
+    let old = h.pid_of(0);
+    h.at(1000 * MS);
+    reload(&mut h, 9, reload_policy(1));
+    let new = h.flock.workers().last().unwrap().pid;
+    let actions = h.at(6000 * MS);
+    assert_eq!(signals(&actions), vec![(new, Signal::SIGKILL)]);
+    let (_, ok, message) = finished(&actions).unwrap();
+    assert!(!ok);
+    assert!(message.contains("was not ready within 5s"), "{message}");
+    assert_eq!(h.ready_pids(), vec![old]);
+}
+
+#[test]
+fn a_second_reload_during_a_reload_is_refused() {
+    let mut h = Harness::new(reload_policy(2));
+    h.start();
+    h.make_ready();
+    reload(&mut h, 1, reload_policy(2));
+    let actions = reload(&mut h, 2, reload_policy(2));
+    let (ticket, ok, message) = finished(&actions).unwrap();
+    assert_eq!((ticket, ok), (2, false));
+    assert_eq!(message, "a reload to generation 2 is already in progress");
+    assert!(spawned_generations(&actions).is_empty());
+    // The first one goes on and succeeds.
+    let done = ready_one_by_one(&mut h, 2);
+    assert_eq!(finished(&done).map(|f| (f.0, f.1)), Some((1, true)));
+}
+
+#[test]
+fn a_reload_refused_during_a_roll_sends_nothing_upward_and_the_roll_goes_on() {
+    let mut h = Harness::new(reload_policy(2));
+    h.start();
+    h.make_ready();
+    reload(&mut h, 1, reload_policy(2));
+    for actions in [
+        h.feed(Event::Request(Request::ReloadRefused {
+            ticket: 2,
+            reason: "app.toml:1:1: bad".into(),
+        })),
+        reload(&mut h, 3, reload_policy(2)),
+    ] {
+        let (_, ok, message) = finished(&actions).expect("refused at once");
+        assert!(!ok);
+        assert_eq!(message, "a reload to generation 2 is already in progress");
+        assert!(
+            !actions
+                .iter()
+                .any(|a| matches!(a, Action::Notify(Upward::Ready | Upward::Reloading))),
+            "systemd hears nothing of a refused reload during a roll: {actions:?}"
+        );
+    }
+    assert_eq!(h.flock.last_reload(), None, "the roll's outcome is not overwritten");
+    let done = ready_one_by_one(&mut h, 2);
+    assert_eq!(finished(&done).map(|f| (f.0, f.1)), Some((1, true)));
+    assert!(ready_sent(&done), "READY=1 once the roll is done");
+    assert!(h.flock.last_reload().unwrap().ok);
+}
+
+#[test]
+fn a_worker_forked_for_one_generation_is_recorded_in_it_though_a_reload_came_in_the_same_pass() {
+    let mut h = Harness::new(reload_policy(2));
+    h.start();
+    h.make_ready();
+    h.exit(h.pid_of(0), ExitStatus::Code(1));
+    // The slot's backoff is over: this pass asks for a generation-1 worker...
+    h.now += 100 * MS;
+    let first = h.flock.handle(h.now, Event::Tick);
+    assert_eq!(spawned_generations(&first), vec![(0, 1)]);
+    // ...and, in the same pass, before the fork, a reload begins.
+    h.flock.handle(
+        h.now,
+        Event::Request(Request::Reload {
+            ticket: 1,
+            policy: Box::new(reload_policy(2)),
+            command: command_of(1),
+        }),
+    );
+    let Some(Action::Spawn(order)) = first.first().cloned() else {
+        panic!("{first:?}")
+    };
+    assert_eq!(order.command, FIRST_COMMAND);
+    let actions = h.flock.handle(h.now, Event::Spawned { order, pid: 4242 });
+    let worker = h.flock.workers().iter().find(|w| w.pid == 4242).unwrap();
+    assert_eq!(worker.generation, 1, "forked with generation 1's command");
+    assert!(worker.is_stopping(), "not wanted any more: it is stopped at once");
+    assert_eq!(signals(&actions), vec![(4242, Signal::SIGTERM)]);
+}
+
+#[test]
+fn a_refused_reload_changes_nothing() {
+    let mut h = Harness::new(reload_policy(2));
+    h.start();
+    h.make_ready();
+    let actions = h.feed(Event::Request(Request::ReloadRefused {
+        ticket: 5,
+        reason: "app.toml:3:1: bad".into(),
+    }));
+    assert_eq!(
+        actions[..2],
+        [Action::Notify(Upward::Reloading), Action::Notify(Upward::Ready)],
+        "systemd sees the reload begin and end"
+    );
+    assert_eq!(finished(&actions), Some((5, false, "app.toml:3:1: bad".into())));
+    assert!(spawns(&actions).is_empty() && signals(&actions).is_empty());
+    let mut p = reload_policy(2);
+    p.readiness = Readiness::NodeIpc;
+    let (_, ok, message) = finished(&reload(&mut h, 6, p)).unwrap();
+    assert!(!ok && message.starts_with("readiness cannot change"), "{message}");
+}
+
+#[test]
+fn a_reload_can_change_the_worker_count_both_ways() {
+    let mut h = Harness::new(reload_policy(2));
+    h.start();
+    h.make_ready();
+    let actions = reload(&mut h, 1, reload_policy(4));
+    // Slots 2 and 3 are new capacity, started first; then one replacement
+    // within the surge: never more than 4 + 1 workers.
+    assert_eq!(spawned_generations(&actions), vec![(2, 2), (3, 2), (0, 2)]);
+    let done = ready_one_by_one(&mut h, 2);
+    assert_eq!(finished(&done).map(|f| f.1), Some(true));
+    assert_eq!(h.ready_pids().len(), 4);
+    let stopped: Vec<Pid> = signals(&h.log).iter().map(|(p, _)| *p).collect();
+    for pid in stopped {
+        h.exit(pid, ExitStatus::Code(0));
+    }
+    let actions = reload(&mut h, 2, reload_policy(2));
+    assert_eq!(signals(&actions).len(), 2, "slots 2 and 3 retired");
+    let done = ready_one_by_one(&mut h, 2);
+    assert_eq!(finished(&done).map(|f| f.1), Some(true));
+    assert_eq!(h.flock.desired(), 2);
+}
+
+#[test]
+fn scale_sets_the_worker_count() {
+    let mut h = Harness::new(reload_policy(2));
+    h.start();
+    assert_eq!(spawns(&h.feed(Event::Request(Request::Scale(4)))), vec![2, 3]);
+    h.make_ready();
+    assert_eq!(signals(&h.feed(Event::Request(Request::Scale(1)))).len(), 3);
+    assert_eq!(h.flock.desired(), 1);
+}

@@ -1,0 +1,382 @@
+//! The real [`System`]: one epoll over the signal pipe, the workers'
+//! channels, their exec reports and the control socket; fork/exec; reaping;
+//! /proc; sd_notify.
+//!
+//! epoll rather than poll: every fd (one per worker) is registered once, so a
+//! wait costs the kernel the ready fds only, not all of them. Signal
+//! handlers only queue and wake (signal-hook's self-pipe); nothing is done
+//! inside them. Children are reaped only when SIGCHLD said some exited.
+
+use std::collections::{HashMap, HashSet};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use log::{debug, error, warn};
+use nix::errno::Errno;
+use nix::poll::PollTimeout;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
+use nix::unistd::Pid as NixPid;
+use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGTTIN, SIGTTOU};
+use signal_hook::iterator::backend::SignalDelivery;
+use signal_hook::iterator::exfiltrator::SignalOnly;
+
+use super::system::{ClientId, Input, System};
+use crate::config::{MemoryMeasure, Readiness};
+use crate::control::protocol::Reply;
+use crate::control::server::{ClientInput, ControlServer};
+use crate::core::{ExitStatus, Pid, SpawnOrder, Upward};
+use crate::systemd::notify::Notifier;
+use crate::systemd::sockets::Listeners;
+use crate::worker::links::Links;
+use crate::worker::proc_stats::{self, MemoryMeter};
+use crate::worker::spawn::{ExecReport, WorkerCommand, channel_fd_number};
+
+const HANDLED_SIGNALS: [i32; 6] = [SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGTTIN, SIGTTOU];
+
+/// How long an exiting sheepdog waits for systemd to read its last messages.
+const FINAL_FLUSH: Duration = Duration::from_secs(1);
+/// How soon messages waiting for systemd to read its socket are retried.
+const NOTIFY_RETRY: Duration = Duration::from_millis(20);
+/// The longest single sleep: a lost deadline shows as a late wake, not none.
+const MAX_SLEEP_MS: u128 = 60_000;
+
+/// What an epoll registration stands for, in its 64-bit tag.
+const TAG_SIGNALS: u64 = 0;
+const TAG_LINK: u64 = 1 << 32;
+const TAG_EXEC_REPORT: u64 = 2 << 32;
+const TAG_CONTROL: u64 = 3 << 32;
+const TAG_CLIENT: u64 = 4 << 32;
+const TAG_KIND: u64 = 0xffff_ffff << 32;
+
+pub struct Os {
+    listeners: Listeners,
+    control: ControlServer,
+    links: Links,
+    memory: MemoryMeter,
+    notifier: Notifier,
+    /// Exec reports of workers just forked, read once their pipe is readable.
+    exec_reports: HashMap<Pid, ExecReport>,
+    /// The workers forked and not reaped yet.
+    workers: HashSet<Pid>,
+    signals: SignalDelivery<UnixStream, SignalOnly>,
+    epoll: Epoll,
+}
+
+/// What one epoll wait found ready.
+#[derive(Default)]
+struct Ready {
+    signals: bool,
+    links: Vec<Pid>,
+    exec_reports: Vec<Pid>,
+    control: bool,
+    clients: Vec<(ClientId, bool)>,
+}
+
+impl Os {
+    /// Installs the signal handlers (before any fork, so that no exit is
+    /// missed) and makes sheepdog the reaper of its workers' orphans.
+    pub fn new(readiness: Readiness, listeners: Listeners, control: ControlServer) -> Result<Os, String> {
+        let links = Links::new(readiness, channel_fd_number(listeners.sockets.len()))?;
+        let (read, write) = UnixStream::pair().map_err(|e| format!("cannot create the signal pipe: {e}"))?;
+        for end in [&read, &write] {
+            end.set_nonblocking(true)
+                .map_err(|e| format!("cannot set up the signal pipe: {e}"))?;
+        }
+        let signals = SignalDelivery::with_pipe(read, write, SignalOnly, HANDLED_SIGNALS)
+            .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+        let epoll =
+            Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(|e| format!("cannot create an epoll: {}", e.desc()))?;
+        epoll
+            .add(
+                signals.get_read().as_fd(),
+                EpollEvent::new(EpollFlags::EPOLLIN, TAG_SIGNALS),
+            )
+            .map_err(|e| format!("cannot watch the signal pipe: {}", e.desc()))?;
+        epoll
+            .add(control.listener_fd(), EpollEvent::new(EpollFlags::EPOLLIN, TAG_CONTROL))
+            .map_err(|e| format!("cannot watch the control socket: {}", e.desc()))?;
+        // Orphans of a worker (e.g. the server a wrapper script started) are
+        // re-parented to us rather than to init, so we reap them.
+        if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+            warn!("cannot become a child subreaper: {}", e.desc());
+        }
+        Ok(Os {
+            listeners,
+            control,
+            links,
+            memory: MemoryMeter::new(),
+            notifier: Notifier::from_env(),
+            exec_reports: HashMap::new(),
+            workers: HashSet::new(),
+            signals,
+            epoll,
+        })
+    }
+
+    fn epoll_wait(&self, now: Instant, deadline: Option<Instant>) -> Result<Ready, Errno> {
+        let retry = self.notifier.has_pending().then(|| now + NOTIFY_RETRY);
+        let timeout = match [deadline, retry, self.control.next_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
+        {
+            None => PollTimeout::NONE,
+            Some(deadline) => {
+                // Round up: waking a millisecond early would only spin.
+                let ms = deadline.saturating_duration_since(now).as_micros().div_ceil(1000);
+                PollTimeout::try_from(ms.min(MAX_SLEEP_MS) as i32).unwrap_or(PollTimeout::MAX)
+            }
+        };
+        let mut buffer = [EpollEvent::empty(); 64];
+        let count = match self.epoll.wait(&mut buffer, timeout) {
+            Ok(count) => count,
+            Err(Errno::EINTR) => 0,
+            Err(e) => return Err(e),
+        };
+        let mut ready = Ready::default();
+        for event in &buffer[..count] {
+            let (kind, id) = (event.data() & TAG_KIND, event.data() & 0xffff_ffff);
+            match kind {
+                TAG_LINK => ready.links.push(id as Pid),
+                TAG_EXEC_REPORT => ready.exec_reports.push(id as Pid),
+                TAG_CONTROL => ready.control = true,
+                TAG_CLIENT => ready.clients.push((id, event.events().contains(EpollFlags::EPOLLOUT))),
+                _ => ready.signals = true,
+            }
+        }
+        Ok(ready)
+    }
+
+    /// The signals received; SIGCHLD turned into the exits it announced.
+    fn pending_signals(&mut self, inputs: &mut Vec<Input>) {
+        let mut children_exited = false;
+        for signal in self.signals.pending() {
+            match signal {
+                SIGCHLD => children_exited = true,
+                other => inputs.push(Input::Signal(other)),
+            }
+        }
+        if children_exited {
+            self.reap(inputs);
+        }
+    }
+
+    fn accept_clients(&mut self, now: Instant) {
+        for client in self.control.accept(now) {
+            if let Some(fd) = self.control.client_fd(client)
+                && let Err(e) = self
+                    .epoll
+                    .add(fd, EpollEvent::new(EpollFlags::EPOLLIN, TAG_CLIENT | client))
+            {
+                warn!("cannot watch control client {client}: {}", e.desc());
+            }
+        }
+    }
+
+    /// Reads a control client's request, or writes the rest of its reply.
+    fn serve_client(&mut self, client: ClientId, writable: bool, inputs: &mut Vec<Input>) {
+        if writable {
+            self.control.flush(client);
+        } else if let ClientInput::Request(command) = self.control.read(client) {
+            inputs.push(Input::Control { client, command });
+        }
+    }
+
+    /// Logs the exec failure of a worker just forked (it exits 127, and is
+    /// reaped and backed off like any crash).
+    fn read_exec_report(&mut self, pid: Pid) {
+        if let Some(report) = self.exec_reports.remove(&pid) {
+            let _ = self.epoll.delete(report.fd());
+            if let Err(why) = report.read() {
+                error!("worker {} (pid {pid}): {why}", report.slot);
+            }
+        }
+    }
+
+    fn unwatch_link(&mut self, pid: Pid) {
+        if let Some(fd) = self.links.fd(pid) {
+            let _ = self.epoll.delete(fd);
+        }
+    }
+
+    /// Reaps every exited child. A worker's process group is swept with
+    /// SIGKILL while its leader is still a zombie (so the group id cannot have
+    /// been reused): nothing a worker started outlives it.
+    fn reap(&mut self, inputs: &mut Vec<Input>) {
+        loop {
+            let peek = waitid(
+                Id::All,
+                WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
+            );
+            let pid = match peek {
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
+                Ok(status) => match status.pid() {
+                    Some(pid) => pid,
+                    None => break,
+                },
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    error!("waitid failed: {}", e.desc());
+                    break;
+                }
+            };
+            if self.workers.contains(&pid.as_raw()) {
+                match kill(NixPid::from_raw(-pid.as_raw()), Signal::SIGKILL) {
+                    Ok(()) => log::trace!("swept the process group of pid {pid}"),
+                    Err(Errno::ESRCH) | Err(Errno::EPERM) => {}
+                    Err(e) => warn!("cannot sweep the process group of pid {pid}: {}", e.desc()),
+                }
+            }
+            let status = match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(_, code)) => ExitStatus::Code(code),
+                Ok(WaitStatus::Signaled(_, signal, _)) => ExitStatus::Signaled(signal),
+                Ok(other) => {
+                    debug!("unexpected wait status {other:?}");
+                    continue;
+                }
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    error!("waitpid({pid}) failed: {}", e.desc());
+                    break;
+                }
+            };
+            let pid = pid.as_raw();
+            self.workers.remove(&pid);
+            // The exec report may still be unread if exec failed at once.
+            self.read_exec_report(pid);
+            self.unwatch_link(pid);
+            self.links.detach(pid);
+            self.memory.forget(pid);
+            inputs.push(Input::Exited { pid, status });
+        }
+    }
+}
+
+impl System for Os {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    fn wait(&mut self, deadline: Option<Instant>) -> Result<Vec<Input>, String> {
+        self.notifier.flush();
+        let ready = self
+            .epoll_wait(Instant::now(), deadline)
+            .map_err(|e| format!("epoll_wait failed: {}", e.desc()))?;
+        let mut inputs = Vec::new();
+        if ready.signals {
+            self.pending_signals(&mut inputs);
+        }
+        let now = Instant::now();
+        if ready.control {
+            self.accept_clients(now);
+        }
+        for (client, writable) in ready.clients {
+            self.serve_client(client, writable, &mut inputs);
+        }
+        self.control.expire(now);
+        for pid in ready.exec_reports {
+            self.read_exec_report(pid);
+        }
+        for pid in ready.links {
+            for message in self.links.read(pid, now) {
+                inputs.push(Input::Message { pid, message });
+            }
+            if !self.links.is_open(pid) {
+                self.unwatch_link(pid);
+            }
+        }
+        Ok(inputs)
+    }
+
+    fn spawn(&mut self, order: &SpawnOrder, command: &WorkerCommand) -> Result<Pid, String> {
+        let prepared = self.links.prepare(order.slot, order.heartbeat)?;
+        let (pid, report) = command
+            .spawn(order.slot, order.generation, &prepared.extras)
+            .map_err(|e| e.to_string())?;
+        let slot = order.slot;
+        let watched = self.epoll.add(
+            report.fd(),
+            EpollEvent::new(EpollFlags::EPOLLIN, TAG_EXEC_REPORT | pid as u64),
+        );
+        match watched {
+            Ok(()) => {
+                self.exec_reports.insert(pid, report);
+            }
+            Err(e) => warn!("worker {slot} (pid {pid}): cannot watch its exec report: {}", e.desc()),
+        }
+        self.workers.insert(pid);
+        self.links.attach(pid, slot, prepared.link);
+        if let Some(fd) = self.links.fd(pid)
+            && let Err(e) = self
+                .epoll
+                .add(fd, EpollEvent::new(EpollFlags::EPOLLIN, TAG_LINK | pid as u64))
+        {
+            warn!("worker {slot} (pid {pid}): cannot watch its channel: {}", e.desc());
+        }
+        Ok(pid)
+    }
+
+    /// Signals a worker's process group (so a wrapper such as `sh -c` or `npm
+    /// start` does not swallow the signal), or the worker alone if it left its group.
+    fn signal(&mut self, pid: Pid, signal: Signal) {
+        let result = match kill(NixPid::from_raw(-pid), signal) {
+            Err(Errno::ESRCH) => kill(NixPid::from_raw(pid), signal),
+            other => other,
+        };
+        match result {
+            Ok(()) => debug!("sent {} to worker pid {pid}", signal.as_str()),
+            Err(Errno::ESRCH) => debug!("worker pid {pid} already gone; {} not sent", signal.as_str()),
+            Err(e) => warn!("cannot send {} to worker pid {pid}: {}", signal.as_str(), e.desc()),
+        }
+    }
+
+    fn ping(&mut self, pid: Pid) {
+        self.links.ping(pid);
+    }
+
+    fn measure(&mut self, pids: &[Pid], how: MemoryMeasure, limit: Option<u64>) -> Vec<(Pid, u64)> {
+        self.memory.next_round();
+        pids.iter()
+            .filter_map(|&pid| self.memory.measure(pid, how, limit).map(|bytes| (pid, bytes)))
+            .collect()
+    }
+
+    fn cpu_percent(&self, pid: Pid) -> Option<f64> {
+        proc_stats::cpu_percent(pid)
+    }
+
+    fn notify(&mut self, message: &Upward) {
+        self.notifier.send(message);
+    }
+
+    /// Sends a reply; watches the client for writability if it reads slowly.
+    fn reply(&mut self, client: ClientId, reply: &Reply) {
+        if self.control.reply(client, reply)
+            && let Some(fd) = self.control.client_fd(client)
+        {
+            let _ = self
+                .epoll
+                .modify(fd, &mut EpollEvent::new(EpollFlags::EPOLLOUT, TAG_CLIENT | client));
+        }
+    }
+
+    fn finish(&mut self) {
+        let deadline = Instant::now() + FINAL_FLUSH;
+        self.notifier.flush();
+        while self.notifier.has_pending() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+            self.notifier.flush();
+        }
+        if self.notifier.has_pending() {
+            warn!("systemd did not read its notify socket; exiting with messages unsent");
+        }
+        for listener in &self.listeners.sockets {
+            listener.remove_socket_file();
+        }
+        self.links.cleanup();
+        self.control.cleanup();
+    }
+}

@@ -1,0 +1,312 @@
+//! The supervisor's loop, over any [`System`]: each pass turns what happened
+//! into events for the [`Flock`], then performs every action it returns, in
+//! order; then it waits until something happens or the core's next deadline.
+//!
+//! The shell keeps what the core does not: the worker commands (one per
+//! generation, named by the core's [`CommandId`]s and forgotten at its
+//! word), the control clients waiting for a reload's outcome, and how to
+//! read the config again.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use log::{debug, error, info, warn};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGTTIN, SIGTTOU};
+
+use super::system::{ClientId, Input, System};
+use crate::config::{ListenAddr, Overrides, Settings};
+use crate::control::protocol::{Command, LastReload, Reply, StatusReport, SupervisorStatus, WorkerStatus};
+use crate::core::{Action, CommandId, Event, Flock, Policy, Request, WorkerState};
+use crate::worker::spawn::{CommandContext, WorkerCommand};
+
+/// Exit code when the loop itself fails (EX_OSERR).
+pub const EXIT_OS_ERROR: i32 = 71;
+
+/// The command the flock starts with.
+const FIRST_COMMAND: CommandId = 1;
+
+/// How to read the config again on reload, as it was read at start.
+pub struct ReloadSource {
+    pub config_file: Option<std::path::PathBuf>,
+    pub overrides: Overrides,
+    /// The listen addresses at start: they cannot change without a restart.
+    pub listen: Vec<ListenAddr>,
+    /// systemd passed the sockets (the config's `listen` is not used).
+    pub inherited: bool,
+    /// systemd's watchdog for sheepdog itself.
+    pub watchdog: Option<Duration>,
+}
+
+pub struct Supervisor<S: System> {
+    flock: Flock,
+    system: S,
+    /// The worker commands that may still be spawned, by the core's id.
+    commands: HashMap<CommandId, WorkerCommand>,
+    next_command: CommandId,
+    context: CommandContext,
+    source: ReloadSource,
+    /// The app's name and its config's absolute path, for `sheepdog status`.
+    name: String,
+    config_path: Option<String>,
+    started: Instant,
+    next_ticket: u64,
+    /// Control clients waiting for the outcome of the reload with this ticket.
+    reload_waiters: HashMap<u64, ClientId>,
+}
+
+impl<S: System> Supervisor<S> {
+    pub fn new(
+        settings: &Settings,
+        source: ReloadSource,
+        context: CommandContext,
+        command: WorkerCommand,
+        system: S,
+    ) -> Supervisor<S> {
+        let started = system.now();
+        let policy = Policy::from_settings(settings, source.watchdog);
+        Supervisor {
+            flock: Flock::new(policy, FIRST_COMMAND, started),
+            system,
+            commands: HashMap::from([(FIRST_COMMAND, command)]),
+            next_command: FIRST_COMMAND + 1,
+            context,
+            config_path: source
+                .config_file
+                .as_deref()
+                .map(|p| crate::config::canonical(p).display().to_string()),
+            source,
+            name: settings.name.clone(),
+            started,
+            next_ticket: 1,
+            reload_waiters: HashMap::new(),
+        }
+    }
+
+    pub fn flock(&self) -> &Flock {
+        &self.flock
+    }
+
+    pub fn system(&self) -> &S {
+        &self.system
+    }
+
+    pub fn system_mut(&mut self) -> &mut S {
+        &mut self.system
+    }
+
+    /// The worker commands the shell still keeps.
+    pub fn commands(&self) -> impl Iterator<Item = (&CommandId, &WorkerCommand)> {
+        self.commands.iter()
+    }
+
+    /// Runs until the flock is stopped; returns the process exit code.
+    pub fn run(mut self) -> i32 {
+        let mut inputs = Vec::new();
+        loop {
+            if let Some(code) = self.pass(inputs) {
+                return code;
+            }
+            inputs = match self.system.wait(self.flock.next_deadline()) {
+                Ok(inputs) => inputs,
+                Err(e) => {
+                    error!("{e}");
+                    return EXIT_OS_ERROR;
+                }
+            };
+        }
+    }
+
+    /// One pass: feeds what happened (and the passing of time) to the core,
+    /// then performs every action in order, even those after `Exit` (the
+    /// final STATUS= comes after it). Returns the exit code once the flock
+    /// is gone, with the system's last words said.
+    pub fn pass(&mut self, inputs: Vec<Input>) -> Option<i32> {
+        let now = self.system.now();
+        let mut events: Vec<Event> = inputs.into_iter().filter_map(|input| self.translate(input)).collect();
+        events.push(Event::Tick);
+        let mut actions = VecDeque::new();
+        for event in events {
+            actions.extend(self.flock.handle(now, event));
+        }
+        let mut exit = None;
+        while let Some(action) = actions.pop_front() {
+            exit = exit.or(self.perform(now, action, &mut actions));
+        }
+        if exit.is_some() {
+            self.system.finish();
+        }
+        exit
+    }
+
+    /// The core's view of an input, if it has one; control requests that
+    /// need no decision are answered here.
+    fn translate(&mut self, input: Input) -> Option<Event> {
+        match input {
+            Input::Signal(signal @ (SIGTERM | SIGINT)) => {
+                info!("received {}", signal_name(signal));
+                Some(Event::Request(Request::Stop))
+            }
+            Input::Signal(SIGTTIN) => Some(Event::Request(Request::ScaleUp)),
+            Input::Signal(SIGTTOU) => Some(Event::Request(Request::ScaleDown)),
+            Input::Signal(SIGHUP) => {
+                info!("received SIGHUP: reloading");
+                Some(self.reload_request(0))
+            }
+            Input::Signal(other) => {
+                debug!("ignoring signal {other}");
+                None
+            }
+            Input::Exited { pid, status } => Some(Event::Exited { pid, status }),
+            Input::Message { pid, message } => Some(Event::Message { pid, message }),
+            Input::Control { client, command } => match command {
+                Command::Status => {
+                    let reply = Reply::Status(self.status_report());
+                    self.system.reply(client, &reply);
+                    None
+                }
+                Command::Scale { workers } => {
+                    let reply = Reply::Done(format!("scaling to {workers} workers"));
+                    self.system.reply(client, &reply);
+                    Some(Event::Request(Request::Scale(workers)))
+                }
+                Command::Reload => {
+                    let ticket = self.next_ticket;
+                    self.next_ticket += 1;
+                    self.reload_waiters.insert(ticket, client);
+                    Some(self.reload_request(ticket))
+                }
+            },
+        }
+    }
+
+    /// Re-reads the config and asks the core to roll onto it; an invalid
+    /// config refuses the reload and changes nothing.
+    fn reload_request(&mut self, ticket: u64) -> Event {
+        let refused = |reason: String| Event::Request(Request::ReloadRefused { ticket, reason });
+        let settings = match Settings::load(self.source.config_file.as_deref(), &self.source.overrides) {
+            Ok(settings) => settings,
+            Err(e) => return refused(e.to_string()),
+        };
+        if settings.listen != self.source.listen && !self.source.inherited {
+            warn!("the listen addresses cannot change in a reload; restart sheepdog to bind others");
+        }
+        let command = match WorkerCommand::from_settings(&settings, &self.context) {
+            Ok(command) => command,
+            Err(e) => return refused(e.to_string()),
+        };
+        let id = self.next_command;
+        self.next_command += 1;
+        self.commands.insert(id, command);
+        Event::Request(Request::Reload {
+            ticket,
+            policy: Box::new(Policy::from_settings(&settings, self.source.watchdog)),
+            command: id,
+        })
+    }
+
+    /// Performs one action; its follow-up events' actions join the queue.
+    fn perform(&mut self, now: Instant, action: Action, queue: &mut VecDeque<Action>) -> Option<i32> {
+        match action {
+            Action::Spawn(order) => {
+                let outcome = match self.commands.get(&order.command) {
+                    Some(command) => self.system.spawn(&order, command),
+                    None => Err(format!(
+                        "no command {} (a bug: it was released too early)",
+                        order.command
+                    )),
+                };
+                let event = match outcome {
+                    Ok(pid) => Event::Spawned { order, pid },
+                    Err(reason) => Event::SpawnFailed { order, reason },
+                };
+                queue.extend(self.flock.handle(now, event));
+            }
+            Action::Signal { pid, signal } => self.system.signal(pid, signal),
+            Action::Ping { pid } => self.system.ping(pid),
+            Action::Measure { pids } => {
+                let policy = self.flock.policy();
+                let (how, limit) = (policy.memory_measure, policy.memory_limit);
+                for (pid, bytes) in self.system.measure(&pids, how, limit) {
+                    queue.extend(self.flock.handle(now, Event::Measured { pid, bytes }));
+                }
+            }
+            Action::Notify(message) => self.system.notify(&message),
+            Action::ReloadFinished { ticket, ok, message } => {
+                if let Some(client) = self.reload_waiters.remove(&ticket) {
+                    let reply = if ok {
+                        Reply::Done(message)
+                    } else {
+                        Reply::Failed(message)
+                    };
+                    self.system.reply(client, &reply);
+                }
+            }
+            Action::ReleaseCommand(id) => {
+                self.commands.remove(&id);
+            }
+            Action::Exit { code, reason } => {
+                if code == 0 {
+                    info!("{reason}; exiting");
+                } else {
+                    error!("{reason}");
+                }
+                return Some(code);
+            }
+        }
+        None
+    }
+
+    fn status_report(&self) -> StatusReport {
+        let now = self.system.now();
+        let flock = &self.flock;
+        let heartbeats = flock.policy().heartbeat.is_some();
+        let workers = flock
+            .workers()
+            .iter()
+            .map(|w| WorkerStatus {
+                slot: w.slot,
+                pid: w.pid,
+                generation: w.generation,
+                state: match w.state {
+                    WorkerState::Starting => "starting",
+                    WorkerState::Ready { retiring: Some(_), .. } => "retiring",
+                    WorkerState::Ready { .. } => "ready",
+                    WorkerState::Stopping { .. } => "stopping",
+                }
+                .into(),
+                uptime_s: now.saturating_duration_since(w.started_at).as_secs_f64(),
+                restarts: flock.slot_restarts(w.slot),
+                memory_bytes: w.memory,
+                cpu_percent: self.system.cpu_percent(w.pid),
+                heartbeat_age_s: heartbeats.then(|| now.saturating_duration_since(w.last_heartbeat).as_secs_f64()),
+                status: w.status.clone(),
+            })
+            .collect();
+        StatusReport {
+            supervisor: SupervisorStatus {
+                version: env!("CARGO_PKG_VERSION").into(),
+                pid: std::process::id(),
+                uptime_s: now.saturating_duration_since(self.started).as_secs_f64(),
+                name: self.name.clone(),
+                config: self.config_path.clone(),
+                generation: flock.generation(),
+                desired: flock.desired(),
+                ready: flock.workers().iter().filter(|w| w.is_ready()).count(),
+                restarts: flock.total_restarts(),
+                reloading_to: flock.reloading_to(),
+                last_reload: flock.last_reload().map(|r| LastReload {
+                    generation: r.generation,
+                    ok: r.ok,
+                    message: r.message.clone(),
+                }),
+            },
+            workers,
+        }
+    }
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    nix::sys::signal::Signal::try_from(signal)
+        .map(nix::sys::signal::Signal::as_str)
+        .unwrap_or("signal")
+}

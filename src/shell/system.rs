@@ -1,0 +1,55 @@
+//! The seam between the supervisor's logic and the operating system: every
+//! effect the shell has (fork/exec, signals, pings, /proc reads, sd_notify,
+//! control replies, the clock, waiting) goes through [`System`], so that the
+//! supervisor can be driven by a recording fake in tests and by [`Os`]
+//! (crate::shell::os::Os) for real.
+
+use std::time::Instant;
+
+use nix::sys::signal::Signal;
+
+use crate::config::MemoryMeasure;
+use crate::control::protocol::{Command, Reply};
+use crate::core::{ExitStatus, Pid, SpawnOrder, Upward};
+use crate::worker::channel::WorkerMessage;
+use crate::worker::spawn::WorkerCommand;
+
+/// A control client, as the server numbers them.
+pub type ClientId = u64;
+
+/// What happened out there, as one wait found it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// A signal to sheepdog (SIGCHLD is turned into `Exited` by the system).
+    Signal(i32),
+    /// A child was reaped.
+    Exited { pid: Pid, status: ExitStatus },
+    /// A worker said something on its channel.
+    Message { pid: Pid, message: WorkerMessage },
+    /// A control client's complete request.
+    Control { client: ClientId, command: Command },
+}
+
+pub trait System {
+    /// The monotonic clock.
+    fn now(&self) -> Instant;
+    /// Sleeps until something happens or `deadline` passes (never, if None),
+    /// and returns what happened.
+    fn wait(&mut self, deadline: Option<Instant>) -> Result<Vec<Input>, String>;
+    /// Forks and execs the worker `order` asks for, with `command`.
+    fn spawn(&mut self, order: &SpawnOrder, command: &WorkerCommand) -> Result<Pid, String>;
+    /// Signals a worker's process group.
+    fn signal(&mut self, pid: Pid, signal: Signal);
+    /// Asks a node-ipc worker for a heartbeat.
+    fn ping(&mut self, pid: Pid);
+    /// The memory of each worker's process tree; the gone ones are left out.
+    fn measure(&mut self, pids: &[Pid], how: MemoryMeasure, limit: Option<u64>) -> Vec<(Pid, u64)>;
+    /// A process's CPU use over its life, in % of one core.
+    fn cpu_percent(&self, pid: Pid) -> Option<f64>;
+    /// Tells systemd, without ever blocking.
+    fn notify(&mut self, message: &Upward);
+    fn reply(&mut self, client: ClientId, reply: &Reply);
+    /// Last words before exit: what waits for systemd is flushed (bounded),
+    /// sheepdog's own files are removed.
+    fn finish(&mut self);
+}

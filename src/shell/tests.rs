@@ -1,0 +1,377 @@
+//! The supervisor's loop against a recording fake of the system: what it
+//! forks, signals, tells systemd and answers, pass by pass, on a fake clock.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use signal_hook::consts::{SIGHUP, SIGTERM};
+
+use super::supervisor::{ReloadSource, Supervisor};
+use super::system::{ClientId, Input, System};
+use crate::config::{MemoryMeasure, Overrides, Settings};
+use crate::control::protocol::{Command, Reply};
+use crate::core::{ExitStatus, Pid, SpawnOrder, Upward};
+use crate::worker::spawn::{CommandContext, WorkerCommand};
+
+#[derive(Debug, Clone, PartialEq)]
+enum Effect {
+    Spawn {
+        order: SpawnOrder,
+        command: String,
+        pid: Pid,
+    },
+    Signal {
+        pid: Pid,
+        signal: Signal,
+    },
+    Ping(Pid),
+    Notify(Upward),
+    Reply(ClientId, Reply),
+    Finish,
+}
+
+/// A system that records every effect and forks nothing.
+struct Fake {
+    now: Instant,
+    next_pid: Pid,
+    effects: Vec<Effect>,
+    memory: HashMap<Pid, u64>,
+}
+
+impl System for Fake {
+    fn now(&self) -> Instant {
+        self.now
+    }
+
+    fn wait(&mut self, _deadline: Option<Instant>) -> Result<Vec<Input>, String> {
+        Err("the fake does not wait: tests drive the passes".into())
+    }
+
+    fn spawn(&mut self, order: &SpawnOrder, command: &WorkerCommand) -> Result<Pid, String> {
+        self.next_pid += 1;
+        self.effects.push(Effect::Spawn {
+            order: *order,
+            command: command.describe(),
+            pid: self.next_pid,
+        });
+        Ok(self.next_pid)
+    }
+
+    fn signal(&mut self, pid: Pid, signal: Signal) {
+        self.effects.push(Effect::Signal { pid, signal });
+    }
+
+    fn ping(&mut self, pid: Pid) {
+        self.effects.push(Effect::Ping(pid));
+    }
+
+    fn measure(&mut self, pids: &[Pid], _how: MemoryMeasure, _limit: Option<u64>) -> Vec<(Pid, u64)> {
+        pids.iter()
+            .filter_map(|pid| self.memory.get(pid).map(|bytes| (*pid, *bytes)))
+            .collect()
+    }
+
+    fn cpu_percent(&self, _pid: Pid) -> Option<f64> {
+        Some(1.5)
+    }
+
+    fn notify(&mut self, message: &Upward) {
+        self.effects.push(Effect::Notify(message.clone()));
+    }
+
+    fn reply(&mut self, client: ClientId, reply: &Reply) {
+        self.effects.push(Effect::Reply(client, reply.clone()));
+    }
+
+    fn finish(&mut self) {
+        self.effects.push(Effect::Finish);
+    }
+}
+
+struct Harness {
+    supervisor: Supervisor<Fake>,
+    config: PathBuf,
+    t0: Instant,
+    _dir: tempfile::TempDir,
+}
+
+const BASE: &str = "workers = 2\nready_delay = \"1s\"\nbackoff_initial = \"100ms\"\nstop_timeout = \"5s\"\n";
+
+impl Harness {
+    /// A supervisor of `command` (e.g. `["true", "one"]`) with `extra` config.
+    fn new(command: &str, extra: &str) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("app.toml");
+        std::fs::write(&config, format!("command = {command}\n{BASE}{extra}")).unwrap();
+        let settings = Settings::load(Some(&config), &Overrides::default()).unwrap();
+        let context = CommandContext::default();
+        let command = WorkerCommand::from_settings(&settings, &context).unwrap();
+        let source = ReloadSource {
+            config_file: Some(config.clone()),
+            overrides: Overrides::default(),
+            listen: settings.listen.clone(),
+            inherited: false,
+            watchdog: None,
+        };
+        let t0 = Instant::now();
+        let fake = Fake {
+            now: t0,
+            next_pid: 100,
+            effects: Vec::new(),
+            memory: HashMap::new(),
+        };
+        Harness {
+            supervisor: Supervisor::new(&settings, source, context, command, fake),
+            config,
+            t0,
+            _dir: dir,
+        }
+    }
+
+    fn rewrite(&self, command: &str, extra: &str) {
+        std::fs::write(&self.config, format!("command = {command}\n{BASE}{extra}")).unwrap();
+    }
+
+    /// One pass at `at` (since the start) with these inputs; the effects it had.
+    fn pass_at(&mut self, at: Duration, inputs: Vec<Input>) -> (Option<i32>, Vec<Effect>) {
+        let before = self.supervisor.system().effects.len();
+        self.supervisor.system_mut().now = self.t0 + at;
+        let code = self.supervisor.pass(inputs);
+        (code, self.supervisor.system().effects[before..].to_vec())
+    }
+
+    fn pid_of(&self, slot: usize, generation: u32) -> Pid {
+        self.supervisor
+            .flock()
+            .workers()
+            .iter()
+            .find(|w| w.slot == slot && w.generation == generation && !w.is_stopping())
+            .map(|w| w.pid)
+            .expect("a worker in that slot and generation")
+    }
+
+    fn commands(&self) -> Vec<String> {
+        let mut commands: Vec<String> = self.supervisor.commands().map(|(_, c)| c.describe()).collect();
+        commands.sort();
+        commands
+    }
+}
+
+fn spawned(effects: &[Effect]) -> Vec<(usize, u32, String)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Spawn { order, command, .. } => Some((order.slot, order.generation, command.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+const MS: Duration = Duration::from_millis(1);
+
+#[test]
+fn the_first_pass_forks_the_flock_with_the_first_command() {
+    let mut h = Harness::new("[\"true\", \"one\"]", "");
+    let (code, effects) = h.pass_at(Duration::ZERO, vec![]);
+    assert_eq!(code, None);
+    assert_eq!(
+        spawned(&effects),
+        vec![(0, 1, "true one".into()), (1, 1, "true one".into())]
+    );
+    let (_, effects) = h.pass_at(1000 * MS, vec![]);
+    assert!(effects.contains(&Effect::Notify(Upward::Ready)));
+}
+
+#[test]
+fn a_worker_forked_in_the_pass_a_reload_began_is_recorded_in_its_own_generation_and_stopped() {
+    let mut h = Harness::new("[\"true\", \"one\"]", "");
+    h.pass_at(Duration::ZERO, vec![]);
+    h.pass_at(1000 * MS, vec![]);
+    let crashed = h.pid_of(0, 1);
+    let exited = Input::Exited {
+        pid: crashed,
+        status: ExitStatus::Code(1),
+    };
+    h.pass_at(2000 * MS, vec![exited]);
+    h.rewrite("[\"true\", \"two\"]", "");
+    // In one pass: an event after which slot 0's backoff is over (a spawn of
+    // generation 1 is ordered), then SIGHUP (generation 2 begins) — and only
+    // then are the actions performed.
+    let stray = Input::Exited {
+        pid: 99_999,
+        status: ExitStatus::Code(0),
+    };
+    let (_, effects) = h.pass_at(2100 * MS, vec![stray, Input::Signal(SIGHUP)]);
+    let spawns = spawned(&effects);
+    assert_eq!(spawns[0], (0, 1, "true one".into()), "{spawns:?}");
+    let forked = match &effects[0] {
+        Effect::Spawn { pid, .. } => *pid,
+        other => panic!("{other:?}"),
+    };
+    let worker = h
+        .supervisor
+        .flock()
+        .workers()
+        .iter()
+        .find(|w| w.pid == forked)
+        .expect("recorded");
+    assert_eq!(worker.generation, 1, "recorded as what it was forked as");
+    assert!(
+        worker.is_stopping(),
+        "a generation-1 worker starting in a roll to 2 is not wanted"
+    );
+    assert!(effects.contains(&Effect::Signal {
+        pid: forked,
+        signal: Signal::SIGTERM
+    }));
+    assert!(
+        spawns[1..]
+            .iter()
+            .all(|(_, generation, command)| *generation == 2 && command == "true two"),
+        "{spawns:?}"
+    );
+    assert!(
+        spawns[1..].iter().any(|(slot, ..)| *slot == 0),
+        "slot 0 refilled in generation 2"
+    );
+}
+
+#[test]
+fn commands_are_forgotten_when_the_core_says_so() {
+    let mut h = Harness::new("[\"true\", \"one\"]", "");
+    h.pass_at(Duration::ZERO, vec![]);
+    h.pass_at(1000 * MS, vec![]);
+    // A successful roll: generation 1's command goes, once nothing can use it.
+    h.rewrite("[\"true\", \"two\"]", "");
+    h.pass_at(2000 * MS, vec![Input::Signal(SIGHUP)]);
+    assert_eq!(h.commands(), ["true one", "true two"]);
+    for at in [3000, 4000] {
+        h.pass_at(at * MS, vec![]);
+    }
+    assert_eq!(h.supervisor.flock().reloading_to(), None);
+    assert_eq!(h.commands(), ["true two"]);
+    // An aborted roll: the new command goes, the old stays.
+    h.rewrite("[\"true\", \"three\"]", "");
+    h.pass_at(5000 * MS, vec![Input::Signal(SIGHUP)]);
+    let new = h.pid_of(0, 3);
+    let crash = Input::Exited {
+        pid: new,
+        status: ExitStatus::Code(1),
+    };
+    h.pass_at(5100 * MS, vec![crash]);
+    assert_eq!(h.commands(), ["true two"]);
+    // A refused one (readiness cannot change): nothing is kept of it.
+    h.rewrite("[\"true\", \"four\"]", "readiness = \"notify\"\n");
+    h.pass_at(6000 * MS, vec![Input::Signal(SIGHUP)]);
+    assert_eq!(h.commands(), ["true two"]);
+}
+
+#[test]
+fn the_last_pass_performs_every_action_then_says_its_last_words() {
+    let mut h = Harness::new("[\"true\", \"one\"]", "");
+    h.pass_at(Duration::ZERO, vec![]);
+    h.pass_at(1000 * MS, vec![]);
+    let (a, b) = (h.pid_of(0, 1), h.pid_of(1, 1));
+    let (code, effects) = h.pass_at(2000 * MS, vec![Input::Signal(SIGTERM)]);
+    assert_eq!(code, None);
+    assert!(effects.contains(&Effect::Notify(Upward::Stopping)));
+    let exits = [a, b].map(|pid| Input::Exited {
+        pid,
+        status: ExitStatus::Code(0),
+    });
+    let (code, effects) = h.pass_at(2500 * MS, exits.to_vec());
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        effects[effects.len() - 2..],
+        [
+            Effect::Notify(Upward::Status("stopping · 0 workers left".into())),
+            Effect::Finish
+        ]
+    );
+}
+
+#[test]
+fn control_requests_are_answered_from_the_flock() {
+    let mut h = Harness::new("[\"true\", \"one\"]", "");
+    h.pass_at(Duration::ZERO, vec![]);
+    h.pass_at(1000 * MS, vec![]);
+    let (_, effects) = h.pass_at(
+        1500 * MS,
+        vec![Input::Control {
+            client: 7,
+            command: Command::Status,
+        }],
+    );
+    let Some(Effect::Reply(7, Reply::Status(report))) = effects.first() else {
+        panic!("{effects:?}")
+    };
+    assert_eq!((report.supervisor.ready, report.supervisor.desired), (2, 2));
+    assert_eq!(report.supervisor.name, "app", "the config file's name");
+    assert!(report.supervisor.config.as_deref().unwrap().ends_with("app.toml"));
+    let slots: Vec<usize> = report.workers.iter().map(|w| w.slot).collect();
+    assert_eq!(slots, [0, 1]);
+    assert!(
+        report
+            .workers
+            .iter()
+            .all(|w| w.state == "ready" && w.cpu_percent == Some(1.5))
+    );
+    assert_eq!(report.workers[0].uptime_s, 1.5);
+
+    let scale = Input::Control {
+        client: 8,
+        command: Command::Scale { workers: 3 },
+    };
+    let (_, effects) = h.pass_at(1600 * MS, vec![scale]);
+    assert_eq!(effects[0], Effect::Reply(8, Reply::Done("scaling to 3 workers".into())));
+    assert_eq!(spawned(&effects), vec![(2, 1, "true one".into())]);
+
+    // A reload's client hears the outcome when the roll is done, not before.
+    let reload = Input::Control {
+        client: 9,
+        command: Command::Reload,
+    };
+    let (_, effects) = h.pass_at(3000 * MS, vec![reload]);
+    assert!(!effects.iter().any(|e| matches!(e, Effect::Reply(9, _))));
+    let mut replies = Vec::new();
+    for at in (4000..=8000).step_by(1000) {
+        let (_, effects) = h.pass_at(at * MS, vec![]);
+        replies.extend(effects.into_iter().filter(|e| matches!(e, Effect::Reply(9, _))));
+    }
+    match replies.as_slice() {
+        [Effect::Reply(9, Reply::Done(message))] => {
+            assert!(message.starts_with("reloaded to generation 2 (2 workers)"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn an_invalid_config_at_sighup_is_refused_and_systemd_sees_the_reload_end() {
+    let mut h = Harness::new("[\"true\", \"one\"]", "");
+    h.pass_at(Duration::ZERO, vec![]);
+    h.pass_at(1000 * MS, vec![]);
+    std::fs::write(&h.config, "workers = = 2\n").unwrap();
+    let (_, effects) = h.pass_at(2000 * MS, vec![Input::Signal(SIGHUP)]);
+    let upward: Vec<&Effect> = effects.iter().filter(|e| matches!(e, Effect::Notify(_))).collect();
+    assert_eq!(
+        upward[..2],
+        [&Effect::Notify(Upward::Reloading), &Effect::Notify(Upward::Ready)]
+    );
+    assert!(spawned(&effects).is_empty());
+    assert_eq!(h.commands(), ["true one"]);
+}
+
+#[test]
+fn memory_is_measured_through_the_system_and_acted_on() {
+    let mut h = Harness::new("[\"true\", \"one\"]", "[memory]\nlimit = \"1MiB\"\ninterval = \"1s\"\n");
+    h.pass_at(Duration::ZERO, vec![]);
+    let pid = h.pid_of(0, 1);
+    h.supervisor.system_mut().memory.insert(pid, 2 << 20);
+    let (_, effects) = h.pass_at(1000 * MS, vec![]);
+    assert_eq!(spawned(&effects), vec![(0, 1, "true one".into())], "replacement first");
+    let worker = h.supervisor.flock().workers().iter().find(|w| w.pid == pid).unwrap();
+    assert_eq!(worker.memory, Some(2 << 20));
+}

@@ -1,0 +1,9 @@
+//! Worker plumbing: starting a worker with the fd layout and environment of
+//! the worker contract (`spawn`), its channel to sheepdog (`links` on the
+//! shell side, `channel` for the pure parsing of what it says), and /proc
+//! readers for its process tree (`proc_stats`).
+
+pub mod channel;
+pub mod links;
+pub mod proc_stats;
+pub mod spawn;
