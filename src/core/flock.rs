@@ -358,7 +358,7 @@ impl Flock {
     }
 
     /// When a stopping worker that has not been killed yet gets SIGKILL.
-    fn stop_deadline(&self) -> Option<Instant> {
+    pub(super) fn stop_deadline(&self) -> Option<Instant> {
         self.workers
             .iter()
             .filter_map(|w| match w.state {

@@ -240,3 +240,105 @@ fn the_watchdog_relay_pings_only_a_healthy_flock() {
     h.make_ready();
     assert_eq!(watchdogs(&h.run_until(22_000 * MS)), 2);
 }
+
+#[test]
+fn a_draining_worker_asking_again_changes_nothing() {
+    let mut h = Harness::new(notify_policy(1));
+    h.start();
+    h.make_ready();
+    let pid = h.pid_of(0);
+    h.say(pid, WorkerMessage::Stopping);
+    let again = h.say(pid, WorkerMessage::Stopping);
+    let trigger = h.say(pid, WorkerMessage::WatchdogTrigger);
+    assert!(signals(&again).is_empty() && signals(&trigger).is_empty());
+    assert!(spawns(&again).is_empty() && spawns(&trigger).is_empty());
+    assert_eq!(h.flock.total_restarts(), 0);
+    let worker = h.flock.workers().iter().find(|w| w.pid == pid).unwrap();
+    assert!(matches!(
+        worker.state,
+        WorkerState::Stopping {
+            cause: StopCause::Leaving,
+            killed: false,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn watchdog_pings_go_on_while_stopping() {
+    let mut p = notify_policy(1);
+    p.heartbeat = None;
+    p.watchdog = Some(2000 * MS);
+    p.stop_timeout = 10_000 * MS;
+    let mut h = Harness::new(p);
+    h.start();
+    h.make_ready();
+    h.feed(Event::Request(Request::Stop));
+    let pings = h
+        .run_until(6000 * MS)
+        .into_iter()
+        .filter(|a| *a == Action::Notify(Upward::Watchdog))
+        .count();
+    assert_eq!(pings, 6, "every second, though no worker is ready");
+}
+
+#[test]
+fn memory_is_measured_once_per_interval_and_only_for_live_workers() {
+    let mut p = notify_policy(2);
+    p.heartbeat = None;
+    p.memory_interval = 1000 * MS;
+    let mut h = Harness::new(p);
+    h.start();
+    h.make_ready();
+    let measures = |actions: &[Action]| -> Vec<Vec<Pid>> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Measure { pids } => Some(pids.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    assert!(measures(&h.at(999 * MS)).is_empty());
+    assert_eq!(measures(&h.at(1000 * MS)).len(), 1);
+    assert!(measures(&h.at(1500 * MS)).is_empty(), "not every pass");
+    let leaving = h.pid_of(1);
+    h.say(leaving, WorkerMessage::Stopping);
+    let at_2s = measures(&h.at(2000 * MS));
+    assert_eq!(at_2s.len(), 1);
+    assert!(!at_2s[0].contains(&leaving), "a stopping worker is not measured");
+    assert_eq!(measures(&h.run_until(10_000 * MS)).len(), 8);
+}
+
+#[test]
+fn what_a_worker_says_is_kept_for_status() {
+    let mut h = Harness::new(notify_policy(1));
+    h.start();
+    let pid = h.pid_of(0);
+    h.say(pid, WorkerMessage::Status("warming caches".into()));
+    h.say(pid, WorkerMessage::Errno(5));
+    h.feed(Event::Measured { pid, bytes: 42 << 20 });
+    let worker = &h.flock.workers()[0];
+    assert_eq!(worker.status.as_deref(), Some("warming caches"));
+    assert_eq!(worker.memory, Some(42 << 20));
+    assert!(worker.is_starting(), "neither is readiness");
+    assert_eq!(
+        statuses(&h.log).last().unwrap(),
+        "0/1 ready · 0 restarts · 42 MiB",
+        "the flock's memory in STATUS"
+    );
+}
+
+#[test]
+fn ready_without_a_protocol_comes_from_the_delay_alone() {
+    let mut h = Harness::new(policy(1));
+    h.start();
+    let pid = h.pid_of(0);
+    h.say(pid, WorkerMessage::Ready);
+    assert!(
+        h.flock.workers()[0].is_starting(),
+        "readiness = none: a READY=1 means nothing"
+    );
+    h.at(1000 * MS);
+    assert!(h.flock.workers()[0].is_ready());
+}

@@ -118,3 +118,58 @@ fn unknown_pids_are_ignored() {
     assert!(h.exit(99_999, ExitStatus::Code(0)).is_empty());
     assert_eq!(h.flock.workers().len(), 1);
 }
+
+#[test]
+fn scaling_stays_within_one_and_the_maximum() {
+    let mut h = Harness::new(policy(1));
+    h.start();
+    h.feed(Event::Request(Request::Scale(0)));
+    assert_eq!(h.flock.desired(), 1);
+    h.feed(Event::Request(Request::Scale(MAX_WORKERS as usize + 5)));
+    assert_eq!(h.flock.desired(), MAX_WORKERS as usize);
+    h.feed(Event::Request(Request::ScaleUp));
+    assert_eq!(
+        h.flock.desired(),
+        MAX_WORKERS as usize,
+        "SIGTTIN at the maximum changes nothing"
+    );
+    h.feed(Event::Request(Request::Scale(2)));
+    assert_eq!(h.flock.desired(), 2);
+}
+
+#[test]
+fn requests_during_a_shutdown_change_nothing() {
+    let mut h = Harness::new(policy(2));
+    h.start();
+    h.at(2000 * MS);
+    h.feed(Event::Request(Request::Stop));
+    for request in [Request::ScaleUp, Request::ScaleDown, Request::Scale(5)] {
+        h.feed(Event::Request(request));
+        assert_eq!(h.flock.desired(), 2);
+    }
+    let actions = h.feed(Event::Request(Request::Reload {
+        ticket: 3,
+        policy: Box::new(policy(2)),
+        command: command_of(3),
+    }));
+    assert_eq!(
+        finished(&actions),
+        Some((3, false, "the supervisor is stopping".into()))
+    );
+    assert!(actions.contains(&Action::ReleaseCommand(command_of(3))));
+    assert!(spawns(&h.log).len() == 2);
+}
+
+#[test]
+fn a_worker_forked_in_the_pass_a_shutdown_began_is_stopped_too() {
+    let mut h = Harness::new(policy(1));
+    let first = h.flock.handle(h.now, Event::Tick);
+    let Some(Action::Spawn(order)) = first.first().cloned() else {
+        panic!("{first:?}")
+    };
+    h.flock.handle(h.now, Event::Request(Request::Stop));
+    let actions = h.flock.handle(h.now, Event::Spawned { order, pid: 77 });
+    assert_eq!(signals(&actions), vec![(77, Signal::SIGTERM)]);
+    let actions = h.exit(77, ExitStatus::Code(0));
+    assert!(actions.iter().any(|a| matches!(a, Action::Exit { code: 0, .. })));
+}

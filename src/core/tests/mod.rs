@@ -1,6 +1,7 @@
 //! The core under a fake clock: a harness standing in for the shell, and
 //! the policies' tests, one file per policy.
 
+mod deadlines;
 mod health;
 mod lifecycle;
 mod reload;
@@ -13,10 +14,12 @@ use nix::sys::signal::Signal;
 
 use super::restart::backoff;
 use super::*;
-use crate::config::{HeartbeatPolicy, MemoryMeasure, Readiness, RestartPolicy};
+use crate::config::{HeartbeatPolicy, MAX_WORKERS, MemoryMeasure, Readiness, RestartPolicy};
 use crate::worker::channel::WorkerMessage;
 
 const MS: Duration = Duration::from_millis(1);
+/// More passes than any test needs: a loop that reaches it is stuck.
+const MAX_PASSES: usize = 10_000;
 /// The command the flock starts with; reloads bring their own.
 const FIRST_COMMAND: CommandId = 1;
 
@@ -74,6 +77,7 @@ impl Harness {
         let mut taken = Vec::new();
         let mut queue = VecDeque::from(self.flock.handle(self.now, event));
         while let Some(action) = queue.pop_front() {
+            assert!(taken.len() < MAX_PASSES, "one event set off endless actions");
             if let Action::Spawn(order) = action {
                 self.next_pid += 1;
                 queue.extend(self.flock.handle(
@@ -102,12 +106,17 @@ impl Harness {
 
     /// Advances the clock deadline by deadline until `until`, as the poll
     /// loop would, collecting all actions.
+    /// Bounded: a policy whose deadline never moves on fails the test
+    /// rather than hanging it.
     fn run_until(&mut self, until: Duration) -> Vec<Action> {
         let mut all = Vec::new();
+        let mut passes = 0;
         while let Some(deadline) = self.flock.next_deadline() {
             if deadline > self.t0 + until {
                 break;
             }
+            passes += 1;
+            assert!(passes < MAX_PASSES, "the next deadline does not move on: {deadline:?}");
             self.now = deadline.max(self.now);
             all.extend(self.feed(Event::Tick));
         }
@@ -243,6 +252,7 @@ fn reload_policy(workers: usize) -> Policy {
 /// step that no fewer than `min_ready` workers were ready.
 fn ready_one_by_one(h: &mut Harness, min_ready: usize) -> Vec<Action> {
     let mut all = Vec::new();
+    let mut passes = 0;
     while let Some(pid) = h
         .flock
         .workers()
@@ -250,6 +260,8 @@ fn ready_one_by_one(h: &mut Harness, min_ready: usize) -> Vec<Action> {
         .find(|w| w.state == WorkerState::Starting)
         .map(|w| w.pid)
     {
+        passes += 1;
+        assert!(passes < MAX_PASSES, "workers keep starting");
         all.extend(h.say(pid, WorkerMessage::Ready));
         assert!(
             h.ready_pids().len() >= min_ready,

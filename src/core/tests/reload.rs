@@ -284,3 +284,100 @@ fn scale_sets_the_worker_count() {
     assert_eq!(signals(&h.feed(Event::Request(Request::Scale(1)))).len(), 3);
     assert_eq!(h.flock.desired(), 1);
 }
+
+#[test]
+fn an_old_worker_crashing_mid_roll_is_a_crash_not_an_abort() {
+    let mut h = Harness::new(reload_policy(2));
+    h.start();
+    h.make_ready();
+    reload(&mut h, 1, reload_policy(2));
+    let old = h
+        .flock
+        .workers()
+        .iter()
+        .find(|w| w.slot == 1 && w.generation == 1)
+        .unwrap()
+        .pid;
+    let actions = h.exit(old, ExitStatus::Code(1));
+    assert_eq!(finished(&actions), None, "the roll goes on");
+    assert_eq!(h.flock.reloading_to(), Some(2));
+    assert_eq!(h.flock.total_restarts(), 1);
+    let done = ready_one_by_one(&mut h, 0);
+    let done = [done, h.run_until(Duration::from_secs(5))].concat();
+    let done = [done, ready_one_by_one(&mut h, 0)].concat();
+    assert_eq!(finished(&done).map(|f| (f.0, f.1)), Some((1, true)));
+}
+
+#[test]
+fn a_new_worker_crashing_after_it_was_ready_is_a_crash_not_an_abort() {
+    let mut h = Harness::new(reload_policy(2));
+    h.start();
+    h.make_ready();
+    reload(&mut h, 1, reload_policy(2));
+    let new = h.flock.workers().last().unwrap().pid;
+    h.say(new, WorkerMessage::Ready);
+    let actions = h.exit(new, ExitStatus::Code(1));
+    assert_eq!(finished(&actions), None);
+    assert_eq!(h.flock.reloading_to(), Some(2));
+    assert_eq!(h.flock.total_restarts(), 1);
+}
+
+#[test]
+fn a_reload_begun_while_workers_are_starting_ends_only_when_its_own_are_ready() {
+    let mut h = Harness::new(reload_policy(2));
+    let first: Vec<Pid> = {
+        h.start();
+        h.flock.workers().iter().map(|w| w.pid).collect()
+    };
+    let actions = reload(&mut h, 1, reload_policy(2));
+    assert_eq!(finished(&actions), None, "nothing of generation 2 is ready yet");
+    for pid in &first {
+        assert!(
+            signals(&actions).contains(&(*pid, Signal::SIGTERM)),
+            "not serving yet: stopped at once"
+        );
+    }
+    assert_eq!(spawned_generations(&actions), vec![(0, 2), (1, 2)]);
+    let done = ready_one_by_one(&mut h, 0);
+    assert_eq!(finished(&done).map(|f| (f.0, f.1)), Some((1, true)));
+}
+
+#[test]
+fn a_reload_refused_for_readiness_keeps_the_running_command() {
+    let mut h = Harness::new(reload_policy(1));
+    h.start();
+    h.make_ready();
+    let mut p = reload_policy(1);
+    p.readiness = Readiness::NodeIpc;
+    let actions = reload(&mut h, 4, p);
+    assert!(actions.contains(&Action::ReleaseCommand(command_of(4))));
+    h.exit(h.pid_of(0), ExitStatus::Code(1));
+    let respawned = h.run_until(Duration::from_secs(5));
+    let orders: Vec<CommandId> = respawned
+        .iter()
+        .filter_map(|a| match a {
+            Action::Spawn(order) => Some(order.command),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(orders, vec![FIRST_COMMAND]);
+}
+
+#[test]
+fn commands_are_released_when_their_generation_is_done() {
+    let mut h = Harness::new(reload_policy(1));
+    h.start();
+    h.make_ready();
+    reload(&mut h, 1, reload_policy(1));
+    let done = ready_one_by_one(&mut h, 1);
+    assert!(done.contains(&Action::ReleaseCommand(FIRST_COMMAND)));
+    reload(&mut h, 2, reload_policy(1));
+    let new = h.flock.workers().last().unwrap().pid;
+    let aborted = h.exit(new, ExitStatus::Code(1));
+    assert!(aborted.contains(&Action::ReleaseCommand(command_of(2))));
+    assert!(!aborted.contains(&Action::ReleaseCommand(command_of(1))));
+    let during = reload(&mut h, 3, reload_policy(1));
+    let refused_during = reload(&mut h, 4, reload_policy(1));
+    assert!(!during.iter().any(|a| matches!(a, Action::ReleaseCommand(_))));
+    assert!(refused_during.contains(&Action::ReleaseCommand(command_of(4))));
+}

@@ -127,7 +127,10 @@ fn spawns_per_second_are_bounded_whatever_happens() {
     for _ in 0..20 {
         h.feed(Event::Request(Request::ScaleUp));
     }
-    while h.now < h.t0 + Duration::from_secs(10) {
+    for _ in 0..MAX_PASSES {
+        if h.now >= h.t0 + Duration::from_secs(10) {
+            break;
+        }
         let starting: Vec<Pid> = h.flock.workers().iter().map(|w| w.pid).collect();
         for pid in starting {
             h.exit(pid, ExitStatus::Code(1));
@@ -170,4 +173,71 @@ fn backoff_sequence() {
     let seq: Vec<u128> = (0..6).map(|n| backoff(&p, n).as_millis()).collect();
     assert_eq!(seq, vec![100, 200, 400, 800, 1000, 1000]);
     assert_eq!(backoff(&p, 1000), 1000 * MS);
+}
+
+#[test]
+fn a_crash_soon_after_a_ready_restart_backs_off_further() {
+    let mut h = Harness::new(policy(1));
+    h.start();
+    h.at(2000 * MS);
+    h.exit(h.pid_of(0), ExitStatus::Code(1));
+    assert_eq!(h.flock.next_deadline(), Some(h.t0 + 2100 * MS));
+    h.at(2100 * MS);
+    h.at(3100 * MS);
+    assert!(h.flock.workers()[0].is_ready());
+    // Ready for 1 s only, well short of backoff_reset (10 s): the slot's
+    // failures still count, so the next delay doubles.
+    h.at(4100 * MS);
+    h.exit(h.pid_of(0), ExitStatus::Code(1));
+    assert_eq!(h.flock.next_deadline(), Some(h.t0 + 4300 * MS));
+    assert_eq!(h.flock.slot_restarts(0), 2);
+    assert_eq!(h.flock.total_restarts(), 2);
+}
+
+#[test]
+fn exits_during_a_shutdown_are_not_failures() {
+    let mut h = Harness::new(policy(2));
+    h.start();
+    h.at(2000 * MS);
+    let (a, b) = (h.pid_of(0), h.pid_of(1));
+    h.feed(Event::Request(Request::Stop));
+    h.exit(a, ExitStatus::Code(1));
+    h.exit(b, ExitStatus::Signaled(Signal::SIGSEGV));
+    assert_eq!(h.flock.total_restarts(), 0);
+    assert!(spawns(&h.log).len() == 2, "nothing restarted");
+}
+
+#[test]
+fn a_worker_of_a_retired_slot_that_crashes_is_not_restarted() {
+    let mut h = Harness::new(policy(2));
+    h.start();
+    h.at(2000 * MS);
+    let top = h.pid_of(1);
+    h.feed(Event::Request(Request::ScaleDown));
+    // It was told to stop, so its exit is no crash either way.
+    h.exit(top, ExitStatus::Code(1));
+    assert!(spawns(&h.run_until(Duration::from_secs(30))).is_empty());
+    assert_eq!(h.flock.total_restarts(), 0);
+}
+
+#[test]
+fn the_crash_loop_window_counts_only_recent_failures() {
+    let mut p = policy(1);
+    p.restart.max_restarts = 1;
+    p.restart.window = Duration::from_secs(5);
+    let mut h = Harness::new(p);
+    h.start();
+    h.at(2000 * MS);
+    h.exit(h.pid_of(0), ExitStatus::Code(1));
+    h.run_until(Duration::from_secs(7));
+    // Exactly one window later plus a bit: the first failure has aged out.
+    h.at(Duration::from_millis(7001));
+    h.exit(h.pid_of(0), ExitStatus::Code(1));
+    assert!(!h.flock.is_shutting_down());
+    h.run_until(Duration::from_secs(9));
+    h.exit(h.pid_of(0), ExitStatus::Code(1));
+    assert!(
+        h.flock.is_shutting_down(),
+        "two failures within 5 s with max_restarts = 1"
+    );
 }
