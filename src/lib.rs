@@ -21,6 +21,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod core;
+pub mod error;
 pub mod logging;
 pub mod shell;
 pub mod systemd;

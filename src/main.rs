@@ -4,19 +4,17 @@ use std::time::Duration;
 use clap::Parser;
 
 use sheepdog::cli::{Cli, ClientArgs, Command, ReloadArgs, RunArgs, ScaleArgs, StatusArgs};
-use sheepdog::config::{ClientTarget, Settings, client_target, default_socket_dir};
+use sheepdog::config::{ClientTarget, Overrides, Settings, client_target, default_socket_dir};
 use sheepdog::control::client;
 use sheepdog::control::protocol::{Command as Request, Reply};
 use sheepdog::control::server::ControlServer;
 use sheepdog::control::view;
+use sheepdog::error::Error;
 use sheepdog::shell::os::Os;
-use sheepdog::shell::supervisor::{EXIT_OS_ERROR, ReloadSource, Supervisor};
+use sheepdog::shell::supervisor::{ReloadSource, Supervisor};
 use sheepdog::systemd::{notify, sockets};
 use sheepdog::worker::spawn::{CommandContext, WorkerCommand};
 use sheepdog::{logging, units};
-
-/// EX_CONFIG from sysexits.h: the configuration (or environment) is unusable.
-const EXIT_CONFIG: u8 = 78;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -37,39 +35,32 @@ fn run(args: RunArgs) -> ExitCode {
         Ok(settings) => settings,
         Err(e) => {
             logging::init(None, journal);
-            log::error!("{e}");
-            return ExitCode::from(EXIT_CONFIG);
+            return cannot_run(e);
         }
     };
     logging::init(settings.log_level.map(|l| l.filter()), journal);
+    match set_up(&settings, overrides, journal) {
+        Ok(supervisor) => ExitCode::from(supervisor.run() as u8),
+        Err(e) => cannot_run(e),
+    }
+}
 
-    // Everything that can fail for a bad setup fails here, before any fork.
-    let listeners = match sockets::open(&settings.listen) {
-        Ok(listeners) => listeners,
-        Err(e) => {
-            log::error!("{e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
+/// Logs why sheepdog cannot run; the error's class is the exit code.
+fn cannot_run(error: Error) -> ExitCode {
+    log::error!("{error}");
+    ExitCode::from(error.exit_code())
+}
+
+/// Everything that can fail for a bad setup fails here, before any fork.
+fn set_up(settings: &Settings, overrides: Overrides, journal: bool) -> Result<Supervisor<Os>, Error> {
+    let listeners = sockets::open(&settings.listen)?;
     let context = CommandContext {
         listeners: listeners.raw_fds(),
         fdnames: listeners.fdnames(),
         journal,
     };
-    let command = match WorkerCommand::from_settings(&settings, &context) {
-        Ok(command) => command,
-        Err(e) => {
-            log::error!("{e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    let control = match ControlServer::bind(&settings.control_socket, settings.control_socket_explicit) {
-        Ok(control) => control,
-        Err(e) => {
-            log::error!("{e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
+    let command = WorkerCommand::from_settings(settings, &context)?;
+    let control = ControlServer::bind(&settings.control_socket, settings.control_socket_explicit)?;
     log::info!(
         "sheepdog {}: {} workers of `{}` on {} ({}); control socket {}",
         env!("CARGO_PKG_VERSION"),
@@ -97,15 +88,8 @@ fn run(args: RunArgs) -> ExitCode {
         inherited: listeners.inherited,
         watchdog,
     };
-    let os = match Os::new(settings.readiness, listeners, control) {
-        Ok(os) => os,
-        Err(e) => {
-            log::error!("{e}");
-            return ExitCode::from(EXIT_OS_ERROR as u8);
-        }
-    };
-    let supervisor = Supervisor::new(&settings, source, context, command, os);
-    ExitCode::from(supervisor.run() as u8)
+    let os = Os::new(settings.readiness, listeners, control)?;
+    Ok(Supervisor::new(settings, source, context, command, os))
 }
 
 fn man() -> ExitCode {
@@ -120,19 +104,20 @@ fn man() -> ExitCode {
 }
 
 fn check(args: RunArgs) -> ExitCode {
-    let settings = match Settings::load(args.config.as_deref(), &args.overrides()) {
-        Ok(settings) => settings,
+    let checked = Settings::load(args.config.as_deref(), &args.overrides()).and_then(|settings| {
+        WorkerCommand::from_settings(&settings, &CommandContext::default())?;
+        Ok(settings)
+    });
+    match checked {
+        Ok(settings) => {
+            print!("{}", settings.describe());
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("sheepdog: {e}");
-            return ExitCode::from(EXIT_CONFIG);
+            ExitCode::from(e.exit_code())
         }
-    };
-    if let Err(e) = WorkerCommand::from_settings(&settings, &CommandContext::default()) {
-        eprintln!("sheepdog: {e}");
-        return ExitCode::from(EXIT_CONFIG);
     }
-    print!("{}", settings.describe());
-    ExitCode::SUCCESS
 }
 
 /// Sends one request to the running sheepdog; prints errors; None on failure.

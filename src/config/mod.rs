@@ -1,310 +1,25 @@
-//! The TOML config, its defaults, and its validation. A bad value is reported as
+//! The TOML config: its schema (`file`), its values (`values`), its
+//! defaults (`defaults`), where things are by default (`paths`), and the
+//! printout of `sheepdog check` (`print`). A bad value is reported as
 //! `FILE:LINE:COLUMN: KEY: reason`, before anything is started (exit 78).
 
 use std::collections::BTreeMap;
-use std::fmt::{self, Write as _};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use serde::Deserialize;
-use toml::Spanned;
 
+pub mod defaults;
+mod file;
+mod paths;
+mod print;
 pub mod units;
+mod values;
 
-use units::{HumanDuration, HumanSize, format_duration, format_size};
-
-/// The most workers one sheepdog will run, whatever the config or SIGTTIN say.
-pub const MAX_WORKERS: u32 = 4096;
-
-/// A config error, already worded for the operator.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError(pub String);
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-/// The config file as written. Every key is optional; unknown keys are errors.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    command: Option<Spanned<Vec<String>>>,
-    workers: Option<Spanned<WorkerCount>>,
-    min_ready: Option<Spanned<u32>>,
-    listen: Option<Vec<ListenAddr>>,
-    working_directory: Option<PathBuf>,
-    env: Option<BTreeMap<String, String>>,
-    readiness: Option<Readiness>,
-    ready_delay: Option<HumanDuration>,
-    ready_timeout: Option<HumanDuration>,
-    max_surge: Option<Spanned<u32>>,
-    heartbeat: Option<Spanned<HeartbeatFile>>,
-    memory: Option<Spanned<MemoryFile>>,
-    stop_signal: Option<StopSignal>,
-    stop_timeout: Option<HumanDuration>,
-    max_restarts: Option<u32>,
-    restart_window: Option<HumanDuration>,
-    backoff_initial: Option<Spanned<HumanDuration>>,
-    backoff_max: Option<Spanned<HumanDuration>>,
-    backoff_reset: Option<HumanDuration>,
-    max_spawn_rate: Option<Spanned<u32>>,
-    control_socket: Option<PathBuf>,
-    name: Option<String>,
-    log_level: Option<LogLevel>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HeartbeatFile {
-    interval: Option<Spanned<HumanDuration>>,
-    timeout: Option<Spanned<HumanDuration>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MemoryFile {
-    limit: Option<HumanSize>,
-    interval: Option<Spanned<HumanDuration>>,
-    measure: Option<MemoryMeasure>,
-}
-
-/// How a worker's memory is counted: PSS shares each page among the processes
-/// mapping it (so pages shared after fork are not counted N times); RSS counts
-/// every resident page of every process in the tree.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MemoryMeasure {
-    Pss,
-    Rss,
-}
-
-impl fmt::Display for MemoryMeasure {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str(match self {
-            MemoryMeasure::Pss => "pss",
-            MemoryMeasure::Rss => "rss",
-        })
-    }
-}
-
-/// Heartbeats: a ready worker silent for longer than `timeout` is hung.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HeartbeatPolicy {
-    /// How often sheepdog pings node-ipc workers.
-    pub interval: Duration,
-    pub timeout: Duration,
-}
-
-/// Memory: each worker's process tree measured every `interval`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MemoryPolicy {
-    pub limit: Option<u64>,
-    pub interval: Duration,
-    pub measure: MemoryMeasure,
-}
-
-/// `workers = 4` or `workers = "auto"` (one per available CPU).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WorkerCount {
-    Fixed(u32),
-    Auto,
-}
-
-impl WorkerCount {
-    pub fn resolve(self) -> u32 {
-        match self {
-            WorkerCount::Fixed(n) => n,
-            WorkerCount::Auto => std::thread::available_parallelism()
-                .map(|n| n.get() as u32)
-                .unwrap_or(1),
-        }
-    }
-}
-
-impl FromStr for WorkerCount {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        if text == "auto" {
-            return Ok(WorkerCount::Auto);
-        }
-        let n: i64 = text
-            .parse()
-            .map_err(|_| format!("\"{text}\" is not a number or \"auto\""))?;
-        WorkerCount::from_number(n)
-    }
-}
-
-impl WorkerCount {
-    fn from_number(n: i64) -> Result<Self, String> {
-        if n < 1 {
-            Err(format!("must be at least 1 (got {n})"))
-        } else if n > MAX_WORKERS as i64 {
-            Err(format!("must be at most {MAX_WORKERS} (got {n})"))
-        } else {
-            Ok(WorkerCount::Fixed(n as u32))
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for WorkerCount {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Number(i64),
-            Text(String),
-        }
-        let parsed = match Raw::deserialize(deserializer)
-            .map_err(|_| serde::de::Error::custom("expected a number or \"auto\""))?
-        {
-            Raw::Number(n) => WorkerCount::from_number(n),
-            Raw::Text(text) => text.parse(),
-        };
-        parsed.map_err(serde::de::Error::custom)
-    }
-}
-
-/// Where sheepdog binds when systemd did not pass it sockets.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ListenAddr {
-    Tcp(SocketAddr),
-    Unix(PathBuf),
-}
-
-impl FromStr for ListenAddr {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        if let Some(path) = text.strip_prefix("unix:") {
-            if path.is_empty() {
-                return Err("\"unix:\" needs a path, e.g. \"unix:/run/myapp.sock\"".into());
-            }
-            return Ok(ListenAddr::Unix(PathBuf::from(path)));
-        }
-        if text.starts_with('/') {
-            return Ok(ListenAddr::Unix(PathBuf::from(text)));
-        }
-        text.parse().map(ListenAddr::Tcp).map_err(|_| {
-            format!("\"{text}\" is not an address: use \"127.0.0.1:8080\", \"[::1]:8080\" or \"unix:/path/to.sock\"")
-        })
-    }
-}
-
-impl fmt::Display for ListenAddr {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        match self {
-            ListenAddr::Tcp(addr) => write!(f, "{addr}"),
-            ListenAddr::Unix(path) => write!(f, "unix:{}", path.display()),
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for ListenAddr {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer)?
-            .parse()
-            .map_err(serde::de::Error::custom)
-    }
-}
-
-/// How a worker tells sheepdog it is ready and alive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Readiness {
-    /// The sd_notify protocol on a socket of sheepdog's (`NOTIFY_SOCKET`).
-    Notify,
-    /// Node's IPC channel (`NODE_CHANNEL_FD`): `process.send('ready')`.
-    NodeIpc,
-    /// Ready once it stayed up for `ready_delay`; no heartbeats.
-    None,
-}
-
-impl fmt::Display for Readiness {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str(match self {
-            Readiness::Notify => "notify",
-            Readiness::NodeIpc => "node-ipc",
-            Readiness::None => "none",
-        })
-    }
-}
-
-/// A signal named as in `kill -l`, with or without the SIG prefix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StopSignal(pub Signal);
-
-impl FromStr for StopSignal {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        let upper = text.to_ascii_uppercase();
-        let name = if upper.starts_with("SIG") {
-            upper
-        } else {
-            format!("SIG{upper}")
-        };
-        match Signal::from_str(&name) {
-            Ok(Signal::SIGKILL | Signal::SIGSTOP) => {
-                Err(format!("{name} cannot be caught, so it cannot ask for a graceful stop"))
-            }
-            Ok(signal) => Ok(StopSignal(signal)),
-            Err(_) => Err(format!(
-                "\"{text}\" is not a signal name (e.g. \"SIGTERM\", \"SIGQUIT\")"
-            )),
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for StopSignal {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer)?
-            .parse()
-            .map_err(serde::de::Error::custom)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum LogLevel {
-    Error,
-    Warn,
-    Info,
-    Debug,
-    Trace,
-}
-
-impl LogLevel {
-    pub fn filter(self) -> log::LevelFilter {
-        match self {
-            LogLevel::Error => log::LevelFilter::Error,
-            LogLevel::Warn => log::LevelFilter::Warn,
-            LogLevel::Info => log::LevelFilter::Info,
-            LogLevel::Debug => log::LevelFilter::Debug,
-            LogLevel::Trace => log::LevelFilter::Trace,
-        }
-    }
-}
-
-/// Restart policy: backoff per slot, crash-loop breaker for the flock, and a
-/// bound on spawns per second whatever the workers do.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RestartPolicy {
-    pub max_restarts: u32,
-    pub window: Duration,
-    pub backoff_initial: Duration,
-    pub backoff_max: Duration,
-    /// A worker that stayed ready this long resets its slot's backoff.
-    pub backoff_reset: Duration,
-    pub max_spawn_rate: u32,
-}
+use crate::error::Error;
+use file::Source;
+pub use paths::{ClientTarget, canonical, client_target, default_control_socket, default_socket_dir};
+pub use values::*;
 
 /// The effective settings: file, then command-line overrides, then defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -344,418 +59,81 @@ pub struct Overrides {
     pub log_level: Option<LogLevel>,
 }
 
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
-
 impl Settings {
     /// Reads and validates `path` (if any) and applies the overrides.
-    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Settings, ConfigError> {
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Settings, Error> {
         match path {
             None => Settings::from_toml("", None, overrides),
             Some(path) => {
                 let text = std::fs::read_to_string(path)
-                    .map_err(|e| ConfigError(format!("{}: cannot read the config: {e}", path.display())))?;
+                    .map_err(|e| Error::from_io(format!("{}: cannot read the config", path.display()), e))?;
                 Settings::from_toml(&text, Some(path), overrides)
             }
         }
     }
 
-    pub fn from_toml(text: &str, path: Option<&Path>, overrides: &Overrides) -> Result<Settings, ConfigError> {
-        let name = path.map_or("<config>".to_string(), |p| p.display().to_string());
-        let locate = |span: Option<std::ops::Range<usize>>| match span {
-            Some(span) => {
-                let (line, column) = line_and_column(text, span.start);
-                format!("{name}:{line}:{column}")
-            }
-            None => name.clone(),
+    pub fn from_toml(text: &str, path: Option<&Path>, overrides: &Overrides) -> Result<Settings, Error> {
+        let source = Source {
+            name: path.map_or("<config>".to_string(), |p| p.display().to_string()),
+            text,
         };
-        let file: FileConfig = {
-            let deserializer = toml::de::Deserializer::parse(text)
-                .map_err(|e| ConfigError(format!("{}: {}", locate(e.span()), e.message().trim())))?;
-            serde_path_to_error::deserialize(deserializer).map_err(|e| {
-                // Spanned<T> shows up in the path as a private field: not a key.
-                let key = e.path().to_string().replace(".$__serde_spanned_private_value", "");
-                let inner = e.into_inner();
-                let message = inner.message().trim().to_string();
-                if key == "." || message.starts_with("unknown field") {
-                    ConfigError(format!("{}: {message}", locate(inner.span())))
-                } else {
-                    ConfigError(format!("{}: {key}: {message}", locate(inner.span())))
-                }
-            })?
-        };
-        let invalid = |span: std::ops::Range<usize>, key: &str, why: String| {
-            ConfigError(format!("{}: {key}: {why}", locate(Some(span))))
-        };
-
-        let command = if !overrides.command.is_empty() {
-            overrides.command.clone()
-        } else {
-            match &file.command {
-                Some(command) if command.get_ref().is_empty() || command.get_ref()[0].is_empty() => {
-                    return Err(invalid(
-                        command.span(),
-                        "command",
-                        "is empty: name a program, e.g. [\"node\", \"server.js\"]".into(),
-                    ));
-                }
-                Some(command) => command.get_ref().clone(),
-                None => {
-                    return Err(ConfigError(format!(
-                        "{name}: no command to run: set `command = [\"node\", \"server.js\"]` in the config or pass it after `--`"
-                    )));
-                }
-            }
-        };
-        let workers = overrides
-            .workers
-            .or(file.workers.as_ref().map(|w| *w.get_ref()))
-            .unwrap_or(WorkerCount::Auto)
-            .resolve();
-        let min_ready = match &file.min_ready {
-            Some(min) if *min.get_ref() == 0 => {
-                return Err(invalid(min.span(), "min_ready", "must be at least 1".into()));
-            }
-            Some(min) if *min.get_ref() > workers => {
-                return Err(invalid(
-                    min.span(),
-                    "min_ready",
-                    format!("is {} but there are only {workers} workers", min.get_ref()),
-                ));
-            }
-            Some(min) => *min.get_ref(),
-            None => workers,
-        };
-        let backoff_initial = file
-            .backoff_initial
-            .as_ref()
-            .map_or(Duration::from_millis(500), |b| b.get_ref().0);
-        let backoff_max = file
-            .backoff_max
-            .as_ref()
-            .map_or(Duration::from_secs(30), |b| b.get_ref().0);
-        if let Some(initial) = &file.backoff_initial
-            && initial.get_ref().0 < Duration::from_millis(10)
-        {
-            return Err(invalid(
-                initial.span(),
-                "backoff_initial",
-                "must be at least 10ms, or a crashing worker becomes a fork storm".into(),
-            ));
-        }
-        if backoff_max < backoff_initial {
-            let span = file
-                .backoff_max
-                .as_ref()
-                .or(file.backoff_initial.as_ref())
-                .map(|s| s.span())
-                .unwrap_or(0..0);
-            return Err(invalid(
-                span,
-                "backoff_max",
-                format!(
-                    "{} is shorter than backoff_initial {}",
-                    format_duration(backoff_max),
-                    format_duration(backoff_initial)
-                ),
-            ));
-        }
-        let max_spawn_rate = match &file.max_spawn_rate {
-            Some(rate) if *rate.get_ref() == 0 => {
-                return Err(invalid(
-                    rate.span(),
-                    "max_spawn_rate",
-                    "must be at least 1 spawn per second".into(),
-                ));
-            }
-            Some(rate) => *rate.get_ref(),
-            None => 20,
-        };
-        let readiness = file.readiness.unwrap_or(Readiness::None);
-        let heartbeat = match &file.heartbeat {
-            None => None,
-            Some(section) => {
-                let hb = section.get_ref();
-                if readiness == Readiness::None {
-                    return Err(invalid(
-                        section.span(),
-                        "heartbeat",
-                        "needs readiness = \"notify\" or \"node-ipc\": with \"none\" a worker cannot send heartbeats"
-                            .into(),
-                    ));
-                }
-                let interval = hb.interval.as_ref().map_or(Duration::from_secs(5), |i| i.get_ref().0);
-                if interval < Duration::from_millis(100) {
-                    let span = hb.interval.as_ref().map_or(section.span(), |i| i.span());
-                    return Err(invalid(span, "heartbeat.interval", "must be at least 100ms".into()));
-                }
-                let timeout = hb.timeout.as_ref().map_or(interval * 3, |t| t.get_ref().0);
-                if let Some(t) = &hb.timeout
-                    && timeout <= interval
-                {
-                    return Err(invalid(
-                        t.span(),
-                        "heartbeat.timeout",
-                        format!(
-                            "{} must be longer than the interval {}",
-                            format_duration(timeout),
-                            format_duration(interval)
-                        ),
-                    ));
-                }
-                Some(HeartbeatPolicy { interval, timeout })
-            }
-        };
-        let memory = match &file.memory {
-            None => MemoryPolicy {
-                limit: None,
-                interval: Duration::from_secs(5),
-                measure: MemoryMeasure::Pss,
-            },
-            Some(section) => {
-                let m = section.get_ref();
-                let interval = m.interval.as_ref().map_or(Duration::from_secs(5), |i| i.get_ref().0);
-                if interval < Duration::from_millis(100) {
-                    let span = m.interval.as_ref().map_or(section.span(), |i| i.span());
-                    return Err(invalid(span, "memory.interval", "must be at least 100ms".into()));
-                }
-                MemoryPolicy {
-                    limit: m.limit.map(|l| l.0),
-                    interval,
-                    measure: m.measure.unwrap_or(MemoryMeasure::Pss),
-                }
-            }
-        };
-        let max_surge = match &file.max_surge {
-            Some(surge) if *surge.get_ref() == 0 => {
-                return Err(invalid(
-                    surge.span(),
-                    "max_surge",
-                    "must be at least 1: a replacement starts before the worker it replaces stops".into(),
-                ));
-            }
-            Some(surge) => *surge.get_ref(),
-            None => 1,
-        };
-        let listen = if !overrides.listen.is_empty() {
-            overrides.listen.clone()
-        } else {
+        let file = source.parse()?;
+        let command = file.command(overrides, &source)?;
+        let (workers, min_ready) = file.workers(overrides, &source)?;
+        let readiness = file.readiness.unwrap_or(defaults::READINESS);
+        let listen = if overrides.listen.is_empty() {
             file.listen
-                .unwrap_or_else(|| vec![DEFAULT_LISTEN.parse().expect("the default address parses")])
+                .clone()
+                .unwrap_or_else(|| vec![defaults::LISTEN.parse().expect("the default address parses")])
+        } else {
+            overrides.listen.clone()
         };
         // Relative paths in a config file are relative to the file, not to
         // wherever sheepdog happened to be started from.
         let base = path.and_then(Path::parent).filter(|p| !p.as_os_str().is_empty());
-        let relative_to_file = |dir: PathBuf| match base {
+        let relative_to_file = |dir: &PathBuf| match base {
             Some(base) if dir.is_relative() => base.join(dir),
-            _ => dir,
+            _ => dir.clone(),
         };
-        let working_directory = file.working_directory.map(relative_to_file);
-        let control_socket_explicit = file.control_socket.is_some();
-        let control_socket = file
-            .control_socket
-            .map(relative_to_file)
-            .unwrap_or_else(|| default_control_socket(path));
-        let name = file.name.clone().unwrap_or_else(|| default_name(path, &command));
-
         Ok(Settings {
             config_file: path.map(Path::to_path_buf),
-            command,
             workers,
             min_ready,
             listen,
-            working_directory,
-            env: file.env.unwrap_or_default(),
+            working_directory: file.working_directory.as_ref().map(relative_to_file),
+            env: file.env.clone().unwrap_or_default(),
             readiness,
-            ready_delay: file.ready_delay.map_or(Duration::from_secs(1), |d| d.0),
-            ready_timeout: file.ready_timeout.map_or(Duration::from_secs(60), |d| d.0),
-            max_surge,
-            heartbeat,
-            memory,
-            stop_signal: file.stop_signal.map_or(Signal::SIGTERM, |s| s.0),
-            stop_timeout: file.stop_timeout.map_or(Duration::from_secs(30), |d| d.0),
-            restart: RestartPolicy {
-                max_restarts: file.max_restarts.unwrap_or(10),
-                window: file.restart_window.map_or(Duration::from_secs(60), |d| d.0),
-                backoff_initial,
-                backoff_max,
-                backoff_reset: file.backoff_reset.map_or(Duration::from_secs(30), |d| d.0),
-                max_spawn_rate,
-            },
-            control_socket,
-            control_socket_explicit,
-            name,
+            ready_delay: file.ready_delay(),
+            ready_timeout: file.ready_timeout(),
+            max_surge: file.max_surge(&source)?,
+            heartbeat: file.heartbeat(readiness, &source)?,
+            memory: file.memory(&source)?,
+            stop_signal: file.stop_signal.map_or(defaults::STOP_SIGNAL, |s| s.0),
+            stop_timeout: file.stop_timeout(),
+            restart: file.restart(&source)?,
+            control_socket: file
+                .control_socket
+                .as_ref()
+                .map(relative_to_file)
+                .unwrap_or_else(|| default_control_socket(path)),
+            control_socket_explicit: file.control_socket.is_some(),
+            name: file.name.clone().unwrap_or_else(|| paths::default_name(path, &command)),
             log_level: overrides.log_level.or(file.log_level),
+            command,
         })
     }
-
-    /// The effective settings as TOML, for `sheepdog check`.
-    pub fn describe(&self) -> String {
-        let mut out = String::new();
-        let quoted =
-            |items: &mut dyn Iterator<Item = String>| items.map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ");
-        let _ = writeln!(out, "command = [{}]", quoted(&mut self.command.iter().cloned()));
-        let _ = writeln!(out, "workers = {}", self.workers);
-        let _ = writeln!(out, "min_ready = {}", self.min_ready);
-        let _ = writeln!(
-            out,
-            "listen = [{}]",
-            quoted(&mut self.listen.iter().map(|l| l.to_string()))
-        );
-        if let Some(dir) = &self.working_directory {
-            let _ = writeln!(out, "working_directory = {:?}", dir.display().to_string());
-        }
-        let _ = writeln!(out, "readiness = \"{}\"", self.readiness);
-        let _ = writeln!(out, "ready_delay = \"{}\"", format_duration(self.ready_delay));
-        let _ = writeln!(out, "ready_timeout = \"{}\"", format_duration(self.ready_timeout));
-        let _ = writeln!(out, "max_surge = {}", self.max_surge);
-        let _ = writeln!(out, "stop_signal = \"{}\"", self.stop_signal.as_str());
-        let _ = writeln!(out, "stop_timeout = \"{}\"", format_duration(self.stop_timeout));
-        let r = &self.restart;
-        let _ = writeln!(out, "max_restarts = {}", r.max_restarts);
-        let _ = writeln!(out, "restart_window = \"{}\"", format_duration(r.window));
-        let _ = writeln!(out, "backoff_initial = \"{}\"", format_duration(r.backoff_initial));
-        let _ = writeln!(out, "backoff_max = \"{}\"", format_duration(r.backoff_max));
-        let _ = writeln!(out, "backoff_reset = \"{}\"", format_duration(r.backoff_reset));
-        let _ = writeln!(out, "max_spawn_rate = {}", r.max_spawn_rate);
-        let socket = format!("control_socket = {:?}", self.control_socket.display().to_string());
-        if self.control_socket_explicit {
-            let _ = writeln!(out, "{socket}");
-        } else {
-            let _ = writeln!(out, "# {socket} (the default)");
-        }
-        let _ = writeln!(out, "name = {:?}", self.name);
-        if let Some(heartbeat) = &self.heartbeat {
-            let _ = writeln!(out, "\n[heartbeat]");
-            let _ = writeln!(out, "interval = \"{}\"", format_duration(heartbeat.interval));
-            let _ = writeln!(out, "timeout = \"{}\"", format_duration(heartbeat.timeout));
-        }
-        let _ = writeln!(out, "\n[memory]");
-        if let Some(limit) = self.memory.limit {
-            let _ = writeln!(out, "limit = \"{}\"", format_size(limit).replace(' ', ""));
-        }
-        let _ = writeln!(out, "interval = \"{}\"", format_duration(self.memory.interval));
-        let _ = writeln!(out, "measure = \"{}\"", self.memory.measure);
-        if !self.env.is_empty() {
-            let _ = writeln!(out, "\n[env]");
-            for (key, value) in &self.env {
-                let _ = writeln!(out, "{key} = {value:?}");
-            }
-        }
-        out
-    }
-}
-
-/// The config file's name without `.toml`, else the program's name.
-fn default_name(config: Option<&Path>, command: &[String]) -> String {
-    config
-        .and_then(Path::file_stem)
-        .map(|s| s.to_string_lossy().into_owned())
-        .or_else(|| {
-            command
-                .first()
-                .and_then(|c| Path::new(c).file_name())
-                .map(|s| s.to_string_lossy().into_owned())
-        })
-        .unwrap_or_else(|| "sheepdog".into())
-}
-
-/// Where the control socket is when the config does not say:
-/// `$RUNTIME_DIRECTORY/control.sock` under systemd's RuntimeDirectory= (the
-/// shipped units set `RuntimeDirectory=sheepdog/NAME`), else
-/// `/run/sheepdog/NAME/control.sock` for root, the same path, so that
-/// `sheepdog status --config /etc/sheepdog/NAME.toml` typed in a root shell
-/// finds it; for other users `$XDG_RUNTIME_DIR/sheepdog/NAME/control.sock` (or
-/// `/tmp/sheepdog-UID/NAME/control.sock`). NAME is the config file's name
-/// without `.toml` (`sheepdog` without a config file).
-pub fn default_control_socket(config: Option<&Path>) -> PathBuf {
-    if let Some(dir) = std::env::var_os("RUNTIME_DIRECTORY").and_then(|d| std::env::split_paths(&d).next()) {
-        return dir.join("control.sock");
-    }
-    let name = config
-        .and_then(Path::file_stem)
-        .map_or("sheepdog".into(), |s| s.to_string_lossy().into_owned());
-    default_socket_dir().join(name).join("control.sock")
-}
-
-/// Where the default control sockets of this user's sheepdogs live, one
-/// folder per name: `/run/sheepdog` for root, `$XDG_RUNTIME_DIR/sheepdog`
-/// (or `/tmp/sheepdog-UID`) for other users. `sheepdog status` looks here.
-pub fn default_socket_dir() -> PathBuf {
-    let uid = nix::unistd::getuid().as_raw();
-    if uid == 0 {
-        PathBuf::from("/run/sheepdog")
-    } else if let Some(runtime) = std::env::var_os("XDG_RUNTIME_DIR") {
-        PathBuf::from(runtime).join("sheepdog")
-    } else {
-        PathBuf::from(format!("/tmp/sheepdog-{uid}"))
-    }
-}
-
-/// Where a client looks for a running sheepdog.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClientTarget {
-    /// `--socket`, or `control_socket` in the config file: exactly this one.
-    Socket(PathBuf),
-    /// The default path for this config file, or a sibling with a pid in its
-    /// name (a clash at the default path makes a second sheepdog take one);
-    /// the one that runs `config` is meant.
-    Default { path: PathBuf, config: PathBuf },
-    /// Nothing named: every sheepdog of this user.
-    Any,
-}
-
-/// The control socket a client should use: `--socket`, else the config
-/// file's `control_socket`, else the default for that config file. Only that
-/// key is read, so a client works even while the rest of the file is being edited.
-pub fn client_target(config: Option<&Path>, socket: Option<&Path>) -> Result<ClientTarget, ConfigError> {
-    if let Some(socket) = socket {
-        return Ok(ClientTarget::Socket(socket.to_path_buf()));
-    }
-    let Some(path) = config else {
-        return Ok(ClientTarget::Any);
-    };
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError(format!("{}: cannot read the config: {e}", path.display())))?;
-    let table: toml::Table =
-        toml::from_str(&text).map_err(|e| ConfigError(format!("{}: {}", path.display(), e.message().trim())))?;
-    match table.get("control_socket").and_then(|v| v.as_str()) {
-        Some(socket) => {
-            let socket = PathBuf::from(socket);
-            let base = path.parent().filter(|p| !p.as_os_str().is_empty());
-            Ok(ClientTarget::Socket(match base {
-                Some(base) if socket.is_relative() => base.join(socket),
-                _ => socket,
-            }))
-        }
-        None => Ok(ClientTarget::Default {
-            path: default_control_socket(Some(path)),
-            config: canonical(path),
-        }),
-    }
-}
-
-/// A config file's absolute path, as a running sheepdog reports it.
-pub fn canonical(path: &Path) -> PathBuf {
-    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
-}
-
-fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-    (line, column)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> Result<Settings, ConfigError> {
+    fn parse(text: &str) -> Result<Settings, Error> {
         Settings::from_toml(text, Some(Path::new("app.toml")), &Overrides::default())
     }
 
     fn error(text: &str) -> String {
-        parse(text).unwrap_err().0
+        parse(text).unwrap_err().to_string()
     }
 
     #[test]

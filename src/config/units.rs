@@ -101,6 +101,25 @@ pub fn format_size(bytes: u64) -> String {
     }
 }
 
+/// A byte count as a config file would say it, exactly: in the largest
+/// unit that divides it ("1536MiB", "700MB", "4097B").
+pub fn format_size_exact(bytes: u64) -> String {
+    const UNITS: [(u64, &str); 6] = [
+        (1 << 30, "GiB"),
+        (1_000_000_000, "GB"),
+        (1 << 20, "MiB"),
+        (1_000_000, "MB"),
+        (1 << 10, "KiB"),
+        (1000, "KB"),
+    ];
+    for (size, unit) in UNITS {
+        if bytes >= size && bytes.is_multiple_of(size) {
+            return format!("{}{unit}", bytes / size);
+        }
+    }
+    format!("{bytes}B")
+}
+
 /// A duration in a config file. Deserialising it validates it, so a bad value
 /// is reported by the TOML parser with its line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,5 +234,28 @@ mod tests {
         assert_eq!(format_size(312 * 1024 * 1024), "312 MiB");
         assert_eq!(format_size(1536 * 1024), "1.5 MiB");
         assert_eq!(format_size(100), "100 B");
+    }
+
+    #[test]
+    fn exact_sizes_parse_back_to_the_same_bytes() {
+        for bytes in [
+            0,
+            1,
+            999,
+            1000,
+            1024,
+            4097,
+            700_000_000,
+            700 << 20,
+            1536 << 20,
+            3 << 30,
+            5_000_000_000,
+        ] {
+            let text = format_size_exact(bytes);
+            assert_eq!(parse_size(&text), Ok(bytes), "{text}");
+        }
+        assert_eq!(format_size_exact(1536 << 20), "1536MiB");
+        assert_eq!(format_size_exact(700_000_000), "700MB");
+        assert_eq!(format_size_exact(4097), "4097B");
     }
 }

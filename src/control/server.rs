@@ -20,6 +20,7 @@ use log::{debug, warn};
 use nix::sys::socket::{self, sockopt};
 
 use super::protocol::{Command, Reply, parse_request};
+use crate::error::Error;
 const MAX_REQUEST: usize = 64 * 1024;
 const MAX_REPLY_BACKLOG: usize = 16 * 1024 * 1024;
 const MAX_CLIENTS: usize = 64;
@@ -63,7 +64,7 @@ impl ControlServer {
     /// explicitly; at a default path (shared by every sheepdog of the same
     /// name) this one takes `control.PID.sock` beside it instead, since the
     /// control socket is a side channel the flock must not fail for.
-    pub fn bind(path: &Path, explicit: bool) -> Result<ControlServer, String> {
+    pub fn bind(path: &Path, explicit: bool) -> Result<ControlServer, Error> {
         match bind_socket(path) {
             Err(BindError::Live) if !explicit => {
                 let own = path.with_file_name(format!("control.{}.sock", std::process::id()));
@@ -74,14 +75,14 @@ impl ControlServer {
                 );
                 ControlServer::bind(&own, true)
             }
-            Err(BindError::Live) => Err(format!(
+            Err(BindError::Live) => Err(Error::config(format!(
                 "control socket {}: another sheepdog is listening on it (set control_socket to run two)",
                 path.display()
-            )),
+            ))),
             Err(BindError::Other(e)) => Err(e),
             Ok(listener) => {
-                let meta =
-                    std::fs::symlink_metadata(path).map_err(|e| format!("control socket {}: {e}", path.display()))?;
+                let meta = std::fs::symlink_metadata(path)
+                    .map_err(|e| Error::from_io(format!("control socket {}", path.display()), e))?;
                 Ok(ControlServer {
                     listener,
                     path: path.to_path_buf(),
@@ -318,13 +319,14 @@ impl ControlServer {
 enum BindError {
     /// A sheepdog answers on that path.
     Live,
-    Other(String),
+    Other(Error),
 }
 
 /// Binds a unix socket at `path`, mode 0600, non-blocking, replacing a stale
 /// socket file.
 fn bind_socket(path: &Path) -> Result<UnixListener, BindError> {
-    let describe = |e: std::io::Error| BindError::Other(format!("control socket {}: {e}", path.display()));
+    let describe =
+        |e: std::io::Error| BindError::Other(Error::from_io(format!("control socket {}", path.display()), e));
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(describe)?;
     }
@@ -336,10 +338,10 @@ fn bind_socket(path: &Path) -> Result<UnixListener, BindError> {
             std::fs::remove_file(path).map_err(describe)?;
         }
         Ok(_) => {
-            return Err(BindError::Other(format!(
+            return Err(BindError::Other(Error::config(format!(
                 "control socket {}: the path exists and is not a socket",
                 path.display()
-            )));
+            ))));
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(describe(e)),

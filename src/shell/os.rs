@@ -28,6 +28,7 @@ use crate::config::{MemoryMeasure, Readiness};
 use crate::control::protocol::Reply;
 use crate::control::server::{ClientInput, ControlServer};
 use crate::core::{ExitStatus, Pid, SpawnOrder, Upward};
+use crate::error::Error;
 use crate::systemd::notify::Notifier;
 use crate::systemd::sockets::Listeners;
 use crate::worker::links::Links;
@@ -78,26 +79,26 @@ struct Ready {
 impl Os {
     /// Installs the signal handlers (before any fork, so that no exit is
     /// missed) and makes sheepdog the reaper of its workers' orphans.
-    pub fn new(readiness: Readiness, listeners: Listeners, control: ControlServer) -> Result<Os, String> {
-        let links = Links::new(readiness, channel_fd_number(listeners.sockets.len()))?;
-        let (read, write) = UnixStream::pair().map_err(|e| format!("cannot create the signal pipe: {e}"))?;
+    pub fn new(readiness: Readiness, listeners: Listeners, control: ControlServer) -> Result<Os, Error> {
+        let links = Links::new(readiness, channel_fd_number(listeners.sockets.len())).map_err(Error::os)?;
+        let (read, write) = UnixStream::pair().map_err(|e| Error::from_io("cannot create the signal pipe", e))?;
         for end in [&read, &write] {
             end.set_nonblocking(true)
-                .map_err(|e| format!("cannot set up the signal pipe: {e}"))?;
+                .map_err(|e| Error::from_io("cannot set up the signal pipe", e))?;
         }
         let signals = SignalDelivery::with_pipe(read, write, SignalOnly, HANDLED_SIGNALS)
-            .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+            .map_err(|e| Error::from_io("cannot install signal handlers", e))?;
         let epoll =
-            Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(|e| format!("cannot create an epoll: {}", e.desc()))?;
+            Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(|e| Error::from_errno("cannot create an epoll", e))?;
         epoll
             .add(
                 signals.get_read().as_fd(),
                 EpollEvent::new(EpollFlags::EPOLLIN, TAG_SIGNALS),
             )
-            .map_err(|e| format!("cannot watch the signal pipe: {}", e.desc()))?;
+            .map_err(|e| Error::from_errno("cannot watch the signal pipe", e))?;
         epoll
             .add(control.listener_fd(), EpollEvent::new(EpollFlags::EPOLLIN, TAG_CONTROL))
-            .map_err(|e| format!("cannot watch the control socket: {}", e.desc()))?;
+            .map_err(|e| Error::from_errno("cannot watch the control socket", e))?;
         // Orphans of a worker (e.g. the server a wrapper script started) are
         // re-parented to us rather than to init, so we reap them.
         if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {

@@ -17,10 +17,8 @@ use super::system::{ClientId, Input, System};
 use crate::config::{ListenAddr, Overrides, Settings};
 use crate::control::protocol::{Command, LastReload, Reply, StatusReport, SupervisorStatus, WorkerStatus};
 use crate::core::{Action, CommandId, Event, Flock, Policy, Request, WorkerState};
+use crate::error::ExitClass;
 use crate::worker::spawn::{CommandContext, WorkerCommand};
-
-/// Exit code when the loop itself fails (EX_OSERR).
-pub const EXIT_OS_ERROR: i32 = 71;
 
 /// The command the flock starts with.
 const FIRST_COMMAND: CommandId = 1;
@@ -110,7 +108,7 @@ impl<S: System> Supervisor<S> {
                 Ok(inputs) => inputs,
                 Err(e) => {
                     error!("{e}");
-                    return EXIT_OS_ERROR;
+                    return ExitClass::Os.code().into();
                 }
             };
         }

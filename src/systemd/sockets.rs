@@ -7,7 +7,6 @@
 //! systemd's do by default (`NonBlocking=false`); event-loop runtimes such as
 //! Node switch them to non-blocking themselves.
 
-use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -19,17 +18,7 @@ use nix::sys::socket::{
 };
 
 use crate::config::ListenAddr;
-
-#[derive(Debug)]
-pub struct SocketError(pub String);
-
-impl fmt::Display for SocketError {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for SocketError {}
+use crate::error::Error;
 
 #[derive(Debug)]
 pub struct Listener {
@@ -98,7 +87,7 @@ impl Listeners {
 }
 
 /// Takes the sockets systemd passed, or binds `addresses` when there are none.
-pub fn open(addresses: &[ListenAddr]) -> Result<Listeners, SocketError> {
+pub fn open(addresses: &[ListenAddr]) -> Result<Listeners, Error> {
     if let Some(sockets) = inherit()? {
         return Ok(Listeners {
             sockets,
@@ -113,14 +102,14 @@ pub fn open(addresses: &[ListenAddr]) -> Result<Listeners, SocketError> {
 }
 
 /// The sockets from `LISTEN_FDS`, if they are meant for this process.
-fn inherit() -> Result<Option<Vec<Listener>>, SocketError> {
+fn inherit() -> Result<Option<Vec<Listener>>, Error> {
     if std::env::var_os("LISTEN_FDS").is_none() {
         return Ok(None);
     }
     let declared = std::env::var("LISTEN_FDS").unwrap_or_default();
     let fds: Vec<(RawFd, String)> = sd_notify::listen_fds_with_names()
         .map_err(|e| {
-            SocketError(format!(
+            Error::config(format!(
                 "cannot take the sockets systemd passed (LISTEN_FDS={declared}): {e}"
             ))
         })?
@@ -149,19 +138,19 @@ fn inherit() -> Result<Option<Vec<Listener>>, SocketError> {
 
 /// An inherited fd must be a socket in the listening state. SO_ACCEPTCONN is
 /// read rather than calling listen() again (which security modules may deny).
-fn check_listening(raw: RawFd) -> Result<(), SocketError> {
+fn check_listening(raw: RawFd) -> Result<(), Error> {
     // Safety: only borrowed for the duration of these checks.
     let fd = unsafe { BorrowedFd::borrow_raw(raw) };
-    let stat = nix::sys::stat::fstat(fd).map_err(|e| SocketError(format!("fd {raw} from LISTEN_FDS: {}", e.desc())))?;
+    let stat = nix::sys::stat::fstat(fd).map_err(|e| Error::from_errno(format!("fd {raw} from LISTEN_FDS"), e))?;
     if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
-        return Err(SocketError(format!("fd {raw} from LISTEN_FDS is not a socket")));
+        return Err(Error::config(format!("fd {raw} from LISTEN_FDS is not a socket")));
     }
     match socket::getsockopt(&fd, sockopt::AcceptConn) {
         Ok(true) => Ok(()),
-        Ok(false) => Err(SocketError(format!(
+        Ok(false) => Err(Error::config(format!(
             "fd {raw} from LISTEN_FDS is a socket but not listening (use ListenStream= with Accept=no)"
         ))),
-        Err(e) => Err(SocketError(format!(
+        Err(e) => Err(Error::config(format!(
             "fd {raw} from LISTEN_FDS: SO_ACCEPTCONN: {}",
             e.desc()
         ))),
@@ -186,8 +175,8 @@ fn local_address(fd: &OwnedFd) -> Option<String> {
     None
 }
 
-fn bind(address: &ListenAddr) -> Result<Listener, SocketError> {
-    let fail = |what: &str, e: Errno| SocketError(format!("cannot {what} {address}: {}", e.desc()));
+fn bind(address: &ListenAddr) -> Result<Listener, Error> {
+    let fail = |what: &str, e: Errno| Error::from_errno(format!("cannot {what} {address}"), e);
     let listener = match address {
         ListenAddr::Tcp(addr) => {
             let family = if addr.is_ipv4() {
@@ -215,7 +204,7 @@ fn bind(address: &ListenAddr) -> Result<Listener, SocketError> {
                 owned_path: None,
             }
         }
-        ListenAddr::Unix(path) => bind_unix(path).map_err(|e| SocketError(format!("cannot bind {address}: {e}")))?,
+        ListenAddr::Unix(path) => bind_unix(path, &fail)?,
     };
     socket::listen(&listener.fd, Backlog::MAXCONN).map_err(|e| fail("listen on", e))?;
     Ok(listener)
@@ -223,24 +212,26 @@ fn bind(address: &ListenAddr) -> Result<Listener, SocketError> {
 
 /// Binds a unix socket path. A stale socket file (nobody accepting) is
 /// replaced; a live one, or a file that is not a socket, is an error.
-fn bind_unix(path: &Path) -> Result<Listener, String> {
+fn bind_unix(path: &Path, fail: &dyn Fn(&str, Errno) -> Error) -> Result<Listener, Error> {
+    let refuse = |why: &str| Error::config(format!("cannot bind unix:{}: {why}", path.display()));
+    let io_errno = |e: io::Error| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
-            if socket_is_live(path)? {
-                return Err("another process is listening on it".into());
+            if socket_is_live(path).map_err(|e| fail("probe the socket file of", e))? {
+                return Err(refuse("another process is listening on it"));
             }
             log::info!("replacing stale socket file {}", path.display());
-            std::fs::remove_file(path).map_err(|e| format!("cannot remove the stale socket file: {e}"))?;
+            std::fs::remove_file(path).map_err(|e| fail("remove the stale socket file of", io_errno(e)))?;
         }
-        Ok(_) => return Err("the path exists and is not a socket".into()),
+        Ok(_) => return Err(refuse("the path exists and is not a socket")),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(fail("bind", io_errno(e))),
     }
     let fd = socket::socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
-        .map_err(|e| e.desc().to_string())?;
-    let addr = UnixAddr::new(path).map_err(|e| e.desc().to_string())?;
-    socket::bind(fd.as_raw_fd(), &addr).map_err(|e| e.desc().to_string())?;
-    let meta = std::fs::symlink_metadata(path).map_err(|e| e.to_string())?;
+        .map_err(|e| fail("create a socket for", e))?;
+    let addr = UnixAddr::new(path).map_err(|e| fail("bind", e))?;
+    socket::bind(fd.as_raw_fd(), &addr).map_err(|e| fail("bind", e))?;
+    let meta = std::fs::symlink_metadata(path).map_err(|e| fail("bind", io_errno(e)))?;
     Ok(Listener {
         fd,
         name: None,
@@ -249,19 +240,20 @@ fn bind_unix(path: &Path) -> Result<Listener, String> {
     })
 }
 
-fn socket_is_live(path: &Path) -> Result<bool, String> {
+/// Whether something accepts on the socket file (a refused connection
+/// means a stale file).
+fn socket_is_live(path: &Path) -> Result<bool, Errno> {
     let probe = socket::socket(
         AddressFamily::Unix,
         SockType::Stream,
         SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
         None,
-    )
-    .map_err(|e| e.desc().to_string())?;
-    let addr = UnixAddr::new(path).map_err(|e| e.desc().to_string())?;
+    )?;
+    let addr = UnixAddr::new(path)?;
     match socket::connect(probe.as_raw_fd(), &addr) {
         Ok(()) | Err(Errno::EAGAIN) | Err(Errno::EINPROGRESS) => Ok(true),
         Err(Errno::ECONNREFUSED) => Ok(false),
-        Err(e) => Err(format!("cannot probe the existing socket file: {}", e.desc())),
+        Err(e) => Err(e),
     }
 }
 
@@ -281,7 +273,7 @@ mod tests {
     fn a_port_in_use_is_an_error_naming_the_address() {
         let first = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = first.local_addr().unwrap();
-        let err = bind(&ListenAddr::Tcp(addr)).unwrap_err().0;
+        let err = bind(&ListenAddr::Tcp(addr)).unwrap_err().to_string();
         assert_eq!(err, format!("cannot bind {addr}: Address already in use"));
     }
 
@@ -295,13 +287,13 @@ mod tests {
         // A stale file: bound, then its listener closed.
         drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
         let listener = bind(&ListenAddr::Unix(path.clone())).unwrap();
-        let err = bind(&ListenAddr::Unix(path.clone())).unwrap_err().0;
+        let err = bind(&ListenAddr::Unix(path.clone())).unwrap_err().to_string();
         assert!(err.contains("another process is listening on it"), "{err}");
         listener.remove_socket_file();
         assert!(!path.exists());
 
         std::fs::write(&path, "not a socket").unwrap();
-        let err = bind(&ListenAddr::Unix(path.clone())).unwrap_err().0;
+        let err = bind(&ListenAddr::Unix(path.clone())).unwrap_err().to_string();
         assert!(err.contains("not a socket"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -309,13 +301,13 @@ mod tests {
     #[test]
     fn a_socket_that_is_not_listening_is_named_by_fd() {
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
-        let err = check_listening(a.as_raw_fd()).unwrap_err().0;
+        let err = check_listening(a.as_raw_fd()).unwrap_err().to_string();
         assert!(
             err.ends_with("is a socket but not listening (use ListenStream= with Accept=no)"),
             "{err}"
         );
         let file = std::fs::File::open("/dev/null").unwrap();
-        let err = check_listening(file.as_raw_fd()).unwrap_err().0;
+        let err = check_listening(file.as_raw_fd()).unwrap_err().to_string();
         assert_eq!(err, format!("fd {} from LISTEN_FDS is not a socket", file.as_raw_fd()));
     }
 }

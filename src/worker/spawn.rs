@@ -10,7 +10,6 @@
 
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr, OsString};
-use std::fmt;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
@@ -20,6 +19,7 @@ use nix::fcntl::OFlag;
 
 use crate::config::Settings;
 use crate::core::Pid;
+use crate::error::Error;
 
 /// Variables of systemd's that are meant for sheepdog alone: a worker talks to
 /// sheepdog, and sheepdog talks to systemd.
@@ -34,15 +34,6 @@ const SCRUBBED: [&str; 6] = [
 
 const LISTEN_FDS_START: RawFd = 3;
 const MAX_LISTENERS: usize = 64;
-
-#[derive(Debug)]
-pub struct SpawnError(pub String);
-
-impl fmt::Display for SpawnError {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
 
 /// What every worker command of one supervisor shares, whatever the config
 /// says: the listening sockets, and whether workers get journal streams.
@@ -133,7 +124,7 @@ const STAGE_FDS: u8 = 3;
 impl WorkerCommand {
     /// The command `settings` describe, in `context`: the one way a worker
     /// command is made from a config.
-    pub fn from_settings(settings: &Settings, context: &CommandContext) -> Result<WorkerCommand, SpawnError> {
+    pub fn from_settings(settings: &Settings, context: &CommandContext) -> Result<WorkerCommand, Error> {
         let command = WorkerCommand::new(
             &settings.command,
             &settings.env,
@@ -160,9 +151,9 @@ impl WorkerCommand {
         working_directory: Option<&Path>,
         listeners: Vec<RawFd>,
         fdnames: Option<String>,
-    ) -> Result<WorkerCommand, SpawnError> {
+    ) -> Result<WorkerCommand, Error> {
         let cstring = |bytes: Vec<u8>, what: &str| {
-            CString::new(bytes).map_err(|_| SpawnError(format!("{what} contains a NUL byte")))
+            CString::new(bytes).map_err(|_| Error::config(format!("{what} contains a NUL byte")))
         };
         let argv = command
             .iter()
@@ -192,7 +183,7 @@ impl WorkerCommand {
             OFlag::O_RDWR | OFlag::O_CLOEXEC,
             nix::sys::stat::Mode::empty(),
         )
-        .map_err(|e| SpawnError(format!("cannot open /dev/null: {}", e.desc())))?;
+        .map_err(|e| Error::from_errno("cannot open /dev/null", e))?;
         let command = WorkerCommand {
             argv,
             env,
@@ -204,7 +195,7 @@ impl WorkerCommand {
             journal: None,
         };
         if command.listeners.len() > MAX_LISTENERS {
-            return Err(SpawnError(format!(
+            return Err(Error::config(format!(
                 "{} listening sockets; at most {MAX_LISTENERS} are supported",
                 command.listeners.len()
             )));
@@ -215,7 +206,7 @@ impl WorkerCommand {
 
     /// The program to exec: argv[0] if it has a slash (relative to the working
     /// directory), else the first executable match in the workers' PATH.
-    pub fn resolve_program(&self) -> Result<PathBuf, SpawnError> {
+    pub fn resolve_program(&self) -> Result<PathBuf, Error> {
         let program = Path::new(OsStr::from_bytes(self.argv[0].as_bytes()));
         if program.as_os_str().as_bytes().contains(&b'/') {
             let full = match &self.working_directory {
@@ -225,7 +216,7 @@ impl WorkerCommand {
             return if is_executable(&full) {
                 Ok(program.to_path_buf())
             } else {
-                Err(SpawnError(format!(
+                Err(Error::config(format!(
                     "command {} is not an executable file",
                     full.display()
                 )))
@@ -234,7 +225,7 @@ impl WorkerCommand {
         std::env::split_paths(&self.path_var)
             .map(|dir| dir.join(program))
             .find(|candidate| is_executable(candidate))
-            .ok_or_else(|| SpawnError(format!("command `{}` not found in PATH", program.display())))
+            .ok_or_else(|| Error::config(format!("command `{}` not found in PATH", program.display())))
     }
 
     /// Gives each worker its own journal stream (see [`JournalStreams`]).
@@ -249,13 +240,13 @@ impl WorkerCommand {
 
     /// Forks and execs the worker for `slot`. Returns once the child has
     /// exec'd (or failed to, which is reported and then reaped as exit 127).
-    pub fn spawn(&self, slot: usize, generation: u32, extras: &WorkerExtras) -> Result<(Pid, ExecReport), SpawnError> {
+    pub fn spawn(&self, slot: usize, generation: u32, extras: &WorkerExtras) -> Result<(Pid, ExecReport), Error> {
         let program = CString::new(self.resolve_program()?.into_os_string().into_vec())
-            .map_err(|_| SpawnError("the program path contains a NUL byte".into()))?;
+            .map_err(|_| Error::config("the program path contains a NUL byte"))?;
         let directory = match &self.working_directory {
             Some(dir) => Some(
                 CString::new(dir.as_os_str().as_bytes())
-                    .map_err(|_| SpawnError("working_directory contains a NUL byte".into()))?,
+                    .map_err(|_| Error::config("working_directory contains a NUL byte"))?,
             ),
             None => None,
         };
@@ -266,11 +257,13 @@ impl WorkerCommand {
         if let Some(names) = &self.fdnames {
             env.push(
                 CString::new(format!("LISTEN_FDNAMES={names}"))
-                    .map_err(|_| SpawnError("LISTEN_FDNAMES contains a NUL byte".into()))?,
+                    .map_err(|_| Error::config("LISTEN_FDNAMES contains a NUL byte"))?,
             );
         }
         for entry in &extras.env {
-            env.push(CString::new(entry.as_str()).map_err(|_| SpawnError(format!("{entry:?} contains a NUL byte")))?);
+            env.push(
+                CString::new(entry.as_str()).map_err(|_| Error::config(format!("{entry:?} contains a NUL byte")))?,
+            );
         }
         // LISTEN_PID (and WATCHDOG_PID) must be the worker's own pid, known only
         // after fork: the child writes its digits into these fixed-width buffers.
@@ -298,7 +291,7 @@ impl WorkerCommand {
         argv.push(std::ptr::null());
 
         let (report_read, report_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
-            .map_err(|e| SpawnError(format!("cannot create a pipe: {}", e.desc())))?;
+            .map_err(|e| Error::from_errno("cannot create a pipe", e))?;
         let child = ChildPlan {
             program: program.as_ptr(),
             argv: argv.as_ptr(),
@@ -332,7 +325,7 @@ impl WorkerCommand {
             Some(&all),
             Some(&mut previous),
         )
-        .map_err(|e| SpawnError(format!("cannot block signals: {}", e.desc())))?;
+        .map_err(|e| Error::from_errno("cannot block signals", e))?;
         // Safety: the child runs only `child.exec()`, which makes async-signal-safe calls only.
         let pid = unsafe { libc::fork() };
         if pid == 0 {
@@ -341,7 +334,7 @@ impl WorkerCommand {
         let fork_error = Errno::last();
         let _ = nix::sys::signal::pthread_sigmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(&previous), None);
         if pid < 0 {
-            return Err(SpawnError(format!("fork failed: {}", fork_error.desc())));
+            return Err(Error::from_errno("fork failed", fork_error));
         }
         drop(report_write);
         let report = ExecReport {
@@ -582,7 +575,7 @@ mod tests {
         )
         .err()
         .unwrap();
-        assert_eq!(err.0, "command `no-such-program-sheepdog` not found in PATH");
+        assert_eq!(err.to_string(), "command `no-such-program-sheepdog` not found in PATH");
         let err = WorkerCommand::new(
             &["./nope.sh".into()],
             &BTreeMap::new(),
@@ -592,6 +585,6 @@ mod tests {
         )
         .err()
         .unwrap();
-        assert_eq!(err.0, "command /tmp/./nope.sh is not an executable file");
+        assert_eq!(err.to_string(), "command /tmp/./nope.sh is not an executable file");
     }
 }

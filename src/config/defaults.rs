@@ -1,0 +1,32 @@
+//! Every default of the config, and its bounds, named once. The README's
+//! table and `sheepdog check` show these.
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use super::values::{MemoryMeasure, Readiness};
+
+pub const LISTEN: &str = "127.0.0.1:8080";
+pub const READINESS: Readiness = Readiness::None;
+pub const READY_DELAY: Duration = Duration::from_secs(1);
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+pub const MAX_SURGE: u32 = 1;
+pub const STOP_SIGNAL: Signal = Signal::SIGTERM;
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+pub const MAX_RESTARTS: u32 = 10;
+pub const RESTART_WINDOW: Duration = Duration::from_secs(60);
+pub const BACKOFF_INITIAL: Duration = Duration::from_millis(500);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+pub const BACKOFF_RESET: Duration = Duration::from_secs(30);
+pub const MAX_SPAWN_RATE: u32 = 20;
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+/// The heartbeat timeout, in intervals: the classic three missed pongs.
+pub const HEARTBEAT_TIMEOUTS: u32 = 3;
+pub const MEMORY_INTERVAL: Duration = Duration::from_secs(5);
+pub const MEMORY_MEASURE: MemoryMeasure = MemoryMeasure::Pss;
+
+/// The shortest heartbeat or memory interval: anything shorter is a busy loop.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+/// The shortest first backoff: anything shorter is a fork storm.
+pub const MIN_BACKOFF: Duration = Duration::from_millis(10);

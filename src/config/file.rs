@@ -1,0 +1,290 @@
+//! The config file as written, and its sections turned into settings, each
+//! section with its own checks. Every error points at its place:
+//! `FILE:LINE:COLUMN: KEY: reason`.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::units::{HumanDuration, HumanSize, format_duration};
+use super::values::*;
+use super::{Overrides, defaults};
+use crate::error::Error;
+
+/// The config file as written. Every key is optional; unknown keys are errors.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileConfig {
+    pub command: Option<Spanned<Vec<String>>>,
+    pub workers: Option<Spanned<WorkerCount>>,
+    pub min_ready: Option<Spanned<u32>>,
+    pub listen: Option<Vec<ListenAddr>>,
+    pub working_directory: Option<PathBuf>,
+    pub env: Option<BTreeMap<String, String>>,
+    pub readiness: Option<Readiness>,
+    pub ready_delay: Option<HumanDuration>,
+    pub ready_timeout: Option<HumanDuration>,
+    pub max_surge: Option<Spanned<u32>>,
+    pub heartbeat: Option<Spanned<HeartbeatFile>>,
+    pub memory: Option<Spanned<MemoryFile>>,
+    pub stop_signal: Option<StopSignal>,
+    pub stop_timeout: Option<HumanDuration>,
+    pub max_restarts: Option<u32>,
+    pub restart_window: Option<HumanDuration>,
+    pub backoff_initial: Option<Spanned<HumanDuration>>,
+    pub backoff_max: Option<Spanned<HumanDuration>>,
+    pub backoff_reset: Option<HumanDuration>,
+    pub max_spawn_rate: Option<Spanned<u32>>,
+    pub control_socket: Option<PathBuf>,
+    pub name: Option<String>,
+    pub log_level: Option<LogLevel>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct HeartbeatFile {
+    interval: Option<Spanned<HumanDuration>>,
+    timeout: Option<Spanned<HumanDuration>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct MemoryFile {
+    limit: Option<HumanSize>,
+    interval: Option<Spanned<HumanDuration>>,
+    measure: Option<MemoryMeasure>,
+}
+
+/// A config file's name and text, to point at a place in it.
+pub(super) struct Source<'a> {
+    pub name: String,
+    pub text: &'a str,
+}
+
+impl Source<'_> {
+    /// `FILE:LINE:COLUMN`, or `FILE` when there is no place to point at.
+    pub fn at(&self, span: Option<Range<usize>>) -> String {
+        match span {
+            Some(span) => {
+                let before = &self.text[..span.start.min(self.text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                format!("{}:{line}:{column}", self.name)
+            }
+            None => self.name.clone(),
+        }
+    }
+
+    pub fn invalid(&self, span: Range<usize>, key: &str, why: impl Into<String>) -> Error {
+        Error::config(format!("{}: {key}: {}", self.at(Some(span)), why.into()))
+    }
+
+    /// Parses the text as a config file.
+    pub fn parse(&self) -> Result<FileConfig, Error> {
+        let deserializer = toml::de::Deserializer::parse(self.text)
+            .map_err(|e| Error::config(format!("{}: {}", self.at(e.span()), e.message().trim())))?;
+        serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            // Spanned<T> shows up in the path as a private field: not a key.
+            let key = e.path().to_string().replace(".$__serde_spanned_private_value", "");
+            let inner = e.into_inner();
+            let message = inner.message().trim().to_string();
+            if key == "." || message.starts_with("unknown field") {
+                Error::config(format!("{}: {message}", self.at(inner.span())))
+            } else {
+                Error::config(format!("{}: {key}: {message}", self.at(inner.span())))
+            }
+        })
+    }
+}
+
+fn duration(value: &Option<HumanDuration>, default: Duration) -> Duration {
+    value.map_or(default, |d| d.0)
+}
+
+impl FileConfig {
+    /// The worker command: `--` on the command line, else `command`.
+    pub fn command(&self, overrides: &Overrides, source: &Source) -> Result<Vec<String>, Error> {
+        if !overrides.command.is_empty() {
+            return Ok(overrides.command.clone());
+        }
+        match &self.command {
+            Some(command) if command.get_ref().first().is_none_or(String::is_empty) => Err(source.invalid(
+                command.span(),
+                "command",
+                "is empty: name a program, e.g. [\"node\", \"server.js\"]",
+            )),
+            Some(command) => Ok(command.get_ref().clone()),
+            None => Err(Error::config(format!(
+                "{}: no command to run: set `command = [\"node\", \"server.js\"]` in the config or pass it after `--`",
+                source.name
+            ))),
+        }
+    }
+
+    /// `workers` (or `--workers`), and `min_ready` within it.
+    pub fn workers(&self, overrides: &Overrides, source: &Source) -> Result<(u32, u32), Error> {
+        let workers = overrides
+            .workers
+            .or(self.workers.as_ref().map(|w| *w.get_ref()))
+            .unwrap_or(WorkerCount::Auto)
+            .resolve();
+        let min_ready = match &self.min_ready {
+            Some(min) if *min.get_ref() == 0 => {
+                return Err(source.invalid(min.span(), "min_ready", "must be at least 1"));
+            }
+            Some(min) if *min.get_ref() > workers => {
+                return Err(source.invalid(
+                    min.span(),
+                    "min_ready",
+                    format!("is {} but there are only {workers} workers", min.get_ref()),
+                ));
+            }
+            Some(min) => *min.get_ref(),
+            None => workers,
+        };
+        Ok((workers, min_ready))
+    }
+
+    pub fn max_surge(&self, source: &Source) -> Result<u32, Error> {
+        match &self.max_surge {
+            Some(surge) if *surge.get_ref() == 0 => Err(source.invalid(
+                surge.span(),
+                "max_surge",
+                "must be at least 1: a replacement starts before the worker it replaces stops",
+            )),
+            Some(surge) => Ok(*surge.get_ref()),
+            None => Ok(defaults::MAX_SURGE),
+        }
+    }
+
+    /// Backoff, the crash-loop breaker and the spawn rate.
+    pub fn restart(&self, source: &Source) -> Result<RestartPolicy, Error> {
+        let initial = self.backoff_initial.as_ref();
+        let backoff_initial = initial.map_or(defaults::BACKOFF_INITIAL, |b| b.get_ref().0);
+        let backoff_max = self
+            .backoff_max
+            .as_ref()
+            .map_or(defaults::BACKOFF_MAX, |b| b.get_ref().0);
+        if let Some(initial) = initial
+            && backoff_initial < defaults::MIN_BACKOFF
+        {
+            return Err(source.invalid(
+                initial.span(),
+                "backoff_initial",
+                format!(
+                    "must be at least {}, or a crashing worker becomes a fork storm",
+                    format_duration(defaults::MIN_BACKOFF)
+                ),
+            ));
+        }
+        if backoff_max < backoff_initial {
+            let span = self.backoff_max.as_ref().or(initial).map(|s| s.span()).unwrap_or(0..0);
+            return Err(source.invalid(
+                span,
+                "backoff_max",
+                format!(
+                    "{} is shorter than backoff_initial {}",
+                    format_duration(backoff_max),
+                    format_duration(backoff_initial)
+                ),
+            ));
+        }
+        let max_spawn_rate = match &self.max_spawn_rate {
+            Some(rate) if *rate.get_ref() == 0 => {
+                return Err(source.invalid(rate.span(), "max_spawn_rate", "must be at least 1 spawn per second"));
+            }
+            Some(rate) => *rate.get_ref(),
+            None => defaults::MAX_SPAWN_RATE,
+        };
+        Ok(RestartPolicy {
+            max_restarts: self.max_restarts.unwrap_or(defaults::MAX_RESTARTS),
+            window: duration(&self.restart_window, defaults::RESTART_WINDOW),
+            backoff_initial,
+            backoff_max,
+            backoff_reset: duration(&self.backoff_reset, defaults::BACKOFF_RESET),
+            max_spawn_rate,
+        })
+    }
+
+    pub fn ready_delay(&self) -> Duration {
+        duration(&self.ready_delay, defaults::READY_DELAY)
+    }
+
+    pub fn ready_timeout(&self) -> Duration {
+        duration(&self.ready_timeout, defaults::READY_TIMEOUT)
+    }
+
+    pub fn stop_timeout(&self) -> Duration {
+        duration(&self.stop_timeout, defaults::STOP_TIMEOUT)
+    }
+
+    /// `[heartbeat]`: only with a protocol a worker can heartbeat over.
+    pub fn heartbeat(&self, readiness: Readiness, source: &Source) -> Result<Option<HeartbeatPolicy>, Error> {
+        let Some(section) = &self.heartbeat else {
+            return Ok(None);
+        };
+        let heartbeat = section.get_ref();
+        if readiness == Readiness::None {
+            return Err(source.invalid(
+                section.span(),
+                "heartbeat",
+                "needs readiness = \"notify\" or \"node-ipc\": with \"none\" a worker cannot send heartbeats",
+            ));
+        }
+        let interval = heartbeat
+            .interval
+            .as_ref()
+            .map_or(defaults::HEARTBEAT_INTERVAL, |i| i.get_ref().0);
+        if interval < defaults::MIN_INTERVAL {
+            let span = heartbeat.interval.as_ref().map_or(section.span(), |i| i.span());
+            return Err(source.invalid(span, "heartbeat.interval", "must be at least 100ms"));
+        }
+        let timeout = heartbeat
+            .timeout
+            .as_ref()
+            .map_or(interval * defaults::HEARTBEAT_TIMEOUTS, |t| t.get_ref().0);
+        if let Some(t) = &heartbeat.timeout
+            && timeout <= interval
+        {
+            return Err(source.invalid(
+                t.span(),
+                "heartbeat.timeout",
+                format!(
+                    "{} must be longer than the interval {}",
+                    format_duration(timeout),
+                    format_duration(interval)
+                ),
+            ));
+        }
+        Ok(Some(HeartbeatPolicy { interval, timeout }))
+    }
+
+    /// `[memory]`.
+    pub fn memory(&self, source: &Source) -> Result<MemoryPolicy, Error> {
+        let Some(section) = &self.memory else {
+            return Ok(MemoryPolicy {
+                limit: None,
+                interval: defaults::MEMORY_INTERVAL,
+                measure: defaults::MEMORY_MEASURE,
+            });
+        };
+        let memory = section.get_ref();
+        let interval = memory
+            .interval
+            .as_ref()
+            .map_or(defaults::MEMORY_INTERVAL, |i| i.get_ref().0);
+        if interval < defaults::MIN_INTERVAL {
+            let span = memory.interval.as_ref().map_or(section.span(), |i| i.span());
+            return Err(source.invalid(span, "memory.interval", "must be at least 100ms"));
+        }
+        Ok(MemoryPolicy {
+            limit: memory.limit.map(|l| l.0),
+            interval,
+            measure: memory.measure.unwrap_or(defaults::MEMORY_MEASURE),
+        })
+    }
+}

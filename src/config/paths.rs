@@ -1,0 +1,100 @@
+//! Where things are when the config does not say: the app's name, the
+//! default control socket, and how a client finds a running sheepdog.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::Error;
+
+/// The config file's name without `.toml`, else the program's name.
+pub(super) fn default_name(config: Option<&Path>, command: &[String]) -> String {
+    config
+        .and_then(Path::file_stem)
+        .map(|s| s.to_string_lossy().into_owned())
+        .or_else(|| {
+            command
+                .first()
+                .and_then(|c| Path::new(c).file_name())
+                .map(|s| s.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "sheepdog".into())
+}
+
+/// Where the control socket is when the config does not say:
+/// `$RUNTIME_DIRECTORY/control.sock` under systemd's RuntimeDirectory= (the
+/// shipped units set `RuntimeDirectory=sheepdog/NAME`), else
+/// `/run/sheepdog/NAME/control.sock` for root, the same path, so that
+/// `sheepdog status --config /etc/sheepdog/NAME.toml` typed in a root shell
+/// finds it; for other users `$XDG_RUNTIME_DIR/sheepdog/NAME/control.sock` (or
+/// `/tmp/sheepdog-UID/NAME/control.sock`). NAME is the config file's name
+/// without `.toml` (`sheepdog` without a config file).
+pub fn default_control_socket(config: Option<&Path>) -> PathBuf {
+    if let Some(dir) = std::env::var_os("RUNTIME_DIRECTORY").and_then(|d| std::env::split_paths(&d).next()) {
+        return dir.join("control.sock");
+    }
+    let name = config
+        .and_then(Path::file_stem)
+        .map_or("sheepdog".into(), |s| s.to_string_lossy().into_owned());
+    default_socket_dir().join(name).join("control.sock")
+}
+
+/// Where the default control sockets of this user's sheepdogs live, one
+/// folder per name: `/run/sheepdog` for root, `$XDG_RUNTIME_DIR/sheepdog`
+/// (or `/tmp/sheepdog-UID`) for other users. `sheepdog status` looks here.
+pub fn default_socket_dir() -> PathBuf {
+    let uid = nix::unistd::getuid().as_raw();
+    if uid == 0 {
+        PathBuf::from("/run/sheepdog")
+    } else if let Some(runtime) = std::env::var_os("XDG_RUNTIME_DIR") {
+        PathBuf::from(runtime).join("sheepdog")
+    } else {
+        PathBuf::from(format!("/tmp/sheepdog-{uid}"))
+    }
+}
+
+/// Where a client looks for a running sheepdog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientTarget {
+    /// `--socket`, or `control_socket` in the config file: exactly this one.
+    Socket(PathBuf),
+    /// The default path for this config file, or a sibling with a pid in its
+    /// name (a clash at the default path makes a second sheepdog take one);
+    /// the one that runs `config` is meant.
+    Default { path: PathBuf, config: PathBuf },
+    /// Nothing named: every sheepdog of this user.
+    Any,
+}
+
+/// The control socket a client should use: `--socket`, else the config
+/// file's `control_socket`, else the default for that config file. Only that
+/// key is read, so a client works even while the rest of the file is being edited.
+pub fn client_target(config: Option<&Path>, socket: Option<&Path>) -> Result<ClientTarget, Error> {
+    if let Some(socket) = socket {
+        return Ok(ClientTarget::Socket(socket.to_path_buf()));
+    }
+    let Some(path) = config else {
+        return Ok(ClientTarget::Any);
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::from_io(format!("{}: cannot read the config", path.display()), e))?;
+    let table: toml::Table =
+        toml::from_str(&text).map_err(|e| Error::config(format!("{}: {}", path.display(), e.message().trim())))?;
+    match table.get("control_socket").and_then(|v| v.as_str()) {
+        Some(socket) => {
+            let socket = PathBuf::from(socket);
+            let base = path.parent().filter(|p| !p.as_os_str().is_empty());
+            Ok(ClientTarget::Socket(match base {
+                Some(base) if socket.is_relative() => base.join(socket),
+                _ => socket,
+            }))
+        }
+        None => Ok(ClientTarget::Default {
+            path: default_control_socket(Some(path)),
+            config: canonical(path),
+        }),
+    }
+}
+
+/// A config file's absolute path, as a running sheepdog reports it.
+pub fn canonical(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+}

@@ -1,0 +1,258 @@
+//! The values a config holds, each with its own parsing and display: worker
+//! counts, listen addresses, readiness protocols, signal names, log levels,
+//! and the policies built from them.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use serde::Deserialize;
+
+/// The most workers one sheepdog will run, whatever the config or SIGTTIN say.
+pub const MAX_WORKERS: u32 = 4096;
+
+/// How a worker's memory is counted: PSS shares each page among the processes
+/// mapping it (so pages shared after fork are not counted N times); RSS counts
+/// every resident page of every process in the tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemoryMeasure {
+    Pss,
+    Rss,
+}
+
+impl fmt::Display for MemoryMeasure {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(match self {
+            MemoryMeasure::Pss => "pss",
+            MemoryMeasure::Rss => "rss",
+        })
+    }
+}
+
+/// Heartbeats: a ready worker silent for longer than `timeout` is hung.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeartbeatPolicy {
+    /// How often sheepdog pings node-ipc workers.
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+/// Memory: each worker's process tree measured every `interval`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryPolicy {
+    pub limit: Option<u64>,
+    pub interval: Duration,
+    pub measure: MemoryMeasure,
+}
+
+/// `workers = 4` or `workers = "auto"` (one per available CPU).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerCount {
+    Fixed(u32),
+    Auto,
+}
+
+impl WorkerCount {
+    pub fn resolve(self) -> u32 {
+        match self {
+            WorkerCount::Fixed(n) => n,
+            WorkerCount::Auto => std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1),
+        }
+    }
+}
+
+impl FromStr for WorkerCount {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if text == "auto" {
+            return Ok(WorkerCount::Auto);
+        }
+        let n: i64 = text
+            .parse()
+            .map_err(|_| format!("\"{text}\" is not a number or \"auto\""))?;
+        WorkerCount::from_number(n)
+    }
+}
+
+impl WorkerCount {
+    fn from_number(n: i64) -> Result<Self, String> {
+        if n < 1 {
+            Err(format!("must be at least 1 (got {n})"))
+        } else if n > MAX_WORKERS as i64 {
+            Err(format!("must be at most {MAX_WORKERS} (got {n})"))
+        } else {
+            Ok(WorkerCount::Fixed(n as u32))
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for WorkerCount {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(i64),
+            Text(String),
+        }
+        let parsed = match Raw::deserialize(deserializer)
+            .map_err(|_| serde::de::Error::custom("expected a number or \"auto\""))?
+        {
+            Raw::Number(n) => WorkerCount::from_number(n),
+            Raw::Text(text) => text.parse(),
+        };
+        parsed.map_err(serde::de::Error::custom)
+    }
+}
+
+/// Where sheepdog binds when systemd did not pass it sockets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl FromStr for ListenAddr {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if let Some(path) = text.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("\"unix:\" needs a path, e.g. \"unix:/run/myapp.sock\"".into());
+            }
+            return Ok(ListenAddr::Unix(PathBuf::from(path)));
+        }
+        if text.starts_with('/') {
+            return Ok(ListenAddr::Unix(PathBuf::from(text)));
+        }
+        text.parse().map(ListenAddr::Tcp).map_err(|_| {
+            format!("\"{text}\" is not an address: use \"127.0.0.1:8080\", \"[::1]:8080\" or \"unix:/path/to.sock\"")
+        })
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            ListenAddr::Tcp(addr) => write!(f, "{addr}"),
+            ListenAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ListenAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// How a worker tells sheepdog it is ready and alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Readiness {
+    /// The sd_notify protocol on a socket of sheepdog's (`NOTIFY_SOCKET`).
+    Notify,
+    /// Node's IPC channel (`NODE_CHANNEL_FD`): `process.send('ready')`.
+    NodeIpc,
+    /// Ready once it stayed up for `ready_delay`; no heartbeats.
+    None,
+}
+
+impl fmt::Display for Readiness {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(match self {
+            Readiness::Notify => "notify",
+            Readiness::NodeIpc => "node-ipc",
+            Readiness::None => "none",
+        })
+    }
+}
+
+/// A signal named as in `kill -l`, with or without the SIG prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StopSignal(pub Signal);
+
+impl FromStr for StopSignal {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let upper = text.to_ascii_uppercase();
+        let name = if upper.starts_with("SIG") {
+            upper
+        } else {
+            format!("SIG{upper}")
+        };
+        match Signal::from_str(&name) {
+            Ok(Signal::SIGKILL | Signal::SIGSTOP) => {
+                Err(format!("{name} cannot be caught, so it cannot ask for a graceful stop"))
+            }
+            Ok(signal) => Ok(StopSignal(signal)),
+            Err(_) => Err(format!(
+                "\"{text}\" is not a signal name (e.g. \"SIGTERM\", \"SIGQUIT\")"
+            )),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for StopSignal {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl fmt::Display for LogLevel {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        })
+    }
+}
+
+impl LogLevel {
+    pub fn filter(self) -> log::LevelFilter {
+        match self {
+            LogLevel::Error => log::LevelFilter::Error,
+            LogLevel::Warn => log::LevelFilter::Warn,
+            LogLevel::Info => log::LevelFilter::Info,
+            LogLevel::Debug => log::LevelFilter::Debug,
+            LogLevel::Trace => log::LevelFilter::Trace,
+        }
+    }
+}
+
+/// Restart policy: backoff per slot, crash-loop breaker for the flock, and a
+/// bound on spawns per second whatever the workers do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestartPolicy {
+    pub max_restarts: u32,
+    pub window: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// A worker that stayed ready this long resets its slot's backoff.
+    pub backoff_reset: Duration,
+    pub max_spawn_rate: u32,
+}
