@@ -8,7 +8,7 @@
 //! Node switch them to non-blocking themselves.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
@@ -33,10 +33,6 @@ pub struct Listener {
 }
 
 impl Listener {
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
-    }
-
     /// Removes the socket file sheepdog bound, unless someone replaced it.
     pub fn remove_socket_file(&self) {
         if let Some((path, dev, ino)) = &self.owned_path {
@@ -123,7 +119,9 @@ fn inherit() -> Result<Option<Vec<Listener>>, Error> {
     let mut listeners = Vec::new();
     for (raw, name) in fds {
         check_listening(raw)?;
-        // Safety: systemd handed this fd to us; we take sole ownership of it once.
+        // SAFETY: the fd is open (check_listening just read it), systemd
+        // handed it to this process, and nothing else in sheepdog owns it:
+        // ownership is taken here, once.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let address = local_address(&fd).unwrap_or_else(|| format!("fd {raw}"));
         listeners.push(Listener {
@@ -139,7 +137,14 @@ fn inherit() -> Result<Option<Vec<Listener>>, Error> {
 /// An inherited fd must be a socket in the listening state. SO_ACCEPTCONN is
 /// read rather than calling listen() again (which security modules may deny).
 fn check_listening(raw: RawFd) -> Result<(), Error> {
-    // Safety: only borrowed for the duration of these checks.
+    // Only an open fd may be borrowed: LISTEN_FDS may name any number.
+    // SAFETY: fcntl(F_GETFD) on any number is harmless; it fails with EBADF
+    // for one that is not open.
+    if unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
+        return Err(Error::from_errno(format!("fd {raw} from LISTEN_FDS"), Errno::last()));
+    }
+    // SAFETY: open (checked above), and only borrowed for these checks,
+    // while nothing closes it.
     let fd = unsafe { BorrowedFd::borrow_raw(raw) };
     let stat = nix::sys::stat::fstat(fd).map_err(|e| Error::from_errno(format!("fd {raw} from LISTEN_FDS"), e))?;
     if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {

@@ -296,7 +296,9 @@ impl Datagram {
         channel::parse_notify(&self.bytes)
     }
 
-    /// The worker itself, a live descendant, or an already-exited sender of our uid.
+    /// The worker itself, a live descendant, or an already-exited sender of
+    /// our uid or root's (which could only have learnt the worker's private
+    /// socket from the worker).
     fn check_sender(&self, worker: Pid, own_uid: u32) -> Result<(), String> {
         let Some(uid) = self.uid else {
             return Err("datagram without sender credentials".into());

@@ -63,8 +63,15 @@ const PSS_REFRESH_ROUNDS: u64 = 10;
 #[derive(Default)]
 pub struct MemoryMeter {
     round: u64,
-    /// The last PSS of each worker's tree, and the round it was read in.
-    pss: HashMap<Pid, (u64, u64)>,
+    /// The last PSS of each worker's tree.
+    pss: HashMap<Pid, u64>,
+}
+
+/// Whether a worker's PSS must be read this round: when its RSS is over the
+/// limit (PSS decides), when it was never read, or when its refresh comes
+/// round (every 10th round, staggered by pid so that reads spread out).
+fn pss_due(round: u64, pid: Pid, over_limit: bool, known: bool) -> bool {
+    over_limit || !known || (round + pid as u64).is_multiple_of(PSS_REFRESH_ROUNDS)
 }
 
 impl MemoryMeter {
@@ -85,12 +92,11 @@ impl MemoryMeter {
             return Some(rss);
         }
         let over = limit.is_some_and(|limit| rss > limit);
-        let due = (self.round + pid as u64).is_multiple_of(PSS_REFRESH_ROUNDS);
         match self.pss.get(&pid) {
-            Some(&(pss, _)) if !over && !due => Some(pss.min(rss)),
+            Some(&pss) if !pss_due(self.round, pid, over, true) => Some(pss.min(rss)),
             _ => {
                 let pss = sum(&tree, MemoryMeasure::Pss)?;
-                self.pss.insert(pid, (pss, self.round));
+                self.pss.insert(pid, pss);
                 Some(pss)
             }
         }
@@ -167,37 +173,28 @@ mod tests {
     }
 
     #[test]
-    fn the_meter_reads_pss_when_over_the_limit_or_due_and_rss_otherwise() {
+    fn pss_is_read_when_over_the_limit_unknown_or_due() {
+        let pid = 7;
+        assert!(pss_due(0, pid, false, false), "never read");
+        assert!(pss_due(1, pid, true, true), "RSS over the limit");
+        let due: Vec<u64> = (0..30).filter(|r| pss_due(*r, pid, false, true)).collect();
+        assert_eq!(due, vec![3, 13, 23], "every 10th round, staggered by pid");
+        assert!(pss_due(2, 8, false, true), "another pid, another round");
+    }
+
+    #[test]
+    fn the_meter_measures_a_live_tree_and_nothing_for_a_gone_one() {
         let me = std::process::id() as Pid;
         let rss = process_memory(me, MemoryMeasure::Rss).unwrap();
-        // No limit in reach: the first round reads PSS, later ones reuse it
-        // until the refresh comes round.
-        let mut meter = MemoryMeter::new();
-        let first = meter.measure(me, MemoryMeasure::Pss, Some(u64::MAX)).unwrap();
-        assert_eq!(meter.pss[&me].1, 0);
-        let mut refreshed_at = Vec::new();
-        for _ in 0..PSS_REFRESH_ROUNDS * 2 {
-            meter.next_round();
-            assert!(meter.measure(me, MemoryMeasure::Pss, Some(u64::MAX)).unwrap() > 0);
-            if meter.pss[&me].1 == meter.round {
-                refreshed_at.push(meter.round);
-            }
-        }
-        assert_eq!(
-            refreshed_at.len(),
-            2,
-            "every {PSS_REFRESH_ROUNDS} rounds: {refreshed_at:?}"
-        );
-        assert!(first <= rss + (4 << 20));
-        // Over the limit by RSS: PSS is read every round.
         let mut meter = MemoryMeter::new();
         for _ in 0..3 {
             meter.next_round();
-            meter.measure(me, MemoryMeasure::Pss, Some(1));
-            assert_eq!(meter.pss[&me].1, meter.round);
+            let pss = meter.measure(me, MemoryMeasure::Pss, None).unwrap();
+            assert!(pss > 0 && pss <= rss + (4 << 20), "pss {pss} rss {rss}");
         }
-        let mut meter = MemoryMeter::new();
         assert!(meter.measure(me, MemoryMeasure::Rss, Some(1)).unwrap() >= rss / 2);
+        assert_eq!(meter.measure(i32::MAX, MemoryMeasure::Pss, None), None);
+        meter.forget(me);
         assert!(meter.pss.is_empty());
     }
 

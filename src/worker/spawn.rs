@@ -94,7 +94,8 @@ impl JournalStreams {
     /// Journal streams for workers of `name`, if journald's socket is there.
     pub fn new(name: &str) -> Option<JournalStreams> {
         let path = JOURNAL_STDOUT.as_bytes();
-        // Safety: sockaddr_un is plain data; zero is a valid value.
+        // SAFETY: sockaddr_un is plain old data, for which all-zero bytes
+        // are a valid value (an empty path).
         let mut address: libc::sockaddr_un = unsafe { std::mem::zeroed() };
         address.sun_family = libc::AF_UNIX as libc::sa_family_t;
         for (slot, byte) in address.sun_path.iter_mut().zip(path) {
@@ -326,9 +327,13 @@ impl WorkerCommand {
             Some(&mut previous),
         )
         .map_err(|e| Error::from_errno("cannot block signals", e))?;
-        // Safety: the child runs only `child.exec()`, which makes async-signal-safe calls only.
+        // SAFETY: sheepdog is single-threaded, so the child's copy of the
+        // process is consistent; and the child runs only `child.exec()`,
+        // which makes async-signal-safe calls only and never returns.
         let pid = unsafe { libc::fork() };
         if pid == 0 {
+            // SAFETY: we are the forked child, `child` and every buffer it
+            // points into are our copies, alive until execve or _exit.
             unsafe { child.exec() }
         }
         let fork_error = Errno::last();
@@ -340,7 +345,6 @@ impl WorkerCommand {
         let report = ExecReport {
             pipe: report_read,
             slot,
-            pid,
             program: program.to_string_lossy().into_owned(),
             working_directory: self.working_directory.clone(),
         };
@@ -355,7 +359,6 @@ impl WorkerCommand {
 pub struct ExecReport {
     pipe: OwnedFd,
     pub slot: usize,
-    pub pid: Pid,
     program: String,
     working_directory: Option<PathBuf>,
 }
@@ -419,8 +422,20 @@ struct ChildPlan<'a> {
 }
 
 impl ChildPlan<'_> {
-    /// Runs in the forked child. Never returns.
-    unsafe fn exec(&self) -> ! {
+    /// Runs in the forked child: sets up the worker's process and execs it,
+    /// or reports the stage that failed and exits 127. Never returns.
+    ///
+    /// # Safety
+    ///
+    /// Call only in a child just forked from a single-threaded parent. Every
+    /// pointer of the plan must point into the child's copy of buffers the
+    /// parent prepared (NUL-terminated strings and arrays, LISTEN_PID= and
+    /// WATCHDOG_PID= with room for a pid's digits and a NUL,
+    /// JOURNAL_STREAM= with room for two u64s, a colon and a NUL).
+    unsafe fn exec(mut self) -> ! {
+        // SAFETY: as the function's contract says; what follows makes only
+        // async-signal-safe libc calls on those buffers and on fds the child
+        // owns, and ends in execve or _exit.
         unsafe {
             // A clean slate: default dispositions (Rust ignores SIGPIPE, and
             // exec keeps ignored signals ignored), then an empty mask.
@@ -443,6 +458,21 @@ impl ChildPlan<'_> {
                 libc::_exit(1);
             }
 
+            // The report pipe and /dev/null may have numbers inside the
+            // 3..3+n range the listeners are about to take: move them above
+            // it first, so that no dup2 below overwrites them.
+            let count = self.inherited.len() as RawFd;
+            let above = LISTEN_FDS_START + count;
+            let report = libc::fcntl(self.report, libc::F_DUPFD_CLOEXEC, above);
+            if report < 0 {
+                libc::_exit(127);
+            }
+            self.report = report;
+            self.devnull = libc::fcntl(self.devnull, libc::F_DUPFD_CLOEXEC, above);
+            if self.devnull < 0 {
+                self.fail(STAGE_FDS);
+            }
+
             let own_pid = libc::getpid() as u64;
             write_decimal(self.listen_pid.add(b"LISTEN_PID=".len()), own_pid);
             if !self.watchdog_pid.is_null() {
@@ -454,10 +484,9 @@ impl ChildPlan<'_> {
             }
             // Listeners (and channel) to 3..3+n. First move them above that range (close-on-
             // exec copies), so that no source is overwritten before it is copied.
-            let count = self.inherited.len() as RawFd;
             let mut high = [0 as RawFd; MAX_LISTENERS + 1];
             for (i, &fd) in self.inherited.iter().enumerate().take(high.len()) {
-                high[i] = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, LISTEN_FDS_START + count);
+                high[i] = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, above);
                 if high[i] < 0 {
                     self.fail(STAGE_FDS);
                 }
@@ -494,7 +523,14 @@ impl ChildPlan<'_> {
 
     /// Connects stdout and stderr to a journal stream of the worker's own;
     /// on any failure they stay the inherited ones.
+    ///
+    /// # Safety
+    ///
+    /// As [`ChildPlan::exec`]: in the child, with the plan's buffers.
     unsafe fn connect_journal(&self, address: &libc::sockaddr_un, length: libc::socklen_t, header: &[u8]) {
+        // SAFETY: async-signal-safe calls on an fd of our own; `stat` is
+        // plain data (zeroed is valid); JOURNAL_STREAM= has room for two
+        // u64s in decimal, a colon and a NUL (64 bytes in all).
         unsafe {
             let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
             if fd < 0 {
@@ -519,7 +555,14 @@ impl ChildPlan<'_> {
         }
     }
 
+    /// Tells the parent which stage failed, with errno, and exits 127.
+    ///
+    /// # Safety
+    ///
+    /// As [`ChildPlan::exec`]: in the child.
     unsafe fn fail(&self, stage: u8) -> ! {
+        // SAFETY: errno is thread-local and ours; write and _exit are
+        // async-signal-safe; the report pipe is the child's own fd.
         unsafe {
             let errno = *libc::__errno_location();
             let mut report = [stage, 0, 0, 0, 0];
@@ -530,7 +573,14 @@ impl ChildPlan<'_> {
     }
 }
 
-/// Writes `value` in decimal followed by a NUL, without allocating.
+/// Writes `value` in decimal followed by a NUL, without allocating (it runs
+/// between fork and exec); returns the number of digits.
+///
+/// # Safety
+///
+/// `out` must be valid for writes of the digits and the NUL: at most 21
+/// bytes (u64::MAX has 20 digits). A pid has at most 7 (pid_max ≤ 2^22),
+/// which is what the LISTEN_PID= and WATCHDOG_PID= buffers leave room for.
 unsafe fn write_decimal(out: *mut u8, mut value: u64) -> usize {
     let mut digits = [0u8; 20];
     let mut len = 0;
@@ -543,8 +593,10 @@ unsafe fn write_decimal(out: *mut u8, mut value: u64) -> usize {
         }
     }
     for i in 0..len {
+        // SAFETY: i < len ≤ 20, within what the caller promised.
         unsafe { *out.add(i) = digits[len - 1 - i] };
     }
+    // SAFETY: len ≤ 20, the NUL's place within the caller's promise.
     unsafe { *out.add(len) = 0 };
     len
 }
@@ -556,10 +608,13 @@ mod tests {
     #[test]
     fn decimal_digits_fit_the_buffer() {
         let mut buffer = [0xffu8; 21];
+        // SAFETY: 21 bytes, as write_decimal asks for the largest value.
         assert_eq!(unsafe { write_decimal(buffer.as_mut_ptr(), 4_194_304) }, 7);
         assert_eq!(&buffer[..8], b"4194304\0");
+        // SAFETY: as above.
         assert_eq!(unsafe { write_decimal(buffer.as_mut_ptr(), 0) }, 1);
         assert_eq!(&buffer[..2], b"0\0");
+        // SAFETY: as above.
         assert_eq!(unsafe { write_decimal(buffer.as_mut_ptr(), u64::MAX) }, 20);
         assert_eq!(&buffer[..21], b"18446744073709551615\0");
     }

@@ -108,8 +108,9 @@ impl NotifySocket {
 
 pub struct Sheepdog {
     pub child: Child,
+    /// Its log lines (and, when socket-activated, the activator's own).
     pub logs: Recorder,
-    /// The activator's own lines ("Listening on ...") when socket-activated.
+    /// The test's directory: config, RUNTIME_DIRECTORY, sockets.
     pub dir: tempfile::TempDir,
 }
 
