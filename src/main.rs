@@ -145,25 +145,12 @@ fn status(args: StatusArgs) -> ExitCode {
     if let Ok(ClientTarget::Any) = client_target(args.client.config.as_deref(), args.client.socket.as_deref()) {
         return list(args.json);
     }
-    match ask(&args.client, Request::Status, Duration::from_secs(10)) {
-        Some(Reply::Status(report)) => {
-            if args.json {
-                println!("{}", pretty(&Reply::Status(report)));
-            } else {
-                print!("{}", view::render(&report));
-            }
-            ExitCode::SUCCESS
-        }
-        Some(Reply::Failed(error)) => {
-            eprintln!("sheepdog: {error}");
-            ExitCode::FAILURE
-        }
-        Some(Reply::Done(message)) => {
-            eprintln!("sheepdog: unexpected reply to status: {message}");
-            ExitCode::FAILURE
-        }
-        None => ExitCode::FAILURE,
-    }
+    let reply = ask(&args.client, Request::Status, Duration::from_secs(10));
+    answered(reply, |reply| match reply {
+        Reply::Status(report) if args.json => Some(pretty(&Reply::Status(report))),
+        Reply::Status(report) => Some(view::render(&report).trim_end().to_string()),
+        _ => None,
+    })
 }
 
 /// A reply as indented JSON, for `--json`.
@@ -197,32 +184,46 @@ fn list(json: bool) -> ExitCode {
 }
 
 fn reload(args: ReloadArgs) -> ExitCode {
-    outcome(ask(&args.client, Request::Reload, args.timeout))
+    answered(ask(&args.client, Request::Reload, args.timeout), done)
 }
 
 fn scale(args: ScaleArgs) -> ExitCode {
     let request = Request::Scale {
         workers: args.workers as usize,
     };
-    outcome(ask(&args.client, request, Duration::from_secs(10)))
+    answered(ask(&args.client, request, Duration::from_secs(10)), done)
 }
 
-/// Prints a reply's message: on stdout with exit 0 when it went well, else
-/// on stderr with exit 1.
-fn outcome(reply: Option<Reply>) -> ExitCode {
+/// What a command that asked for something prints when it went well.
+fn done(reply: Reply) -> Option<String> {
     match reply {
-        Some(Reply::Done(message)) => {
-            println!("{message}");
+        Reply::Done(message) => Some(message),
+        _ => None,
+    }
+}
+
+/// Prints what `expected` makes of the reply on stdout, with exit 0; a
+/// failure, or a reply of another kind, on stderr with exit 1.
+fn answered(reply: Option<Reply>, expected: impl FnOnce(Reply) -> Option<String>) -> ExitCode {
+    let Some(reply) = reply else {
+        return ExitCode::FAILURE;
+    };
+    let error = match &reply {
+        Reply::Failed(error) => Some(error.clone()),
+        _ => None,
+    };
+    match (expected(reply), error) {
+        (Some(text), _) => {
+            println!("{text}");
             ExitCode::SUCCESS
         }
-        Some(Reply::Failed(error)) => {
+        (None, Some(error)) => {
             eprintln!("sheepdog: {error}");
             ExitCode::FAILURE
         }
-        Some(Reply::Status(_)) => {
-            eprintln!("sheepdog: unexpected status reply");
+        (None, None) => {
+            eprintln!("sheepdog: unexpected reply");
             ExitCode::FAILURE
         }
-        None => ExitCode::FAILURE,
     }
 }

@@ -105,6 +105,24 @@ fn duration(value: &Option<HumanDuration>, default: Duration) -> Duration {
     value.map_or(default, |d| d.0)
 }
 
+/// A periodic duty's interval: anything under the minimum is a busy loop.
+fn interval(
+    value: &Option<Spanned<HumanDuration>>,
+    default: Duration,
+    key: &str,
+    source: &Source,
+) -> Result<Duration, Error> {
+    match value {
+        Some(interval) if interval.get_ref().0 < defaults::MIN_INTERVAL => Err(source.invalid(
+            interval.span(),
+            key,
+            format!("must be at least {}", format_duration(defaults::MIN_INTERVAL)),
+        )),
+        Some(interval) => Ok(interval.get_ref().0),
+        None => Ok(default),
+    }
+}
+
 impl FileConfig {
     /// The worker command: `--` on the command line, else `command`.
     pub fn command(&self, overrides: &Overrides, source: &Source) -> Result<Vec<String>, Error> {
@@ -235,14 +253,12 @@ impl FileConfig {
                 "needs readiness = \"notify\" or \"node-ipc\": with \"none\" a worker cannot send heartbeats",
             ));
         }
-        let interval = heartbeat
-            .interval
-            .as_ref()
-            .map_or(defaults::HEARTBEAT_INTERVAL, |i| i.get_ref().0);
-        if interval < defaults::MIN_INTERVAL {
-            let span = heartbeat.interval.as_ref().map_or(section.span(), |i| i.span());
-            return Err(source.invalid(span, "heartbeat.interval", "must be at least 100ms"));
-        }
+        let interval = interval(
+            &heartbeat.interval,
+            defaults::HEARTBEAT_INTERVAL,
+            "heartbeat.interval",
+            source,
+        )?;
         let timeout = heartbeat
             .timeout
             .as_ref()
@@ -273,14 +289,7 @@ impl FileConfig {
             });
         };
         let memory = section.get_ref();
-        let interval = memory
-            .interval
-            .as_ref()
-            .map_or(defaults::MEMORY_INTERVAL, |i| i.get_ref().0);
-        if interval < defaults::MIN_INTERVAL {
-            let span = memory.interval.as_ref().map_or(section.span(), |i| i.span());
-            return Err(source.invalid(span, "memory.interval", "must be at least 100ms"));
-        }
+        let interval = interval(&memory.interval, defaults::MEMORY_INTERVAL, "memory.interval", source)?;
         Ok(MemoryPolicy {
             limit: memory.limit.map(|l| l.0),
             interval,

@@ -125,17 +125,19 @@ impl Flock {
     /// A reload that does not start: READY=1 again at once, and the reason.
     fn refuse_reload(&mut self, ticket: u64, message: String, actions: &mut Vec<Action>) {
         error!("reload refused: {message}");
+        self.end_reload(ticket, self.generation, false, message, actions);
+    }
+
+    /// Records how a reload to `generation` ended, tells systemd the flock
+    /// is ready again, and whoever waits on `ticket` how it went.
+    fn end_reload(&mut self, ticket: u64, generation: u32, ok: bool, message: String, actions: &mut Vec<Action>) {
         self.last_reload = Some(ReloadOutcome {
-            generation: self.generation,
-            ok: false,
+            generation,
+            ok,
             message: message.clone(),
         });
         actions.push(Action::Notify(Upward::Ready));
-        actions.push(Action::ReloadFinished {
-            ticket,
-            ok: false,
-            message,
-        });
+        actions.push(Action::ReloadFinished { ticket, ok, message });
     }
 
     /// The new generation failed to start: go back to the old one. Workers of
@@ -174,17 +176,7 @@ impl Flock {
                 _ => {}
             }
         }
-        self.last_reload = Some(ReloadOutcome {
-            generation: rollout.generation,
-            ok: false,
-            message: message.clone(),
-        });
-        actions.push(Action::Notify(Upward::Ready));
-        actions.push(Action::ReloadFinished {
-            ticket: rollout.ticket,
-            ok: false,
-            message,
-        });
+        self.end_reload(rollout.ticket, rollout.generation, false, message, actions);
         actions.push(Action::ReleaseCommand(abandoned));
     }
 
@@ -216,17 +208,7 @@ impl Flock {
             seconds(now.saturating_duration_since(rollout.started))
         );
         info!("{message}");
-        self.last_reload = Some(ReloadOutcome {
-            generation,
-            ok: true,
-            message: message.clone(),
-        });
-        actions.push(Action::Notify(Upward::Ready));
-        actions.push(Action::ReloadFinished {
-            ticket: rollout.ticket,
-            ok: true,
-            message,
-        });
+        self.end_reload(rollout.ticket, generation, true, message, actions);
         actions.push(Action::ReleaseCommand(rollout.previous_command));
     }
 

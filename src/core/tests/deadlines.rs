@@ -24,9 +24,7 @@ fn a_starting_worker_is_due_at_its_ready_delay_or_its_ready_timeout() {
 
 #[test]
 fn a_stopping_worker_is_due_for_sigkill_at_the_stop_timeout() {
-    let mut h = Harness::new(quiet(2));
-    h.start();
-    h.at(2000 * MS);
+    let mut h = Harness::serving(quiet(2));
     h.at(2500 * MS);
     h.feed(Event::Request(Request::Stop));
     let stop = h.t0 + 2500 * MS + 5000 * MS;
@@ -57,9 +55,7 @@ fn a_ready_worker_is_due_when_its_heartbeats_run_out() {
 
 #[test]
 fn a_backed_off_slot_is_due_when_its_backoff_ends() {
-    let mut h = Harness::new(quiet(1));
-    h.start();
-    h.at(2000 * MS);
+    let mut h = Harness::serving(quiet(1));
     h.exit(h.pid_of(0), ExitStatus::Code(1));
     assert_eq!(h.flock.spawn_deadline(), Some(h.t0 + 2100 * MS));
     assert_eq!(h.flock.next_deadline(), Some(h.t0 + 2100 * MS));
@@ -67,9 +63,7 @@ fn a_backed_off_slot_is_due_when_its_backoff_ends() {
 
 #[test]
 fn a_ready_worker_after_a_crash_is_due_to_clear_its_slots_backoff() {
-    let mut h = Harness::new(quiet(1));
-    h.start();
-    h.at(2000 * MS);
+    let mut h = Harness::serving(quiet(1));
     assert_eq!(h.flock.backoff_reset_deadline(), None, "no backoff to clear");
     h.exit(h.pid_of(0), ExitStatus::Code(1));
     h.at(2100 * MS);
@@ -96,9 +90,7 @@ fn an_exhausted_spawn_budget_makes_a_slot_due_at_the_next_token() {
 
 #[test]
 fn a_replacement_held_back_by_the_surge_is_no_deadline_so_the_loop_sleeps() {
-    let mut h = Harness::new(reload_policy(3));
-    h.start();
-    h.make_ready();
+    let mut h = Harness::ready(reload_policy(3));
     reload(&mut h, 1, reload_policy(3));
     // Slot 0's replacement is starting; slots 1 and 2 wait for the surge,
     // which only an event (a worker ready, or gone) can free.
@@ -140,9 +132,7 @@ fn periodic_duties_are_due_every_interval() {
 fn while_stopping_only_the_stop_and_the_watchdog_are_due() {
     let mut p = notify_policy(1);
     p.watchdog = Some(4000 * MS);
-    let mut h = Harness::new(p);
-    h.start();
-    h.make_ready();
+    let mut h = Harness::ready(p);
     h.at(500 * MS);
     h.feed(Event::Request(Request::Stop));
     // Heartbeats, readiness and spawns no longer matter.

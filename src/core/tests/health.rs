@@ -29,9 +29,7 @@ fn a_worker_not_ready_within_ready_timeout_is_killed_and_counted() {
 
 #[test]
 fn a_hung_worker_is_killed_after_the_heartbeat_timeout_and_replaced() {
-    let mut h = Harness::new(notify_policy(2));
-    h.start();
-    h.make_ready();
+    let mut h = Harness::ready(notify_policy(2));
     let (a, b) = (h.pid_of(0), h.pid_of(1));
     // `a` keeps heartbeating; `b` goes silent after t = 0.
     for t in [900u32, 1800, 2700, 3600] {
@@ -63,9 +61,7 @@ fn a_hung_worker_is_killed_after_the_heartbeat_timeout_and_replaced() {
 
 #[test]
 fn a_stalled_supervisor_spares_its_workers_once() {
-    let mut h = Harness::new(notify_policy(1));
-    h.start();
-    h.make_ready();
+    let mut h = Harness::ready(notify_policy(1));
     // The loop itself did not run for 10 s (SIGSTOPped): no mass murder.
     assert!(signals(&h.at(10_000 * MS)).is_empty());
     // But a worker still silent one timeout later is hung after all.
@@ -74,9 +70,7 @@ fn a_stalled_supervisor_spares_its_workers_once() {
 
 #[test]
 fn watchdog_trigger_replaces_at_once() {
-    let mut h = Harness::new(notify_policy(1));
-    h.start();
-    h.make_ready();
+    let mut h = Harness::ready(notify_policy(1));
     let pid = h.pid_of(0);
     assert_eq!(
         signals(&h.say(pid, WorkerMessage::WatchdogTrigger)),
@@ -87,9 +81,7 @@ fn watchdog_trigger_replaces_at_once() {
 
 #[test]
 fn a_worker_that_says_it_is_stopping_gets_its_replacement_before_it_exits() {
-    let mut h = Harness::new(notify_policy(1));
-    h.start();
-    h.make_ready();
+    let mut h = Harness::ready(notify_policy(1));
     let old = h.pid_of(0);
     let actions = h.say(old, WorkerMessage::Stopping);
     assert_eq!(spawns(&actions), vec![0], "replacement forked at once");
@@ -100,9 +92,7 @@ fn a_worker_that_says_it_is_stopping_gets_its_replacement_before_it_exits() {
     // One that never exits is killed after the stop timeout.
     let mut p = notify_policy(1);
     p.heartbeat = None;
-    let mut h = Harness::new(p);
-    h.start();
-    h.make_ready();
+    let mut h = Harness::ready(p);
     let old = h.pid_of(0);
     h.say(old, WorkerMessage::Stopping);
     h.make_ready();
@@ -115,16 +105,14 @@ fn memory_over_the_limit_is_replaced_replacement_first_within_the_surge_bound() 
     p.heartbeat = None;
     p.memory_limit = Some(700 << 20);
     p.memory_interval = 1000 * MS;
-    let mut h = Harness::new(p);
-    h.start();
-    h.make_ready();
+    let mut h = Harness::ready(p);
     let measured = h.at(1000 * MS);
     assert!(
         measured
             .iter()
             .any(|a| matches!(a, Action::Measure { pids } if pids.len() == 3))
     );
-    let old: Vec<Pid> = (0..3).map(|s| h.pid_of(s)).collect();
+    let old = h.serving_pids(3);
     h.feed(Event::Measured {
         pid: old[0],
         bytes: 100 << 20,
@@ -144,7 +132,7 @@ fn memory_over_the_limit_is_replaced_replacement_first_within_the_surge_bound() 
         signals(&actions).is_empty(),
         "the bloated worker keeps serving until replaced"
     );
-    let first_new = h.flock.workers().last().unwrap().pid;
+    let first_new = h.newest();
     let actions = h.say(first_new, WorkerMessage::Ready);
     assert_eq!(
         signals(&actions),
@@ -153,7 +141,7 @@ fn memory_over_the_limit_is_replaced_replacement_first_within_the_surge_bound() 
     );
     assert_eq!(spawns(&actions), vec![2], "the surge slot is free again");
     assert_eq!(h.ready_pids().len(), 3, "never fewer ready workers than desired");
-    let second_new = h.flock.workers().last().unwrap().pid;
+    let second_new = h.newest();
     assert_eq!(
         signals(&h.say(second_new, WorkerMessage::Ready)),
         vec![(old[2], Signal::SIGTERM)]
@@ -166,16 +154,14 @@ fn a_failed_memory_replacement_leaves_the_old_worker_serving() {
     let mut p = notify_policy(1);
     p.heartbeat = None;
     p.memory_limit = Some(1 << 20);
-    let mut h = Harness::new(p);
-    h.start();
-    h.make_ready();
+    let mut h = Harness::ready(p);
     let old = h.pid_of(0);
     let spawned = spawns(&h.feed(Event::Measured {
         pid: old,
         bytes: 2 << 20,
     }));
     assert_eq!(spawned, vec![0]);
-    let new = h.flock.workers().last().unwrap().pid;
+    let new = h.newest();
     h.exit(new, ExitStatus::Code(1));
     assert!(h.ready_pids().contains(&old));
     assert!(signals(&h.log).is_empty());
@@ -243,9 +229,7 @@ fn the_watchdog_relay_pings_only_a_healthy_flock() {
 
 #[test]
 fn a_draining_worker_asking_again_changes_nothing() {
-    let mut h = Harness::new(notify_policy(1));
-    h.start();
-    h.make_ready();
+    let mut h = Harness::ready(notify_policy(1));
     let pid = h.pid_of(0);
     h.say(pid, WorkerMessage::Stopping);
     let again = h.say(pid, WorkerMessage::Stopping);
@@ -270,9 +254,7 @@ fn watchdog_pings_go_on_while_stopping() {
     p.heartbeat = None;
     p.watchdog = Some(2000 * MS);
     p.stop_timeout = 10_000 * MS;
-    let mut h = Harness::new(p);
-    h.start();
-    h.make_ready();
+    let mut h = Harness::ready(p);
     h.feed(Event::Request(Request::Stop));
     let pings = h
         .run_until(6000 * MS)
@@ -287,9 +269,7 @@ fn memory_is_measured_once_per_interval_and_only_for_live_workers() {
     let mut p = notify_policy(2);
     p.heartbeat = None;
     p.memory_interval = 1000 * MS;
-    let mut h = Harness::new(p);
-    h.start();
-    h.make_ready();
+    let mut h = Harness::ready(p);
     let measures = |actions: &[Action]| -> Vec<Vec<Pid>> {
         actions
             .iter()

@@ -34,9 +34,7 @@ fn min_ready_below_workers_announces_earlier() {
 
 #[test]
 fn stop_sends_the_stop_signal_then_sigkill_after_the_timeout_then_exits_zero() {
-    let mut h = Harness::new(policy(2));
-    h.start();
-    h.at(2000 * MS);
+    let mut h = Harness::serving(policy(2));
     let (a, b) = (h.pid_of(0), h.pid_of(1));
     let actions = h.feed(Event::Request(Request::Stop));
     assert!(actions.contains(&Action::Notify(Upward::Stopping)));
@@ -139,9 +137,7 @@ fn scaling_stays_within_one_and_the_maximum() {
 
 #[test]
 fn requests_during_a_shutdown_change_nothing() {
-    let mut h = Harness::new(policy(2));
-    h.start();
-    h.at(2000 * MS);
+    let mut h = Harness::serving(policy(2));
     h.feed(Event::Request(Request::Stop));
     for request in [Request::ScaleUp, Request::ScaleDown, Request::Scale(5)] {
         h.feed(Event::Request(request));

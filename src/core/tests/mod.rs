@@ -94,6 +94,42 @@ impl Harness {
         taken
     }
 
+    /// A harness whose flock is started and every worker ready.
+    fn ready(policy: Policy) -> Harness {
+        let mut h = Harness::new(policy);
+        h.start();
+        h.make_ready();
+        h
+    }
+
+    /// A harness whose flock has run for 2 s (ready by delay, under `policy`).
+    fn serving(policy: Policy) -> Harness {
+        let mut h = Harness::new(policy);
+        h.start();
+        h.at(2000 * MS);
+        h
+    }
+
+    /// The pids serving slots 0..n.
+    fn serving_pids(&self, n: usize) -> Vec<Pid> {
+        (0..n).map(|slot| self.pid_of(slot)).collect()
+    }
+
+    /// The worker started last.
+    fn newest(&self) -> Pid {
+        self.flock.workers().last().expect("a worker").pid
+    }
+
+    /// The pid of the worker of `slot` in `generation`, stopping or not.
+    fn worker(&self, slot: usize, generation: u32) -> Pid {
+        self.flock
+            .workers()
+            .iter()
+            .find(|w| w.slot == slot && w.generation == generation)
+            .map(|w| w.pid)
+            .expect("a worker in that slot and generation")
+    }
+
     fn start(&mut self) -> Vec<Action> {
         self.feed(Event::Tick)
     }
@@ -171,6 +207,14 @@ fn statuses(actions: &[Action]) -> Vec<String> {
 
 fn ready_sent(actions: &[Action]) -> bool {
     actions.contains(&Action::Notify(Upward::Ready))
+}
+
+/// One worker; more than `max_restarts` failures within `window` is a crash loop.
+fn crash_limit(max_restarts: u32, window: Duration) -> Policy {
+    let mut p = policy(1);
+    p.restart.max_restarts = max_restarts;
+    p.restart.window = window;
+    p
 }
 
 fn notify_policy(workers: usize) -> Policy {

@@ -4,10 +4,8 @@ use super::*;
 
 #[test]
 fn a_reload_rolls_slot_by_slot_within_the_surge_and_never_below_min_ready() {
-    let mut h = Harness::new(reload_policy(3));
-    h.start();
-    h.make_ready();
-    let old: Vec<Pid> = (0..3).map(|s| h.pid_of(s)).collect();
+    let mut h = Harness::ready(reload_policy(3));
+    let old = h.serving_pids(3);
     let actions = reload(&mut h, 7, reload_policy(3));
     assert_eq!(actions.first(), Some(&Action::Notify(Upward::Reloading)));
     assert_eq!(
@@ -55,9 +53,7 @@ fn a_reload_rolls_slot_by_slot_within_the_surge_and_never_below_min_ready() {
 
 #[test]
 fn a_larger_surge_replaces_several_slots_at_once() {
-    let mut h = Harness::new(reload_policy(4));
-    h.start();
-    h.make_ready();
+    let mut h = Harness::ready(reload_policy(4));
     let mut p = reload_policy(4);
     p.max_surge = 2;
     assert_eq!(spawned_generations(&reload(&mut h, 1, p)), vec![(0, 2), (1, 2)]);
@@ -65,12 +61,10 @@ fn a_larger_surge_replaces_several_slots_at_once() {
 
 #[test]
 fn a_new_generation_that_crashes_at_boot_aborts_and_the_old_keeps_serving() {
-    let mut h = Harness::new(reload_policy(2));
-    h.start();
-    h.make_ready();
-    let old: Vec<Pid> = (0..2).map(|s| h.pid_of(s)).collect();
+    let mut h = Harness::ready(reload_policy(2));
+    let old = h.serving_pids(2);
     reload(&mut h, 3, reload_policy(2));
-    let new = h.flock.workers().last().unwrap().pid;
+    let new = h.newest();
     let actions = h.exit(new, ExitStatus::Code(1));
     let (ticket, ok, message) = finished(&actions).expect("the reload ended");
     assert_eq!((ticket, ok), (3, false));
@@ -100,35 +94,21 @@ fn a_new_generation_that_crashes_at_boot_aborts_and_the_old_keeps_serving() {
 
 #[test]
 fn an_abort_after_some_slots_switched_rolls_them_back_replacement_first() {
-    let mut h = Harness::new(reload_policy(2));
-    h.start();
-    h.make_ready();
-    let old: Vec<Pid> = (0..2).map(|s| h.pid_of(s)).collect();
+    let mut h = Harness::ready(reload_policy(2));
+    let old = h.serving_pids(2);
     reload(&mut h, 1, reload_policy(2));
-    let new0 = h.flock.workers().last().unwrap().pid;
+    let new0 = h.newest();
     let actions = h.say(new0, WorkerMessage::Ready);
     assert_eq!(signals(&actions), vec![(old[0], Signal::SIGTERM)]);
     h.exit(old[0], ExitStatus::Code(0));
-    let new1 = h
-        .flock
-        .workers()
-        .iter()
-        .find(|w| w.slot == 1 && w.generation == 2)
-        .unwrap()
-        .pid;
+    let new1 = h.worker(1, 2);
     // Slot 1's new worker crashes: slot 0 must go back to generation 1,
     // its generation-2 worker serving until the replacement is ready.
     let actions = h.exit(new1, ExitStatus::Code(2));
     assert_eq!(finished(&actions).map(|f| f.1), Some(false));
     assert_eq!(spawned_generations(&actions), vec![(0, 1)]);
     assert!(signals(&actions).is_empty());
-    let back = h
-        .flock
-        .workers()
-        .iter()
-        .find(|w| w.slot == 0 && w.generation == 1)
-        .unwrap()
-        .pid;
+    let back = h.worker(0, 1);
     assert_eq!(
         signals(&h.say(back, WorkerMessage::Ready)),
         vec![(new0, Signal::SIGTERM)]
@@ -139,13 +119,11 @@ fn an_abort_after_some_slots_switched_rolls_them_back_replacement_first() {
 
 #[test]
 fn a_new_generation_that_never_becomes_ready_aborts_at_ready_timeout() {
-    let mut h = Harness::new(reload_policy(1));
-    h.start();
-    h.make_ready();
+    let mut h = Harness::ready(reload_policy(1));
     let old = h.pid_of(0);
     h.at(1000 * MS);
     reload(&mut h, 9, reload_policy(1));
-    let new = h.flock.workers().last().unwrap().pid;
+    let new = h.newest();
     let actions = h.at(6000 * MS);
     assert_eq!(signals(&actions), vec![(new, Signal::SIGKILL)]);
     let (_, ok, message) = finished(&actions).unwrap();
@@ -156,9 +134,7 @@ fn a_new_generation_that_never_becomes_ready_aborts_at_ready_timeout() {
 
 #[test]
 fn a_second_reload_during_a_reload_is_refused() {
-    let mut h = Harness::new(reload_policy(2));
-    h.start();
-    h.make_ready();
+    let mut h = Harness::ready(reload_policy(2));
     reload(&mut h, 1, reload_policy(2));
     let actions = reload(&mut h, 2, reload_policy(2));
     let (ticket, ok, message) = finished(&actions).unwrap();
@@ -172,9 +148,7 @@ fn a_second_reload_during_a_reload_is_refused() {
 
 #[test]
 fn a_reload_refused_during_a_roll_sends_nothing_upward_and_the_roll_goes_on() {
-    let mut h = Harness::new(reload_policy(2));
-    h.start();
-    h.make_ready();
+    let mut h = Harness::ready(reload_policy(2));
     reload(&mut h, 1, reload_policy(2));
     for actions in [
         h.feed(Event::Request(Request::ReloadRefused {
@@ -202,9 +176,7 @@ fn a_reload_refused_during_a_roll_sends_nothing_upward_and_the_roll_goes_on() {
 
 #[test]
 fn a_worker_forked_for_one_generation_is_recorded_in_it_though_a_reload_came_in_the_same_pass() {
-    let mut h = Harness::new(reload_policy(2));
-    h.start();
-    h.make_ready();
+    let mut h = Harness::ready(reload_policy(2));
     h.exit(h.pid_of(0), ExitStatus::Code(1));
     // The slot's backoff is over: this pass asks for a generation-1 worker...
     h.now += 100 * MS;
@@ -232,9 +204,7 @@ fn a_worker_forked_for_one_generation_is_recorded_in_it_though_a_reload_came_in_
 
 #[test]
 fn a_refused_reload_changes_nothing() {
-    let mut h = Harness::new(reload_policy(2));
-    h.start();
-    h.make_ready();
+    let mut h = Harness::ready(reload_policy(2));
     let actions = h.feed(Event::Request(Request::ReloadRefused {
         ticket: 5,
         reason: "app.toml:3:1: bad".into(),
@@ -254,9 +224,7 @@ fn a_refused_reload_changes_nothing() {
 
 #[test]
 fn a_reload_can_change_the_worker_count_both_ways() {
-    let mut h = Harness::new(reload_policy(2));
-    h.start();
-    h.make_ready();
+    let mut h = Harness::ready(reload_policy(2));
     let actions = reload(&mut h, 1, reload_policy(4));
     // Slots 2 and 3 are new capacity, started first; then one replacement
     // within the surge: never more than 4 + 1 workers.
@@ -287,17 +255,9 @@ fn scale_sets_the_worker_count() {
 
 #[test]
 fn an_old_worker_crashing_mid_roll_is_a_crash_not_an_abort() {
-    let mut h = Harness::new(reload_policy(2));
-    h.start();
-    h.make_ready();
+    let mut h = Harness::ready(reload_policy(2));
     reload(&mut h, 1, reload_policy(2));
-    let old = h
-        .flock
-        .workers()
-        .iter()
-        .find(|w| w.slot == 1 && w.generation == 1)
-        .unwrap()
-        .pid;
+    let old = h.worker(1, 1);
     let actions = h.exit(old, ExitStatus::Code(1));
     assert_eq!(finished(&actions), None, "the roll goes on");
     assert_eq!(h.flock.reloading_to(), Some(2));
@@ -310,11 +270,9 @@ fn an_old_worker_crashing_mid_roll_is_a_crash_not_an_abort() {
 
 #[test]
 fn a_new_worker_crashing_after_it_was_ready_is_a_crash_not_an_abort() {
-    let mut h = Harness::new(reload_policy(2));
-    h.start();
-    h.make_ready();
+    let mut h = Harness::ready(reload_policy(2));
     reload(&mut h, 1, reload_policy(2));
-    let new = h.flock.workers().last().unwrap().pid;
+    let new = h.newest();
     h.say(new, WorkerMessage::Ready);
     let actions = h.exit(new, ExitStatus::Code(1));
     assert_eq!(finished(&actions), None);
@@ -344,9 +302,7 @@ fn a_reload_begun_while_workers_are_starting_ends_only_when_its_own_are_ready() 
 
 #[test]
 fn a_reload_refused_for_readiness_keeps_the_running_command() {
-    let mut h = Harness::new(reload_policy(1));
-    h.start();
-    h.make_ready();
+    let mut h = Harness::ready(reload_policy(1));
     let mut p = reload_policy(1);
     p.readiness = Readiness::NodeIpc;
     let actions = reload(&mut h, 4, p);
@@ -365,14 +321,12 @@ fn a_reload_refused_for_readiness_keeps_the_running_command() {
 
 #[test]
 fn commands_are_released_when_their_generation_is_done() {
-    let mut h = Harness::new(reload_policy(1));
-    h.start();
-    h.make_ready();
+    let mut h = Harness::ready(reload_policy(1));
     reload(&mut h, 1, reload_policy(1));
     let done = ready_one_by_one(&mut h, 1);
     assert!(done.contains(&Action::ReleaseCommand(FIRST_COMMAND)));
     reload(&mut h, 2, reload_policy(1));
-    let new = h.flock.workers().last().unwrap().pid;
+    let new = h.newest();
     let aborted = h.exit(new, ExitStatus::Code(1));
     assert!(aborted.contains(&Action::ReleaseCommand(command_of(2))));
     assert!(!aborted.contains(&Action::ReleaseCommand(command_of(1))));

@@ -4,9 +4,7 @@ use super::*;
 
 #[test]
 fn crashed_worker_is_replaced_in_the_same_slot_after_backoff() {
-    let mut h = Harness::new(policy(2));
-    h.start();
-    h.at(2000 * MS);
+    let mut h = Harness::serving(policy(2));
     let old = h.pid_of(1);
     assert!(spawns(&h.exit(old, ExitStatus::Signaled(Signal::SIGKILL))).is_empty());
     assert_eq!(h.flock.next_deadline(), Some(h.now + 100 * MS));
@@ -102,10 +100,7 @@ fn a_crash_loop_stops_the_flock_and_exits_non_zero() {
 
 #[test]
 fn failures_outside_the_window_do_not_count() {
-    let mut p = policy(1);
-    p.restart.max_restarts = 2;
-    p.restart.window = Duration::from_secs(10);
-    let mut h = Harness::new(p);
+    let mut h = Harness::new(crash_limit(2, Duration::from_secs(10)));
     h.start();
     for round in 0..5u64 {
         h.run_until(Duration::from_secs(20 * round + 19));
@@ -177,9 +172,7 @@ fn backoff_sequence() {
 
 #[test]
 fn a_crash_soon_after_a_ready_restart_backs_off_further() {
-    let mut h = Harness::new(policy(1));
-    h.start();
-    h.at(2000 * MS);
+    let mut h = Harness::serving(policy(1));
     h.exit(h.pid_of(0), ExitStatus::Code(1));
     assert_eq!(h.flock.next_deadline(), Some(h.t0 + 2100 * MS));
     h.at(2100 * MS);
@@ -196,9 +189,7 @@ fn a_crash_soon_after_a_ready_restart_backs_off_further() {
 
 #[test]
 fn exits_during_a_shutdown_are_not_failures() {
-    let mut h = Harness::new(policy(2));
-    h.start();
-    h.at(2000 * MS);
+    let mut h = Harness::serving(policy(2));
     let (a, b) = (h.pid_of(0), h.pid_of(1));
     h.feed(Event::Request(Request::Stop));
     h.exit(a, ExitStatus::Code(1));
@@ -209,9 +200,7 @@ fn exits_during_a_shutdown_are_not_failures() {
 
 #[test]
 fn a_worker_of_a_retired_slot_that_crashes_is_not_restarted() {
-    let mut h = Harness::new(policy(2));
-    h.start();
-    h.at(2000 * MS);
+    let mut h = Harness::serving(policy(2));
     let top = h.pid_of(1);
     h.feed(Event::Request(Request::ScaleDown));
     // It was told to stop, so its exit is no crash either way.
@@ -225,9 +214,7 @@ fn the_crash_loop_window_counts_only_recent_failures() {
     let mut p = policy(1);
     p.restart.max_restarts = 1;
     p.restart.window = Duration::from_secs(5);
-    let mut h = Harness::new(p);
-    h.start();
-    h.at(2000 * MS);
+    let mut h = Harness::serving(p);
     h.exit(h.pid_of(0), ExitStatus::Code(1));
     h.run_until(Duration::from_secs(7));
     // Exactly one window later plus a bit: the first failure has aged out.
