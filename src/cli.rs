@@ -92,7 +92,7 @@ pub struct RunArgs {
     #[arg(short, long, value_name = "N|auto")]
     pub workers: Option<WorkerCount>,
 
-    /// Address to bind when systemd passes no socket: 127.0.0.1:8080, [::1]:8080,
+    /// Address to bind when systemd passes no socket: 127.0.0.1:8080, `[::1]:8080`,
     /// unix:/path. Repeatable; overrides `listen`.
     #[arg(short, long = "listen", value_name = "ADDR")]
     pub listen: Vec<ListenAddr>,

@@ -7,15 +7,37 @@
 //! directly; sheepdog never touches a connection. It watches the workers and
 //! tells systemd the truth about the flock.
 //!
-//! The code is a functional core in an imperative shell:
-//! - [`flock`] is the core: the worker table and every decision (backoff,
-//!   crash loop, stop escalation, scaling), a pure state machine fed with
-//!   events and the current time, returning actions.
-//! - [`supervisor`] is the shell: one `poll(2)` loop that turns signals and
-//!   child exits into events and performs the actions ([`spawn`] forks,
-//!   [`systemd`] notifies).
-//! - [`config`], [`units`] and [`sockets`] do everything that can fail before
-//!   the first fork, so a bad setup exits 78 with nothing started.
+//! The code is a functional core in an imperative shell, and the folders
+//! are the map:
+//!
+//! - [`core`] decides. [`core::Flock`] is the worker table and every policy
+//!   (backoff and the crash-loop breaker, readiness, heartbeats, memory,
+//!   rolling reloads, the watchdog relay, STATUS): a pure state machine fed
+//!   with events and the time, returning actions. Each policy keeps its own
+//!   deadline; the core names everything an action needs (a spawn carries its
+//!   slot, generation and command), so the shell never guesses its state.
+//! - [`shell`] acts. One loop ([`shell::supervisor`]) turns what happened
+//!   into events, performs the core's actions in order, and sleeps until the
+//!   next deadline. Every effect goes through the [`shell::system::System`]
+//!   trait: [`shell::os::Os`] for real (epoll, fork/exec, /proc, sd_notify),
+//!   a recording fake in its tests.
+//! - [`worker`] is the plumbing to one worker: [`worker::spawn`] (the fd
+//!   layout and environment of the worker contract, async-signal-safe child),
+//!   [`worker::links`] (its notify socket or Node IPC channel),
+//!   [`worker::channel`] (pure parsers of what it says), [`worker::proc_stats`]
+//!   (its process tree's memory).
+//! - [`systemd`] is the upward side: [`systemd::sockets`] (LISTEN_FDS or
+//!   bind) and [`systemd::notify`] (a non-blocking sd_notify outbox, the
+//!   watchdog, journald detection).
+//! - [`control`] is the control socket: a typed [`control::protocol`]
+//!   shared by the [`control::server`] in the loop, the [`control::client`]
+//!   and the [`control::view`] of `sheepdog status`.
+//! - [`config`] is the config file: its schema, values, named defaults and
+//!   default paths, and `sheepdog check`'s printout.
+//! - [`error`]: the one error type and its exit-code classes (2, 71, 78).
+//!
+//! Everything that can fail for a bad setup fails before the first fork, so
+//! a bad config exits 78 with nothing started.
 
 pub mod cli;
 pub mod config;

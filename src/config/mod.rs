@@ -371,4 +371,82 @@ NODE_ENV = "production"
             }
         );
     }
+
+    #[test]
+    fn worker_counts_within_one_and_the_maximum() {
+        assert_eq!(parse("command = [\"x\"]\nworkers = 1\n").unwrap().workers, 1);
+        assert_eq!(parse("command = [\"x\"]\nworkers = 4096\n").unwrap().workers, 4096);
+        assert!(error("command = [\"x\"]\nworkers = 4097\n").contains("workers: must be at most 4096"));
+        assert!(error("command = [\"x\"]\nworkers = \"many\"\n").contains("is not a number or \"auto\""));
+        assert!(error("command = [\"x\"]\nworkers = 2\nmin_ready = 0\n").contains("min_ready: must be at least 1"));
+        let s = parse("command = [\"x\"]\nworkers = 3\nmin_ready = 3\nmax_surge = 2\n").unwrap();
+        assert_eq!((s.min_ready, s.max_surge), (3, 2));
+    }
+
+    #[test]
+    fn intervals_and_backoffs_have_a_floor() {
+        let with = |section: &str| format!("command = [\"x\"]\nreadiness = \"notify\"\n{section}");
+        assert!(
+            error(&with("[heartbeat]\ninterval = \"99ms\"\n")).contains("heartbeat.interval: must be at least 100ms")
+        );
+        assert!(parse(&with("[heartbeat]\ninterval = \"100ms\"\n")).is_ok());
+        assert!(error(&with("[memory]\ninterval = \"99ms\"\n")).contains("memory.interval: must be at least 100ms"));
+        assert_eq!(
+            parse(&with("[memory]\ninterval = \"100ms\"\n"))
+                .unwrap()
+                .memory
+                .interval,
+            Duration::from_millis(100)
+        );
+        assert!(error(&with("[heartbeat]\ninterval = \"1s\"\ntimeout = \"1s\"\n")).contains("must be longer"));
+        let s = parse(&with("[heartbeat]\ninterval = \"1s\"\ntimeout = \"1001ms\"\n")).unwrap();
+        assert_eq!(s.heartbeat.unwrap().timeout, Duration::from_millis(1001));
+        assert!(parse("command = [\"x\"]\nbackoff_initial = \"10ms\"\n").is_ok());
+        assert!(error("command = [\"x\"]\nbackoff_initial = \"9ms\"\n").contains("at least 10ms"));
+        assert!(error("command = [\"x\"]\nmax_spawn_rate = 0\n").contains("max_spawn_rate: must be at least 1"));
+        let s = parse("command = [\"x\"]\nbackoff_initial = \"1s\"\nbackoff_max = \"1s\"\n").unwrap();
+        assert_eq!(s.restart.backoff_max, Duration::from_secs(1), "equal bounds are fine");
+    }
+
+    #[test]
+    fn every_default_is_the_named_one() {
+        let s = parse("command = [\"x\"]\n").unwrap();
+        assert_eq!(s.readiness, defaults::READINESS);
+        assert_eq!(s.ready_delay, defaults::READY_DELAY);
+        assert_eq!(s.ready_timeout, defaults::READY_TIMEOUT);
+        assert_eq!(s.max_surge, defaults::MAX_SURGE);
+        assert_eq!(s.stop_timeout, defaults::STOP_TIMEOUT);
+        assert_eq!(s.restart.window, defaults::RESTART_WINDOW);
+        assert_eq!(s.restart.backoff_initial, defaults::BACKOFF_INITIAL);
+        assert_eq!(s.restart.backoff_max, defaults::BACKOFF_MAX);
+        assert_eq!(s.restart.backoff_reset, defaults::BACKOFF_RESET);
+        assert_eq!(s.restart.max_spawn_rate, defaults::MAX_SPAWN_RATE);
+        assert_eq!(s.memory.interval, defaults::MEMORY_INTERVAL);
+        assert_eq!(s.memory.limit, None);
+        assert_eq!(s.name, "app", "the config file's name");
+        assert!(!s.control_socket_explicit);
+        let s = Settings::from_toml(
+            "",
+            None,
+            &Overrides {
+                command: vec!["/usr/bin/node".into(), "x.js".into()],
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(s.name, "node", "without a config file, the program's name");
+    }
+
+    #[test]
+    fn absolute_paths_in_the_file_stay_absolute() {
+        let s = Settings::from_toml(
+            "command = [\"x\"]\nworking_directory = \"/srv/app\"\ncontrol_socket = \"/run/x.sock\"\n",
+            Some(Path::new("/etc/sheepdog/my.toml")),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.working_directory, Some(PathBuf::from("/srv/app")));
+        assert_eq!(s.control_socket, PathBuf::from("/run/x.sock"));
+        assert!(s.control_socket_explicit);
+    }
 }

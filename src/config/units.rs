@@ -258,4 +258,46 @@ mod tests {
         assert_eq!(format_size_exact(700_000_000), "700MB");
         assert_eq!(format_size_exact(4097), "4097B");
     }
+
+    #[test]
+    fn every_unit_and_its_limits() {
+        assert_eq!(parse_duration("2sec"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("3min"), Ok(Duration::from_secs(180)));
+        assert_eq!(parse_duration("365h"), Ok(Duration::from_secs(365 * 3600)));
+        assert_eq!(
+            parse_duration("8760h"),
+            Ok(Duration::from_secs(365 * 86400)),
+            "a year is allowed"
+        );
+        assert!(parse_duration("8761h").unwrap_err().contains("longer than a year"));
+        assert_eq!(parse_size("2K"), Ok(2048));
+        assert_eq!(parse_size("3M"), Ok(3 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("2KB"), Ok(2000));
+        assert_eq!(parse_size("2kB"), Ok(2000));
+        assert_eq!(parse_size("2GB"), Ok(2_000_000_000));
+        assert_eq!(parse_size("1048576GiB"), Ok(1 << 50), "a petabyte is allowed");
+        assert!(parse_size("1048577GiB").unwrap_err().contains("larger than a petabyte"));
+    }
+
+    #[test]
+    fn formatting_covers_every_magnitude() {
+        assert_eq!(format_duration(Duration::ZERO), "0ms");
+        assert_eq!(format_duration(Duration::from_micros(250)), "250us");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(format_duration(Duration::from_secs(59)), "59s");
+        assert_eq!(format_duration(Duration::from_secs(60)), "1m");
+        assert_eq!(format_duration(Duration::from_secs(3600)), "60m");
+        assert_eq!(format_size(1023), "1023 B");
+        assert_eq!(format_size(1024), "1 KiB");
+        assert_eq!(format_size(100 << 20), "100 MiB");
+        assert_eq!(
+            format_size((100 << 20) + (1 << 19)),
+            "100 MiB",
+            "no decimal from 100 up"
+        );
+        assert_eq!(format_size(1 << 30), "1 GiB");
+        assert_eq!(format_size(1 << 40), "1024 GiB", "GiB is the largest unit");
+        assert_eq!(format_size(1 << 50), "1048576 GiB");
+    }
 }

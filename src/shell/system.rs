@@ -1,8 +1,8 @@
 //! The seam between the supervisor's logic and the operating system: every
 //! effect the shell has (fork/exec, signals, pings, /proc reads, sd_notify,
 //! control replies, the clock, waiting) goes through [`System`], so that the
-//! supervisor can be driven by a recording fake in tests and by [`Os`]
-//! (crate::shell::os::Os) for real.
+//! supervisor can be driven by a recording fake in tests and by [`Os`](super::os::Os)
+//! for real.
 
 use std::time::Instant;
 

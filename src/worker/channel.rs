@@ -223,4 +223,26 @@ mod tests {
         assert!(out[0].is_err());
         assert_eq!(out[1], Ok(b"\"ok\"".to_vec()));
     }
+
+    #[test]
+    fn the_production_limits_are_exact() {
+        // A Node message of exactly MAX_IPC_LINE bytes passes; one more does not.
+        let mut buffer = LineBuffer::new(MAX_IPC_LINE);
+        let mut line = vec![b' '; MAX_IPC_LINE - 2];
+        line.insert(0, b'"');
+        line.push(b'"');
+        line.push(b'\n');
+        let out = buffer.push(&line);
+        assert_eq!(out.len(), 1);
+        assert_eq!(parse_ipc_line(out[0].as_ref().unwrap()), Ok(Some(Heartbeat)));
+        let mut longer = vec![b' '; MAX_IPC_LINE + 1];
+        longer.push(b'\n');
+        assert!(buffer.push(&longer)[0].is_err());
+        // A datagram of MAX_DATAGRAM bytes is read; one more is refused.
+        let mut datagram = b"STATUS=".to_vec();
+        datagram.resize(MAX_DATAGRAM, b'x');
+        assert_eq!(parse_notify(&datagram).unwrap().len(), 1);
+        datagram.push(b'x');
+        assert!(parse_notify(&datagram).is_err());
+    }
 }

@@ -205,7 +205,7 @@ impl WorkerCommand {
         Ok(command)
     }
 
-    /// The program to exec: argv[0] if it has a slash (relative to the working
+    /// The program to exec: `argv[0]` if it has a slash (relative to the working
     /// directory), else the first executable match in the workers' PATH.
     pub fn resolve_program(&self) -> Result<PathBuf, Error> {
         let program = Path::new(OsStr::from_bytes(self.argv[0].as_bytes()));
