@@ -89,6 +89,41 @@ fn socket_activated_node_workers_serve_report_ready_and_stop_cleanly() {
 }
 
 #[test]
+fn sockets_passed_to_a_wrapper_that_forks_sheepdog_are_left_to_the_wrapper() {
+    // systemd-socket-activate passes the socket (named, as systemd always
+    // does) to sh, whose pid LISTEN_PID names; sh forks sheepdog. As
+    // sd_listen_fds(3) does, sheepdog leaves them alone and binds its own.
+    let addr = free_port();
+    let mut launch = Launch::new(&[]).activated(addr).shell_prefix("true");
+    launch.args = ["run", "--workers", "1", "--listen", "127.0.0.1:0", "--", "sleep", "600"]
+        .map(String::from)
+        .to_vec();
+    let sheepdog = launch.spawn();
+    sheepdog.logs.wait_for("Listening on", 10 * SECOND);
+    // The first connection starts the wrapper; nobody accepts it.
+    let _knock = std::net::TcpStream::connect_timeout(&addr, 5 * SECOND).unwrap();
+    let (_, line) = sheepdog.logs.wait_for("(bound by sheepdog)", 10 * SECOND);
+    assert!(!line.contains(&addr.to_string()), "{line}");
+    sheepdog.logs.wait_for("ready: 1/1 workers", 10 * SECOND);
+    assert_eq!(sheepdog.logs.count("LISTEN_FDNAMES"), 0, "{:#?}", sheepdog.logs.lines());
+}
+
+#[test]
+fn listen_fds_for_another_pid_are_ignored_whatever_their_names() {
+    let launch = Launch::new(&[])
+        .env("LISTEN_FDS", "1")
+        .env("LISTEN_PID", "1")
+        .env("LISTEN_FDNAMES", "x");
+    let mut launch = launch;
+    launch.args = ["run", "--workers", "1", "--listen", "127.0.0.1:0", "--", "sleep", "600"]
+        .map(String::from)
+        .to_vec();
+    let sheepdog = launch.spawn();
+    sheepdog.logs.wait_for("(bound by sheepdog)", 10 * SECOND);
+    sheepdog.logs.wait_for("ready: 1/1 workers", 10 * SECOND);
+}
+
+#[test]
 fn a_killed_worker_is_replaced_in_its_slot_while_requests_keep_succeeding() {
     let launch = Launch::new(&[]);
     let config = hello_config(&launch, "backoff_initial = \"100ms\"\n");

@@ -99,23 +99,9 @@ pub fn open(addresses: &[ListenAddr]) -> Result<Listeners, Error> {
 
 /// The sockets from `LISTEN_FDS`, if they are meant for this process.
 fn inherit() -> Result<Option<Vec<Listener>>, Error> {
-    if std::env::var_os("LISTEN_FDS").is_none() {
+    let Some(fds) = passed_fds(std::process::id())? else {
         return Ok(None);
-    }
-    let declared = std::env::var("LISTEN_FDS").unwrap_or_default();
-    let fds: Vec<(RawFd, String)> = sd_notify::listen_fds_with_names()
-        .map_err(|e| {
-            Error::config(format!(
-                "cannot take the sockets systemd passed (LISTEN_FDS={declared}): {e}"
-            ))
-        })?
-        .collect();
-    if fds.is_empty() {
-        // LISTEN_PID names another process (or LISTEN_FDS=0): not ours, like sd_listen_fds.
-        log::debug!("LISTEN_FDS is set but not for this process; binding instead");
-        return Ok(None);
-    }
-    let named = std::env::var_os("LISTEN_FDNAMES").is_some();
+    };
     let mut listeners = Vec::new();
     for (raw, name) in fds {
         check_listening(raw)?;
@@ -126,12 +112,71 @@ fn inherit() -> Result<Option<Vec<Listener>>, Error> {
         let address = local_address(&fd).unwrap_or_else(|| format!("fd {raw}"));
         listeners.push(Listener {
             fd,
-            name: named.then_some(name),
+            name,
             address,
             owned_path: None,
         });
     }
     Ok(Some(listeners))
+}
+
+/// The first fd systemd passes (SD_LISTEN_FDS_START).
+const LISTEN_FDS_START: RawFd = 3;
+/// More sockets than a worker can be given (fds 3.. and its channel).
+const MAX_PASSED: usize = 64;
+
+/// The fds systemd passed and their names, read as `sd_listen_fds(3)` reads
+/// them: only when `LISTEN_PID` is `own_pid` (a wrapper that forked us left
+/// them to itself); `LISTEN_FDNAMES` is looked at only then. None when there
+/// are none for us; an error for values that cannot be right.
+fn passed_fds(own_pid: u32) -> Result<Option<Vec<(RawFd, Option<String>)>>, Error> {
+    let Ok(count) = std::env::var("LISTEN_FDS") else {
+        return Ok(None);
+    };
+    let Ok(pid) = std::env::var("LISTEN_PID") else {
+        log::debug!("LISTEN_FDS={count} without LISTEN_PID: not for this process; binding instead");
+        return Ok(None);
+    };
+    match pid.trim().parse::<u32>() {
+        Ok(pid) if pid == own_pid => {}
+        Ok(pid) => {
+            log::debug!("LISTEN_FDS={count} is for pid {pid}, not this one ({own_pid}); binding instead");
+            return Ok(None);
+        }
+        Err(_) => return Err(Error::config(format!("LISTEN_PID={pid:?} is not a process id"))),
+    }
+    let count: usize = count
+        .trim()
+        .parse()
+        .map_err(|_| Error::config(format!("LISTEN_FDS={count:?} is not a number of sockets")))?;
+    if count == 0 {
+        return Ok(None);
+    }
+    if count > MAX_PASSED {
+        return Err(Error::config(format!(
+            "LISTEN_FDS={count}: at most {MAX_PASSED} sockets are supported"
+        )));
+    }
+    let names: Vec<Option<String>> = match std::env::var("LISTEN_FDNAMES") {
+        Err(_) => vec![None; count],
+        Ok(names) => {
+            let names: Vec<Option<String>> = names.split(':').map(|n| Some(n.to_string())).collect();
+            if names.len() != count {
+                return Err(Error::config(format!(
+                    "LISTEN_FDNAMES names {} sockets but LISTEN_FDS={count}",
+                    names.len()
+                )));
+            }
+            names
+        }
+    };
+    Ok(Some(
+        names
+            .into_iter()
+            .enumerate()
+            .map(|(i, name)| (LISTEN_FDS_START + i as RawFd, name))
+            .collect(),
+    ))
 }
 
 /// An inherited fd must be a socket in the listening state. SO_ACCEPTCONN is
@@ -314,5 +359,76 @@ mod tests {
         let file = std::fs::File::open("/dev/null").unwrap();
         let err = check_listening(file.as_raw_fd()).unwrap_err().to_string();
         assert_eq!(err, format!("fd {} from LISTEN_FDS is not a socket", file.as_raw_fd()));
+    }
+
+    /// The environment is the process's: the tests that set it take turns.
+    static ENVIRONMENT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn with_env<T>(vars: &[(&str, &str)], body: impl FnOnce() -> T) -> T {
+        let _turn = ENVIRONMENT.lock().unwrap_or_else(|e| e.into_inner());
+        let keys = ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"];
+        // SAFETY: the tests that touch these variables hold the lock, and
+        // nothing else in the test binary reads them.
+        unsafe {
+            for key in keys {
+                std::env::remove_var(key);
+            }
+            for (key, value) in vars {
+                std::env::set_var(key, value);
+            }
+        }
+        let result = body();
+        // SAFETY: as above.
+        unsafe {
+            for key in keys {
+                std::env::remove_var(key);
+            }
+        }
+        result
+    }
+
+    #[test]
+    fn passed_sockets_are_ours_only_when_listen_pid_names_us() {
+        let ours = [
+            ("LISTEN_FDS", "2"),
+            ("LISTEN_PID", "42"),
+            ("LISTEN_FDNAMES", "web:admin"),
+        ];
+        let fds = with_env(&ours, || passed_fds(42)).unwrap().unwrap();
+        assert_eq!(fds, vec![(3, Some("web".into())), (4, Some("admin".into()))]);
+        // Another process's, even with names (as systemd always sets them):
+        // a wrapper that forked us keeps them; we bind our own.
+        assert_eq!(with_env(&ours, || passed_fds(43)).unwrap(), None);
+        let no_pid = [("LISTEN_FDS", "1"), ("LISTEN_FDNAMES", "x")];
+        assert_eq!(with_env(&no_pid, || passed_fds(42)).unwrap(), None);
+        let unnamed = [("LISTEN_FDS", "1"), ("LISTEN_PID", "42")];
+        assert_eq!(with_env(&unnamed, || passed_fds(42)).unwrap(), Some(vec![(3, None)]));
+        let none = [("LISTEN_FDS", "0"), ("LISTEN_PID", "42")];
+        assert_eq!(with_env(&none, || passed_fds(42)).unwrap(), None);
+        assert_eq!(with_env(&[], || passed_fds(42)).unwrap(), None);
+    }
+
+    #[test]
+    fn passed_values_that_cannot_be_right_are_refused() {
+        let cases: [(&[(&str, &str)], &str); 4] = [
+            (
+                &[("LISTEN_FDS", "two"), ("LISTEN_PID", "42")],
+                "LISTEN_FDS=\"two\" is not a number",
+            ),
+            (
+                &[("LISTEN_FDS", "1"), ("LISTEN_PID", "me")],
+                "LISTEN_PID=\"me\" is not a process id",
+            ),
+            (&[("LISTEN_FDS", "100000"), ("LISTEN_PID", "42")], "at most 64 sockets"),
+            (
+                &[("LISTEN_FDS", "2"), ("LISTEN_PID", "42"), ("LISTEN_FDNAMES", "web")],
+                "LISTEN_FDNAMES names 1 sockets but LISTEN_FDS=2",
+            ),
+        ];
+        for (vars, expected) in cases {
+            let error = with_env(vars, || passed_fds(42)).unwrap_err();
+            assert!(error.to_string().contains(expected), "{error}");
+            assert_eq!(error.exit_code(), 78);
+        }
     }
 }

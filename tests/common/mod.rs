@@ -119,7 +119,8 @@ pub struct Launch {
     pub env: Vec<(String, String)>,
     /// `systemd-socket-activate -l ADDR` as the launcher.
     pub activate: Option<SocketAddr>,
-    /// A shell prefix run before exec'ing sheepdog (e.g. to leak an fd into it).
+    /// A shell prefix run before exec'ing sheepdog (e.g. to leak an fd into
+    /// it); with `activate`, sh gets the sockets and forks sheepdog.
     pub shell_prefix: Option<String>,
     pub dir: tempfile::TempDir,
     /// Leave RUNTIME_DIRECTORY unset, so the control socket takes its default
@@ -174,13 +175,26 @@ impl Launch {
             self.env.push(("RUNTIME_DIRECTORY".into(), dir));
         }
         let mut command = match (self.activate, &self.shell_prefix) {
-            (Some(addr), _) => {
+            (Some(addr), wrapper) => {
                 let mut c = Command::new("systemd-socket-activate");
-                c.arg("-l").arg(addr.to_string());
+                c.arg("-l").arg(addr.to_string()).arg("--fdname=web");
                 for (key, value) in &self.env {
                     c.arg("-E").arg(format!("{key}={value}"));
                 }
-                c.arg(BIN).args(&self.args);
+                match wrapper {
+                    // The usual shape of an ExecStart= wrapper script: sh
+                    // gets the sockets, and forks sheepdog rather than exec it.
+                    Some(prefix) => {
+                        c.arg("sh")
+                            .arg("-c")
+                            .arg(format!("{prefix}; \"$0\" \"$@\"; echo done"))
+                            .arg(BIN)
+                            .args(&self.args);
+                    }
+                    None => {
+                        c.arg(BIN).args(&self.args);
+                    }
+                }
                 c
             }
             (None, Some(prefix)) => {
