@@ -85,7 +85,7 @@ fn an_unknown_key_is_named_with_its_line() {
     let config = case.config("wrokers = 2\n");
     case.refused(
         &case.run(&["run", "--config", &config]),
-        &format!("{config}:2:1: unknown field `wrokers`"),
+        &format!("{config}:2:1: wrokers: unknown key; did you mean `workers`?"),
     );
 }
 
@@ -135,7 +135,7 @@ fn a_missing_command_is_refused() {
     case.refused(&case.run(&["run"]), "no command to run");
     case.refused(
         &case.run(&["run", "--", "no-such-program-for-sheepdog"]),
-        "command `no-such-program-for-sheepdog` not found in PATH",
+        "the command line: command: `no-such-program-for-sheepdog` not found in PATH",
     );
 }
 

@@ -22,8 +22,8 @@ pub(super) struct FileConfig {
     pub command: Option<Spanned<Vec<String>>>,
     pub workers: Option<Spanned<WorkerCount>>,
     pub min_ready: Option<Spanned<u32>>,
-    pub listen: Option<Vec<ListenAddr>>,
-    pub working_directory: Option<PathBuf>,
+    pub listen: Option<Spanned<Vec<ListenAddr>>>,
+    pub working_directory: Option<Spanned<PathBuf>>,
     pub env: Option<BTreeMap<String, String>>,
     pub readiness: Option<Readiness>,
     pub ready_delay: Option<HumanDuration>,
@@ -39,7 +39,7 @@ pub(super) struct FileConfig {
     pub backoff_max: Option<Spanned<HumanDuration>>,
     pub backoff_reset: Option<HumanDuration>,
     pub max_spawn_rate: Option<Spanned<u32>>,
-    pub control_socket: Option<PathBuf>,
+    pub control_socket: Option<Spanned<PathBuf>>,
     pub name: Option<String>,
     pub log_level: Option<LogLevel>,
 }
@@ -89,15 +89,80 @@ impl Source<'_> {
             .map_err(|e| Error::config(format!("{}: {}", self.at(e.span()), e.message().trim())))?;
         serde_path_to_error::deserialize(deserializer).map_err(|e| {
             // Spanned<T> shows up in the path as a private field: not a key.
-            let key = e.path().to_string().replace(".$__serde_spanned_private_value", "");
+            let path = e.path().to_string().replace(".$__serde_spanned_private_value", "");
             let inner = e.into_inner();
+            let at = self.at(inner.span());
             let message = inner.message().trim().to_string();
-            if key == "." || message.starts_with("unknown field") {
-                Error::config(format!("{}: {message}", self.at(inner.span())))
-            } else {
-                Error::config(format!("{}: {key}: {message}", self.at(inner.span())))
+            match unknown_key(&message) {
+                Some((key, known)) => {
+                    // The path already ends with the unknown key itself.
+                    let full = if path == "." { key.clone() } else { path };
+                    let hint = match closest(&key, &known) {
+                        Some(like) => format!("did you mean `{like}`?"),
+                        None => format!("expected one of {}", known.join(", ")),
+                    };
+                    Error::config(format!("{at}: {full}: unknown key; {hint}"))
+                }
+                None if path == "." => Error::config(format!("{at}: {message}")),
+                None => Error::config(format!("{at}: {path}: {message}")),
             }
         })
+    }
+}
+
+/// The key and the known keys in serde's "unknown field `x`, expected one
+/// of `a`, `b`" (or "expected `a`").
+fn unknown_key(message: &str) -> Option<(String, Vec<String>)> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (key, rest) = rest.split_once('`')?;
+    let known = rest.split('`').skip(1).step_by(2).map(str::to_string).collect();
+    Some((key.to_string(), known))
+}
+
+/// The known key a mistyped one most likely meant: at most two edits away.
+fn closest(key: &str, known: &[String]) -> Option<String> {
+    known
+        .iter()
+        .map(|k| (edit_distance(key, k), k))
+        .filter(|(distance, _)| *distance <= 2)
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, k)| k.clone())
+}
+
+/// Levenshtein distance, for the few short names of a config.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substituted = previous + usize::from(ca != *cb);
+            previous = row[j + 1];
+            row[j + 1] = substituted.min(row[j] + 1).min(row[j + 1] + 1);
+        }
+    }
+    row[b.len()]
+}
+
+/// Where the keys that the environment must agree with were written, for
+/// checks made after parsing (is the program there, is the directory).
+#[derive(Debug, Clone, Default)]
+pub(super) struct Places {
+    /// `FILE:LINE:COLUMN` of `command`, or "the command line" for `--`.
+    pub command: String,
+    pub working_directory: Option<String>,
+}
+
+impl Source<'_> {
+    pub fn places(&self, file: &FileConfig, overrides: &Overrides) -> Places {
+        Places {
+            command: match &file.command {
+                Some(command) if overrides.command.is_empty() => self.at(Some(command.span())),
+                _ => "the command line".to_string(),
+            },
+            working_directory: file.working_directory.as_ref().map(|w| self.at(Some(w.span()))),
+        }
     }
 }
 
@@ -226,6 +291,35 @@ impl FileConfig {
             backoff_reset: duration(&self.backoff_reset, defaults::BACKOFF_RESET),
             max_spawn_rate,
         })
+    }
+
+    /// `listen` (or `--listen`): at least one address.
+    pub fn listen(&self, overrides: &Overrides, source: &Source) -> Result<Vec<ListenAddr>, Error> {
+        if !overrides.listen.is_empty() {
+            return Ok(overrides.listen.clone());
+        }
+        match &self.listen {
+            Some(listen) if listen.get_ref().is_empty() => Err(source.invalid(
+                listen.span(),
+                "listen",
+                "is empty: give at least one address, e.g. [\"127.0.0.1:8080\"]",
+            )),
+            Some(listen) => Ok(listen.get_ref().clone()),
+            None => Ok(vec![defaults::LISTEN.parse().expect("the default address parses")]),
+        }
+    }
+
+    /// `control_socket`, if set: a path.
+    pub fn control_socket(&self, source: &Source) -> Result<Option<PathBuf>, Error> {
+        match &self.control_socket {
+            Some(socket) if socket.get_ref().as_os_str().is_empty() => Err(source.invalid(
+                socket.span(),
+                "control_socket",
+                "is empty: leave it out for the default, or give a path",
+            )),
+            Some(socket) => Ok(Some(socket.get_ref().clone())),
+            None => Ok(None),
+        }
     }
 
     pub fn ready_delay(&self) -> Duration {

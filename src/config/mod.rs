@@ -17,8 +17,8 @@ pub mod units;
 mod values;
 
 use crate::error::Error;
-use file::Source;
-pub use paths::{ClientTarget, canonical, client_target, default_control_socket, default_socket_dir};
+use file::{Places, Source};
+pub use paths::{ClientTarget, canonical, client_target, default_control_socket, default_socket_dir, find_program};
 pub use values::*;
 
 /// The effective settings: file, then command-line overrides, then defaults.
@@ -60,19 +60,26 @@ pub struct Overrides {
 }
 
 impl Settings {
-    /// Reads and validates `path` (if any) and applies the overrides.
+    /// Reads and validates `path` (if any), applies the overrides, and checks
+    /// the settings against the machine: the program is there, the working
+    /// directory too.
     pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Settings, Error> {
-        match path {
-            None => Settings::from_toml("", None, overrides),
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| Error::from_io(format!("{}: cannot read the config", path.display()), e))?;
-                Settings::from_toml(&text, Some(path), overrides)
-            }
-        }
+        let text = match path {
+            None => String::new(),
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| Error::from_io(format!("{}: cannot read the config", path.display()), e))?,
+        };
+        let (settings, places) = Settings::parse(&text, path, overrides)?;
+        settings.check_environment(&places)?;
+        Ok(settings)
     }
 
+    /// Parses and validates a config's text, without looking at the machine.
     pub fn from_toml(text: &str, path: Option<&Path>, overrides: &Overrides) -> Result<Settings, Error> {
+        Settings::parse(text, path, overrides).map(|(settings, _)| settings)
+    }
+
+    fn parse(text: &str, path: Option<&Path>, overrides: &Overrides) -> Result<(Settings, Places), Error> {
         let source = Source {
             name: path.map_or("<config>".to_string(), |p| p.display().to_string()),
             text,
@@ -81,13 +88,6 @@ impl Settings {
         let command = file.command(overrides, &source)?;
         let (workers, min_ready) = file.workers(overrides, &source)?;
         let readiness = file.readiness.unwrap_or(defaults::READINESS);
-        let listen = if overrides.listen.is_empty() {
-            file.listen
-                .clone()
-                .unwrap_or_else(|| vec![defaults::LISTEN.parse().expect("the default address parses")])
-        } else {
-            overrides.listen.clone()
-        };
         // Relative paths in a config file are relative to the file, not to
         // wherever sheepdog happened to be started from.
         let base = path.and_then(Path::parent).filter(|p| !p.as_os_str().is_empty());
@@ -95,12 +95,13 @@ impl Settings {
             Some(base) if dir.is_relative() => base.join(dir),
             _ => dir.clone(),
         };
-        Ok(Settings {
+        let control_socket = file.control_socket(&source)?;
+        let settings = Settings {
             config_file: path.map(Path::to_path_buf),
             workers,
             min_ready,
-            listen,
-            working_directory: file.working_directory.as_ref().map(relative_to_file),
+            listen: file.listen(overrides, &source)?,
+            working_directory: file.working_directory.as_ref().map(|w| relative_to_file(w.get_ref())),
             env: file.env.clone().unwrap_or_default(),
             readiness,
             ready_delay: file.ready_delay(),
@@ -111,18 +112,50 @@ impl Settings {
             stop_signal: file.stop_signal.map_or(defaults::STOP_SIGNAL, |s| s.0),
             stop_timeout: file.stop_timeout(),
             restart: file.restart(&source)?,
-            control_socket: file
-                .control_socket
+            control_socket_explicit: control_socket.is_some(),
+            control_socket: control_socket
                 .as_ref()
                 .map(relative_to_file)
                 .unwrap_or_else(|| default_control_socket(path)),
-            control_socket_explicit: file.control_socket.is_some(),
             name: file.name.clone().unwrap_or_else(|| paths::default_name(path, &command)),
             log_level: overrides.log_level.or(file.log_level),
             command,
-        })
+        };
+        Ok((settings, source.places(&file, overrides)))
+    }
+
+    /// What only the machine can tell: the working directory is a directory,
+    /// and the program is an executable there or in the workers' PATH.
+    fn check_environment(&self, places: &Places) -> Result<(), Error> {
+        if let Some(dir) = &self.working_directory
+            && !dir.is_dir()
+        {
+            let at = places.working_directory.as_deref().unwrap_or("the command line");
+            let why = if dir.exists() {
+                "is not a directory"
+            } else {
+                "does not exist"
+            };
+            return Err(Error::config(format!(
+                "{at}: working_directory: {} {why}",
+                dir.display()
+            )));
+        }
+        let path_var = self
+            .env
+            .get("PATH")
+            .map(std::ffi::OsString::from)
+            .or_else(|| std::env::var_os("PATH"))
+            .unwrap_or_else(|| DEFAULT_PATH.into());
+        let program = std::ffi::OsStr::new(&self.command[0]);
+        find_program(program, &path_var, self.working_directory.as_deref())
+            .map(|_| ())
+            .map_err(|why| Error::config(format!("{}: command: {why}", places.command)))
     }
 }
+
+/// The PATH a worker gets when neither sheepdog nor `[env]` has one.
+pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 #[cfg(test)]
 mod tests {
@@ -226,7 +259,12 @@ NODE_ENV = "production"
     #[test]
     fn unknown_key_names_file_line_and_key() {
         let e = error("command = [\"x\"]\n\nwokers = 2\n");
-        assert!(e.starts_with("app.toml:3:1: unknown field `wokers`"), "{e}");
+        assert_eq!(e, "app.toml:3:1: wokers: unknown key; did you mean `workers`?");
+        let e = error("command = [\"x\"]\nzzz = 2\n");
+        assert!(
+            e.starts_with("app.toml:2:1: zzz: unknown key; expected one of command, workers,"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -316,7 +354,7 @@ NODE_ENV = "production"
             "{e}"
         );
         let e = error("command = [\"x\"]\n[memory]\nlimmit = \"1GiB\"\n");
-        assert!(e.starts_with("app.toml:3:1: unknown field `limmit`"), "{e}");
+        assert_eq!(e, "app.toml:3:1: memory.limmit: unknown key; did you mean `limit`?");
         assert!(error("command = [\"x\"]\nmax_surge = 0\n").contains("max_surge: must be at least 1"));
     }
 
@@ -448,5 +486,58 @@ NODE_ENV = "production"
         assert_eq!(s.working_directory, Some(PathBuf::from("/srv/app")));
         assert_eq!(s.control_socket, PathBuf::from("/run/x.sock"));
         assert!(s.control_socket_explicit);
+    }
+
+    #[test]
+    fn values_that_cannot_work_are_refused_where_they_are_written() {
+        let e = error("command = [\"x\"]\nlisten = []\n");
+        assert!(e.starts_with("app.toml:2:10: listen: is empty"), "{e}");
+        let e = error("command = [\"x\"]\ncontrol_socket = \"\"\n");
+        assert!(e.starts_with("app.toml:2:18: control_socket: is empty"), "{e}");
+        let e = error("command = [\"x\"]\n[memory]\nlimit = 1000\n");
+        assert_eq!(
+            e,
+            "app.toml:3:9: memory.limit: 1000 needs a unit and quotes, e.g. \"1000MiB\""
+        );
+        let e = error("command = [\"x\"]\nstop_timeout = 5\n");
+        assert_eq!(e, "app.toml:2:16: stop_timeout: 5 needs a unit and quotes, e.g. \"5s\"");
+    }
+
+    #[test]
+    fn the_machine_is_asked_at_load_where_the_file_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("app.toml");
+        let load = |text: &str| {
+            std::fs::write(&file, text).unwrap();
+            Settings::load(Some(&file), &Overrides::default()).map_err(|e| e.to_string())
+        };
+        let at = file.display();
+        assert_eq!(
+            load("command = [\"no-such-program-sheepdog\"]\n").unwrap_err(),
+            format!("{at}:1:11: command: `no-such-program-sheepdog` not found in PATH")
+        );
+        assert_eq!(
+            load("command = [\"true\"]\nworking_directory = \"gone\"\n").unwrap_err(),
+            format!(
+                "{at}:2:21: working_directory: {} does not exist",
+                dir.path().join("gone").display()
+            )
+        );
+        assert!(
+            load("command = [\"true\"]\n[env]\nPATH = \"/nowhere\"\n")
+                .unwrap_err()
+                .contains("command: `true` not found in PATH"),
+            "the workers' PATH is the one searched"
+        );
+        assert!(load("command = [\"true\"]\n").is_ok());
+        let overrides = Overrides {
+            command: vec!["no-such-program-sheepdog".into()],
+            ..Overrides::default()
+        };
+        let e = Settings::load(None, &overrides).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "the command line: command: `no-such-program-sheepdog` not found in PATH"
+        );
     }
 }

@@ -1,6 +1,8 @@
 //! Where things are when the config does not say: the app's name, the
 //! default control socket, and how a client finds a running sheepdog.
 
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::Error;
@@ -97,4 +99,30 @@ pub fn client_target(config: Option<&Path>, socket: Option<&Path>) -> Result<Cli
 /// A config file's absolute path, as a running sheepdog reports it.
 pub fn canonical(path: &Path) -> PathBuf {
     std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// The program a worker command runs: `program` itself if it has a slash
+/// (relative to the working directory), else the first executable match in
+/// `path_var`, as execvp would find it.
+pub fn find_program(program: &OsStr, path_var: &OsStr, working_directory: Option<&Path>) -> Result<PathBuf, String> {
+    let program = Path::new(program);
+    if program.as_os_str().as_bytes().contains(&b'/') {
+        let full = match working_directory {
+            Some(dir) if program.is_relative() => dir.join(program),
+            _ => program.to_path_buf(),
+        };
+        return if is_executable(&full) {
+            Ok(program.to_path_buf())
+        } else {
+            Err(format!("{} is not an executable file", full.display()))
+        };
+    }
+    std::env::split_paths(path_var)
+        .map(|dir| dir.join(program))
+        .find(|candidate| is_executable(candidate))
+        .ok_or_else(|| format!("`{}` not found in PATH", program.display()))
+}
+
+fn is_executable(path: &Path) -> bool {
+    nix::unistd::access(path, nix::unistd::AccessFlags::X_OK).is_ok() && path.is_file()
 }

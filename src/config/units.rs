@@ -128,7 +128,11 @@ pub struct HumanDuration(pub Duration);
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         deserializer
-            .deserialize_any(TextVisitor("a duration such as \"5s\" or \"500ms\"", parse_duration))
+            .deserialize_any(TextVisitor(
+                "a duration such as \"5s\" or \"500ms\"",
+                "s",
+                parse_duration,
+            ))
             .map(HumanDuration)
     }
 }
@@ -140,14 +144,21 @@ pub struct HumanSize(pub u64);
 impl<'de> Deserialize<'de> for HumanSize {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         deserializer
-            .deserialize_any(TextVisitor("a size such as \"700MiB\"", parse_size))
+            .deserialize_any(TextVisitor("a size such as \"700MiB\"", "MiB", parse_size))
             .map(HumanSize)
     }
 }
 
 /// Accepts only strings, so `stop_timeout = 5` gets a message asking for a unit
+/// (an example of the right kind: "5s" for a duration, "5MiB" for a size)
 /// rather than a type error.
-struct TextVisitor<T>(&'static str, fn(&str) -> Result<T, String>);
+struct TextVisitor<T>(&'static str, &'static str, fn(&str) -> Result<T, String>);
+
+impl<T> TextVisitor<T> {
+    fn needs_unit<E: de::Error>(&self, number: impl fmt::Display) -> E {
+        E::custom(format!("{number} needs a unit and quotes, e.g. \"{number}{}\"", self.1))
+    }
+}
 
 impl<T> de::Visitor<'_> for TextVisitor<T> {
     type Value = T;
@@ -157,25 +168,19 @@ impl<T> de::Visitor<'_> for TextVisitor<T> {
     }
 
     fn visit_str<E: de::Error>(self, text: &str) -> Result<T, E> {
-        (self.1)(text).map_err(E::custom)
+        (self.2)(text).map_err(E::custom)
     }
 
     fn visit_i64<E: de::Error>(self, number: i64) -> Result<T, E> {
-        Err(E::custom(format!(
-            "{number} needs a unit and quotes, e.g. \"{number}s\""
-        )))
+        Err(self.needs_unit(number))
     }
 
     fn visit_u64<E: de::Error>(self, number: u64) -> Result<T, E> {
-        Err(E::custom(format!(
-            "{number} needs a unit and quotes, e.g. \"{number}s\""
-        )))
+        Err(self.needs_unit(number))
     }
 
     fn visit_f64<E: de::Error>(self, number: f64) -> Result<T, E> {
-        Err(E::custom(format!(
-            "{number} needs a unit and quotes, e.g. \"{number}s\""
-        )))
+        Err(self.needs_unit(number))
     }
 }
 

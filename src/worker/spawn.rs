@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 
-use crate::config::Settings;
+use crate::config::{Settings, find_program};
 use crate::core::Pid;
 use crate::error::Error;
 
@@ -169,7 +169,7 @@ impl WorkerCommand {
         let path_var = vars
             .get(OsStr::new("PATH"))
             .cloned()
-            .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+            .unwrap_or_else(|| crate::config::DEFAULT_PATH.into());
         let env = vars
             .into_iter()
             .map(|(key, value)| {
@@ -208,25 +208,9 @@ impl WorkerCommand {
     /// The program to exec: `argv[0]` if it has a slash (relative to the working
     /// directory), else the first executable match in the workers' PATH.
     pub fn resolve_program(&self) -> Result<PathBuf, Error> {
-        let program = Path::new(OsStr::from_bytes(self.argv[0].as_bytes()));
-        if program.as_os_str().as_bytes().contains(&b'/') {
-            let full = match &self.working_directory {
-                Some(dir) if program.is_relative() => dir.join(program),
-                _ => program.to_path_buf(),
-            };
-            return if is_executable(&full) {
-                Ok(program.to_path_buf())
-            } else {
-                Err(Error::config(format!(
-                    "command {} is not an executable file",
-                    full.display()
-                )))
-            };
-        }
-        std::env::split_paths(&self.path_var)
-            .map(|dir| dir.join(program))
-            .find(|candidate| is_executable(candidate))
-            .ok_or_else(|| Error::config(format!("command `{}` not found in PATH", program.display())))
+        let program = OsStr::from_bytes(self.argv[0].as_bytes());
+        find_program(program, &self.path_var, self.working_directory.as_deref())
+            .map_err(|why| Error::config(format!("command {why}")))
     }
 
     /// Gives each worker its own journal stream (see [`JournalStreams`]).
@@ -395,10 +379,6 @@ impl ExecReport {
         };
         Err(format!("{what}: {}", errno.desc()))
     }
-}
-
-fn is_executable(path: &Path) -> bool {
-    nix::unistd::access(path, nix::unistd::AccessFlags::X_OK).is_ok() && path.is_file()
 }
 
 /// Raw pointers prepared by the parent for the child, which must not allocate.
