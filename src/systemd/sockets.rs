@@ -120,6 +120,9 @@ fn inherit() -> Result<Option<Vec<Listener>>, Error> {
     Ok(Some(listeners))
 }
 
+/// An fd systemd passed, with its name from LISTEN_FDNAMES.
+type PassedFd = (RawFd, Option<String>);
+
 /// The first fd systemd passes (SD_LISTEN_FDS_START).
 const LISTEN_FDS_START: RawFd = 3;
 /// More sockets than a worker can be given (fds 3.. and its channel).
@@ -129,7 +132,7 @@ const MAX_PASSED: usize = 64;
 /// them: only when `LISTEN_PID` is `own_pid` (a wrapper that forked us left
 /// them to itself); `LISTEN_FDNAMES` is looked at only then. None when there
 /// are none for us; an error for values that cannot be right.
-fn passed_fds(own_pid: u32) -> Result<Option<Vec<(RawFd, Option<String>)>>, Error> {
+fn passed_fds(own_pid: u32) -> Result<Option<Vec<PassedFd>>, Error> {
     let Ok(count) = std::env::var("LISTEN_FDS") else {
         return Ok(None);
     };
