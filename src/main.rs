@@ -5,7 +5,7 @@ use clap::Parser;
 
 use sheepdog::cli::{Cli, ClientArgs, Command, ReloadArgs, RunArgs, ScaleArgs, StatusArgs};
 use sheepdog::config::{ClientTarget, Overrides, Settings, client_target, default_socket_dir};
-use sheepdog::control::client;
+use sheepdog::control::client::{self, NoReply};
 use sheepdog::control::protocol::{Command as Request, Reply};
 use sheepdog::control::server::ControlServer;
 use sheepdog::control::view;
@@ -120,8 +120,21 @@ fn check(args: RunArgs) -> ExitCode {
     }
 }
 
-/// Sends one request to the running sheepdog; prints errors; None on failure.
-fn ask(client: &ClientArgs, request: Request, timeout: Duration) -> Option<Reply> {
+/// How a client's request went, short of a reply to print.
+enum Asked {
+    Reply(Reply),
+    /// No reply within the client's own timeout; the server may go on.
+    TimedOut,
+    /// Printed already.
+    Failed,
+}
+
+/// Exit code of a client that stopped waiting before the outcome came
+/// (EX_TEMPFAIL): not a failure of what it asked for.
+const EXIT_NO_OUTCOME: u8 = 75;
+
+/// Sends one request to the running sheepdog; prints why it got no reply.
+fn ask(client: &ClientArgs, request: Request, timeout: Duration) -> Asked {
     let socket = client_target(client.config.as_deref(), client.socket.as_deref())
         .map_err(|e| e.to_string())
         .and_then(|target| client::resolve(&target));
@@ -129,14 +142,18 @@ fn ask(client: &ClientArgs, request: Request, timeout: Duration) -> Option<Reply
         Ok(socket) => socket,
         Err(e) => {
             eprintln!("sheepdog: {e}");
-            return None;
+            return Asked::Failed;
         }
     };
     match client::request(&socket, &request, Some(timeout)) {
-        Ok(reply) => Some(reply),
-        Err(e) => {
-            eprintln!("sheepdog: {e}");
-            None
+        Ok(reply) => Asked::Reply(reply),
+        Err(NoReply::TimedOut(why)) => {
+            eprintln!("sheepdog: {why}");
+            Asked::TimedOut
+        }
+        Err(NoReply::Failed(why)) => {
+            eprintln!("sheepdog: {why}");
+            Asked::Failed
         }
     }
 }
@@ -184,7 +201,16 @@ fn list(json: bool) -> ExitCode {
 }
 
 fn reload(args: ReloadArgs) -> ExitCode {
-    answered(ask(&args.client, Request::Reload, args.timeout), done)
+    match ask(&args.client, Request::Reload, args.timeout) {
+        Asked::TimedOut => {
+            eprintln!(
+                "sheepdog: stopped waiting; the reload goes on (`sheepdog status` tells how it ends, \
+                 `--timeout` waits longer)"
+            );
+            ExitCode::from(EXIT_NO_OUTCOME)
+        }
+        asked => answered(asked, done),
+    }
 }
 
 fn scale(args: ScaleArgs) -> ExitCode {
@@ -204,8 +230,8 @@ fn done(reply: Reply) -> Option<String> {
 
 /// Prints what `expected` makes of the reply on stdout, with exit 0; a
 /// failure, or a reply of another kind, on stderr with exit 1.
-fn answered(reply: Option<Reply>, expected: impl FnOnce(Reply) -> Option<String>) -> ExitCode {
-    let Some(reply) = reply else {
+fn answered(asked: Asked, expected: impl FnOnce(Reply) -> Option<String>) -> ExitCode {
+    let Asked::Reply(reply) = asked else {
         return ExitCode::FAILURE;
     };
     let error = match &reply {

@@ -200,28 +200,34 @@ fn a_system_out_of_file_descriptors_at_start_exits_71_not_78() {
     use std::os::unix::process::CommandExt;
     let case = Case::new();
     let config = case.config("listen = [\"127.0.0.1:0\"]\n");
-    let mut command = Command::new(BIN);
-    command.args(["run", "--config", &config]);
-    // One fd beside stdin, stdout and stderr (the dynamic loader needs it):
-    // the listening socket takes it, and the next open fails with EMFILE.
-    // That is the system's shortage (EX_OSERR), not a bad config.
-    // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child.
-    unsafe {
-        command.pre_exec(|| {
-            let limit = libc::rlimit {
-                rlim_cur: 4,
-                rlim_max: 4,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        });
+    // With 4 fds, the listening socket takes the one beside stdio (the
+    // dynamic loader needs it first) and /dev/null fails; with 5, the
+    // control socket does. Either way it is the system's shortage (EX_OSERR),
+    // not a bad config.
+    for (fds, failing) in [(4, "/dev/null"), (5, "control socket")] {
+        let mut command = Command::new(BIN);
+        command.args(["run", "--config", &config]);
+        // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child.
+        unsafe {
+            command.pre_exec(move || {
+                let limit = libc::rlimit {
+                    rlim_cur: fds,
+                    rlim_max: fds,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        let output = case.run_with(&mut command);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(71), "{fds} fds: {stderr}");
+        assert!(
+            stderr.contains(failing) && stderr.contains("Too many open files"),
+            "{stderr}"
+        );
+        assert!(!case.marker().exists(), "a worker was forked");
     }
-    let output = case.run_with(&mut command);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(71), "stderr: {stderr}");
-    assert!(stderr.contains("Too many open files"), "{stderr}");
-    assert!(!case.marker().exists(), "a worker was forked");
 }

@@ -135,3 +135,29 @@ fn sheepdog_socket_dir() -> std::path::PathBuf {
         _ => format!("/tmp/sheepdog-{uid}").into(),
     }
 }
+
+#[test]
+fn a_request_may_be_64_kib_and_not_a_byte_more() {
+    use std::io::{BufRead, BufReader, Write};
+    let sheepdog = start(
+        Launch::new(&[]),
+        &format!("{SLEEPER}control_socket = \"control.sock\"\n"),
+    );
+    let path = sheepdog.dir.path().join("control.sock");
+    let ask = |length: usize| {
+        let mut request = br#"{"v":1,"cmd":"status"}"#.to_vec();
+        request.resize(length, b' ');
+        request.push(b'\n');
+        let mut stream = UnixStream::connect(&path).unwrap();
+        stream.set_read_timeout(Some(5 * SECOND)).unwrap();
+        // The server may refuse before it has read it all.
+        let _ = stream.write_all(&request);
+        let mut reply = String::new();
+        BufReader::new(&stream).read_line(&mut reply).unwrap();
+        reply
+    };
+    let reply = ask(64 * 1024);
+    assert!(reply.contains("\"ok\":true"), "{reply}");
+    let reply = ask(64 * 1024 + 1);
+    assert!(reply.contains("request longer than 65536 bytes"), "{reply}");
+}

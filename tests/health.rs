@@ -307,6 +307,24 @@ fn a_leaking_worker_is_replaced_replacement_first_with_zero_failed_requests() {
     assert!(ok > 10);
     assert_eq!(failed, 0, "{errors:?}");
     notify.messages.wait_for(" MiB", SECOND);
+    // The log says what happens when it happens: a replacement is said to
+    // start when it is forked, and within max_surge = 1 only one at a time.
+    let lines = sheepdog.logs.lines();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&format!("(pid {old}): starting its replacement (memory limit)"))),
+        "{lines:#?}"
+    );
+    let mut in_progress = 0;
+    for line in &lines {
+        if line.contains("starting its replacement") {
+            in_progress += 1;
+            assert_eq!(in_progress, 1, "two replacements at once: {lines:#?}");
+        } else if line.contains(") replaced by pid") {
+            in_progress -= 1;
+        }
+    }
 }
 
 #[test]

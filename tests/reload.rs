@@ -333,3 +333,16 @@ fn an_invalid_config_during_a_roll_is_refused_and_systemd_hears_of_the_roll_alon
     assert_eq!(status["supervisor"]["last_reload"]["ok"], true, "{status}");
     assert_eq!(status["supervisor"]["generation"], 2);
 }
+
+#[test]
+fn a_reload_client_that_stops_waiting_says_so_apart_from_a_failure() {
+    let app = start(2, "APP_VERSION = \"1\"");
+    app.rewrite(&config_text(2, "APP_VERSION = \"2\"\nREADY_AFTER_MS = \"1500\"", ""));
+    let output = app.client(&["reload", "--timeout", "500ms"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(75), "{stderr}");
+    assert!(stderr.contains("no reply within 500ms"), "{stderr}");
+    assert!(stderr.contains("the reload goes on"), "{stderr}");
+    app.sheepdog.logs.wait_for("reloaded to generation 2", 30 * SECOND);
+    assert_eq!(app.status()["supervisor"]["last_reload"]["ok"], true);
+}

@@ -113,26 +113,46 @@ pub fn resolve(target: &ClientTarget) -> Result<PathBuf, String> {
     }
 }
 
+/// Why a request got no reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoReply {
+    /// The client stopped waiting: what it asked for may still be going on.
+    TimedOut(String),
+    /// No sheepdog there, or the exchange broke.
+    Failed(String),
+}
+
+impl std::fmt::Display for NoReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            NoReply::TimedOut(why) | NoReply::Failed(why) => f.write_str(why),
+        }
+    }
+}
+
 /// Sends one request and waits for its reply.
-pub fn request(socket: &Path, command: &Command, timeout: Option<Duration>) -> Result<Reply, String> {
+pub fn request(socket: &Path, command: &Command, timeout: Option<Duration>) -> Result<Reply, NoReply> {
+    use NoReply::{Failed, TimedOut};
     let mut stream = UnixStream::connect(socket).map_err(|e| {
-        format!(
+        Failed(format!(
             "cannot connect to {}: {e} (is sheepdog running with this config?)",
             socket.display()
-        )
+        ))
     })?;
-    stream.set_read_timeout(timeout).map_err(|e| e.to_string())?;
+    stream.set_read_timeout(timeout).map_err(|e| Failed(e.to_string()))?;
     stream
         .write_all(format!("{}\n", encode_request(command)).as_bytes())
-        .map_err(|e| format!("cannot send the request: {e}"))?;
+        .map_err(|e| Failed(format!("cannot send the request: {e}")))?;
     let mut line = Vec::new();
     match BufReader::new(&stream).read_until(b'\n', &mut line) {
-        Ok(0) => Err("sheepdog closed the connection without a reply".into()),
-        Ok(_) => Reply::decode(&line),
-        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => Err(format!(
-            "no reply within {}",
-            crate::units::format_duration(timeout.unwrap_or_default())
-        )),
-        Err(e) => Err(format!("cannot read the reply: {e}")),
+        Ok(0) => Err(Failed("sheepdog closed the connection without a reply".into())),
+        Ok(_) => Reply::decode(&line).map_err(Failed),
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+            Err(TimedOut(format!(
+                "no reply within {}",
+                crate::units::format_duration(timeout.unwrap_or_default())
+            )))
+        }
+        Err(e) => Err(Failed(format!("cannot read the reply: {e}"))),
     }
 }

@@ -124,7 +124,8 @@ pub struct SupervisorStatus {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LastReload {
-    pub generation: u32,
+    /// The generation it rolled to, or tried to; null for a refused reload.
+    pub generation: Option<u32>,
     pub ok: bool,
     pub message: String,
 }
@@ -207,7 +208,7 @@ mod tests {
                 restarts: 0,
                 reloading_to: None,
                 last_reload: Some(LastReload {
-                    generation: 2,
+                    generation: Some(2),
                     ok: true,
                     message: "reloaded".into(),
                 }),

@@ -202,7 +202,17 @@ impl ControlServer {
                 Ok(n) if client.answered_or_busy => debug!("control client {id}: ignoring {n} more bytes"),
                 Ok(n) => {
                     client.input.extend_from_slice(&buffer[..n]);
-                    if let Some(end) = client.input.iter().position(|b| *b == b'\n') {
+                    let newline = client.input.iter().position(|b| *b == b'\n');
+                    // The limit is on the request itself, newline or not yet.
+                    if newline.unwrap_or(client.input.len()) > MAX_REQUEST {
+                        let message = format!("request longer than {MAX_REQUEST} bytes");
+                        warn!("control client {id}: {message}; disconnecting it");
+                        client.answered_or_busy = true;
+                        client.input = Vec::new();
+                        self.reply(id, &Reply::Failed(message));
+                        return ClientInput::Pending;
+                    }
+                    if let Some(end) = newline {
                         client.answered_or_busy = true;
                         let line = std::mem::take(&mut client.input);
                         return match parse_request(&line[..end]) {
@@ -213,14 +223,6 @@ impl ControlServer {
                                 ClientInput::Pending
                             }
                         };
-                    }
-                    if client.input.len() > MAX_REQUEST {
-                        let message = format!("request longer than {MAX_REQUEST} bytes");
-                        warn!("control client {id}: {message}; disconnecting it");
-                        client.answered_or_busy = true;
-                        client.input = Vec::new();
-                        self.reply(id, &Reply::Failed(message));
-                        return ClientInput::Pending;
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return ClientInput::Pending,

@@ -148,6 +148,14 @@ impl Flock {
 
     fn reconcile(&mut self, now: Instant, actions: &mut Vec<Action>) {
         self.escalate_stops(now, actions);
+        if self.is_running() {
+            self.promote_ready(now);
+            self.reset_backoffs(now);
+            self.kill_unready(now, actions);
+            self.kill_hung(now, actions);
+        }
+        // Killing may have tripped the crash-loop breaker: then nothing more
+        // is started, replaced or pinged.
         if let Phase::ShuttingDown { code, reason } = &self.phase {
             if self.workers.is_empty() && !self.slots.iter().any(|s| s.spawning) {
                 actions.push(Action::Exit {
@@ -156,13 +164,8 @@ impl Flock {
                 });
             }
             self.ping_watchdog(now, actions);
-            self.update_status(actions);
             return;
         }
-        self.promote_ready(now);
-        self.reset_backoffs(now);
-        self.kill_unready(now, actions);
-        self.kill_hung(now, actions);
         self.retire_surplus(now, actions);
         self.stop_replaced(now, actions);
         self.fill_slots(now, actions);
@@ -175,7 +178,6 @@ impl Flock {
             actions.push(Action::Notify(Upward::Ready));
         }
         self.ping_watchdog(now, actions);
-        self.update_status(actions);
     }
 
     fn on_spawned(&mut self, now: Instant, order: SpawnOrder, pid: Pid, actions: &mut Vec<Action>) {
@@ -324,9 +326,21 @@ impl Flock {
         }
         self.phase = Phase::ShuttingDown { code, reason };
         actions.push(Action::Notify(Upward::Stopping));
+        // Every worker gets the stop signal, those already leaving on their
+        // own too (sheepdog never sent them one); not those sheepdog already
+        // stopped or killed.
         let signal = self.policy.stop_signal;
-        for worker in self.workers.iter_mut().filter(|w| !w.is_stopping()) {
-            stop_gracefully(worker, now, StopCause::Shutdown, signal, actions);
+        for worker in &mut self.workers {
+            match worker.state {
+                WorkerState::Stopping {
+                    cause: StopCause::Leaving,
+                    killed: false,
+                    ..
+                }
+                | WorkerState::Starting
+                | WorkerState::Ready { .. } => stop_gracefully(worker, now, StopCause::Shutdown, signal, actions),
+                WorkerState::Stopping { .. } => {}
+            }
         }
     }
 

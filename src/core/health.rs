@@ -209,7 +209,7 @@ impl Flock {
             && bytes > limit
         {
             warn!(
-                "worker {} (pid {}) uses {}, over the memory limit of {}; starting its replacement",
+                "worker {} (pid {}) uses {}, over the memory limit of {}; it will be replaced, replacement first",
                 worker.slot,
                 worker.pid,
                 format_size(bytes),

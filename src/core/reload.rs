@@ -26,7 +26,9 @@ pub(super) struct Rollout {
 /// How the last reload ended, for STATUS and `sheepdog status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReloadOutcome {
-    pub generation: u32,
+    /// The generation it rolled to (or tried to); None for a reload refused
+    /// before any generation began.
+    pub generation: Option<u32>,
     pub ok: bool,
     pub message: String,
 }
@@ -125,12 +127,19 @@ impl Flock {
     /// A reload that does not start: READY=1 again at once, and the reason.
     fn refuse_reload(&mut self, ticket: u64, message: String, actions: &mut Vec<Action>) {
         error!("reload refused: {message}");
-        self.end_reload(ticket, self.generation, false, message, actions);
+        self.end_reload(ticket, None, false, message, actions);
     }
 
     /// Records how a reload to `generation` ended, tells systemd the flock
     /// is ready again, and whoever waits on `ticket` how it went.
-    fn end_reload(&mut self, ticket: u64, generation: u32, ok: bool, message: String, actions: &mut Vec<Action>) {
+    fn end_reload(
+        &mut self,
+        ticket: u64,
+        generation: Option<u32>,
+        ok: bool,
+        message: String,
+        actions: &mut Vec<Action>,
+    ) {
         self.last_reload = Some(ReloadOutcome {
             generation,
             ok,
@@ -176,7 +185,7 @@ impl Flock {
                 _ => {}
             }
         }
-        self.end_reload(rollout.ticket, rollout.generation, false, message, actions);
+        self.end_reload(rollout.ticket, Some(rollout.generation), false, message, actions);
         actions.push(Action::ReleaseCommand(abandoned));
     }
 
@@ -208,7 +217,7 @@ impl Flock {
             seconds(now.saturating_duration_since(rollout.started))
         );
         info!("{message}");
-        self.end_reload(rollout.ticket, generation, true, message, actions);
+        self.end_reload(rollout.ticket, Some(generation), true, message, actions);
         actions.push(Action::ReleaseCommand(rollout.previous_command));
     }
 

@@ -210,6 +210,10 @@ impl Flock {
                 self.budget.tokens -= 1.0;
                 self.slots[slot].spawning = true;
                 live += 1;
+                if let Some(old) = self.workers.iter().find(|w| w.slot == slot && w.retiring().is_some()) {
+                    let reason = old.retiring().map_or(String::new(), |r| r.to_string());
+                    info!("worker {slot} (pid {}): starting its replacement ({reason})", old.pid);
+                }
                 actions.push(Action::Spawn(SpawnOrder {
                     slot,
                     generation: self.generation,

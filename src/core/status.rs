@@ -15,12 +15,10 @@ impl Flock {
         };
         let generation = match (&self.rollout, &self.last_reload) {
             (Some(rollout), _) => format!(" · reloading to generation {}", rollout.generation),
-            (None, Some(outcome)) if !outcome.ok => {
-                format!(
-                    " · generation {} · reload to {} failed",
-                    self.generation, outcome.generation
-                )
-            }
+            (None, Some(outcome)) if !outcome.ok => match outcome.generation {
+                Some(attempt) => format!(" · generation {} · reload to {attempt} failed", self.generation),
+                None => format!(" · generation {} · reload refused", self.generation),
+            },
             (None, _) if self.generation > 1 => format!(" · generation {}", self.generation),
             _ => String::new(),
         };
@@ -38,12 +36,15 @@ impl Flock {
         }
     }
 
-    /// Sends STATUS= when the line changed.
-    pub(super) fn update_status(&mut self, actions: &mut Vec<Action>) {
+    /// STATUS= when the line changed since the last one: asked once per
+    /// pass of the loop, after all its events, so that systemd sees the
+    /// whole flock (its memory summed over every measurement of the pass),
+    /// not each step on the way.
+    pub fn status_update(&mut self) -> Option<Action> {
         let status = self.status_line();
-        if status != self.last_status {
+        (status != self.last_status).then(|| {
             self.last_status = status.clone();
-            actions.push(Action::Notify(Upward::Status(status)));
-        }
+            Action::Notify(Upward::Status(status))
+        })
     }
 }

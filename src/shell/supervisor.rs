@@ -16,7 +16,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGTTIN, SIGTTOU};
 use super::system::{ClientId, Input, System};
 use crate::config::{ListenAddr, Overrides, Settings};
 use crate::control::protocol::{Command, LastReload, Reply, StatusReport, SupervisorStatus, WorkerStatus};
-use crate::core::{Action, CommandId, Event, Flock, Policy, Request, WorkerState};
+use crate::core::{Action, CommandId, Event, Flock, Policy, Request, Worker, WorkerState};
 use crate::error::ExitClass;
 use crate::worker::spawn::{CommandContext, WorkerCommand};
 
@@ -129,6 +129,10 @@ impl<S: System> Supervisor<S> {
         let mut exit = None;
         while let Some(action) = actions.pop_front() {
             exit = exit.or(self.perform(now, action, &mut actions));
+        }
+        // One STATUS= for the whole pass, the last word before an exit too.
+        if let Some(Action::Notify(status)) = self.flock.status_update() {
+            self.system.notify(&status);
         }
         if exit.is_some() {
             self.system.finish();
@@ -258,9 +262,10 @@ impl<S: System> Supervisor<S> {
         let now = self.system.now();
         let flock = &self.flock;
         let heartbeats = flock.policy().heartbeat.is_some();
-        let workers = flock
-            .workers()
-            .iter()
+        let mut workers: Vec<&Worker> = flock.workers().iter().collect();
+        workers.sort_by_key(|w| (w.slot, w.started_at));
+        let workers = workers
+            .into_iter()
             .map(|w| WorkerStatus {
                 slot: w.slot,
                 pid: w.pid,

@@ -375,3 +375,53 @@ fn memory_is_measured_through_the_system_and_acted_on() {
     let worker = h.supervisor.flock().workers().iter().find(|w| w.pid == pid).unwrap();
     assert_eq!(worker.memory, Some(2 << 20));
 }
+
+#[test]
+fn one_pass_sends_one_status_with_the_whole_flocks_memory() {
+    let mut h = Harness::new("[\"true\", \"one\"]", "[memory]\ninterval = \"1s\"\n");
+    h.pass_at(Duration::ZERO, vec![]);
+    let pids = [h.pid_of(0, 1), h.pid_of(1, 1)];
+    for pid in pids {
+        h.supervisor.system_mut().memory.insert(pid, 8 << 20);
+    }
+    let (_, effects) = h.pass_at(1000 * MS, vec![]);
+    let statuses: Vec<&Effect> = effects
+        .iter()
+        .filter(|e| matches!(e, Effect::Notify(Upward::Status(_))))
+        .collect();
+    assert_eq!(
+        statuses,
+        [&Effect::Notify(Upward::Status(
+            "2/2 ready · 0 restarts · 16 MiB".into()
+        ))],
+        "one STATUS, with both measurements"
+    );
+}
+
+#[test]
+fn status_lists_the_workers_in_slot_order() {
+    let mut h = Harness::new("[\"true\", \"one\"]", "");
+    h.pass_at(Duration::ZERO, vec![]);
+    h.pass_at(1000 * MS, vec![]);
+    let crashed = h.pid_of(0, 1);
+    h.pass_at(
+        2000 * MS,
+        vec![Input::Exited {
+            pid: crashed,
+            status: ExitStatus::Code(1),
+        }],
+    );
+    h.pass_at(2100 * MS, vec![]);
+    let (_, effects) = h.pass_at(
+        2200 * MS,
+        vec![Input::Control {
+            client: 1,
+            command: Command::Status,
+        }],
+    );
+    let Some(Effect::Reply(1, Reply::Status(report))) = effects.first() else {
+        panic!("{effects:?}")
+    };
+    let slots: Vec<usize> = report.workers.iter().map(|w| w.slot).collect();
+    assert_eq!(slots, [0, 1], "the replacement of slot 0 comes first");
+}

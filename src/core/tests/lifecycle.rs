@@ -169,3 +169,25 @@ fn a_worker_forked_in_the_pass_a_shutdown_began_is_stopped_too() {
     let actions = h.exit(77, ExitStatus::Code(0));
     assert!(actions.iter().any(|a| matches!(a, Action::Exit { code: 0, .. })));
 }
+
+#[test]
+fn a_worker_leaving_on_its_own_gets_the_stop_signal_at_shutdown_too() {
+    let mut h = Harness::new(notify_policy(2));
+    h.start();
+    h.make_ready();
+    let (leaving, serving) = (h.pid_of(0), h.pid_of(1));
+    h.say(leaving, WorkerMessage::Stopping);
+    let actions = h.feed(Event::Request(Request::Stop));
+    let sent = signals(&actions);
+    assert!(
+        sent.contains(&(leaving, Signal::SIGTERM)),
+        "every worker, as the README says: {sent:?}"
+    );
+    assert!(sent.contains(&(serving, Signal::SIGTERM)));
+    // Those sheepdog already stopped are not signalled twice.
+    let mut h = Harness::serving(policy(2));
+    let top = h.pid_of(1);
+    h.feed(Event::Request(Request::ScaleDown));
+    let actions = h.feed(Event::Request(Request::Stop));
+    assert!(!signals(&actions).contains(&(top, Signal::SIGTERM)));
+}

@@ -90,6 +90,8 @@ impl Harness {
             }
             taken.push(action);
         }
+        // Each event is a pass of its own here; the shell asks once per pass.
+        taken.extend(self.flock.status_update());
         self.log.extend(taken.clone());
         taken
     }

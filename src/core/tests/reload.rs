@@ -215,6 +215,15 @@ fn a_refused_reload_changes_nothing() {
         "systemd sees the reload begin and end"
     );
     assert_eq!(finished(&actions), Some((5, false, "app.toml:3:1: bad".into())));
+    assert_eq!(
+        h.flock.last_reload().unwrap().generation,
+        None,
+        "no generation was tried"
+    );
+    assert_eq!(
+        statuses(&h.log).last().unwrap(),
+        "2/2 ready · 0 restarts · generation 1 · reload refused"
+    );
     assert!(spawns(&actions).is_empty() && signals(&actions).is_empty());
     let mut p = reload_policy(2);
     p.readiness = Readiness::NodeIpc;

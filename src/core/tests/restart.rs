@@ -228,3 +228,24 @@ fn the_crash_loop_window_counts_only_recent_failures() {
         "two failures within 5 s with max_restarts = 1"
     );
 }
+
+#[test]
+fn a_crash_loop_through_ready_timeouts_forks_nothing_after_giving_up() {
+    let mut p = notify_policy(2);
+    p.heartbeat = None;
+    p.restart.max_restarts = 3;
+    let mut h = Harness::new(p);
+    h.start();
+    // Nobody ever says ready: every worker is killed at its ready_timeout.
+    h.run_until(Duration::from_secs(60));
+    let gave_up = h
+        .log
+        .iter()
+        .position(|a| *a == Action::Notify(Upward::Stopping))
+        .expect("the breaker tripped");
+    assert!(
+        spawns(&h.log[gave_up..]).is_empty(),
+        "forked after giving up: {:?}",
+        &h.log[gave_up..]
+    );
+}
