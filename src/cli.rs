@@ -35,9 +35,12 @@ pub enum Command {
     Reload(ReloadArgs),
     /// Set the number of workers.
     Scale(ScaleArgs),
-    /// Print the man page (roff), as packaged in sheepdog.1.
+    /// Print a manual page (roff), as packaged: sheepdog.1 or sheepdog.toml.5.
     #[command(hide = true)]
-    Man,
+    Man {
+        #[arg(default_value = "sheepdog.1")]
+        page: String,
+    },
 }
 
 /// How a client finds the control socket of a running sheepdog.

@@ -45,6 +45,7 @@ pub mod control;
 pub mod core;
 pub mod error;
 pub mod logging;
+pub mod manual;
 pub mod shell;
 pub mod systemd;
 pub mod worker;

@@ -14,7 +14,7 @@ use sheepdog::shell::os::Os;
 use sheepdog::shell::supervisor::{ReloadSource, Supervisor};
 use sheepdog::systemd::{notify, sockets};
 use sheepdog::worker::spawn::{CommandContext, WorkerCommand};
-use sheepdog::{logging, units};
+use sheepdog::{logging, manual, units};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -24,7 +24,7 @@ fn main() -> ExitCode {
         Command::Status(args) => status(args),
         Command::Reload(args) => reload(args),
         Command::Scale(args) => scale(args),
-        Command::Man => man(),
+        Command::Man { page } => man(&page),
     }
 }
 
@@ -92,12 +92,14 @@ fn set_up(settings: &Settings, overrides: Overrides, journal: bool) -> Result<Su
     Ok(Supervisor::new(settings, source, context, command, os))
 }
 
-fn man() -> ExitCode {
-    let page = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
-    match page.render(&mut std::io::stdout()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("sheepdog: {e}");
+fn man(page: &str) -> ExitCode {
+    match manual::page(page) {
+        Some(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        None => {
+            eprintln!("sheepdog: no page {page}; there are {}", manual::PAGES.join(", "));
             ExitCode::FAILURE
         }
     }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh Debian machine: installs what the tests
 # use (Debian's systemd for systemd-socket-activate, Node.js, Python 3 and its
-# sdnotify package) when it is missing, runs every unit and integration test,
+# sdnotify package, mandoc to lint the manual) when it is missing, runs every unit and integration test,
 # then the end-to-end tests on a real systemd in a container (tests/e2e/run.sh,
 # which needs root and ../shared/sandbox).
 set -euo pipefail
@@ -11,6 +11,7 @@ missing=()
 command -v systemd-socket-activate >/dev/null || missing+=(systemd)
 command -v node >/dev/null || missing+=(nodejs)
 command -v python3 >/dev/null || missing+=(python3 python3-pip)
+command -v mandoc >/dev/null || missing+=(mandoc)
 if ((${#missing[@]})); then
     echo "tests/run.sh: installing ${missing[*]}" >&2
     apt-get update -qq

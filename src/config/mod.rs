@@ -13,6 +13,7 @@ pub mod defaults;
 mod file;
 mod paths;
 mod print;
+pub mod schema;
 pub mod units;
 mod values;
 

@@ -63,6 +63,7 @@ boot() { # boot SUITE
 }
 
 S host-deps >/dev/null
+command -v lintian >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends lintian >/dev/null
 packaging/build-deb >/dev/null || { echo "e2e: cannot build the .deb" >&2; exit 1; }
 # cargo-deb empties target/debian/ on every build: keep this one aside.
 deb=$repo/target/e2e.deb
@@ -71,10 +72,15 @@ cp "$(ls -t "$repo"/target/debian/sheepdog_*_amd64.deb | head -1)" "$deb"
 (cd "$repo" && cargo deb --no-build --quiet --deb-version 99.0.0-1 --output target/e2e-upgrade.deb >/dev/null) \
     || { echo "e2e: cannot build the upgrade .deb" >&2; exit 1; }
 
+# lintian checks the manual pages too (it runs man --warnings on them).
+lintian --tag-display-limit 0 "$deb" > /tmp/e2e-lintian.out 2>&1
+check "lintian finds nothing wrong with the manual pages" bash -c "! grep -E 'manpage|groff|man-page' /tmp/e2e-lintian.out"
+
 echo "# Debian 12 (systemd 252): Type=notify, ExecReload=sheepdog reload"
 boot bookworm
 deploy myapp.service
 
+check "the manual pages are installed" bash -c "'$sandbox' exec zcat /usr/share/man/man1/sheepdog.1.gz | grep -q '^.TH SHEEPDOG 1' && '$sandbox' exec zcat /usr/share/man/man5/sheepdog.toml.5.gz | grep -q '^.SH KEYS'"
 x systemctl start myapp.socket
 check "myapp is not running before the first connection" bash -c "[ \"\$('$sandbox' exec systemctl is-active myapp.socket)\" = active ] && [ \"\$('$sandbox' exec systemctl is-active myapp.service)\" = inactive ]"
 check "the first request starts it and gets 200" answers "hello from worker"
