@@ -90,12 +90,10 @@ impl Settings {
         let (workers, min_ready) = file.workers(overrides, &source)?;
         let readiness = file.readiness.unwrap_or(defaults::READINESS);
         // Relative paths in a config file are relative to the file, not to
-        // wherever sheepdog happened to be started from.
+        // wherever sheepdog happened to be started from (joining an absolute
+        // path keeps it as it is).
         let base = path.and_then(Path::parent).filter(|p| !p.as_os_str().is_empty());
-        let relative_to_file = |dir: &PathBuf| match base {
-            Some(base) if dir.is_relative() => base.join(dir),
-            _ => dir.clone(),
-        };
+        let relative_to_file = |dir: &PathBuf| base.map_or_else(|| dir.clone(), |base| base.join(dir));
         let control_socket = file.control_socket(&source)?;
         let settings = Settings {
             config_file: path.map(Path::to_path_buf),
@@ -540,5 +538,25 @@ NODE_ENV = "production"
             e,
             "the command line: command: `no-such-program-sheepdog` not found in PATH"
         );
+    }
+
+    #[test]
+    fn check_shows_a_default_control_socket_as_a_comment_and_a_set_one_as_a_key() {
+        let default = parse("command = [\"x\"]\n").unwrap().describe();
+        assert!(default.starts_with("# control_socket = "), "{default}");
+        assert!(!default.contains("\ncontrol_socket = "), "{default}");
+        let set = parse("command = [\"x\"]\ncontrol_socket = \"/run/x.sock\"\n")
+            .unwrap()
+            .describe();
+        assert!(set.contains("\ncontrol_socket = \"/run/x.sock\"\n"), "{set}");
+        assert!(!set.contains("# control_socket"), "{set}");
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_says_what_was_expected() {
+        let e = error("command = [\"x\"]\nstop_timeout = true\n");
+        assert!(e.contains("expected a duration such as \"5s\" or \"500ms\""), "{e}");
+        let e = error("command = [\"x\"]\n[memory]\nlimit = [1]\n");
+        assert!(e.contains("expected a size such as \"700MiB\""), "{e}");
     }
 }

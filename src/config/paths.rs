@@ -43,13 +43,14 @@ pub fn default_control_socket(config: Option<&Path>) -> PathBuf {
 /// folder per name: `/run/sheepdog` for root, `$XDG_RUNTIME_DIR/sheepdog`
 /// (or `/tmp/sheepdog-UID`) for other users. `sheepdog status` looks here.
 pub fn default_socket_dir() -> PathBuf {
-    let uid = nix::unistd::getuid().as_raw();
-    if uid == 0 {
-        PathBuf::from("/run/sheepdog")
-    } else if let Some(runtime) = std::env::var_os("XDG_RUNTIME_DIR") {
-        PathBuf::from(runtime).join("sheepdog")
-    } else {
-        PathBuf::from(format!("/tmp/sheepdog-{uid}"))
+    socket_dir_for(nix::unistd::getuid().as_raw(), std::env::var_os("XDG_RUNTIME_DIR"))
+}
+
+fn socket_dir_for(uid: u32, runtime_dir: Option<std::ffi::OsString>) -> PathBuf {
+    match (uid, runtime_dir) {
+        (0, _) => PathBuf::from("/run/sheepdog"),
+        (_, Some(runtime)) => PathBuf::from(runtime).join("sheepdog"),
+        (uid, None) => PathBuf::from(format!("/tmp/sheepdog-{uid}")),
     }
 }
 
@@ -84,10 +85,9 @@ pub fn client_target(config: Option<&Path>, socket: Option<&Path>) -> Result<Cli
         Some(socket) => {
             let socket = PathBuf::from(socket);
             let base = path.parent().filter(|p| !p.as_os_str().is_empty());
-            Ok(ClientTarget::Socket(match base {
-                Some(base) if socket.is_relative() => base.join(socket),
-                _ => socket,
-            }))
+            Ok(ClientTarget::Socket(
+                base.map_or_else(|| socket.clone(), |base| base.join(&socket)),
+            ))
         }
         None => Ok(ClientTarget::Default {
             path: default_control_socket(Some(path)),
@@ -125,4 +125,52 @@ pub fn find_program(program: &OsStr, path_var: &OsStr, working_directory: Option
 
 fn is_executable(path: &Path) -> bool {
     nix::unistd::access(path, nix::unistd::AccessFlags::X_OK).is_ok() && path.is_file()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_sockets_live_under_run_for_root_and_the_runtime_dir_for_others() {
+        assert_eq!(
+            socket_dir_for(0, Some("/run/user/0".into())),
+            PathBuf::from("/run/sheepdog")
+        );
+        assert_eq!(
+            socket_dir_for(1000, Some("/run/user/1000".into())),
+            PathBuf::from("/run/user/1000/sheepdog")
+        );
+        assert_eq!(socket_dir_for(1000, None), PathBuf::from("/tmp/sheepdog-1000"));
+    }
+
+    #[test]
+    fn programs_are_found_as_execvp_would() {
+        let path = std::ffi::OsStr::new("/nowhere:/usr/bin:/bin");
+        let found = find_program(std::ffi::OsStr::new("sh"), path, None).unwrap();
+        assert!(found.ends_with("sh") && found.is_absolute(), "{}", found.display());
+        assert_eq!(
+            find_program(std::ffi::OsStr::new("sh"), std::ffi::OsStr::new("/nowhere"), None),
+            Err("`sh` not found in PATH".into())
+        );
+        assert_eq!(
+            find_program(std::ffi::OsStr::new("/bin/sh"), std::ffi::OsStr::new(""), None),
+            Ok(PathBuf::from("/bin/sh")),
+            "a path with a slash is taken as it is"
+        );
+        assert_eq!(
+            find_program(
+                std::ffi::OsStr::new("./sh"),
+                std::ffi::OsStr::new(""),
+                Some(Path::new("/bin"))
+            ),
+            Ok(PathBuf::from("./sh")),
+            "relative to the working directory"
+        );
+        assert!(
+            find_program(std::ffi::OsStr::new("/etc/passwd"), std::ffi::OsStr::new(""), None)
+                .unwrap_err()
+                .contains("not an executable file")
+        );
+    }
 }

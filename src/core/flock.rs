@@ -227,7 +227,7 @@ impl Flock {
                 let took = seconds(now.saturating_duration_since(since));
                 info!("worker {slot} (pid {pid}) stopped: {status} after {took} of draining");
             }
-            _ if !self.is_running() => info!("worker {slot} (pid {pid}) {status} during shutdown"),
+            // Not stopping: only while running (a shutdown stops every worker).
             _ => {
                 let uptime = seconds(now.saturating_duration_since(worker.started_at));
                 let was_ready = if worker.is_ready() { "" } else { " before it was ready" };

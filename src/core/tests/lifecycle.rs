@@ -191,3 +191,25 @@ fn a_worker_leaving_on_its_own_gets_the_stop_signal_at_shutdown_too() {
     let actions = h.feed(Event::Request(Request::Stop));
     assert!(!signals(&actions).contains(&(top, Signal::SIGTERM)));
 }
+
+#[test]
+fn a_second_stop_request_kills_only_those_not_killed_yet() {
+    let mut h = Harness::new(notify_policy(2));
+    h.start();
+    h.make_ready();
+    let (hung, draining) = (h.pid_of(0), h.pid_of(1));
+    // Worker 0 hangs and is SIGKILLed; it is not reaped yet.
+    let mut killed = Vec::new();
+    for at in [1000, 2000, 3000] {
+        h.now = h.t0 + at * MS;
+        killed.extend(signals(&h.say(draining, WorkerMessage::Heartbeat)));
+    }
+    assert_eq!(killed, vec![(hung, Signal::SIGKILL)]);
+    h.feed(Event::Request(Request::Stop));
+    let second = signals(&h.feed(Event::Request(Request::Stop)));
+    assert!(
+        !second.contains(&(hung, Signal::SIGKILL)),
+        "killed once is enough: {second:?}"
+    );
+    assert!(second.contains(&(draining, Signal::SIGKILL)));
+}
