@@ -124,7 +124,7 @@ fn check(args: RunArgs) -> ExitCode {
 
 /// How a client's request went, short of a reply to print.
 enum Asked {
-    Reply(Reply),
+    Reply(Box<Reply>),
     /// No reply within the client's own timeout; the server may go on.
     TimedOut,
     /// Printed already.
@@ -148,7 +148,7 @@ fn ask(client: &ClientArgs, request: Request, timeout: Duration) -> Asked {
         }
     };
     match client::request(&socket, &request, Some(timeout)) {
-        Ok(reply) => Asked::Reply(reply),
+        Ok(reply) => Asked::Reply(Box::new(reply)),
         Err(NoReply::TimedOut(why)) => {
             eprintln!("sheepdog: {why}");
             Asked::TimedOut
@@ -236,6 +236,7 @@ fn answered(asked: Asked, expected: impl FnOnce(Reply) -> Option<String>) -> Exi
     let Asked::Reply(reply) = asked else {
         return ExitCode::FAILURE;
     };
+    let reply = *reply;
     let error = match &reply {
         Reply::Failed(error) => Some(error.clone()),
         _ => None,

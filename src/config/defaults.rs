@@ -20,6 +20,8 @@ pub const BACKOFF_INITIAL: Duration = Duration::from_millis(500);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 pub const BACKOFF_RESET: Duration = Duration::from_secs(30);
 pub const MAX_SPAWN_RATE: u32 = 20;
+pub const MIN_UPTIME: Duration = Duration::from_secs(5);
+pub const MAX_AGE_JITTER: Duration = Duration::ZERO;
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 /// The heartbeat timeout, in intervals: the classic three missed pongs.
 pub const HEARTBEAT_TIMEOUTS: u32 = 3;
@@ -30,3 +32,5 @@ pub const MEMORY_MEASURE: MemoryMeasure = MemoryMeasure::Pss;
 pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
 /// The shortest first backoff: anything shorter is a fork storm.
 pub const MIN_BACKOFF: Duration = Duration::from_millis(10);
+/// The shortest max_age: recycling more often is churn, not hygiene.
+pub const MIN_MAX_AGE: Duration = Duration::from_secs(1);

@@ -39,6 +39,9 @@ pub(super) struct FileConfig {
     pub backoff_max: Option<Spanned<HumanDuration>>,
     pub backoff_reset: Option<HumanDuration>,
     pub max_spawn_rate: Option<Spanned<u32>>,
+    pub min_uptime: Option<HumanDuration>,
+    pub max_age: Option<Spanned<HumanDuration>>,
+    pub max_age_jitter: Option<Spanned<HumanDuration>>,
     pub control_socket: Option<Spanned<PathBuf>>,
     pub name: Option<String>,
     pub log_level: Option<LogLevel>,
@@ -290,7 +293,34 @@ impl FileConfig {
             backoff_max,
             backoff_reset: duration(&self.backoff_reset, defaults::BACKOFF_RESET),
             max_spawn_rate,
+            min_uptime: duration(&self.min_uptime, defaults::MIN_UPTIME),
         })
+    }
+
+    /// `max_age` and `max_age_jitter`: recycling by age, off by default.
+    pub fn recycle(&self, source: &Source) -> Result<RecyclePolicy, Error> {
+        let jitter = self
+            .max_age_jitter
+            .as_ref()
+            .map_or(defaults::MAX_AGE_JITTER, |j| j.get_ref().0);
+        match &self.max_age {
+            None => match &self.max_age_jitter {
+                Some(j) => Err(source.invalid(j.span(), "max_age_jitter", "needs max_age")),
+                None => Ok(RecyclePolicy::default()),
+            },
+            Some(age) if age.get_ref().0 < defaults::MIN_MAX_AGE => Err(source.invalid(
+                age.span(),
+                "max_age",
+                format!(
+                    "must be at least {}: recycling more often is churn",
+                    format_duration(defaults::MIN_MAX_AGE)
+                ),
+            )),
+            Some(age) => Ok(RecyclePolicy {
+                max_age: Some(age.get_ref().0),
+                jitter,
+            }),
+        }
     }
 
     /// `listen` (or `--listen`): at least one address.

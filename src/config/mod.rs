@@ -41,6 +41,7 @@ pub struct Settings {
     pub stop_signal: Signal,
     pub stop_timeout: Duration,
     pub restart: RestartPolicy,
+    pub recycle: RecyclePolicy,
     pub control_socket: PathBuf,
     /// `control_socket` was set in the file: a clash with another sheepdog is
     /// an error. The default path is shared by name, so a clash there picks
@@ -111,6 +112,7 @@ impl Settings {
             stop_signal: file.stop_signal.map_or(defaults::STOP_SIGNAL, |s| s.0),
             stop_timeout: file.stop_timeout(),
             restart: file.restart(&source)?,
+            recycle: file.recycle(&source)?,
             control_socket_explicit: control_socket.is_some(),
             control_socket: control_socket
                 .as_ref()

@@ -29,6 +29,11 @@ struct Printed<'a> {
     backoff_max: String,
     backoff_reset: String,
     max_spawn_rate: u32,
+    min_uptime: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_age: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_age_jitter: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     control_socket: Option<String>,
     name: &'a str,
@@ -78,6 +83,9 @@ impl Settings {
             backoff_max: format_duration(restart.backoff_max),
             backoff_reset: format_duration(restart.backoff_reset),
             max_spawn_rate: restart.max_spawn_rate,
+            min_uptime: format_duration(restart.min_uptime),
+            max_age: self.recycle.max_age.map(format_duration),
+            max_age_jitter: self.recycle.max_age.map(|_| format_duration(self.recycle.jitter)),
             control_socket: self
                 .control_socket_explicit
                 .then(|| self.control_socket.display().to_string()),

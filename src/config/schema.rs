@@ -79,7 +79,7 @@ pub const KEYS: &[Key] = &[
     Key {
         key: "backoff_initial",
         default: "`\"500ms\"`",
-        meaning: "delay before refilling a slot after its first crash; doubles per crash in a row (≥ 10ms)",
+        meaning: "delay before refilling a slot after its second crash in a row (the first is refilled at once); doubles per crash in a row (≥ 10ms)",
     },
     Key {
         key: "backoff_max",
@@ -95,6 +95,21 @@ pub const KEYS: &[Key] = &[
         key: "max_spawn_rate",
         default: "`20`",
         meaning: "spawns per second, whatever the workers do (the first start may fork the whole flock at once)",
+    },
+    Key {
+        key: "min_uptime",
+        default: "`\"5s\"`",
+        meaning: "a worker that says it is leaving (`STOPPING=1`, `'stopping'`, `{act: 'suicide'}`) before it was ready, or sooner than this after it started, failed to start: it counts as a restart, is backed off, and aborts a reload",
+    },
+    Key {
+        key: "max_age",
+        default: "none",
+        meaning: "recycle each worker once it has run this long (plus its jitter), replacement first within `max_surge`, one at a time at least `max_age / workers` apart, e.g. `\"6h\"` (at least 1s)",
+    },
+    Key {
+        key: "max_age_jitter",
+        default: "`\"0s\"`",
+        meaning: "each worker adds a share of this to its `max_age`, drawn once when it starts, so that recycles spread out",
     },
     Key {
         key: "control_socket",
@@ -199,6 +214,8 @@ mod tests {
             ("backoff_max", defaults::BACKOFF_MAX),
             ("backoff_reset", defaults::BACKOFF_RESET),
             ("memory.interval", defaults::MEMORY_INTERVAL),
+            ("min_uptime", defaults::MIN_UPTIME),
+            ("max_age_jitter", defaults::MAX_AGE_JITTER),
         ] {
             assert_eq!(parse_duration(&quoted(key)), Ok(value), "{key}");
         }

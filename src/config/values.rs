@@ -255,4 +255,15 @@ pub struct RestartPolicy {
     /// A worker that stayed ready this long resets its slot's backoff.
     pub backoff_reset: Duration,
     pub max_spawn_rate: u32,
+    /// A worker that says it is leaving sooner than this after it started
+    /// (or before it was ready) failed to start.
+    pub min_uptime: Duration,
+}
+
+/// Recycling by age: each worker is replaced, replacement first, once it
+/// has run `max_age` plus its share of `jitter` (drawn once per worker).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RecyclePolicy {
+    pub max_age: Option<Duration>,
+    pub jitter: Duration,
 }

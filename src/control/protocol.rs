@@ -98,11 +98,24 @@ impl Reply {
     }
 }
 
-/// `sheepdog status`: the supervisor, and a row per worker.
+/// `sheepdog status`: the supervisor, a row per worker, and the slots
+/// waiting to be refilled.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusReport {
     pub supervisor: SupervisorStatus,
     pub workers: Vec<WorkerStatus>,
+    #[serde(default)]
+    pub waiting: Vec<WaitingSlot>,
+}
+
+/// A slot with no worker: its last one exited and the next is not started
+/// yet (backoff, the spawn budget).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WaitingSlot {
+    pub slot: usize,
+    pub restarts: u32,
+    /// Seconds until its worker is started.
+    pub restart_in_s: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -224,6 +237,11 @@ mod tests {
                 cpu_percent: Some(0.5),
                 heartbeat_age_s: None,
                 status: None,
+            }],
+            waiting: vec![WaitingSlot {
+                slot: 1,
+                restarts: 3,
+                restart_in_s: 2.5,
             }],
         };
         for reply in [

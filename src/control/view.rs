@@ -36,21 +36,45 @@ pub fn render(report: &StatusReport) -> String {
         "cpu",
         "heartbeat",
     ];
-    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
-    for worker in &report.workers {
-        rows.push(vec![
-            worker.slot.to_string(),
-            worker.pid.to_string(),
-            worker.generation.to_string(),
-            worker.state.clone(),
-            age(Some(worker.uptime_s)),
-            worker.restarts.to_string(),
-            worker.memory_bytes.map_or("-".into(), format_size),
-            worker.cpu_percent.map_or("-".into(), |c| format!("{c:.1}%")),
-            worker.heartbeat_age_s.map_or("-".into(), |a| format!("{a:.1}s ago")),
-        ]);
+    let mut rows: Vec<(usize, Vec<String>)> = vec![];
+    for waiting in &report.waiting {
+        let dash = || "-".to_string();
+        rows.push((
+            waiting.slot,
+            vec![
+                waiting.slot.to_string(),
+                dash(),
+                dash(),
+                format!("waiting, restart in {:.1}s", waiting.restart_in_s),
+                dash(),
+                waiting.restarts.to_string(),
+                dash(),
+                dash(),
+                dash(),
+            ],
+        ));
     }
-    out += &table(&rows);
+    for worker in &report.workers {
+        rows.push((
+            worker.slot,
+            vec![
+                worker.slot.to_string(),
+                worker.pid.to_string(),
+                worker.generation.to_string(),
+                worker.state.clone(),
+                age(Some(worker.uptime_s)),
+                worker.restarts.to_string(),
+                worker.memory_bytes.map_or("-".into(), format_size),
+                worker.cpu_percent.map_or("-".into(), |c| format!("{c:.1}%")),
+                worker.heartbeat_age_s.map_or("-".into(), |a| format!("{a:.1}s ago")),
+            ],
+        ));
+    }
+    // In slot order, the waiting slots among the workers (a stable sort).
+    rows.sort_by_key(|(slot, _)| *slot);
+    let mut lines: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
+    lines.extend(rows.into_iter().map(|(_, row)| row));
+    out += &table(&lines);
     out
 }
 
@@ -197,6 +221,32 @@ mod tests {
         assert_eq!(
             lines[5],
             "1     12345  2    starting  1s      1         -       -     -"
+        );
+    }
+
+    #[test]
+    fn a_slot_waiting_to_restart_has_its_row() {
+        let report = report(serde_json::json!({
+            "v": 1, "ok": true, "supervisor": supervisor("myapp", 42, 5.0, None),
+            "workers": [
+                {"slot": 0, "pid": 100, "generation": 1, "state": "ready", "uptime_s": 5.0, "restarts": 0,
+                 "memory_bytes": null, "cpu_percent": null, "heartbeat_age_s": null, "status": null}
+            ],
+            "waiting": [{"slot": 1, "restarts": 2, "restart_in_s": 0.45}]
+        }));
+        let text = render(&report);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[2],
+            "slot  pid  gen  state                     uptime  restarts  memory  cpu  heartbeat"
+        );
+        assert_eq!(
+            lines[3],
+            "0     100  1    ready                     5s      0         -       -    -"
+        );
+        assert_eq!(
+            lines[4],
+            "1     -    -    waiting, restart in 0.5s  -       2         -       -    -"
         );
     }
 }

@@ -9,6 +9,7 @@ use nix::sys::signal::Signal;
 
 use super::health::Timers;
 use super::model::*;
+use super::recycle::Recycling;
 use super::reload::{ReloadOutcome, Rollout};
 use super::restart::{RestartHistory, Slot, SpawnBudget};
 use crate::config::MAX_WORKERS;
@@ -35,6 +36,7 @@ pub struct Flock {
     pub(super) history: RestartHistory,
     pub(super) budget: SpawnBudget,
     pub(super) timers: Timers,
+    pub(super) recycling: Recycling,
     pub(super) phase: Phase,
     pub(super) announced_ready: bool,
     pub(super) last_status: String,
@@ -56,6 +58,7 @@ impl Flock {
             history: RestartHistory::default(),
             budget: SpawnBudget::new(desired, policy.restart.max_spawn_rate, now),
             timers: Timers::new(&policy, now),
+            recycling: Recycling::default(),
             phase: Phase::Running,
             announced_ready: false,
             last_status: String::new(),
@@ -138,6 +141,7 @@ impl Flock {
                 self.heartbeat_deadline(),
                 self.backoff_reset_deadline(),
                 self.spawn_deadline(),
+                self.recycle_deadline(),
                 self.ping_deadline(),
                 self.stall_guard_deadline(),
                 self.measure_deadline(),
@@ -166,6 +170,7 @@ impl Flock {
             self.ping_watchdog(now, actions);
             return;
         }
+        self.recycle_aged(now);
         self.retire_surplus(now, actions);
         self.stop_replaced(now, actions);
         self.fill_slots(now, actions);
@@ -195,6 +200,7 @@ impl Flock {
             last_heartbeat: now,
             memory: None,
             status: None,
+            recycle_at: self.recycle_at(pid, order.slot, order.generation, now),
         };
         // Forked in the pass that began a shutdown, or for a generation that
         // a reload (or an abort) replaced meanwhile: it stops like the rest.

@@ -173,12 +173,36 @@ impl Flock {
                 self.condemn(now, index, Failure::Triggered, why, actions);
             }
             WorkerMessage::Stopping if !stopping => {
-                info!("worker {slot} (pid {pid}) is stopping on its own; starting its replacement now");
-                worker.state = WorkerState::Stopping {
-                    since: now,
-                    cause: StopCause::Leaving,
-                    killed: false,
-                };
+                let uptime = now.saturating_duration_since(worker.started_at);
+                if worker.is_ready() && uptime >= self.policy.restart.min_uptime {
+                    info!("worker {slot} (pid {pid}) is stopping on its own; starting its replacement now");
+                    worker.state = WorkerState::Stopping {
+                        since: now,
+                        cause: StopCause::Leaving,
+                        killed: false,
+                    };
+                } else {
+                    // Saying so buys a failed start no way out of crash
+                    // protection: it is counted, backed off and may abort a
+                    // reload like any crash. It is left to exit by itself.
+                    let before = worker.clone();
+                    worker.state = WorkerState::Stopping {
+                        since: now,
+                        cause: StopCause::Failed(Failure::LeftEarly),
+                        killed: false,
+                    };
+                    let when = if before.is_ready() {
+                        format!(
+                            "{} after it started (min_uptime {})",
+                            seconds(uptime),
+                            format_duration(self.policy.restart.min_uptime)
+                        )
+                    } else {
+                        format!("{} after it started, before it was ready", seconds(uptime))
+                    };
+                    let what = format!("worker {slot} (pid {pid}) said it is stopping {when}: a failed start");
+                    self.on_worker_failed(now, &before, actions, &what);
+                }
             }
             WorkerMessage::Status(status) => {
                 debug!("worker {slot} (pid {pid}) status: {status}");

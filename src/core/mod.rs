@@ -11,6 +11,7 @@
 //! - `restart`: backoff, the crash-loop breaker, the spawn budget, filling slots.
 //! - `health`: readiness, heartbeats, memory, the stall guard, the watchdog relay.
 //! - `reload`: rolling reloads and their abort.
+//! - `recycle`: replacing workers by age (`max_age`).
 //! - `status`: the STATUS= line.
 //!
 //! Each policy keeps its own deadline; [`Flock::next_deadline`] is the
@@ -19,6 +20,7 @@
 mod flock;
 mod health;
 pub mod model;
+mod recycle;
 mod reload;
 mod restart;
 mod status;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::config::{HeartbeatPolicy, MemoryMeasure, Readiness, RestartPolicy, Settings};
+use crate::config::{HeartbeatPolicy, MemoryMeasure, Readiness, RecyclePolicy, RestartPolicy, Settings};
 use crate::worker::channel::WorkerMessage;
 
 pub type Pid = i32;
@@ -158,6 +158,7 @@ pub struct Policy {
     pub stop_signal: Signal,
     pub stop_timeout: Duration,
     pub restart: RestartPolicy,
+    pub recycle: RecyclePolicy,
     /// systemd's WATCHDOG_USEC for sheepdog itself, when set.
     pub watchdog: Option<Duration>,
 }
@@ -178,6 +179,7 @@ impl Policy {
             stop_signal: settings.stop_signal,
             stop_timeout: settings.stop_timeout,
             restart: settings.restart.clone(),
+            recycle: settings.recycle,
             watchdog,
         }
     }
@@ -193,6 +195,8 @@ pub enum Retire {
     ReloadAborted,
     /// Its process tree grew over the memory limit.
     MemoryLimit,
+    /// It reached its `max_age`.
+    MaxAge,
 }
 
 impl fmt::Display for Retire {
@@ -201,6 +205,7 @@ impl fmt::Display for Retire {
             Retire::Reload => "reload",
             Retire::ReloadAborted => "reload aborted",
             Retire::MemoryLimit => "memory limit",
+            Retire::MaxAge => "max age",
         })
     }
 }
@@ -214,6 +219,9 @@ pub enum Failure {
     NotReadyInTime,
     /// It sent WATCHDOG=trigger.
     Triggered,
+    /// It said it is leaving before it was ready, or sooner than
+    /// `min_uptime` after it started: a failed start, however polite.
+    LeftEarly,
 }
 
 /// Why a worker is on its way out.
@@ -263,6 +271,8 @@ pub struct Worker {
     pub memory: Option<u64>,
     /// The last STATUS= it sent.
     pub status: Option<String>,
+    /// When it is due to be recycled by age (`max_age`), if it ever is.
+    pub recycle_at: Option<Instant>,
 }
 
 impl Worker {

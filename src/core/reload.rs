@@ -166,8 +166,9 @@ impl Flock {
         let stop_signal = self.policy.stop_signal;
         for worker in &mut self.workers {
             match worker.state {
-                WorkerState::Stopping { .. } => {}
-                WorkerState::Starting if worker.generation == rollout.generation => {
+                // Only the new generation can be starting during a roll (an
+                // old worker forked meanwhile was stopped as superseded).
+                WorkerState::Starting => {
                     stop_gracefully(worker, now, StopCause::Superseded, stop_signal, actions);
                 }
                 WorkerState::Ready { since, .. } if worker.generation == rollout.generation => {

@@ -79,9 +79,15 @@ impl SpawnBudget {
     }
 }
 
-/// `backoff_initial · 2^failures`, capped at `backoff_max`.
+/// The delay before refilling a slot after `failures` failures in a row
+/// already: none for the first (a worker that ran well and died once is
+/// replaced at once, as pm2, unicorn and gunicorn do), then
+/// `backoff_initial · 2^(failures - 1)`, capped at `backoff_max`.
 pub(super) fn backoff(policy: &RestartPolicy, failures: u32) -> Duration {
-    let factor = 2u32.saturating_pow(failures.min(30));
+    if failures == 0 {
+        return Duration::ZERO;
+    }
+    let factor = 2u32.saturating_pow((failures - 1).min(30));
     policy.backoff_initial.saturating_mul(factor).min(policy.backoff_max)
 }
 
@@ -127,11 +133,26 @@ impl Flock {
         state.failures += 1;
         state.restarts += 1;
         state.next_spawn = now + delay;
-        if slot < self.desired {
-            warn!("{what}; restarting in {}", format_duration(delay));
-        } else {
+        if slot >= self.desired {
             warn!("{what}; not restarted (slot retired)");
+        } else if delay.is_zero() {
+            warn!("{what}; restarting it now");
+        } else {
+            warn!("{what}; restarting in {}", format_duration(delay));
         }
+    }
+
+    /// The desired slots with no live worker and none on its way, and when
+    /// each will be filled (not before the spawn budget allows).
+    pub fn waiting_slots(&self) -> Vec<(usize, Instant)> {
+        let Occupancy { occupied, .. } = self.occupancy();
+        let token = self.budget.next_token_at();
+        (0..self.desired)
+            .filter_map(|slot| {
+                let state = self.slots.get(slot)?;
+                (!occupied[slot] && !state.spawning).then(|| (slot, state.next_spawn.max(token)))
+            })
+            .collect()
     }
 
     /// A worker ready for `backoff_reset` clears its slot's backoff.

@@ -15,7 +15,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGTTIN, SIGTTOU};
 
 use super::system::{ClientId, Input, System};
 use crate::config::{ListenAddr, Overrides, Settings};
-use crate::control::protocol::{Command, LastReload, Reply, StatusReport, SupervisorStatus, WorkerStatus};
+use crate::control::protocol::{Command, LastReload, Reply, StatusReport, SupervisorStatus, WaitingSlot, WorkerStatus};
 use crate::core::{Action, CommandId, Event, Flock, Policy, Request, Worker, WorkerState};
 use crate::error::ExitClass;
 use crate::worker::spawn::{CommandContext, WorkerCommand};
@@ -304,6 +304,15 @@ impl<S: System> Supervisor<S> {
                 }),
             },
             workers,
+            waiting: flock
+                .waiting_slots()
+                .into_iter()
+                .map(|(slot, at)| WaitingSlot {
+                    slot,
+                    restarts: flock.slot_restarts(slot),
+                    restart_in_s: at.saturating_duration_since(now).as_secs_f64(),
+                })
+                .collect(),
         }
     }
 }

@@ -189,12 +189,14 @@ fn a_worker_forked_in_the_pass_a_reload_began_is_recorded_in_its_own_generation_
     let mut h = Harness::new("[\"true\", \"one\"]", "");
     h.pass_at(Duration::ZERO, vec![]);
     h.pass_at(1000 * MS, vec![]);
-    let crashed = h.pid_of(0, 1);
-    let exited = Input::Exited {
-        pid: crashed,
-        status: ExitStatus::Code(1),
-    };
-    h.pass_at(2000 * MS, vec![exited]);
+    // Slot 0 crashes twice in a row: its refill waits out backoff_initial.
+    for _ in 0..2 {
+        let exited = Input::Exited {
+            pid: h.pid_of(0, 1),
+            status: ExitStatus::Code(1),
+        };
+        h.pass_at(2000 * MS, vec![exited]);
+    }
     h.rewrite("[\"true\", \"two\"]", "");
     // In one pass: an event after which slot 0's backoff is over (a spawn of
     // generation 1 is ordered), then SIGHUP (generation 2 begins) — and only
@@ -424,4 +426,31 @@ fn status_lists_the_workers_in_slot_order() {
     };
     let slots: Vec<usize> = report.workers.iter().map(|w| w.slot).collect();
     assert_eq!(slots, [0, 1], "the replacement of slot 0 comes first");
+}
+
+#[test]
+fn status_shows_a_slot_waiting_to_restart() {
+    let mut h = Harness::new("[\"true\", \"one\"]", "");
+    h.pass_at(Duration::ZERO, vec![]);
+    h.pass_at(1000 * MS, vec![]);
+    for _ in 0..2 {
+        let exited = Input::Exited {
+            pid: h.pid_of(0, 1),
+            status: ExitStatus::Code(1),
+        };
+        h.pass_at(2000 * MS, vec![exited]);
+    }
+    let status = Input::Control {
+        client: 3,
+        command: Command::Status,
+    };
+    let (_, effects) = h.pass_at(2040 * MS, vec![status]);
+    let Some(Effect::Reply(3, Reply::Status(report))) = effects.first() else {
+        panic!("{effects:?}")
+    };
+    assert_eq!(report.workers.len(), 1);
+    assert_eq!(report.waiting.len(), 1);
+    let waiting = &report.waiting[0];
+    assert_eq!((waiting.slot, waiting.restarts), (0, 2));
+    assert!((waiting.restart_in_s - 0.06).abs() < 1e-6, "{}", waiting.restart_in_s);
 }

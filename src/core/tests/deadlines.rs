@@ -56,9 +56,14 @@ fn a_ready_worker_is_due_when_its_heartbeats_run_out() {
 #[test]
 fn a_backed_off_slot_is_due_when_its_backoff_ends() {
     let mut h = Harness::serving(quiet(1));
+    // The first failure is refilled at once; the second in a row waits.
+    let first = h.exit(h.pid_of(0), ExitStatus::Code(1));
+    assert_eq!(spawns(&first), vec![0]);
+    assert_eq!(h.flock.spawn_deadline(), None, "nothing waits");
     h.exit(h.pid_of(0), ExitStatus::Code(1));
     assert_eq!(h.flock.spawn_deadline(), Some(h.t0 + 2100 * MS));
     assert_eq!(h.flock.next_deadline(), Some(h.t0 + 2100 * MS));
+    assert_eq!(h.flock.waiting_slots(), vec![(0, h.t0 + 2100 * MS)]);
 }
 
 #[test]

@@ -21,8 +21,8 @@ fn a_worker_not_ready_within_ready_timeout_is_killed_and_counted() {
     let actions = h.at(3000 * MS);
     assert_eq!(signals(&actions), vec![(pid, Signal::SIGKILL)]);
     assert_eq!(h.flock.total_restarts(), 1);
-    // Its replacement comes after the backoff, before the old one is reaped.
-    assert_eq!(spawns(&h.at(3100 * MS)), vec![0]);
+    // Its replacement comes at once (a first failure), before the old one is reaped.
+    assert_eq!(spawns(&actions), vec![0]);
     h.exit(pid, ExitStatus::Signaled(Signal::SIGKILL));
     assert_eq!(h.flock.total_restarts(), 1, "the reaped exit is not counted twice");
 }
@@ -56,7 +56,7 @@ fn a_hung_worker_is_killed_after_the_heartbeat_timeout_and_replaced() {
     let actions = h2.run_until(3000 * MS);
     assert_eq!(signals(&actions).len(), 1);
     assert_eq!(h.flock.total_restarts(), 1);
-    assert_eq!(spawns(&h.run_until(4000 * MS)), vec![1]);
+    assert_eq!(spawns(&h.log), vec![0, 1, 1], "replaced at once");
 }
 
 #[test]
@@ -83,6 +83,8 @@ fn watchdog_trigger_replaces_at_once() {
 fn a_worker_that_says_it_is_stopping_gets_its_replacement_before_it_exits() {
     let mut h = Harness::ready(notify_policy(1));
     let old = h.pid_of(0);
+    h.run_until(600 * MS);
+    h.say(old, WorkerMessage::Heartbeat);
     let actions = h.say(old, WorkerMessage::Stopping);
     assert_eq!(spawns(&actions), vec![0], "replacement forked at once");
     assert!(signals(&actions).is_empty(), "the leaving worker is not signalled");
@@ -94,9 +96,10 @@ fn a_worker_that_says_it_is_stopping_gets_its_replacement_before_it_exits() {
     p.heartbeat = None;
     let mut h = Harness::ready(p);
     let old = h.pid_of(0);
+    h.run_until(600 * MS);
     h.say(old, WorkerMessage::Stopping);
     h.make_ready();
-    assert_eq!(signals(&h.run_until(5000 * MS)), vec![(old, Signal::SIGKILL)]);
+    assert_eq!(signals(&h.run_until(5600 * MS)), vec![(old, Signal::SIGKILL)]);
 }
 
 #[test]
@@ -231,6 +234,8 @@ fn the_watchdog_relay_pings_only_a_healthy_flock() {
 fn a_draining_worker_asking_again_changes_nothing() {
     let mut h = Harness::ready(notify_policy(1));
     let pid = h.pid_of(0);
+    h.run_until(600 * MS);
+    h.say(pid, WorkerMessage::Heartbeat);
     h.say(pid, WorkerMessage::Stopping);
     let again = h.say(pid, WorkerMessage::Stopping);
     let trigger = h.say(pid, WorkerMessage::WatchdogTrigger);
@@ -321,4 +326,102 @@ fn ready_without_a_protocol_comes_from_the_delay_alone() {
     );
     h.at(1000 * MS);
     assert!(h.flock.workers()[0].is_ready());
+}
+
+#[test]
+fn memory_exactly_at_the_limit_is_within_it() {
+    let mut p = notify_policy(1);
+    p.heartbeat = None;
+    p.memory_limit = Some(1 << 20);
+    let mut h = Harness::ready(p);
+    let pid = h.pid_of(0);
+    assert!(spawns(&h.feed(Event::Measured { pid, bytes: 1 << 20 })).is_empty());
+    assert_eq!(
+        spawns(&h.feed(Event::Measured {
+            pid,
+            bytes: (1 << 20) + 1
+        })),
+        vec![0]
+    );
+    assert_eq!(logged("it will be replaced, replacement first").len(), 1);
+    assert_eq!(logged("starting its replacement (memory limit)").len(), 1);
+}
+
+#[test]
+fn the_stall_guard_waits_for_two_intervals_when_the_timeout_is_shorter() {
+    let mut p = notify_policy(1);
+    p.heartbeat = Some(HeartbeatPolicy {
+        interval: 1000 * MS,
+        timeout: 1500 * MS,
+    });
+    let mut h = Harness::ready(p);
+    let pid = h.pid_of(0);
+    // The loop is silent for 1.8 s: less than two intervals, so not a stall
+    // of the supervisor's; the worker, silent as long, is hung.
+    assert_eq!(signals(&h.at(1800 * MS)), vec![(pid, Signal::SIGKILL)]);
+    assert!(logged("the supervisor itself was stalled").is_empty());
+}
+
+#[test]
+fn a_worker_saying_it_is_stopping_before_it_is_ready_is_a_failed_start() {
+    let mut h = Harness::new(notify_policy(1));
+    h.start();
+    let pid = h.pid_of(0);
+    let actions = h.say(pid, WorkerMessage::Stopping);
+    assert_eq!(h.flock.total_restarts(), 1, "counted");
+    assert_eq!(spawns(&actions), vec![0], "a first failure is refilled at once");
+    assert_eq!(logged("before it was ready: a failed start").len(), 1);
+    // Its exit is not counted twice; a second young suicide waits out a backoff.
+    h.exit(pid, ExitStatus::Code(1));
+    assert_eq!(h.flock.total_restarts(), 1);
+    let again = h.pid_of(0);
+    let actions = h.say(again, WorkerMessage::Stopping);
+    assert!(spawns(&actions).is_empty(), "backed off, not replaced at once");
+    assert_eq!(h.flock.next_deadline(), Some(h.now + 100 * MS));
+}
+
+#[test]
+fn a_ready_worker_leaving_sooner_than_min_uptime_is_a_failed_start_too() {
+    let mut h = Harness::ready(notify_policy(1));
+    let pid = h.pid_of(0);
+    h.now += 400 * MS;
+    h.say(pid, WorkerMessage::Stopping);
+    assert_eq!(h.flock.total_restarts(), 1);
+    assert_eq!(
+        logged("0.4s after it started (min_uptime 500ms): a failed start").len(),
+        1
+    );
+    // At min_uptime it is a polite drain: not counted.
+    let mut h = Harness::ready(notify_policy(1));
+    let pid = h.pid_of(0);
+    h.now += 500 * MS;
+    h.say(pid, WorkerMessage::Stopping);
+    assert_eq!(h.flock.total_restarts(), 0);
+}
+
+#[test]
+fn suicides_at_boot_trip_the_crash_loop_breaker() {
+    let mut h = Harness::new(notify_policy(2));
+    h.start();
+    for _ in 0..MAX_PASSES {
+        if h.flock.is_shutting_down() {
+            break;
+        }
+        match h.flock.workers().iter().find(|w| w.is_starting()).map(|w| w.pid) {
+            Some(pid) => {
+                h.say(pid, WorkerMessage::Stopping);
+                h.exit(pid, ExitStatus::Code(1));
+            }
+            None => {
+                h.now = h.flock.next_deadline().expect("a respawn is due");
+                h.feed(Event::Tick);
+            }
+        }
+    }
+    assert!(h.flock.is_shutting_down(), "a crash loop, however politely announced");
+    assert!(
+        spawns(&h.log).len() <= 2 + 5,
+        "spawns bounded by the breaker: {}",
+        spawns(&h.log).len()
+    );
 }

@@ -73,7 +73,10 @@ fn a_second_stop_request_kills_at_once() {
 fn stop_with_no_worker_alive_exits_at_once() {
     let mut h = Harness::new(policy(1));
     h.start();
+    // Twice in a row: the second waits out its backoff, with no worker alive.
     h.exit(h.pid_of(0), ExitStatus::Code(1));
+    h.exit(h.pid_of(0), ExitStatus::Code(1));
+    assert!(h.flock.workers().is_empty());
     let actions = h.feed(Event::Request(Request::Stop));
     assert!(actions.contains(&Action::Exit {
         code: 0,
@@ -176,6 +179,7 @@ fn a_worker_leaving_on_its_own_gets_the_stop_signal_at_shutdown_too() {
     h.start();
     h.make_ready();
     let (leaving, serving) = (h.pid_of(0), h.pid_of(1));
+    h.now += 600 * MS;
     h.say(leaving, WorkerMessage::Stopping);
     let actions = h.feed(Event::Request(Request::Stop));
     let sent = signals(&actions);

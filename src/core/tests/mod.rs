@@ -4,6 +4,7 @@
 mod deadlines;
 mod health;
 mod lifecycle;
+mod recycle;
 mod reload;
 mod restart;
 
@@ -14,7 +15,7 @@ use nix::sys::signal::Signal;
 
 use super::restart::backoff;
 use super::*;
-use crate::config::{HeartbeatPolicy, MAX_WORKERS, MemoryMeasure, Readiness, RestartPolicy};
+use crate::config::{HeartbeatPolicy, MAX_WORKERS, MemoryMeasure, Readiness, RecyclePolicy, RestartPolicy};
 use crate::worker::channel::WorkerMessage;
 
 const MS: Duration = Duration::from_millis(1);
@@ -45,8 +46,54 @@ fn policy(workers: usize) -> Policy {
             backoff_max: 1000 * MS,
             backoff_reset: Duration::from_secs(10),
             max_spawn_rate: 100,
+            min_uptime: 500 * MS,
         },
+        recycle: RecyclePolicy::default(),
     }
+}
+
+/// What the core logged on this thread (each test runs on a thread of its
+/// own), so that tests can hold the log to what happened.
+mod captured {
+    use std::cell::RefCell;
+
+    thread_local! {
+        static LINES: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+    }
+
+    struct ThreadLog;
+
+    impl log::Log for ThreadLog {
+        fn enabled(&self, _: &log::Metadata) -> bool {
+            true
+        }
+
+        fn log(&self, record: &log::Record) {
+            let line = format!("{} {}", record.level(), record.args());
+            LINES.with(|lines| lines.borrow_mut().push(line));
+        }
+
+        fn flush(&self) {}
+    }
+
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+
+    pub fn install() {
+        INSTALL.call_once(|| {
+            let _ = log::set_boxed_logger(Box::new(ThreadLog));
+            log::set_max_level(log::LevelFilter::Trace);
+        });
+    }
+
+    /// The lines logged on this thread so far.
+    pub fn lines() -> Vec<String> {
+        LINES.with(|lines| lines.borrow().clone())
+    }
+}
+
+/// The lines this test logged that contain `needle`.
+fn logged(needle: &str) -> Vec<String> {
+    captured::lines().into_iter().filter(|l| l.contains(needle)).collect()
 }
 
 /// A flock driven by a fake clock, with a fake pid allocator standing in
@@ -61,6 +108,7 @@ struct Harness {
 
 impl Harness {
     fn new(policy: Policy) -> Harness {
+        captured::install();
         let t0 = Instant::now();
         Harness {
             flock: Flock::new(policy, FIRST_COMMAND, t0),
@@ -115,6 +163,12 @@ impl Harness {
     /// The pids serving slots 0..n.
     fn serving_pids(&self, n: usize) -> Vec<Pid> {
         (0..n).map(|slot| self.pid_of(slot)).collect()
+    }
+
+    /// Ticks to `at` (since t0) and the pids then serving, slot by slot.
+    fn serving_pids_after(&mut self, at: Duration) -> Vec<Pid> {
+        self.at(at);
+        self.serving_pids(self.flock.desired())
     }
 
     /// The worker started last.

@@ -177,6 +177,8 @@ fn a_reload_refused_during_a_roll_sends_nothing_upward_and_the_roll_goes_on() {
 #[test]
 fn a_worker_forked_for_one_generation_is_recorded_in_it_though_a_reload_came_in_the_same_pass() {
     let mut h = Harness::ready(reload_policy(2));
+    // Twice in a row: slot 0 waits out a backoff.
+    h.exit(h.pid_of(0), ExitStatus::Code(1));
     h.exit(h.pid_of(0), ExitStatus::Code(1));
     // The slot's backoff is over: this pass asks for a generation-1 worker...
     h.now += 100 * MS;
@@ -316,8 +318,7 @@ fn a_reload_refused_for_readiness_keeps_the_running_command() {
     p.readiness = Readiness::NodeIpc;
     let actions = reload(&mut h, 4, p);
     assert!(actions.contains(&Action::ReleaseCommand(command_of(4))));
-    h.exit(h.pid_of(0), ExitStatus::Code(1));
-    let respawned = h.run_until(Duration::from_secs(5));
+    let respawned = h.exit(h.pid_of(0), ExitStatus::Code(1));
     let orders: Vec<CommandId> = respawned
         .iter()
         .filter_map(|a| match a {
@@ -343,4 +344,29 @@ fn commands_are_released_when_their_generation_is_done() {
     let refused_during = reload(&mut h, 4, reload_policy(1));
     assert!(!during.iter().any(|a| matches!(a, Action::ReleaseCommand(_))));
     assert!(refused_during.contains(&Action::ReleaseCommand(command_of(4))));
+}
+
+#[test]
+fn a_new_worker_that_says_it_is_leaving_before_it_is_ready_aborts_the_reload() {
+    let mut h = Harness::ready(reload_policy(2));
+    let old = h.serving_pids(2);
+    reload(&mut h, 1, reload_policy(2));
+    let new = h.newest();
+    let actions = h.say(new, WorkerMessage::Stopping);
+    let (_, ok, message) = finished(&actions).expect("aborted");
+    assert!(!ok && message.contains("said it is stopping"), "{message}");
+    assert_eq!(h.ready_pids(), old);
+}
+
+#[test]
+fn a_replaced_worker_is_logged_with_why() {
+    let mut h = Harness::ready(reload_policy(1));
+    let old = h.pid_of(0);
+    reload(&mut h, 1, reload_policy(1));
+    ready_one_by_one(&mut h, 1);
+    assert_eq!(logged(&format!("(pid {old}) replaced by pid")).len(), 1);
+    assert_eq!(logged("(reload); sending SIGTERM").len(), 1);
+    assert_eq!(Retire::ReloadAborted.to_string(), "reload aborted");
+    assert_eq!(Retire::MemoryLimit.to_string(), "memory limit");
+    assert_eq!(Retire::MaxAge.to_string(), "max age");
 }

@@ -3,14 +3,17 @@
 use super::*;
 
 #[test]
-fn crashed_worker_is_replaced_in_the_same_slot_after_backoff() {
+fn a_crashed_worker_is_replaced_in_its_slot_at_once_the_first_time() {
     let mut h = Harness::serving(policy(2));
     let old = h.pid_of(1);
-    assert!(spawns(&h.exit(old, ExitStatus::Signaled(Signal::SIGKILL))).is_empty());
-    assert_eq!(h.flock.next_deadline(), Some(h.now + 100 * MS));
-    assert_eq!(spawns(&h.at(2100 * MS)), vec![1]);
+    assert_eq!(spawns(&h.exit(old, ExitStatus::Signaled(Signal::SIGKILL))), vec![1]);
     assert_ne!(h.pid_of(1), old);
     assert_eq!(statuses(&h.log).last().unwrap(), "1/2 ready · 1 restarts");
+    // A second crash in a row waits out backoff_initial.
+    let again = h.pid_of(1);
+    assert!(spawns(&h.exit(again, ExitStatus::Code(1))).is_empty());
+    assert_eq!(h.flock.next_deadline(), Some(h.now + 100 * MS));
+    assert_eq!(spawns(&h.at(2100 * MS)), vec![1]);
 }
 
 #[test]
@@ -20,22 +23,25 @@ fn backoff_doubles_per_failure_up_to_the_cap_then_resets_after_a_stable_run() {
     let mut h = Harness::new(p);
     h.start();
     let mut delays = Vec::new();
-    for _ in 0..6 {
+    for _ in 0..7 {
         let crashed_at = h.now;
-        h.exit(h.pid_of(0), ExitStatus::Code(1));
-        let respawn = h.flock.next_deadline().unwrap();
-        delays.push((respawn - crashed_at).as_millis());
-        h.now = respawn;
-        assert_eq!(spawns(&h.feed(Event::Tick)), vec![0]);
+        let actions = h.exit(h.pid_of(0), ExitStatus::Code(1));
+        if spawns(&actions).is_empty() {
+            let respawn = h.flock.next_deadline().unwrap();
+            delays.push((respawn - crashed_at).as_millis());
+            h.now = respawn;
+            assert_eq!(spawns(&h.feed(Event::Tick)), vec![0]);
+        } else {
+            delays.push(0);
+        }
     }
-    assert_eq!(delays, vec![100, 200, 400, 800, 1000, 1000]);
+    assert_eq!(delays, vec![0, 100, 200, 400, 800, 1000, 1000]);
 
     // Ready for backoff_reset (10 s): the next crash starts from the bottom again.
     let start = h.now - h.t0;
     h.run_until(start + 1000 * MS + Duration::from_secs(10));
-    let crashed_at = h.now;
-    h.exit(h.pid_of(0), ExitStatus::Code(1));
-    assert_eq!(h.flock.next_deadline().unwrap() - crashed_at, 100 * MS);
+    let again = h.exit(h.pid_of(0), ExitStatus::Code(1));
+    assert_eq!(spawns(&again), vec![0], "at once, as a first failure");
 }
 
 #[test]
@@ -43,58 +49,51 @@ fn a_crash_loop_stops_the_flock_and_exits_non_zero() {
     let mut h = Harness::new(policy(2));
     h.start();
     let mut exits = 0;
-    let mut outcome = None;
-    for _ in 0..50 {
-        for slot in 0..2 {
-            if let Some(w) = h
-                .flock
-                .workers()
-                .iter()
-                .find(|w| w.slot == slot && w.state == WorkerState::Starting)
-            {
-                let pid = w.pid;
+    // Every worker crashes the moment it starts, until the breaker trips.
+    for _ in 0..MAX_PASSES {
+        if h.flock.is_shutting_down() {
+            break;
+        }
+        let starting = h.flock.workers().iter().find(|w| w.is_starting()).map(|w| w.pid);
+        match starting {
+            Some(pid) => {
                 exits += 1;
                 h.exit(pid, ExitStatus::Code(3));
             }
-        }
-        let next = h.flock.next_deadline();
-        let actions = match next {
-            Some(deadline) => {
+            None => {
+                let deadline = h.flock.next_deadline().expect("a respawn is due");
                 h.now = deadline;
-                h.feed(Event::Tick)
+                h.feed(Event::Tick);
             }
-            None => Vec::new(),
-        };
-        outcome = actions.iter().chain(h.log.iter()).find_map(|a| match a {
-            Action::Exit { code, reason } => Some((*code, reason.clone())),
-            _ => None,
-        });
-        if outcome.is_some() || h.flock.workers().is_empty() && h.flock.is_shutting_down() {
-            break;
         }
     }
     // max_restarts = 5: the 6th unrequested exit in the window is the verdict.
     assert_eq!(exits, 6);
-    let stopping = h.log.contains(&Action::Notify(Upward::Stopping));
-    assert!(stopping);
+    assert!(h.log.contains(&Action::Notify(Upward::Stopping)));
     // The surviving worker is stopped gracefully, then the supervisor exits 1.
-    let survivor = h.flock.workers().first().map(|w| w.pid);
-    if let Some(pid) = survivor {
+    let survivors: Vec<Pid> = h.flock.workers().iter().map(|w| w.pid).collect();
+    let mut outcome = None;
+    for pid in survivors {
         assert!(signals(&h.log).contains(&(pid, Signal::SIGTERM)));
         let actions = h.exit(pid, ExitStatus::Code(0));
-        outcome = actions.iter().find_map(|a| match a {
+        outcome = outcome.or(actions.iter().find_map(|a| match a {
             Action::Exit { code, reason } => Some((*code, reason.clone())),
             _ => None,
-        });
+        }));
     }
+    let outcome = outcome.or(h.log.iter().find_map(|a| match a {
+        Action::Exit { code, reason } => Some((*code, reason.clone())),
+        _ => None,
+    }));
     let (code, reason) = outcome.expect("the supervisor exits");
     assert_eq!(code, 1);
     assert!(
         reason.starts_with("crash loop: 6 unrequested worker exits within 1m (max_restarts = 5)"),
         "{reason}"
     );
-    // Two initial spawns and two rounds of restarts; the 5th tolerated exit's
-    // restart was still in backoff when the 6th exit broke the loop.
+    // Two initial spawns, then restarts: the first of each slot at once, the
+    // next after their backoff; the 5th exit's restart was still in backoff
+    // when the 6th broke the loop.
     assert_eq!(spawns(&h.log).len(), 2 + 4);
 }
 
@@ -152,6 +151,17 @@ fn a_failed_fork_backs_off_like_a_crash() {
     let Some(Action::Spawn(order)) = actions.first().cloned() else {
         panic!("{actions:?}")
     };
+    // The first failure is retried at once, the next after the backoff.
+    let retried = h.flock.handle(
+        h.now,
+        Event::SpawnFailed {
+            order,
+            reason: "EAGAIN".into(),
+        },
+    );
+    let Some(Action::Spawn(order)) = retried.first().cloned() else {
+        panic!("{retried:?}")
+    };
     h.flock.handle(
         h.now,
         Event::SpawnFailed {
@@ -165,24 +175,22 @@ fn a_failed_fork_backs_off_like_a_crash() {
 #[test]
 fn backoff_sequence() {
     let p = policy(1).restart;
-    let seq: Vec<u128> = (0..6).map(|n| backoff(&p, n).as_millis()).collect();
-    assert_eq!(seq, vec![100, 200, 400, 800, 1000, 1000]);
+    let seq: Vec<u128> = (0..7).map(|n| backoff(&p, n).as_millis()).collect();
+    assert_eq!(seq, vec![0, 100, 200, 400, 800, 1000, 1000]);
     assert_eq!(backoff(&p, 1000), 1000 * MS);
 }
 
 #[test]
 fn a_crash_soon_after_a_ready_restart_backs_off_further() {
     let mut h = Harness::serving(policy(1));
-    h.exit(h.pid_of(0), ExitStatus::Code(1));
-    assert_eq!(h.flock.next_deadline(), Some(h.t0 + 2100 * MS));
-    h.at(2100 * MS);
-    h.at(3100 * MS);
+    assert_eq!(spawns(&h.exit(h.pid_of(0), ExitStatus::Code(1))), vec![0]);
+    h.at(3000 * MS);
     assert!(h.flock.workers()[0].is_ready());
     // Ready for 1 s only, well short of backoff_reset (10 s): the slot's
-    // failures still count, so the next delay doubles.
-    h.at(4100 * MS);
+    // failures still count, so this one waits out backoff_initial.
+    h.at(4000 * MS);
     h.exit(h.pid_of(0), ExitStatus::Code(1));
-    assert_eq!(h.flock.next_deadline(), Some(h.t0 + 4300 * MS));
+    assert_eq!(h.flock.next_deadline(), Some(h.t0 + 4100 * MS));
     assert_eq!(h.flock.slot_restarts(0), 2);
     assert_eq!(h.flock.total_restarts(), 2);
 }
@@ -247,5 +255,43 @@ fn a_crash_loop_through_ready_timeouts_forks_nothing_after_giving_up() {
         spawns(&h.log[gave_up..]).is_empty(),
         "forked after giving up: {:?}",
         &h.log[gave_up..]
+    );
+}
+
+#[test]
+fn the_log_says_when_a_slot_is_refilled() {
+    let mut h = Harness::serving(policy(2));
+    h.exit(h.pid_of(0), ExitStatus::Code(1));
+    assert_eq!(logged("; restarting it now").len(), 1);
+    h.exit(h.pid_of(0), ExitStatus::Code(1));
+    assert_eq!(logged("; restarting in 100ms").len(), 1);
+    // A spawn ordered in the pass a scale-down retired its slot, and failed.
+    let mut h = Harness::serving(policy(2));
+    h.exit(h.pid_of(1), ExitStatus::Code(1));
+    h.exit(h.pid_of(1), ExitStatus::Code(1));
+    h.now += 100 * MS;
+    let tick = h.flock.handle(h.now, Event::Tick);
+    let Some(Action::Spawn(order)) = tick.first().cloned() else {
+        panic!("{tick:?}")
+    };
+    h.flock.handle(h.now, Event::Request(Request::ScaleDown));
+    let reason = "EAGAIN".to_string();
+    h.flock.handle(h.now, Event::SpawnFailed { order, reason });
+    assert_eq!(logged("not restarted (slot retired)").len(), 1);
+    assert!(
+        h.flock.next_deadline().is_none_or(|d| d > h.now),
+        "nothing waits for slot 1"
+    );
+}
+
+#[test]
+fn failures_exactly_a_window_apart_both_count() {
+    let mut h = Harness::serving(crash_limit(1, Duration::from_secs(5)));
+    h.exit(h.pid_of(0), ExitStatus::Code(1));
+    h.at(7000 * MS);
+    h.exit(h.pid_of(0), ExitStatus::Code(1));
+    assert!(
+        h.flock.is_shutting_down(),
+        "2 exits within 5 s (to the nanosecond) with max_restarts = 1"
     );
 }

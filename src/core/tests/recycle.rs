@@ -1,0 +1,100 @@
+//! Recycling by age: each worker replaced once it has run `max_age` plus its
+//! jitter, replacement first, within the surge, one at a time and spread out.
+
+use super::*;
+
+fn aging(workers: usize, max_age: Duration, jitter: Duration) -> Policy {
+    let mut p = policy(workers);
+    p.recycle = RecyclePolicy {
+        max_age: Some(max_age),
+        jitter,
+    };
+    p
+}
+
+#[test]
+fn every_worker_is_recycled_replacement_first_one_at_a_time() {
+    let mut h = Harness::new(aging(4, Duration::from_secs(3), Duration::from_secs(1)));
+    h.start();
+    let first: Vec<Pid> = h.serving_pids_after(1000 * MS);
+    let mut most_live = 0;
+    let mut t = 1000;
+    while t < 20_000 {
+        t += 50;
+        h.at(t * MS);
+        let live = h.flock.workers().iter().filter(|w| !w.is_stopping()).count();
+        most_live = most_live.max(live);
+        // Those told to stop drain and exit at once here.
+        let stopping: Vec<Pid> = h
+            .flock
+            .workers()
+            .iter()
+            .filter(|w| w.is_stopping())
+            .map(|w| w.pid)
+            .collect();
+        for pid in stopping {
+            h.exit(pid, ExitStatus::Code(0));
+        }
+    }
+    assert!(most_live <= 4 + 1, "never more than max_surge extra: {most_live}");
+    for pid in first {
+        assert!(
+            !h.flock.workers().iter().any(|w| w.pid == pid),
+            "worker {pid} was never recycled"
+        );
+    }
+    assert!(h.flock.recycled() >= 4);
+    assert_eq!(h.flock.total_restarts(), 0, "a recycle is not a crash");
+    assert_eq!(logged("reached its max age").len(), h.flock.recycled() as usize);
+}
+
+#[test]
+fn recycles_begin_a_spacing_apart_lowest_slot_first() {
+    // No jitter: all four are due at 3 s; they begin 750 ms apart, slot by slot.
+    let mut h = Harness::new(aging(4, Duration::from_secs(3), Duration::ZERO));
+    h.start();
+    let mut begun: Vec<(Pid, usize, u32)> = Vec::new();
+    let mut t = 0;
+    while t < 6000 {
+        t += 10;
+        h.at(t * MS);
+        for worker in h.flock.workers() {
+            if worker.retiring() == Some(Retire::MaxAge) && !begun.iter().any(|(pid, ..)| *pid == worker.pid) {
+                begun.push((worker.pid, worker.slot, t));
+            }
+        }
+    }
+    let slots: Vec<usize> = begun.iter().map(|(_, slot, _)| *slot).collect();
+    let times: Vec<u32> = begun.iter().map(|(.., t)| *t).collect();
+    assert_eq!(slots[..4], [0, 1, 2, 3]);
+    assert_eq!(times[..4], [3000, 3750, 4500, 5250]);
+    assert_eq!(h.flock.recycle_deadline().map(|d| d > h.now), Some(true));
+}
+
+#[test]
+fn the_jitter_is_drawn_once_per_worker() {
+    let mut h = Harness::new(aging(8, Duration::from_secs(60), Duration::from_secs(30)));
+    h.start();
+    let due: Vec<Instant> = h.flock.workers().iter().map(|w| w.recycle_at.unwrap()).collect();
+    for at in &due {
+        let offset = at.duration_since(h.t0);
+        assert!(
+            offset >= Duration::from_secs(60) && offset < Duration::from_secs(90),
+            "{offset:?}"
+        );
+    }
+    let distinct: std::collections::BTreeSet<Instant> = due.iter().copied().collect();
+    assert!(distinct.len() >= 7, "eight workers, eight draws: {due:?}");
+    h.run_until(Duration::from_secs(30));
+    let later: Vec<Instant> = h.flock.workers().iter().map(|w| w.recycle_at.unwrap()).collect();
+    assert_eq!(due, later, "drawn when it started, never again");
+}
+
+#[test]
+fn without_max_age_nothing_is_recycled() {
+    let mut h = Harness::serving(policy(2));
+    assert!(h.flock.workers().iter().all(|w| w.recycle_at.is_none()));
+    h.run_until(Duration::from_secs(600));
+    assert_eq!(h.flock.recycled(), 0);
+    assert_eq!(h.flock.recycle_deadline(), None);
+}
