@@ -8,6 +8,7 @@
 //!   recording fake.
 
 pub mod os;
+pub mod signals;
 pub mod supervisor;
 pub mod system;
 #[cfg(test)]

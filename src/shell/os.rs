@@ -8,7 +8,8 @@
 //! inside them. Children are reaped only when SIGCHLD said some exited.
 
 use std::collections::{HashMap, HashSet};
-use std::os::fd::AsFd;
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -19,10 +20,11 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
 use nix::unistd::Pid as NixPid;
-use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGTTIN, SIGTTOU};
+use signal_hook::consts::SIGCHLD;
 use signal_hook::iterator::backend::SignalDelivery;
 use signal_hook::iterator::exfiltrator::SignalOnly;
 
+use super::signals;
 use super::system::{ClientId, Input, System};
 use crate::config::{MemoryMeasure, Readiness};
 use crate::control::protocol::Reply;
@@ -34,8 +36,6 @@ use crate::systemd::sockets::Listeners;
 use crate::worker::links::Links;
 use crate::worker::proc_stats::{self, MemoryMeter};
 use crate::worker::spawn::{ExecReport, WorkerCommand, channel_fd_number};
-
-const HANDLED_SIGNALS: [i32; 6] = [SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGTTIN, SIGTTOU];
 
 /// How long an exiting sheepdog waits for systemd to read its last messages.
 const FINAL_FLUSH: Duration = Duration::from_secs(1);
@@ -50,6 +50,7 @@ const TAG_LINK: u64 = 1 << 32;
 const TAG_EXEC_REPORT: u64 = 2 << 32;
 const TAG_CONTROL: u64 = 3 << 32;
 const TAG_CLIENT: u64 = 4 << 32;
+const TAG_FAULTS: u64 = 5 << 32;
 const TAG_KIND: u64 = 0xffff_ffff << 32;
 
 pub struct Os {
@@ -63,6 +64,9 @@ pub struct Os {
     /// The workers forked and not reaped yet.
     workers: HashSet<Pid>,
     signals: SignalDelivery<UnixStream, SignalOnly>,
+    /// Fault signals someone sent (see `signals::watch_faults`), read end
+    /// and write end.
+    faults: (UnixStream, UnixStream),
     epoll: Epoll,
 }
 
@@ -70,6 +74,7 @@ pub struct Os {
 #[derive(Default)]
 struct Ready {
     signals: bool,
+    faults: bool,
     links: Vec<Pid>,
     exec_reports: Vec<Pid>,
     control: bool,
@@ -86,8 +91,14 @@ impl Os {
             end.set_nonblocking(true)
                 .map_err(|e| Error::from_io("cannot set up the signal pipe", e))?;
         }
-        let signals = SignalDelivery::with_pipe(read, write, SignalOnly, HANDLED_SIGNALS)
+        let signals = SignalDelivery::with_pipe(read, write, SignalOnly, signals::handled())
             .map_err(|e| Error::from_io("cannot install signal handlers", e))?;
+        let faults = UnixStream::pair().map_err(|e| Error::from_io("cannot create the signal pipe", e))?;
+        for end in [&faults.0, &faults.1] {
+            end.set_nonblocking(true)
+                .map_err(|e| Error::from_io("cannot set up the signal pipe", e))?;
+        }
+        signals::watch_faults(faults.1.as_raw_fd())?;
         let epoll =
             Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(|e| Error::from_errno("cannot create an epoll", e))?;
         epoll
@@ -95,6 +106,9 @@ impl Os {
                 signals.get_read().as_fd(),
                 EpollEvent::new(EpollFlags::EPOLLIN, TAG_SIGNALS),
             )
+            .map_err(|e| Error::from_errno("cannot watch the signal pipe", e))?;
+        epoll
+            .add(faults.0.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, TAG_FAULTS))
             .map_err(|e| Error::from_errno("cannot watch the signal pipe", e))?;
         epoll
             .add(control.listener_fd(), EpollEvent::new(EpollFlags::EPOLLIN, TAG_CONTROL))
@@ -113,6 +127,7 @@ impl Os {
             exec_reports: HashMap::new(),
             workers: HashSet::new(),
             signals,
+            faults,
             epoll,
         })
     }
@@ -145,6 +160,7 @@ impl Os {
                 TAG_EXEC_REPORT => ready.exec_reports.push(id as Pid),
                 TAG_CONTROL => ready.control = true,
                 TAG_CLIENT => ready.clients.push((id, event.events().contains(EpollFlags::EPOLLOUT))),
+                TAG_FAULTS => ready.faults = true,
                 _ => ready.signals = true,
             }
         }
@@ -269,6 +285,12 @@ impl System for Os {
         let mut inputs = Vec::new();
         if ready.signals {
             self.pending_signals(&mut inputs);
+        }
+        if ready.faults {
+            let mut sent = [0u8; 64];
+            while let Ok(n @ 1..) = (&self.faults.0).read(&mut sent) {
+                inputs.extend(sent[..n].iter().map(|signal| Input::Signal(i32::from(*signal))));
+            }
         }
         let now = Instant::now();
         if ready.control {

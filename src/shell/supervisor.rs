@@ -10,14 +10,17 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use log::{debug, error, info, warn};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGTTIN, SIGTTOU};
+use log::{error, info, warn};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGTTIN, SIGTTOU, SIGUSR1, SIGUSR2};
 
+use super::signals;
 use super::system::{ClientId, Input, System};
 use crate::config::{ListenAddr, Overrides, Settings};
 use crate::control::protocol::{Command, LastReload, Reply, StatusReport, SupervisorStatus, WaitingSlot, WorkerStatus};
+use crate::control::view;
 use crate::core::{Action, CommandId, Event, Flock, Policy, Request, Worker, WorkerState};
 use crate::error::ExitClass;
+use crate::logging::RateLimit;
 use crate::worker::spawn::{CommandContext, WorkerCommand};
 
 /// The command the flock starts with.
@@ -50,6 +53,8 @@ pub struct Supervisor<S: System> {
     next_ticket: u64,
     /// Control clients waiting for the outcome of the reload with this ticket.
     reload_waiters: HashMap<u64, ClientId>,
+    /// Signals of no meaning, logged at most 20 per 10 s.
+    ignored_signals: RateLimit,
 }
 
 impl<S: System> Supervisor<S> {
@@ -77,6 +82,7 @@ impl<S: System> Supervisor<S> {
             started,
             next_ticket: 1,
             reload_waiters: HashMap::new(),
+            ignored_signals: RateLimit::new(20, Duration::from_secs(10)),
         }
     }
 
@@ -144,18 +150,31 @@ impl<S: System> Supervisor<S> {
     /// need no decision are answered here.
     fn translate(&mut self, input: Input) -> Option<Event> {
         match input {
-            Input::Signal(signal @ (SIGTERM | SIGINT)) => {
-                info!("received {}", signal_name(signal));
+            Input::Signal(signal @ (SIGTERM | SIGINT | SIGQUIT)) => {
+                info!("received {}", signals::name(signal));
                 Some(Event::Request(Request::Stop))
             }
             Input::Signal(SIGTTIN) => Some(Event::Request(Request::ScaleUp)),
             Input::Signal(SIGTTOU) => Some(Event::Request(Request::ScaleDown)),
-            Input::Signal(SIGHUP) => {
-                info!("received SIGHUP: reloading");
+            Input::Signal(signal @ (SIGHUP | SIGUSR2)) => {
+                info!("received {}: reloading", signals::name(signal));
                 Some(self.reload_request(0))
             }
+            Input::Signal(SIGUSR1) => {
+                info!("received SIGUSR1: the flock now");
+                for line in view::render(&self.status_report()).lines().filter(|l| !l.is_empty()) {
+                    info!("  {line}");
+                }
+                None
+            }
             Input::Signal(other) => {
-                debug!("ignoring signal {other}");
+                let now = self.system.now();
+                if self.ignored_signals.allow(now) {
+                    warn!(
+                        "received {}: ignored (it means nothing to sheepdog; see `man sheepdog`)",
+                        signals::name(other)
+                    );
+                }
                 None
             }
             Input::Exited { pid, status } => Some(Event::Exited { pid, status }),
@@ -315,10 +334,4 @@ impl<S: System> Supervisor<S> {
                 .collect(),
         }
     }
-}
-
-fn signal_name(signal: i32) -> &'static str {
-    nix::sys::signal::Signal::try_from(signal)
-        .map(nix::sys::signal::Signal::as_str)
-        .unwrap_or("signal")
 }

@@ -25,6 +25,7 @@ use super::channel::{self, LineBuffer, MAX_DATAGRAM, MAX_IPC_LINE, WorkerMessage
 use super::spawn::WorkerExtras;
 use crate::config::{HeartbeatPolicy, Readiness};
 use crate::core::Pid;
+use crate::logging::RateLimit;
 
 /// The most a single worker may make the loop read in one pass, so that one
 /// flooding worker cannot starve the others.
@@ -436,29 +437,18 @@ fn private_dir() -> Result<PathBuf, String> {
 }
 
 /// Logs dropped messages at most 5 times per 10 s, then counts the rest.
-#[derive(Default)]
-struct DropLog {
-    window: Option<Instant>,
-    logged: u32,
-    suppressed: u32,
+struct DropLog(RateLimit);
+
+impl Default for DropLog {
+    fn default() -> DropLog {
+        DropLog(RateLimit::new(5, Duration::from_secs(10)))
+    }
 }
 
 impl DropLog {
     fn dropped(&mut self, now: Instant, slot: usize, pid: Pid, why: &str) {
-        let window = *self.window.get_or_insert(now);
-        if now.saturating_duration_since(window) >= Duration::from_secs(10) {
-            if self.suppressed > 0 {
-                warn!("{} more dropped worker messages were not logged", self.suppressed);
-            }
-            self.window = Some(now);
-            self.logged = 0;
-            self.suppressed = 0;
-        }
-        if self.logged < 5 {
-            self.logged += 1;
+        if self.0.allow(now) {
             warn!("dropped a message for worker {slot} (pid {pid}): {why}");
-        } else {
-            self.suppressed += 1;
         }
     }
 }
