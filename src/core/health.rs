@@ -73,13 +73,23 @@ impl Flock {
             return;
         }
         let timeout = self.policy.ready_timeout;
-        while let Some(index) = self
+        let late: Vec<Pid> = self
             .workers
             .iter()
-            .position(|w| w.is_starting() && now.saturating_duration_since(w.started_at) >= timeout)
-        {
-            let why = format!("was not ready within {}", format_duration(timeout));
-            self.condemn(now, index, Failure::NotReadyInTime, &why, actions);
+            .filter(|w| w.is_starting() && now.saturating_duration_since(w.started_at) >= timeout)
+            .map(|w| w.pid)
+            .collect();
+        let why = format!("was not ready within {}", format_duration(timeout));
+        for pid in late {
+            self.condemn_pid(now, pid, Failure::NotReadyInTime, &why, actions);
+        }
+    }
+
+    /// [`Flock::condemn`] by pid, if it is still there (a crash loop's
+    /// shutdown may have changed the table meanwhile).
+    fn condemn_pid(&mut self, now: Instant, pid: Pid, failure: Failure, why: &str, actions: &mut Vec<Action>) {
+        if let Some(index) = self.workers.iter().position(|w| w.pid == pid && !w.is_stopping()) {
+            self.condemn(now, index, failure, why, actions);
         }
     }
 
@@ -99,14 +109,15 @@ impl Flock {
     /// A ready worker silent for longer than the heartbeat timeout is hung.
     pub(super) fn kill_hung(&mut self, now: Instant, actions: &mut Vec<Action>) {
         let Some(heartbeat) = self.policy.heartbeat else { return };
-        while let Some(index) = self
+        let silent: Vec<(Pid, String)> = self
             .workers
             .iter()
-            .position(|w| w.is_ready() && now.saturating_duration_since(w.last_heartbeat) >= heartbeat.timeout)
-        {
-            let silent = seconds(now.saturating_duration_since(self.workers[index].last_heartbeat));
+            .filter(|w| w.is_ready() && now.saturating_duration_since(w.last_heartbeat) >= heartbeat.timeout)
+            .map(|w| (w.pid, seconds(now.saturating_duration_since(w.last_heartbeat))))
+            .collect();
+        for (pid, silent) in silent {
             let why = format!("missed heartbeats for {silent}");
-            self.condemn(now, index, Failure::Hung, &why, actions);
+            self.condemn_pid(now, pid, Failure::Hung, &why, actions);
         }
     }
 

@@ -204,8 +204,9 @@ impl Flock {
     /// at most `desired + max_surge` workers run at once.
     pub(super) fn fill_slots(&mut self, now: Instant, actions: &mut Vec<Action>) {
         self.budget.refill(now);
-        if self.desired > 0 {
-            self.slot_mut(self.desired - 1, now);
+        // A reload may have raised the count: every desired slot exists.
+        while self.slots.len() < self.desired {
+            self.slots.push(Slot::fresh(now));
         }
         let Occupancy {
             filled,

@@ -38,6 +38,7 @@ struct Fake {
     next_pid: Pid,
     effects: Vec<Effect>,
     memory: HashMap<Pid, u64>,
+    measurements: u32,
 }
 
 impl System for Fake {
@@ -68,6 +69,11 @@ impl System for Fake {
     }
 
     fn measure(&mut self, pids: &[Pid], _how: MemoryMeasure, _limit: Option<u64>) -> Vec<(Pid, u64)> {
+        self.measurements += 1;
+        assert!(
+            self.measurements < 10_000,
+            "measured without end: a pass that never finishes"
+        );
         pids.iter()
             .filter_map(|pid| self.memory.get(pid).map(|bytes| (*pid, *bytes)))
             .collect()
@@ -121,6 +127,7 @@ impl Harness {
             next_pid: 100,
             effects: Vec::new(),
             memory: HashMap::new(),
+            measurements: 0,
         };
         Harness {
             supervisor: Supervisor::new(&settings, source, context, command, fake),

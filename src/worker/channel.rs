@@ -109,34 +109,27 @@ impl LineBuffer {
 
     /// Feeds bytes; returns the complete lines (without '\n') or errors for
     /// overlong ones.
-    pub fn push(&mut self, mut bytes: &[u8]) -> Vec<Result<Vec<u8>, String>> {
+    pub fn push(&mut self, bytes: &[u8]) -> Vec<Result<Vec<u8>, String>> {
         let mut out = Vec::new();
-        while !bytes.is_empty() {
-            match bytes.iter().position(|b| *b == b'\n') {
-                Some(end) => {
-                    if self.discarding {
-                        self.discarding = false;
-                    } else if self.pending.len() + end > self.max {
-                        out.push(Err(format!("line longer than {} bytes", self.max)));
-                    } else {
-                        self.pending.extend_from_slice(&bytes[..end]);
-                        out.push(Ok(std::mem::take(&mut self.pending)));
-                    }
+        for piece in bytes.split_inclusive(|b| *b == b'\n') {
+            let (text, complete) = match piece.strip_suffix(b"\n") {
+                Some(text) => (text, true),
+                None => (piece, false),
+            };
+            if !self.discarding {
+                if self.pending.len() + text.len() > self.max {
+                    out.push(Err(format!("line longer than {} bytes", self.max)));
                     self.pending.clear();
-                    bytes = &bytes[end + 1..];
+                    self.discarding = true;
+                } else {
+                    self.pending.extend_from_slice(text);
                 }
-                None => {
-                    if !self.discarding {
-                        if self.pending.len() + bytes.len() > self.max {
-                            out.push(Err(format!("line longer than {} bytes", self.max)));
-                            self.pending.clear();
-                            self.discarding = true;
-                        } else {
-                            self.pending.extend_from_slice(bytes);
-                        }
-                    }
-                    bytes = &[];
+            }
+            if complete {
+                if !std::mem::take(&mut self.discarding) {
+                    out.push(Ok(std::mem::take(&mut self.pending)));
                 }
+                self.pending.clear();
             }
         }
         out
@@ -196,6 +189,12 @@ mod tests {
         assert_eq!(parse_ipc_line(br#"{"anything":[1,2]}"#), Ok(Some(Heartbeat)));
         assert_eq!(parse_ipc_line(br#"{"cmd":"NODE_HANDLE_ACK"}"#), Ok(None));
         assert!(parse_ipc_line(b"{not json").unwrap_err().starts_with("not JSON"));
+        // The log shows what was sent, cut at 80 characters.
+        let long = format!("{{{}", "x".repeat(200));
+        let error = parse_ipc_line(long.as_bytes()).unwrap_err();
+        assert!(error.ends_with(&format!("\"{{{}\"", "x".repeat(79))), "{error}");
+        let error = parse_notify(b"hello world").unwrap_err();
+        assert!(error.ends_with("\"hello world\""), "{error}");
         assert!(parse_ipc_line(b"\xff").is_err());
     }
 

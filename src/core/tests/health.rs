@@ -425,3 +425,21 @@ fn suicides_at_boot_trip_the_crash_loop_breaker() {
         spawns(&h.log).len()
     );
 }
+
+#[test]
+fn a_closed_channel_is_a_warning_only_for_a_worker_still_serving() {
+    let mut p = notify_policy(2);
+    p.readiness = Readiness::NodeIpc;
+    let mut h = Harness::ready(p);
+    let (serving, leaving) = (h.pid_of(0), h.pid_of(1));
+    h.now += 600 * MS;
+    h.say(leaving, WorkerMessage::Stopping);
+    h.say(leaving, WorkerMessage::ChannelClosed);
+    assert!(logged("closed its IPC channel").iter().all(|l| l.starts_with("DEBUG")));
+    h.say(serving, WorkerMessage::ChannelClosed);
+    let warned = logged(&format!(
+        "(pid {serving}) closed its IPC channel; it can no longer send heartbeats"
+    ));
+    assert_eq!(warned.len(), 1);
+    assert!(warned[0].starts_with("WARN"), "{warned:?}");
+}

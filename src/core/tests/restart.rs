@@ -295,3 +295,13 @@ fn failures_exactly_a_window_apart_both_count() {
         "2 exits within 5 s (to the nanosecond) with max_restarts = 1"
     );
 }
+
+#[test]
+fn a_crash_is_logged_with_its_uptime_and_status() {
+    let mut h = Harness::serving(policy(1));
+    let pid = h.pid_of(0);
+    h.at(2500 * MS);
+    h.exit(pid, ExitStatus::Signaled(Signal::SIGSEGV));
+    let lines = logged(&format!("worker 0 (pid {pid}) was killed by SIGSEGV after 2.5s"));
+    assert_eq!(lines.len(), 1, "{:?}", captured::lines());
+}
