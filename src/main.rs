@@ -88,7 +88,7 @@ fn set_up(settings: &Settings, overrides: Overrides, journal: bool) -> Result<Su
         inherited: listeners.inherited,
         watchdog,
     };
-    let os = Os::new(settings.readiness, listeners, control)?;
+    let os = Os::new(settings.channel, listeners, control)?;
     Ok(Supervisor::new(settings, source, context, command, os))
 }
 

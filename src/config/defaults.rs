@@ -23,6 +23,8 @@ pub const MAX_SPAWN_RATE: u32 = 20;
 pub const MIN_UPTIME: Duration = Duration::from_secs(5);
 pub const MAX_AGE_JITTER: Duration = Duration::ZERO;
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+/// The message sheepdog pings node-ipc workers with (`{pid}`: the worker's pid).
+pub const HEARTBEAT_PING: &str = "ping";
 /// The heartbeat timeout, in intervals: the classic three missed pongs.
 pub const HEARTBEAT_TIMEOUTS: u32 = 3;
 pub const MEMORY_INTERVAL: Duration = Duration::from_secs(5);

@@ -26,6 +26,7 @@ pub(super) struct FileConfig {
     pub working_directory: Option<Spanned<PathBuf>>,
     pub env: Option<BTreeMap<String, String>>,
     pub readiness: Option<Readiness>,
+    pub channel: Option<Spanned<Channel>>,
     pub ready_delay: Option<HumanDuration>,
     pub ready_timeout: Option<HumanDuration>,
     pub max_surge: Option<Spanned<u32>>,
@@ -52,6 +53,7 @@ pub(super) struct FileConfig {
 pub(super) struct HeartbeatFile {
     interval: Option<Spanned<HumanDuration>>,
     timeout: Option<Spanned<HumanDuration>>,
+    ping: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -364,17 +366,37 @@ impl FileConfig {
         duration(&self.stop_timeout, defaults::STOP_TIMEOUT)
     }
 
-    /// `[heartbeat]`: only with a protocol a worker can heartbeat over.
-    pub fn heartbeat(&self, readiness: Readiness, source: &Source) -> Result<Option<HeartbeatPolicy>, Error> {
+    /// `channel`: the readiness protocol's, or, with `readiness = "none"`,
+    /// any.
+    pub fn channel(&self, readiness: Readiness, source: &Source) -> Result<Channel, Error> {
+        match &self.channel {
+            None => Ok(readiness.channel()),
+            Some(channel) if readiness == Readiness::None || *channel.get_ref() == readiness.channel() => {
+                Ok(*channel.get_ref())
+            }
+            Some(channel) => Err(source.invalid(
+                channel.span(),
+                "channel",
+                format!(
+                    "readiness = \"{readiness}\" speaks over channel \"{}\"; another channel goes with readiness = \"none\"",
+                    readiness.channel()
+                ),
+            )),
+        }
+    }
+
+    /// `[heartbeat]`: only with a channel a worker can heartbeat over.
+    pub fn heartbeat(&self, channel: Channel, source: &Source) -> Result<Option<HeartbeatPolicy>, Error> {
         let Some(section) = &self.heartbeat else {
             return Ok(None);
         };
         let heartbeat = section.get_ref();
-        if readiness == Readiness::None {
+        if channel == Channel::None {
             return Err(source.invalid(
                 section.span(),
                 "heartbeat",
-                "needs readiness = \"notify\" or \"node-ipc\": with \"none\" a worker cannot send heartbeats",
+                "needs a channel to send them over: readiness = \"notify\" or \"node-ipc\", or \
+                 channel = \"node-ipc\" (or \"notify\") with readiness = \"none\"",
             ));
         }
         let interval = interval(
@@ -401,6 +423,25 @@ impl FileConfig {
             ));
         }
         Ok(Some(HeartbeatPolicy { interval, timeout }))
+    }
+
+    /// `[heartbeat] ping`: what node-ipc workers are pinged with.
+    pub fn heartbeat_ping(&self, channel: Channel, source: &Source) -> Result<String, Error> {
+        let ping = self.heartbeat.as_ref().and_then(|h| h.get_ref().ping.as_ref());
+        match ping {
+            None => Ok(defaults::HEARTBEAT_PING.to_string()),
+            Some(ping) if channel != Channel::NodeIpc => Err(source.invalid(
+                ping.span(),
+                "heartbeat.ping",
+                "is for node-ipc workers: over notify a worker sends WATCHDOG=1 by itself",
+            )),
+            Some(ping) if ping.get_ref().is_empty() => Err(source.invalid(
+                ping.span(),
+                "heartbeat.ping",
+                "is empty: e.g. \"ping\", or \"ping#{pid}\" for workers that answer their own pid",
+            )),
+            Some(ping) => Ok(ping.get_ref().clone()),
+        }
     }
 
     /// `[memory]`.

@@ -33,10 +33,13 @@ pub struct Settings {
     pub working_directory: Option<PathBuf>,
     pub env: BTreeMap<String, String>,
     pub readiness: Readiness,
+    pub channel: Channel,
     pub ready_delay: Duration,
     pub ready_timeout: Duration,
     pub max_surge: u32,
     pub heartbeat: Option<HeartbeatPolicy>,
+    /// The message node-ipc workers are pinged with.
+    pub heartbeat_ping: String,
     pub memory: MemoryPolicy,
     pub stop_signal: Signal,
     pub stop_timeout: Duration,
@@ -90,6 +93,7 @@ impl Settings {
         let command = file.command(overrides, &source)?;
         let (workers, min_ready) = file.workers(overrides, &source)?;
         let readiness = file.readiness.unwrap_or(defaults::READINESS);
+        let channel = file.channel(readiness, &source)?;
         // Relative paths in a config file are relative to the file, not to
         // wherever sheepdog happened to be started from (joining an absolute
         // path keeps it as it is).
@@ -104,10 +108,12 @@ impl Settings {
             working_directory: file.working_directory.as_ref().map(|w| relative_to_file(w.get_ref())),
             env: file.env.clone().unwrap_or_default(),
             readiness,
+            channel,
             ready_delay: file.ready_delay(),
             ready_timeout: file.ready_timeout(),
             max_surge: file.max_surge(&source)?,
-            heartbeat: file.heartbeat(readiness, &source)?,
+            heartbeat: file.heartbeat(channel, &source)?,
+            heartbeat_ping: file.heartbeat_ping(channel, &source)?,
             memory: file.memory(&source)?,
             stop_signal: file.stop_signal.map_or(defaults::STOP_SIGNAL, |s| s.0),
             stop_timeout: file.stop_timeout(),
@@ -339,7 +345,7 @@ NODE_ENV = "production"
     #[test]
     fn health_sections_are_validated() {
         let e = error("command = [\"x\"]\n[heartbeat]\ninterval = \"1s\"\n");
-        assert!(e.starts_with("app.toml:2:1: heartbeat: needs readiness"), "{e}");
+        assert!(e.starts_with("app.toml:2:1: heartbeat: needs a channel to send them over"), "{e}");
         let e = error("command = [\"x\"]\nreadiness = \"notify\"\n[heartbeat]\ninterval = \"2s\"\ntimeout = \"1s\"\n");
         assert!(
             e.starts_with("app.toml:5:11: heartbeat.timeout: 1s must be longer than the interval 2s"),
@@ -560,5 +566,24 @@ NODE_ENV = "production"
         assert!(e.contains("expected a duration such as \"5s\" or \"500ms\""), "{e}");
         let e = error("command = [\"x\"]\n[memory]\nlimit = [1]\n");
         assert!(e.contains("expected a size such as \"700MiB\""), "{e}");
+    }
+
+    #[test]
+    fn a_channel_of_its_own_for_workers_that_never_say_ready() {
+        let s = parse("command = [\"x\"]\nchannel = \"node-ipc\"\n[heartbeat]\nping = \"ping#{pid}\"\n").unwrap();
+        assert_eq!((s.readiness, s.channel), (Readiness::None, Channel::NodeIpc));
+        assert_eq!(s.heartbeat_ping, "ping#{pid}");
+        assert!(s.heartbeat.is_some());
+        let s = parse("command = [\"x\"]\nreadiness = \"notify\"\n").unwrap();
+        assert_eq!(s.channel, Channel::Notify, "the protocol's own by default");
+        assert_eq!(s.heartbeat_ping, "ping");
+        let e = error("command = [\"x\"]\nreadiness = \"notify\"\nchannel = \"node-ipc\"\n");
+        assert!(e.starts_with("app.toml:3:11: channel: readiness = \"notify\" speaks over channel \"notify\""), "{e}");
+        let e = error("command = [\"x\"]\nreadiness = \"notify\"\n[heartbeat]\nping = \"hi\"\n");
+        assert!(e.starts_with("app.toml:4:8: heartbeat.ping: is for node-ipc workers"), "{e}");
+        let e = error("command = [\"x\"]\nreadiness = \"node-ipc\"\n[heartbeat]\nping = \"\"\n");
+        assert!(e.contains("heartbeat.ping: is empty"), "{e}");
+        let again = parse(&parse("command = [\"x\"]\nchannel = \"node-ipc\"\n[heartbeat]\nping = \"p\\\"q\"\n").unwrap().describe());
+        assert_eq!(again.unwrap().heartbeat_ping, "p\"q", "check's printout keeps it");
     }
 }

@@ -18,6 +18,7 @@ struct Printed<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     working_directory: Option<String>,
     readiness: String,
+    channel: String,
     ready_delay: String,
     ready_timeout: String,
     max_surge: u32,
@@ -51,6 +52,8 @@ struct Printed<'a> {
 struct PrintedHeartbeat {
     interval: String,
     timeout: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ping: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -72,6 +75,7 @@ impl Settings {
             listen: self.listen.iter().map(ToString::to_string).collect(),
             working_directory: self.working_directory.as_ref().map(|d| d.display().to_string()),
             readiness: self.readiness.to_string(),
+            channel: self.channel.to_string(),
             ready_delay: format_duration(self.ready_delay),
             ready_timeout: format_duration(self.ready_timeout),
             max_surge: self.max_surge,
@@ -94,6 +98,7 @@ impl Settings {
             heartbeat: self.heartbeat.map(|h| PrintedHeartbeat {
                 interval: format_duration(h.interval),
                 timeout: format_duration(h.timeout),
+                ping: (self.channel == super::Channel::NodeIpc).then(|| self.heartbeat_ping.clone()),
             }),
             memory: PrintedMemory {
                 limit: self.memory.limit.map(format_size_exact),

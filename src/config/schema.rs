@@ -42,6 +42,11 @@ pub const KEYS: &[Key] = &[
         meaning: "how a worker says it is ready (and alive): `\"notify\"`, `\"node-ipc\"` or `\"none\"`, see [Readiness and heartbeats](#readiness-and-heartbeats)",
     },
     Key {
+        key: "channel",
+        default: "`readiness`'s",
+        meaning: "the channel a worker gets to sheepdog: `\"notify\"`, `\"node-ipc\"` or `\"none\"`; only with `readiness = \"none\"` may it differ, for heartbeats from workers that never say they are ready (classic cluster workers)",
+    },
+    Key {
         key: "ready_delay",
         default: "`\"1s\"`",
         meaning: "with `readiness = \"none\"`, how long a worker must stay up to count as ready",
@@ -134,7 +139,12 @@ pub const KEYS: &[Key] = &[
     Key {
         key: "heartbeat.interval",
         default: "`\"5s\"` (when the section is present)",
-        meaning: "how often sheepdog pings node-ipc workers; heartbeats need `notify` or `node-ipc`",
+        meaning: "how often sheepdog pings node-ipc workers; heartbeats need a channel (`notify` or `node-ipc`)",
+    },
+    Key {
+        key: "heartbeat.ping",
+        default: "`\"ping\"`",
+        meaning: "what node-ipc workers are pinged with, a JSON string; `{pid}` is the worker's pid, e.g. `\"ping#{pid}\"` for workers that answer only their own; any message back counts as a heartbeat",
     },
     Key {
         key: "heartbeat.timeout",

@@ -176,6 +176,41 @@ impl fmt::Display for Readiness {
     }
 }
 
+impl Readiness {
+    /// The channel a readiness protocol speaks over.
+    pub fn channel(self) -> Channel {
+        match self {
+            Readiness::Notify => Channel::Notify,
+            Readiness::NodeIpc => Channel::NodeIpc,
+            Readiness::None => Channel::None,
+        }
+    }
+}
+
+/// The channel a worker gets to sheepdog, for readiness, heartbeats and
+/// "I am leaving": the readiness protocol's by default; with `readiness =
+/// "none"`, a channel of its own for heartbeats (classic cluster workers
+/// answer pings but never say they are ready).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Channel {
+    /// sd_notify datagrams on a socket of sheepdog's (`NOTIFY_SOCKET`).
+    Notify,
+    /// Node's IPC channel (`NODE_CHANNEL_FD`).
+    NodeIpc,
+    None,
+}
+
+impl fmt::Display for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(match self {
+            Channel::Notify => "notify",
+            Channel::NodeIpc => "node-ipc",
+            Channel::None => "none",
+        })
+    }
+}
+
 /// A signal named as in `kill -l`, with or without the SIG prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StopSignal(pub Signal);

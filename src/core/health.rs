@@ -8,7 +8,7 @@ use log::{debug, info, warn};
 
 use super::flock::{Flock, seconds, sigkill};
 use super::model::*;
-use crate::config::Readiness;
+use crate::config::{Channel, Readiness};
 use crate::units::{format_duration, format_size};
 use crate::worker::channel::WorkerMessage;
 
@@ -265,14 +265,18 @@ impl Flock {
         }
         self.timers.next_ping = now + interval;
         for worker in self.workers.iter().filter(|w| !w.is_stopping()) {
-            actions.push(Action::Ping { pid: worker.pid });
+            let message = self.policy.heartbeat_ping.replace("{pid}", &worker.pid.to_string());
+            actions.push(Action::Ping {
+                pid: worker.pid,
+                message,
+            });
         }
     }
 
     /// Heartbeats over Node IPC are asked for; over notify, workers send them.
     fn ping_interval(&self) -> Option<std::time::Duration> {
         let heartbeat = self.policy.heartbeat?;
-        (self.policy.readiness == Readiness::NodeIpc).then_some(heartbeat.interval)
+        (self.policy.channel == Channel::NodeIpc).then_some(heartbeat.interval)
     }
 
     pub(super) fn ping_deadline(&self) -> Option<Instant> {

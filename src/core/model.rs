@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::config::{HeartbeatPolicy, MemoryMeasure, Readiness, RecyclePolicy, RestartPolicy, Settings};
+use crate::config::{Channel, HeartbeatPolicy, MemoryMeasure, Readiness, RecyclePolicy, RestartPolicy, Settings};
 use crate::worker::channel::WorkerMessage;
 
 pub type Pid = i32;
@@ -116,9 +116,10 @@ pub enum Action {
         pid: Pid,
         signal: Signal,
     },
-    /// Send a heartbeat request on the worker's Node IPC channel.
+    /// Send `message` (a heartbeat request) on the worker's Node IPC channel.
     Ping {
         pid: Pid,
+        message: String,
     },
     /// Measure these workers' memory and report `Event::Measured`.
     Measure {
@@ -148,9 +149,12 @@ pub struct Policy {
     pub workers: usize,
     pub min_ready: usize,
     pub readiness: Readiness,
+    pub channel: Channel,
     pub ready_delay: Duration,
     pub ready_timeout: Duration,
     pub heartbeat: Option<HeartbeatPolicy>,
+    /// What node-ipc workers are pinged with; `{pid}` is the worker's pid.
+    pub heartbeat_ping: String,
     pub memory_limit: Option<u64>,
     pub memory_interval: Duration,
     pub memory_measure: MemoryMeasure,
@@ -169,9 +173,11 @@ impl Policy {
             workers: settings.workers as usize,
             min_ready: settings.min_ready as usize,
             readiness: settings.readiness,
+            channel: settings.channel,
             ready_delay: settings.ready_delay,
             ready_timeout: settings.ready_timeout,
             heartbeat: settings.heartbeat,
+            heartbeat_ping: settings.heartbeat_ping.clone(),
             memory_limit: settings.memory.limit,
             memory_interval: settings.memory.interval,
             memory_measure: settings.memory.measure,

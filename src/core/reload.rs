@@ -48,11 +48,16 @@ impl Flock {
             return;
         }
         actions.push(Action::Notify(Upward::Reloading));
-        if policy.readiness != self.policy.readiness {
-            let message = format!(
-                "readiness cannot change in a reload (\"{}\" to \"{}\"): restart the service instead",
-                self.policy.readiness, policy.readiness
-            );
+        let changed = if policy.readiness != self.policy.readiness {
+            Some(("readiness", self.policy.readiness.to_string(), policy.readiness.to_string()))
+        } else if policy.channel != self.policy.channel {
+            Some(("channel", self.policy.channel.to_string(), policy.channel.to_string()))
+        } else {
+            None
+        };
+        if let Some((key, from, to)) = changed {
+            let message =
+                format!("{key} cannot change in a reload (\"{from}\" to \"{to}\"): restart the service instead");
             self.refuse_reload(ticket, message, actions);
             actions.push(Action::ReleaseCommand(command));
             return;

@@ -26,7 +26,7 @@ use signal_hook::iterator::exfiltrator::SignalOnly;
 
 use super::signals;
 use super::system::{ClientId, Input, System};
-use crate::config::{MemoryMeasure, Readiness};
+use crate::config::{Channel, MemoryMeasure};
 use crate::control::protocol::Reply;
 use crate::control::server::{ClientInput, ControlServer};
 use crate::core::{ExitStatus, Pid, SpawnOrder, Upward};
@@ -84,8 +84,8 @@ struct Ready {
 impl Os {
     /// Installs the signal handlers (before any fork, so that no exit is
     /// missed) and makes sheepdog the reaper of its workers' orphans.
-    pub fn new(readiness: Readiness, listeners: Listeners, control: ControlServer) -> Result<Os, Error> {
-        let links = Links::new(readiness, channel_fd_number(listeners.sockets.len())).map_err(Error::os)?;
+    pub fn new(channel: Channel, listeners: Listeners, control: ControlServer) -> Result<Os, Error> {
+        let links = Links::new(channel, channel_fd_number(listeners.sockets.len())).map_err(Error::os)?;
         let (read, write) = UnixStream::pair().map_err(|e| Error::from_io("cannot create the signal pipe", e))?;
         for end in [&read, &write] {
             end.set_nonblocking(true)
@@ -356,8 +356,8 @@ impl System for Os {
         }
     }
 
-    fn ping(&mut self, pid: Pid) {
-        self.links.ping(pid);
+    fn ping(&mut self, pid: Pid, message: &str) {
+        self.links.ping(pid, message);
     }
 
     fn measure(&mut self, pids: &[Pid], how: MemoryMeasure, limit: Option<u64>) -> Vec<(Pid, u64)> {

@@ -243,7 +243,7 @@ impl<S: System> Supervisor<S> {
                 queue.extend(self.flock.handle(now, event));
             }
             Action::Signal { pid, signal } => self.system.signal(pid, signal),
-            Action::Ping { pid } => self.system.ping(pid),
+            Action::Ping { pid, message } => self.system.ping(pid, &message),
             Action::Measure { pids } => {
                 let policy = self.flock.policy();
                 let (how, limit) = (policy.memory_measure, policy.memory_limit);

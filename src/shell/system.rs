@@ -40,8 +40,8 @@ pub trait System {
     fn spawn(&mut self, order: &SpawnOrder, command: &WorkerCommand) -> Result<Pid, String>;
     /// Signals a worker's process group.
     fn signal(&mut self, pid: Pid, signal: Signal);
-    /// Asks a node-ipc worker for a heartbeat.
-    fn ping(&mut self, pid: Pid);
+    /// Asks a node-ipc worker for a heartbeat with `message`.
+    fn ping(&mut self, pid: Pid, message: &str);
     /// The memory of each worker's process tree; the gone ones are left out.
     fn measure(&mut self, pids: &[Pid], how: MemoryMeasure, limit: Option<u64>) -> Vec<(Pid, u64)>;
     /// A process's CPU use over its life, in % of one core.

@@ -26,7 +26,7 @@ enum Effect {
         pid: Pid,
         signal: Signal,
     },
-    Ping(Pid),
+    Ping(Pid, String),
     Notify(Upward),
     Reply(ClientId, Reply),
     Finish,
@@ -64,8 +64,8 @@ impl System for Fake {
         self.effects.push(Effect::Signal { pid, signal });
     }
 
-    fn ping(&mut self, pid: Pid) {
-        self.effects.push(Effect::Ping(pid));
+    fn ping(&mut self, pid: Pid, message: &str) {
+        self.effects.push(Effect::Ping(pid, message.to_string()));
     }
 
     fn measure(&mut self, pids: &[Pid], _how: MemoryMeasure, _limit: Option<u64>) -> Vec<(Pid, u64)> {

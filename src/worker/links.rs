@@ -23,7 +23,7 @@ use nix::sys::socket::{self, ControlMessageOwned, MsgFlags, sockopt};
 
 use super::channel::{self, LineBuffer, MAX_DATAGRAM, MAX_IPC_LINE, WorkerMessage};
 use super::spawn::WorkerExtras;
-use crate::config::{HeartbeatPolicy, Readiness};
+use crate::config::{Channel, HeartbeatPolicy};
 use crate::core::Pid;
 use crate::logging::RateLimit;
 
@@ -56,7 +56,7 @@ pub struct Prepared {
 }
 
 pub struct Links {
-    readiness: Readiness,
+    channel: Channel,
     /// The private (0700) directory of the notify sockets.
     dir: Option<PathBuf>,
     channel_fd: i32,
@@ -69,13 +69,13 @@ pub struct Links {
 }
 
 impl Links {
-    pub fn new(readiness: Readiness, channel_fd: i32) -> Result<Links, String> {
-        let dir = match readiness {
-            Readiness::Notify => Some(private_dir()?),
+    pub fn new(channel: Channel, channel_fd: i32) -> Result<Links, String> {
+        let dir = match channel {
+            Channel::Notify => Some(private_dir()?),
             _ => None,
         };
         Ok(Links {
-            readiness,
+            channel,
             dir,
             channel_fd,
             by_pid: HashMap::new(),
@@ -90,14 +90,14 @@ impl Links {
     /// policy of the generation it starts in.
     pub fn prepare(&mut self, slot: usize, heartbeat: Option<HeartbeatPolicy>) -> Result<Prepared, String> {
         self.sequence += 1;
-        match self.readiness {
-            Readiness::None => Ok(Prepared {
+        match self.channel {
+            Channel::None => Ok(Prepared {
                 extras: WorkerExtras::default(),
                 link: None,
                 child_end: None,
             }),
-            Readiness::Notify => {
-                let dir = self.dir.as_ref().expect("notify readiness has a directory");
+            Channel::Notify => {
+                let dir = self.dir.as_ref().expect("the notify channel has a directory");
                 let path = dir.join(format!("w{slot}-{}.sock", self.sequence));
                 let socket = UnixDatagram::bind(&path).map_err(|e| format!("cannot bind {}: {e}", path.display()))?;
                 socket::setsockopt(&socket, sockopt::PassCred, &true)
@@ -122,7 +122,7 @@ impl Links {
                     child_end: None,
                 })
             }
-            Readiness::NodeIpc => {
+            Channel::NodeIpc => {
                 let (ours, theirs) = UnixStream::pair().map_err(|e| format!("cannot create the IPC channel: {e}"))?;
                 ours.set_nonblocking(true)
                     .map_err(|e| format!("cannot set up the IPC channel: {e}"))?;
@@ -244,8 +244,9 @@ impl Links {
         messages
     }
 
-    /// Sends 'ping' on a node-ipc worker's channel; never blocks.
-    pub fn ping(&mut self, pid: Pid) {
+    /// Sends `message` (a heartbeat request) on a node-ipc worker's channel;
+    /// never blocks.
+    pub fn ping(&mut self, pid: Pid, message: &str) {
         let Some(Link::NodeIpc {
             stream,
             outbox,
@@ -255,8 +256,10 @@ impl Links {
         else {
             return;
         };
-        if outbox.len() + 7 <= MAX_OUTBOX {
-            outbox.extend_from_slice(b"\"ping\"\n");
+        // One JSON string per line, as Node's JSON serialization reads it.
+        let line = format!("{}\n", serde_json::Value::from(message));
+        if outbox.len() + line.len() <= MAX_OUTBOX {
+            outbox.extend_from_slice(line.as_bytes());
         }
         while !outbox.is_empty() {
             match stream.write(outbox) {

@@ -111,6 +111,7 @@ fn a_replacement_held_back_by_the_surge_is_no_deadline_so_the_loop_sleeps() {
 fn periodic_duties_are_due_every_interval() {
     let mut p = notify_policy(1);
     p.readiness = Readiness::NodeIpc;
+    p.channel = Channel::NodeIpc;
     p.memory_interval = 2000 * MS;
     p.watchdog = Some(4000 * MS);
     let mut h = Harness::new(p);

@@ -174,6 +174,7 @@ fn a_failed_memory_replacement_leaves_the_old_worker_serving() {
 fn node_ipc_workers_are_pinged_every_interval() {
     let mut p = notify_policy(2);
     p.readiness = Readiness::NodeIpc;
+    p.channel = Channel::NodeIpc;
     p.ready_timeout = 60_000 * MS;
     p.heartbeat = Some(HeartbeatPolicy {
         interval: 1000 * MS,
@@ -430,6 +431,7 @@ fn suicides_at_boot_trip_the_crash_loop_breaker() {
 fn a_closed_channel_is_a_warning_only_for_a_worker_still_serving() {
     let mut p = notify_policy(2);
     p.readiness = Readiness::NodeIpc;
+    p.channel = Channel::NodeIpc;
     let mut h = Harness::ready(p);
     let (serving, leaving) = (h.pid_of(0), h.pid_of(1));
     h.now += 600 * MS;
@@ -442,4 +444,38 @@ fn a_closed_channel_is_a_warning_only_for_a_worker_still_serving() {
     ));
     assert_eq!(warned.len(), 1);
     assert!(warned[0].starts_with("WARN"), "{warned:?}");
+}
+
+#[test]
+fn pings_carry_the_configured_message_with_the_workers_pid() {
+    let mut p = policy(2);
+    p.channel = Channel::NodeIpc;
+    p.heartbeat = Some(HeartbeatPolicy {
+        interval: 1000 * MS,
+        timeout: 3000 * MS,
+    });
+    p.heartbeat_ping = "ping#{pid}".into();
+    let mut h = Harness::new(p);
+    h.start();
+    let pings: Vec<(Pid, String)> = h
+        .at(1000 * MS)
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Ping { pid, message } => Some((pid, message)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(pings.len(), 2);
+    for (pid, message) in pings {
+        assert_eq!(message, format!("ping#{pid}"));
+    }
+    // Ready by delay (it never says so), then alive as long as it answers.
+    assert!(h.flock.workers().iter().all(|w| w.is_ready()));
+    let (a, b) = (h.pid_of(0), h.pid_of(1));
+    for at in [2000, 3000, 4000] {
+        h.now = h.t0 + at * MS;
+        h.say(a, WorkerMessage::Heartbeat);
+        h.feed(Event::Tick);
+    }
+    assert_eq!(signals(&h.log), vec![(b, Signal::SIGKILL)], "the silent one is hung");
 }

@@ -15,7 +15,7 @@ use nix::sys::signal::Signal;
 
 use super::restart::backoff;
 use super::*;
-use crate::config::{HeartbeatPolicy, MAX_WORKERS, MemoryMeasure, Readiness, RecyclePolicy, RestartPolicy};
+use crate::config::{Channel, HeartbeatPolicy, MAX_WORKERS, MemoryMeasure, Readiness, RecyclePolicy, RestartPolicy};
 use crate::worker::channel::WorkerMessage;
 
 const MS: Duration = Duration::from_millis(1);
@@ -29,9 +29,11 @@ fn policy(workers: usize) -> Policy {
         workers,
         min_ready: workers,
         readiness: Readiness::None,
+        channel: Channel::None,
         ready_delay: 1000 * MS,
         ready_timeout: 3000 * MS,
         heartbeat: None,
+        heartbeat_ping: "ping".into(),
         memory_limit: None,
         memory_interval: Duration::from_secs(3600),
         memory_measure: MemoryMeasure::Pss,
@@ -276,6 +278,7 @@ fn crash_limit(max_restarts: u32, window: Duration) -> Policy {
 fn notify_policy(workers: usize) -> Policy {
     let mut p = policy(workers);
     p.readiness = Readiness::Notify;
+    p.channel = Channel::Notify;
     p.heartbeat = Some(HeartbeatPolicy {
         interval: 1000 * MS,
         timeout: 3000 * MS,

@@ -229,6 +229,7 @@ fn a_refused_reload_changes_nothing() {
     assert!(spawns(&actions).is_empty() && signals(&actions).is_empty());
     let mut p = reload_policy(2);
     p.readiness = Readiness::NodeIpc;
+    p.channel = Channel::NodeIpc;
     let (_, ok, message) = finished(&reload(&mut h, 6, p)).unwrap();
     assert!(!ok && message.starts_with("readiness cannot change"), "{message}");
 }
@@ -316,6 +317,7 @@ fn a_reload_refused_for_readiness_keeps_the_running_command() {
     let mut h = Harness::ready(reload_policy(1));
     let mut p = reload_policy(1);
     p.readiness = Readiness::NodeIpc;
+    p.channel = Channel::NodeIpc;
     let actions = reload(&mut h, 4, p);
     assert!(actions.contains(&Action::ReleaseCommand(command_of(4))));
     let respawned = h.exit(h.pid_of(0), ExitStatus::Code(1));
