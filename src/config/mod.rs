@@ -345,7 +345,10 @@ NODE_ENV = "production"
     #[test]
     fn health_sections_are_validated() {
         let e = error("command = [\"x\"]\n[heartbeat]\ninterval = \"1s\"\n");
-        assert!(e.starts_with("app.toml:2:1: heartbeat: needs a channel to send them over"), "{e}");
+        assert!(
+            e.starts_with("app.toml:2:1: heartbeat: needs a channel to send them over"),
+            "{e}"
+        );
         let e = error("command = [\"x\"]\nreadiness = \"notify\"\n[heartbeat]\ninterval = \"2s\"\ntimeout = \"1s\"\n");
         assert!(
             e.starts_with("app.toml:5:11: heartbeat.timeout: 1s must be longer than the interval 2s"),
@@ -578,12 +581,22 @@ NODE_ENV = "production"
         assert_eq!(s.channel, Channel::Notify, "the protocol's own by default");
         assert_eq!(s.heartbeat_ping, "ping");
         let e = error("command = [\"x\"]\nreadiness = \"notify\"\nchannel = \"node-ipc\"\n");
-        assert!(e.starts_with("app.toml:3:11: channel: readiness = \"notify\" speaks over channel \"notify\""), "{e}");
+        assert!(
+            e.starts_with("app.toml:3:11: channel: readiness = \"notify\" speaks over channel \"notify\""),
+            "{e}"
+        );
         let e = error("command = [\"x\"]\nreadiness = \"notify\"\n[heartbeat]\nping = \"hi\"\n");
-        assert!(e.starts_with("app.toml:4:8: heartbeat.ping: is for node-ipc workers"), "{e}");
+        assert!(
+            e.starts_with("app.toml:4:8: heartbeat.ping: is for node-ipc workers"),
+            "{e}"
+        );
         let e = error("command = [\"x\"]\nreadiness = \"node-ipc\"\n[heartbeat]\nping = \"\"\n");
         assert!(e.contains("heartbeat.ping: is empty"), "{e}");
-        let again = parse(&parse("command = [\"x\"]\nchannel = \"node-ipc\"\n[heartbeat]\nping = \"p\\\"q\"\n").unwrap().describe());
+        let again = parse(
+            &parse("command = [\"x\"]\nchannel = \"node-ipc\"\n[heartbeat]\nping = \"p\\\"q\"\n")
+                .unwrap()
+                .describe(),
+        );
         assert_eq!(again.unwrap().heartbeat_ping, "p\"q", "check's printout keeps it");
     }
 }

@@ -159,6 +159,9 @@ pub struct WorkerStatus {
     pub heartbeat_age_s: Option<f64>,
     /// The last STATUS= it sent.
     pub status: Option<String>,
+    /// TCP ports it listens on itself, not on the socket sheepdog passed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listens_itself: Vec<String>,
 }
 
 #[cfg(test)]
@@ -237,6 +240,7 @@ mod tests {
                 cpu_percent: Some(0.5),
                 heartbeat_age_s: None,
                 status: None,
+                listens_itself: vec!["127.0.0.1:3000".into()],
             }],
             waiting: vec![WaitingSlot {
                 slot: 1,

@@ -75,6 +75,15 @@ pub fn render(report: &StatusReport) -> String {
     let mut lines: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
     lines.extend(rows.into_iter().map(|(_, row)| row));
     out += &table(&lines);
+    for worker in report.workers.iter().filter(|w| !w.listens_itself.is_empty()) {
+        out += &format!(
+            "\nnote: worker {} (pid {}) listens on {} itself, not on the socket sheepdog passed: \
+             listen on fd 3 (Node: server.listen({{fd: 3}})) or load sheepdog's Node preload\n",
+            worker.slot,
+            worker.pid,
+            worker.listens_itself.join(", ")
+        );
+    }
     out
 }
 
@@ -221,6 +230,23 @@ mod tests {
         assert_eq!(
             lines[5],
             "1     12345  2    starting  1s      1         -       -     -"
+        );
+    }
+
+    #[test]
+    fn a_worker_listening_on_a_port_of_its_own_gets_a_note() {
+        let report = report(serde_json::json!({
+            "v": 1, "ok": true, "supervisor": supervisor("myapp", 42, 5.0, None),
+            "workers": [
+                {"slot": 0, "pid": 100, "generation": 1, "state": "ready", "uptime_s": 5.0, "restarts": 0,
+                 "memory_bytes": null, "cpu_percent": null, "heartbeat_age_s": null, "status": null,
+                 "listens_itself": ["0.0.0.0:3000"]}
+            ]
+        }));
+        let text = render(&report);
+        assert!(
+            text.contains("note: worker 0 (pid 100) listens on 0.0.0.0:3000 itself, not on the socket sheepdog passed"),
+            "{text}"
         );
     }
 

@@ -125,6 +125,7 @@ impl Flock {
             Event::Exited { pid, status } => self.on_exit(now, pid, status, &mut actions),
             Event::Message { pid, message } => self.on_message(now, pid, message, &mut actions),
             Event::Measured { pid, bytes } => self.on_measured(pid, bytes),
+            Event::Inspected { pid, own } => self.on_inspected(pid, own),
             Event::Request(request) => self.on_request(now, request, &mut actions),
         }
         self.reconcile(now, &mut actions);
@@ -201,6 +202,7 @@ impl Flock {
             memory: None,
             status: None,
             recycle_at: self.recycle_at(pid, order.slot, order.generation, now),
+            listens_itself: Vec::new(),
         };
         // Forked in the pass that began a shutdown, or for a generation that
         // a reload (or an abort) replaced meanwhile: it stops like the rest.

@@ -12,6 +12,9 @@ use crate::config::{Channel, Readiness};
 use crate::units::{format_duration, format_size};
 use crate::worker::channel::WorkerMessage;
 
+/// How long after its start a worker is looked at for ports of its own.
+const INSPECT_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Periodic duties: pinging node-ipc workers, measuring memory, and pinging
 /// systemd's watchdog.
 #[derive(Debug, Clone)]
@@ -283,6 +286,8 @@ impl Flock {
         self.ping_interval().map(|_| self.timers.next_ping)
     }
 
+    /// Every memory interval: the memory of every live worker, and, for
+    /// the young ready ones, whether they listen on a port of their own.
     pub(super) fn measure(&mut self, now: Instant, actions: &mut Vec<Action>) {
         if now < self.timers.next_measure {
             return;
@@ -297,6 +302,34 @@ impl Flock {
         if !pids.is_empty() {
             actions.push(Action::Measure { pids });
         }
+        // A server binds its port while it starts: looking during a worker's
+        // first minute is enough, and costs nothing later (a busy worker
+        // has many fds to look through).
+        let young: Vec<Pid> = self
+            .workers
+            .iter()
+            .filter(|w| w.is_ready() && now.saturating_duration_since(w.started_at) < INSPECT_FOR)
+            .map(|w| w.pid)
+            .collect();
+        if !young.is_empty() {
+            actions.push(Action::Inspect { pids: young });
+        }
+    }
+
+    pub(super) fn on_inspected(&mut self, pid: Pid, own: Vec<String>) {
+        let Some(worker) = self.workers.iter_mut().find(|w| w.pid == pid) else {
+            return;
+        };
+        if !own.is_empty() && own != worker.listens_itself {
+            warn!(
+                "worker {} (pid {pid}) listens on {} itself, not on the socket sheepdog passed: no request to \
+                 sheepdog's socket reaches it there; listen on fd 3 (Node: server.listen({{fd: 3}})), or load \
+                 sheepdog's Node preload (see the README)",
+                worker.slot,
+                own.join(", ")
+            );
+        }
+        worker.listens_itself = own;
     }
 
     pub(super) fn measure_deadline(&self) -> Option<Instant> {

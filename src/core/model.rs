@@ -94,6 +94,11 @@ pub enum Event {
         pid: Pid,
         bytes: u64,
     },
+    /// The TCP ports a worker listens on itself, as `Action::Inspect` asked.
+    Inspected {
+        pid: Pid,
+        own: Vec<String>,
+    },
     Request(Request),
 }
 
@@ -123,6 +128,11 @@ pub enum Action {
     },
     /// Measure these workers' memory and report `Event::Measured`.
     Measure {
+        pids: Vec<Pid>,
+    },
+    /// Look for ports these workers listen on themselves (not the socket
+    /// sheepdog passed) and report `Event::Inspected`.
+    Inspect {
         pids: Vec<Pid>,
     },
     Notify(Upward),
@@ -279,6 +289,8 @@ pub struct Worker {
     pub status: Option<String>,
     /// When it is due to be recycled by age (`max_age`), if it ever is.
     pub recycle_at: Option<Instant>,
+    /// Ports it listens on itself instead of the socket sheepdog passed.
+    pub listens_itself: Vec<String>,
 }
 
 impl Worker {

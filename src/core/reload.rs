@@ -49,7 +49,11 @@ impl Flock {
         }
         actions.push(Action::Notify(Upward::Reloading));
         let changed = if policy.readiness != self.policy.readiness {
-            Some(("readiness", self.policy.readiness.to_string(), policy.readiness.to_string()))
+            Some((
+                "readiness",
+                self.policy.readiness.to_string(),
+                policy.readiness.to_string(),
+            ))
         } else if policy.channel != self.policy.channel {
             Some(("channel", self.policy.channel.to_string(), policy.channel.to_string()))
         } else {

@@ -35,6 +35,7 @@ use crate::systemd::notify::Notifier;
 use crate::systemd::sockets::Listeners;
 use crate::worker::links::Links;
 use crate::worker::proc_stats::{self, MemoryMeter};
+use crate::worker::sock_diag;
 use crate::worker::spawn::{ExecReport, WorkerCommand, channel_fd_number};
 
 /// How long an exiting sheepdog waits for systemd to read its last messages.
@@ -63,6 +64,8 @@ pub struct Os {
     exec_reports: HashMap<Pid, ExecReport>,
     /// The workers forked and not reaped yet.
     workers: HashSet<Pid>,
+    /// The inodes of the listening sockets workers are given.
+    passed_inodes: Vec<u64>,
     signals: SignalDelivery<UnixStream, SignalOnly>,
     /// Fault signals someone sent (see `signals::watch_faults`), read end
     /// and write end.
@@ -118,7 +121,9 @@ impl Os {
         if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
             warn!("cannot become a child subreaper: {}", e.desc());
         }
+        let passed_inodes = listeners.inodes();
         Ok(Os {
+            passed_inodes,
             listeners,
             control,
             links,
@@ -369,6 +374,19 @@ impl System for Os {
 
     fn cpu_percent(&self, pid: Pid) -> Option<f64> {
         proc_stats::cpu_percent(pid)
+    }
+
+    fn own_listeners(&self, pids: &[Pid]) -> Vec<(Pid, Vec<String>)> {
+        let listening = match sock_diag::listening_tcp() {
+            Ok(listening) => listening,
+            Err(e) => {
+                debug!("cannot list the listening sockets (sock_diag): {e}");
+                return Vec::new();
+            }
+        };
+        pids.iter()
+            .map(|&pid| (pid, proc_stats::own_listeners(pid, &listening, &self.passed_inodes)))
+            .collect()
     }
 
     fn notify(&mut self, message: &Upward) {

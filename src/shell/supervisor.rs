@@ -251,6 +251,11 @@ impl<S: System> Supervisor<S> {
                     queue.extend(self.flock.handle(now, Event::Measured { pid, bytes }));
                 }
             }
+            Action::Inspect { pids } => {
+                for (pid, own) in self.system.own_listeners(&pids) {
+                    queue.extend(self.flock.handle(now, Event::Inspected { pid, own }));
+                }
+            }
             Action::Notify(message) => self.system.notify(&message),
             Action::ReloadFinished { ticket, ok, message } => {
                 if let Some(client) = self.reload_waiters.remove(&ticket) {
@@ -302,6 +307,7 @@ impl<S: System> Supervisor<S> {
                 cpu_percent: self.system.cpu_percent(w.pid),
                 heartbeat_age_s: heartbeats.then(|| now.saturating_duration_since(w.last_heartbeat).as_secs_f64()),
                 status: w.status.clone(),
+                listens_itself: w.listens_itself.clone(),
             })
             .collect();
         StatusReport {

@@ -46,6 +46,9 @@ pub trait System {
     fn measure(&mut self, pids: &[Pid], how: MemoryMeasure, limit: Option<u64>) -> Vec<(Pid, u64)>;
     /// A process's CPU use over its life, in % of one core.
     fn cpu_percent(&self, pid: Pid) -> Option<f64>;
+    /// For each worker, the TCP ports it listens on itself, not the ones
+    /// passed to it.
+    fn own_listeners(&self, pids: &[Pid]) -> Vec<(Pid, Vec<String>)>;
     /// Tells systemd, without ever blocking.
     fn notify(&mut self, message: &Upward);
     fn reply(&mut self, client: ClientId, reply: &Reply);

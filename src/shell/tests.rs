@@ -39,6 +39,7 @@ struct Fake {
     effects: Vec<Effect>,
     memory: HashMap<Pid, u64>,
     measurements: u32,
+    own_ports: HashMap<Pid, Vec<String>>,
 }
 
 impl System for Fake {
@@ -81,6 +82,12 @@ impl System for Fake {
 
     fn cpu_percent(&self, _pid: Pid) -> Option<f64> {
         Some(1.5)
+    }
+
+    fn own_listeners(&self, pids: &[Pid]) -> Vec<(Pid, Vec<String>)> {
+        pids.iter()
+            .map(|pid| (*pid, self.own_ports.get(pid).cloned().unwrap_or_default()))
+            .collect()
     }
 
     fn notify(&mut self, message: &Upward) {
@@ -128,6 +135,7 @@ impl Harness {
             effects: Vec::new(),
             memory: HashMap::new(),
             measurements: 0,
+            own_ports: HashMap::new(),
         };
         Harness {
             supervisor: Supervisor::new(&settings, source, context, command, fake),
@@ -460,4 +468,34 @@ fn status_shows_a_slot_waiting_to_restart() {
     let waiting = &report.waiting[0];
     assert_eq!((waiting.slot, waiting.restarts), (0, 2));
     assert!((waiting.restart_in_s - 0.06).abs() < 1e-6, "{}", waiting.restart_in_s);
+}
+
+#[test]
+fn a_young_worker_listening_on_a_port_of_its_own_is_noticed() {
+    let mut h = Harness::new("[\"true\", \"one\"]", "[memory]\ninterval = \"1s\"\n");
+    h.pass_at(Duration::ZERO, vec![]);
+    h.pass_at(1000 * MS, vec![]);
+    let pid = h.pid_of(0, 1);
+    h.supervisor
+        .system_mut()
+        .own_ports
+        .insert(pid, vec!["0.0.0.0:3000".into()]);
+    h.pass_at(2000 * MS, vec![]);
+    let status = Input::Control {
+        client: 5,
+        command: Command::Status,
+    };
+    let (_, effects) = h.pass_at(2100 * MS, vec![status]);
+    let Some(Effect::Reply(5, Reply::Status(report))) = effects.first() else {
+        panic!("{effects:?}")
+    };
+    let worker = report.workers.iter().find(|w| w.pid == pid).unwrap();
+    assert_eq!(worker.listens_itself, ["0.0.0.0:3000"]);
+    assert!(
+        report
+            .workers
+            .iter()
+            .filter(|w| w.pid != pid)
+            .all(|w| w.listens_itself.is_empty())
+    );
 }

@@ -73,6 +73,15 @@ impl Listeners {
         self.sockets.iter().map(|l| l.fd.as_raw_fd()).collect()
     }
 
+    /// The sockets' inodes, to tell them from sockets a worker opened itself.
+    pub fn inodes(&self) -> Vec<u64> {
+        self.sockets
+            .iter()
+            .filter_map(|l| nix::sys::stat::fstat(&l.fd).ok())
+            .map(|stat| stat.st_ino)
+            .collect()
+    }
+
     pub fn describe(&self) -> String {
         self.sockets
             .iter()

@@ -6,4 +6,5 @@
 pub mod channel;
 pub mod links;
 pub mod proc_stats;
+pub mod sock_diag;
 pub mod spawn;

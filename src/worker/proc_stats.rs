@@ -7,6 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use super::sock_diag::Listening;
 use crate::config::MemoryMeasure;
 use crate::core::Pid;
 
@@ -220,5 +221,58 @@ mod tests {
         child.wait().unwrap();
         assert_eq!(tree.len(), 3, "{tree:?}");
         assert_eq!(tree[0], pid);
+    }
+}
+
+/// Of the `listening` sockets (from sock_diag), those `pid` holds that are
+/// not `inherited` (the sockets sheepdog passed): a worker that binds a port
+/// of its own (`app.listen(3000)`) instead of taking fd 3.
+pub fn own_listeners(pid: Pid, listening: &[Listening], inherited: &[u64]) -> Vec<String> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    let held: HashSet<u64> = fds
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|target| socket_inode(&target.to_string_lossy()))
+        .collect();
+    let mut own: Vec<String> = listening
+        .iter()
+        .filter(|l| held.contains(&l.inode) && !inherited.contains(&l.inode))
+        .map(|l| l.address.to_string())
+        .collect();
+    own.sort();
+    own
+}
+
+/// "socket:[1541]" → 1541.
+pub fn socket_inode(link: &str) -> Option<u64> {
+    link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+}
+
+#[cfg(test)]
+mod listener_tests {
+    use super::*;
+    use crate::worker::sock_diag::listening_tcp;
+
+    #[test]
+    fn a_port_of_our_own_is_found_and_an_inherited_one_is_not() {
+        assert_eq!(socket_inode("socket:[1541]"), Some(1541));
+        assert_eq!(socket_inode("pipe:[7]"), None);
+        let own = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = own.local_addr().unwrap().to_string();
+        let me = std::process::id() as Pid;
+        let listening = listening_tcp().unwrap();
+        assert!(own_listeners(me, &listening, &[]).contains(&address));
+        let inode = {
+            use std::os::fd::AsRawFd;
+            let link = std::fs::read_link(format!("/proc/self/fd/{}", own.as_raw_fd())).unwrap();
+            socket_inode(&link.to_string_lossy()).unwrap()
+        };
+        assert!(
+            !own_listeners(me, &listening, &[inode]).contains(&address),
+            "passed in: not its own"
+        );
+        assert!(own_listeners(i32::MAX, &listening, &[]).is_empty());
     }
 }

@@ -153,3 +153,20 @@ fn while_stopping_only_the_stop_and_the_watchdog_are_due() {
         "the watchdog, before the stop timeout"
     );
 }
+
+#[test]
+fn workers_that_never_say_ready_are_pinged_on_time() {
+    let mut p = policy(1);
+    p.channel = Channel::NodeIpc;
+    p.ready_delay = 500 * MS;
+    p.heartbeat = Some(HeartbeatPolicy {
+        interval: 200 * MS,
+        timeout: 1000 * MS,
+    });
+    let mut h = Harness::new(p);
+    h.start();
+    h.run_until(600 * MS);
+    assert!(h.flock.workers()[0].is_ready());
+    let next = h.flock.next_deadline().unwrap();
+    assert!(next <= h.now + 200 * MS, "{:?} after now", next - h.now);
+}

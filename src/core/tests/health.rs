@@ -479,3 +479,27 @@ fn pings_carry_the_configured_message_with_the_workers_pid() {
     }
     assert_eq!(signals(&h.log), vec![(b, Signal::SIGKILL)], "the silent one is hung");
 }
+
+#[test]
+fn young_ready_workers_are_inspected_each_memory_interval_for_a_minute() {
+    let mut p = policy(1);
+    p.memory_interval = 5000 * MS;
+    let mut h = Harness::new(p);
+    h.start();
+    let inspected =
+        |actions: &[Action]| -> usize { actions.iter().filter(|a| matches!(a, Action::Inspect { .. })).count() };
+    let pid = h.pid_of(0);
+    let first_minute = inspected(&h.run_until(Duration::from_secs(59)));
+    assert_eq!(first_minute, 11, "at 5 s, 10 s, … 55 s");
+    assert_eq!(inspected(&h.run_until(Duration::from_secs(120))), 0, "not after");
+    h.feed(Event::Inspected {
+        pid,
+        own: vec!["0.0.0.0:3000".into()],
+    });
+    h.feed(Event::Inspected {
+        pid,
+        own: vec!["0.0.0.0:3000".into()],
+    });
+    assert_eq!(h.flock.workers()[0].listens_itself, ["0.0.0.0:3000"]);
+    assert_eq!(logged("listens on 0.0.0.0:3000 itself").len(), 1, "warned once");
+}
