@@ -393,10 +393,15 @@ impl Flock {
     }
 
     pub(super) fn slot_mut(&mut self, slot: usize, now: Instant) -> &mut Slot {
-        while self.slots.len() <= slot {
-            self.slots.push(Slot::fresh(now));
-        }
+        self.ensure_slots(slot + 1, now);
         &mut self.slots[slot]
+    }
+
+    /// At least `count` slots exist (a scale-up or a reload may add some).
+    pub(super) fn ensure_slots(&mut self, count: usize, now: Instant) {
+        if self.slots.len() < count {
+            self.slots.resize_with(count, || Slot::fresh(now));
+        }
     }
 
     pub(super) fn ready_count(&self) -> usize {

@@ -205,9 +205,7 @@ impl Flock {
     pub(super) fn fill_slots(&mut self, now: Instant, actions: &mut Vec<Action>) {
         self.budget.refill(now);
         // A reload may have raised the count: every desired slot exists.
-        while self.slots.len() < self.desired {
-            self.slots.push(Slot::fresh(now));
-        }
+        self.ensure_slots(self.desired, now);
         let Occupancy {
             filled,
             occupied,
