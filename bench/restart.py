@@ -12,32 +12,9 @@ mode, one instance), and a bare `node server.js` started cold (the floor).
 Usage: bench/restart.py [--rounds 10]
 Needs: node, npm install --prefix bench pm2, cargo build --release.
 """
-import argparse, os, re, signal, socket, statistics, subprocess, sys, tempfile, time
+import argparse, os, signal, statistics, subprocess, sys, tempfile, time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SERVER = os.path.join(ROOT, "examples", "hello", "server.js")
-SHEEPDOG = os.path.join(ROOT, "target", "release", "sheepdog")
-PM2 = os.path.join(ROOT, "bench", "node_modules", ".bin", "pm2")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get(port, timeout=10.0):
-    """One GET on a new connection: the answering worker's pid, or None."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            data = b""
-            while chunk := s.recv(4096):
-                data += chunk
-        match = re.search(rb"pid (\d+)", data)
-        return int(match.group(1)) if match else None
-    except OSError:
-        return None
+from common import PM2, ROOT, SERVER, SHEEPDOG, free_port, get
 
 
 def answered_by_other(port, old, deadline):

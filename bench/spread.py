@@ -8,27 +8,10 @@ time): each worker's share of the requests, and busiest/idlest.
 Usage: bench/spread.py [--rounds 3] [--requests 2000]
 Needs: wrk, node, a release build (cargo build --release).
 """
-import argparse, os, re, signal, socket, statistics, subprocess, sys, time
+import argparse, os, signal, statistics, subprocess, sys, time
 from collections import Counter
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SERVER = os.path.join(ROOT, "examples", "hello", "server.js")
-SHEEPDOG = os.path.join(ROOT, "target", "release", "sheepdog")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get(port):
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        data = b""
-        while chunk := s.recv(4096):
-            data += chunk
-    return int(re.search(rb"pid (\d+)", data).group(1))
+from common import ROOT, SERVER, SHEEPDOG, free_port, get
 
 
 def start(workers, port):
@@ -37,9 +20,10 @@ def start(workers, port):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline, seen = time.time() + 20, set()
     while len(seen) < workers and time.time() < deadline:
-        try:
-            seen.add(get(port))
-        except OSError:
+        pid = get(port)
+        if pid:
+            seen.add(pid)
+        else:
             time.sleep(0.05)
     time.sleep(1)
     return proc
@@ -61,7 +45,8 @@ def saturated(port, workers):
 
 
 def light(port, workers, requests):
-    return shares(Counter(get(port) for _ in range(requests)), workers)
+    answers = (get(port) for _ in range(requests))
+    return shares(Counter(pid for pid in answers if pid), workers)
 
 
 def main():

@@ -462,3 +462,18 @@ impl FileConfig {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::edit_distance;
+
+    #[test]
+    fn edit_distance_counts_insertions_deletions_and_substitutions() {
+        assert_eq!(edit_distance("limit", "limit"), 0);
+        assert_eq!(edit_distance("limmit", "limit"), 1);
+        assert_eq!(edit_distance("wokers", "workers"), 1);
+        assert_eq!(edit_distance("workers", "wrokers"), 2);
+        assert_eq!(edit_distance("abc", "xyz"), 3);
+        assert_eq!(edit_distance("", "name"), 4);
+    }
+}

@@ -408,8 +408,30 @@ NODE_ENV = "production"
     }
 
     #[test]
+    fn max_age_below_a_second_is_churn() {
+        let e = error("command = [\"x\"]\nmax_age = \"500ms\"\n");
+        assert_eq!(
+            e,
+            "app.toml:2:11: max_age: must be at least 1s: recycling more often is churn"
+        );
+        assert!(parse("command = [\"x\"]\nmax_age = \"1s\"\n").is_ok());
+        let e = error("command = [\"x\"]\nmax_age_jitter = \"5s\"\n");
+        assert!(e.contains("max_age_jitter: needs max_age"), "{e}");
+    }
+
+    #[test]
+    fn every_log_level_is_printed_as_written() {
+        for level in ["error", "warn", "info", "debug", "trace"] {
+            let printed = parse(&format!("command = [\"x\"]\nlog_level = \"{level}\"\n"))
+                .unwrap()
+                .describe();
+            assert!(printed.contains(&format!("log_level = \"{level}\"")), "{printed}");
+        }
+    }
+
+    #[test]
     fn describe_round_trips_through_the_parser() {
-        let s = parse("command = [\"node\", \"a b.js\"]\nworkers = 2\nstop_timeout = \"90s\"\nreadiness = \"notify\"\n[heartbeat]\ninterval = \"1s\"\n[memory]\nlimit = \"1.5GiB\"\n[env]\nA = \"1\"\n").unwrap();
+        let s = parse("command = [\"node\", \"a b.js\"]\nworkers = 2\nstop_timeout = \"90s\"\nreadiness = \"notify\"\nlog_level = \"warn\"\nmax_age = \"1h\"\n[heartbeat]\ninterval = \"1s\"\n[memory]\nlimit = \"1.5GiB\"\n[env]\nA = \"1\"\n").unwrap();
         let again = parse(&s.describe()).unwrap();
         assert_eq!(
             again,

@@ -11,7 +11,7 @@ use signal_hook::consts::{SIGHUP, SIGTERM};
 use super::supervisor::{ReloadSource, Supervisor};
 use super::system::{ClientId, Input, System};
 use crate::config::{MemoryMeasure, Overrides, Settings};
-use crate::control::protocol::{Command, Reply};
+use crate::control::protocol::{Command, Reply, StatusReport};
 use crate::core::{ExitStatus, Pid, SpawnOrder, Upward};
 use crate::worker::spawn::{CommandContext, WorkerCommand};
 
@@ -167,6 +167,41 @@ impl Harness {
             .expect("a worker in that slot and generation")
     }
 
+    /// A flock of two started and ready by delay (at 0 s and 1 s).
+    fn serving(command: &str, extra: &str) -> Harness {
+        let mut h = Harness::new(command, extra);
+        h.pass_at(Duration::ZERO, vec![]);
+        h.pass_at(1000 * MS, vec![]);
+        h
+    }
+
+    /// Slot 0 of generation 1 crashes twice in a row at `at`: its refill
+    /// then waits out backoff_initial.
+    fn crash_twice(&mut self, at: Duration) {
+        for _ in 0..2 {
+            let exited = Input::Exited {
+                pid: self.pid_of(0, 1),
+                status: ExitStatus::Code(1),
+            };
+            self.pass_at(at, vec![exited]);
+        }
+    }
+
+    /// `sheepdog status` at `at`, as its client would get it.
+    fn status(&mut self, at: Duration) -> StatusReport {
+        let (_, effects) = self.pass_at(
+            at,
+            vec![Input::Control {
+                client: 99,
+                command: Command::Status,
+            }],
+        );
+        match effects.into_iter().find(|e| matches!(e, Effect::Reply(99, _))) {
+            Some(Effect::Reply(_, Reply::Status(report))) => report,
+            other => panic!("no status reply: {other:?}"),
+        }
+    }
+
     fn commands(&self) -> Vec<String> {
         let mut commands: Vec<String> = self.supervisor.commands().map(|(_, c)| c.describe()).collect();
         commands.sort();
@@ -201,17 +236,8 @@ fn the_first_pass_forks_the_flock_with_the_first_command() {
 
 #[test]
 fn a_worker_forked_in_the_pass_a_reload_began_is_recorded_in_its_own_generation_and_stopped() {
-    let mut h = Harness::new("[\"true\", \"one\"]", "");
-    h.pass_at(Duration::ZERO, vec![]);
-    h.pass_at(1000 * MS, vec![]);
-    // Slot 0 crashes twice in a row: its refill waits out backoff_initial.
-    for _ in 0..2 {
-        let exited = Input::Exited {
-            pid: h.pid_of(0, 1),
-            status: ExitStatus::Code(1),
-        };
-        h.pass_at(2000 * MS, vec![exited]);
-    }
+    let mut h = Harness::serving("[\"true\", \"one\"]", "");
+    h.crash_twice(2000 * MS);
     h.rewrite("[\"true\", \"two\"]", "");
     // In one pass: an event after which slot 0's backoff is over (a spawn of
     // generation 1 is ordered), then SIGHUP (generation 2 begins) — and only
@@ -257,9 +283,7 @@ fn a_worker_forked_in_the_pass_a_reload_began_is_recorded_in_its_own_generation_
 
 #[test]
 fn commands_are_forgotten_when_the_core_says_so() {
-    let mut h = Harness::new("[\"true\", \"one\"]", "");
-    h.pass_at(Duration::ZERO, vec![]);
-    h.pass_at(1000 * MS, vec![]);
+    let mut h = Harness::serving("[\"true\", \"one\"]", "");
     // A successful roll: generation 1's command goes, once nothing can use it.
     h.rewrite("[\"true\", \"two\"]", "");
     h.pass_at(2000 * MS, vec![Input::Signal(SIGHUP)]);
@@ -287,9 +311,7 @@ fn commands_are_forgotten_when_the_core_says_so() {
 
 #[test]
 fn the_last_pass_performs_every_action_then_says_its_last_words() {
-    let mut h = Harness::new("[\"true\", \"one\"]", "");
-    h.pass_at(Duration::ZERO, vec![]);
-    h.pass_at(1000 * MS, vec![]);
+    let mut h = Harness::serving("[\"true\", \"one\"]", "");
     let (a, b) = (h.pid_of(0, 1), h.pid_of(1, 1));
     let (code, effects) = h.pass_at(2000 * MS, vec![Input::Signal(SIGTERM)]);
     assert_eq!(code, None);
@@ -311,19 +333,8 @@ fn the_last_pass_performs_every_action_then_says_its_last_words() {
 
 #[test]
 fn control_requests_are_answered_from_the_flock() {
-    let mut h = Harness::new("[\"true\", \"one\"]", "");
-    h.pass_at(Duration::ZERO, vec![]);
-    h.pass_at(1000 * MS, vec![]);
-    let (_, effects) = h.pass_at(
-        1500 * MS,
-        vec![Input::Control {
-            client: 7,
-            command: Command::Status,
-        }],
-    );
-    let Some(Effect::Reply(7, Reply::Status(report))) = effects.first() else {
-        panic!("{effects:?}")
-    };
+    let mut h = Harness::serving("[\"true\", \"one\"]", "");
+    let report = h.status(1500 * MS);
     assert_eq!((report.supervisor.ready, report.supervisor.desired), (2, 2));
     assert_eq!(report.supervisor.name, "app", "the config file's name");
     assert!(report.supervisor.config.as_deref().unwrap().ends_with("app.toml"));
@@ -367,9 +378,7 @@ fn control_requests_are_answered_from_the_flock() {
 
 #[test]
 fn an_invalid_config_at_sighup_is_refused_and_systemd_sees_the_reload_end() {
-    let mut h = Harness::new("[\"true\", \"one\"]", "");
-    h.pass_at(Duration::ZERO, vec![]);
-    h.pass_at(1000 * MS, vec![]);
+    let mut h = Harness::serving("[\"true\", \"one\"]", "");
     std::fs::write(&h.config, "workers = = 2\n").unwrap();
     let (_, effects) = h.pass_at(2000 * MS, vec![Input::Signal(SIGHUP)]);
     let upward: Vec<&Effect> = effects.iter().filter(|e| matches!(e, Effect::Notify(_))).collect();
@@ -417,9 +426,7 @@ fn one_pass_sends_one_status_with_the_whole_flocks_memory() {
 
 #[test]
 fn status_lists_the_workers_in_slot_order() {
-    let mut h = Harness::new("[\"true\", \"one\"]", "");
-    h.pass_at(Duration::ZERO, vec![]);
-    h.pass_at(1000 * MS, vec![]);
+    let mut h = Harness::serving("[\"true\", \"one\"]", "");
     let crashed = h.pid_of(0, 1);
     h.pass_at(
         2000 * MS,
@@ -429,40 +436,16 @@ fn status_lists_the_workers_in_slot_order() {
         }],
     );
     h.pass_at(2100 * MS, vec![]);
-    let (_, effects) = h.pass_at(
-        2200 * MS,
-        vec![Input::Control {
-            client: 1,
-            command: Command::Status,
-        }],
-    );
-    let Some(Effect::Reply(1, Reply::Status(report))) = effects.first() else {
-        panic!("{effects:?}")
-    };
+    let report = h.status(2200 * MS);
     let slots: Vec<usize> = report.workers.iter().map(|w| w.slot).collect();
     assert_eq!(slots, [0, 1], "the replacement of slot 0 comes first");
 }
 
 #[test]
 fn status_shows_a_slot_waiting_to_restart() {
-    let mut h = Harness::new("[\"true\", \"one\"]", "");
-    h.pass_at(Duration::ZERO, vec![]);
-    h.pass_at(1000 * MS, vec![]);
-    for _ in 0..2 {
-        let exited = Input::Exited {
-            pid: h.pid_of(0, 1),
-            status: ExitStatus::Code(1),
-        };
-        h.pass_at(2000 * MS, vec![exited]);
-    }
-    let status = Input::Control {
-        client: 3,
-        command: Command::Status,
-    };
-    let (_, effects) = h.pass_at(2040 * MS, vec![status]);
-    let Some(Effect::Reply(3, Reply::Status(report))) = effects.first() else {
-        panic!("{effects:?}")
-    };
+    let mut h = Harness::serving("[\"true\", \"one\"]", "");
+    h.crash_twice(2000 * MS);
+    let report = h.status(2040 * MS);
     assert_eq!(report.workers.len(), 1);
     assert_eq!(report.waiting.len(), 1);
     let waiting = &report.waiting[0];
@@ -481,14 +464,7 @@ fn a_young_worker_listening_on_a_port_of_its_own_is_noticed() {
         .own_ports
         .insert(pid, vec!["0.0.0.0:3000".into()]);
     h.pass_at(2000 * MS, vec![]);
-    let status = Input::Control {
-        client: 5,
-        command: Command::Status,
-    };
-    let (_, effects) = h.pass_at(2100 * MS, vec![status]);
-    let Some(Effect::Reply(5, Reply::Status(report))) = effects.first() else {
-        panic!("{effects:?}")
-    };
+    let report = h.status(2100 * MS);
     let worker = report.workers.iter().find(|w| w.pid == pid).unwrap();
     assert_eq!(worker.listens_itself, ["0.0.0.0:3000"]);
     assert!(

@@ -43,12 +43,12 @@ pub fn parse_notify(datagram: &[u8]) -> Result<Vec<WorkerMessage>, String> {
             ("WATCHDOG", "trigger") => messages.push(WorkerMessage::WatchdogTrigger),
             ("STOPPING", "1") => messages.push(WorkerMessage::Stopping),
             ("STATUS", status) => messages.push(WorkerMessage::Status(status.to_string())),
-            // Satisfied by closing the fd that came with it (the shell does).
-            ("BARRIER", "1") => {}
             ("ERRNO", errno) => match errno.trim().parse() {
                 Ok(n) => messages.push(WorkerMessage::Errno(n)),
                 Err(_) => return Err(format!("ERRNO is not a number: {:?}", truncate(errno))),
             },
+            // Unknown keys carry nothing for us; nor does BARRIER=1, which
+            // closing the fd that came with it satisfies (the shell does).
             _ => {}
         }
     }

@@ -80,6 +80,7 @@ echo "# Debian 12 (systemd 252): Type=notify, ExecReload=sheepdog reload"
 boot bookworm
 deploy myapp.service
 
+check "the Node preload is installed" x test -s /usr/share/sheepdog/node/listen.js
 check "the manual pages are installed" bash -c "'$sandbox' exec zcat /usr/share/man/man1/sheepdog.1.gz | grep -q '^.TH SHEEPDOG 1' && '$sandbox' exec zcat /usr/share/man/man5/sheepdog.toml.5.gz | grep -q '^.SH KEYS'"
 x systemctl start myapp.socket
 check "myapp is not running before the first connection" bash -c "[ \"\$('$sandbox' exec systemctl is-active myapp.socket)\" = active ] && [ \"\$('$sandbox' exec systemctl is-active myapp.service)\" = inactive ]"

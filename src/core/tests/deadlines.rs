@@ -156,13 +156,8 @@ fn while_stopping_only_the_stop_and_the_watchdog_are_due() {
 
 #[test]
 fn workers_that_never_say_ready_are_pinged_on_time() {
-    let mut p = policy(1);
-    p.channel = Channel::NodeIpc;
+    let mut p = ipc_policy(1, 200 * MS, 1000 * MS);
     p.ready_delay = 500 * MS;
-    p.heartbeat = Some(HeartbeatPolicy {
-        interval: 200 * MS,
-        timeout: 1000 * MS,
-    });
     let mut h = Harness::new(p);
     h.start();
     h.run_until(600 * MS);

@@ -172,14 +172,9 @@ fn a_failed_memory_replacement_leaves_the_old_worker_serving() {
 
 #[test]
 fn node_ipc_workers_are_pinged_every_interval() {
-    let mut p = notify_policy(2);
+    let mut p = ipc_policy(2, 1000 * MS, 10_000 * MS);
     p.readiness = Readiness::NodeIpc;
-    p.channel = Channel::NodeIpc;
     p.ready_timeout = 60_000 * MS;
-    p.heartbeat = Some(HeartbeatPolicy {
-        interval: 1000 * MS,
-        timeout: 10_000 * MS,
-    });
     let mut h = Harness::new(p);
     let pings = |actions: &[Action]| actions.iter().filter(|a| matches!(a, Action::Ping { .. })).count();
     assert_eq!(pings(&h.start()), 0);
@@ -364,6 +359,24 @@ fn the_stall_guard_waits_for_two_intervals_when_the_timeout_is_shorter() {
 }
 
 #[test]
+fn a_loop_silent_exactly_as_long_as_the_guard_allows_is_not_a_stall() {
+    let mut h = Harness::ready(notify_policy(1));
+    let pid = h.pid_of(0);
+    // 3 s is the heartbeat timeout itself: the worker is hung, the loop is not.
+    assert_eq!(signals(&h.at(3000 * MS)), vec![(pid, Signal::SIGKILL)]);
+    assert!(logged("the supervisor itself was stalled").is_empty());
+}
+
+#[test]
+fn a_failed_worker_killed_is_not_said_to_have_drained() {
+    let mut h = Harness::ready(notify_policy(1));
+    let pid = h.pid_of(0);
+    assert_eq!(signals(&h.at(3000 * MS)), vec![(pid, Signal::SIGKILL)]);
+    h.exit(pid, ExitStatus::Signaled(Signal::SIGKILL));
+    assert!(logged("of draining").is_empty(), "a hung worker does not drain");
+}
+
+#[test]
 fn a_worker_saying_it_is_stopping_before_it_is_ready_is_a_failed_start() {
     let mut h = Harness::new(notify_policy(1));
     h.start();
@@ -448,12 +461,7 @@ fn a_closed_channel_is_a_warning_only_for_a_worker_still_serving() {
 
 #[test]
 fn pings_carry_the_configured_message_with_the_workers_pid() {
-    let mut p = policy(2);
-    p.channel = Channel::NodeIpc;
-    p.heartbeat = Some(HeartbeatPolicy {
-        interval: 1000 * MS,
-        timeout: 3000 * MS,
-    });
+    let mut p = ipc_policy(2, 1000 * MS, 3000 * MS);
     p.heartbeat_ping = "ping#{pid}".into();
     let mut h = Harness::new(p);
     h.start();

@@ -267,6 +267,15 @@ fn ready_sent(actions: &[Action]) -> bool {
     actions.contains(&Action::Notify(Upward::Ready))
 }
 
+/// `workers` with heartbeats over Node IPC (`interval`, `timeout`), ready
+/// by delay unless the test says otherwise.
+fn ipc_policy(workers: usize, interval: Duration, timeout: Duration) -> Policy {
+    let mut p = policy(workers);
+    p.channel = Channel::NodeIpc;
+    p.heartbeat = Some(HeartbeatPolicy { interval, timeout });
+    p
+}
+
 /// One worker; more than `max_restarts` failures within `window` is a crash loop.
 fn crash_limit(max_restarts: u32, window: Duration) -> Policy {
     let mut p = policy(1);

@@ -98,3 +98,19 @@ fn without_max_age_nothing_is_recycled() {
     assert_eq!(h.flock.recycled(), 0);
     assert_eq!(h.flock.recycle_deadline(), None);
 }
+
+#[test]
+fn each_worker_draws_its_own_jitter() {
+    let h = Harness::new(aging(2, Duration::from_secs(60), Duration::from_secs(60)));
+    let now = h.t0;
+    let due = |pid, slot, generation| h.flock.recycle_at(pid, slot, generation, now).unwrap();
+    // The same worker always draws the same; any other field drawn differs.
+    assert_eq!(due(4000, 1, 1), due(4000, 1, 1));
+    assert_ne!(due(4000, 1, 1), due(4001, 1, 1), "pid");
+    assert_ne!(due(4000, 1, 1), due(4000, 2, 1), "slot");
+    assert_ne!(due(4000, 1, 1), due(4000, 1, 2), "generation");
+    for pid in 4000..4100 {
+        let at = due(pid, 0, 1);
+        assert!(at >= now + Duration::from_secs(60) && at < now + Duration::from_secs(120));
+    }
+}

@@ -305,3 +305,26 @@ fn a_crash_is_logged_with_its_uptime_and_status() {
     let lines = logged(&format!("worker 0 (pid {pid}) was killed by SIGSEGV after 2.5s"));
     assert_eq!(lines.len(), 1, "{:?}", captured::lines());
 }
+
+#[test]
+fn the_start_may_spend_the_whole_budget() {
+    let mut p = policy(3);
+    p.restart.max_spawn_rate = 1;
+    let mut h = Harness::new(p);
+    assert_eq!(spawns(&h.start()), vec![0, 1, 2], "a burst of max(workers, rate)");
+    // The bucket is empty now: a crash waits for the next token, 1 s on.
+    assert!(spawns(&h.exit(h.pid_of(2), ExitStatus::Code(1))).is_empty());
+    assert_eq!(h.flock.next_deadline(), Some(h.t0 + 1000 * MS));
+    assert_eq!(spawns(&h.at(1000 * MS)), vec![2]);
+}
+
+#[test]
+fn with_no_surge_allowed_a_crashed_slot_still_comes_due() {
+    let mut p = policy(2);
+    p.max_surge = 0;
+    let mut h = Harness::serving(p);
+    assert_eq!(spawns(&h.exit(h.pid_of(1), ExitStatus::Code(1))), vec![1]);
+    assert!(spawns(&h.exit(h.pid_of(1), ExitStatus::Code(1))).is_empty());
+    assert_eq!(h.flock.next_deadline(), Some(h.now + 100 * MS), "its backoff");
+    assert_eq!(spawns(&h.at(2100 * MS)), vec![1]);
+}
