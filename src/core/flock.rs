@@ -18,7 +18,13 @@ use crate::units::format_duration;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Phase {
     Running,
-    ShuttingDown { code: i32, reason: String },
+    /// `exit_given`: the Exit action is given once, though more events
+    /// may be handled in the same pass of the loop.
+    ShuttingDown {
+        code: i32,
+        reason: String,
+        exit_given: bool,
+    },
 }
 
 pub struct Flock {
@@ -161,8 +167,14 @@ impl Flock {
         }
         // Killing may have tripped the crash-loop breaker: then nothing more
         // is started, replaced or pinged.
-        if let Phase::ShuttingDown { code, reason } = &self.phase {
-            if self.workers.is_empty() && !self.slots.iter().any(|s| s.spawning) {
+        if let Phase::ShuttingDown {
+            code,
+            reason,
+            exit_given,
+        } = &mut self.phase
+        {
+            if !*exit_given && self.workers.is_empty() && !self.slots.iter().any(|s| s.spawning) {
+                *exit_given = true;
                 actions.push(Action::Exit {
                     code: *code,
                     reason: reason.clone(),
@@ -332,7 +344,11 @@ impl Flock {
                 message,
             });
         }
-        self.phase = Phase::ShuttingDown { code, reason };
+        self.phase = Phase::ShuttingDown {
+            code,
+            reason,
+            exit_given: false,
+        };
         actions.push(Action::Notify(Upward::Stopping));
         // Every worker gets the stop signal, those already leaving on their
         // own too (sheepdog never sent them one); not those sheepdog already

@@ -55,6 +55,9 @@ fn stop_sends_the_stop_signal_then_sigkill_after_the_timeout_then_exits_zero() {
         reason: "stopped on request".into()
     }));
     assert!(spawns(&h.log).len() == 2, "nothing is respawned during a stop");
+    // Events handled later in the same pass do not give the exit again.
+    let later = [h.feed(Event::Tick), h.feed(Event::Request(Request::Stop))].concat();
+    assert!(!later.iter().any(|a| matches!(a, Action::Exit { .. })), "{later:?}");
 }
 
 #[test]
