@@ -12,16 +12,7 @@ Needs: wrk, node, npm install --prefix bench pm2, cargo build --release.
 """
 import argparse, json, os, re, signal, socket, statistics, subprocess, sys, tempfile, time, urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SERVER = os.path.join(ROOT, "examples", "hello", "server.js")
-SHEEPDOG = os.path.join(ROOT, "target", "release", "sheepdog")
-PM2 = os.path.join(ROOT, "bench", "node_modules", ".bin", "pm2")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from common import PM2, ROOT, SERVER, SHEEPDOG, free_port
 
 
 def wait_serving(port, timeout=20):

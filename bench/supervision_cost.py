@@ -9,8 +9,7 @@ Needs a release build (cargo build --release) and python3.
 """
 import argparse, os, signal, socket, statistics, subprocess, sys, tempfile, threading, time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHEEPDOG = os.path.join(ROOT, "target", "release", "sheepdog")
+from common import ROOT, SHEEPDOG
 TICKS = os.sysconf("SC_CLK_TCK")
 
 

@@ -11,9 +11,8 @@ Needs: wrk (apt-get install wrk), node, a release build (cargo build --release).
 """
 import argparse, os, re, signal, socket, statistics, subprocess, sys, time, urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SERVER = os.path.join(ROOT, "examples", "hello", "server.js")
-SHEEPDOG = os.path.join(ROOT, "target", "release", "sheepdog")
+from common import ROOT, SERVER, SHEEPDOG, free_port
+
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -25,12 +24,6 @@ def setups(port):
         "node cluster": (["node", os.path.join(ROOT, "bench", "cluster.js")], {"PORT": str(port), "WORKERS": "2"}),
         "single process": (["node", SERVER], {"PORT": str(port)}),
     }
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_serving(port, workers, timeout=15):
