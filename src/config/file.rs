@@ -475,5 +475,7 @@ mod tests {
         assert_eq!(edit_distance("workers", "wrokers"), 2);
         assert_eq!(edit_distance("abc", "xyz"), 3);
         assert_eq!(edit_distance("", "name"), 4);
+        assert_eq!(edit_distance("name", ""), 4);
+        assert_eq!(edit_distance("xname", "name"), 1);
     }
 }

@@ -408,6 +408,11 @@ NODE_ENV = "production"
     }
 
     #[test]
+    fn errors_of_the_file_itself_name_no_key() {
+        assert_eq!(error("workers = 2\nworkers = 3\n"), "app.toml:2:1: duplicate key");
+    }
+
+    #[test]
     fn max_age_below_a_second_is_churn() {
         let e = error("command = [\"x\"]\nmax_age = \"500ms\"\n");
         assert_eq!(
@@ -567,6 +572,13 @@ NODE_ENV = "production"
             ..Overrides::default()
         };
         let e = Settings::load(None, &overrides).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "the command line: command: `no-such-program-sheepdog` not found in PATH"
+        );
+        // `--` overrides the file's command: the error is the command line's.
+        std::fs::write(&file, "command = [\"true\"]\n").unwrap();
+        let e = Settings::load(Some(&file), &overrides).unwrap_err().to_string();
         assert_eq!(
             e,
             "the command line: command: `no-such-program-sheepdog` not found in PATH"

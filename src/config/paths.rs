@@ -108,8 +108,9 @@ pub fn find_program(program: &OsStr, path_var: &OsStr, working_directory: Option
     let program = Path::new(program);
     if program.as_os_str().as_bytes().contains(&b'/') {
         let full = match working_directory {
-            Some(dir) if program.is_relative() => dir.join(program),
-            _ => program.to_path_buf(),
+            // (joined to an absolute path, it is that path)
+            Some(dir) => dir.join(program),
+            None => program.to_path_buf(),
         };
         return if is_executable(&full) {
             Ok(program.to_path_buf())
@@ -130,6 +131,16 @@ fn is_executable(path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn this_process_has_a_default_socket_dir() {
+        let dir = default_socket_dir();
+        assert!(dir.is_absolute(), "{}", dir.display());
+        assert_eq!(
+            dir,
+            socket_dir_for(nix::unistd::getuid().as_raw(), std::env::var_os("XDG_RUNTIME_DIR"))
+        );
+    }
 
     #[test]
     fn default_sockets_live_under_run_for_root_and_the_runtime_dir_for_others() {

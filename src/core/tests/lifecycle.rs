@@ -66,10 +66,15 @@ fn a_second_stop_request_kills_at_once() {
     h.start();
     let pid = h.pid_of(0);
     h.feed(Event::Request(Request::Stop));
+    h.now += 2000 * MS;
     assert_eq!(
         signals(&h.feed(Event::Request(Request::Stop))),
         vec![(pid, Signal::SIGKILL)]
     );
+    // Its drain is counted from the first request.
+    h.now += 500 * MS;
+    h.exit(pid, ExitStatus::Signaled(Signal::SIGKILL));
+    assert_eq!(logged("after 2.5s of draining").len(), 1);
 }
 
 #[test]

@@ -21,8 +21,14 @@ use crate::worker::channel::WorkerMessage;
 const MS: Duration = Duration::from_millis(1);
 /// More passes than any test needs: a loop that reaches it is stuck.
 const MAX_PASSES: usize = 10_000;
+/// More workers than any test starts (the largest scales up to MAX_WORKERS):
+/// a policy that forks without end fails here, fast, rather than slowing
+/// down with every worker it piles up.
+const MOST_SPAWNS: i32 = MAX_WORKERS as i32 + 200;
 /// The command the flock starts with; reloads bring their own.
 const FIRST_COMMAND: CommandId = 1;
+/// The fake's pids count up from here.
+const FIRST_PID: Pid = 100;
 
 fn policy(workers: usize) -> Policy {
     Policy {
@@ -116,7 +122,7 @@ impl Harness {
             flock: Flock::new(policy, FIRST_COMMAND, t0),
             t0,
             now: t0,
-            next_pid: 100,
+            next_pid: FIRST_PID,
             log: Vec::new(),
         }
     }
@@ -130,6 +136,7 @@ impl Harness {
             assert!(taken.len() < MAX_PASSES, "one event set off endless actions");
             if let Action::Spawn(order) = action {
                 self.next_pid += 1;
+                assert!(self.next_pid < FIRST_PID + MOST_SPAWNS, "forks without end");
                 queue.extend(self.flock.handle(
                     self.now,
                     Event::Spawned {
