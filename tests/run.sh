@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh Debian machine: installs what the tests
 # use (Debian's systemd for systemd-socket-activate, Node.js, Python 3 and its
-# sdnotify package, mandoc to lint the manual) when it is missing, runs every unit and integration test,
+# sdnotify package, python3-venv for the uvicorn and gunicorn examples, mandoc
+# to lint the manual) when it is missing, runs every unit and integration test,
 # then the end-to-end tests on a real systemd in a container (tests/e2e/run.sh,
 # which needs root and ../shared/sandbox).
 set -euo pipefail
@@ -12,6 +13,7 @@ command -v systemd-socket-activate >/dev/null || missing+=(systemd)
 command -v node >/dev/null || missing+=(nodejs)
 command -v python3 >/dev/null || missing+=(python3 python3-pip)
 command -v mandoc >/dev/null || missing+=(mandoc)
+python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
 if ((${#missing[@]})); then
     echo "tests/run.sh: installing ${missing[*]}" >&2
     apt-get update -qq

@@ -456,12 +456,15 @@ pub struct LoopResult {
     pub answers: Vec<(String, i32)>,
     /// The app version of every successful answer, in order.
     pub versions: Vec<String>,
+    /// Requests sent again on a new connection because the kept-alive one
+    /// was closed before any answer (`keep_alive_retrying` only).
+    pub retried: usize,
 }
 
 impl RequestLoop {
     /// A new connection per request (`Connection: close`).
     pub fn start(addr: SocketAddr) -> RequestLoop {
-        RequestLoop::run(move || get(addr, Duration::from_secs(5)))
+        RequestLoop::run(move |_| get(addr, Duration::from_secs(5)))
     }
 
     /// One HTTP/1.1 connection kept alive for as long as the server lets it
@@ -469,7 +472,7 @@ impl RequestLoop {
     /// proxy would see the server.
     pub fn keep_alive(addr: SocketAddr) -> RequestLoop {
         let mut connection: Option<BufReader<TcpStream>> = None;
-        RequestLoop::run(move || {
+        RequestLoop::run(move |_| {
             let outcome = keep_alive_request(addr, &mut connection);
             if outcome.is_err() {
                 connection = None;
@@ -478,15 +481,41 @@ impl RequestLoop {
         })
     }
 
-    fn run(mut request: impl FnMut() -> std::io::Result<Response> + Send + 'static) -> RequestLoop {
+    /// As `keep_alive`, but as browsers and most HTTP client libraries do: a
+    /// request whose reused connection was closed before any byte of an
+    /// answer is sent once more on a new connection (counted in `retried`).
+    pub fn keep_alive_retrying(addr: SocketAddr) -> RequestLoop {
+        let mut connection: Option<BufReader<TcpStream>> = None;
+        RequestLoop::run(move |retried| {
+            let reused = connection.is_some();
+            let mut outcome = keep_alive_request(addr, &mut connection);
+            if reused
+                && outcome
+                    .as_ref()
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::UnexpectedEof)
+            {
+                *retried += 1;
+                connection = None;
+                outcome = keep_alive_request(addr, &mut connection);
+            }
+            if outcome.is_err() {
+                connection = None;
+            }
+            outcome
+        })
+    }
+
+    fn run(mut request: impl FnMut(&mut usize) -> std::io::Result<Response> + Send + 'static) -> RequestLoop {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let progress = Arc::new(Mutex::new(LoopResult::default()));
         let (flag, shared) = (stop.clone(), progress.clone());
         let handle = std::thread::spawn(move || {
             let deadline = Instant::now() + Duration::from_secs(90);
             while !flag.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
-                let outcome = request();
+                let mut retried = 0;
+                let outcome = request(&mut retried);
                 let mut p = shared.lock().unwrap();
+                p.retried += retried;
                 match outcome {
                     Ok(r) if r.status == 200 => {
                         p.ok += 1;
