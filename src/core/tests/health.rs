@@ -224,6 +224,9 @@ fn the_watchdog_relay_pings_only_a_healthy_flock() {
     // Healthy again: the pings resume.
     h.make_ready();
     assert_eq!(watchdogs(&h.run_until(22_000 * MS)), 2);
+    // Said once each way, not at every withheld ping.
+    assert_eq!(logged("withholding watchdog pings from systemd").len(), 1);
+    assert_eq!(logged("healthy again; resuming watchdog pings").len(), 1);
 }
 
 #[test]

@@ -328,3 +328,30 @@ fn with_no_surge_allowed_a_crashed_slot_still_comes_due() {
     assert_eq!(h.flock.next_deadline(), Some(h.now + 100 * MS), "its backoff");
     assert_eq!(spawns(&h.at(2100 * MS)), vec![1]);
 }
+
+#[test]
+fn a_replacement_waiting_for_the_budget_is_due_at_the_next_token() {
+    let mut p = policy(2);
+    p.recycle = RecyclePolicy {
+        max_age: Some(60_000 * MS),
+        jitter: Duration::ZERO,
+    };
+    p.restart.max_spawn_rate = 1;
+    let mut h = Harness::serving(p);
+    // Slot 1 fails twice just before worker 0 is due: its refill, at 60 s,
+    // takes the last token.
+    h.now = h.t0 + 59_900 * MS;
+    assert_eq!(spawns(&h.exit(h.pid_of(1), ExitStatus::Code(1))), vec![1]);
+    assert!(spawns(&h.exit(h.pid_of(1), ExitStatus::Code(1))).is_empty());
+    assert_eq!(spawns(&h.at(60_000 * MS)), vec![1], "the empty slot first");
+    // Worker 0's replacement waits for a token, not for slot 1's ready_delay.
+    let due = h.flock.next_deadline().unwrap();
+    assert!(due < h.t0 + 61_000 * MS, "{:?}", due - h.t0);
+    assert_eq!(spawns(&h.at(due - h.t0)), vec![0]);
+    assert_eq!(logged("starting its replacement (max age)").len(), 1);
+    assert!(
+        logged("worker 1 (pid")
+            .iter()
+            .all(|l| !l.contains("starting its replacement"))
+    );
+}
