@@ -316,6 +316,17 @@ fn an_invalid_config_during_a_roll_is_refused_and_systemd_hears_of_the_roll_alon
     // Datagrams arrive in order: once the roll's READY=1 is here, so is
     // anything sent before it.
     app.notify.messages.wait_for_nth("READY=1", 2, 5 * SECOND);
+    // The STATUS= of the pass that sent READY=1 follows it.
+    wait_until(5 * SECOND, "a STATUS= after the second READY=1", || {
+        let messages = app.notify.messages.lines();
+        let second_ready = messages
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| *m == "READY=1")
+            .nth(1)
+            .map(|(i, _)| i);
+        second_ready.is_some_and(|i| messages[i..].iter().any(|m| m.starts_with("STATUS=")))
+    });
     let messages = app.notify.messages.lines();
     assert_eq!(
         messages.iter().filter(|m| *m == "RELOADING=1").count(),

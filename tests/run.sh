@@ -29,7 +29,8 @@ command -v cargo >/dev/null || { echo "tests/run.sh: needs a Rust toolchain (car
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
-cargo test --locked 2>&1 | tee "$log" || status=$?
+# --no-fail-fast: every test binary runs and is counted, whatever fails first.
+cargo test --locked --no-fail-fast 2>&1 | tee "$log" || status=$?
 if [ "$(id -u)" -eq 0 ] && [ -x ../shared/sandbox/sandbox.sh ]; then
     tests/e2e/run.sh 2>&1 | tee -a "$log" || status=$?
 else
