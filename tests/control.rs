@@ -161,3 +161,97 @@ fn a_request_may_be_64_kib_and_not_a_byte_more() {
     let reply = ask(64 * 1024 + 1);
     assert!(reply.contains("request longer than 65536 bytes"), "{reply}");
 }
+
+/// An unprivileged uid no account on a test machine uses.
+const STRANGER: u32 = 64_999;
+
+fn is_root() -> bool {
+    (unsafe { libc::geteuid() }) == 0
+}
+
+#[test]
+fn a_default_socket_dir_in_tmp_made_by_someone_else_is_refused_and_one_made_here_is_private() {
+    if !is_root() {
+        eprintln!("skipped: needs root to run sheepdog as another uid");
+        return;
+    }
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let shared = std::path::PathBuf::from(format!("/tmp/sheepdog-{STRANGER}"));
+    let _ = std::fs::remove_dir_all(&shared);
+    let run_as_stranger = || {
+        let mut command = std::process::Command::new("setpriv");
+        command
+            .args([
+                &format!("--reuid={STRANGER}"),
+                &format!("--regid={STRANGER}"),
+                "--clear-groups",
+            ])
+            .arg(BIN)
+            .args(["run", "--listen", "127.0.0.1:0", "--", "sleep", "600"])
+            .env_remove("XDG_RUNTIME_DIR")
+            .env_remove("RUNTIME_DIRECTORY")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("LISTEN_FDS")
+            .current_dir("/")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        command.spawn().expect("setpriv")
+    };
+    // Made first by root, open to all: someone could put a socket in it.
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let output = run_as_stranger().wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{} belongs to uid 0, not to this sheepdog's uid {STRANGER}",
+            shared.display()
+        )),
+        "{stderr}"
+    );
+    // Made by sheepdog itself: 0700, its own.
+    std::fs::remove_dir(&shared).unwrap();
+    let mut child = run_as_stranger();
+    let socket = shared.join("sheepdog/control.sock");
+    wait_until(10 * SECOND, "the stranger's control socket", || socket.exists());
+    for dir in [shared.clone(), shared.join("sheepdog")] {
+        let meta = std::fs::metadata(&dir).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.mode() & 0o777),
+            (STRANGER, 0o700),
+            "{}",
+            dir.display()
+        );
+    }
+    // Root's client may ask it; a third user's client does not ask, nor
+    // believe, a server that is neither its own uid nor root.
+    let output = sheepdog_client(&["status", "--socket", socket.to_str().unwrap()], 10 * SECOND);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let third = STRANGER + 1;
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o711)).unwrap();
+    std::fs::set_permissions(shared.join("sheepdog"), std::fs::Permissions::from_mode(0o711)).unwrap();
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let output = std::process::Command::new("setpriv")
+        .args([
+            &format!("--reuid={third}"),
+            &format!("--regid={third}"),
+            "--clear-groups",
+        ])
+        .arg(BIN)
+        .args(["status", "--socket", socket.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "of uid {STRANGER}, neither root nor this user (uid {third}): not asked"
+        )),
+        "{stderr}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&shared);
+}

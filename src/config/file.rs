@@ -24,7 +24,7 @@ pub(super) struct FileConfig {
     pub min_ready: Option<Spanned<u32>>,
     pub listen: Option<Spanned<Vec<ListenAddr>>>,
     pub working_directory: Option<Spanned<PathBuf>>,
-    pub env: Option<BTreeMap<String, String>>,
+    pub env: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
     pub readiness: Option<Readiness>,
     pub channel: Option<Spanned<Channel>>,
     pub ready_delay: Option<HumanDuration>,
@@ -62,6 +62,31 @@ pub(super) struct MemoryFile {
     limit: Option<HumanSize>,
     interval: Option<Spanned<HumanDuration>>,
     measure: Option<MemoryMeasure>,
+}
+
+/// The variables sheepdog sets in each worker's environment itself.
+pub const RESERVED_ENV: [&str; 11] = [
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "NODE_CHANNEL_FD",
+    "NODE_CHANNEL_SERIALIZATION_MODE",
+    "SHEEPDOG_WORKER_ID",
+    "SHEEPDOG_GENERATION",
+    "JOURNAL_STREAM",
+];
+
+fn reserved_why(name: &str) -> &'static str {
+    match name {
+        n if n.starts_with("LISTEN_") => "the sockets it passes",
+        "NOTIFY_SOCKET" | "WATCHDOG_USEC" | "WATCHDOG_PID" => "readiness and heartbeats over notify",
+        n if n.starts_with("NODE_CHANNEL") => "the node-ipc channel",
+        "JOURNAL_STREAM" => "the worker's own journal stream",
+        _ => "the worker's slot and generation",
+    }
 }
 
 /// A config file's name and text, to point at a place in it.
@@ -339,6 +364,32 @@ impl FileConfig {
             Some(listen) => Ok(listen.get_ref().clone()),
             None => Ok(vec![defaults::LISTEN.parse().expect("the default address parses")]),
         }
+    }
+
+    /// `[env]`: any variable but those sheepdog sets for each worker itself
+    /// (a second copy would shadow or be shadowed by its own, depending on
+    /// who reads it: glibc's getenv takes the first) and names no
+    /// environment can hold.
+    pub fn env(&self, source: &Source) -> Result<BTreeMap<String, String>, Error> {
+        let mut env = BTreeMap::new();
+        for (key, value) in self.env.iter().flatten() {
+            let name = key.get_ref();
+            let at = |why: String| Err(source.invalid(key.span(), &format!("env.{name}"), why));
+            if name.is_empty() {
+                return Err(source.invalid(key.span(), "env", "an empty variable name"));
+            } else if name.contains(['=', '\0']) {
+                return at("a variable name cannot hold '=' or NUL".into());
+            } else if RESERVED_ENV.contains(&name.as_str()) {
+                return at(format!(
+                    "is set by sheepdog for each worker ({}); it cannot be set here",
+                    reserved_why(name)
+                ));
+            } else if value.get_ref().contains('\0') {
+                return Err(source.invalid(value.span(), &format!("env.{name}"), "a value cannot hold NUL"));
+            }
+            env.insert(name.clone(), value.get_ref().clone());
+        }
+        Ok(env)
     }
 
     /// `control_socket`, if set: a path.

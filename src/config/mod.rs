@@ -19,7 +19,9 @@ mod values;
 
 use crate::error::Error;
 use file::{Places, Source};
-pub use paths::{ClientTarget, canonical, client_target, default_control_socket, default_socket_dir, find_program};
+pub use paths::{
+    ClientTarget, canonical, client_target, default_control_socket, default_socket_dir, find_program, private_dir,
+};
 pub use values::*;
 
 /// The effective settings: file, then command-line overrides, then defaults.
@@ -106,7 +108,7 @@ impl Settings {
             min_ready,
             listen: file.listen(overrides, &source)?,
             working_directory: file.working_directory.as_ref().map(|w| relative_to_file(w.get_ref())),
-            env: file.env.clone().unwrap_or_default(),
+            env: file.env(&source)?,
             readiness,
             channel,
             ready_delay: file.ready_delay(),
@@ -370,8 +372,8 @@ NODE_ENV = "production"
 
     #[test]
     fn the_control_socket_is_found_from_the_config_file() {
-        let dir = std::env::temp_dir().join(format!("sheepdog-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path().to_path_buf();
         let file = dir.join("myapp.toml");
         std::fs::write(&file, "control_socket = \"run/ctl.sock\"\n").unwrap();
         assert_eq!(
@@ -404,7 +406,33 @@ NODE_ENV = "production"
         )
         .unwrap();
         assert_eq!(s.control_socket, dir.join("c.sock"));
-        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn env_cannot_shadow_what_sheepdog_sets_nor_hold_impossible_names() {
+        for name in [
+            "LISTEN_FDS",
+            "NOTIFY_SOCKET",
+            "WATCHDOG_USEC",
+            "NODE_CHANNEL_FD",
+            "SHEEPDOG_WORKER_ID",
+        ] {
+            let e = error(&format!("command = [\"x\"]\n[env]\n{name} = \"7\"\n"));
+            assert!(
+                e.starts_with(&format!(
+                    "app.toml:3:1: env.{name}: is set by sheepdog for each worker ("
+                )),
+                "{e}"
+            );
+        }
+        let e = error("command = [\"x\"]\n[env]\n\"A=B\" = \"1\"\n");
+        assert_eq!(e, "app.toml:3:1: env.A=B: a variable name cannot hold '=' or NUL");
+        let e = error("command = [\"x\"]\n[env]\n\"\" = \"1\"\n");
+        assert_eq!(e, "app.toml:3:1: env: an empty variable name");
+        let e = error("command = [\"x\"]\n[env]\nA = \"x\\u0000y\"\n");
+        assert_eq!(e, "app.toml:3:5: env.A: a value cannot hold NUL");
+        let s = parse("command = [\"x\"]\n[env]\nLISTEN_ADDR = \"ok\"\nPATH = \"/bin\"\n").unwrap();
+        assert_eq!(s.env["LISTEN_ADDR"], "ok", "only the exact names are sheepdog's");
     }
 
     #[test]

@@ -46,6 +46,40 @@ pub fn default_socket_dir() -> PathBuf {
     socket_dir_for(nix::unistd::getuid().as_raw(), std::env::var_os("XDG_RUNTIME_DIR"))
 }
 
+/// Makes `dir` (and its missing parents) mode 0700, or checks the one
+/// there: it must belong to `uid`, and grant nothing in `closed` (0o077 for
+/// a directory in /tmp, as ssh-agent and tmux require of theirs: anyone
+/// could have made it first, to put a socket of their own in it and answer
+/// `reload` with a fake "ok"; 0o022 under /run or $XDG_RUNTIME_DIR, where
+/// systemd's RuntimeDirectory= makes them 0755).
+pub fn private_dir(dir: &Path, uid: u32, closed: u32) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    if !meta.is_dir() {
+        return Err(format!("{} is not a directory", dir.display()));
+    }
+    if meta.uid() != uid {
+        return Err(format!(
+            "{} belongs to uid {}, not to this sheepdog's uid {uid}: remove it, or set control_socket",
+            dir.display(),
+            meta.uid()
+        ));
+    }
+    if meta.mode() & closed != 0 {
+        return Err(format!(
+            "{} is open to others (mode {:o}): make it 0700 (chmod 700), or remove it",
+            dir.display(),
+            meta.mode() & 0o7777
+        ));
+    }
+    Ok(())
+}
+
 fn socket_dir_for(uid: u32, runtime_dir: Option<std::ffi::OsString>) -> PathBuf {
     match (uid, runtime_dir) {
         (0, _) => PathBuf::from("/run/sheepdog"),
@@ -131,6 +165,43 @@ fn is_executable(path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_socket_dir_is_made_private_and_a_shared_one_refused() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let uid = nix::unistd::getuid().as_raw();
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("sheepdog-1000/app");
+        assert_eq!(private_dir(&dir, uid, 0o077), Ok(()));
+        for made in [dir.parent().unwrap(), &dir] {
+            assert_eq!(
+                std::fs::metadata(made).unwrap().mode() & 0o777,
+                0o700,
+                "{}",
+                made.display()
+            );
+        }
+        assert_eq!(private_dir(&dir, uid, 0o077), Ok(()), "ours and private: used as is");
+        for mode in [0o777, 0o755, 0o770] {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).unwrap();
+            let error = private_dir(&dir, uid, 0o077).unwrap_err();
+            assert!(error.contains("is open to others"), "{error}");
+        }
+        // Under /run, systemd's 0755 is fine; writable by others is not.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(private_dir(&dir, uid, 0o022), Ok(()));
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o775)).unwrap();
+        assert!(private_dir(&dir, uid, 0o022).is_err());
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let error = private_dir(&dir, uid + 1, 0o077).unwrap_err();
+        assert!(
+            error.contains(&format!("belongs to uid {uid}, not to this sheepdog's uid {}", uid + 1)),
+            "{error}"
+        );
+        let file = root.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        assert!(private_dir(&file, uid, 0o077).is_err());
+    }
 
     #[test]
     fn this_process_has_a_default_socket_dir() {

@@ -1,11 +1,11 @@
 //! The control socket's client side: finding the running sheepdog a command
 //! means, and one request with its reply.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{Read, Write};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::protocol::{Command, Reply, StatusReport, encode_request};
 use crate::config::{ClientTarget, default_socket_dir};
@@ -130,29 +130,129 @@ impl std::fmt::Display for NoReply {
     }
 }
 
-/// Sends one request and waits for its reply.
+/// The longest reply read: a status of 4096 workers is about 1.5 MiB.
+const MAX_REPLY: usize = 16 << 20;
+
+/// Sends one request and waits for its reply: `timeout` bounds the whole
+/// exchange (not each read: a server trickling bytes cannot hold the client),
+/// and a reply longer than `MAX_REPLY` is refused, not buffered.
 pub fn request(socket: &Path, command: &Command, timeout: Option<Duration>) -> Result<Reply, NoReply> {
     use NoReply::{Failed, TimedOut};
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let timed_out = || {
+        TimedOut(format!(
+            "no reply within {}",
+            crate::units::format_duration(timeout.unwrap_or_default())
+        ))
+    };
     let mut stream = UnixStream::connect(socket).map_err(|e| {
         Failed(format!(
             "cannot connect to {}: {e} (is sheepdog running with this config?)",
             socket.display()
         ))
     })?;
-    stream.set_read_timeout(timeout).map_err(|e| Failed(e.to_string()))?;
+    trust_server(&stream, socket).map_err(Failed)?;
+    stream.set_write_timeout(timeout).map_err(|e| Failed(e.to_string()))?;
     stream
         .write_all(format!("{}\n", encode_request(command)).as_bytes())
         .map_err(|e| Failed(format!("cannot send the request: {e}")))?;
-    let mut line = Vec::new();
-    match BufReader::new(&stream).read_until(b'\n', &mut line) {
-        Ok(0) => Err(Failed("sheepdog closed the connection without a reply".into())),
-        Ok(_) => Reply::decode(&line).map_err(Failed),
-        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-            Err(TimedOut(format!(
-                "no reply within {}",
-                crate::units::format_duration(timeout.unwrap_or_default())
-            )))
+    let mut reply = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        if let Some(deadline) = deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(timed_out());
+            }
+            stream.set_read_timeout(Some(left)).map_err(|e| Failed(e.to_string()))?;
         }
-        Err(e) => Err(Failed(format!("cannot read the reply: {e}"))),
+        match stream.read(&mut chunk) {
+            Ok(0) if reply.is_empty() => return Err(Failed("sheepdog closed the connection without a reply".into())),
+            Ok(0) => {
+                return Err(Failed(
+                    "sheepdog closed the connection in the middle of its reply".into(),
+                ));
+            }
+            Ok(n) => {
+                if let Some(end) = chunk[..n].iter().position(|b| *b == b'\n') {
+                    reply.extend_from_slice(&chunk[..end]);
+                    return Reply::decode(&reply).map_err(Failed);
+                }
+                reply.extend_from_slice(&chunk[..n]);
+                if reply.len() > MAX_REPLY {
+                    return Err(Failed(format!(
+                        "the reply is over {} MiB with no end: not a sheepdog",
+                        MAX_REPLY >> 20
+                    )));
+                }
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return Err(timed_out());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Failed(format!("cannot read the reply: {e}"))),
+        }
+    }
+}
+
+/// Only a server of our own uid or root's can be the sheepdog we mean: a
+/// socket someone else put in our way is not asked, nor believed. (Root may
+/// ask anyone's: it names their socket itself, and the server admits it.)
+fn trust_server(stream: &UnixStream, socket: &Path) -> Result<(), String> {
+    use nix::sys::socket::{getsockopt, sockopt};
+    let peer = getsockopt(stream, sockopt::PeerCredentials)
+        .map_err(|e| format!("{}: cannot tell who serves it: {e}", socket.display()))?;
+    let own = nix::unistd::geteuid().as_raw();
+    if own != 0 && peer.uid() != own && peer.uid() != 0 {
+        return Err(format!(
+            "{} is served by pid {} of uid {}, neither root nor this user (uid {own}): not asked",
+            socket.display(),
+            peer.pid(),
+            peer.uid()
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixListener;
+
+    /// A fake server that reads the request line, then writes `chunk` every
+    /// `every` until the client goes away.
+    fn fake_server(chunk: &'static [u8], every: Duration) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fake.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut request = [0u8; 256];
+            let _ = stream.read(&mut request);
+            while stream.write_all(chunk).is_ok() {
+                std::thread::sleep(every);
+            }
+        });
+        (dir, path)
+    }
+
+    #[test]
+    fn a_reply_without_end_is_refused_not_buffered() {
+        static MEBIBYTE: [u8; 1 << 20] = [b'x'; 1 << 20];
+        let (_dir, path) = fake_server(&MEBIBYTE, Duration::ZERO);
+        let outcome = request(&path, &Command::Status, Some(Duration::from_secs(30)));
+        match outcome {
+            Err(NoReply::Failed(why)) => assert!(why.contains("over 16 MiB"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_trickling_server_cannot_hold_the_client_past_its_timeout() {
+        let (_dir, path) = fake_server(b"x", Duration::from_millis(50));
+        let started = Instant::now();
+        let outcome = request(&path, &Command::Status, Some(Duration::from_millis(500)));
+        assert!(matches!(outcome, Err(NoReply::TimedOut(_))), "{outcome:?}");
+        assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
     }
 }

@@ -11,8 +11,8 @@ use serde_json::{Map, Value, json};
 
 pub const PROTOCOL_VERSION: u64 = 1;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "cmd", rename_all = "lowercase", deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "cmd", rename_all = "lowercase")]
 pub enum Command {
     Status,
     Reload,
@@ -28,22 +28,87 @@ pub fn encode_request(command: &Command) -> String {
     value.to_string()
 }
 
-/// Parses one request line: `{"v": 1, "cmd": "status"}`.
+/// Parses one request line: `{"v": 1, "cmd": "status"}`. Strict, since a
+/// request changes the flock: a duplicate key, a key the command does not
+/// take (`{"cmd":"reload","workers":3}` is a mistyped scale, not a reload),
+/// or a worker count out of range is refused, never guessed at.
 pub fn parse_request(line: &[u8]) -> Result<Command, String> {
-    let value: Value = serde_json::from_slice(line).map_err(|e| format!("not JSON: {e}"))?;
-    let Value::Object(mut map) = value else {
-        return Err("a request is a JSON object".into());
-    };
-    match map.remove("v").and_then(|v| v.as_u64()) {
-        Some(PROTOCOL_VERSION) => {}
-        Some(other) => {
+    let StrictObject(mut map) = serde_json::from_slice(line).map_err(|e| {
+        let e = e.to_string();
+        if e.contains("duplicate key") || e.contains("a JSON object") {
+            e
+        } else {
+            format!("not JSON: {e}")
+        }
+    })?;
+    match map.remove("v").map(|v| v.as_u64().ok_or(v)) {
+        Some(Ok(PROTOCOL_VERSION)) => {}
+        Some(Ok(other)) => {
             return Err(format!(
                 "protocol version {other} is not supported (this sheepdog speaks {PROTOCOL_VERSION})"
             ));
         }
+        Some(Err(v)) => return Err(format!("bad request: \"v\" must be a version number, not {v}")),
         None => return Err("missing \"v\" (protocol version)".into()),
     }
-    serde_json::from_value(Value::Object(map)).map_err(|e| format!("bad request: {e}"))
+    let command = match map.remove("cmd") {
+        Some(Value::String(cmd)) => cmd,
+        Some(other) => return Err(format!("bad request: \"cmd\" must be a string, not {other}")),
+        None => return Err("bad request: missing \"cmd\"".into()),
+    };
+    let command = match command.as_str() {
+        "status" => Command::Status,
+        "reload" => Command::Reload,
+        "scale" => {
+            let workers = match map.remove("workers") {
+                Some(value) => value.as_u64().filter(|n| (1..=MAX_SCALE).contains(n)).ok_or_else(|| {
+                    format!("bad request: \"workers\" must be a whole number from 1 to {MAX_SCALE}, not {value}")
+                })?,
+                None => return Err("bad request: scale needs \"workers\"".into()),
+            };
+            Command::Scale {
+                workers: workers as usize,
+            }
+        }
+        other => {
+            return Err(format!(
+                "bad request: unknown command {other:?} (status, reload or scale)"
+            ));
+        }
+    };
+    if let Some(key) = map.keys().next() {
+        return Err(format!("bad request: {command:?} takes no {key:?}"));
+    }
+    Ok(command)
+}
+
+/// The most workers `scale` may ask for (as `workers` in a config).
+const MAX_SCALE: u64 = crate::config::MAX_WORKERS as u64;
+
+/// A JSON object whose keys are each given once.
+struct StrictObject(Map<String, Value>);
+
+impl<'de> Deserialize<'de> for StrictObject {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = StrictObject;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object (a request)")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut access: A) -> Result<StrictObject, A::Error> {
+                let mut map = Map::new();
+                while let Some((key, value)) = access.next_entry::<String, Value>()? {
+                    if map.contains_key(&key) {
+                        return Err(serde::de::Error::custom(format!("bad request: duplicate key {key:?}")));
+                    }
+                    map.insert(key, value);
+                }
+                Ok(StrictObject(map))
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
 }
 
 /// What the server answers.
@@ -176,11 +241,27 @@ mod tests {
             parse_request(br#"{"v":1,"cmd":"scale","workers":4}"#),
             Ok(Command::Scale { workers: 4 })
         );
-        let refused: [(&[u8], &str); 6] = [
+        let refused: [(&[u8], &str); 15] = [
             (br#"{"cmd":"status"}"#, "missing \"v\""),
             (br#"{"v":2,"cmd":"status"}"#, "version 2 is not supported"),
-            (br#"{"v":1,"cmd":"explode"}"#, "bad request"),
-            (br#"{"v":1,"cmd":"scale"}"#, "bad request"),
+            (br#"{"v":"1","cmd":"status"}"#, "\"v\" must be a version number"),
+            (br#"{"v":1,"cmd":"explode"}"#, "unknown command \"explode\""),
+            (br#"{"v":1}"#, "missing \"cmd\""),
+            (br#"{"v":1,"cmd":7}"#, "\"cmd\" must be a string"),
+            (br#"{"v":1,"cmd":"scale"}"#, "scale needs \"workers\""),
+            // A mistyped scale is not a reload; nothing takes a stray key.
+            (br#"{"v":1,"cmd":"reload","workers":3}"#, "Reload takes no \"workers\""),
+            (
+                br#"{"v":1,"cmd":"status","verbose":true}"#,
+                "Status takes no \"verbose\"",
+            ),
+            (
+                br#"{"v":1,"cmd":"scale","workers":2,"cmd":"reload"}"#,
+                "duplicate key \"cmd\"",
+            ),
+            (br#"{"v":1,"cmd":"scale","workers":0}"#, "from 1 to 4096, not 0"),
+            (br#"{"v":1,"cmd":"scale","workers":4097}"#, "from 1 to 4096, not 4097"),
+            (br#"{"v":1,"cmd":"scale","workers":-1}"#, "from 1 to 4096, not -1"),
             (b"[1,2]", "JSON object"),
             (b"\xff", "not JSON"),
         ];
@@ -199,9 +280,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn replies_round_trip_and_keep_their_wire_shape() {
-        let report = StatusReport {
+    fn report() -> StatusReport {
+        StatusReport {
             supervisor: SupervisorStatus {
                 version: "0.1.0".into(),
                 pid: 42,
@@ -237,9 +317,13 @@ mod tests {
                 restarts: 3,
                 restart_in_s: 2.5,
             }],
-        };
+        }
+    }
+
+    #[test]
+    fn replies_round_trip_and_keep_their_wire_shape() {
         for reply in [
-            Reply::Status(report),
+            Reply::Status(report()),
             Reply::Done("scaling to 3 workers".into()),
             Reply::Failed("no".into()),
         ] {
@@ -249,6 +333,22 @@ mod tests {
         }
         let wire: Value = serde_json::from_str(&Reply::Failed("no".into()).encode()).unwrap();
         assert_eq!(wire, json!({"v": 1, "ok": false, "error": "no"}));
+    }
+
+    #[test]
+    fn a_status_reply_missing_a_field_deep_inside_is_an_error_not_a_panic() {
+        let mut wire: Value = serde_json::from_str(&Reply::Status(report()).encode()).unwrap();
+        for missing in ["ok", "message"] {
+            let mut broken = wire.clone();
+            broken["supervisor"]["last_reload"]
+                .as_object_mut()
+                .unwrap()
+                .remove(missing);
+            let error = Reply::decode(broken.to_string().as_bytes()).unwrap_err();
+            assert!(error.contains(&format!("missing field `{missing}`")), "{error}");
+        }
+        wire["workers"][0]["pid"] = json!("not a pid");
+        assert!(Reply::decode(wire.to_string().as_bytes()).is_err());
     }
 
     #[test]

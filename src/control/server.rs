@@ -22,6 +22,10 @@ use nix::sys::socket::{self, sockopt};
 use super::protocol::{Command, Reply, parse_request};
 use crate::error::Error;
 const MAX_REQUEST: usize = 64 * 1024;
+/// What a client may send after its request (a stray newline, say) before
+/// it is disconnected: a reload waiter streaming bytes would otherwise keep
+/// the loop reading and discarding.
+const MAX_AFTER_REQUEST: usize = 4096;
 const MAX_REPLY_BACKLOG: usize = 16 * 1024 * 1024;
 const MAX_CLIENTS: usize = 64;
 const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
@@ -35,6 +39,8 @@ struct Client {
     answered_or_busy: bool,
     /// Close once `output` is written.
     closing: bool,
+    /// Bytes sent after the request.
+    after_request: usize,
 }
 
 pub struct ControlServer {
@@ -137,6 +143,7 @@ impl ControlServer {
                 opened: now,
                 answered_or_busy: false,
                 closing: false,
+                after_request: 0,
             };
             self.clients.insert(id, client);
             added.push(id);
@@ -199,7 +206,17 @@ impl ControlServer {
                     self.clients.remove(&id);
                     return ClientInput::Gone;
                 }
-                Ok(n) if client.answered_or_busy => debug!("control client {id}: ignoring {n} more bytes"),
+                Ok(n) if client.answered_or_busy => {
+                    client.after_request += n;
+                    if client.after_request > MAX_AFTER_REQUEST {
+                        warn!(
+                            "control client {id} sent over {MAX_AFTER_REQUEST} bytes after its request; disconnecting it"
+                        );
+                        self.clients.remove(&id);
+                        return ClientInput::Gone;
+                    }
+                    debug!("control client {id}: ignoring {n} more bytes");
+                }
                 Ok(n) => {
                     client.input.extend_from_slice(&buffer[..n]);
                     let newline = client.input.iter().position(|b| *b == b'\n');
@@ -330,7 +347,19 @@ fn bind_socket(path: &Path) -> Result<UnixListener, BindError> {
     let describe =
         |e: std::io::Error| BindError::Other(Error::from_io(format!("control socket {}", path.display()), e));
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(describe)?;
+        // Under the default socket directory: every level ours, and in /tmp
+        // closed to everyone else. Elsewhere the operator chose the place.
+        let shared_root = crate::config::default_socket_dir();
+        if dir.starts_with(&shared_root) {
+            let uid = nix::unistd::geteuid().as_raw();
+            let closed = if shared_root.starts_with("/tmp") { 0o077 } else { 0o022 };
+            for level in [shared_root.as_path(), dir] {
+                crate::config::private_dir(level, uid, closed)
+                    .map_err(|why| BindError::Other(Error::config(format!("control socket directory {why}"))))?;
+            }
+        } else {
+            std::fs::create_dir_all(dir).map_err(describe)?;
+        }
     }
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
@@ -352,4 +381,44 @@ fn bind_socket(path: &Path) -> Result<UnixListener, BindError> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(describe)?;
     listener.set_nonblocking(true).map_err(describe)?;
     Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server() -> (tempfile::TempDir, ControlServer) {
+        let dir = tempfile::tempdir().unwrap();
+        let server = ControlServer::bind(&dir.path().join("control.sock"), true).unwrap_or_else(|_| panic!("bind"));
+        (dir, server)
+    }
+
+    /// Accepts the one client that connected.
+    fn accept_one(server: &mut ControlServer) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let [id] = server.accept(Instant::now())[..] {
+                return id;
+            }
+            assert!(Instant::now() < deadline, "no client");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn a_client_streaming_after_its_request_is_disconnected() {
+        let (_dir, mut server) = server();
+        let mut client = UnixStream::connect(server.path()).unwrap();
+        client.write_all(b"{\"v\":1,\"cmd\":\"reload\"}\n").unwrap();
+        let id = accept_one(&mut server);
+        assert_eq!(server.read(id), ClientInput::Request(Command::Reload));
+        // A little more is ignored; a stream is not read without end.
+        client.write_all(b"\n").unwrap();
+        assert_eq!(server.read(id), ClientInput::Pending);
+        client.set_nonblocking(true).unwrap();
+        let junk = vec![b'x'; 64 * 1024];
+        let _ = client.write(&junk);
+        assert_eq!(server.read(id), ClientInput::Gone);
+        assert!(server.client_fd(id).is_none());
+    }
 }

@@ -155,13 +155,11 @@ pub fn stderr_is_journal() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
 
-    fn pair(name: &str) -> (UnixDatagram, Notifier, PathBuf) {
-        let dir = std::env::temp_dir().join(format!("sheepdog-notifier-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("notify.sock");
-        let _ = std::fs::remove_file(&path);
+    /// A notifier and its receiver, in a directory removed when dropped.
+    fn pair() -> (UnixDatagram, Notifier, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
         let receiver = UnixDatagram::bind(&path).unwrap();
         let notifier = Notifier {
             target: Some((
@@ -198,7 +196,7 @@ mod tests {
 
     #[test]
     fn a_stalled_receiver_never_blocks_and_loses_no_state_change() {
-        let (receiver, mut notifier, dir) = pair("full");
+        let (receiver, mut notifier, _dir) = pair();
         // Nobody reads: a burst far longer than the queue, without blocking.
         notifier.send(&Upward::Ready);
         for i in 0..1000 {
@@ -221,12 +219,11 @@ mod tests {
         let stopping = got.iter().position(|m| m == "STOPPING=1").unwrap();
         assert!(got[..stopping].iter().rev().find(|m| m.starts_with("RE")).unwrap() == "READY=1");
         assert_eq!(got.last().map(String::as_str), Some("STATUS=stopping · 0 workers left"));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn a_receiver_that_never_reads_costs_a_bounded_outbox_ending_in_its_last_word() {
-        let (receiver, mut notifier, dir) = pair("gone");
+        let (receiver, mut notifier, _dir) = pair();
         for _ in 0..3 * MAX_STATE_CHANGES {
             notifier.send(&Upward::Reloading);
             notifier.send(&Upward::Ready);
@@ -242,7 +239,6 @@ mod tests {
         let got = catch_up(&receiver, &mut notifier);
         let tail: Vec<&str> = got.iter().rev().take(3).rev().map(String::as_str).collect();
         assert_eq!(tail, ["READY=1", "STATUS=x", "STOPPING=1"]);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

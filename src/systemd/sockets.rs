@@ -341,10 +341,8 @@ mod tests {
 
     #[test]
     fn unix_socket_files_stale_are_replaced_live_are_refused() {
-        let dir = std::env::temp_dir().join(format!("sheepdog-sockets-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("app.sock");
-        let _ = std::fs::remove_file(&path);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.sock");
 
         // A stale file: bound, then its listener closed.
         drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
@@ -357,7 +355,6 @@ mod tests {
         std::fs::write(&path, "not a socket").unwrap();
         let err = bind(&ListenAddr::Unix(path.clone())).unwrap_err().to_string();
         assert!(err.contains("not a socket"), "{err}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
