@@ -36,3 +36,13 @@ pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
 pub const MIN_BACKOFF: Duration = Duration::from_millis(10);
 /// The shortest max_age: recycling more often is churn, not hygiene.
 pub const MIN_MAX_AGE: Duration = Duration::from_secs(1);
+/// The shortest ready_timeout for a worker that must say it is ready.
+pub const MIN_READY_TIMEOUT: Duration = Duration::from_millis(100);
+/// The smallest memory limit: under it every process is over, and every
+/// worker would be replaced at every measurement.
+pub const MIN_MEMORY_LIMIT: u64 = 1 << 20;
+/// The most spawns per second: more and the guard against fork storms is
+/// no guard (a start forks the whole flock at once whatever this is).
+pub const MAX_SPAWN_RATE_LIMIT: u32 = 1000;
+/// The longest `name`: it becomes journal identifiers.
+pub const MAX_NAME: usize = 64;

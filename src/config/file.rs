@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::units::{HumanDuration, HumanSize, format_duration};
+use super::units::{HumanDuration, HumanSize, MAX_DURATION, format_duration, format_size_exact};
 use super::values::*;
 use super::{Overrides, defaults};
 use crate::error::Error;
@@ -28,7 +28,7 @@ pub(super) struct FileConfig {
     pub readiness: Option<Readiness>,
     pub channel: Option<Spanned<Channel>>,
     pub ready_delay: Option<HumanDuration>,
-    pub ready_timeout: Option<HumanDuration>,
+    pub ready_timeout: Option<Spanned<HumanDuration>>,
     pub max_surge: Option<Spanned<u32>>,
     pub heartbeat: Option<Spanned<HeartbeatFile>>,
     pub memory: Option<Spanned<MemoryFile>>,
@@ -44,7 +44,7 @@ pub(super) struct FileConfig {
     pub max_age: Option<Spanned<HumanDuration>>,
     pub max_age_jitter: Option<Spanned<HumanDuration>>,
     pub control_socket: Option<Spanned<PathBuf>>,
-    pub name: Option<String>,
+    pub name: Option<Spanned<String>>,
     pub log_level: Option<LogLevel>,
 }
 
@@ -59,7 +59,7 @@ pub(super) struct HeartbeatFile {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct MemoryFile {
-    limit: Option<HumanSize>,
+    limit: Option<Spanned<HumanSize>>,
     interval: Option<Spanned<HumanDuration>>,
     measure: Option<MemoryMeasure>,
 }
@@ -310,6 +310,16 @@ impl FileConfig {
             Some(rate) if *rate.get_ref() == 0 => {
                 return Err(source.invalid(rate.span(), "max_spawn_rate", "must be at least 1 spawn per second"));
             }
+            Some(rate) if *rate.get_ref() > defaults::MAX_SPAWN_RATE_LIMIT => {
+                return Err(source.invalid(
+                    rate.span(),
+                    "max_spawn_rate",
+                    format!(
+                        "must be at most {} spawns per second: more is no guard against fork storms",
+                        defaults::MAX_SPAWN_RATE_LIMIT
+                    ),
+                ));
+            }
             Some(rate) => *rate.get_ref(),
             None => defaults::MAX_SPAWN_RATE,
         };
@@ -409,8 +419,39 @@ impl FileConfig {
         duration(&self.ready_delay, defaults::READY_DELAY)
     }
 
-    pub fn ready_timeout(&self) -> Duration {
-        duration(&self.ready_timeout, defaults::READY_TIMEOUT)
+    /// `ready_timeout`: a worker that must say it is ready needs some time.
+    pub fn ready_timeout(&self, readiness: Readiness, source: &Source) -> Result<Duration, Error> {
+        let timeout = self
+            .ready_timeout
+            .as_ref()
+            .map_or(defaults::READY_TIMEOUT, |t| t.get_ref().0);
+        match &self.ready_timeout {
+            Some(t) if readiness != Readiness::None && timeout < defaults::MIN_READY_TIMEOUT => Err(source.invalid(
+                t.span(),
+                "ready_timeout",
+                format!(
+                    "must be at least {}: no worker can say it is ready sooner, so every start would fail",
+                    format_duration(defaults::MIN_READY_TIMEOUT)
+                ),
+            )),
+            _ => Ok(timeout),
+        }
+    }
+
+    /// `name`: journal identifiers (NAME-worker-SLOT), one line each.
+    pub fn name(&self, source: &Source) -> Result<Option<String>, Error> {
+        let Some(name) = &self.name else { return Ok(None) };
+        let text = name.get_ref();
+        let why = if text.is_empty() {
+            "is empty".to_string()
+        } else if text.chars().any(char::is_control) {
+            "cannot hold control characters (a newline would break the journal's stream header)".to_string()
+        } else if text.len() > defaults::MAX_NAME {
+            format!("is longer than {} bytes", defaults::MAX_NAME)
+        } else {
+            return Ok(Some(text.clone()));
+        };
+        Err(source.invalid(name.span(), "name", why))
     }
 
     pub fn stop_timeout(&self) -> Duration {
@@ -460,6 +501,18 @@ impl FileConfig {
             .timeout
             .as_ref()
             .map_or(interval * defaults::HEARTBEAT_TIMEOUTS, |t| t.get_ref().0);
+        if heartbeat.timeout.is_none() && timeout > MAX_DURATION {
+            let span = heartbeat.interval.as_ref().map_or(section.span(), |i| i.span());
+            return Err(source.invalid(
+                span,
+                "heartbeat.interval",
+                format!(
+                    "gives a timeout of {} ({} intervals), longer than a year: give a shorter interval or a timeout",
+                    format_duration(timeout),
+                    defaults::HEARTBEAT_TIMEOUTS
+                ),
+            ));
+        }
         if let Some(t) = &heartbeat.timeout
             && timeout <= interval
         {
@@ -506,8 +559,20 @@ impl FileConfig {
         };
         let memory = section.get_ref();
         let interval = interval(&memory.interval, defaults::MEMORY_INTERVAL, "memory.interval", source)?;
+        if let Some(limit) = &memory.limit
+            && limit.get_ref().0 < defaults::MIN_MEMORY_LIMIT
+        {
+            return Err(source.invalid(
+                limit.span(),
+                "memory.limit",
+                format!(
+                    "must be at least {}: under it every worker is over, and replaced at every measurement",
+                    format_size_exact(defaults::MIN_MEMORY_LIMIT)
+                ),
+            ));
+        }
         Ok(MemoryPolicy {
-            limit: memory.limit.map(|l| l.0),
+            limit: memory.limit.as_ref().map(|l| l.get_ref().0),
             interval,
             measure: memory.measure.unwrap_or(defaults::MEMORY_MEASURE),
         })

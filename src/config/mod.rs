@@ -112,7 +112,7 @@ impl Settings {
             readiness,
             channel,
             ready_delay: file.ready_delay(),
-            ready_timeout: file.ready_timeout(),
+            ready_timeout: file.ready_timeout(readiness, &source)?,
             max_surge: file.max_surge(&source)?,
             heartbeat: file.heartbeat(channel, &source)?,
             heartbeat_ping: file.heartbeat_ping(channel, &source)?,
@@ -126,7 +126,9 @@ impl Settings {
                 .as_ref()
                 .map(relative_to_file)
                 .unwrap_or_else(|| default_control_socket(path)),
-            name: file.name.clone().unwrap_or_else(|| paths::default_name(path, &command)),
+            name: file
+                .name(&source)?
+                .unwrap_or_else(|| paths::default_name(path, &command)),
             log_level: overrides.log_level.or(file.log_level),
             command,
         };
@@ -433,6 +435,64 @@ NODE_ENV = "production"
         assert_eq!(e, "app.toml:3:5: env.A: a value cannot hold NUL");
         let s = parse("command = [\"x\"]\n[env]\nLISTEN_ADDR = \"ok\"\nPATH = \"/bin\"\n").unwrap();
         assert_eq!(s.env["LISTEN_ADDR"], "ok", "only the exact names are sheepdog's");
+    }
+
+    #[test]
+    fn configs_that_cannot_work_are_refused() {
+        let cases = [
+            (
+                "readiness = \"notify\"\nready_timeout = \"0s\"\n",
+                "app.toml:3:17: ready_timeout: must be at least 100ms: no worker can say it is ready sooner",
+            ),
+            (
+                "[memory]\nlimit = \"0B\"\n",
+                "app.toml:3:9: memory.limit: must be at least 1MiB: under it every worker is over",
+            ),
+            (
+                "[memory]\nlimit = \"512KiB\"\n",
+                "app.toml:3:9: memory.limit: must be at least 1MiB",
+            ),
+            (
+                "stop_signal = \"SIGCHLD\"\n",
+                "stop_signal: SIGCHLD is ignored by a process that does not handle it",
+            ),
+            ("stop_signal = \"winch\"\n", "stop_signal: SIGWINCH is ignored"),
+            ("stop_signal = \"SIGCONT\"\n", "stop_signal: SIGCONT is ignored"),
+            ("stop_signal = \"SIGURG\"\n", "stop_signal: SIGURG is ignored"),
+            ("stop_signal = \"SIGTSTP\"\n", "stop_signal: SIGTSTP suspends a process"),
+            (
+                "max_spawn_rate = 100000\n",
+                "app.toml:2:18: max_spawn_rate: must be at most 1000 spawns per second",
+            ),
+            (
+                "readiness = \"notify\"\n[heartbeat]\ninterval = \"8760h\"\n",
+                "app.toml:4:12: heartbeat.interval: gives a timeout of 1576800m (3 intervals), longer than a year",
+            ),
+            (
+                "name = \"my\\napp\"\n",
+                "app.toml:2:8: name: cannot hold control characters",
+            ),
+            ("name = \"\"\n", "app.toml:2:8: name: is empty"),
+            (
+                "name = \"0123456789012345678901234567890123456789012345678901234567890123456789\"\n",
+                "name: is longer than 64 bytes",
+            ),
+        ];
+        for (text, says) in cases {
+            let e = error(&format!("command = [\"x\"]\n{text}"));
+            assert!(e.contains(says), "{text:?}: {e}");
+        }
+        // At the limits, accepted.
+        let s = parse(
+            "command = [\"x\"]\nreadiness = \"notify\"\nready_timeout = \"100ms\"\nmax_spawn_rate = 1000\n\
+             stop_signal = \"SIGINT\"\nname = \"my-app_2\"\n[memory]\nlimit = \"1MiB\"\n[heartbeat]\ninterval = \"2920h\"\n",
+        )
+        .unwrap();
+        assert_eq!(s.ready_timeout, Duration::from_millis(100));
+        assert_eq!(s.heartbeat.unwrap().timeout, Duration::from_secs(365 * 86400));
+        assert_eq!(s.name, "my-app_2");
+        // Without a readiness protocol ready_timeout is not used: 0 is fine.
+        assert!(parse("command = [\"x\"]\nready_timeout = \"0s\"\n").is_ok());
     }
 
     #[test]

@@ -54,7 +54,7 @@ pub const KEYS: &[Key] = &[
     Key {
         key: "ready_timeout",
         default: "`\"60s\"`",
-        meaning: "with `notify` / `node-ipc`, a worker not ready this long after it started is killed and counts as a failed start",
+        meaning: "with `notify` / `node-ipc`, a worker not ready this long after it started is killed and counts as a failed start (at least 100ms)",
     },
     Key {
         key: "max_surge",
@@ -64,7 +64,7 @@ pub const KEYS: &[Key] = &[
     Key {
         key: "stop_signal",
         default: "`\"SIGTERM\"`",
-        meaning: "the signal that asks a worker to stop accepting, finish in-flight requests and exit",
+        meaning: "the signal that asks a worker to stop accepting, finish in-flight requests and exit; not SIGKILL or SIGSTOP, nor one a process ignores or is suspended by unless it handles it (SIGCHLD, SIGCONT, SIGWINCH, SIGURG, SIGTSTP, SIGTTIN, SIGTTOU)",
     },
     Key {
         key: "stop_timeout",
@@ -99,7 +99,7 @@ pub const KEYS: &[Key] = &[
     Key {
         key: "max_spawn_rate",
         default: "`20`",
-        meaning: "spawns per second, whatever the workers do (the first start may fork the whole flock at once)",
+        meaning: "spawns per second, whatever the workers do, 1–1000 (the first start may fork the whole flock at once)",
     },
     Key {
         key: "min_uptime",
@@ -124,7 +124,7 @@ pub const KEYS: &[Key] = &[
     Key {
         key: "name",
         default: "the config file's name",
-        meaning: "names the app: workers' journal identifiers are `NAME-worker-SLOT`, and `sheepdog status` lists it so; without a config file, the program's name",
+        meaning: "names the app: workers' journal identifiers are `NAME-worker-SLOT`, and `sheepdog status` lists it so; without a config file, the program's name (at most 64 bytes, no control characters)",
     },
     Key {
         key: "log_level",
@@ -134,12 +134,12 @@ pub const KEYS: &[Key] = &[
     Key {
         key: "env",
         default: "—",
-        meaning: "extra environment variables for the workers, e.g. `NODE_ENV = \"production\"`",
+        meaning: "extra environment variables for the workers, e.g. `NODE_ENV = \"production\"`; not those sheepdog sets for each worker (`LISTEN_*`, `NOTIFY_SOCKET`, `WATCHDOG_*`, `NODE_CHANNEL_*`, `SHEEPDOG_*`, `JOURNAL_STREAM`)",
     },
     Key {
         key: "heartbeat.interval",
         default: "`\"5s\"` (when the section is present)",
-        meaning: "how often sheepdog pings node-ipc workers; heartbeats need a channel (`notify` or `node-ipc`)",
+        meaning: "how often sheepdog pings node-ipc workers; heartbeats need a channel (`notify` or `node-ipc`); at least 100ms, and without a `timeout` at most a third of a year",
     },
     Key {
         key: "heartbeat.ping",
@@ -154,7 +154,7 @@ pub const KEYS: &[Key] = &[
     Key {
         key: "memory.limit",
         default: "none",
-        meaning: "a worker whose process tree uses more is replaced gracefully, replacement first, e.g. `\"700MiB\"`",
+        meaning: "a worker whose process tree uses more is replaced gracefully, replacement first, e.g. `\"700MiB\"` (at least 1MiB)",
     },
     Key {
         key: "memory.interval",

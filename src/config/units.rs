@@ -6,15 +6,24 @@ use std::time::Duration;
 
 use serde::de::{self, Deserialize, Deserializer};
 
-/// Parses "250ms", "5s", "1.5s", "2m", "1h". A bare number is rejected: a
-/// duration without a unit is the classic "was that seconds or ms?" bug.
+/// The longest duration a config may give: a year.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 86400);
+/// The largest size a config may give: a pebibyte.
+pub const MAX_SIZE: u64 = 1 << 50;
+
+/// Parses "250ms", "5s", "1.5s", "2m", "1h" (also "us", "ns"), exactly: the
+/// arithmetic is on integers, so "5555507100ms" is that many milliseconds to
+/// the nanosecond. A bare number is rejected: a duration without a unit is
+/// the classic "was that seconds or ms?" bug.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = split_number(text)?;
-    let seconds_per_unit = match unit {
-        "ms" => 0.001,
-        "s" | "sec" => 1.0,
-        "m" | "min" => 60.0,
-        "h" => 3600.0,
+    let nanos_per_unit: u128 = match unit {
+        "ns" => 1,
+        "us" => 1_000,
+        "ms" => 1_000_000,
+        "s" | "sec" => 1_000_000_000,
+        "m" | "min" => 60_000_000_000,
+        "h" => 3_600_000_000_000,
         "" => return Err(format!("duration \"{text}\" needs a unit (ms, s, m, h)")),
         other => {
             return Err(format!(
@@ -22,24 +31,28 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             ));
         }
     };
-    let seconds = number * seconds_per_unit;
-    if seconds > 365.0 * 86400.0 {
-        return Err(format!("duration \"{text}\" is longer than a year"));
+    let too_long = || format!("duration \"{text}\" is longer than a year");
+    let nanos = number
+        .times(nanos_per_unit)
+        .ok_or_else(too_long)?
+        .ok_or_else(|| format!("duration \"{text}\" is finer than a nanosecond"))?;
+    if nanos > MAX_DURATION.as_nanos() {
+        return Err(too_long());
     }
-    Ok(Duration::from_secs_f64(seconds))
+    Ok(Duration::from_nanos(nanos as u64))
 }
 
-/// Parses "700MiB", "512KiB", "1.5GiB", "700MB", "4096B" into bytes.
+/// Parses "700MiB", "512KiB", "1.5GiB", "700MB", "4096B" into bytes, exactly.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let (number, unit) = split_number(text)?;
-    let bytes_per_unit: f64 = match unit {
-        "B" => 1.0,
-        "K" | "KiB" => 1024.0,
-        "M" | "MiB" => 1024.0 * 1024.0,
-        "G" | "GiB" => 1024.0 * 1024.0 * 1024.0,
-        "KB" | "kB" => 1e3,
-        "MB" => 1e6,
-        "GB" => 1e9,
+    let bytes_per_unit: u128 = match unit {
+        "B" => 1,
+        "K" | "KiB" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
         "" => {
             return Err(format!("size \"{text}\" needs a unit (B, KiB, MiB, GiB, KB, MB, GB)"));
         }
@@ -49,39 +62,96 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
             ));
         }
     };
-    let bytes = number * bytes_per_unit;
-    if bytes > (1u64 << 50) as f64 {
-        return Err(format!("size \"{text}\" is larger than a petabyte"));
+    let too_large = || format!("size \"{text}\" is larger than a petabyte");
+    let bytes = number
+        .times(bytes_per_unit)
+        .ok_or_else(too_large)?
+        .ok_or_else(|| format!("size \"{text}\" is not a whole number of bytes"))?;
+    if bytes > MAX_SIZE as u128 {
+        return Err(too_large());
     }
-    Ok(bytes.round() as u64)
+    Ok(bytes as u64)
 }
 
-fn split_number(text: &str) -> Result<(f64, &str), String> {
-    let trimmed = text.trim();
-    let end = trimmed
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(trimmed.len());
-    let (digits, unit) = trimmed.split_at(end);
+/// A decimal number as written: its digits, and how many of them follow
+/// the point ("1.25" is 125 with 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Decimal {
+    digits: u128,
+    scale: u32,
+}
+
+impl Decimal {
+    /// `self × unit`: None when it overflows, Some(None) when it is not a
+    /// whole number of the unit's base (a fraction of a nanosecond, of a byte).
+    fn times(self, unit: u128) -> Option<Option<u128>> {
+        let product = self.digits.checked_mul(unit)?;
+        let Some(divisor) = 10u128.checked_pow(self.scale) else {
+            return Some(None); // some 39 digits after the point
+        };
+        Some(product.is_multiple_of(divisor).then_some(product / divisor))
+    }
+}
+
+/// The number and the unit of "1.5 GiB": ASCII digits with at most one point
+/// (digits on both sides of it), ASCII spaces or tabs around and between.
+fn split_number(text: &str) -> Result<(Decimal, &str), String> {
+    let trimmed = text.trim_matches([' ', '\t']);
     if trimmed.starts_with('-') {
         return Err(format!("\"{text}\" is negative"));
     }
-    let number: f64 = digits
-        .parse()
-        .map_err(|_| format!("\"{text}\" does not start with a number"))?;
-    Ok((number, unit.trim()))
+    let end = trimmed
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(end);
+    let not_a_number = || format!("\"{text}\" does not start with a number");
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() || (number.contains('.') && fraction.is_empty()) || fraction.contains('.') {
+        return Err(not_a_number());
+    }
+    let unit = unit.trim_start_matches([' ', '\t']);
+    if unit.contains(|c: char| !c.is_ascii_alphabetic()) {
+        return Err(format!("\"{text}\": a number, then a unit"));
+    }
+    // Leading zeros and trailing fraction zeros say nothing; what is left
+    // must fit (40 significant digits is far beyond any limit here).
+    let significant = format!("{}{}", whole.trim_start_matches('0'), fraction.trim_end_matches('0'));
+    let scale = fraction.trim_end_matches('0').len() as u32;
+    let digits = if significant.is_empty() {
+        0
+    } else if significant.len() > 38 {
+        // Beyond any limit if the whole part is long, else too fine.
+        let whole = whole.trim_start_matches('0').len();
+        return Ok((
+            Decimal {
+                digits: if whole > 20 { u128::MAX } else { 1 },
+                scale: if whole > 20 { 0 } else { u32::MAX },
+            },
+            unit,
+        ));
+    } else {
+        significant.parse().map_err(|_| not_a_number())?
+    };
+    Ok((Decimal { digits, scale }, unit))
 }
 
-/// Formats a duration the way a person would write it in the config.
+/// Formats a duration the way a person would write it in the config, and
+/// exactly: it parses back to the same duration.
 pub fn format_duration(duration: Duration) -> String {
-    let ms = duration.as_millis();
-    if ms == 0 && !duration.is_zero() {
-        format!("{}us", duration.as_micros())
-    } else if !ms.is_multiple_of(1000) || ms == 0 {
-        format!("{ms}ms")
-    } else if !ms.is_multiple_of(60_000) || ms < 60_000 {
-        format!("{}s", ms / 1000)
+    let ns = duration.as_nanos();
+    const MS: u128 = 1_000_000;
+    if ns == 0 {
+        "0ms".into()
+    } else if !ns.is_multiple_of(1_000) {
+        format!("{ns}ns")
+    } else if !ns.is_multiple_of(MS) {
+        format!("{}us", ns / 1_000)
+    } else if !ns.is_multiple_of(1000 * MS) {
+        format!("{}ms", ns / MS)
+    } else if !ns.is_multiple_of(60_000 * MS) {
+        format!("{}s", ns / (1000 * MS))
     } else {
-        format!("{}m", ms / 60_000)
+        format!("{}m", ns / (60_000 * MS))
     }
 }
 
@@ -262,6 +332,81 @@ mod tests {
         assert_eq!(format_size_exact(1536 << 20), "1536MiB");
         assert_eq!(format_size_exact(700_000_000), "700MB");
         assert_eq!(format_size_exact(4097), "4097B");
+    }
+
+    #[test]
+    fn arithmetic_is_exact() {
+        assert_eq!(parse_duration("5555507100ms"), Ok(Duration::from_millis(5_555_507_100)));
+        assert_eq!(parse_duration("0.1s"), Ok(Duration::from_millis(100)));
+        assert_eq!(parse_duration("1.000000001s"), Ok(Duration::new(1, 1)));
+        assert_eq!(parse_duration("007.50s"), Ok(Duration::from_millis(7500)));
+        assert!(parse_duration("0.5ns").unwrap_err().contains("finer than a nanosecond"));
+        assert_eq!(parse_size("0.5KiB"), Ok(512));
+        assert_eq!(parse_size("1.1GB"), Ok(1_100_000_000));
+        assert!(
+            parse_size("0.1KiB")
+                .unwrap_err()
+                .contains("not a whole number of bytes")
+        );
+        assert!(
+            parse_size("99999999999999999999999999999999999999999GiB")
+                .unwrap_err()
+                .contains("petabyte")
+        );
+        assert!(
+            parse_duration("99999999999999999999999999999999999999999h")
+                .unwrap_err()
+                .contains("year")
+        );
+        let fine = format!("1.{}1s", "0".repeat(45));
+        assert!(
+            parse_duration(&fine).unwrap_err().contains("finer than a nanosecond"),
+            "{fine}"
+        );
+    }
+
+    #[test]
+    fn only_ascii_spaces_and_digits() {
+        for text in [
+            "5\u{a0}s",
+            "\u{2003}5s",
+            "5s\u{3000}",
+            "٥s",
+            "5 s s",
+            "5s5",
+            ".5s",
+            "5.s",
+            "1.2.3s",
+            "+5s",
+        ] {
+            assert!(parse_duration(text).is_err(), "{text:?} was accepted");
+        }
+        assert_eq!(parse_duration("\t5 s "), Ok(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn every_duration_prints_in_a_form_that_parses_back() {
+        for nanos in [
+            1,
+            999,
+            1_000,
+            1_500,
+            250_000,
+            1_000_000,
+            1_000_001,
+            90_000_000_000,
+            3_600_000_000_000,
+        ] {
+            let duration = Duration::from_nanos(nanos);
+            assert_eq!(
+                parse_duration(&format_duration(duration)),
+                Ok(duration),
+                "{}",
+                format_duration(duration)
+            );
+        }
+        assert_eq!(format_duration(Duration::from_nanos(1_500)), "1500ns");
+        assert_eq!(format_duration(Duration::from_micros(1_001)), "1001us");
     }
 
     #[test]

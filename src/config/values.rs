@@ -229,6 +229,14 @@ impl FromStr for StopSignal {
             Ok(Signal::SIGKILL | Signal::SIGSTOP) => {
                 Err(format!("{name} cannot be caught, so it cannot ask for a graceful stop"))
             }
+            // A worker that does not handle these would not stop: each stop
+            // would wait out stop_timeout, then SIGKILL.
+            Ok(Signal::SIGCHLD | Signal::SIGCONT | Signal::SIGWINCH | Signal::SIGURG) => Err(format!(
+                "{name} is ignored by a process that does not handle it, so it cannot stop one (e.g. \"SIGTERM\", \"SIGQUIT\", \"SIGINT\")"
+            )),
+            Ok(Signal::SIGTSTP | Signal::SIGTTIN | Signal::SIGTTOU) => Err(format!(
+                "{name} suspends a process that does not handle it rather than stopping it (e.g. \"SIGTERM\", \"SIGQUIT\", \"SIGINT\")"
+            )),
             Ok(signal) => Ok(StopSignal(signal)),
             Err(_) => Err(format!(
                 "\"{text}\" is not a signal name (e.g. \"SIGTERM\", \"SIGQUIT\")"
