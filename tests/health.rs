@@ -228,7 +228,7 @@ fn malformed_datagrams_and_ipc_lines_are_dropped_and_logged() {
         notify.messages.wait_for("READY=1", 10 * SECOND);
         // Log lines travel by another pipe than READY=1: wait for each.
         let expected: &[&str] = if readiness == "notify" {
-            &["not a KEY=VALUE line", "not UTF-8", "larger than 4096 bytes"]
+            &["not KEY=VALUE", "not UTF-8", "larger than 4096 bytes"]
         } else {
             &["not JSON", "line longer than 65536 bytes", "not JSON (expected value"]
         };

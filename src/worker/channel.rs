@@ -24,38 +24,74 @@ pub enum WorkerMessage {
     ChannelClosed,
 }
 
-/// Parses one sd_notify datagram: newline-separated `KEY=VALUE` assignments.
-/// Unknown keys are ignored (as systemd does); a line without `=` makes the
-/// whole datagram garbage.
-pub fn parse_notify(datagram: &[u8]) -> Result<Vec<WorkerMessage>, String> {
+/// What one notify datagram said, and the assignments in it that were
+/// ignored (with why, for the log).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Notified {
+    pub messages: Vec<WorkerMessage>,
+    pub ignored: Vec<String>,
+}
+
+/// The largest ERRNO= systemd takes (its ERRNO_MAX).
+const MAX_ERRNO: i32 = 4095;
+
+/// Parses one sd_notify datagram as systemd does: `KEY=VALUE` assignments
+/// separated by newlines or carriage returns (systemd splits on both, so
+/// `READY=1\r\n` is `READY=1`), each on its own. A bad one (`ERRNO=x`, a
+/// line without `=`, one that is not UTF-8) is ignored and the others still
+/// count, so a `READY=1` beside it is not lost; unknown keys are ignored
+/// silently; a tag must otherwise match exactly (`READY=1 ` is not
+/// `READY=1`, for systemd either). Only a datagram too large, with a NUL
+/// inside (one trailing NUL is allowed) or empty is refused whole, as
+/// systemd refuses it.
+pub fn parse_notify(datagram: &[u8]) -> Result<Notified, String> {
     if datagram.len() > MAX_DATAGRAM {
         return Err(format!("datagram of {} bytes exceeds {MAX_DATAGRAM}", datagram.len()));
     }
-    let text = std::str::from_utf8(datagram).map_err(|_| "datagram is not UTF-8".to_string())?;
-    let mut messages = Vec::new();
-    for line in text.split('\n').filter(|l| !l.is_empty()) {
+    let body = datagram.strip_suffix(b"\0").unwrap_or(datagram);
+    if body.contains(&0) {
+        return Err("datagram with a NUL byte inside".into());
+    }
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err("empty datagram".into());
+    }
+    let mut said = Notified::default();
+    for line in body.split(|b| matches!(b, b'\n' | b'\r')).filter(|l| !l.is_empty()) {
+        let Ok(line) = std::str::from_utf8(line) else {
+            said.ignored.push(format!("ignored a line that is not UTF-8: {:?}", String::from_utf8_lossy(line)));
+            continue;
+        };
         let Some((key, value)) = line.split_once('=') else {
-            return Err(format!("not a KEY=VALUE line: {:?}", truncate(line)));
+            said.ignored.push(format!("ignored a line that is not KEY=VALUE: {:?}", truncate(line)));
+            continue;
         };
         match (key, value) {
-            ("READY", "1") => messages.push(WorkerMessage::Ready),
-            ("WATCHDOG", "1") => messages.push(WorkerMessage::Heartbeat),
-            ("WATCHDOG", "trigger") => messages.push(WorkerMessage::WatchdogTrigger),
-            ("STOPPING", "1") => messages.push(WorkerMessage::Stopping),
-            ("STATUS", status) => messages.push(WorkerMessage::Status(status.to_string())),
+            ("READY", "1") => said.messages.push(WorkerMessage::Ready),
+            ("WATCHDOG", "1") => said.messages.push(WorkerMessage::Heartbeat),
+            ("WATCHDOG", "trigger") => said.messages.push(WorkerMessage::WatchdogTrigger),
+            ("STOPPING", "1") => said.messages.push(WorkerMessage::Stopping),
+            ("STATUS", status) => said.messages.push(WorkerMessage::Status(status.to_string())),
             ("ERRNO", errno) => match errno.trim().parse() {
-                Ok(n) => messages.push(WorkerMessage::Errno(n)),
-                Err(_) => return Err(format!("ERRNO is not a number: {:?}", truncate(errno))),
+                Ok(n) if (0..=MAX_ERRNO).contains(&n) => said.messages.push(WorkerMessage::Errno(n)),
+                _ => said.ignored.push(format!(
+                    "ignored ERRNO={:?}: not an error number from 0 to {MAX_ERRNO}",
+                    truncate(errno)
+                )),
             },
+            // Almost a known tag: said, since it does nothing (for systemd
+            // neither) and the worker surely meant it to.
+            ("READY" | "WATCHDOG" | "STOPPING", value) if value.trim_end() != value => {
+                said.ignored.push(format!(
+                    "ignored {:?}: trailing whitespace (systemd ignores it too)",
+                    truncate(line)
+                ));
+            }
             // Unknown keys carry nothing for us; nor does BARRIER=1, which
             // closing the fd that came with it satisfies (the shell does).
             _ => {}
         }
     }
-    if messages.is_empty() && text.trim().is_empty() {
-        return Err("empty datagram".into());
-    }
-    Ok(messages)
+    Ok(said)
 }
 
 /// Parses one Node IPC line (JSON serialization). Node's own internal
@@ -141,38 +177,67 @@ mod tests {
     use super::*;
     use WorkerMessage::*;
 
+    fn said(datagram: &[u8]) -> Vec<WorkerMessage> {
+        parse_notify(datagram).unwrap().messages
+    }
+
+    fn ignored(datagram: &[u8]) -> Vec<String> {
+        parse_notify(datagram).unwrap().ignored
+    }
+
     #[test]
     fn notify_assignments_are_recognised() {
-        assert_eq!(parse_notify(b"READY=1"), Ok(vec![Ready]));
-        assert_eq!(parse_notify(b"WATCHDOG=1\n"), Ok(vec![Heartbeat]));
-        assert_eq!(parse_notify(b"WATCHDOG=trigger"), Ok(vec![WatchdogTrigger]));
-        assert_eq!(parse_notify(b"STOPPING=1"), Ok(vec![Stopping]));
+        assert_eq!(said(b"READY=1"), vec![Ready]);
+        assert_eq!(said(b"WATCHDOG=1\n"), vec![Heartbeat]);
+        assert_eq!(said(b"WATCHDOG=trigger"), vec![WatchdogTrigger]);
+        assert_eq!(said(b"STOPPING=1"), vec![Stopping]);
         assert_eq!(
-            parse_notify(b"READY=1\nSTATUS=serving 12 rps\nERRNO=5\n"),
-            Ok(vec![Ready, Status("serving 12 rps".into()), Errno(5)])
+            said(b"READY=1\nSTATUS=serving 12 rps\nERRNO=5\n"),
+            vec![Ready, Status("serving 12 rps".into()), Errno(5)]
         );
-        assert_eq!(parse_notify(b"STATUS=a=b"), Ok(vec![Status("a=b".into())]));
+        assert_eq!(said(b"STATUS=a=b"), vec![Status("a=b".into())]);
+        assert_eq!(said(b"READY=1\0"), vec![Ready], "one trailing NUL, as systemd allows");
     }
 
     #[test]
     fn unknown_keys_are_ignored_like_systemd_does() {
-        assert_eq!(
-            parse_notify(b"MAINPID=42\nEXTEND_TIMEOUT_USEC=5\nX_CUSTOM=1"),
-            Ok(vec![])
-        );
-        assert_eq!(parse_notify(b"READY=0"), Ok(vec![]));
+        let quiet = parse_notify(b"MAINPID=42\nEXTEND_TIMEOUT_USEC=5\nX_CUSTOM=1\nREADY=0").unwrap();
+        assert_eq!(quiet, Notified::default());
     }
 
     #[test]
-    fn garbage_is_refused_with_a_reason() {
-        assert!(
-            parse_notify(b"hello world")
-                .unwrap_err()
-                .contains("not a KEY=VALUE line")
-        );
-        assert!(parse_notify(b"READY=1\n\xff\xfe").unwrap_err().contains("not UTF-8"));
-        assert!(parse_notify(b"ERRNO=x").unwrap_err().contains("ERRNO"));
+    fn a_bad_assignment_is_ignored_and_the_rest_still_counts() {
+        assert_eq!(said(b"ERRNO=x\nREADY=1"), vec![Ready]);
+        assert_eq!(ignored(b"ERRNO=x\nREADY=1"), vec!["ignored ERRNO=\"x\": not an error number from 0 to 4095"]);
+        assert_eq!(said(b"ERRNO=-5\nREADY=1"), vec![Ready]);
+        assert_eq!(said(b"ERRNO=4096"), vec![]);
+        assert_eq!(said(b"ERRNO=4095"), vec![Errno(4095)]);
+        assert_eq!(said(b"hello world\nWATCHDOG=1"), vec![Heartbeat]);
+        assert_eq!(ignored(b"hello world\nWATCHDOG=1"), vec!["ignored a line that is not KEY=VALUE: \"hello world\""]);
+        assert_eq!(said(b"STATUS=\xff\xfe\nREADY=1"), vec![Ready]);
+        assert_eq!(ignored(b"STATUS=\xff\xfe\nREADY=1").len(), 1);
+    }
+
+    #[test]
+    fn lines_end_at_a_newline_or_a_carriage_return_as_for_systemd() {
+        assert_eq!(said(b"READY=1\r\n"), vec![Ready]);
+        assert_eq!(said(b"STATUS=a\rWATCHDOG=1\r\n"), vec![Status("a".into()), Heartbeat]);
+        assert_eq!(ignored(b"READY=1\r\n"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_tag_must_otherwise_match_exactly_as_for_systemd() {
+        assert_eq!(said(b"READY=1 "), vec![]);
+        assert_eq!(ignored(b"READY=1 "), vec!["ignored \"READY=1 \": trailing whitespace (systemd ignores it too)"]);
+        assert_eq!(said(b"READY=1\t"), vec![]);
+        assert_eq!(said(b"READY = 1"), vec![]);
+    }
+
+    #[test]
+    fn only_what_systemd_refuses_whole_is_refused_whole() {
+        assert!(parse_notify(b"READY=1\0WATCHDOG=1").unwrap_err().contains("NUL"));
         assert!(parse_notify(b"").unwrap_err().contains("empty"));
+        assert!(parse_notify(b"\n\n ").unwrap_err().contains("empty"));
         assert!(
             parse_notify(&vec![b'A'; MAX_DATAGRAM + 1])
                 .unwrap_err()
@@ -193,8 +258,6 @@ mod tests {
         let long = format!("{{{}", "x".repeat(200));
         let error = parse_ipc_line(long.as_bytes()).unwrap_err();
         assert!(error.ends_with(&format!("\"{{{}\"", "x".repeat(79))), "{error}");
-        let error = parse_notify(b"hello world").unwrap_err();
-        assert!(error.ends_with("\"hello world\""), "{error}");
         assert!(parse_ipc_line(b"\xff").is_err());
     }
 
@@ -240,7 +303,7 @@ mod tests {
         // A datagram of MAX_DATAGRAM bytes is read; one more is refused.
         let mut datagram = b"STATUS=".to_vec();
         datagram.resize(MAX_DATAGRAM, b'x');
-        assert_eq!(parse_notify(&datagram).unwrap().len(), 1);
+        assert_eq!(parse_notify(&datagram).unwrap().messages.len(), 1);
         datagram.push(b'x');
         assert!(parse_notify(&datagram).is_err());
     }

@@ -197,7 +197,12 @@ impl Links {
                                     .map_err(|e| format!("{e} (from pid {})", datagram.sender))
                             });
                             match verdict {
-                                Ok(said) => messages.extend(said),
+                                Ok(said) => {
+                                    messages.extend(said.messages);
+                                    for why in said.ignored {
+                                        self.drops.dropped(now, slot, pid, &why);
+                                    }
+                                }
                                 Err(why) => self.drops.dropped(now, slot, pid, &why),
                             }
                         }
@@ -293,7 +298,7 @@ struct Datagram {
 }
 
 impl Datagram {
-    fn parse(&self) -> Result<Vec<WorkerMessage>, String> {
+    fn parse(&self) -> Result<channel::Notified, String> {
         if self.truncated {
             return Err(format!("datagram larger than {MAX_DATAGRAM} bytes"));
         }

@@ -85,7 +85,8 @@ check "the manual pages are installed" bash -c "'$sandbox' exec zcat /usr/share/
 x systemctl start myapp.socket
 check "myapp is not running before the first connection" bash -c "[ \"\$('$sandbox' exec systemctl is-active myapp.socket)\" = active ] && [ \"\$('$sandbox' exec systemctl is-active myapp.service)\" = inactive ]"
 check "the first request starts it and gets 200" answers "hello from worker"
-check "the service is active" active myapp.service active
+# A worker may answer before the whole flock is ready (and systemd told).
+check "the service is active" until_ok 10 active myapp.service active
 check "systemctl status shows sheepdog's STATUS line" until_ok 10 bash -c "'$sandbox' exec systemctl status myapp --no-pager | grep -q 'Status: \"2/2 ready'"
 
 hammer_start
@@ -141,6 +142,41 @@ check "no request failed during the restart" zero_failed
 check "systemctl stop stops cleanly" x systemctl stop myapp.socket myapp.service
 check "nothing is left in the service's cgroup" bash -c "! '$sandbox' exec pgrep -f /srv/myapp/server.js"
 check "the stop was logged as requested" until_ok 10 journal_has "stopped on request; exiting" -u myapp
+
+# The notify parser against systemd's own: the same datagram, once from a
+# service to systemd, once from a worker to sheepdog (itself run as a
+# Type=notify service: ready only once its worker is).
+S copy-in "$repo/tests/e2e/notify-send" /usr/local/bin/notify-send
+ready_for() { # ready_for systemd|sheepdog PAYLOAD: did the datagram make it ready?
+    local unit=probe-$1 rc
+    if [ "$1" = systemd ]; then
+        x timeout 30 systemd-run --quiet --unit="$unit" -p Type=notify -p TimeoutStartSec=3s \
+            /usr/local/bin/notify-send "$2" >/dev/null 2>&1
+    else
+        printf "command = [\"/usr/local/bin/notify-send\", '%s']\nworkers = 1\nlisten = [\"127.0.0.1:0\"]\nreadiness = \"notify\"\nready_timeout = \"3s\"\n" \
+            "$2" > /tmp/e2e-probe.toml
+        S copy-in /tmp/e2e-probe.toml /etc/sheepdog/probe.toml
+        x timeout 30 systemd-run --quiet --unit="$unit" -p Type=notify -p TimeoutStartSec=6s \
+            /usr/bin/sheepdog run --config /etc/sheepdog/probe.toml >/dev/null 2>&1
+    fi
+    rc=$?
+    x systemctl stop "$unit" >/dev/null 2>&1
+    x systemctl reset-failed "$unit" >/dev/null 2>&1
+    return "$rc"
+}
+agree() { # agree EXPECTED PAYLOAD: systemd and sheepdog both (not) ready
+    local verdicts=""
+    for reader in systemd sheepdog; do
+        if ready_for "$reader" "$2"; then verdicts="$verdicts ready"; else verdicts="$verdicts not-ready"; fi
+    done
+    [ "$verdicts" = " $1 $1" ] || { echo "#   systemd, sheepdog:$verdicts (expected $1)"; return 1; }
+}
+check "a bad ERRNO= beside READY=1: ready, for systemd and for sheepdog" agree ready 'ERRNO=x\nREADY=1'
+check "a negative ERRNO= beside READY=1: ready, for both" agree ready 'ERRNO=-5\nREADY=1'
+check "a line without = beside READY=1: ready, for both" agree ready 'hello\nREADY=1'
+check "READY=1 ending in a carriage return: ready, for both" agree ready 'READY=1\r\n'
+check "READY=1 with a trailing space: not ready, for both" agree not-ready 'READY=1 '
+check "sheepdog said why it ignored the trailing space" journal_has 'ignored "READY=1 ": trailing whitespace' -u probe-sheepdog
 
 check "dpkg -r removes the package" x dpkg -r sheepdog
 check "the units are gone" bash -c "! '$sandbox' exec test -e /lib/systemd/system/sheepdog@.service"
