@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::Range;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -361,7 +361,14 @@ impl FileConfig {
     }
 
     /// `listen` (or `--listen`): at least one address.
-    pub fn listen(&self, overrides: &Overrides, source: &Source) -> Result<Vec<ListenAddr>, Error> {
+    /// `listen`, or `--listen`; a relative unix path in the file is relative
+    /// to the file's directory (`base`), as `working_directory` is.
+    pub fn listen(
+        &self,
+        overrides: &Overrides,
+        base: Option<&Path>,
+        source: &Source,
+    ) -> Result<Vec<ListenAddr>, Error> {
         if !overrides.listen.is_empty() {
             return Ok(overrides.listen.clone());
         }
@@ -371,7 +378,27 @@ impl FileConfig {
                 "listen",
                 "is empty: give at least one address, e.g. [\"127.0.0.1:8080\"]",
             )),
-            Some(listen) => Ok(listen.get_ref().clone()),
+            Some(listen) => listen
+                .get_ref()
+                .iter()
+                .map(|addr| match (addr, base) {
+                    (ListenAddr::Unix(path), Some(base)) if path.is_relative() => {
+                        let full = base.join(path);
+                        if full.as_os_str().len() > MAX_UNIX_PATH {
+                            return Err(source.invalid(
+                                listen.span(),
+                                "listen",
+                                format!(
+                                    "the unix socket path {} is longer than the {MAX_UNIX_PATH} bytes the kernel takes",
+                                    full.display()
+                                ),
+                            ));
+                        }
+                        Ok(ListenAddr::Unix(full))
+                    }
+                    _ => Ok(addr.clone()),
+                })
+                .collect(),
             None => Ok(vec![defaults::LISTEN.parse().expect("the default address parses")]),
         }
     }

@@ -106,7 +106,7 @@ impl Settings {
             config_file: path.map(Path::to_path_buf),
             workers,
             min_ready,
-            listen: file.listen(overrides, &source)?,
+            listen: file.listen(overrides, base, &source)?,
             working_directory: file.working_directory.as_ref().map(|w| relative_to_file(w.get_ref())),
             env: file.env(&source)?,
             readiness,
@@ -520,6 +520,71 @@ NODE_ENV = "production"
                 .describe();
             assert!(printed.contains(&format!("log_level = \"{level}\"")), "{printed}");
         }
+    }
+
+    #[test]
+    fn unix_socket_paths_are_files_relative_to_the_config() {
+        let s = Settings::from_toml(
+            "command = [\"x\"]\nlisten = [\"unix:run/app.sock\", \"unix:/abs.sock\", \"/other.sock\"]\n",
+            Some(Path::new("/etc/sheepdog/app.toml")),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            s.listen,
+            vec![
+                ListenAddr::Unix("/etc/sheepdog/run/app.sock".into()),
+                ListenAddr::Unix("/abs.sock".into()),
+                ListenAddr::Unix("/other.sock".into()),
+            ]
+        );
+        let e = error("command = [\"x\"]\nlisten = [\"unix:@myapp\"]\n");
+        assert!(e.contains("\"unix:@myapp\": abstract sockets are not supported"), "{e}");
+        let long = format!("unix:/{}", "x".repeat(110));
+        let e = error(&format!("command = [\"x\"]\nlisten = [\"{long}\"]\n"));
+        assert!(e.contains("longer than the 107 bytes the kernel takes"), "{e}");
+        let deep = format!("unix:{}", "d".repeat(100));
+        let e = Settings::from_toml(
+            &format!("command = [\"x\"]\nlisten = [\"{deep}\"]\n"),
+            Some(Path::new("/etc/sheepdog/app.toml")),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("longer than the 107 bytes"), "{e}");
+    }
+
+    #[test]
+    fn describe_round_trips_awkward_values() {
+        let text = r#"command = ["sh", "-c", "echo \"a\\b\" 'c'\n\t€ \u0001"]
+name = "app \"ünï\""
+log_level = "trace"
+stop_signal = "SIGQUIT"
+ready_delay = "1500us"
+max_age = "90061s"
+max_age_jitter = "7ns"
+[env]
+"KEY WITH SPACES" = "v=1;x"
+"dotted.key" = "\\"
+"ÜNI" = "line\nbreak"
+[memory]
+limit = "700MB"
+interval = "2500ms"
+measure = "rss"
+"#;
+        let s = parse(text).unwrap();
+        let printed = s.describe();
+        let again = parse(&printed).unwrap_or_else(|e| panic!("{e}\n{printed}"));
+        assert_eq!(
+            again,
+            Settings {
+                config_file: s.config_file.clone(),
+                ..s.clone()
+            },
+            "{printed}"
+        );
+        assert_eq!(s.memory.limit, Some(700_000_000));
+        assert!(printed.contains("limit = \"700MB\""), "{printed}");
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub const KEYS: &[Key] = &[
     Key {
         key: "listen",
         default: "`[\"127.0.0.1:8080\"]`",
-        meaning: "addresses to bind when systemd passes no socket: `\"IP:PORT\"`, `\"[IPv6]:PORT\"`, `\"unix:/path\"`; at least one",
+        meaning: "addresses to bind when systemd passes no socket: `\"IP:PORT\"`, `\"[IPv6]:PORT\"`, `\"unix:/path\"` (a relative path is relative to the config file; no abstract `@` names); at least one",
     },
     Key {
         key: "working_directory",

@@ -123,17 +123,37 @@ impl FromStr for ListenAddr {
 
     fn from_str(text: &str) -> Result<Self, String> {
         if let Some(path) = text.strip_prefix("unix:") {
-            if path.is_empty() {
-                return Err("\"unix:\" needs a path, e.g. \"unix:/run/myapp.sock\"".into());
-            }
-            return Ok(ListenAddr::Unix(PathBuf::from(path)));
+            return unix_path(path).map(ListenAddr::Unix);
         }
         if text.starts_with('/') {
-            return Ok(ListenAddr::Unix(PathBuf::from(text)));
+            return unix_path(text).map(ListenAddr::Unix);
         }
         text.parse().map(ListenAddr::Tcp).map_err(|_| {
             format!("\"{text}\" is not an address: use \"127.0.0.1:8080\", \"[::1]:8080\" or \"unix:/path/to.sock\"")
         })
+    }
+}
+
+/// The longest unix socket path the kernel takes (sun_path, less its NUL).
+pub const MAX_UNIX_PATH: usize = 107;
+
+/// A unix socket's path, as written (a relative one is resolved later,
+/// against the config file's directory).
+fn unix_path(path: &str) -> Result<PathBuf, String> {
+    if path.is_empty() {
+        Err("\"unix:\" needs a path, e.g. \"unix:/run/myapp.sock\"".into())
+    } else if path.starts_with('@') {
+        Err(format!(
+            "\"unix:{path}\": abstract sockets are not supported; give a path, e.g. \"unix:/run/myapp.sock\""
+        ))
+    } else if path.contains('\0') {
+        Err("a unix socket path cannot hold NUL".into())
+    } else if path.len() > MAX_UNIX_PATH {
+        Err(format!(
+            "the unix socket path {path} is longer than the {MAX_UNIX_PATH} bytes the kernel takes"
+        ))
+    } else {
+        Ok(PathBuf::from(path))
     }
 }
 

@@ -58,11 +58,15 @@ pub fn parse_notify(datagram: &[u8]) -> Result<Notified, String> {
     let mut said = Notified::default();
     for line in body.split(|b| matches!(b, b'\n' | b'\r')).filter(|l| !l.is_empty()) {
         let Ok(line) = std::str::from_utf8(line) else {
-            said.ignored.push(format!("ignored a line that is not UTF-8: {:?}", String::from_utf8_lossy(line)));
+            said.ignored.push(format!(
+                "ignored a line that is not UTF-8: {:?}",
+                String::from_utf8_lossy(line)
+            ));
             continue;
         };
         let Some((key, value)) = line.split_once('=') else {
-            said.ignored.push(format!("ignored a line that is not KEY=VALUE: {:?}", truncate(line)));
+            said.ignored
+                .push(format!("ignored a line that is not KEY=VALUE: {:?}", truncate(line)));
             continue;
         };
         match (key, value) {
@@ -208,12 +212,18 @@ mod tests {
     #[test]
     fn a_bad_assignment_is_ignored_and_the_rest_still_counts() {
         assert_eq!(said(b"ERRNO=x\nREADY=1"), vec![Ready]);
-        assert_eq!(ignored(b"ERRNO=x\nREADY=1"), vec!["ignored ERRNO=\"x\": not an error number from 0 to 4095"]);
+        assert_eq!(
+            ignored(b"ERRNO=x\nREADY=1"),
+            vec!["ignored ERRNO=\"x\": not an error number from 0 to 4095"]
+        );
         assert_eq!(said(b"ERRNO=-5\nREADY=1"), vec![Ready]);
         assert_eq!(said(b"ERRNO=4096"), vec![]);
         assert_eq!(said(b"ERRNO=4095"), vec![Errno(4095)]);
         assert_eq!(said(b"hello world\nWATCHDOG=1"), vec![Heartbeat]);
-        assert_eq!(ignored(b"hello world\nWATCHDOG=1"), vec!["ignored a line that is not KEY=VALUE: \"hello world\""]);
+        assert_eq!(
+            ignored(b"hello world\nWATCHDOG=1"),
+            vec!["ignored a line that is not KEY=VALUE: \"hello world\""]
+        );
         assert_eq!(said(b"STATUS=\xff\xfe\nREADY=1"), vec![Ready]);
         assert_eq!(ignored(b"STATUS=\xff\xfe\nREADY=1").len(), 1);
     }
@@ -228,7 +238,10 @@ mod tests {
     #[test]
     fn a_tag_must_otherwise_match_exactly_as_for_systemd() {
         assert_eq!(said(b"READY=1 "), vec![]);
-        assert_eq!(ignored(b"READY=1 "), vec!["ignored \"READY=1 \": trailing whitespace (systemd ignores it too)"]);
+        assert_eq!(
+            ignored(b"READY=1 "),
+            vec!["ignored \"READY=1 \": trailing whitespace (systemd ignores it too)"]
+        );
         assert_eq!(said(b"READY=1\t"), vec![]);
         assert_eq!(said(b"READY = 1"), vec![]);
     }
