@@ -44,6 +44,8 @@ pub mod config;
 pub mod control;
 pub mod core;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod logging;
 pub mod manual;
 pub mod shell;

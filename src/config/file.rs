@@ -133,7 +133,8 @@ impl Source<'_> {
                     };
                     Error::config(format!("{at}: {full}: unknown key; {hint}"))
                 }
-                None if path == "." => Error::config(format!("{at}: {message}")),
+                // Every value is under a key: the file's own errors (syntax,
+                // duplicate keys) were reported by the parse above.
                 None => Error::config(format!("{at}: {path}: {message}")),
             }
         })

@@ -415,9 +415,8 @@ impl Flock {
 
     /// At least `count` slots exist (a scale-up or a reload may add some).
     pub(super) fn ensure_slots(&mut self, count: usize, now: Instant) {
-        if self.slots.len() < count {
-            self.slots.resize_with(count, || Slot::fresh(now));
-        }
+        let count = count.max(self.slots.len());
+        self.slots.resize_with(count, || Slot::fresh(now));
     }
 
     pub(super) fn ready_count(&self) -> usize {

@@ -507,6 +507,7 @@ fn young_ready_workers_are_inspected_each_memory_interval_for_a_minute() {
         pid,
         own: vec!["0.0.0.0:3000".into()],
     });
+    assert_eq!(logged("listens on 0.0.0.0:3000 itself").len(), 1, "warned at once");
     h.feed(Event::Inspected {
         pid,
         own: vec!["0.0.0.0:3000".into()],

@@ -1,0 +1,3 @@
+#![no_main]
+// The checks live in sheepdog::fuzzing, where tests/fuzz_corpus.rs replays them.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| sheepdog::fuzzing::control_reply(data));
