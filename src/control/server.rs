@@ -21,6 +21,7 @@ use nix::sys::socket::{self, sockopt};
 
 use super::protocol::{Command, Reply, parse_request};
 use crate::error::Error;
+use crate::logging::RateLimit;
 const MAX_REQUEST: usize = 64 * 1024;
 /// What a client may send after its request (a stray newline, say) before
 /// it is disconnected: a reload waiter streaming bytes would otherwise keep
@@ -28,6 +29,9 @@ const MAX_REQUEST: usize = 64 * 1024;
 const MAX_AFTER_REQUEST: usize = 4096;
 const MAX_REPLY_BACKLOG: usize = 16 * 1024 * 1024;
 const MAX_CLIENTS: usize = 64;
+/// Connections accepted in one pass at most: a flood of them waits for the
+/// next pass rather than holding the loop.
+const MAX_ACCEPTS_PER_PASS: usize = 64;
 const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
 
 struct Client {
@@ -52,6 +56,12 @@ pub struct ControlServer {
     clients: HashMap<u64, Client>,
     next_client: u64,
     own_uid: u32,
+    /// An fd held in reserve (/dev/null): out of fds, it is closed to accept
+    /// and refuse a connection that would otherwise wake the loop again and
+    /// again, then opened again.
+    reserve: Option<std::fs::File>,
+    /// What clients can trigger again and again is logged at a bounded rate.
+    complaints: RateLimit,
 }
 
 /// What reading from a client gave.
@@ -96,6 +106,8 @@ impl ControlServer {
                     clients: HashMap::new(),
                     next_client: 1,
                     own_uid: nix::unistd::getuid().as_raw(),
+                    reserve: open_reserve(),
+                    complaints: RateLimit::new(5, Duration::from_secs(10)),
                 })
             }
         }
@@ -114,24 +126,38 @@ impl ControlServer {
         self.clients.get(&client).map(|c| c.stream.as_fd())
     }
 
-    /// Accepts every pending connection; returns the new clients to watch.
+    /// Accepts the pending connections (up to a budget per pass); returns
+    /// the new clients to watch. Out of fds (EMFILE, ENFILE), the client idle
+    /// longest makes room, or the connection is taken with the reserve fd
+    /// and refused, so that an fd shortage never spins the loop.
     pub fn accept(&mut self, now: Instant) -> Vec<u64> {
         let mut added = Vec::new();
-        loop {
+        for _ in 0..MAX_ACCEPTS_PER_PASS {
             let stream = match self.listener.accept() {
                 Ok((stream, _)) => stream,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    if self.complaints.allow(now) {
+                        warn!("control socket: cannot accept a client: {e}");
+                    }
+                    if self.evict_oldest_idle(now, "out of file descriptors") || self.refuse_with_reserve(now) {
+                        continue;
+                    }
+                    break;
+                }
                 Err(e) => {
-                    warn!("control socket: accept failed: {e}");
+                    if self.complaints.allow(now) {
+                        warn!("control socket: accept failed: {e}");
+                    }
                     break;
                 }
             };
-            if let Err(refusal) = self.admit(&stream) {
-                warn!("control socket: {refusal}");
-                let mut stream = stream;
-                let _ = stream.set_nonblocking(true);
-                let _ = stream.write_all(format!("{}\n", Reply::Failed(refusal).encode()).as_bytes());
+            if let Err(refusal) = self.admit(&stream, now) {
+                if self.complaints.allow(now) {
+                    warn!("control socket: {refusal}");
+                }
+                refuse(stream, refusal);
                 continue;
             }
             let id = self.next_client;
@@ -148,10 +174,36 @@ impl ControlServer {
             self.clients.insert(id, client);
             added.push(id);
         }
+        if self.reserve.is_none() {
+            self.reserve = open_reserve();
+        }
         added
     }
 
-    fn admit(&mut self, stream: &UnixStream) -> Result<(), String> {
+    /// Out of fds with no idle client to disconnect: frees the reserve fd to
+    /// accept one connection and refuse it. False when there is no reserve
+    /// or the accept still fails.
+    fn refuse_with_reserve(&mut self, now: Instant) -> bool {
+        if self.reserve.take().is_none() {
+            return false;
+        }
+        let taken = match self.listener.accept() {
+            Ok((stream, _)) => {
+                refuse(stream, "sheepdog is out of file descriptors; try again later".into());
+                true
+            }
+            Err(e) => {
+                if self.complaints.allow(now) {
+                    warn!("control socket: cannot accept a client even with the reserve fd: {e}");
+                }
+                false
+            }
+        };
+        self.reserve = open_reserve();
+        taken
+    }
+
+    fn admit(&mut self, stream: &UnixStream, now: Instant) -> Result<(), String> {
         stream.set_nonblocking(true).map_err(|e| e.to_string())?;
         let credentials = socket::getsockopt(stream, sockopt::PeerCredentials).map_err(|e| e.desc().to_string())?;
         if credentials.uid() != 0 && credentials.uid() != self.own_uid {
@@ -162,7 +214,9 @@ impl ControlServer {
                 self.own_uid
             ));
         }
-        if self.clients.len() >= MAX_CLIENTS && !self.evict_oldest_idle() {
+        if self.clients.len() >= MAX_CLIENTS
+            && !self.evict_oldest_idle(now, &format!("{MAX_CLIENTS} clients connected"))
+        {
             return Err(format!(
                 "refused pid {}: {MAX_CLIENTS} clients are already waiting for replies",
                 credentials.pid()
@@ -174,7 +228,7 @@ impl ControlServer {
     /// Makes room for a new client by disconnecting the one that has been
     /// connected longest without sending a request, so that idle connections
     /// can never shut an operator's `sheepdog status` out.
-    fn evict_oldest_idle(&mut self) -> bool {
+    fn evict_oldest_idle(&mut self, now: Instant, why: &str) -> bool {
         let oldest = self
             .clients
             .iter()
@@ -183,9 +237,9 @@ impl ControlServer {
             .map(|(id, _)| *id);
         match oldest {
             Some(id) => {
-                warn!(
-                    "control socket: {MAX_CLIENTS} clients connected; disconnecting idle client {id} to admit another"
-                );
+                if self.complaints.allow(now) {
+                    warn!("control socket: {why}; disconnecting idle client {id} to admit another");
+                }
                 self.clients.remove(&id);
                 true
             }
@@ -209,9 +263,11 @@ impl ControlServer {
                 Ok(n) if client.answered_or_busy => {
                     client.after_request += n;
                     if client.after_request > MAX_AFTER_REQUEST {
-                        warn!(
-                            "control client {id} sent over {MAX_AFTER_REQUEST} bytes after its request; disconnecting it"
-                        );
+                        if self.complaints.allow(Instant::now()) {
+                            warn!(
+                                "control client {id} sent over {MAX_AFTER_REQUEST} bytes after its request; disconnecting it"
+                            );
+                        }
                         self.clients.remove(&id);
                         return ClientInput::Gone;
                     }
@@ -223,7 +279,9 @@ impl ControlServer {
                     // The limit is on the request itself, newline or not yet.
                     if newline.unwrap_or(client.input.len()) > MAX_REQUEST {
                         let message = format!("request longer than {MAX_REQUEST} bytes");
-                        warn!("control client {id}: {message}; disconnecting it");
+                        if self.complaints.allow(Instant::now()) {
+                            warn!("control client {id}: {message}; disconnecting it");
+                        }
                         client.answered_or_busy = true;
                         client.input = Vec::new();
                         self.reply(id, &Reply::Failed(message));
@@ -235,7 +293,9 @@ impl ControlServer {
                         return match parse_request(&line[..end]) {
                             Ok(command) => ClientInput::Request(command),
                             Err(e) => {
-                                warn!("control client {id}: {e}");
+                                if self.complaints.allow(Instant::now()) {
+                                    warn!("control client {id}: {e}");
+                                }
                                 self.reply(id, &Reply::Failed(e));
                                 ClientInput::Pending
                             }
@@ -277,7 +337,9 @@ impl ControlServer {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     if client.output.len() > MAX_REPLY_BACKLOG {
-                        warn!("control client {id} does not read its reply; disconnecting it");
+                        if self.complaints.allow(Instant::now()) {
+                            warn!("control client {id} does not read its reply; disconnecting it");
+                        }
                         self.clients.remove(&id);
                         return false;
                     }
@@ -299,7 +361,7 @@ impl ControlServer {
     pub fn expire(&mut self, now: Instant) {
         self.clients.retain(|id, client| {
             let late = !client.answered_or_busy && now.saturating_duration_since(client.opened) >= REQUEST_DEADLINE;
-            if late {
+            if late && self.complaints.allow(now) {
                 warn!(
                     "control client {id} sent no request within {}s; disconnecting it",
                     REQUEST_DEADLINE.as_secs()
@@ -333,6 +395,16 @@ impl ControlServer {
             ),
         }
     }
+}
+
+/// Answers a connection that is not admitted with why, and closes it.
+fn refuse(mut stream: UnixStream, why: String) {
+    let _ = stream.set_nonblocking(true);
+    let _ = stream.write_all(format!("{}\n", Reply::Failed(why).encode()).as_bytes());
+}
+
+fn open_reserve() -> Option<std::fs::File> {
+    std::fs::File::open("/dev/null").ok()
 }
 
 enum BindError {

@@ -10,8 +10,8 @@
 //! and logged, at a bounded rate. Nothing a worker sends can do more than that.
 
 use std::collections::HashMap;
-use std::io::{IoSliceMut, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::PathBuf;
@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 use nix::errno::Errno;
-use nix::sys::socket::{self, ControlMessageOwned, MsgFlags, sockopt};
+use nix::sys::socket::{self, sockopt};
 
 use super::channel::{self, LineBuffer, MAX_DATAGRAM, MAX_IPC_LINE, WorkerMessage};
 use super::spawn::WorkerExtras;
@@ -332,41 +332,74 @@ impl Datagram {
     }
 }
 
+/// How many fds one datagram may carry, as systemd accepts (its
+/// NOTIFY_FD_MAX): every one of them is received, so that every one is closed.
+const MAX_DATAGRAM_FDS: usize = 768;
+
 /// Receives one datagram with its sender's credentials, or None when drained.
+/// Every fd that came with it is closed, even when the control data was cut
+/// short (MSG_CTRUNC): the kernel installs the fds that fit and drops the rest.
 fn receive_datagram(socket: &UnixDatagram) -> Result<Option<Datagram>, Errno> {
     let mut buffer = vec![0u8; MAX_DATAGRAM + 1];
-    // Room for the credentials and a few fds: `systemd-notify --ready` sends
-    // BARRIER=1 with a pipe's write end and waits until the receiver closes it.
-    let mut cmsg = nix::cmsg_space!(nix::sys::socket::UnixCredentials, [std::os::fd::RawFd; 8]);
-    let mut iov = [IoSliceMut::new(&mut buffer)];
-    let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_TRUNC;
-    let received = match socket::recvmsg::<()>(socket.as_raw_fd(), &mut iov, Some(&mut cmsg), flags) {
-        Ok(received) => received,
-        Err(Errno::EAGAIN) => return Ok(None),
-        Err(Errno::EINTR) => return receive_datagram(socket),
-        Err(e) => return Err(e),
+    // SAFETY: CMSG_SPACE only computes a size from its argument.
+    let control_len = unsafe {
+        libc::CMSG_SPACE(std::mem::size_of::<libc::ucred>() as u32)
+            + libc::CMSG_SPACE((std::mem::size_of::<RawFd>() * MAX_DATAGRAM_FDS) as u32)
+    } as usize;
+    // u64 words: the control buffer must be aligned for cmsghdr.
+    let mut control = vec![0u64; control_len.div_ceil(8)];
+    let mut iov = libc::iovec {
+        iov_base: buffer.as_mut_ptr().cast(),
+        iov_len: buffer.len(),
     };
+    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+    let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
+    header.msg_iov = &mut iov;
+    header.msg_iovlen = 1;
+    header.msg_control = control.as_mut_ptr().cast();
+    header.msg_controllen = control.len() * 8;
+    let flags = libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC | libc::MSG_TRUNC;
+    // SAFETY: header points at `iov`, `buffer` and `control`, all alive and
+    // of the lengths given, for the duration of the call.
+    let length = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut header, flags) };
+    if length < 0 {
+        return match Errno::last() {
+            Errno::EAGAIN => Ok(None),
+            Errno::EINTR => receive_datagram(socket),
+            e => Err(e),
+        };
+    }
     let (mut sender, mut uid) = (0, None);
-    if let Ok(messages) = received.cmsgs() {
-        for message in messages {
-            match message {
-                ControlMessageOwned::ScmCredentials(credentials) => {
-                    sender = credentials.pid();
-                    uid = Some(credentials.uid());
+    // SAFETY: the kernel set msg_controllen to what it wrote into `control`
+    // (a whole number of messages, even when truncated); CMSG_FIRSTHDR and
+    // CMSG_NXTHDR stay within it, and each message's data is read within its
+    // own cmsg_len.
+    unsafe {
+        let mut message = libc::CMSG_FIRSTHDR(&header);
+        while !message.is_null() {
+            let data = libc::CMSG_DATA(message);
+            let data_len = (*message).cmsg_len as usize - (data as usize - message as usize);
+            match ((*message).cmsg_level, (*message).cmsg_type) {
+                (libc::SOL_SOCKET, libc::SCM_CREDENTIALS) if data_len >= std::mem::size_of::<libc::ucred>() => {
+                    let credentials = std::ptr::read_unaligned(data.cast::<libc::ucred>());
+                    sender = credentials.pid;
+                    uid = Some(credentials.uid);
                 }
-                ControlMessageOwned::ScmRights(fds) => {
+                (libc::SOL_SOCKET, libc::SCM_RIGHTS) => {
                     // Closing a received fd is what completes a BARRIER=1; no
                     // other fd is kept either.
-                    for fd in fds {
-                        let _ = nix::unistd::close(fd);
+                    for i in 0..data_len / std::mem::size_of::<RawFd>() {
+                        let fd = std::ptr::read_unaligned(data.cast::<RawFd>().add(i));
+                        libc::close(fd);
                     }
                 }
                 _ => {}
             }
+            message = libc::CMSG_NXTHDR(&header, message);
         }
     }
-    let length = received.bytes;
-    let truncated = received.flags.contains(MsgFlags::MSG_TRUNC) || length > MAX_DATAGRAM;
+    let length = length as usize;
+    let truncated = header.msg_flags & libc::MSG_TRUNC != 0 || length > MAX_DATAGRAM;
     buffer.truncate(length.min(MAX_DATAGRAM));
     Ok(Some(Datagram {
         bytes: buffer,
