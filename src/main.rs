@@ -35,14 +35,19 @@ fn run(args: RunArgs) -> ExitCode {
         Ok(settings) => settings,
         Err(e) => {
             logging::init(None, journal);
-            return cannot_run(e);
+            let code = cannot_run(e);
+            logging::drain(Duration::from_secs(1));
+            return code;
         }
     };
     logging::init(settings.log_level.map(|l| l.filter()), journal);
-    match set_up(&settings, overrides, journal) {
+    let code = match set_up(&settings, overrides, journal) {
         Ok(supervisor) => ExitCode::from(supervisor.run() as u8),
         Err(e) => cannot_run(e),
-    }
+    };
+    // The last lines, the reason for the exit among them, for a slow reader.
+    logging::drain(Duration::from_secs(1));
+    code
 }
 
 /// Logs why sheepdog cannot run; the error's class is the exit code.

@@ -200,11 +200,11 @@ fn a_system_out_of_file_descriptors_at_start_exits_71_not_78() {
     use std::os::unix::process::CommandExt;
     let case = Case::new();
     let config = case.config("listen = [\"127.0.0.1:0\"]\n");
-    // With 4 fds, the listening socket takes the one beside stdio (the
-    // dynamic loader needs it first) and /dev/null fails; with 5, the
-    // control socket does. Either way it is the system's shortage (EX_OSERR),
+    // With 5 fds, stdio and the log's own non-blocking descriptor onto
+    // stderr take four, the listening socket the fifth (the dynamic loader
+    // needs it first), and /dev/null fails; with 6, the control socket does. Either way it is the system's shortage (EX_OSERR),
     // not a bad config.
-    for (fds, failing) in [(4, "/dev/null"), (5, "control socket")] {
+    for (fds, failing) in [(5, "/dev/null"), (6, "control socket")] {
         let mut command = Command::new(BIN);
         command.args(["run", "--config", &config]);
         // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child.

@@ -115,3 +115,151 @@ fn out_of_fds_the_control_socket_neither_spins_nor_floods_the_log_and_status_ans
     assert_eq!(sheepdog.wait_exit(10 * SECOND).code(), Some(0));
     assert!(sheepdog.logs.count("were not logged") <= 1);
 }
+
+#[test]
+fn a_stalled_log_reader_does_not_freeze_supervision() {
+    use std::io::Read;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("app.toml");
+    // Python workers: Node would make the stderr it shares with sheepdog
+    // non-blocking (libuv does), which hides the fault.
+    std::fs::write(
+        &config,
+        format!(
+            "command = [\"python3\", {:?}]\nlisten = [\"127.0.0.1:0\"]\nworkers = 2\nreadiness = \"notify\"\n[env]\nFLOOD = \"0\"\nFDS = \"0\"\n",
+            fixture("fd-passing-worker.py")
+        ),
+    )
+    .unwrap();
+    // sheepdog's stderr is a pipe this test stops reading, as a stuck
+    // journald or a paused `| less` would.
+    let mut fds = [0; 2];
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let filler_end = write_end.try_clone().unwrap();
+    let mut child = std::process::Command::new(BIN)
+        .args(["run", "--config", config.to_str().unwrap()])
+        .env("RUNTIME_DIRECTORY", dir.path())
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("LISTEN_FDS")
+        .env_remove("JOURNAL_STREAM")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(write_end))
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let _guard = KillOnDrop(pid);
+    let mut log = std::fs::File::from(read_end);
+    let mut seen = String::new();
+    let mut buffer = [0u8; 65536];
+    while !seen.contains("ready: 2/2 workers") {
+        let n = log.read(&mut buffer).unwrap();
+        assert!(n > 0, "sheepdog's stderr closed: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buffer[..n]));
+    }
+    let addr: std::net::SocketAddr = seen
+        .split(" on ")
+        .nth(1)
+        .and_then(|after| after.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Keep the pipe full: a writer of our own that blocks once it is.
+    let stop = Arc::new(AtomicBool::new(false));
+    let filler = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut out = std::fs::File::from(filler_end);
+            let chunk = [b'#'; 4095];
+            while !stop.load(Ordering::Relaxed) {
+                use std::io::Write;
+                if out.write_all(&chunk).and_then(|_| out.write_all(b"\n")).is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    let queued = |fd: i32| {
+        let mut n: libc::c_int = 0;
+        unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
+        n as usize
+    };
+    let capacity = unsafe { libc::fcntl(log.as_raw_fd(), libc::F_GETPIPE_SZ) } as usize;
+    wait_until(5 * SECOND, "the pipe to fill", || {
+        queued(log.as_raw_fd()) + 8192 >= capacity
+    });
+
+    // Every log line now finds the pipe full. A killed worker is still
+    // replaced, status still answers, requests are still served.
+    let requests = RequestLoop::start(addr);
+    let before = children(pid);
+    unsafe { libc::kill(before[0], libc::SIGKILL) };
+    wait_until(10 * SECOND, "the killed worker's replacement", || {
+        let now = children(pid);
+        now.len() == 2 && !now.contains(&before[0])
+    });
+    let socket = dir.path().join("control.sock");
+    let status = sheepdog_client(&["status", "--socket", socket.to_str().unwrap()], 10 * SECOND);
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    // A burst of log lines (SIGUSR1 logs the flock) while nothing reads.
+    for _ in 0..400 {
+        unsafe { libc::kill(pid, libc::SIGUSR1) };
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let result = requests.stop();
+    assert_eq!(result.failed, 0, "{result:?}");
+
+    // The reader is back: the count of what was dropped is said.
+    stop.store(true, Ordering::Relaxed);
+    let (lines, reader) = {
+        let lines = Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = lines.clone();
+        let reader = std::thread::spawn(move || {
+            let mut buffer = [0u8; 65536];
+            while let Ok(n @ 1..) = log.read(&mut buffer) {
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buffer[..n]));
+            }
+        });
+        (lines, reader)
+    };
+    filler.join().unwrap();
+    let said = || lines.lock().unwrap().contains("log lines were dropped");
+    let deadline = std::time::Instant::now() + 10 * SECOND;
+    while !said() {
+        let tail: String = lines.lock().unwrap().chars().rev().take(3000).collect();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no count of dropped lines; the log ends: {}",
+            tail.chars().rev().collect::<String>()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + 10 * SECOND;
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        assert!(std::time::Instant::now() < deadline, "sheepdog did not exit");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(code, Some(0));
+    reader.join().unwrap();
+    assert!(lines.lock().unwrap().contains("stopped on request"));
+}
+
+/// SIGKILLs a sheepdog (and so its workers) that a failed test left running.
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if alive(self.0) {
+            unsafe { libc::kill(self.0, libc::SIGKILL) };
+        }
+    }
+}

@@ -139,7 +139,8 @@ impl Os {
 
     fn epoll_wait(&self, now: Instant, deadline: Option<Instant>) -> Result<Ready, Errno> {
         let retry = self.notifier.has_pending().then(|| now + NOTIFY_RETRY);
-        let timeout = match [deadline, retry, self.control.next_deadline()]
+        let log_retry = crate::logging::has_pending().then(|| now + crate::logging::RETRY);
+        let timeout = match [deadline, retry, log_retry, self.control.next_deadline()]
             .into_iter()
             .flatten()
             .min()
@@ -284,6 +285,7 @@ impl System for Os {
 
     fn wait(&mut self, deadline: Option<Instant>) -> Result<Vec<Input>, String> {
         self.notifier.flush();
+        crate::logging::flush();
         let ready = self
             .epoll_wait(Instant::now(), deadline)
             .map_err(|e| format!("epoll_wait failed: {}", e.desc()))?;
@@ -419,5 +421,6 @@ impl System for Os {
         }
         self.links.cleanup();
         self.control.cleanup();
+        crate::logging::drain(FINAL_FLUSH);
     }
 }
