@@ -52,8 +52,14 @@ impl Sink {
             libc::S_IFSOCK => Sink::Socket,
             libc::S_IFIFO | libc::S_IFCHR => {
                 let path = c"/proc/self/fd/2";
-                // SAFETY: a plain open(2) of a NUL-terminated path.
-                let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_NONBLOCK | libc::O_CLOEXEC) };
+                // SAFETY: a plain open(2) of a NUL-terminated path. O_NOCTTY:
+                // a terminal opened so must not become our controlling one.
+                let fd = unsafe {
+                    libc::open(
+                        path.as_ptr(),
+                        libc::O_WRONLY | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY,
+                    )
+                };
                 if fd < 0 {
                     Sink::Plain
                 } else {
