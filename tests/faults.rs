@@ -263,3 +263,75 @@ impl Drop for KillOnDrop {
         }
     }
 }
+
+#[test]
+fn a_tcp_listener_shut_down_by_a_worker_is_noticed_and_listened_on_again() {
+    // An explicit port, as systemd's ListenStream= gives: it survives the
+    // shutdown, so listen(2) on the same socket brings the service back.
+    let addr = free_port();
+    let launch = Launch::new(&[]);
+    let path = launch.file(
+        "app.toml",
+        &format!(
+            "command = [\"python3\", {:?}]\nlisten = [\"{addr}\"]\nworkers = 2\nreadiness = \"notify\"\n\
+             [env]\nFLOOD = \"0\"\nFDS = \"0\"\nSHUT_DOWN_LISTENER = \"1\"\n",
+            fixture("fd-passing-worker.py")
+        ),
+    );
+    let mut launch = launch;
+    launch.args = vec!["run".into(), "--config".into(), path.display().to_string()];
+    let mut sheepdog = launch.spawn();
+    sheepdog.logs.wait_for("ready: 2/2 workers", 10 * SECOND);
+    let requests = RequestLoop::start(addr);
+    let (shut_at, _) = sheepdog.logs.wait_for("worker 0 shuts the listener down", 10 * SECOND);
+    let (noticed_at, line) = sheepdog.logs.wait_for("listening on it again", 5 * SECOND);
+    assert!(line.contains(" error "), "said loudly: {line}");
+    assert!(
+        noticed_at - shut_at < 3 * SECOND,
+        "noticed after {:?}",
+        noticed_at - shut_at
+    );
+    // Served again, by the same workers, with nothing restarted.
+    let served = requests.snapshot().ok;
+    requests.wait_successes(served + 100, 10 * SECOND);
+    requests.stop();
+    assert_eq!(sheepdog.logs.count("restarting"), 0);
+    sheepdog.signal(libc::SIGTERM);
+    assert_eq!(sheepdog.wait_exit(10 * SECOND).code(), Some(0));
+}
+
+#[test]
+fn a_unix_listener_shut_down_by_a_worker_ends_the_supervisor_with_1() {
+    let launch = Launch::new(&[]);
+    let socket = launch.dir.path().join("app.sock");
+    let path = launch.file(
+        "app.toml",
+        &format!(
+            "command = [\"python3\", {:?}]\nlisten = [\"unix:{}\"]\nworkers = 2\nreadiness = \"notify\"\n\
+             [env]\nFLOOD = \"0\"\nFDS = \"0\"\nSHUT_DOWN_LISTENER = \"1\"\n",
+            fixture("fd-passing-worker.py"),
+            socket.display()
+        ),
+    );
+    let mut launch = launch;
+    launch.args = vec!["run".into(), "--config".into(), path.display().to_string()];
+    let mut sheepdog = launch.spawn();
+    sheepdog.logs.wait_for("ready: 2/2 workers", 10 * SECOND);
+    let (shut_at, _) = sheepdog.logs.wait_for("worker 0 shuts the listener down", 10 * SECOND);
+    let (noticed_at, line) = sheepdog.logs.wait_for("cannot listen again", 5 * SECOND);
+    assert!(line.contains(" error "), "{line}");
+    assert!(
+        noticed_at - shut_at < 3 * SECOND,
+        "noticed after {:?}",
+        noticed_at - shut_at
+    );
+    assert_eq!(sheepdog.wait_exit(10 * SECOND).code(), Some(1));
+    let last = sheepdog
+        .logs
+        .lines()
+        .into_iter()
+        .rev()
+        .find(|l| l.contains("sheepdog["))
+        .unwrap();
+    assert!(last.contains("no connection can reach the flock"), "{last}");
+}

@@ -133,6 +133,9 @@ impl Flock {
             Event::Measured { pid, bytes } => self.on_measured(pid, bytes),
             Event::Inspected { pid, own } => self.on_inspected(pid, own),
             Event::Request(request) => self.on_request(now, request, &mut actions),
+            Event::ListenersChecked { recovered, lost } => {
+                self.on_listeners_checked(now, recovered, lost, &mut actions)
+            }
         }
         self.reconcile(now, &mut actions);
         actions
@@ -152,6 +155,7 @@ impl Flock {
                 self.ping_deadline(),
                 self.stall_guard_deadline(),
                 self.measure_deadline(),
+                self.listener_check_deadline(),
             ]);
         }
         deadlines.into_iter().flatten().min()
@@ -190,6 +194,7 @@ impl Flock {
         self.finish_reload_if_done(now, actions);
         self.ping_workers(now, actions);
         self.measure(now, actions);
+        self.check_listeners(now, actions);
         if !self.announced_ready && self.is_healthy() {
             self.announced_ready = true;
             info!("ready: {}/{} workers", self.ready_count(), self.desired);

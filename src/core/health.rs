@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use log::{debug, info, warn};
+use log::{debug, error, info, warn};
 
 use super::flock::{Flock, seconds, sigkill};
 use super::model::*;
@@ -14,6 +14,9 @@ use crate::worker::channel::WorkerMessage;
 
 /// How long after its start a worker is looked at for ports of its own.
 const INSPECT_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+/// How often the shared listeners are checked: a shut-down one refuses
+/// every connection, so it must be noticed within a second or two.
+pub const LISTENER_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Periodic duties: pinging node-ipc workers, measuring memory, and pinging
 /// systemd's watchdog.
@@ -22,6 +25,7 @@ pub(super) struct Timers {
     pub next_ping: Instant,
     pub next_measure: Instant,
     pub next_watchdog: Instant,
+    pub next_listener_check: Instant,
     /// When the loop last ran, for the stall guard.
     pub last_pass: Instant,
     pub withholding_watchdog: bool,
@@ -35,6 +39,7 @@ impl Timers {
             next_ping: now + policy.heartbeat.map_or(std::time::Duration::ZERO, |h| h.interval),
             next_measure: now + policy.memory_interval,
             next_watchdog: now,
+            next_listener_check: now + policy.listener_check.unwrap_or_default(),
             last_pass: now,
             withholding_watchdog: false,
         }
@@ -330,6 +335,48 @@ impl Flock {
             );
         }
         worker.listens_itself = own;
+    }
+
+    /// Every second: whether the shared listeners still listen.
+    pub(super) fn check_listeners(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        let Some(interval) = self.policy.listener_check else {
+            return;
+        };
+        if now < self.timers.next_listener_check {
+            return;
+        }
+        self.timers.next_listener_check = now + interval;
+        actions.push(Action::CheckListeners);
+    }
+
+    pub(super) fn listener_check_deadline(&self) -> Option<Instant> {
+        self.policy.listener_check.map(|_| self.timers.next_listener_check)
+    }
+
+    /// A listener shut down is the whole service down: said loudly. One the
+    /// shell made listen again is only said; one it could not ends the
+    /// supervisor with 1, since a flock nobody can connect to is not up
+    /// (systemd's Restart= then decides).
+    pub(super) fn on_listeners_checked(
+        &mut self,
+        now: Instant,
+        recovered: Vec<String>,
+        lost: Vec<String>,
+        actions: &mut Vec<Action>,
+    ) {
+        for fault in &recovered {
+            error!("{fault}");
+        }
+        if lost.is_empty() {
+            return;
+        }
+        for fault in &lost {
+            error!("{fault}");
+        }
+        if self.is_running() {
+            let reason = format!("no connection can reach the flock: {}", lost.join("; "));
+            self.begin_shutdown(now, 1, reason, actions);
+        }
     }
 
     pub(super) fn measure_deadline(&self) -> Option<Instant> {

@@ -100,6 +100,12 @@ pub enum Event {
         own: Vec<String>,
     },
     Request(Request),
+    /// What `Action::CheckListeners` found: listeners that were shut down
+    /// and listen again, and those that cannot (each said for the log).
+    ListenersChecked {
+        recovered: Vec<String>,
+        lost: Vec<String>,
+    },
 }
 
 /// What the supervisor tells systemd.
@@ -135,6 +141,10 @@ pub enum Action {
     Inspect {
         pids: Vec<Pid>,
     },
+    /// Check that the shared listening sockets still listen (any process
+    /// holding one can shut it down for everyone), listen again where the
+    /// kernel allows it, and report `Event::ListenersChecked`.
+    CheckListeners,
     Notify(Upward),
     /// A reload ended (or was refused): tell whoever waits on `ticket`.
     ReloadFinished {
@@ -175,6 +185,9 @@ pub struct Policy {
     pub recycle: RecyclePolicy,
     /// systemd's WATCHDOG_USEC for sheepdog itself, when set.
     pub watchdog: Option<Duration>,
+    /// How often the shared listeners are checked (`LISTENER_CHECK`; None
+    /// in tests of other policies, to keep their deadlines their own).
+    pub listener_check: Option<Duration>,
 }
 
 impl Policy {
@@ -197,6 +210,7 @@ impl Policy {
             restart: settings.restart.clone(),
             recycle: settings.recycle,
             watchdog,
+            listener_check: Some(super::health::LISTENER_CHECK),
         }
     }
 }

@@ -25,7 +25,7 @@ use signal_hook::iterator::backend::SignalDelivery;
 use signal_hook::iterator::exfiltrator::SignalOnly;
 
 use super::signals;
-use super::system::{ClientId, Input, System};
+use super::system::{ClientId, Input, ListenerFault, System};
 use crate::config::{Channel, MemoryMeasure};
 use crate::control::protocol::Reply;
 use crate::control::server::{ClientInput, ControlServer};
@@ -376,6 +376,10 @@ impl System for Os {
 
     fn cpu_percent(&self, pid: Pid) -> Option<f64> {
         proc_stats::cpu_percent(pid)
+    }
+
+    fn check_listeners(&mut self) -> Vec<ListenerFault> {
+        self.listeners.sockets.iter().filter_map(|l| l.check()).collect()
     }
 
     fn own_listeners(&self, pids: &[Pid]) -> Vec<(Pid, Vec<String>)> {

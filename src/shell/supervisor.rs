@@ -14,7 +14,7 @@ use log::{error, info, warn};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGTTIN, SIGTTOU, SIGUSR1, SIGUSR2};
 
 use super::signals;
-use super::system::{ClientId, Input, System};
+use super::system::{ClientId, Input, ListenerFault, System};
 use crate::config::{ListenAddr, Overrides, Settings};
 use crate::control::protocol::{Command, LastReload, Reply, StatusReport, SupervisorStatus, WaitingSlot, WorkerStatus};
 use crate::control::view;
@@ -254,6 +254,18 @@ impl<S: System> Supervisor<S> {
             Action::Inspect { pids } => {
                 for (pid, own) in self.system.own_listeners(&pids) {
                     queue.extend(self.flock.handle(now, Event::Inspected { pid, own }));
+                }
+            }
+            Action::CheckListeners => {
+                let (mut recovered, mut lost) = (Vec::new(), Vec::new());
+                for fault in self.system.check_listeners() {
+                    match fault {
+                        ListenerFault::Recovered(what) => recovered.push(what),
+                        ListenerFault::Lost(what) => lost.push(what),
+                    }
+                }
+                if !recovered.is_empty() || !lost.is_empty() {
+                    queue.extend(self.flock.handle(now, Event::ListenersChecked { recovered, lost }));
                 }
             }
             Action::Notify(message) => self.system.notify(&message),

@@ -11,6 +11,7 @@ use nix::sys::signal::Signal;
 use crate::config::MemoryMeasure;
 use crate::control::protocol::{Command, Reply};
 use crate::core::{ExitStatus, Pid, SpawnOrder, Upward};
+pub use crate::systemd::sockets::ListenerFault;
 use crate::worker::channel::WorkerMessage;
 use crate::worker::spawn::WorkerCommand;
 
@@ -49,6 +50,9 @@ pub trait System {
     /// For each worker, the TCP ports it listens on itself, not the ones
     /// passed to it.
     fn own_listeners(&self, pids: &[Pid]) -> Vec<(Pid, Vec<String>)>;
+    /// The shared listeners found shut down since the last check, each
+    /// listening again or lost for good.
+    fn check_listeners(&mut self) -> Vec<ListenerFault>;
     /// Tells systemd, without ever blocking.
     fn notify(&mut self, message: &Upward);
     fn reply(&mut self, client: ClientId, reply: &Reply);

@@ -9,7 +9,7 @@ use nix::sys::signal::Signal;
 use signal_hook::consts::{SIGHUP, SIGTERM};
 
 use super::supervisor::{ReloadSource, Supervisor};
-use super::system::{ClientId, Input, System};
+use super::system::{ClientId, Input, ListenerFault, System};
 use crate::config::{MemoryMeasure, Overrides, Settings};
 use crate::control::protocol::{Command, Reply, StatusReport};
 use crate::core::{ExitStatus, Pid, SpawnOrder, Upward};
@@ -40,6 +40,8 @@ struct Fake {
     memory: HashMap<Pid, u64>,
     measurements: u32,
     own_ports: HashMap<Pid, Vec<String>>,
+    /// What the next listener check finds.
+    listener_faults: Vec<ListenerFault>,
 }
 
 impl System for Fake {
@@ -82,6 +84,10 @@ impl System for Fake {
 
     fn cpu_percent(&self, _pid: Pid) -> Option<f64> {
         Some(1.5)
+    }
+
+    fn check_listeners(&mut self) -> Vec<ListenerFault> {
+        std::mem::take(&mut self.listener_faults)
     }
 
     fn own_listeners(&self, pids: &[Pid]) -> Vec<(Pid, Vec<String>)> {
@@ -136,6 +142,7 @@ impl Harness {
             memory: HashMap::new(),
             measurements: 0,
             own_ports: HashMap::new(),
+            listener_faults: Vec::new(),
         };
         Harness {
             supervisor: Supervisor::new(&settings, source, context, command, fake),
@@ -474,4 +481,50 @@ fn a_young_worker_listening_on_a_port_of_its_own_is_noticed() {
             .filter(|w| w.pid != pid)
             .all(|w| w.listens_itself.is_empty())
     );
+}
+
+#[test]
+fn a_listener_shut_down_and_listening_again_is_said_and_nothing_else_changes() {
+    let mut h = Harness::serving("[\"true\", \"one\"]", "");
+    let pids = (h.pid_of(0, 1), h.pid_of(1, 1));
+    h.supervisor.system_mut().listener_faults.push(ListenerFault::Recovered(
+        "127.0.0.1:8080 was shut down; listening on it again".into(),
+    ));
+    // The check is due one second in, and once a second after that.
+    let (code, effects) = h.pass_at(2000 * MS, vec![]);
+    assert_eq!(code, None);
+    assert!(
+        !effects.iter().any(|e| matches!(e, Effect::Signal { .. })),
+        "{effects:?}"
+    );
+    assert_eq!((h.pid_of(0, 1), h.pid_of(1, 1)), pids);
+    assert!(h.supervisor.system().listener_faults.is_empty(), "the check ran");
+}
+
+#[test]
+fn a_listener_that_cannot_listen_again_stops_the_flock_with_1() {
+    let mut h = Harness::serving("[\"true\", \"one\"]", "");
+    let pids = [h.pid_of(0, 1), h.pid_of(1, 1)];
+    h.supervisor
+        .system_mut()
+        .listener_faults
+        .push(ListenerFault::Lost("unix:/run/app.sock was shut down".into()));
+    let (code, effects) = h.pass_at(2000 * MS, vec![]);
+    assert_eq!(code, None, "the workers are stopped first");
+    assert!(effects.contains(&Effect::Notify(Upward::Stopping)), "{effects:?}");
+    for pid in pids {
+        assert!(
+            effects.contains(&Effect::Signal {
+                pid,
+                signal: Signal::SIGTERM
+            }),
+            "{effects:?}"
+        );
+    }
+    let exits = pids.map(|pid| Input::Exited {
+        pid,
+        status: ExitStatus::Code(0),
+    });
+    let (code, _) = h.pass_at(2100 * MS, exits.to_vec());
+    assert_eq!(code, Some(1));
 }

@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::sys::socket::{
-    self, AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, SockaddrIn6, SockaddrStorage, UnixAddr, sockopt,
+    self, AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, SockaddrIn6, SockaddrLike, SockaddrStorage, UnixAddr,
+    sockopt,
 };
 
 use crate::config::ListenAddr;
@@ -30,9 +31,88 @@ pub struct Listener {
     /// A socket file sheepdog created, removed again on a clean exit if it is
     /// still the same file (device, inode).
     owned_path: Option<(PathBuf, u64, u64)>,
+    /// A unix socket (which cannot listen again once shut down).
+    unix: bool,
+    /// Its local address as getsockname(2) gave it at start.
+    local: Option<String>,
+}
+
+/// A listener found shut down, and what became of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenerFault {
+    /// Listening again on the same socket, at the same address.
+    Recovered(String),
+    /// Not listening, and it cannot be made to: why, for the log.
+    Lost(String),
 }
 
 impl Listener {
+    fn new(fd: OwnedFd, name: Option<String>, address: String, owned_path: Option<(PathBuf, u64, u64)>) -> Listener {
+        let local = socket::getsockname::<SockaddrStorage>(fd.as_raw_fd()).ok();
+        let unix = local.as_ref().is_some_and(|a| a.family() == Some(AddressFamily::Unix));
+        Listener {
+            fd,
+            name,
+            address,
+            owned_path,
+            unix,
+            local: local.map(|a| a.to_string()),
+        }
+    }
+
+    /// Whether the socket still takes connections. Any process holding it
+    /// (a worker, a child that inherited fd 3) can `shutdown(2)` it, which
+    /// closes it for everyone: a TCP listener then stops listening
+    /// (SO_ACCEPTCONN 0), a unix one refuses connections while it still
+    /// says it listens; poll(2) reports both as read-hung-up.
+    fn is_shut_down(&self) -> bool {
+        let listening = socket::getsockopt(&self.fd, sockopt::AcceptConn).unwrap_or(true);
+        let mut probe = [libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLRDHUP,
+            revents: 0,
+        }];
+        // SAFETY: one pollfd, alive for the call, and a zero timeout.
+        let ready = unsafe { libc::poll(probe.as_mut_ptr(), 1, 0) };
+        let hung_up = ready > 0 && probe[0].revents & (libc::POLLRDHUP | libc::POLLHUP) != 0;
+        !listening || hung_up
+    }
+
+    /// Checks the socket and, if it was shut down, listens on it again when
+    /// the kernel allows it: a TCP socket bound to a given port keeps it and
+    /// listens again; a unix socket, once shut down, refuses connections
+    /// for good, and a TCP one that had an ephemeral port lost it.
+    pub fn check(&self) -> Option<ListenerFault> {
+        if !self.is_shut_down() {
+            return None;
+        }
+        let what = format!("the listening socket {}", self.address);
+        if self.unix {
+            return Some(ListenerFault::Lost(format!(
+                "{what} was shut down by a process holding it; a unix socket cannot listen again once shut down \
+                 (under systemd: systemctl restart the .socket unit)"
+            )));
+        }
+        let before = self.local.clone();
+        let relisten = socket::listen(&self.fd, Backlog::MAXCONN);
+        let after = socket::getsockname::<SockaddrStorage>(self.fd.as_raw_fd())
+            .ok()
+            .map(|a| a.to_string());
+        match relisten {
+            Ok(()) if after == before && !self.is_shut_down() => Some(ListenerFault::Recovered(format!(
+                "{what} was shut down by a process holding it (no connection reached the flock); listening on it again"
+            ))),
+            Ok(()) => Some(ListenerFault::Lost(format!(
+                "{what} was shut down by a process holding it and lost its address (now {}): it cannot be listened on again",
+                after.unwrap_or_else(|| "unknown".into())
+            ))),
+            Err(e) => Some(ListenerFault::Lost(format!(
+                "{what} was shut down by a process holding it, and listen(2) on it again failed: {}",
+                e.desc()
+            ))),
+        }
+    }
+
     /// Removes the socket file sheepdog bound, unless someone replaced it.
     pub fn remove_socket_file(&self) {
         if let Some((path, dev, ino)) = &self.owned_path {
@@ -119,12 +199,7 @@ fn inherit() -> Result<Option<Vec<Listener>>, Error> {
         // ownership is taken here, once.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let address = local_address(&fd).unwrap_or_else(|| format!("fd {raw}"));
-        listeners.push(Listener {
-            fd,
-            name,
-            address,
-            owned_path: None,
-        });
+        listeners.push(Listener::new(fd, name, address, None));
     }
     Ok(Some(listeners))
 }
@@ -259,12 +334,7 @@ fn bind(address: &ListenAddr) -> Result<Listener, Error> {
             };
             bound.map_err(|e| fail("bind", e))?;
             let address = local_address(&fd).unwrap_or_else(|| addr.to_string());
-            Listener {
-                fd,
-                name: None,
-                address,
-                owned_path: None,
-            }
+            Listener::new(fd, None, address, None)
         }
         ListenAddr::Unix(path) => bind_unix(path, &fail)?,
     };
@@ -294,12 +364,12 @@ fn bind_unix(path: &Path, fail: &dyn Fn(&str, Errno) -> Error) -> Result<Listene
     let addr = UnixAddr::new(path).map_err(|e| fail("bind", e))?;
     socket::bind(fd.as_raw_fd(), &addr).map_err(|e| fail("bind", e))?;
     let meta = std::fs::symlink_metadata(path).map_err(|e| fail("bind", io_errno(e)))?;
-    Ok(Listener {
+    Ok(Listener::new(
         fd,
-        name: None,
-        address: format!("unix:{}", path.display()),
-        owned_path: Some((path.to_path_buf(), meta.dev(), meta.ino())),
-    })
+        None,
+        format!("unix:{}", path.display()),
+        Some((path.to_path_buf(), meta.dev(), meta.ino())),
+    ))
 }
 
 /// Whether something accepts on the socket file (a refused connection

@@ -515,3 +515,59 @@ fn young_ready_workers_are_inspected_each_memory_interval_for_a_minute() {
     assert_eq!(h.flock.workers()[0].listens_itself, ["0.0.0.0:3000"]);
     assert_eq!(logged("listens on 0.0.0.0:3000 itself").len(), 1, "warned once");
 }
+
+#[test]
+fn the_listeners_are_checked_every_second_and_one_shut_down_is_said_loudly() {
+    let mut p = policy(2);
+    p.listener_check = Some(1000 * MS);
+    let mut h = Harness::new(p);
+    h.start();
+    assert_eq!(h.flock.listener_check_deadline(), Some(h.t0 + 1000 * MS));
+    let checks = |actions: &[Action]| actions.iter().filter(|a| **a == Action::CheckListeners).count();
+    assert_eq!(checks(&h.at(999 * MS)), 0);
+    assert_eq!(checks(&h.at(1000 * MS)), 1);
+    assert_eq!(checks(&h.at(1500 * MS)), 0);
+    assert_eq!(h.flock.next_deadline(), Some(h.t0 + 2000 * MS));
+    assert_eq!(checks(&h.run_until(10_000 * MS)), 9);
+
+    // One that listens again: said at error level, nothing else changes.
+    let pids = h.serving_pids(2);
+    let actions = h.feed(Event::ListenersChecked {
+        recovered: vec!["127.0.0.1:8080 was shut down; listening on it again".into()],
+        lost: vec![],
+    });
+    assert!(signals(&actions).is_empty() && spawns(&actions).is_empty());
+    assert_eq!(h.serving_pids(2), pids);
+    assert_eq!(
+        logged("ERROR 127.0.0.1:8080 was shut down; listening on it again").len(),
+        1
+    );
+}
+
+#[test]
+fn a_listener_that_cannot_listen_again_stops_the_flock_and_exits_1() {
+    let mut h = Harness::serving(policy(2));
+    let pids = h.serving_pids(2);
+    let actions = h.feed(Event::ListenersChecked {
+        recovered: vec![],
+        lost: vec!["unix:/run/app.sock was shut down".into()],
+    });
+    assert!(actions.contains(&Action::Notify(Upward::Stopping)));
+    assert_eq!(
+        signals(&actions),
+        pids.iter().map(|p| (*p, Signal::SIGTERM)).collect::<Vec<_>>()
+    );
+    h.exit(pids[0], ExitStatus::Code(0));
+    let last = h.exit(pids[1], ExitStatus::Code(0));
+    let exit = last.iter().find_map(|a| match a {
+        Action::Exit { code, reason } => Some((*code, reason.clone())),
+        _ => None,
+    });
+    let (code, reason) = exit.expect("the supervisor exits");
+    assert_eq!(code, 1);
+    assert!(
+        reason.contains("no connection can reach the flock: unix:/run/app.sock was shut down"),
+        "{reason}"
+    );
+    assert_eq!(logged("ERROR unix:/run/app.sock was shut down").len(), 1);
+}

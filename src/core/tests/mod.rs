@@ -57,6 +57,7 @@ fn policy(workers: usize) -> Policy {
             min_uptime: 500 * MS,
         },
         recycle: RecyclePolicy::default(),
+        listener_check: None,
     }
 }
 
