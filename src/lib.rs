@@ -46,6 +46,7 @@ pub mod core;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod limits;
 pub mod logging;
 pub mod manual;
 pub mod shell;

@@ -14,7 +14,7 @@ use sheepdog::shell::os::Os;
 use sheepdog::shell::supervisor::{ReloadSource, Supervisor};
 use sheepdog::systemd::{notify, sockets};
 use sheepdog::worker::spawn::{CommandContext, WorkerCommand};
-use sheepdog::{logging, manual, units};
+use sheepdog::{limits, logging, manual, units};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -58,11 +58,16 @@ fn cannot_run(error: Error) -> ExitCode {
 
 /// Everything that can fail for a bad setup fails here, before any fork.
 fn set_up(settings: &Settings, overrides: Overrides, journal: bool) -> Result<Supervisor<Os>, Error> {
+    let fd_limit = limits::raise();
+    if let Some(why) = limits::too_many(u64::from(settings.workers), settings.channel) {
+        return Err(Error::config(format!("workers: {why}")));
+    }
     let listeners = sockets::open(&settings.listen)?;
     let context = CommandContext {
         listeners: listeners.raw_fds(),
         fdnames: listeners.fdnames(),
         journal,
+        fd_limit,
     };
     let command = WorkerCommand::from_settings(settings, &context)?;
     let control = ControlServer::bind(&settings.control_socket, settings.control_socket_explicit)?;
@@ -92,6 +97,7 @@ fn set_up(settings: &Settings, overrides: Overrides, journal: bool) -> Result<Su
         listen: settings.listen.clone(),
         inherited: listeners.inherited,
         watchdog,
+        control_socket: settings.control_socket.clone(),
     };
     let os = Os::new(settings.channel, listeners, control)?;
     Ok(Supervisor::new(settings, source, context, command, os))

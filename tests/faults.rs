@@ -335,3 +335,47 @@ fn a_unix_listener_shut_down_by_a_worker_ends_the_supervisor_with_1() {
         .unwrap();
     assert!(last.contains("no connection can reach the flock"), "{last}");
 }
+
+/// A flock of `workers` idle `sleep`s with a notify socket each (sheepdog
+/// holds one fd per worker), launched after `ulimit`.
+fn sleepers(ulimit: &str, workers: u32) -> Sheepdog {
+    let launch = Launch::new(&[]).shell_prefix(ulimit);
+    let path = launch.file(
+        "app.toml",
+        &format!(
+            "command = [\"sleep\", \"3600\"]\nlisten = [\"127.0.0.1:0\"]\nworkers = {workers}\n\
+             readiness = \"none\"\nchannel = \"notify\"\nready_delay = \"200ms\"\nmax_spawn_rate = 1000\n"
+        ),
+    );
+    let mut launch = launch;
+    launch.args = vec!["run".into(), "--config".into(), path.display().to_string()];
+    launch.spawn()
+}
+
+#[test]
+fn a_soft_fd_limit_of_64_does_not_stop_a_flock_of_200_and_workers_get_it_back() {
+    // systemd's default is a low soft limit under a high hard one.
+    let mut sheepdog = sleepers("ulimit -Sn 64", 200);
+    sheepdog.logs.wait_for("ready: 200/200 workers", 20 * SECOND);
+    assert!(open_fds(sheepdog.pid()) > 200, "one notify socket per worker");
+    let worker = sheepdog.worker_pids()[0];
+    let limits = std::fs::read_to_string(format!("/proc/{worker}/limits")).unwrap();
+    let open_files = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    assert_eq!(open_files.split_whitespace().nth(3), Some("64"), "{open_files}");
+    assert_eq!(sheepdog.logs.count("could not start"), 0);
+    sheepdog.signal(libc::SIGTERM);
+    assert_eq!(sheepdog.wait_exit(20 * SECOND).code(), Some(0));
+}
+
+#[test]
+fn a_flock_that_cannot_fit_under_the_hard_fd_limit_is_refused_with_78() {
+    let mut sheepdog = sleepers("ulimit -n 256", 200);
+    assert_eq!(sheepdog.wait_exit(10 * SECOND).code(), Some(78));
+    let (_, line) = sheepdog.logs.wait_for("file descriptors", SECOND);
+    assert!(
+        line.contains("200 workers need up to") && line.contains("hard limit of 256"),
+        "{line}"
+    );
+    assert!(sheepdog.worker_pids().is_empty());
+    assert_eq!(sheepdog.logs.count("worker 0"), 0, "nothing was started");
+}

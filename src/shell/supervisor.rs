@@ -36,6 +36,9 @@ pub struct ReloadSource {
     pub inherited: bool,
     /// systemd's watchdog for sheepdog itself.
     pub watchdog: Option<Duration>,
+    /// The control socket the config named at start: clients that read the
+    /// config must keep finding this sheepdog, so it cannot change in a reload.
+    pub control_socket: std::path::PathBuf,
 }
 
 pub struct Supervisor<S: System> {
@@ -186,6 +189,10 @@ impl<S: System> Supervisor<S> {
                     None
                 }
                 Command::Scale { workers } => {
+                    if let Some(why) = crate::limits::too_many(workers as u64, self.flock.policy().channel) {
+                        self.system.reply(client, &Reply::Failed(why));
+                        return None;
+                    }
                     let reply = Reply::Done(format!("scaling to {workers} workers"));
                     self.system.reply(client, &reply);
                     Some(Event::Request(Request::Scale(workers)))
@@ -210,6 +217,16 @@ impl<S: System> Supervisor<S> {
         };
         if settings.listen != self.source.listen && !self.source.inherited {
             warn!("the listen addresses cannot change in a reload; restart sheepdog to bind others");
+        }
+        if settings.control_socket != self.source.control_socket {
+            return refused(format!(
+                "control_socket cannot change in a reload (it is {}; a client reading the new config would \
+                 not find this sheepdog): restart sheepdog to move it",
+                self.source.control_socket.display()
+            ));
+        }
+        if let Some(why) = crate::limits::too_many(u64::from(settings.workers), settings.channel) {
+            return refused(format!("workers: {why}"));
         }
         let command = match WorkerCommand::from_settings(&settings, &self.context) {
             Ok(command) => command,

@@ -133,6 +133,7 @@ impl Harness {
             listen: settings.listen.clone(),
             inherited: false,
             watchdog: None,
+            control_socket: settings.control_socket.clone(),
         };
         let t0 = Instant::now();
         let fake = Fake {
@@ -527,4 +528,33 @@ fn a_listener_that_cannot_listen_again_stops_the_flock_with_1() {
     });
     let (code, _) = h.pass_at(2100 * MS, exits.to_vec());
     assert_eq!(code, Some(1));
+}
+
+#[test]
+fn a_reload_that_moves_the_control_socket_is_refused_and_changes_nothing() {
+    let mut h = Harness::serving("[\"true\", \"one\"]", "");
+    let pids = (h.pid_of(0, 1), h.pid_of(1, 1));
+    h.rewrite("[\"true\", \"two\"]", "control_socket = \"elsewhere.sock\"\n");
+    let (_, effects) = h.pass_at(
+        2000 * MS,
+        vec![Input::Control {
+            client: 7,
+            command: Command::Reload,
+        }],
+    );
+    let refusal = effects.iter().find_map(|e| match e {
+        Effect::Reply(7, Reply::Failed(why)) => Some(why.clone()),
+        _ => None,
+    });
+    assert!(
+        refusal
+            .as_deref()
+            .is_some_and(|why| why.contains("control_socket cannot change in a reload")),
+        "{effects:?}"
+    );
+    assert!(
+        !effects.iter().any(|e| matches!(e, Effect::Spawn { .. })),
+        "{effects:?}"
+    );
+    assert_eq!((h.pid_of(0, 1), h.pid_of(1, 1)), pids);
 }

@@ -20,6 +20,7 @@ use nix::fcntl::OFlag;
 use crate::config::{Settings, find_program};
 use crate::core::Pid;
 use crate::error::Error;
+use crate::limits::FdLimit;
 
 /// Variables of systemd's that are meant for sheepdog alone: a worker talks to
 /// sheepdog, and sheepdog talks to systemd.
@@ -45,6 +46,9 @@ pub struct CommandContext {
     pub fdnames: Option<String>,
     /// sheepdog logs to the journal: give each worker a stream of its own.
     pub journal: bool,
+    /// The fd limit sheepdog was started with, before it raised its own:
+    /// what each worker gets back.
+    pub fd_limit: Option<FdLimit>,
 }
 
 /// The fd number a worker's channel gets: right after the `listeners`.
@@ -63,6 +67,7 @@ pub struct WorkerCommand {
     fdnames: Option<String>,
     devnull: OwnedFd,
     journal: Option<JournalStreams>,
+    fd_limit: Option<FdLimit>,
 }
 
 /// What one worker gets beyond the common command: its channel to sheepdog.
@@ -134,7 +139,9 @@ impl WorkerCommand {
             context.fdnames.clone(),
         )?;
         let journal = context.journal.then(|| JournalStreams::new(&settings.name)).flatten();
-        Ok(command.with_journal(journal))
+        let mut command = command.with_journal(journal);
+        command.fd_limit = context.fd_limit;
+        Ok(command)
     }
 
     /// The command line, for logs and tests: `node server.js`.
@@ -194,6 +201,7 @@ impl WorkerCommand {
             fdnames,
             devnull,
             journal: None,
+            fd_limit: None,
         };
         if command.listeners.len() > MAX_LISTENERS {
             return Err(Error::config(format!(
@@ -299,6 +307,10 @@ impl WorkerCommand {
                 std::ptr::null_mut()
             },
             max_signal: libc::SIGRTMAX(),
+            fd_limit: self.fd_limit.map(|limit| libc::rlimit {
+                rlim_cur: limit.soft,
+                rlim_max: limit.hard,
+            }),
         };
 
         // Signals stay blocked across fork, so that no handler of sheepdog's
@@ -399,6 +411,8 @@ struct ChildPlan<'a> {
     /// `JOURNAL_STREAM=` to fill in with the stream's dev:ino.
     journal_stream: *mut u8,
     max_signal: libc::c_int,
+    /// The fd limit the worker gets (sheepdog's own, before it raised it).
+    fd_limit: Option<libc::rlimit>,
 }
 
 impl ChildPlan<'_> {
@@ -437,7 +451,6 @@ impl ChildPlan<'_> {
             if libc::getppid() != self.parent {
                 libc::_exit(1);
             }
-
             // The report pipe and /dev/null may have numbers inside the
             // 3..3+n range the listeners are about to take: move them above
             // it first, so that no dup2 below overwrites them.
@@ -495,6 +508,12 @@ impl ChildPlan<'_> {
             }
             if !self.directory.is_null() && libc::chdir(self.directory) != 0 {
                 self.fail(STAGE_CHDIR);
+            }
+            // The soft fd limit sheepdog was given, not the one it raised
+            // for itself (a program using select() breaks past 1024). Last:
+            // the fds above it are close-on-exec by now, and gone at exec.
+            if let Some(limit) = &self.fd_limit {
+                libc::setrlimit(libc::RLIMIT_NOFILE, limit);
             }
             libc::execve(self.program, self.argv, self.envp);
             self.fail(STAGE_EXEC)
