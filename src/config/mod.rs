@@ -412,19 +412,22 @@ NODE_ENV = "production"
 
     #[test]
     fn env_cannot_shadow_what_sheepdog_sets_nor_hold_impossible_names() {
-        for name in [
-            "LISTEN_FDS",
-            "NOTIFY_SOCKET",
-            "WATCHDOG_USEC",
-            "NODE_CHANNEL_FD",
-            "SHEEPDOG_WORKER_ID",
+        for (name, why) in [
+            ("LISTEN_FDS", "the sockets it passes"),
+            ("LISTEN_PID", "the sockets it passes"),
+            ("NOTIFY_SOCKET", "readiness and heartbeats over notify"),
+            ("WATCHDOG_USEC", "readiness and heartbeats over notify"),
+            ("WATCHDOG_PID", "readiness and heartbeats over notify"),
+            ("NODE_CHANNEL_FD", "the node-ipc channel"),
+            ("NODE_CHANNEL_SERIALIZATION_MODE", "the node-ipc channel"),
+            ("JOURNAL_STREAM", "the worker's own journal stream"),
+            ("SHEEPDOG_WORKER_ID", "the worker's slot and generation"),
+            ("SHEEPDOG_GENERATION", "the worker's slot and generation"),
         ] {
             let e = error(&format!("command = [\"x\"]\n[env]\n{name} = \"7\"\n"));
-            assert!(
-                e.starts_with(&format!(
-                    "app.toml:3:1: env.{name}: is set by sheepdog for each worker ("
-                )),
-                "{e}"
+            assert_eq!(
+                e,
+                format!("app.toml:3:1: env.{name}: is set by sheepdog for each worker ({why}); it cannot be set here")
             );
         }
         let e = error("command = [\"x\"]\n[env]\n\"A=B\" = \"1\"\n");
@@ -785,5 +788,46 @@ measure = "rss"
                 .describe(),
         );
         assert_eq!(again.unwrap().heartbeat_ping, "p\"q", "check's printout keeps it");
+    }
+
+    #[test]
+    fn a_unix_path_of_107_bytes_is_taken_and_108_refused() {
+        // The kernel's sun_path holds 108 bytes with the NUL.
+        let absolute = |len: usize| format!("/{}", "a".repeat(len - 1));
+        let listen = |path: &str| parse(&format!("command = [\"x\"]\nlisten = [\"unix:{path}\"]\n"));
+        assert_eq!(
+            listen(&absolute(107)).unwrap().listen,
+            [ListenAddr::Unix(absolute(107).into())]
+        );
+        assert!(listen(&absolute(108)).is_err());
+        // Relative to the config file's directory: the joined path counts.
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().display().to_string();
+        let file = dir.path().join("app.toml");
+        let relative = |len: usize| "r".repeat(len - base.len() - 1);
+        let load = |path: String| {
+            std::fs::write(&file, format!("command = [\"sh\"]\nlisten = [\"unix:{path}\"]\n")).unwrap();
+            Settings::load(Some(&file), &Overrides::default())
+        };
+        let taken = load(relative(107)).unwrap();
+        assert_eq!(taken.listen, [ListenAddr::Unix(dir.path().join(relative(107)))]);
+        assert!(
+            load(relative(108))
+                .unwrap_err()
+                .to_string()
+                .contains("longer than the 107 bytes")
+        );
+    }
+
+    #[test]
+    fn a_name_of_64_bytes_is_taken_and_65_refused() {
+        let name = |len: usize| parse(&format!("command = [\"x\"]\nname = \"{}\"\n", "n".repeat(len)));
+        assert_eq!(name(64).unwrap().name, "n".repeat(64));
+        assert!(
+            name(65)
+                .unwrap_err()
+                .to_string()
+                .contains("name: is longer than 64 bytes")
+        );
     }
 }

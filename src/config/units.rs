@@ -84,13 +84,31 @@ struct Decimal {
 impl Decimal {
     /// `self × unit`: None when it overflows, Some(None) when it is not a
     /// whole number of the unit's base (a fraction of a nanosecond, of a byte).
+    /// The whole part and the fraction are multiplied apart, so that many
+    /// digits after the point ("1.0000…01s") cannot overflow into "too long".
     fn times(self, unit: u128) -> Option<Option<u128>> {
-        let product = self.digits.checked_mul(unit)?;
         let Some(divisor) = 10u128.checked_pow(self.scale) else {
             return Some(None); // some 39 digits after the point
         };
-        Some(product.is_multiple_of(divisor).then_some(product / divisor))
+        let whole = (self.digits / divisor).checked_mul(unit)?;
+        let rest = self.digits % divisor;
+        // rest × unit / divisor is whole only if rest is a multiple of
+        // divisor / gcd(unit, divisor); then it is (rest / step) × (unit / g),
+        // less than `unit`, with no overflow on the way.
+        let g = gcd(unit, divisor);
+        let step = divisor / g;
+        if !rest.is_multiple_of(step) {
+            return Some(None);
+        }
+        Some(Some(whole.checked_add(rest / step * (unit / g))?))
     }
+}
+
+fn gcd(mut a: u128, mut b: u128) -> u128 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
 }
 
 /// The number and the unit of "1.5 GiB": ASCII digits with at most one point
@@ -266,6 +284,32 @@ mod tests {
         assert_eq!(parse_duration(" 2m "), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+    }
+
+    #[test]
+    fn many_digits_after_the_point_are_read_exactly_not_as_an_overflow() {
+        // 38 significant digits, the most read exactly: 1 s and a fraction
+        // of a nanosecond is too fine, not too long; trailing zeros are nothing.
+        let fine = "1.0000000000000000000000000000000000001s";
+        assert!(parse_duration(fine).unwrap_err().contains("finer than a nanosecond"));
+        assert_eq!(
+            parse_duration("1.0000000010000000000000000000000000000s"),
+            Ok(Duration::from_nanos(1_000_000_001))
+        );
+        assert_eq!(parse_size("1.50000000000000000000000000000000000KiB"), Ok(1536));
+        // 39 and more: with a long whole part too large, else too fine.
+        let long = format!("{}.{}s", "1".repeat(21), "1".repeat(18));
+        assert!(
+            parse_duration(&long).unwrap_err().contains("longer than a year"),
+            "{long}"
+        );
+        let fine = format!("{}.{}s", "1".repeat(20), "1".repeat(19));
+        assert!(
+            parse_duration(&fine).unwrap_err().contains("finer than a nanosecond"),
+            "{fine}"
+        );
+        let exact = format!("0.{}1s", "0".repeat(37));
+        assert!(parse_duration(&exact).unwrap_err().contains("finer"), "{exact}");
     }
 
     #[test]

@@ -268,6 +268,8 @@ mod tests {
         for (line, says) in refused {
             let error = parse_request(line).unwrap_err();
             assert!(error.contains(says), "{error}");
+            // Valid JSON that breaks the protocol is not called "not JSON".
+            assert_eq!(error.starts_with("not JSON"), says == "not JSON", "{error}");
         }
     }
 
