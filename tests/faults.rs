@@ -379,3 +379,77 @@ fn a_flock_that_cannot_fit_under_the_hard_fd_limit_is_refused_with_78() {
     assert!(sheepdog.worker_pids().is_empty());
     assert_eq!(sheepdog.logs.count("worker 0"), 0, "nothing was started");
 }
+
+/// The live processes whose environment holds `marker` (a worker's tree,
+/// escaped or not, inherits it).
+fn marked(marker: &str) -> Vec<i32> {
+    let needle = format!("ESCAPE_MARK={marker}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|e| e == needle.as_bytes()))
+        })
+        .filter(|pid| alive(*pid))
+        .collect()
+}
+
+#[test]
+fn what_escapes_a_workers_process_group_does_not_outlive_it_nor_the_flock() {
+    // A setsid daemon from a shell, and a detached Node child: each leaves
+    // the worker's process group and holds fd 3, the shared listener.
+    let addr = free_port();
+    for command in [
+        format!(
+            "[\"sh\", \"-c\", \"setsid sleep 3600 & exec node {}\"]",
+            repo_path("examples/hello/server.js").display()
+        ),
+        format!("[\"node\", {:?}]", fixture("escaping-worker.js")),
+    ] {
+        let marker = format!("{}-{}", std::process::id(), command.len());
+        let launch = Launch::new(&[]);
+        let path = launch.file(
+            "app.toml",
+            &format!(
+                "command = {command}\nlisten = [\"{addr}\"]\nworkers = 2\nready_delay = \"300ms\"\n\
+                 [env]\nESCAPE_MARK = \"{marker}\"\n"
+            ),
+        );
+        let mut launch = launch;
+        launch.args = vec!["run".into(), "--config".into(), path.display().to_string()];
+        let mut sheepdog = launch.spawn();
+        sheepdog.logs.wait_for("ready: 2/2 workers", 10 * SECOND);
+        let workers = sheepdog.worker_pids();
+        let helpers = || -> Vec<i32> { marked(&marker).into_iter().filter(|p| !workers.contains(p)).collect() };
+        wait_until(5 * SECOND, "both helpers", || helpers().len() >= 2);
+        let requests = RequestLoop::start(addr);
+        requests.wait_successes(20, 10 * SECOND);
+
+        // The worker dies; what it started, escaped or not, dies with it.
+        let before = helpers();
+        unsafe { libc::kill(workers[0], libc::SIGKILL) };
+        let (_, line) = sheepdog
+            .logs
+            .wait_for("left its process group and outlived it", 5 * SECOND);
+        assert!(line.contains(&format!("worker pid {}", workers[0])), "{line}");
+        wait_until(5 * SECOND, "the first worker's helper gone", || {
+            before.iter().filter(|p| alive(**p)).count() == 1
+        });
+        // The other worker's helper lives on while its worker does.
+        wait_until(10 * SECOND, "the replacement", || sheepdog.worker_pids().len() == 2);
+        assert_eq!(before.iter().filter(|p| alive(**p)).count(), 1);
+        requests.wait_successes(requests.snapshot().ok + 20, 10 * SECOND);
+        let result = requests.stop();
+        assert_eq!(result.failed, 0, "{result:?}");
+
+        // At exit nothing of the flock is left, and the port is free again.
+        sheepdog.signal(libc::SIGTERM);
+        assert_eq!(sheepdog.wait_exit(15 * SECOND).code(), Some(0));
+        wait_until(5 * SECOND, "no process of the flock left", || {
+            marked(&marker).is_empty()
+        });
+        std::net::TcpListener::bind(addr).expect("the port is free for the next sheepdog");
+    }
+}

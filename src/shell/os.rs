@@ -31,6 +31,7 @@ use crate::control::protocol::Reply;
 use crate::control::server::{ClientInput, ControlServer};
 use crate::core::{ExitStatus, Pid, SpawnOrder, Upward};
 use crate::error::Error;
+use crate::logging::RateLimit;
 use crate::systemd::notify::Notifier;
 use crate::systemd::sockets::Listeners;
 use crate::worker::links::Links;
@@ -71,6 +72,9 @@ pub struct Os {
     /// and write end.
     faults: (UnixStream, UnixStream),
     epoll: Epoll,
+    /// Escaped processes already killed, until they are reaped.
+    swept: HashSet<Pid>,
+    orphan_lines: RateLimit,
 }
 
 /// What one epoll wait found ready.
@@ -134,6 +138,8 @@ impl Os {
             signals,
             faults,
             epoll,
+            swept: HashSet::new(),
+            orphan_lines: RateLimit::new(5, Duration::from_secs(10)),
         })
     }
 
@@ -229,6 +235,41 @@ impl Os {
     /// SIGKILL while its leader is still a zombie (so the group id cannot have
     /// been reused): nothing a worker started outlives it.
     fn reap(&mut self, inputs: &mut Vec<Input>) {
+        let before = inputs.len();
+        self.reap_all(inputs);
+        if inputs.len() > before {
+            self.sweep_orphans(false);
+        }
+    }
+
+    /// Kills what escaped a worker's process group and outlived it: a
+    /// re-parented child of ours started under no live worker (or, at
+    /// exit, any). Its own group goes with it (a `setsid` daemon leads one).
+    fn sweep_orphans(&mut self, all: bool) {
+        for (orphan, owner) in proc_stats::orphans(&self.workers) {
+            if !all && owner.is_some_and(|w| self.workers.contains(&w)) {
+                continue;
+            }
+            if !self.swept.insert(orphan) {
+                continue;
+            }
+            let whose = match owner {
+                Some(worker) => format!("worker pid {worker}"),
+                None => "a worker".into(),
+            };
+            let now = Instant::now();
+            if self.orphan_lines.allow(now) {
+                warn!(
+                    "pid {orphan} ({}) was started by {whose}, left its process group and outlived it: killing it",
+                    proc_stats::command_name(orphan)
+                );
+            }
+            let _ = kill(NixPid::from_raw(-orphan), Signal::SIGKILL);
+            let _ = kill(NixPid::from_raw(orphan), Signal::SIGKILL);
+        }
+    }
+
+    fn reap_all(&mut self, inputs: &mut Vec<Input>) {
         loop {
             let peek = waitid(
                 Id::All,
@@ -268,6 +309,7 @@ impl Os {
             };
             let pid = pid.as_raw();
             self.workers.remove(&pid);
+            self.swept.remove(&pid);
             // The exec report may still be unread if exec failed at once.
             self.read_exec_report(pid);
             self.unwatch_link(pid);
@@ -369,8 +411,18 @@ impl System for Os {
 
     fn measure(&mut self, pids: &[Pid], how: MemoryMeasure, limit: Option<u64>) -> Vec<(Pid, u64)> {
         self.memory.next_round();
+        // Processes that escaped a worker's group count for its memory.
+        let mut escaped: HashMap<Pid, Vec<Pid>> = HashMap::new();
+        for (orphan, owner) in proc_stats::orphans(&self.workers) {
+            if let Some(owner) = owner {
+                escaped.entry(owner).or_default().push(orphan);
+            }
+        }
         pids.iter()
-            .filter_map(|&pid| self.memory.measure(pid, how, limit).map(|bytes| (pid, bytes)))
+            .filter_map(|&pid| {
+                let theirs = escaped.get(&pid).map_or(&[][..], Vec::as_slice);
+                self.memory.measure(pid, theirs, how, limit).map(|bytes| (pid, bytes))
+            })
             .collect()
     }
 
@@ -423,6 +475,9 @@ impl System for Os {
         for listener in &self.listeners.sockets {
             listener.remove_socket_file();
         }
+        // Nothing a worker started outlives the flock, not even what left
+        // its process group: it would keep the port from the next sheepdog.
+        self.sweep_orphans(true);
         self.links.cleanup();
         self.control.cleanup();
         crate::logging::drain(FINAL_FLUSH);

@@ -37,6 +37,50 @@ pub fn process_tree(pid: Pid) -> Vec<Pid> {
     tree
 }
 
+/// sheepdog's children that are not workers: processes of a worker's tree
+/// that escaped its process group (`setsid`, a detached child) and whose
+/// parent died, re-parented to sheepdog as the child subreaper. Each comes
+/// with the worker it was started under, as far as its environment tells:
+/// every worker's LISTEN_PID is its own pid, which its descendants inherit.
+pub fn orphans(workers: &HashSet<Pid>) -> Vec<(Pid, Option<Pid>)> {
+    let own = std::process::id() as Pid;
+    let children = process_tree_children(own);
+    children
+        .into_iter()
+        .filter(|pid| !workers.contains(pid))
+        .map(|pid| (pid, started_under(pid)))
+        .collect()
+}
+
+/// The direct children of `pid`, from every thread's `children` list.
+fn process_tree_children(pid: Pid) -> Vec<Pid> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut children = Vec::new();
+    for task in tasks.flatten() {
+        if let Ok(list) = std::fs::read_to_string(task.path().join("children")) {
+            children.extend(list.split_whitespace().filter_map(|c| c.parse::<Pid>().ok()));
+        }
+    }
+    children
+}
+
+/// A process's command name, for the log.
+pub fn command_name(pid: Pid) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).map_or_else(|_| "gone".into(), |c| c.trim().to_string())
+}
+
+/// The worker a process was started under: LISTEN_PID in the environment
+/// it was exec'd with.
+fn started_under(pid: Pid) -> Option<Pid> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    environ
+        .split(|b| *b == 0)
+        .find_map(|entry| entry.strip_prefix(b"LISTEN_PID="))
+        .and_then(|value| std::str::from_utf8(value).ok()?.parse().ok())
+}
+
 /// The memory of one process in bytes, or None if it is gone (or a zombie).
 pub fn process_memory(pid: Pid, measure: MemoryMeasure) -> Option<u64> {
     match measure {
@@ -85,9 +129,15 @@ impl MemoryMeter {
         self.round += 1;
     }
 
-    /// The memory of `pid`'s process tree, or None if it is gone.
-    pub fn measure(&mut self, pid: Pid, measure: MemoryMeasure, limit: Option<u64>) -> Option<u64> {
-        let tree = process_tree(pid);
+    /// The memory of `pid`'s process tree, with the trees of the processes
+    /// that escaped it (`escaped`), or None if it is gone.
+    pub fn measure(&mut self, pid: Pid, escaped: &[Pid], measure: MemoryMeasure, limit: Option<u64>) -> Option<u64> {
+        process_memory(pid, MemoryMeasure::Rss)?;
+        let mut tree = process_tree(pid);
+        for &root in escaped {
+            let theirs: Vec<Pid> = process_tree(root).into_iter().filter(|p| !tree.contains(p)).collect();
+            tree.extend(theirs);
+        }
         let rss = sum(&tree, MemoryMeasure::Rss)?;
         if measure == MemoryMeasure::Rss {
             return Some(rss);
@@ -190,13 +240,43 @@ mod tests {
         let mut meter = MemoryMeter::new();
         for _ in 0..3 {
             meter.next_round();
-            let pss = meter.measure(me, MemoryMeasure::Pss, None).unwrap();
+            let pss = meter.measure(me, &[], MemoryMeasure::Pss, None).unwrap();
             assert!(pss > 0 && pss <= rss + (4 << 20), "pss {pss} rss {rss}");
         }
-        assert!(meter.measure(me, MemoryMeasure::Rss, Some(1)).unwrap() >= rss / 2);
-        assert_eq!(meter.measure(i32::MAX, MemoryMeasure::Pss, None), None);
+        assert!(meter.measure(me, &[], MemoryMeasure::Rss, Some(1)).unwrap() >= rss / 2);
+        assert_eq!(meter.measure(i32::MAX, &[], MemoryMeasure::Pss, None), None);
         meter.forget(me);
         assert!(meter.pss.is_empty());
+    }
+
+    #[test]
+    fn a_process_is_traced_to_its_worker_by_the_listen_pid_it_inherited() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("10")
+            .env("LISTEN_PID", "4242")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as Pid;
+        // spawn() may return before the child's exec is visible in /proc.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while started_under(pid).is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(started_under(pid), Some(4242));
+        let mut plain = std::process::Command::new("sleep")
+            .arg("10")
+            .env_remove("LISTEN_PID")
+            .spawn()
+            .unwrap();
+        assert_eq!(started_under(plain.id() as Pid), None);
+        // Children of ours that are not workers are orphans, with their worker.
+        let workers = HashSet::from([plain.id() as Pid]);
+        assert!(orphans(&workers).contains(&(pid, Some(4242))));
+        assert!(!orphans(&workers).iter().any(|(p, _)| *p == plain.id() as Pid));
+        for c in [&mut child, &mut plain] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     #[test]
