@@ -453,3 +453,76 @@ fn what_escapes_a_workers_process_group_does_not_outlive_it_nor_the_flock() {
         std::net::TcpListener::bind(addr).expect("the port is free for the next sheepdog");
     }
 }
+
+#[test]
+fn runtime_files_a_tmp_cleaner_removes_are_made_again() {
+    // Senders of both kinds: sdnotify connects once (to the old socket),
+    // systemd-notify sends to the path each time (to the one bound again).
+    for worker in [
+        format!("\"python3\", {:?}", fixture("sdnotify-worker.py")),
+        format!("\"sh\", {:?}", fixture("systemd-notify-worker.sh")),
+    ] {
+        runtime_files_made_again(&worker);
+    }
+}
+
+fn runtime_files_made_again(worker: &str) {
+    // No RUNTIME_DIRECTORY: the notify sockets live under XDG_RUNTIME_DIR
+    // (or /tmp), where cleaners remove what looks old.
+    let launch = Launch::new(&[]).with_default_paths();
+    let xdg = launch.dir.path().join("xdg");
+    std::fs::create_dir(&xdg).unwrap();
+    let path = launch.file(
+        "app.toml",
+        &format!(
+            "command = [{worker}]\nlisten = [\"127.0.0.1:0\"]\nworkers = 2\nreadiness = \"notify\"\n\
+             control_socket = \"ctl/control.sock\"\n[heartbeat]\ninterval = \"500ms\"\n"
+        ),
+    );
+    let socket = launch.dir.path().join("ctl/control.sock");
+    let mut launch = launch.env("XDG_RUNTIME_DIR", xdg.to_str().unwrap());
+    launch.args = vec!["run".into(), "--config".into(), path.display().to_string()];
+    let mut sheepdog = launch.spawn();
+    sheepdog.logs.wait_for("ready: 2/2 workers", 10 * SECOND);
+    let notify_dir = std::fs::read_dir(&xdg)
+        .unwrap()
+        .flatten()
+        .next()
+        .expect("the notify directory")
+        .path();
+
+    // The cleaner runs: the notify directory, its sockets, the control socket.
+    std::fs::remove_dir_all(&notify_dir).unwrap();
+    std::fs::remove_file(&socket).unwrap();
+    let removed = std::time::Instant::now();
+    sheepdog
+        .logs
+        .wait_for("was removed (a tmp cleaner?); made it again", 3 * SECOND);
+    sheepdog.logs.wait_for("the control socket", 3 * SECOND);
+    let status = || sheepdog_client(&["status", "--json", "--socket", socket.to_str().unwrap()], 10 * SECOND);
+    // The workers' heartbeats (sdnotify sends to the path each time) reach
+    // sheepdog again: past their timeout (1.5 s), each heartbeat is fresh.
+    wait_until(10 * SECOND, "fresh heartbeats past the timeout", || {
+        let out = status();
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let fresh = json["workers"]
+            .as_array()
+            .is_some_and(|w| w.len() == 2 && w.iter().all(|w| w["heartbeat_age_s"].as_f64().is_some_and(|a| a < 1.0)));
+        removed.elapsed() > 2500 * MS_ && fresh
+    });
+    assert_eq!(
+        sheepdog.logs.count("missed heartbeats"),
+        0,
+        "{:#?}",
+        sheepdog.logs.lines()
+    );
+    // A replacement gets its socket in the directory made again.
+    let first = sheepdog.worker_pids()[0];
+    unsafe { libc::kill(first, libc::SIGKILL) };
+    sheepdog.logs.wait_for_nth("is ready after", 3, 10 * SECOND);
+    assert_eq!(sheepdog.logs.count("could not start"), 0);
+    sheepdog.signal(libc::SIGTERM);
+    assert_eq!(sheepdog.wait_exit(10 * SECOND).code(), Some(0));
+}
+
+const MS_: Duration = Duration::from_millis(1);

@@ -113,6 +113,38 @@ impl ControlServer {
         }
     }
 
+    /// Binds the socket file again if it was removed (a tmp cleaner, an
+    /// operator's `rm`): clients find sheepdog by its path. A file another
+    /// sheepdog put there since is left alone. True when the listener is
+    /// new (the shell watches its fd instead of the old one's).
+    pub fn repair(&mut self) -> bool {
+        match std::fs::symlink_metadata(&self.path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            _ => return false,
+        }
+        match bind_socket(&self.path) {
+            Ok(listener) => {
+                let Ok(meta) = std::fs::symlink_metadata(&self.path) else {
+                    return false;
+                };
+                warn!("the control socket {} was removed; bound it again", self.path.display());
+                self.listener = listener;
+                self.identity = (meta.dev(), meta.ino());
+                true
+            }
+            Err(BindError::Live) => false,
+            Err(BindError::Other(e)) => {
+                if self.complaints.allow(Instant::now()) {
+                    warn!(
+                        "the control socket {} was removed and cannot be bound again: {e}",
+                        self.path.display()
+                    );
+                }
+                false
+            }
+        }
+    }
+
     /// The path clients reach this server at.
     pub fn path(&self) -> &Path {
         &self.path

@@ -225,8 +225,31 @@ impl Os {
         }
     }
 
+    /// What a tmp cleaner may remove: the control socket file, the notify
+    /// directory and the sockets in it, bound again (checked with the
+    /// listeners, every second).
+    fn repair_runtime_files(&mut self) {
+        if self.control.repair()
+            && let Err(e) = self.epoll.add(
+                self.control.listener_fd(),
+                EpollEvent::new(EpollFlags::EPOLLIN, TAG_CONTROL),
+            )
+        {
+            warn!("cannot watch the control socket again: {}", e.desc());
+        }
+        for pid in self.links.repair() {
+            if let Some(fd) = self.links.fd(pid)
+                && let Err(e) = self
+                    .epoll
+                    .add(fd, EpollEvent::new(EpollFlags::EPOLLIN, TAG_LINK | pid as u64))
+            {
+                warn!("cannot watch worker pid {pid}'s notify socket again: {}", e.desc());
+            }
+        }
+    }
+
     fn unwatch_link(&mut self, pid: Pid) {
-        if let Some(fd) = self.links.fd(pid) {
+        for fd in self.links.fds(pid) {
             let _ = self.epoll.delete(fd);
         }
     }
@@ -431,6 +454,7 @@ impl System for Os {
     }
 
     fn check_listeners(&mut self) -> Vec<ListenerFault> {
+        self.repair_runtime_files();
         self.listeners.sockets.iter().filter_map(|l| l.check()).collect()
     }
 

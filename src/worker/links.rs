@@ -33,10 +33,17 @@ const MAX_DATAGRAMS_PER_PASS: usize = 256;
 const MAX_IPC_BYTES_PER_PASS: usize = 1024 * 1024;
 /// Pings not yet written (the worker is not reading) are not queued past this.
 const MAX_OUTBOX: usize = 4096;
+/// How many times a worker's notify socket is bound again after its file
+/// was removed, at most (each keeps an fd).
+const MAX_REBINDS: usize = 4;
 
 pub enum Link {
     Notify {
-        socket: UnixDatagram,
+        /// The socket bound at `path`, then any bound there again after
+        /// the file was removed: a sender that connected to an older one
+        /// (the `sdnotify` package does, once) still reaches it, one that
+        /// sends to the path (`systemd-notify`) reaches the newest.
+        sockets: Vec<UnixDatagram>,
         path: PathBuf,
     },
     NodeIpc {
@@ -97,14 +104,10 @@ impl Links {
                 child_end: None,
             }),
             Channel::Notify => {
+                self.ensure_dir()?;
                 let dir = self.dir.as_ref().expect("the notify channel has a directory");
                 let path = dir.join(format!("w{slot}-{}.sock", self.sequence));
-                let socket = UnixDatagram::bind(&path).map_err(|e| format!("cannot bind {}: {e}", path.display()))?;
-                socket::setsockopt(&socket, sockopt::PassCred, &true)
-                    .map_err(|e| format!("SO_PASSCRED: {}", e.desc()))?;
-                socket
-                    .set_nonblocking(true)
-                    .map_err(|e| format!("cannot set up {}: {e}", path.display()))?;
+                let socket = notify_socket(&path)?;
                 let mut extras = WorkerExtras {
                     env: vec![format!("NOTIFY_SOCKET={}", path.display())],
                     ..Default::default()
@@ -118,7 +121,10 @@ impl Links {
                 }
                 Ok(Prepared {
                     extras,
-                    link: Some(Link::Notify { socket, path }),
+                    link: Some(Link::Notify {
+                        sockets: vec![socket],
+                        path,
+                    }),
                     child_end: None,
                 })
             }
@@ -164,10 +170,60 @@ impl Links {
         }
     }
 
-    /// The fd to watch for worker `pid`'s messages.
+    /// Makes the notify directory again if something removed it (a tmp
+    /// cleaner, under /tmp): 0700, ours, or refused.
+    fn ensure_dir(&mut self) -> Result<(), String> {
+        let Some(dir) = &self.dir else { return Ok(()) };
+        if dir.is_dir() {
+            return Ok(());
+        }
+        crate::config::private_dir(dir, self.own_uid, 0o077)
+            .map_err(|why| format!("cannot make the notify directory again: {why}"))?;
+        warn!(
+            "the notify directory {} was removed (a tmp cleaner?); made it again",
+            dir.display()
+        );
+        Ok(())
+    }
+
+    /// The workers whose notify socket file is gone (removed with its
+    /// directory): each gets a new socket bound at the same path, beside
+    /// the old one. Returns them, for the shell to watch the new fd too.
+    pub fn repair(&mut self) -> Vec<Pid> {
+        if self.channel != Channel::Notify || self.ensure_dir().is_err() {
+            return Vec::new();
+        }
+        let mut repaired = Vec::new();
+        for (pid, link) in &mut self.by_pid {
+            let Link::Notify { sockets, path } = link else { continue };
+            if path.exists() || sockets.len() >= MAX_REBINDS {
+                continue;
+            }
+            match notify_socket(path) {
+                Ok(fresh) => {
+                    warn!("the notify socket {} was removed; bound it again", path.display());
+                    sockets.push(fresh);
+                    repaired.push(*pid);
+                }
+                Err(e) => warn!("{e}"),
+            }
+        }
+        repaired
+    }
+
+    /// The fds to watch for worker `pid`'s messages.
+    pub fn fds(&self, pid: Pid) -> Vec<BorrowedFd<'_>> {
+        match self.by_pid.get(&pid) {
+            Some(Link::Notify { sockets, .. }) => sockets.iter().map(|s| s.as_fd()).collect(),
+            Some(Link::NodeIpc { stream, .. }) => vec![stream.as_fd()],
+            None => Vec::new(),
+        }
+    }
+
+    /// The fd watched last for worker `pid` (the newest notify socket).
     pub fn fd(&self, pid: Pid) -> Option<BorrowedFd<'_>> {
         match self.by_pid.get(&pid)? {
-            Link::Notify { socket, .. } => Some(socket.as_fd()),
+            Link::Notify { sockets, .. } => sockets.last().map(|s| s.as_fd()),
             Link::NodeIpc { stream, .. } => Some(stream.as_fd()),
         }
     }
@@ -186,29 +242,31 @@ impl Links {
         };
         let mut messages = Vec::new();
         match link {
-            Link::Notify { socket, .. } => {
-                for _ in 0..MAX_DATAGRAMS_PER_PASS {
-                    match receive_datagram(socket) {
-                        Ok(None) => break,
-                        Ok(Some(datagram)) => {
-                            let verdict = datagram.check_sender(pid, own_uid).and_then(|()| {
-                                datagram
-                                    .parse()
-                                    .map_err(|e| format!("{e} (from pid {})", datagram.sender))
-                            });
-                            match verdict {
-                                Ok(said) => {
-                                    messages.extend(said.messages);
-                                    for why in said.ignored {
-                                        self.drops.dropped(now, slot, pid, &why);
+            Link::Notify { sockets, .. } => {
+                for socket in sockets.iter() {
+                    for _ in 0..MAX_DATAGRAMS_PER_PASS {
+                        match receive_datagram(socket) {
+                            Ok(None) => break,
+                            Ok(Some(datagram)) => {
+                                let verdict = datagram.check_sender(pid, own_uid).and_then(|()| {
+                                    datagram
+                                        .parse()
+                                        .map_err(|e| format!("{e} (from pid {})", datagram.sender))
+                                });
+                                match verdict {
+                                    Ok(said) => {
+                                        messages.extend(said.messages);
+                                        for why in said.ignored {
+                                            self.drops.dropped(now, slot, pid, &why);
+                                        }
                                     }
+                                    Err(why) => self.drops.dropped(now, slot, pid, &why),
                                 }
-                                Err(why) => self.drops.dropped(now, slot, pid, &why),
                             }
-                        }
-                        Err(e) => {
-                            warn!("worker {slot} (pid {pid}): cannot read its notify socket: {}", e.desc());
-                            break;
+                            Err(e) => {
+                                warn!("worker {slot} (pid {pid}): cannot read its notify socket: {}", e.desc());
+                                break;
+                            }
                         }
                     }
                 }
@@ -330,6 +388,16 @@ impl Datagram {
             )),
         }
     }
+}
+
+/// A worker's notify socket at `path`: credentials passed, non-blocking.
+fn notify_socket(path: &std::path::Path) -> Result<UnixDatagram, String> {
+    let socket = UnixDatagram::bind(path).map_err(|e| format!("cannot bind {}: {e}", path.display()))?;
+    socket::setsockopt(&socket, sockopt::PassCred, &true).map_err(|e| format!("SO_PASSCRED: {}", e.desc()))?;
+    socket
+        .set_nonblocking(true)
+        .map_err(|e| format!("cannot set up {}: {e}", path.display()))?;
+    Ok(socket)
 }
 
 /// How many fds one datagram may carry, as systemd accepts (its
