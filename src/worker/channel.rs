@@ -301,6 +301,8 @@ mod tests {
 
     #[test]
     fn the_production_limits_are_exact() {
+        // As documented: 64 KiB for a Node IPC line, 4096 bytes for a datagram.
+        assert_eq!((MAX_IPC_LINE, MAX_DATAGRAM), (65_536, 4096));
         // A Node message of exactly MAX_IPC_LINE bytes passes; one more does not.
         let mut buffer = LineBuffer::new(MAX_IPC_LINE);
         let mut line = vec![b' '; MAX_IPC_LINE - 2];

@@ -60,6 +60,24 @@ fn a_larger_surge_replaces_several_slots_at_once() {
 }
 
 #[test]
+fn an_abort_stops_the_new_workers_still_starting() {
+    let mut h = Harness::ready(reload_policy(4));
+    let old = h.serving_pids(4);
+    let mut p = reload_policy(4);
+    p.max_surge = 2;
+    reload(&mut h, 1, p);
+    let (first, second) = (h.worker(0, 2), h.worker(1, 2));
+    let actions = h.exit(first, ExitStatus::Code(1));
+    assert_eq!(finished(&actions).map(|(_, ok, _)| ok), Some(false));
+    assert_eq!(
+        signals(&actions),
+        vec![(second, Signal::SIGTERM)],
+        "the other new one, still starting"
+    );
+    assert_eq!(h.ready_pids(), old);
+}
+
+#[test]
 fn a_new_generation_that_crashes_at_boot_aborts_and_the_old_keeps_serving() {
     let mut h = Harness::ready(reload_policy(2));
     let old = h.serving_pids(2);
