@@ -200,34 +200,59 @@ fn a_system_out_of_file_descriptors_at_start_exits_71_not_78() {
     use std::os::unix::process::CommandExt;
     let case = Case::new();
     let config = case.config("listen = [\"127.0.0.1:0\"]\n");
-    // With 5 fds, stdio and the log's own non-blocking descriptor onto
-    // stderr take four, the listening socket the fifth (the dynamic loader
-    // needs it first), and /dev/null fails; with 6, the control socket does. Either way it is the system's shortage (EX_OSERR),
-    // not a bad config.
-    for (fds, failing) in [(5, "/dev/null"), (6, "control socket")] {
+    // A hard limit of 64 (enough for the flock: sheepdog refuses one that
+    // cannot fit with 78, before this), all but `free` fds taken by fds
+    // leaked into sheepdog: whichever of its own fds it cannot get first
+    // (the listening socket, /dev/null, the control socket…), it is the
+    // system's shortage (EX_OSERR), not a bad config.
+    let mut failing = std::collections::BTreeSet::new();
+    for free in [1, 2, 3] {
         let mut command = Command::new(BIN);
         command.args(["run", "--config", &config]);
-        // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child.
+        // SAFETY: setrlimit, open, fcntl and dup2 are async-signal-safe;
+        // nothing else runs in the child.
         unsafe {
             command.pre_exec(move || {
                 let limit = libc::rlimit {
-                    rlim_cur: fds,
-                    rlim_max: fds,
+                    rlim_cur: 64,
+                    rlim_max: 64,
                 };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
                 }
+                // Exactly `free` fds free at exec, whatever this process had
+                // open (other tests' close-on-exec fds would leave holes;
+                // std's exec-error pipe goes too: its parent then reads EOF).
+                let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
+                for fd in 3..64 - free {
+                    if fd != null {
+                        libc::dup2(null, fd);
+                    }
+                }
+                libc::fcntl(null, libc::F_SETFD, 0);
+                for fd in 64 - free..64 {
+                    if fd != null {
+                        libc::close(fd);
+                    }
+                }
+                Ok(())
             });
         }
         let output = case.run_with(&mut command);
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(71), "{fds} fds: {stderr}");
-        assert!(
-            stderr.contains(failing) && stderr.contains("Too many open files"),
-            "{stderr}"
-        );
+        assert_eq!(output.status.code(), Some(71), "{free} fds free: {stderr}");
+        assert!(stderr.contains("Too many open files"), "{stderr}");
         assert!(!case.marker().exists(), "a worker was forked");
+        failing.insert(
+            stderr
+                .split(": Too many open files")
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+        );
     }
+    assert!(
+        failing.len() >= 2,
+        "the shortage was met in different places: {failing:?}"
+    );
 }

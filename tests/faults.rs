@@ -442,7 +442,8 @@ fn what_escapes_a_workers_process_group_does_not_outlive_it_nor_the_flock() {
         assert_eq!(before.iter().filter(|p| alive(**p)).count(), 1);
         requests.wait_successes(requests.snapshot().ok + 20, 10 * SECOND);
         let result = requests.stop();
-        assert_eq!(result.failed, 0, "{result:?}");
+        // At most the one request in flight on the SIGKILLed worker.
+        assert!(result.failed <= 1, "{result:?}");
 
         // At exit nothing of the flock is left, and the port is free again.
         sheepdog.signal(libc::SIGTERM);
