@@ -527,3 +527,125 @@ fn runtime_files_made_again(worker: &str) {
 }
 
 const MS_: Duration = Duration::from_millis(1);
+
+#[test]
+fn every_signal_from_1_to_31_sent_to_a_fresh_supervisor_does_what_the_manual_says() {
+    let name = |signal: i32| {
+        let text = unsafe { std::ffi::CStr::from_ptr(libc::strsignal(signal)) };
+        format!("{signal} ({})", text.to_string_lossy())
+    };
+    for signal in 1..=31 {
+        if signal == libc::SIGKILL || signal == libc::SIGSTOP {
+            continue;
+        }
+        let launch = Launch::new(&[]);
+        let path = launch.file(
+            "app.toml",
+            "command = [\"sleep\", \"3600\"]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\nready_delay = \"100ms\"\n",
+        );
+        let mut launch = launch;
+        launch.args = vec!["run".into(), "--config".into(), path.display().to_string()];
+        let mut sheepdog = launch.spawn();
+        sheepdog.logs.wait_for("ready: 1/1 workers", 10 * SECOND);
+        sheepdog.signal(signal);
+        if [libc::SIGTERM, libc::SIGINT, libc::SIGQUIT].contains(&signal) {
+            // A graceful stop.
+            assert_eq!(sheepdog.wait_exit(10 * SECOND).code(), Some(0), "{}", name(signal));
+            assert_eq!(sheepdog.logs.count("stopped on request"), 1, "{}", name(signal));
+            continue;
+        }
+        // Anything else leaves the loop running: it still answers SIGUSR1
+        // with the flock's table (the second one, for SIGUSR1 itself: sent
+        // once the first is out, since two of one kind can merge into one).
+        if signal == libc::SIGUSR1 {
+            sheepdog.logs.wait_for("the flock now", 10 * SECOND);
+        }
+        sheepdog.signal(libc::SIGUSR1);
+        let nth = if signal == libc::SIGUSR1 { 2 } else { 1 };
+        sheepdog.logs.wait_for_nth("the flock now", nth, 10 * SECOND);
+        assert!(alive(sheepdog.pid()), "{}", name(signal));
+        let workers = match signal {
+            libc::SIGHUP | libc::SIGUSR2 => {
+                sheepdog.logs.wait_for("reloaded to generation 2", 10 * SECOND);
+                1
+            }
+            libc::SIGTTIN => 2,
+            _ => 1,
+        };
+        wait_until(
+            10 * SECOND,
+            &format!("{} workers after {}", workers, name(signal)),
+            || sheepdog.worker_pids().len() == workers,
+        );
+        sheepdog.signal(libc::SIGTERM);
+        let status = sheepdog.wait_exit(10 * SECOND);
+        assert_eq!(status.code(), Some(0), "{}: {status:?}", name(signal));
+    }
+}
+
+#[test]
+fn absurd_watchdog_values_from_the_environment_neither_spin_nor_stop_the_flock() {
+    for (usec, says) in [
+        ("0", "ignoring WATCHDOG_USEC=\"0\""),
+        ("1", "taken as 20ms"),
+        ("18446744073709551614", "outside 20ms to a year"),
+        ("soon", "ignoring WATCHDOG_USEC=\"soon\""),
+    ] {
+        let mut launch = Launch::new(&[]);
+        let notify = NotifySocket::bind(launch.dir.path());
+        let path = launch.file(
+            "app.toml",
+            "command = [\"sleep\", \"3600\"]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\nready_delay = \"100ms\"\n",
+        );
+        launch = launch
+            .env("NOTIFY_SOCKET", notify.path.to_str().unwrap())
+            .env("WATCHDOG_USEC", usec);
+        launch.args = vec!["run".into(), "--config".into(), path.display().to_string()];
+        let mut sheepdog = launch.spawn();
+        sheepdog.logs.wait_for(says, 5 * SECOND);
+        notify.messages.wait_for("READY=1", 10 * SECOND);
+        let cpu = cpu_seconds(sheepdog.pid());
+        let pings = notify.messages.count("WATCHDOG=1");
+        let started = std::time::Instant::now();
+        // One second of supervision: bounded pings, next to no CPU.
+        sheepdog.signal(libc::SIGUSR1);
+        sheepdog.logs.wait_for("the flock now", 5 * SECOND);
+        wait_until(5 * SECOND, "a second", || started.elapsed() >= SECOND);
+        let pinged = notify.messages.count("WATCHDOG=1") - pings;
+        assert!(pinged <= 110, "WATCHDOG_USEC={usec}: {pinged} pings in a second");
+        let spent = cpu_seconds(sheepdog.pid()) - cpu;
+        assert!(spent < 0.3, "WATCHDOG_USEC={usec}: {spent}s of CPU in a second");
+        sheepdog.signal(libc::SIGTERM);
+        assert_eq!(sheepdog.wait_exit(10 * SECOND).code(), Some(0), "WATCHDOG_USEC={usec}");
+    }
+}
+
+#[test]
+fn a_runtime_directory_that_cannot_be_one_is_ignored_with_a_warning() {
+    let launch = Launch::new(&[]);
+    let xdg = launch.dir.path().join("xdg");
+    std::fs::create_dir(&xdg).unwrap();
+    let path = launch.file(
+        "app.toml",
+        &format!(
+            "command = [\"python3\", {:?}]\nlisten = [\"127.0.0.1:0\"]\nworkers = 2\nreadiness = \"notify\"\n\
+             control_socket = \"control.sock\"\n[heartbeat]\ninterval = \"500ms\"\n",
+            fixture("sdnotify-worker.py")
+        ),
+    );
+    let mut launch = launch
+        .env("RUNTIME_DIRECTORY", "relative/run")
+        .env("XDG_RUNTIME_DIR", xdg.to_str().unwrap());
+    launch.args = vec!["run".into(), "--config".into(), path.display().to_string()];
+    let mut sheepdog = launch.spawn();
+    sheepdog.logs.wait_for(
+        "ignoring RUNTIME_DIRECTORY=\"relative/run\": not an absolute path",
+        5 * SECOND,
+    );
+    sheepdog.logs.wait_for("ready: 2/2 workers", 10 * SECOND);
+    // The notify sockets went to XDG_RUNTIME_DIR, not below the working directory.
+    assert!(std::fs::read_dir(&xdg).unwrap().count() == 1);
+    assert!(!sheepdog.dir.path().join("relative").exists());
+    sheepdog.signal(libc::SIGTERM);
+    assert_eq!(sheepdog.wait_exit(10 * SECOND).code(), Some(0));
+}

@@ -20,7 +20,8 @@ mod values;
 use crate::error::Error;
 use file::{Places, Source};
 pub use paths::{
-    ClientTarget, canonical, client_target, default_control_socket, default_socket_dir, find_program, private_dir,
+    ClientTarget, canonical, client_target, default_control_socket, default_socket_dir, env_dir, find_program,
+    private_dir,
 };
 pub use values::*;
 

@@ -30,7 +30,7 @@ pub(super) fn default_name(config: Option<&Path>, command: &[String]) -> String 
 /// `/tmp/sheepdog-UID/NAME/control.sock`). NAME is the config file's name
 /// without `.toml` (`sheepdog` without a config file).
 pub fn default_control_socket(config: Option<&Path>) -> PathBuf {
-    if let Some(dir) = std::env::var_os("RUNTIME_DIRECTORY").and_then(|d| std::env::split_paths(&d).next()) {
+    if let Some(dir) = env_dir("RUNTIME_DIRECTORY") {
         return dir.join("control.sock");
     }
     let name = config
@@ -43,7 +43,23 @@ pub fn default_control_socket(config: Option<&Path>) -> PathBuf {
 /// folder per name: `/run/sheepdog` for root, `$XDG_RUNTIME_DIR/sheepdog`
 /// (or `/tmp/sheepdog-UID`) for other users. `sheepdog status` looks here.
 pub fn default_socket_dir() -> PathBuf {
-    socket_dir_for(nix::unistd::getuid().as_raw(), std::env::var_os("XDG_RUNTIME_DIR"))
+    socket_dir_for(
+        nix::unistd::getuid().as_raw(),
+        env_dir("XDG_RUNTIME_DIR").map(Into::into),
+    )
+}
+
+/// A directory named by the environment (`RUNTIME_DIRECTORY`, whose first
+/// entry counts when systemd lists several, or `XDG_RUNTIME_DIR`), if it
+/// can be one: absolute. Anything else is ignored, with a warning, as if
+/// it were not set (read at start and at each reload: a few lines at most).
+pub fn env_dir(var: &str) -> Option<PathBuf> {
+    let value = std::env::var_os(var)?;
+    let dir = std::env::split_paths(&value).next().filter(|d| d.is_absolute());
+    if dir.is_none() {
+        log::warn!("ignoring {var}={:?}: not an absolute path", value.to_string_lossy());
+    }
+    dir
 }
 
 /// Makes `dir` (and its missing parents) mode 0700, or checks the one
@@ -209,7 +225,10 @@ mod tests {
         assert!(dir.is_absolute(), "{}", dir.display());
         assert_eq!(
             dir,
-            socket_dir_for(nix::unistd::getuid().as_raw(), std::env::var_os("XDG_RUNTIME_DIR"))
+            socket_dir_for(
+                nix::unistd::getuid().as_raw(),
+                env_dir("XDG_RUNTIME_DIR").map(Into::into)
+            )
         );
     }
 

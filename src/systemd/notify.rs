@@ -131,7 +131,61 @@ fn monotonic_usec() -> u64 {
 /// systemd's watchdog interval for sheepdog (WATCHDOG_USEC, when WATCHDOG_PID
 /// is unset or ours).
 pub fn watchdog_interval() -> Option<std::time::Duration> {
-    sd_notify::watchdog_enabled()
+    let usec = std::env::var("WATCHDOG_USEC").ok();
+    let pid = std::env::var("WATCHDOG_PID").ok();
+    let (interval, complaint) = read_watchdog(usec.as_deref(), pid.as_deref(), std::process::id());
+    if let Some(complaint) = complaint {
+        log::warn!("{complaint}");
+    }
+    interval
+}
+
+/// The shortest watchdog interval taken as it is: sheepdog pings at half
+/// of it, and a smaller one would keep the loop busy pinging.
+const MIN_WATCHDOG: std::time::Duration = std::time::Duration::from_millis(20);
+/// The longest: beyond it the value is surely not meant (and a deadline
+/// that far off could overflow the clock).
+const MAX_WATCHDOG: std::time::Duration = std::time::Duration::from_secs(366 * 24 * 3600);
+
+/// `WATCHDOG_USEC` and `WATCHDOG_PID` as sd_watchdog_enabled(3) reads them,
+/// and then some: a value that is not a positive number of microseconds,
+/// or a `WATCHDOG_PID` that is not a number, is ignored with a warning;
+/// one for another pid silently (it was meant for a parent); an interval
+/// is clamped to 20ms–1 year, with a warning.
+fn read_watchdog(usec: Option<&str>, pid: Option<&str>, own: u32) -> (Option<std::time::Duration>, Option<String>) {
+    let Some(usec) = usec else { return (None, None) };
+    match pid.map(str::parse::<u32>) {
+        Some(Err(_)) => {
+            return (
+                None,
+                Some(format!(
+                    "ignoring WATCHDOG_PID={:?}: not a pid",
+                    pid.unwrap_or_default()
+                )),
+            );
+        }
+        Some(Ok(pid)) if pid != own => return (None, None),
+        _ => {}
+    }
+    let interval = match usec.parse::<u64>() {
+        Ok(n) if n > 0 && n < u64::MAX => std::time::Duration::from_micros(n),
+        _ => {
+            return (
+                None,
+                Some(format!(
+                    "ignoring WATCHDOG_USEC={usec:?}: not a positive number of microseconds"
+                )),
+            );
+        }
+    };
+    let clamped = interval.clamp(MIN_WATCHDOG, MAX_WATCHDOG);
+    let complaint = (clamped != interval).then(|| {
+        format!(
+            "WATCHDOG_USEC={usec} is outside 20ms to a year; taken as {}",
+            crate::units::format_duration(clamped)
+        )
+    });
+    (Some(clamped), complaint)
 }
 
 /// True when stderr is the journal stream systemd connected (`JOURNAL_STREAM`
@@ -155,6 +209,29 @@ pub fn stderr_is_journal() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_watchdog_settings_from_the_environment_are_validated() {
+        use std::time::Duration;
+        let read = |usec, pid| read_watchdog(usec, pid, 42);
+        assert_eq!(read(None, None), (None, None));
+        assert_eq!(read(Some("30000000"), None), (Some(Duration::from_secs(30)), None));
+        assert_eq!(read(Some("30000000"), Some("42")).0, Some(Duration::from_secs(30)));
+        assert_eq!(read(Some("30000000"), Some("43")), (None, None), "another process's");
+        assert!(read(Some("30000000"), Some("x")).1.unwrap().contains("not a pid"));
+        for bad in ["0", "-5", "abc", "", "18446744073709551615", "1e6"] {
+            let (interval, complaint) = read(Some(bad), None);
+            assert_eq!(interval, None, "{bad}");
+            assert!(complaint.unwrap().contains("not a positive number"), "{bad}");
+        }
+        let (interval, complaint) = read(Some("1"), None);
+        assert_eq!(interval, Some(MIN_WATCHDOG));
+        assert!(complaint.unwrap().contains("taken as 20ms"));
+        assert_eq!(read(Some("20000"), None), (Some(MIN_WATCHDOG), None));
+        let (interval, complaint) = read(Some("18446744073709551614"), None);
+        assert_eq!(interval, Some(MAX_WATCHDOG));
+        assert!(complaint.is_some());
+    }
 
     /// A notifier and its receiver, in a directory removed when dropped.
     fn pair() -> (UnixDatagram, Notifier, tempfile::TempDir) {

@@ -523,9 +523,8 @@ fn parent_and_group(pid: Pid) -> Option<(Pid, Pid)> {
 /// A private directory for the notify sockets: under systemd's
 /// RuntimeDirectory= when there is one, else $XDG_RUNTIME_DIR or /tmp.
 fn private_dir() -> Result<PathBuf, String> {
-    let base = std::env::var_os("RUNTIME_DIRECTORY")
-        .and_then(|dirs| std::env::split_paths(&dirs).next())
-        .or_else(|| std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from))
+    let base = crate::config::env_dir("RUNTIME_DIRECTORY")
+        .or_else(|| crate::config::env_dir("XDG_RUNTIME_DIR"))
         .unwrap_or_else(std::env::temp_dir);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
