@@ -129,9 +129,13 @@ pub fn client_target(config: Option<&Path>, socket: Option<&Path>) -> Result<Cli
     };
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::from_io(format!("{}: cannot read the config", path.display()), e))?;
-    let table: toml::Table =
-        toml::from_str(&text).map_err(|e| Error::config(format!("{}: {}", path.display(), e.message().trim())))?;
-    match table.get("control_socket").and_then(|v| v.as_str()) {
+    // A file being edited may not parse as a whole: the client still finds
+    // its sheepdog from the one line it needs.
+    let control_socket = match toml::from_str::<toml::Table>(&text) {
+        Ok(table) => table.get("control_socket").and_then(|v| v.as_str()).map(str::to_string),
+        Err(_) => control_socket_line(&text),
+    };
+    match control_socket.as_deref() {
         Some(socket) => {
             let socket = PathBuf::from(socket);
             let base = path.parent().filter(|p| !p.as_os_str().is_empty());
@@ -144,6 +148,26 @@ pub fn client_target(config: Option<&Path>, socket: Option<&Path>) -> Result<Cli
             config: canonical(path),
         }),
     }
+}
+
+/// `control_socket = "…"` read from its own line, before any `[section]`,
+/// in a file that does not parse as a whole.
+fn control_socket_line(text: &str) -> Option<String> {
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            return None;
+        }
+        let Some(rest) = line.strip_prefix("control_socket") else {
+            continue;
+        };
+        let Some(value) = rest.trim_start().strip_prefix('=') else {
+            continue;
+        };
+        let table: toml::Table = toml::from_str(&format!("v = {}", value.trim())).ok()?;
+        return table.get("v")?.as_str().map(str::to_string);
+    }
+    None
 }
 
 /// A config file's absolute path, as a running sheepdog reports it.
@@ -217,6 +241,24 @@ mod tests {
         let file = root.path().join("file");
         std::fs::write(&file, "").unwrap();
         assert!(private_dir(&file, uid, 0o077).is_err());
+    }
+
+    #[test]
+    fn a_client_finds_the_control_socket_in_a_file_being_edited() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("app.toml");
+        let broken = "workers = 2\ncontrol_socket = \"run/ctl.sock\" # here\ncommand = [\"node\"\n[memory]\nlimit = \n";
+        std::fs::write(&file, broken).unwrap();
+        assert_eq!(
+            client_target(Some(&file), None).unwrap(),
+            ClientTarget::Socket(dir.path().join("run/ctl.sock"))
+        );
+        // Without the key (or with it only inside a section), the default.
+        std::fs::write(&file, "command = [\n[memory]\ncontrol_socket = \"x.sock\"\n").unwrap();
+        assert!(matches!(
+            client_target(Some(&file), None).unwrap(),
+            ClientTarget::Default { .. }
+        ));
     }
 
     #[test]

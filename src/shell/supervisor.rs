@@ -189,6 +189,11 @@ impl<S: System> Supervisor<S> {
                     None
                 }
                 Command::Scale { workers } => {
+                    if self.flock.is_shutting_down() {
+                        let why = "sheepdog is stopping: nothing is scaled".to_string();
+                        self.system.reply(client, &Reply::Failed(why));
+                        return None;
+                    }
                     if let Some(why) = crate::limits::too_many(workers as u64, self.flock.policy().channel) {
                         self.system.reply(client, &Reply::Failed(why));
                         return None;

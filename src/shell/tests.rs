@@ -558,3 +558,24 @@ fn a_reload_that_moves_the_control_socket_is_refused_and_changes_nothing() {
     );
     assert_eq!((h.pid_of(0, 1), h.pid_of(1, 1)), pids);
 }
+
+#[test]
+fn scale_during_a_shutdown_is_refused_not_promised() {
+    let mut h = Harness::serving("[\"true\", \"one\"]", "");
+    h.pass_at(2000 * MS, vec![Input::Signal(SIGTERM)]);
+    let (_, effects) = h.pass_at(
+        2100 * MS,
+        vec![Input::Control {
+            client: 5,
+            command: Command::Scale { workers: 5 },
+        }],
+    );
+    assert!(
+        effects.contains(&Effect::Reply(
+            5,
+            Reply::Failed("sheepdog is stopping: nothing is scaled".into())
+        )),
+        "{effects:?}"
+    );
+    assert!(!effects.iter().any(|e| matches!(e, Effect::Spawn { .. })));
+}
