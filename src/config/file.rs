@@ -79,6 +79,13 @@ pub const RESERVED_ENV: [&str; 11] = [
     "JOURNAL_STREAM",
 ];
 
+/// The longest string execve(2) takes (MAX_ARG_STRLEN, 32 pages), NUL included.
+const MAX_ARG_STRLEN: usize = 128 * 1024;
+/// What `[env]` may hold in all: a quarter of the usual 2 MiB that execve
+/// takes for arguments and environment (a quarter of an 8 MiB stack limit),
+/// leaving the rest to the command line and the environment sheepdog had.
+const MAX_ENV_TOTAL: usize = 512 * 1024;
+
 fn reserved_why(name: &str) -> &'static str {
     match name {
         n if n.starts_with("LISTEN_") => "the sockets it passes",
@@ -424,8 +431,28 @@ impl FileConfig {
                 ));
             } else if value.get_ref().contains('\0') {
                 return Err(source.invalid(value.span(), &format!("env.{name}"), "a value cannot hold NUL"));
+            } else if name.len() + 1 + value.get_ref().len() >= MAX_ARG_STRLEN {
+                return Err(source.invalid(
+                    value.span(),
+                    &format!("env.{name}"),
+                    format!("is longer than the {MAX_ARG_STRLEN} bytes execve(2) takes for one variable"),
+                ));
             }
             env.insert(name.clone(), value.get_ref().clone());
+        }
+        let total: usize = env.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+        if total > MAX_ENV_TOTAL
+            && let Some(table) = &self.env
+        {
+            let (key, _) = table.iter().next().expect("a non-empty [env]");
+            return Err(source.invalid(
+                key.span(),
+                "env",
+                format!(
+                    "holds {total} bytes: more than the {MAX_ENV_TOTAL} that leave room, under execve(2)'s limit, \
+                     for the command and the environment sheepdog passes on"
+                ),
+            ));
         }
         Ok(env)
     }

@@ -134,7 +134,7 @@ pub const KEYS: &[Key] = &[
     Key {
         key: "env",
         default: "—",
-        meaning: "extra environment variables for the workers, e.g. `NODE_ENV = \"production\"`; not those sheepdog sets for each worker (`LISTEN_*`, `NOTIFY_SOCKET`, `WATCHDOG_*`, `NODE_CHANNEL_*`, `SHEEPDOG_*`, `JOURNAL_STREAM`)",
+        meaning: "extra environment variables for the workers, e.g. `NODE_ENV = \"production\"`; not those sheepdog sets for each worker (`LISTEN_*`, `NOTIFY_SOCKET`, `WATCHDOG_*`, `NODE_CHANNEL_*`, `SHEEPDOG_*`, `JOURNAL_STREAM`); each `NAME=value` under the 128 KiB execve(2) takes for one, 512 KiB in all",
     },
     Key {
         key: "heartbeat.interval",

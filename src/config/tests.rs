@@ -658,3 +658,28 @@ fn a_name_of_64_bytes_is_taken_and_65_refused() {
             .contains("name: is longer than 64 bytes")
     );
 }
+
+#[test]
+fn an_env_too_large_for_execve_is_refused_before_anything_starts() {
+    let with = |vars: &[(&str, usize)]| {
+        let body: String = vars
+            .iter()
+            .map(|(k, n)| format!("{k} = \"{}\"\n", "x".repeat(*n)))
+            .collect();
+        parse(&format!("command = [\"x\"]\n[env]\n{body}"))
+    };
+    assert!(with(&[("A", 100_000)]).is_ok());
+    // One variable: NAME=VALUE and its NUL within 128 KiB.
+    assert!(with(&[("A", 128 * 1024 - 3)]).is_ok());
+    let e = with(&[("A", 128 * 1024 - 2)]).unwrap_err().to_string();
+    assert!(
+        e.starts_with("app.toml:3:5: env.A: is longer than the 131072 bytes"),
+        "{e}"
+    );
+    // In all: at most 512 KiB.
+    let many: Vec<(String, usize)> = (0..6).map(|i| (format!("V{i}"), 100_000)).collect();
+    let many: Vec<(&str, usize)> = many.iter().map(|(k, n)| (k.as_str(), *n)).collect();
+    let e = with(&many).unwrap_err().to_string();
+    assert!(e.starts_with("app.toml:3:1: env: holds 600024 bytes"), "{e}");
+    assert!(with(&many[..5]).is_ok());
+}
