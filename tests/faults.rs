@@ -649,3 +649,114 @@ fn a_runtime_directory_that_cannot_be_one_is_ignored_with_a_warning() {
     sheepdog.signal(libc::SIGTERM);
     assert_eq!(sheepdog.wait_exit(10 * SECOND).code(), Some(0));
 }
+
+/// A flock of `workers` Node hello servers, each started by `sh -c` after
+/// `before` (a shell command run in the worker's background).
+fn hello_flock(workers: u32, before: &str, setup: impl FnOnce(Launch) -> Launch) -> Sheepdog {
+    let launch = setup(Launch::new(&[]));
+    let path = launch.file(
+        "app.toml",
+        &format!(
+            "command = [\"sh\", \"-c\", \"{before} exec node {}\"]\nlisten = [\"127.0.0.1:0\"]\nworkers = {workers}\n\
+             ready_delay = \"300ms\"\n",
+            repo_path("examples/hello/server.js").display()
+        ),
+    );
+    let mut launch = launch;
+    launch.args = vec!["run".into(), "--config".into(), path.display().to_string()];
+    launch.spawn()
+}
+
+#[test]
+fn a_supervisor_stopped_longer_than_a_heartbeat_timeout_spares_its_workers_once_continued() {
+    let launch = Launch::new(&[]);
+    let path = launch.file(
+        "app.toml",
+        &format!(
+            "command = [\"python3\", {:?}]\nlisten = [\"127.0.0.1:0\"]\nworkers = 2\nreadiness = \"notify\"\n\
+             [heartbeat]\ninterval = \"300ms\"\n[env]\nFLOOD = \"0\"\nFDS = \"0\"\n",
+            fixture("fd-passing-worker.py")
+        ),
+    );
+    let mut launch = launch;
+    launch.args = vec!["run".into(), "--config".into(), path.display().to_string()];
+    let mut sheepdog = launch.spawn();
+    let addr = sheepdog.bound_address();
+    sheepdog.logs.wait_for("ready: 2/2 workers", 10 * SECOND);
+    let workers = sheepdog.worker_pids();
+    let requests = RequestLoop::start(addr);
+    requests.wait_successes(20, 10 * SECOND);
+    // Stopped for twice the heartbeat timeout (900 ms): the workers serve on.
+    sheepdog.signal(libc::SIGSTOP);
+    let served = requests.snapshot().ok;
+    requests.wait_successes(served + 200, 10 * SECOND);
+    let stopped = std::time::Instant::now();
+    wait_until(5 * SECOND, "1.8 s stopped", || stopped.elapsed() >= 1800 * MS_);
+    sheepdog.signal(libc::SIGCONT);
+    sheepdog.signal(libc::SIGUSR1);
+    sheepdog.logs.wait_for("the flock now", 5 * SECOND);
+    let result = requests.stop();
+    assert_eq!(result.failed, 0, "{result:?}");
+    assert_eq!(
+        sheepdog.logs.count("missed heartbeats"),
+        0,
+        "the silence was sheepdog's own"
+    );
+    assert_eq!(sheepdog.worker_pids(), workers);
+    sheepdog.signal(libc::SIGTERM);
+    assert_eq!(sheepdog.wait_exit(10 * SECOND).code(), Some(0));
+}
+
+#[test]
+fn fifty_sighups_under_load_lose_nothing() {
+    let mut sheepdog = hello_flock(2, "", |l| l);
+    let addr = sheepdog.bound_address();
+    sheepdog.logs.wait_for("ready: 2/2 workers", 10 * SECOND);
+    let requests = RequestLoop::start(addr);
+    requests.wait_successes(20, 10 * SECOND);
+    for _ in 0..50 {
+        sheepdog.signal(libc::SIGHUP);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The first roll runs; the others are refused while it does (or merge).
+    sheepdog.logs.wait_for("reloaded to generation 2", 20 * SECOND);
+    let socket = sheepdog.dir.path().join("control.sock");
+    let status = sheepdog_client(&["status", "--socket", socket.to_str().unwrap()], 10 * SECOND);
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    let result = requests.stop();
+    assert_eq!(result.failed, 0, "{result:?}");
+    assert!(
+        sheepdog.logs.count("received SIGHUP") <= 50 && sheepdog.logs.count("were not logged") <= 5,
+        "bounded"
+    );
+    sheepdog.signal(libc::SIGTERM);
+    assert_eq!(sheepdog.wait_exit(15 * SECOND).code(), Some(0));
+}
+
+#[test]
+fn a_ten_megabyte_control_line_and_a_worker_blocked_on_a_full_pipe_change_nothing() {
+    use std::io::Write;
+    // The workers' stdout is a FIFO nobody reads, and each worker floods it
+    // (`yes` in its process group): the flooders block there, in their own
+    // processes; sheepdog logs to stderr and never waits on it.
+    let mut sheepdog = hello_flock(2, "yes flooding the unread pipe &", |l| {
+        l.shell_prefix("mkfifo out.fifo && exec 1<>out.fifo")
+    });
+    let addr = sheepdog.bound_address();
+    sheepdog.logs.wait_for("ready: 2/2 workers", 10 * SECOND);
+    let requests = RequestLoop::start(addr);
+    requests.wait_successes(20, 10 * SECOND);
+    let socket = sheepdog.dir.path().join("control.sock");
+    let mut client = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    client.set_write_timeout(Some(5 * SECOND)).unwrap();
+    let line = vec![b'x'; 10 * 1024 * 1024];
+    let _ = client.write_all(&line); // cut off part way: that is the point
+    let (_, said) = sheepdog.logs.wait_for("request longer than 65536 bytes", 5 * SECOND);
+    assert!(said.contains("disconnecting"), "{said}");
+    let status = sheepdog_client(&["status", "--socket", socket.to_str().unwrap()], 10 * SECOND);
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    let result = requests.stop();
+    assert_eq!(result.failed, 0, "{result:?}");
+    sheepdog.signal(libc::SIGTERM);
+    assert_eq!(sheepdog.wait_exit(15 * SECOND).code(), Some(0));
+}
