@@ -86,3 +86,28 @@ fn the_units_run_sheepdog_with_the_commands_it_has() {
     assert!(service.contains("ExecStart=/usr/bin/sheepdog run --config /etc/sheepdog/%i.toml"));
     assert!(service.contains("ExecReload=/usr/bin/sheepdog reload --config /etc/sheepdog/%i.toml"));
 }
+
+#[test]
+fn every_shipped_service_unit_scores_2_or_better_on_systemd_analyze_security() {
+    let dir = staged_units();
+    let services: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".service"))
+        .collect();
+    assert_eq!(services.len(), 3, "{services:?}");
+    for service in services {
+        let output = Command::new("systemd-analyze")
+            .args(["security", "--offline=true", "--no-pager"])
+            .arg(dir.path().join(&service))
+            .output()
+            .expect("systemd-analyze (Debian's systemd package)");
+        let text = String::from_utf8_lossy(&output.stdout);
+        let score: f64 = text
+            .lines()
+            .find_map(|l| l.split_once("Overall exposure level for ")?.1.split_once(": ")?.1.split(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{service}: no score in {text}"));
+        assert!(score <= 2.0, "{service} scores {score}, above 2.0:\n{text}");
+    }
+}

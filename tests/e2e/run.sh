@@ -112,6 +112,24 @@ check "journalctl -u myapp shows sheepdog's lines" journal_has "ready: 2/2 worke
 check "journalctl -u myapp -p warning shows the replacement" journal_has "(pid $victim) was killed by SIGKILL" -u myapp -p warning
 check "each worker's output is attributed to its slot" journal_has "worker 0 (pid" -u myapp -t myapp-worker-0
 
+# Least privilege: the shipped unit runs sheepdog and its workers as a user
+# made for the service, and systemd itself rates it 2.0 or better.
+main_uid=$(x ps -o uid= -p "$(x systemctl show -p MainPID --value myapp)" | tr -d ' ')
+worker_uid=$(x ps -o uid= -p "$(slot0_pid)" | tr -d ' ')
+echo "# sheepdog runs as uid $main_uid, worker 0 as uid $worker_uid"
+check "sheepdog runs as the service's own dynamic user, not root" bash -c "[ -n '$main_uid' ] && [ '$main_uid' != 0 ]"
+check "so do its workers" bash -c "[ '$worker_uid' = '$main_uid' ]"
+check "systemd-analyze security rates myapp.service 2.0 or better" bash -c \
+    "'$sandbox' exec systemd-analyze security --no-pager myapp.service | awk '/Overall exposure level/ { found = 1; ok = (\$(NF-2) + 0 <= 2.0) } END { exit !(found && ok) }'"
+# Memory recycling reads the workers' /proc (ProtectProc=invisible hides
+# only other users'): a limit below a Node worker's size replaces them.
+printf 'command = ["node", "/srv/myapp/server.js"]\nworkers = 2\nreadiness = "node-ipc"\nready_timeout = "3s"\nstop_timeout = "5s"\nmax_restarts = 100\n[heartbeat]\ninterval = "500ms"\n[memory]\nlimit = "8MiB"\ninterval = "500ms"\n[env]\nAPP_VERSION = "2"\n' > /tmp/e2e-myapp.toml
+S copy-in /tmp/e2e-myapp.toml /etc/sheepdog/myapp.toml
+x systemctl reload myapp
+check "memory recycling works under the hardened unit" until_ok 15 journal_has "over the memory limit" -u myapp
+config 2
+check "and a reload brings the limit back off" until_ok 30 x systemctl reload myapp
+
 # Hang every worker, and make replacements unable to become ready: sheepdog
 # kills and replaces the hung ones, stops pinging the watchdog, and systemd
 # restarts the service.
