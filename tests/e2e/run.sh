@@ -161,6 +161,14 @@ check "systemctl stop stops cleanly" x systemctl stop myapp.socket myapp.service
 check "nothing is left in the service's cgroup" bash -c "! '$sandbox' exec pgrep -f /srv/myapp/server.js"
 check "the stop was logged as requested" until_ok 10 journal_has "stopped on request; exiting" -u myapp
 
+# The shipped template, as its example config says, hardened too.
+x systemctl start sheepdog@example.socket
+check "sheepdog@example serves the bundled example" until_ok 20 answers "hello from worker"
+check "sheepdog@example is active" until_ok 10 active sheepdog@example.service active
+check "sheepdog@example runs as its own dynamic user" bash -c \
+    "u=\$('$sandbox' exec ps -o user=,uid= -p \$('$sandbox' exec systemctl show -p MainPID --value sheepdog@example)); echo \"# \$u\"; [ -n \"\$u\" ] && [ \"\${u##* }\" != 0 ]"
+x systemctl stop sheepdog@example.socket sheepdog@example.service
+
 # The notify parser against systemd's own: the same datagram, once from a
 # service to systemd, once from a worker to sheepdog (itself run as a
 # Type=notify service: ready only once its worker is).
