@@ -760,3 +760,48 @@ fn a_ten_megabyte_control_line_and_a_worker_blocked_on_a_full_pipe_change_nothin
     sheepdog.signal(libc::SIGTERM);
     assert_eq!(sheepdog.wait_exit(15 * SECOND).code(), Some(0));
 }
+
+#[test]
+fn a_log_file_at_its_size_limit_loses_lines_not_the_flock() {
+    // stderr to a file under `ulimit -f` (as LimitFSIZE= would): a write past
+    // the limit raises SIGXFSZ (which would kill sheepdog, exit 153) and
+    // fails with EFBIG.
+    let mut launch = Launch::new(&[]).shell_prefix("ulimit -f 2; exec 2>log.txt");
+    let notify = NotifySocket::bind(launch.dir.path());
+    let path = launch.file(
+        "app.toml",
+        &format!(
+            "command = [\"node\", {:?}]\nlisten = [\"127.0.0.1:0\"]\nworkers = 2\nready_delay = \"300ms\"\n",
+            repo_path("examples/hello/server.js")
+        ),
+    );
+    launch = launch.env("NOTIFY_SOCKET", notify.path.to_str().unwrap());
+    launch.args = vec![
+        "run".into(),
+        "--log-level".into(),
+        "debug".into(),
+        "--config".into(),
+        path.display().to_string(),
+    ];
+    let mut sheepdog = launch.spawn();
+    notify.messages.wait_for("READY=1", 10 * SECOND);
+    let log = sheepdog.dir.path().join("log.txt");
+    // Lines past the limit: the flock's table, again and again.
+    for _ in 0..20 {
+        sheepdog.signal(libc::SIGUSR1);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    wait_until(5 * SECOND, "the log file at its limit", || {
+        std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0) >= 1024
+    });
+    // Still supervising: a killed worker is replaced (a STATUS= follows).
+    let before = sheepdog.worker_pids();
+    unsafe { libc::kill(before[0], libc::SIGKILL) };
+    wait_until(10 * SECOND, "the replacement", || {
+        let now = sheepdog.worker_pids();
+        now.len() == 2 && !now.contains(&before[0])
+    });
+    sheepdog.signal(libc::SIGTERM);
+    assert_eq!(sheepdog.wait_exit(10 * SECOND).code(), Some(0), "not killed by SIGXFSZ");
+    assert!(std::fs::metadata(&log).unwrap().len() <= 2048);
+}

@@ -106,7 +106,16 @@ fn every_shipped_service_unit_scores_2_or_better_on_systemd_analyze_security() {
         let text = String::from_utf8_lossy(&output.stdout);
         let score: f64 = text
             .lines()
-            .find_map(|l| l.split_once("Overall exposure level for ")?.1.split_once(": ")?.1.split(' ').next()?.parse().ok())
+            .find_map(|l| {
+                l.split_once("Overall exposure level for ")?
+                    .1
+                    .split_once(": ")?
+                    .1
+                    .split(' ')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
             .unwrap_or_else(|| panic!("{service}: no score in {text}"));
         assert!(score <= 2.0, "{service} scores {score}, above 2.0:\n{text}");
     }
