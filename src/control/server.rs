@@ -127,7 +127,10 @@ impl ControlServer {
                 let Ok(meta) = std::fs::symlink_metadata(&self.path) else {
                     return false;
                 };
-                warn!("the control socket {} was removed; bound it again", self.path.display());
+                // Anyone who may delete the file can repeat this: bounded.
+                if self.complaints.allow(Instant::now()) {
+                    warn!("the control socket {} was removed; bound it again", self.path.display());
+                }
                 self.listener = listener;
                 self.identity = (meta.dev(), meta.ino());
                 true
