@@ -11,6 +11,7 @@ use std::time::Duration;
 use common::*;
 
 const SECOND: Duration = Duration::from_secs(1);
+const MS: Duration = Duration::from_millis(1);
 
 fn fixture(name: &str) -> String {
     repo_path(&format!("tests/fixtures/{name}")).display().to_string()
@@ -18,7 +19,11 @@ fn fixture(name: &str) -> String {
 
 /// Launches sheepdog on 127.0.0.1:0 with `config` (TOML lines after `command`).
 fn launch(command: &[&str], config: &str, env: &[(&str, &str)]) -> (Sheepdog, NotifySocket) {
-    let launch = Launch::new(&[]);
+    launch_from(Launch::new(&[]), command, config, env)
+}
+
+/// The same, from a `launch` set up beforehand (a shell prefix, say).
+fn launch_from(launch: Launch, command: &[&str], config: &str, env: &[(&str, &str)]) -> (Sheepdog, NotifySocket) {
     let notify = NotifySocket::bind(launch.dir.path());
     let command: Vec<String> = command.iter().map(|c| format!("{c:?}")).collect();
     let env: String = env.iter().map(|(k, v)| format!("{k} = {v:?}\n")).collect();
@@ -29,9 +34,14 @@ fn launch(command: &[&str], config: &str, env: &[(&str, &str)]) -> (Sheepdog, No
             command.join(", ")
         ),
     );
-    let mut launch = launch.env("NOTIFY_SOCKET", notify.path.to_str().unwrap());
+    let launch = launch.env("NOTIFY_SOCKET", notify.path.to_str().unwrap());
+    (run(launch, &path), notify)
+}
+
+/// `sheepdog run --config PATH` from `launch`.
+fn run(mut launch: Launch, path: &std::path::Path) -> Sheepdog {
     launch.args = vec!["run".into(), "--config".into(), path.display().to_string()];
-    (launch.spawn(), notify)
+    launch.spawn()
 }
 
 /// How many fds a process holds.
@@ -86,9 +96,7 @@ fn out_of_fds_the_control_socket_neither_spins_nor_floods_the_log_and_status_ans
             repo_path("examples/hello/server.js")
         ),
     );
-    let mut launch = launch;
-    launch.args = vec!["run".into(), "--config".into(), path.display().to_string()];
-    let mut sheepdog = launch.spawn();
+    let mut sheepdog = run(launch, &path);
     let addr = sheepdog.bound_address();
     sheepdog.logs.wait_for("ready: 2/2 workers", 10 * SECOND);
     let socket = sheepdog.dir.path().join("control.sock");
@@ -278,9 +286,7 @@ fn a_tcp_listener_shut_down_by_a_worker_is_noticed_and_listened_on_again() {
             fixture("fd-passing-worker.py")
         ),
     );
-    let mut launch = launch;
-    launch.args = vec!["run".into(), "--config".into(), path.display().to_string()];
-    let mut sheepdog = launch.spawn();
+    let mut sheepdog = run(launch, &path);
     sheepdog.logs.wait_for("ready: 2/2 workers", 10 * SECOND);
     let requests = RequestLoop::start(addr);
     let (shut_at, _) = sheepdog.logs.wait_for("worker 0 shuts the listener down", 10 * SECOND);
@@ -313,9 +319,7 @@ fn a_unix_listener_shut_down_by_a_worker_ends_the_supervisor_with_1() {
             socket.display()
         ),
     );
-    let mut launch = launch;
-    launch.args = vec!["run".into(), "--config".into(), path.display().to_string()];
-    let mut sheepdog = launch.spawn();
+    let mut sheepdog = run(launch, &path);
     sheepdog.logs.wait_for("ready: 2/2 workers", 10 * SECOND);
     let (shut_at, _) = sheepdog.logs.wait_for("worker 0 shuts the listener down", 10 * SECOND);
     let (noticed_at, line) = sheepdog.logs.wait_for("cannot listen again", 5 * SECOND);
@@ -347,9 +351,7 @@ fn sleepers(ulimit: &str, workers: u32) -> Sheepdog {
              readiness = \"none\"\nchannel = \"notify\"\nready_delay = \"200ms\"\nmax_spawn_rate = 1000\n"
         ),
     );
-    let mut launch = launch;
-    launch.args = vec!["run".into(), "--config".into(), path.display().to_string()];
-    launch.spawn()
+    run(launch, &path)
 }
 
 #[test]
@@ -417,9 +419,7 @@ fn what_escapes_a_workers_process_group_does_not_outlive_it_nor_the_flock() {
                  [env]\nESCAPE_MARK = \"{marker}\"\n"
             ),
         );
-        let mut launch = launch;
-        launch.args = vec!["run".into(), "--config".into(), path.display().to_string()];
-        let mut sheepdog = launch.spawn();
+        let mut sheepdog = run(launch, &path);
         sheepdog.logs.wait_for("ready: 2/2 workers", 10 * SECOND);
         let workers = sheepdog.worker_pids();
         let helpers = || -> Vec<i32> { marked(&marker).into_iter().filter(|p| !workers.contains(p)).collect() };
@@ -481,9 +481,8 @@ fn runtime_files_made_again(worker: &str) {
         ),
     );
     let socket = launch.dir.path().join("ctl/control.sock");
-    let mut launch = launch.env("XDG_RUNTIME_DIR", xdg.to_str().unwrap());
-    launch.args = vec!["run".into(), "--config".into(), path.display().to_string()];
-    let mut sheepdog = launch.spawn();
+    let launch = launch.env("XDG_RUNTIME_DIR", xdg.to_str().unwrap());
+    let mut sheepdog = run(launch, &path);
     sheepdog.logs.wait_for("ready: 2/2 workers", 10 * SECOND);
     let notify_dir = std::fs::read_dir(&xdg)
         .unwrap()
@@ -509,7 +508,7 @@ fn runtime_files_made_again(worker: &str) {
         let fresh = json["workers"]
             .as_array()
             .is_some_and(|w| w.len() == 2 && w.iter().all(|w| w["heartbeat_age_s"].as_f64().is_some_and(|a| a < 1.0)));
-        removed.elapsed() > 2500 * MS_ && fresh
+        removed.elapsed() > 2500 * MS && fresh
     });
     assert_eq!(
         sheepdog.logs.count("missed heartbeats"),
@@ -526,8 +525,6 @@ fn runtime_files_made_again(worker: &str) {
     assert_eq!(sheepdog.wait_exit(10 * SECOND).code(), Some(0));
 }
 
-const MS_: Duration = Duration::from_millis(1);
-
 #[test]
 fn every_signal_from_1_to_31_sent_to_a_fresh_supervisor_does_what_the_manual_says() {
     let name = |signal: i32| {
@@ -543,9 +540,7 @@ fn every_signal_from_1_to_31_sent_to_a_fresh_supervisor_does_what_the_manual_say
             "app.toml",
             "command = [\"sleep\", \"3600\"]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\nready_delay = \"100ms\"\n",
         );
-        let mut launch = launch;
-        launch.args = vec!["run".into(), "--config".into(), path.display().to_string()];
-        let mut sheepdog = launch.spawn();
+        let mut sheepdog = run(launch, &path);
         sheepdog.logs.wait_for("ready: 1/1 workers", 10 * SECOND);
         sheepdog.signal(signal);
         if [libc::SIGTERM, libc::SIGINT, libc::SIGQUIT].contains(&signal) {
@@ -600,8 +595,7 @@ fn absurd_watchdog_values_from_the_environment_neither_spin_nor_stop_the_flock()
         launch = launch
             .env("NOTIFY_SOCKET", notify.path.to_str().unwrap())
             .env("WATCHDOG_USEC", usec);
-        launch.args = vec!["run".into(), "--config".into(), path.display().to_string()];
-        let mut sheepdog = launch.spawn();
+        let mut sheepdog = run(launch, &path);
         sheepdog.logs.wait_for(says, 5 * SECOND);
         notify.messages.wait_for("READY=1", 10 * SECOND);
         let cpu = cpu_seconds(sheepdog.pid());
@@ -633,11 +627,10 @@ fn a_runtime_directory_that_cannot_be_one_is_ignored_with_a_warning() {
             fixture("sdnotify-worker.py")
         ),
     );
-    let mut launch = launch
+    let launch = launch
         .env("RUNTIME_DIRECTORY", "relative/run")
         .env("XDG_RUNTIME_DIR", xdg.to_str().unwrap());
-    launch.args = vec!["run".into(), "--config".into(), path.display().to_string()];
-    let mut sheepdog = launch.spawn();
+    let mut sheepdog = run(launch, &path);
     sheepdog.logs.wait_for(
         "ignoring RUNTIME_DIRECTORY=\"relative/run\": not an absolute path",
         5 * SECOND,
@@ -662,9 +655,7 @@ fn hello_flock(workers: u32, before: &str, setup: impl FnOnce(Launch) -> Launch)
             repo_path("examples/hello/server.js").display()
         ),
     );
-    let mut launch = launch;
-    launch.args = vec!["run".into(), "--config".into(), path.display().to_string()];
-    launch.spawn()
+    run(launch, &path)
 }
 
 #[test]
@@ -678,9 +669,7 @@ fn a_supervisor_stopped_longer_than_a_heartbeat_timeout_spares_its_workers_once_
             fixture("fd-passing-worker.py")
         ),
     );
-    let mut launch = launch;
-    launch.args = vec!["run".into(), "--config".into(), path.display().to_string()];
-    let mut sheepdog = launch.spawn();
+    let mut sheepdog = run(launch, &path);
     let addr = sheepdog.bound_address();
     sheepdog.logs.wait_for("ready: 2/2 workers", 10 * SECOND);
     let workers = sheepdog.worker_pids();
@@ -691,7 +680,7 @@ fn a_supervisor_stopped_longer_than_a_heartbeat_timeout_spares_its_workers_once_
     let served = requests.snapshot().ok;
     requests.wait_successes(served + 200, 10 * SECOND);
     let stopped = std::time::Instant::now();
-    wait_until(5 * SECOND, "1.8 s stopped", || stopped.elapsed() >= 1800 * MS_);
+    wait_until(5 * SECOND, "1.8 s stopped", || stopped.elapsed() >= 1800 * MS);
     sheepdog.signal(libc::SIGCONT);
     sheepdog.signal(libc::SIGUSR1);
     sheepdog.logs.wait_for("the flock now", 5 * SECOND);
@@ -766,24 +755,13 @@ fn a_log_file_at_its_size_limit_loses_lines_not_the_flock() {
     // stderr to a file under `ulimit -f` (as LimitFSIZE= would): a write past
     // the limit raises SIGXFSZ (which would kill sheepdog, exit 153) and
     // fails with EFBIG.
-    let mut launch = Launch::new(&[]).shell_prefix("ulimit -f 2; exec 2>log.txt");
-    let notify = NotifySocket::bind(launch.dir.path());
-    let path = launch.file(
-        "app.toml",
-        &format!(
-            "command = [\"node\", {:?}]\nlisten = [\"127.0.0.1:0\"]\nworkers = 2\nready_delay = \"300ms\"\n",
-            repo_path("examples/hello/server.js")
-        ),
+    let server = repo_path("examples/hello/server.js").display().to_string();
+    let (mut sheepdog, notify) = launch_from(
+        Launch::new(&[]).shell_prefix("ulimit -f 2; exec 2>log.txt"),
+        &["node", &server],
+        "workers = 2\nready_delay = \"300ms\"\n",
+        &[],
     );
-    launch = launch.env("NOTIFY_SOCKET", notify.path.to_str().unwrap());
-    launch.args = vec![
-        "run".into(),
-        "--log-level".into(),
-        "debug".into(),
-        "--config".into(),
-        path.display().to_string(),
-    ];
-    let mut sheepdog = launch.spawn();
     notify.messages.wait_for("READY=1", 10 * SECOND);
     let log = sheepdog.dir.path().join("log.txt");
     // Lines past the limit: the flock's table, again and again.

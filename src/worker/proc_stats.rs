@@ -19,18 +19,9 @@ pub fn process_tree(pid: Pid) -> Vec<Pid> {
     while next < tree.len() {
         let parent = tree[next];
         next += 1;
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{parent}/task")) else {
-            continue;
-        };
-        for task in tasks.flatten() {
-            let path = task.path().join("children");
-            let Ok(children) = std::fs::read_to_string(path) else {
-                continue;
-            };
-            for child in children.split_whitespace().filter_map(|c| c.parse::<Pid>().ok()) {
-                if seen.insert(child) {
-                    tree.push(child);
-                }
+        for child in children(parent) {
+            if seen.insert(child) {
+                tree.push(child);
             }
         }
     }
@@ -43,9 +34,7 @@ pub fn process_tree(pid: Pid) -> Vec<Pid> {
 /// with the worker it was started under, as far as its environment tells:
 /// every worker's LISTEN_PID is its own pid, which its descendants inherit.
 pub fn orphans(workers: &HashSet<Pid>) -> Vec<(Pid, Option<Pid>)> {
-    let own = std::process::id() as Pid;
-    let children = process_tree_children(own);
-    children
+    children(std::process::id() as Pid)
         .into_iter()
         .filter(|pid| !workers.contains(pid))
         .map(|pid| (pid, started_under(pid)))
@@ -53,7 +42,7 @@ pub fn orphans(workers: &HashSet<Pid>) -> Vec<(Pid, Option<Pid>)> {
 }
 
 /// The direct children of `pid`, from every thread's `children` list.
-fn process_tree_children(pid: Pid) -> Vec<Pid> {
+fn children(pid: Pid) -> Vec<Pid> {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return Vec::new();
     };
