@@ -714,10 +714,6 @@ fn fifty_sighups_under_load_lose_nothing() {
     assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
     let result = requests.stop();
     assert_eq!(result.failed, 0, "{result:?}");
-    assert!(
-        sheepdog.logs.count("received SIGHUP") <= 50 && sheepdog.logs.count("were not logged") <= 5,
-        "bounded"
-    );
     sheepdog.signal(libc::SIGTERM);
     assert_eq!(sheepdog.wait_exit(15 * SECOND).code(), Some(0));
 }
