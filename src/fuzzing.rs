@@ -135,13 +135,16 @@ pub fn control_reply(data: &[u8]) {
 
 fn has_nan(reply: &Reply) -> bool {
     let Reply::Status(report) = reply else { return false };
-    let floats = [report.supervisor.uptime_s]
+    let sup = &report.supervisor;
+    let floats = [sup.uptime_s, sup.reload_seconds.sum]
         .into_iter()
+        .chain(sup.cpu_seconds)
+        .chain(sup.reload_seconds.le.iter().copied())
         .chain(
             report
                 .workers
                 .iter()
-                .flat_map(|w| [Some(w.uptime_s), w.cpu_percent, w.heartbeat_age_s])
+                .flat_map(|w| [Some(w.uptime_s), w.cpu_percent, w.heartbeat_age_s, w.cpu_seconds])
                 .flatten(),
         )
         .chain(report.waiting.iter().map(|w| w.restart_in_s));

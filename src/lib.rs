@@ -32,6 +32,8 @@
 //! - [`control`] is the control socket: a typed [`control::protocol`]
 //!   shared by the [`control::server`] in the loop, the [`control::client`]
 //!   and the [`control::view`] of `sheepdog status`.
+//! - [`observe`] is the opt-in HTTP side: `/healthz`, `/readyz` and the
+//!   Prometheus `/metrics`, served by the same loop ([`observe::http`]).
 //! - [`config`] is the config file: its schema, values, named defaults and
 //!   default paths, and `sheepdog check`'s printout.
 //! - [`error`]: the one error type and its exit-code classes (2, 71, 78).
@@ -49,6 +51,7 @@ pub mod fuzzing;
 pub mod limits;
 pub mod logging;
 pub mod manual;
+pub mod observe;
 pub mod shell;
 pub mod systemd;
 pub mod worker;

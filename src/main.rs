@@ -10,6 +10,7 @@ use sheepdog::control::protocol::{Command as Request, Reply};
 use sheepdog::control::server::ControlServer;
 use sheepdog::control::view;
 use sheepdog::error::Error;
+use sheepdog::observe::http::HttpServer;
 use sheepdog::shell::os::Os;
 use sheepdog::shell::supervisor::{ReloadSource, Supervisor};
 use sheepdog::systemd::{notify, sockets};
@@ -71,6 +72,7 @@ fn set_up(settings: &Settings, overrides: Overrides, journal: bool) -> Result<Su
     };
     let command = WorkerCommand::from_settings(settings, &context)?;
     let control = ControlServer::bind(&settings.control_socket, settings.control_socket_explicit)?;
+    let http = settings.http.as_ref().map(HttpServer::bind).transpose()?;
     log::info!(
         "sheepdog {}: {} workers of `{}` on {} ({}); control socket {}",
         env!("CARGO_PKG_VERSION"),
@@ -84,6 +86,13 @@ fn set_up(settings: &Settings, overrides: Overrides, journal: bool) -> Result<Su
         },
         control.path().display()
     );
+    if let Some(http) = &http {
+        // Not "on ADDRESS": that phrase names the flock's own listeners.
+        log::info!(
+            "health and metrics at http://{}/ (/healthz, /readyz, /metrics)",
+            http.address
+        );
+    }
     let watchdog = notify::watchdog_interval();
     if let Some(interval) = watchdog {
         log::info!(
@@ -98,8 +107,9 @@ fn set_up(settings: &Settings, overrides: Overrides, journal: bool) -> Result<Su
         inherited: listeners.inherited,
         watchdog,
         control_socket: settings.control_socket.clone(),
+        http: settings.http.clone(),
     };
-    let os = Os::new(settings.channel, listeners, control)?;
+    let os = Os::new(settings.channel, listeners, control, http)?;
     Ok(Supervisor::new(settings, source, context, command, os))
 }
 

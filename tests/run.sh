@@ -2,22 +2,32 @@
 # Runs the whole test suite on a fresh Debian machine: installs what the tests
 # use (Debian's systemd for systemd-socket-activate, Node.js, Python 3 and its
 # sdnotify package, python3-venv for the uvicorn and gunicorn examples, mandoc
-# to lint the manual) when it is missing, runs every unit and integration test,
+# to lint the manual, Prometheus and promtool for the metrics, tmux for
+# `sheepdog top`) when it is missing, runs every unit and integration test,
 # then the end-to-end tests on a real systemd in a container (tests/e2e/run.sh,
 # which needs root and ../shared/sandbox).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
+bare=()
 command -v systemd-socket-activate >/dev/null || missing+=(systemd)
 command -v node >/dev/null || missing+=(nodejs)
 command -v python3 >/dev/null || missing+=(python3 python3-pip)
 command -v mandoc >/dev/null || missing+=(mandoc)
 python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
-if ((${#missing[@]})); then
-    echo "tests/run.sh: installing ${missing[*]}" >&2
+command -v tmux >/dev/null || missing+=(tmux)
+# Without its recommends: the tests start their own server, on loopback.
+command -v promtool >/dev/null && command -v prometheus >/dev/null || bare=(prometheus)
+if ((${#missing[@]})) || ((${#bare[@]})); then
+    echo "tests/run.sh: installing ${missing[*]} ${bare[*]}" >&2
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    if ((${#missing[@]})); then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+    if ((${#bare[@]})); then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${bare[@]}" >/dev/null
+    fi
 fi
 # The Python worker fixture uses the real sdnotify package from PyPI.
 if ! python3 -c "import sdnotify" 2>/dev/null; then

@@ -32,6 +32,7 @@ pub(super) struct FileConfig {
     pub max_surge: Option<Spanned<u32>>,
     pub heartbeat: Option<Spanned<HeartbeatFile>>,
     pub memory: Option<Spanned<MemoryFile>>,
+    pub http: Option<Spanned<HttpFile>>,
     pub stop_signal: Option<StopSignal>,
     pub stop_timeout: Option<HumanDuration>,
     pub max_restarts: Option<u32>,
@@ -62,6 +63,12 @@ pub(super) struct MemoryFile {
     limit: Option<Spanned<HumanSize>>,
     interval: Option<Spanned<HumanDuration>>,
     measure: Option<MemoryMeasure>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct HttpFile {
+    listen: Option<Spanned<ListenAddr>>,
 }
 
 /// The variables sheepdog sets in each worker's environment itself.
@@ -408,6 +415,37 @@ impl FileConfig {
                 })
                 .collect(),
             None => Ok(vec![defaults::LISTEN.parse().expect("the default address parses")]),
+        }
+    }
+
+    /// `[http]` `listen`: where `/healthz`, `/readyz` and `/metrics` are
+    /// served, if anywhere; a relative unix path is relative to `base`.
+    pub fn http(&self, base: Option<&Path>, source: &Source) -> Result<Option<ListenAddr>, Error> {
+        let Some(section) = &self.http else { return Ok(None) };
+        let Some(listen) = &section.get_ref().listen else {
+            return Err(source.invalid(
+                section.span(),
+                "http.listen",
+                "is missing: give the address to serve /healthz, /readyz and /metrics on, e.g. \"127.0.0.1:9101\" \
+                 (or leave out [http])",
+            ));
+        };
+        match (listen.get_ref(), base) {
+            (ListenAddr::Unix(path), Some(base)) if path.is_relative() => {
+                let full = base.join(path);
+                if full.as_os_str().len() > MAX_UNIX_PATH {
+                    return Err(source.invalid(
+                        listen.span(),
+                        "http.listen",
+                        format!(
+                            "the unix socket path {} is longer than the {MAX_UNIX_PATH} bytes the kernel takes",
+                            full.display()
+                        ),
+                    ));
+                }
+                Ok(Some(ListenAddr::Unix(full)))
+            }
+            (addr, _) => Ok(Some(addr.clone())),
         }
     }
 

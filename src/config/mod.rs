@@ -44,6 +44,8 @@ pub struct Settings {
     /// The message node-ipc workers are pinged with.
     pub heartbeat_ping: String,
     pub memory: MemoryPolicy,
+    /// Where the health and metrics endpoints are served (`[http]`), if anywhere.
+    pub http: Option<ListenAddr>,
     pub stop_signal: Signal,
     pub stop_timeout: Duration,
     pub restart: RestartPolicy,
@@ -118,6 +120,7 @@ impl Settings {
             heartbeat: file.heartbeat(channel, &source)?,
             heartbeat_ping: file.heartbeat_ping(channel, &source)?,
             memory: file.memory(&source)?,
+            http: file.http(base, &source)?,
             stop_signal: file.stop_signal.map_or(defaults::STOP_SIGNAL, |s| s.0),
             stop_timeout: file.stop_timeout(),
             restart: file.restart(&source)?,

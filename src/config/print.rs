@@ -44,6 +44,8 @@ struct Printed<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     heartbeat: Option<PrintedHeartbeat>,
     memory: PrintedMemory,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    http: Option<PrintedHttp>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     env: &'a BTreeMap<String, String>,
 }
@@ -54,6 +56,11 @@ struct PrintedHeartbeat {
     timeout: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     ping: Option<String>,
+}
+
+#[derive(Serialize)]
+struct PrintedHttp {
+    listen: String,
 }
 
 #[derive(Serialize)]
@@ -105,6 +112,9 @@ impl Settings {
                 interval: format_duration(self.memory.interval),
                 measure: self.memory.measure.to_string(),
             },
+            http: self.http.as_ref().map(|listen| PrintedHttp {
+                listen: listen.to_string(),
+            }),
             env: &self.env,
         };
         let mut out = String::new();

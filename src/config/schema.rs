@@ -166,6 +166,11 @@ pub const KEYS: &[Key] = &[
         default: "`\"pss\"`",
         meaning: "`\"pss\"` or `\"rss\"`, see [Memory](#memory)",
     },
+    Key {
+        key: "http.listen",
+        default: "none (off)",
+        meaning: "serve `/healthz`, `/readyz` and `/metrics` here, from the supervisor itself: `\"127.0.0.1:9101\"` or `\"unix:/path\"`; see [Health and metrics over HTTP](#health-and-metrics-over-http)",
+    },
 ];
 
 /// How the README's table names a key: `` `workers` ``, `` `[env]` ``,
@@ -251,7 +256,12 @@ mod tests {
     #[test]
     fn every_key_the_parser_knows_is_in_the_schema() {
         // The parser names every key it knows when it meets one it does not.
-        for (section, prefix) in [("", ""), ("[heartbeat]\n", "heartbeat."), ("[memory]\n", "memory.")] {
+        for (section, prefix) in [
+            ("", ""),
+            ("[heartbeat]\n", "heartbeat."),
+            ("[memory]\n", "memory."),
+            ("[http]\n", "http."),
+        ] {
             let text = format!("command = [\"x\"]\n{section}zzzzzzzz = 1\n");
             let error = Settings::from_toml(&text, None, &Overrides::default())
                 .unwrap_err()

@@ -51,7 +51,7 @@ pub fn running(sockets: &[PathBuf]) -> Vec<Found> {
             |socket| match request(socket, &Command::Status, Some(DISCOVERY_TIMEOUT)) {
                 Ok(Reply::Status(status)) => Some(Found {
                     socket: socket.clone(),
-                    status,
+                    status: *status,
                 }),
                 _ => None,
             },

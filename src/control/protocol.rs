@@ -6,6 +6,8 @@
 //! `{"v":1,"cmd":"scale","workers":4}`. Replies carry `"ok"` and either the
 //! status (`supervisor`, `workers`), a `"message"`, or an `"error"`.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
@@ -114,7 +116,7 @@ impl<'de> Deserialize<'de> for StrictObject {
 /// What the server answers.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reply {
-    Status(StatusReport),
+    Status(Box<StatusReport>),
     /// It went well (a reload that ended, a scale that began).
     Done(String),
     Failed(String),
@@ -155,7 +157,7 @@ impl Reply {
             Some(true) => match text("message") {
                 Some(message) => Ok(Reply::Done(message)),
                 None => serde_json::from_value(value)
-                    .map(Reply::Status)
+                    .map(|report| Reply::Status(Box::new(report)))
                     .map_err(|e| format!("unreadable status reply: {e}")),
             },
             None => Err("unreadable reply: no \"ok\"".into()),
@@ -198,6 +200,56 @@ pub struct SupervisorStatus {
     pub restarts: u32,
     pub reloading_to: Option<u32>,
     pub last_reload: Option<LastReload>,
+    /// Why the flock is not ready (the watchdog relay's rule), when it is not.
+    #[serde(default)]
+    pub unready: Option<String>,
+    /// Workers that ended, by cause (`crash`, `signal`, `hung`, ...), zeros included.
+    #[serde(default)]
+    pub replacements: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub reloads: ReloadCounts,
+    #[serde(default)]
+    pub reload_seconds: HistogramStatus,
+    /// Times the crash-loop breaker tripped.
+    #[serde(default)]
+    pub crash_loops: u64,
+    /// Each listening socket's accept queue, sampled when the report was made.
+    #[serde(default)]
+    pub listen_queues: Vec<QueueStatus>,
+    /// The supervisor process itself.
+    #[serde(default)]
+    pub cpu_seconds: Option<f64>,
+    #[serde(default)]
+    pub rss_bytes: Option<u64>,
+    #[serde(default)]
+    pub open_fds: Option<u64>,
+}
+
+/// Reloads by how they ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadCounts {
+    pub ok: u64,
+    pub failed: u64,
+    pub refused: u64,
+}
+
+/// A histogram: `counts[i]` observations at or under `le[i]` seconds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HistogramStatus {
+    pub le: Vec<f64>,
+    pub counts: Vec<u64>,
+    pub count: u64,
+    pub sum: f64,
+}
+
+/// One listening socket's accept queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueStatus {
+    pub address: String,
+    /// Connections waiting for a worker to accept them.
+    pub queued: u32,
+    /// The queue's limit (the listen() backlog).
+    pub backlog: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -220,6 +272,14 @@ pub struct WorkerStatus {
     pub memory_bytes: Option<u64>,
     /// Over its life, in % of one core.
     pub cpu_percent: Option<f64>,
+    /// CPU time used, user and system (the worker process itself).
+    #[serde(default)]
+    pub cpu_seconds: Option<f64>,
+    /// Its process tree's resident and proportional set sizes, as last measured.
+    #[serde(default)]
+    pub rss_bytes: Option<u64>,
+    #[serde(default)]
+    pub pss_bytes: Option<u64>,
     /// With heartbeats: seconds since the last one.
     pub heartbeat_age_s: Option<f64>,
     /// The last STATUS= it sent.
@@ -300,6 +360,28 @@ mod tests {
                     ok: true,
                     message: "reloaded".into(),
                 }),
+                unready: None,
+                replacements: BTreeMap::from([("crash".into(), 2), ("hung".into(), 0)]),
+                reloads: ReloadCounts {
+                    ok: 1,
+                    failed: 0,
+                    refused: 2,
+                },
+                reload_seconds: HistogramStatus {
+                    le: vec![0.5, 1.0],
+                    counts: vec![0, 1],
+                    count: 1,
+                    sum: 0.75,
+                },
+                crash_loops: 0,
+                listen_queues: vec![QueueStatus {
+                    address: "127.0.0.1:8080".into(),
+                    queued: 3,
+                    backlog: 4096,
+                }],
+                cpu_seconds: Some(0.25),
+                rss_bytes: Some(3 << 20),
+                open_fds: Some(17),
             },
             workers: vec![WorkerStatus {
                 slot: 0,
@@ -310,6 +392,9 @@ mod tests {
                 restarts: 0,
                 memory_bytes: None,
                 cpu_percent: Some(0.5),
+                cpu_seconds: Some(1.25),
+                rss_bytes: Some(40 << 20),
+                pss_bytes: Some(30 << 20),
                 heartbeat_age_s: None,
                 status: None,
                 listens_itself: vec!["127.0.0.1:3000".into()],
@@ -325,7 +410,7 @@ mod tests {
     #[test]
     fn replies_round_trip_and_keep_their_wire_shape() {
         for reply in [
-            Reply::Status(report()),
+            Reply::Status(Box::new(report())),
             Reply::Done("scaling to 3 workers".into()),
             Reply::Failed("no".into()),
         ] {
@@ -339,7 +424,7 @@ mod tests {
 
     #[test]
     fn a_status_reply_missing_a_field_deep_inside_is_an_error_not_a_panic() {
-        let mut wire: Value = serde_json::from_str(&Reply::Status(report()).encode()).unwrap();
+        let mut wire: Value = serde_json::from_str(&Reply::Status(Box::new(report())).encode()).unwrap();
         for missing in ["ok", "message"] {
             let mut broken = wire.clone();
             broken["supervisor"]["last_reload"]

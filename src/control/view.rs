@@ -24,6 +24,38 @@ pub fn render(report: &StatusReport) -> String {
         let verdict = if last.ok { "ok" } else { "FAILED" };
         out += &format!("last reload: {verdict}: {}\n", last.message);
     }
+    if let Some(why) = &sup.unready {
+        out += &format!("not ready: {why}\n");
+    }
+    for queue in &sup.listen_queues {
+        out += &format!(
+            "listen queue {}: {} waiting of {}{}\n",
+            queue.address,
+            queue.queued,
+            queue.backlog,
+            if queue.backlog > 0 && queue.queued >= queue.backlog {
+                " (FULL: connections are refused)"
+            } else {
+                ""
+            }
+        );
+    }
+    let ended: Vec<String> = sup
+        .replacements
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(cause, n)| format!("{n} {cause}"))
+        .collect();
+    if !ended.is_empty() {
+        out += &format!("workers replaced: {}\n", ended.join(" · "));
+    }
+    let reloads = &sup.reloads;
+    if reloads.ok + reloads.failed + reloads.refused > 0 {
+        out += &format!(
+            "reloads: {} ok · {} failed · {} refused\n",
+            reloads.ok, reloads.failed, reloads.refused
+        );
+    }
     out += "\n";
     let header = [
         "slot",
@@ -150,7 +182,7 @@ mod tests {
 
     fn report(json: serde_json::Value) -> StatusReport {
         match Reply::decode(json.to_string().as_bytes()).unwrap() {
-            Reply::Status(report) => report,
+            Reply::Status(report) => *report,
             other => panic!("{other:?}"),
         }
     }
@@ -274,5 +306,27 @@ mod tests {
             lines[4],
             "1     -    -    waiting, restart in 0.5s  -       2         -       -    -"
         );
+    }
+
+    #[test]
+    fn the_listen_queue_the_counts_by_cause_and_why_not_ready_are_shown() {
+        let mut sup = supervisor("myapp", 42, 5.0, None);
+        sup["unready"] = "1/2 ready (2 needed): worker 1 missed heartbeats".into();
+        sup["listen_queues"] = serde_json::json!([{"address": "127.0.0.1:8080", "queued": 50, "backlog": 4096},
+            {"address": "unix:/run/app.sock", "queued": 8, "backlog": 8}]);
+        sup["replacements"] = serde_json::json!({"crash": 0, "hung": 1, "reload": 4});
+        sup["reloads"] = serde_json::json!({"ok": 2, "failed": 1, "refused": 0});
+        let text = render(&report(
+            serde_json::json!({"v": 1, "ok": true, "supervisor": sup, "workers": []}),
+        ));
+        for line in [
+            "not ready: 1/2 ready (2 needed): worker 1 missed heartbeats\n",
+            "listen queue 127.0.0.1:8080: 50 waiting of 4096\n",
+            "listen queue unix:/run/app.sock: 8 waiting of 8 (FULL: connections are refused)\n",
+            "workers replaced: 1 hung · 4 reload\n",
+            "reloads: 2 ok · 1 failed · 0 refused\n",
+        ] {
+            assert!(text.contains(line), "{line:?} not in\n{text}");
+        }
     }
 }

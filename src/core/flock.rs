@@ -12,6 +12,7 @@ use super::model::*;
 use super::recycle::Recycling;
 use super::reload::{ReloadOutcome, Rollout};
 use super::restart::{RestartHistory, Slot, SpawnBudget};
+use super::tally::{ReloadResult, Tally};
 use crate::config::MAX_WORKERS;
 use crate::units::format_duration;
 
@@ -46,6 +47,7 @@ pub struct Flock {
     pub(super) phase: Phase,
     pub(super) announced_ready: bool,
     pub(super) last_status: String,
+    pub(super) tally: Tally,
 }
 
 impl Flock {
@@ -68,6 +70,7 @@ impl Flock {
             phase: Phase::Running,
             announced_ready: false,
             last_status: String::new(),
+            tally: Tally::default(),
             policy,
         }
     }
@@ -136,6 +139,7 @@ impl Flock {
             Event::ListenersChecked { recovered, lost } => {
                 self.on_listeners_checked(now, recovered, lost, &mut actions)
             }
+            Event::QueuesSampled(queues) => self.on_queues_sampled(now, queues),
         }
         self.reconcile(now, &mut actions);
         actions
@@ -242,6 +246,7 @@ impl Flock {
             return;
         };
         let worker = self.workers.swap_remove(index);
+        self.count_end(&worker, status, now);
         let (slot, pid) = (worker.slot, worker.pid);
         match worker.state {
             WorkerState::Stopping {
@@ -348,6 +353,8 @@ impl Flock {
                 ok: false,
                 message,
             });
+            let took = now.saturating_duration_since(rollout.started);
+            self.tally.count_reload(ReloadResult::Failed, Some(took));
         }
         self.phase = Phase::ShuttingDown {
             code,
@@ -424,7 +431,7 @@ impl Flock {
         self.slots.resize_with(count, || Slot::fresh(now));
     }
 
-    pub(super) fn ready_count(&self) -> usize {
+    pub fn ready_count(&self) -> usize {
         self.workers.iter().filter(|w| w.is_ready()).count()
     }
 }

@@ -13,6 +13,7 @@
 //! - `reload`: rolling reloads and their abort.
 //! - `recycle`: replacing workers by age (`max_age`).
 //! - `status`: the STATUS= line.
+//! - `tally`: what the flock went through, counted (for status and metrics).
 //!
 //! Each policy keeps its own deadline; [`Flock::next_deadline`] is the
 //! nearest of them, and the shell sleeps until then.
@@ -24,9 +25,11 @@ mod recycle;
 mod reload;
 mod restart;
 mod status;
+pub mod tally;
 #[cfg(test)]
 mod tests;
 
 pub use flock::Flock;
 pub use model::*;
 pub use reload::ReloadOutcome;
+pub use tally::{Cause, ListenQueue, Tally};

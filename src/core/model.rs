@@ -106,6 +106,8 @@ pub enum Event {
         recovered: Vec<String>,
         lost: Vec<String>,
     },
+    /// The listen queues, sampled with each listener check.
+    QueuesSampled(Vec<super::tally::ListenQueue>),
 }
 
 /// What the supervisor tells systemd.

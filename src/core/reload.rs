@@ -8,6 +8,7 @@ use log::{error, info, warn};
 
 use super::flock::{Flock, clamp_workers, seconds, stop_gracefully};
 use super::model::*;
+use super::tally::ReloadResult;
 
 /// A rolling reload in progress: workers of older generations are replaced
 /// slot by slot by workers of `generation`.
@@ -117,6 +118,7 @@ impl Flock {
         let Some(rollout) = &self.rollout else { return false };
         let message = format!("a reload to generation {} is already in progress", rollout.generation);
         warn!("reload refused: {message}");
+        self.tally.count_reload(ReloadResult::Refused, None);
         actions.push(Action::ReloadFinished {
             ticket,
             ok: false,
@@ -136,6 +138,7 @@ impl Flock {
     /// A reload that does not start: READY=1 again at once, and the reason.
     fn refuse_reload(&mut self, ticket: u64, message: String, actions: &mut Vec<Action>) {
         error!("reload refused: {message}");
+        self.tally.count_reload(ReloadResult::Refused, None);
         self.end_reload(ticket, None, false, message, actions);
     }
 
@@ -168,6 +171,8 @@ impl Flock {
             rollout.generation, rollout.from_generation
         );
         error!("{message}");
+        let took = now.saturating_duration_since(rollout.started);
+        self.tally.count_reload(ReloadResult::Failed, Some(took));
         self.policy = rollout.previous;
         self.desired = rollout.previous_desired;
         self.generation = rollout.from_generation;
@@ -227,6 +232,8 @@ impl Flock {
             seconds(now.saturating_duration_since(rollout.started))
         );
         info!("{message}");
+        let took = now.saturating_duration_since(rollout.started);
+        self.tally.count_reload(ReloadResult::Ok, Some(took));
         self.end_reload(rollout.ticket, Some(generation), true, message, actions);
         actions.push(Action::ReleaseCommand(rollout.previous_command));
     }

@@ -23,6 +23,8 @@ pub(super) struct Slot {
     /// Unrequested exits in a row: the exponent of the backoff.
     pub failures: u32,
     pub restarts: u32,
+    /// Why its last worker ended, if one did.
+    pub last_end: Option<super::tally::Cause>,
 }
 
 impl Slot {
@@ -32,6 +34,7 @@ impl Slot {
             spawning: false,
             failures: 0,
             restarts: 0,
+            last_end: None,
         }
     }
 }
@@ -124,6 +127,7 @@ impl Flock {
                 policy.max_restarts
             );
             error!("{what}; giving up");
+            self.tally.crash_loops += 1;
             self.begin_shutdown(now, 1, reason, actions);
             return;
         }

@@ -5,7 +5,8 @@ use super::model::*;
 use crate::units::format_size;
 
 impl Flock {
-    /// "2/2 ready · 1 restarts · generation 3 · 96.4 MiB".
+    /// "2/2 ready · 1 restarts · generation 3 · 96.4 MiB", with "· 12 queued"
+    /// while connections wait in the listen queue for a worker to accept them.
     pub fn status_line(&self) -> String {
         let memory: u64 = self.workers.iter().filter_map(|w| w.memory).sum();
         let memory = if memory > 0 {
@@ -22,10 +23,14 @@ impl Flock {
             (None, _) if self.generation > 1 => format!(" · generation {}", self.generation),
             _ => String::new(),
         };
+        let queued = match self.tally.queued() {
+            0 => String::new(),
+            queued => format!(" · {queued} queued"),
+        };
         match &self.phase {
             Phase::Running => {
                 format!(
-                    "{}/{} ready · {} restarts{generation}{memory}",
+                    "{}/{} ready · {} restarts{generation}{memory}{queued}",
                     self.ready_count(),
                     self.desired,
                     self.history.total

@@ -25,13 +25,14 @@ use signal_hook::iterator::backend::SignalDelivery;
 use signal_hook::iterator::exfiltrator::SignalOnly;
 
 use super::signals;
-use super::system::{ClientId, Input, ListenerFault, System};
+use super::system::{ClientId, Input, ListenerFault, OwnUsage, System, WorkerUsage};
 use crate::config::{Channel, MemoryMeasure};
 use crate::control::protocol::Reply;
 use crate::control::server::{ClientInput, ControlServer};
-use crate::core::{ExitStatus, Pid, SpawnOrder, Upward};
+use crate::core::{ExitStatus, ListenQueue, Pid, SpawnOrder, Upward};
 use crate::error::Error;
 use crate::logging::RateLimit;
+use crate::observe::http::{HttpInput, HttpResponse, HttpServer};
 use crate::systemd::notify::Notifier;
 use crate::systemd::sockets::Listeners;
 use crate::worker::links::Links;
@@ -53,11 +54,14 @@ const TAG_EXEC_REPORT: u64 = 2 << 32;
 const TAG_CONTROL: u64 = 3 << 32;
 const TAG_CLIENT: u64 = 4 << 32;
 const TAG_FAULTS: u64 = 5 << 32;
+const TAG_HTTP: u64 = 6 << 32;
+const TAG_HTTP_CLIENT: u64 = 7 << 32;
 const TAG_KIND: u64 = 0xffff_ffff << 32;
 
 pub struct Os {
     listeners: Listeners,
     control: ControlServer,
+    http: Option<HttpServer>,
     links: Links,
     memory: MemoryMeter,
     notifier: Notifier,
@@ -86,12 +90,19 @@ struct Ready {
     exec_reports: Vec<Pid>,
     control: bool,
     clients: Vec<(ClientId, bool)>,
+    http: bool,
+    http_clients: Vec<(ClientId, bool)>,
 }
 
 impl Os {
     /// Installs the signal handlers (before any fork, so that no exit is
     /// missed) and makes sheepdog the reaper of its workers' orphans.
-    pub fn new(channel: Channel, listeners: Listeners, control: ControlServer) -> Result<Os, Error> {
+    pub fn new(
+        channel: Channel,
+        listeners: Listeners,
+        control: ControlServer,
+        http: Option<HttpServer>,
+    ) -> Result<Os, Error> {
         let links = Links::new(channel, channel_fd_number(listeners.sockets.len())).map_err(Error::os)?;
         let (read, write) = UnixStream::pair().map_err(|e| Error::from_io("cannot create the signal pipe", e))?;
         for end in [&read, &write] {
@@ -120,6 +131,11 @@ impl Os {
         epoll
             .add(control.listener_fd(), EpollEvent::new(EpollFlags::EPOLLIN, TAG_CONTROL))
             .map_err(|e| Error::from_errno("cannot watch the control socket", e))?;
+        if let Some(http) = &http {
+            epoll
+                .add(http.listener_fd(), EpollEvent::new(EpollFlags::EPOLLIN, TAG_HTTP))
+                .map_err(|e| Error::from_errno("cannot watch the http socket", e))?;
+        }
         // Orphans of a worker (e.g. the server a wrapper script started) are
         // re-parented to us rather than to init, so we reap them.
         if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
@@ -130,6 +146,7 @@ impl Os {
             passed_inodes,
             listeners,
             control,
+            http,
             links,
             memory: MemoryMeter::new(),
             notifier: Notifier::from_env(),
@@ -146,7 +163,8 @@ impl Os {
     fn epoll_wait(&self, now: Instant, deadline: Option<Instant>) -> Result<Ready, Errno> {
         let retry = self.notifier.has_pending().then(|| now + NOTIFY_RETRY);
         let log_retry = crate::logging::has_pending().then(|| now + crate::logging::RETRY);
-        let timeout = match [deadline, retry, log_retry, self.control.next_deadline()]
+        let http = self.http.as_ref().and_then(HttpServer::next_deadline);
+        let timeout = match [deadline, retry, log_retry, self.control.next_deadline(), http]
             .into_iter()
             .flatten()
             .min()
@@ -173,6 +191,10 @@ impl Os {
                 TAG_CONTROL => ready.control = true,
                 TAG_CLIENT => ready.clients.push((id, event.events().contains(EpollFlags::EPOLLOUT))),
                 TAG_FAULTS => ready.faults = true,
+                TAG_HTTP => ready.http = true,
+                TAG_HTTP_CLIENT => ready
+                    .http_clients
+                    .push((id, event.events().contains(EpollFlags::EPOLLOUT))),
                 _ => ready.signals = true,
             }
         }
@@ -211,6 +233,47 @@ impl Os {
             self.control.flush(client);
         } else if let ClientInput::Request(command) = self.control.read(client) {
             inputs.push(Input::Control { client, command });
+        }
+    }
+
+    /// Accepts HTTP clients and reads each at once: a probe's request is
+    /// usually there with its connection.
+    fn accept_http(&mut self, now: Instant, inputs: &mut Vec<Input>) {
+        let Some(http) = &mut self.http else { return };
+        let added = http.accept(now);
+        for client in added {
+            if let Some(fd) = self.http.as_ref().and_then(|h| h.client_fd(client))
+                && let Err(e) = self
+                    .epoll
+                    .add(fd, EpollEvent::new(EpollFlags::EPOLLIN, TAG_HTTP_CLIENT | client))
+            {
+                warn!("cannot watch http client {client}: {}", e.desc());
+            }
+            self.serve_http(client, false, inputs);
+        }
+    }
+
+    /// Reads an HTTP client's request, or writes the rest of its response.
+    fn serve_http(&mut self, client: ClientId, writable: bool, inputs: &mut Vec<Input>) {
+        let Some(http) = &mut self.http else { return };
+        if writable {
+            http.flush(client);
+        } else if let HttpInput::Request(request) = http.read(client) {
+            inputs.push(Input::Http { client, request });
+        }
+        self.watch_http_output(client);
+    }
+
+    /// A response not written whole: wait for the client to read, and
+    /// stop reading it (what it sends now is not looked at).
+    fn watch_http_output(&self, client: ClientId) {
+        if let Some(http) = &self.http
+            && http.is_writing(client)
+            && let Some(fd) = http.client_fd(client)
+        {
+            let _ = self
+                .epoll
+                .modify(fd, &mut EpollEvent::new(EpollFlags::EPOLLOUT, TAG_HTTP_CLIENT | client));
         }
     }
 
@@ -372,6 +435,15 @@ impl System for Os {
             self.serve_client(client, writable, &mut inputs);
         }
         self.control.expire(now);
+        if ready.http {
+            self.accept_http(now, &mut inputs);
+        }
+        for (client, writable) in ready.http_clients {
+            self.serve_http(client, writable, &mut inputs);
+        }
+        if let Some(http) = &mut self.http {
+            http.expire(now);
+        }
         for pid in ready.exec_reports {
             self.read_exec_report(pid);
         }
@@ -453,6 +525,28 @@ impl System for Os {
         proc_stats::cpu_percent(pid)
     }
 
+    fn worker_usage(&self, pid: Pid) -> WorkerUsage {
+        let (rss_bytes, pss_bytes) = self.memory.last(pid);
+        WorkerUsage {
+            cpu_seconds: proc_stats::cpu_seconds(pid),
+            rss_bytes,
+            pss_bytes,
+        }
+    }
+
+    fn own_usage(&self) -> OwnUsage {
+        let (cpu_seconds, rss_bytes, open_fds) = proc_stats::own_usage();
+        OwnUsage {
+            cpu_seconds,
+            rss_bytes,
+            open_fds,
+        }
+    }
+
+    fn listen_queues(&self) -> Vec<ListenQueue> {
+        self.listeners.queues()
+    }
+
     fn check_listeners(&mut self) -> Vec<ListenerFault> {
         self.repair_runtime_files();
         self.listeners.sockets.iter().filter_map(|l| l.check()).collect()
@@ -486,6 +580,13 @@ impl System for Os {
         }
     }
 
+    fn respond(&mut self, client: ClientId, response: &HttpResponse) {
+        if let Some(http) = &mut self.http {
+            http.respond(client, response);
+        }
+        self.watch_http_output(client);
+    }
+
     fn finish(&mut self) {
         let deadline = Instant::now() + FINAL_FLUSH;
         self.notifier.flush();
@@ -504,6 +605,9 @@ impl System for Os {
         self.sweep_orphans(true);
         self.links.cleanup();
         self.control.cleanup();
+        if let Some(http) = &mut self.http {
+            http.cleanup();
+        }
         crate::logging::drain(FINAL_FLUSH);
     }
 }

@@ -16,11 +16,17 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGTTIN, SIGTTOU, SI
 use super::signals;
 use super::system::{ClientId, Input, ListenerFault, System};
 use crate::config::{ListenAddr, Overrides, Settings};
-use crate::control::protocol::{Command, LastReload, Reply, StatusReport, SupervisorStatus, WaitingSlot, WorkerStatus};
+use crate::control::protocol::{
+    Command, HistogramStatus, LastReload, QueueStatus, ReloadCounts, Reply, StatusReport, SupervisorStatus,
+    WaitingSlot, WorkerStatus,
+};
 use crate::control::view;
+use crate::core::tally::RELOAD_BUCKETS;
 use crate::core::{Action, CommandId, Event, Flock, Policy, Request, Worker, WorkerState};
 use crate::error::ExitClass;
 use crate::logging::RateLimit;
+use crate::observe::http::HttpResponse;
+use crate::observe::metrics;
 use crate::worker::spawn::{CommandContext, WorkerCommand};
 
 /// The command the flock starts with.
@@ -39,6 +45,8 @@ pub struct ReloadSource {
     /// The control socket the config named at start: clients that read the
     /// config must keep finding this sheepdog, so it cannot change in a reload.
     pub control_socket: std::path::PathBuf,
+    /// `[http] listen` at start: bound once, like the listeners.
+    pub http: Option<ListenAddr>,
 }
 
 pub struct Supervisor<S: System> {
@@ -180,11 +188,16 @@ impl<S: System> Supervisor<S> {
                 }
                 None
             }
+            Input::Http { client, request } => {
+                let response = self.answer_http(&request.path);
+                self.system.respond(client, &response);
+                None
+            }
             Input::Exited { pid, status } => Some(Event::Exited { pid, status }),
             Input::Message { pid, message } => Some(Event::Message { pid, message }),
             Input::Control { client, command } => match command {
                 Command::Status => {
-                    let reply = Reply::Status(self.status_report());
+                    let reply = Reply::Status(Box::new(self.status_report()));
                     self.system.reply(client, &reply);
                     None
                 }
@@ -222,6 +235,9 @@ impl<S: System> Supervisor<S> {
         };
         if settings.listen != self.source.listen && !self.source.inherited {
             warn!("the listen addresses cannot change in a reload; restart sheepdog to bind others");
+        }
+        if settings.http != self.source.http {
+            warn!("[http] listen cannot change in a reload; restart sheepdog to serve elsewhere");
         }
         if settings.control_socket != self.source.control_socket {
             return refused(format!(
@@ -280,6 +296,8 @@ impl<S: System> Supervisor<S> {
             }
             Action::CheckListeners => {
                 let (mut recovered, mut lost) = (Vec::new(), Vec::new());
+                let queues = self.system.listen_queues();
+                queue.extend(self.flock.handle(now, Event::QueuesSampled(queues)));
                 for fault in self.system.check_listeners() {
                     match fault {
                         ListenerFault::Recovered(what) => recovered.push(what),
@@ -316,15 +334,40 @@ impl<S: System> Supervisor<S> {
         None
     }
 
+    /// `/healthz`: the loop runs (it answers). `/readyz`: healthy by the
+    /// watchdog relay's rule, or 503 and why. `/metrics`: Prometheus text.
+    fn answer_http(&self, path: &str) -> HttpResponse {
+        match path {
+            "/healthz" | "/livez" => HttpResponse::text(200, "ok\n"),
+            "/readyz" => match self.flock.unhealthy_reason() {
+                None => HttpResponse::text(
+                    200,
+                    format!("ready: {}/{}\n", self.flock.ready_count(), self.flock.desired()),
+                ),
+                Some(why) => HttpResponse::text(503, format!("{why}\n")),
+            },
+            "/metrics" => HttpResponse {
+                status: 200,
+                content_type: metrics::CONTENT_TYPE,
+                body: metrics::render(&self.status_report()),
+            },
+            "/" => HttpResponse::text(200, "sheepdog: /healthz, /readyz, /metrics\n"),
+            _ => HttpResponse::text(404, "not found: /healthz, /readyz or /metrics\n"),
+        }
+    }
+
     fn status_report(&self) -> StatusReport {
         let now = self.system.now();
         let flock = &self.flock;
         let heartbeats = flock.policy().heartbeat.is_some();
+        let tally = flock.tally();
+        let own = self.system.own_usage();
         let mut workers: Vec<&Worker> = flock.workers().iter().collect();
         workers.sort_by_key(|w| (w.slot, w.started_at));
         let workers = workers
             .into_iter()
-            .map(|w| WorkerStatus {
+            .map(|w| (w, self.system.worker_usage(w.pid)))
+            .map(|(w, usage)| WorkerStatus {
                 slot: w.slot,
                 pid: w.pid,
                 generation: w.generation,
@@ -339,6 +382,9 @@ impl<S: System> Supervisor<S> {
                 restarts: flock.slot_restarts(w.slot),
                 memory_bytes: w.memory,
                 cpu_percent: self.system.cpu_percent(w.pid),
+                cpu_seconds: usage.cpu_seconds,
+                rss_bytes: usage.rss_bytes,
+                pss_bytes: usage.pss_bytes,
                 heartbeat_age_s: heartbeats.then(|| now.saturating_duration_since(w.last_heartbeat).as_secs_f64()),
                 status: w.status.clone(),
                 listens_itself: w.listens_itself.clone(),
@@ -361,6 +407,36 @@ impl<S: System> Supervisor<S> {
                     ok: r.ok,
                     message: r.message.clone(),
                 }),
+                unready: flock.unhealthy_reason(),
+                replacements: tally
+                    .ended_by_cause()
+                    .map(|(cause, n)| (cause.label().to_string(), n))
+                    .collect(),
+                reloads: ReloadCounts {
+                    ok: tally.reloads_ok,
+                    failed: tally.reloads_failed,
+                    refused: tally.reloads_refused,
+                },
+                reload_seconds: HistogramStatus {
+                    le: RELOAD_BUCKETS.to_vec(),
+                    counts: tally.reload_seconds.buckets.to_vec(),
+                    count: tally.reload_seconds.count,
+                    sum: tally.reload_seconds.sum,
+                },
+                crash_loops: tally.crash_loops,
+                listen_queues: self
+                    .system
+                    .listen_queues()
+                    .into_iter()
+                    .map(|q| QueueStatus {
+                        address: q.address,
+                        queued: q.queued,
+                        backlog: q.backlog,
+                    })
+                    .collect(),
+                cpu_seconds: own.cpu_seconds,
+                rss_bytes: own.rss_bytes,
+                open_fds: own.open_fds,
             },
             workers,
             waiting: flock

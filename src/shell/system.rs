@@ -10,7 +10,8 @@ use nix::sys::signal::Signal;
 
 use crate::config::MemoryMeasure;
 use crate::control::protocol::{Command, Reply};
-use crate::core::{ExitStatus, Pid, SpawnOrder, Upward};
+use crate::core::{ExitStatus, ListenQueue, Pid, SpawnOrder, Upward};
+use crate::observe::http::{HttpRequest, HttpResponse};
 pub use crate::systemd::sockets::ListenerFault;
 use crate::worker::channel::WorkerMessage;
 use crate::worker::spawn::WorkerCommand;
@@ -29,6 +30,25 @@ pub enum Input {
     Message { pid: Pid, message: WorkerMessage },
     /// A control client's complete request.
     Control { client: ClientId, command: Command },
+    /// An HTTP client's request (`/healthz`, `/readyz`, `/metrics`, ...).
+    Http { client: ClientId, request: HttpRequest },
+}
+
+/// What a worker uses, as the system last saw it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct WorkerUsage {
+    pub cpu_seconds: Option<f64>,
+    /// Its process tree's, as last measured.
+    pub rss_bytes: Option<u64>,
+    pub pss_bytes: Option<u64>,
+}
+
+/// What the supervisor process itself uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct OwnUsage {
+    pub cpu_seconds: Option<f64>,
+    pub rss_bytes: Option<u64>,
+    pub open_fds: Option<u64>,
 }
 
 pub trait System {
@@ -47,6 +67,12 @@ pub trait System {
     fn measure(&mut self, pids: &[Pid], how: MemoryMeasure, limit: Option<u64>) -> Vec<(Pid, u64)>;
     /// A process's CPU use over its life, in % of one core.
     fn cpu_percent(&self, pid: Pid) -> Option<f64>;
+    /// A worker's CPU time and its tree's memory as last measured.
+    fn worker_usage(&self, pid: Pid) -> WorkerUsage;
+    /// The supervisor's own CPU time, memory and open fds.
+    fn own_usage(&self) -> OwnUsage;
+    /// Each listening socket's accept queue, now.
+    fn listen_queues(&self) -> Vec<ListenQueue>;
     /// For each worker, the TCP ports it listens on itself, not the ones
     /// passed to it.
     fn own_listeners(&self, pids: &[Pid]) -> Vec<(Pid, Vec<String>)>;
@@ -56,6 +82,8 @@ pub trait System {
     /// Tells systemd, without ever blocking.
     fn notify(&mut self, message: &Upward);
     fn reply(&mut self, client: ClientId, reply: &Reply);
+    /// Answers an HTTP client (and closes its connection once written).
+    fn respond(&mut self, client: ClientId, response: &HttpResponse);
     /// Last words before exit: what waits for systemd is flushed (bounded),
     /// sheepdog's own files are removed.
     fn finish(&mut self);

@@ -9,10 +9,11 @@ use nix::sys::signal::Signal;
 use signal_hook::consts::{SIGHUP, SIGTERM};
 
 use super::supervisor::{ReloadSource, Supervisor};
-use super::system::{ClientId, Input, ListenerFault, System};
+use super::system::{ClientId, Input, ListenerFault, OwnUsage, System, WorkerUsage};
 use crate::config::{MemoryMeasure, Overrides, Settings};
 use crate::control::protocol::{Command, Reply, StatusReport};
-use crate::core::{ExitStatus, Pid, SpawnOrder, Upward};
+use crate::core::{ExitStatus, ListenQueue, Pid, SpawnOrder, Upward};
+use crate::observe::http::{HttpRequest, HttpResponse};
 use crate::worker::spawn::{CommandContext, WorkerCommand};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -29,6 +30,7 @@ enum Effect {
     Ping(Pid, String),
     Notify(Upward),
     Reply(ClientId, Reply),
+    Respond(ClientId, HttpResponse),
     Finish,
 }
 
@@ -42,6 +44,8 @@ struct Fake {
     own_ports: HashMap<Pid, Vec<String>>,
     /// What the next listener check finds.
     listener_faults: Vec<ListenerFault>,
+    /// What the listen queues hold.
+    queues: Vec<ListenQueue>,
 }
 
 impl System for Fake {
@@ -86,6 +90,26 @@ impl System for Fake {
         Some(1.5)
     }
 
+    fn worker_usage(&self, pid: Pid) -> WorkerUsage {
+        WorkerUsage {
+            cpu_seconds: Some(2.5),
+            rss_bytes: self.memory.get(&pid).copied(),
+            pss_bytes: None,
+        }
+    }
+
+    fn own_usage(&self) -> OwnUsage {
+        OwnUsage {
+            cpu_seconds: Some(0.5),
+            rss_bytes: Some(4 << 20),
+            open_fds: Some(12),
+        }
+    }
+
+    fn listen_queues(&self) -> Vec<ListenQueue> {
+        self.queues.clone()
+    }
+
     fn check_listeners(&mut self) -> Vec<ListenerFault> {
         std::mem::take(&mut self.listener_faults)
     }
@@ -102,6 +126,10 @@ impl System for Fake {
 
     fn reply(&mut self, client: ClientId, reply: &Reply) {
         self.effects.push(Effect::Reply(client, reply.clone()));
+    }
+
+    fn respond(&mut self, client: ClientId, response: &HttpResponse) {
+        self.effects.push(Effect::Respond(client, response.clone()));
     }
 
     fn finish(&mut self) {
@@ -134,6 +162,7 @@ impl Harness {
             inherited: false,
             watchdog: None,
             control_socket: settings.control_socket.clone(),
+            http: settings.http.clone(),
         };
         let t0 = Instant::now();
         let fake = Fake {
@@ -144,6 +173,7 @@ impl Harness {
             measurements: 0,
             own_ports: HashMap::new(),
             listener_faults: Vec::new(),
+            queues: Vec::new(),
         };
         Harness {
             supervisor: Supervisor::new(&settings, source, context, command, fake),
@@ -205,7 +235,7 @@ impl Harness {
             }],
         );
         match effects.into_iter().find(|e| matches!(e, Effect::Reply(99, _))) {
-            Some(Effect::Reply(_, Reply::Status(report))) => report,
+            Some(Effect::Reply(_, Reply::Status(report))) => *report,
             other => panic!("no status reply: {other:?}"),
         }
     }
@@ -578,4 +608,97 @@ fn scale_during_a_shutdown_is_refused_not_promised() {
         "{effects:?}"
     );
     assert!(!effects.iter().any(|e| matches!(e, Effect::Spawn { .. })));
+}
+
+impl Harness {
+    /// An HTTP GET of `path` at `at`, as the server would pass it on.
+    fn get(&mut self, at: Duration, path: &str) -> HttpResponse {
+        let request = HttpRequest { path: path.into() };
+        let (_, effects) = self.pass_at(at, vec![Input::Http { client: 7, request }]);
+        match effects.into_iter().find(|e| matches!(e, Effect::Respond(7, _))) {
+            Some(Effect::Respond(_, response)) => response,
+            other => panic!("no http response: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn the_probes_answer_by_the_watchdog_rule_and_say_why_not_ready() {
+    let mut h = Harness::new(r#"["true"]"#, "");
+    h.pass_at(Duration::ZERO, vec![]);
+    let starting = h.get(10 * MS, "/readyz");
+    assert_eq!(starting.status, 503);
+    assert_eq!(
+        starting.body,
+        "0/2 ready (2 needed): worker 0 starting, worker 1 starting\n"
+    );
+    assert_eq!(h.get(10 * MS, "/healthz").status, 200, "alive while not ready");
+    h.pass_at(1000 * MS, vec![]);
+    let ready = h.get(1001 * MS, "/readyz");
+    assert_eq!((ready.status, ready.body.as_str()), (200, "ready: 2/2\n"));
+    let crashed = Input::Exited {
+        pid: h.pid_of(1, 1),
+        status: ExitStatus::Signaled(Signal::SIGKILL),
+    };
+    h.pass_at(1500 * MS, vec![crashed]);
+    let unready = h.get(1501 * MS, "/readyz");
+    assert_eq!(unready.status, 503);
+    assert_eq!(unready.body, "1/2 ready (2 needed): worker 1 was killed by a signal\n");
+    assert_eq!(h.get(1501 * MS, "/nope").status, 404);
+}
+
+#[test]
+fn metrics_and_status_carry_the_counts_by_cause_and_the_listen_queues() {
+    let mut h = Harness::serving(r#"["true"]"#, "");
+    h.supervisor.system_mut().queues = vec![ListenQueue {
+        address: "127.0.0.1:8080".into(),
+        queued: 7,
+        backlog: 4096,
+    }];
+    let crashed = Input::Exited {
+        pid: h.pid_of(0, 1),
+        status: ExitStatus::Code(2),
+    };
+    h.pass_at(1500 * MS, vec![crashed]);
+    let report = h.status(1600 * MS);
+    assert_eq!(report.supervisor.replacements.get("crash"), Some(&1));
+    assert_eq!(
+        report.supervisor.replacements.get("hung"),
+        Some(&0),
+        "zeros are there too"
+    );
+    assert_eq!(report.supervisor.listen_queues.len(), 1);
+    assert_eq!(report.supervisor.listen_queues[0].queued, 7);
+    assert_eq!(report.supervisor.open_fds, Some(12));
+    let metrics = h.get(1600 * MS, "/metrics");
+    assert_eq!(metrics.status, 200);
+    assert!(metrics.content_type.starts_with("text/plain; version=0.0.4"));
+    for line in [
+        "sheepdog_worker_replacements_total{cause=\"crash\"} 1\n",
+        "sheepdog_worker_replacements_total{cause=\"hung\"} 0\n",
+        "sheepdog_listen_queue_length{listener=\"127.0.0.1:8080\"} 7\n",
+        "sheepdog_listen_queue_limit{listener=\"127.0.0.1:8080\"} 4096\n",
+        "sheepdog_workers_desired 2\n",
+        "sheepdog_reloads_total{outcome=\"ok\"} 0\n",
+        "sheepdog_reload_duration_seconds_bucket{le=\"+Inf\"} 0\n",
+        "process_open_fds 12\n",
+        "sheepdog_build_info{version=\"",
+    ] {
+        assert!(metrics.body.contains(line), "{line} not in\n{}", metrics.body);
+    }
+    let pid = h.pid_of(1, 1);
+    let state = format!("sheepdog_worker_state{{slot=\"1\",generation=\"1\",pid=\"{pid}\",state=\"ready\"}} 1\n");
+    assert!(metrics.body.contains(&state), "{}", metrics.body);
+    // A listen-queue sample rides on each listener check (every second).
+    let (_, effects) = h.pass_at(3000 * MS, vec![]);
+    let statuses: Vec<&Effect> = effects
+        .iter()
+        .filter(|e| matches!(e, Effect::Notify(Upward::Status(_))))
+        .collect();
+    assert!(
+        statuses
+            .iter()
+            .any(|e| matches!(e, Effect::Notify(Upward::Status(s)) if s.ends_with("· 7 queued"))),
+        "{effects:?}"
+    );
 }

@@ -19,6 +19,7 @@ use nix::sys::socket::{
 };
 
 use crate::config::ListenAddr;
+use crate::core::ListenQueue;
 use crate::error::Error;
 
 #[derive(Debug)]
@@ -36,6 +37,28 @@ pub struct Listener {
     /// Its local address as getsockname(2) gave it at start.
     local: Option<String>,
 }
+
+/// A listening TCP socket's accept queue and backlog, from TCP_INFO.
+fn tcp_queue(fd: &OwnedFd) -> Option<(u32, u32)> {
+    // SAFETY: tcp_info is plain data; zeroed is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut length = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: the buffer is ours and its length is given; the kernel writes
+    // at most that much and says how much in `length`.
+    let done = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut length,
+        )
+    };
+    (done == 0 && info.tcpi_state == TCP_LISTEN_STATE).then_some((info.tcpi_unacked, info.tcpi_sacked))
+}
+
+/// `TCP_LISTEN` in the kernel's TCP states.
+const TCP_LISTEN_STATE: u8 = 10;
 
 /// A listener found shut down, and what became of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,6 +182,45 @@ impl Listeners {
             .iter()
             .filter_map(|l| nix::sys::stat::fstat(&l.fd).ok())
             .map(|stat| stat.st_ino)
+            .collect()
+    }
+
+    /// Each listener's accept queue: for TCP from TCP_INFO on the fd
+    /// (`tcpi_unacked` is the queue on a listening socket, `tcpi_sacked`
+    /// its backlog), for unix sockets from sock_diag. A socket the kernel
+    /// will not say about is left out.
+    pub fn queues(&self) -> Vec<ListenQueue> {
+        let unix: Vec<u64> = self
+            .sockets
+            .iter()
+            .filter(|l| l.unix)
+            .filter_map(|l| nix::sys::stat::fstat(&l.fd).ok())
+            .map(|stat| stat.st_ino)
+            .collect();
+        let unix_queues = if unix.is_empty() {
+            Vec::new()
+        } else {
+            crate::worker::sock_diag::unix_queues(&unix).unwrap_or_else(|e| {
+                log::debug!("cannot read the unix sockets' queues (sock_diag): {e}");
+                Vec::new()
+            })
+        };
+        self.sockets
+            .iter()
+            .filter_map(|listener| {
+                let (queued, backlog) = if listener.unix {
+                    let inode = nix::sys::stat::fstat(&listener.fd).ok()?.st_ino;
+                    let (_, queued, backlog) = unix_queues.iter().find(|(i, _, _)| *i == inode)?;
+                    (*queued, *backlog)
+                } else {
+                    tcp_queue(&listener.fd)?
+                };
+                Some(ListenQueue {
+                    address: listener.address.clone(),
+                    queued,
+                    backlog,
+                })
+            })
             .collect()
     }
 

@@ -99,6 +99,8 @@ pub struct MemoryMeter {
     round: u64,
     /// The last PSS of each worker's tree.
     pss: HashMap<Pid, u64>,
+    /// The last RSS of each worker's tree.
+    rss: HashMap<Pid, u64>,
 }
 
 /// Whether a worker's PSS must be read this round: when its RSS is over the
@@ -128,6 +130,7 @@ impl MemoryMeter {
             tree.extend(theirs);
         }
         let rss = sum(&tree, MemoryMeasure::Rss)?;
+        self.rss.insert(pid, rss);
         if measure == MemoryMeasure::Rss {
             return Some(rss);
         }
@@ -145,11 +148,18 @@ impl MemoryMeter {
     /// Forgets an exited worker.
     pub fn forget(&mut self, pid: Pid) {
         self.pss.remove(&pid);
+        self.rss.remove(&pid);
+    }
+
+    /// The last RSS and PSS measured of a worker's tree (PSS only where
+    /// `memory.measure = "pss"` had it read).
+    pub fn last(&self, pid: Pid) -> (Option<u64>, Option<u64>) {
+        (self.rss.get(&pid).copied(), self.pss.get(&pid).copied())
     }
 }
 
-/// A process's CPU use over its life, in % of one core.
-pub fn cpu_percent(pid: Pid) -> Option<f64> {
+/// A process's CPU time (user and system) and start time since boot, in seconds.
+fn cpu_times(pid: &str) -> Option<(f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     // After the command: state is field 3, utime 14, stime 15, starttime 22.
@@ -158,14 +168,38 @@ pub fn cpu_percent(pid: Pid) -> Option<f64> {
         .ok()
         .flatten()
         .unwrap_or(100) as f64;
-    let cpu = (ticks(14)? + ticks(15)?) / hz;
+    Some(((ticks(14)? + ticks(15)?) / hz, ticks(22)? / hz))
+}
+
+/// A process's CPU time so far, user and system, in seconds.
+pub fn cpu_seconds(pid: Pid) -> Option<f64> {
+    cpu_times(&pid.to_string()).map(|(cpu, _)| cpu)
+}
+
+/// What the supervisor itself uses: CPU seconds, resident bytes, open fds.
+pub fn own_usage() -> (Option<f64>, Option<u64>, Option<u64>) {
+    let cpu = cpu_times("self").map(|(cpu, _)| cpu);
+    let rss = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|statm| statm.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map(|pages| pages * page_size());
+    // The directory's own fd, open while it is read, is not counted.
+    let fds = std::fs::read_dir("/proc/self/fd")
+        .ok()
+        .map(|entries| entries.count().saturating_sub(1) as u64);
+    (cpu, rss, fds)
+}
+
+/// A process's CPU use over its life, in % of one core.
+pub fn cpu_percent(pid: Pid) -> Option<f64> {
+    let (cpu, started) = cpu_times(&pid.to_string())?;
     let uptime: f64 = std::fs::read_to_string("/proc/uptime")
         .ok()?
         .split_whitespace()
         .next()?
         .parse()
         .ok()?;
-    let age = uptime - ticks(22)? / hz;
+    let age = uptime - started;
     (age > 0.0).then(|| 100.0 * cpu / age)
 }
 

@@ -7,6 +7,7 @@ mod lifecycle;
 mod recycle;
 mod reload;
 mod restart;
+mod tally;
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
