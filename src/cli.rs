@@ -35,6 +35,8 @@ pub enum Command {
     Reload(ReloadArgs),
     /// Set the number of workers.
     Scale(ScaleArgs),
+    /// A live view of the flock, refreshed in place (q or Ctrl-C quits).
+    Top(TopArgs),
     /// Print a manual page (roff), as packaged: sheepdog.1 or sheepdog.toml.5.
     #[command(hide = true)]
     Man {
@@ -73,6 +75,16 @@ pub struct ReloadArgs {
     /// How long to wait for the reload to end.
     #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = crate::units::parse_duration)]
     pub timeout: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+
+    /// How often the view is refreshed.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = crate::units::parse_duration)]
+    pub interval: std::time::Duration,
 }
 
 #[derive(Debug, Args)]

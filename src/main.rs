@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use sheepdog::cli::{Cli, ClientArgs, Command, ReloadArgs, RunArgs, ScaleArgs, StatusArgs};
+use sheepdog::cli::{Cli, ClientArgs, Command, ReloadArgs, RunArgs, ScaleArgs, StatusArgs, TopArgs};
 use sheepdog::config::{ClientTarget, Overrides, Settings, client_target, default_socket_dir};
 use sheepdog::control::client::{self, NoReply};
 use sheepdog::control::protocol::{Command as Request, Reply};
@@ -25,6 +25,7 @@ fn main() -> ExitCode {
         Command::Status(args) => status(args),
         Command::Reload(args) => reload(args),
         Command::Scale(args) => scale(args),
+        Command::Top(args) => top(args),
         Command::Man { page } => man(&page),
     }
 }
@@ -241,6 +242,21 @@ fn scale(args: ScaleArgs) -> ExitCode {
         workers: args.workers as usize,
     };
     answered(ask(&args.client, request, Duration::from_secs(10)), done)
+}
+
+/// `sheepdog top`: the live view of the one sheepdog the arguments name.
+fn top(args: TopArgs) -> ExitCode {
+    let socket = client_target(args.client.config.as_deref(), args.client.socket.as_deref())
+        .map_err(|e| e.to_string())
+        .and_then(|target| client::resolve(&target));
+    let outcome = socket.and_then(|socket| sheepdog::control::top::run(&socket, args.interval));
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sheepdog: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// What a command that asked for something prints when it went well.

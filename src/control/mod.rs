@@ -5,8 +5,10 @@
 //! - [`server`]: the non-blocking server inside the supervisor's loop.
 //! - [`client`]: finding the right sheepdog, and one request and its reply.
 //! - [`view`]: `sheepdog status` for a terminal.
+//! - [`top`]: `sheepdog top`, the live view.
 
 pub mod client;
 pub mod protocol;
 pub mod server;
+pub mod top;
 pub mod view;

@@ -164,7 +164,7 @@ fn table(rows: &[Vec<String>]) -> String {
 }
 
 /// "45s", "12m 3s", "2h 3m", "3d 4h".
-fn age(seconds: Option<f64>) -> String {
+pub(super) fn age(seconds: Option<f64>) -> String {
     let Some(seconds) = seconds else { return "-".into() };
     let s = seconds as u64;
     match s {

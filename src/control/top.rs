@@ -1,0 +1,311 @@
+//! `sheepdog top`: a live view of one flock in the terminal, like `pm2
+//! monit` or uwsgitop. It asks for the status every interval and redraws in
+//! place (the alternate screen, so the terminal's own text comes back on
+//! exit), fits the terminal's width (80 columns by default), and quits on
+//! `q` or Ctrl-C, leaving the terminal as it found it: its mode restored,
+//! the cursor shown, the screen it had.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::termios::{self, LocalFlags, SetArg, Termios};
+
+use super::client::{self, NoReply};
+use super::protocol::{Command, Reply, StatusReport};
+use crate::units::format_size;
+
+/// CPU time per worker pid at the previous refresh, and when.
+#[derive(Default)]
+pub struct Sample {
+    at: Option<Instant>,
+    cpu: HashMap<i32, f64>,
+}
+
+impl Sample {
+    /// A worker's CPU % of one core since the last refresh, if it was there.
+    fn cpu_percent(&self, pid: i32, cpu_seconds: Option<f64>, now: Instant) -> Option<f64> {
+        let elapsed = now.saturating_duration_since(self.at?).as_secs_f64();
+        let (before, now_cpu) = (self.cpu.get(&pid)?, cpu_seconds?);
+        (elapsed > 0.0).then(|| (100.0 * (now_cpu - before) / elapsed).max(0.0))
+    }
+}
+
+/// One frame of the view: lines no wider than `width`.
+pub fn frame(report: &StatusReport, previous: &Sample, now: Instant, width: usize) -> Vec<String> {
+    let sup = &report.supervisor;
+    let mut lines = vec![
+        format!(
+            "sheepdog top · {} · pid {} · up {} · v{}",
+            sup.name,
+            sup.pid,
+            super::view::age(Some(sup.uptime_s)),
+            sup.version
+        ),
+        {
+            let queue: u32 = sup.listen_queues.iter().map(|q| q.queued).sum();
+            let backlog: u32 = sup.listen_queues.iter().map(|q| q.backlog).sum();
+            let reloading = sup
+                .reloading_to
+                .map_or(String::new(), |g| format!(" · reloading to {g}"));
+            format!(
+                "workers {}/{} ready · generation {}{reloading} · {} restarts · queue {queue}/{backlog}",
+                sup.ready, sup.desired, sup.generation, sup.restarts
+            )
+        },
+        match &sup.last_reload {
+            Some(last) => format!(
+                "last reload: {}: {}",
+                if last.ok { "ok" } else { "FAILED" },
+                last.message
+            ),
+            None => "last reload: none".into(),
+        },
+    ];
+    let ended: Vec<String> = sup
+        .replacements
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(cause, n)| format!("{n} {cause}"))
+        .collect();
+    lines.push(match &sup.unready {
+        Some(why) => format!("NOT READY: {why}"),
+        None if ended.is_empty() => "replaced: none".into(),
+        None => format!("replaced: {}", ended.join(" · ")),
+    });
+    lines.push(String::new());
+    lines.push(format!(
+        "{:<4} {:>7} {:>4} {:<9} {:>6} {:>10} {:>8} {:>9} {:>8}",
+        "SLOT", "PID", "GEN", "STATE", "CPU%", "MEMORY", "RESTARTS", "HEARTBEAT", "UPTIME"
+    ));
+    let mut rows: Vec<(usize, String)> = report
+        .workers
+        .iter()
+        .map(|w| {
+            let memory = w.rss_bytes.or(w.memory_bytes).map_or("-".into(), format_size);
+            let cpu = previous
+                .cpu_percent(w.pid, w.cpu_seconds, now)
+                .map_or("-".into(), |c| format!("{c:.1}"));
+            let heartbeat = w.heartbeat_age_s.map_or("-".into(), |a| format!("{a:.1}s"));
+            let row = format!(
+                "{:<4} {:>7} {:>4} {:<9} {:>6} {:>10} {:>8} {:>9} {:>8}",
+                w.slot,
+                w.pid,
+                w.generation,
+                w.state,
+                cpu,
+                memory,
+                w.restarts,
+                heartbeat,
+                super::view::age(Some(w.uptime_s))
+            );
+            (w.slot, row)
+        })
+        .collect();
+    for waiting in &report.waiting {
+        let row = format!(
+            "{:<4} {:>7} {:>4} waiting, restart in {:.1}s ({} restarts)",
+            waiting.slot, "-", "-", waiting.restart_in_s, waiting.restarts
+        );
+        rows.push((waiting.slot, row));
+    }
+    rows.sort_by_key(|(slot, _)| *slot);
+    lines.extend(rows.into_iter().map(|(_, row)| row));
+    lines.push(String::new());
+    lines.push("q or Ctrl-C quits".into());
+    lines.into_iter().map(|l| fit(&l, width)).collect()
+}
+
+/// A line cut to `width` characters.
+fn fit(line: &str, width: usize) -> String {
+    line.chars().take(width).collect()
+}
+
+/// The terminal's width in columns, 80 if it does not say.
+fn terminal_width() -> usize {
+    let mut size = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes one winsize into the struct given.
+    let done = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) };
+    if done == 0 && size.ws_col > 0 {
+        usize::from(size.ws_col)
+    } else {
+        80
+    }
+}
+
+/// The terminal in the mode `top` needs (keys one by one, unechoed, Ctrl-C
+/// as a key), given back as it was when dropped, however `top` ends.
+struct Screen {
+    saved: Option<Termios>,
+}
+
+impl Screen {
+    fn enter() -> Screen {
+        let stdin = std::io::stdin();
+        let saved = termios::tcgetattr(stdin.as_fd()).ok();
+        if let Some(saved) = &saved {
+            let mut raw = saved.clone();
+            raw.local_flags
+                .remove(LocalFlags::ICANON | LocalFlags::ECHO | LocalFlags::ISIG);
+            let _ = termios::tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &raw);
+        }
+        // The alternate screen, the cursor hidden.
+        print!("\x1b[?1049h\x1b[?25l");
+        let _ = std::io::stdout().flush();
+        Screen { saved }
+    }
+}
+
+impl Drop for Screen {
+    fn drop(&mut self) {
+        print!("\x1b[?25h\x1b[?1049l");
+        let _ = std::io::stdout().flush();
+        if let Some(saved) = &self.saved {
+            let _ = termios::tcsetattr(std::io::stdin().as_fd(), SetArg::TCSANOW, saved);
+        }
+    }
+}
+
+/// Waits up to `timeout` for a key; true when it says quit (`q`, Ctrl-C).
+fn quit_pressed(timeout: Duration) -> bool {
+    let mut poll = [libc::pollfd {
+        fd: libc::STDIN_FILENO,
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: one pollfd, alive for the call.
+    let ready = unsafe { libc::poll(poll.as_mut_ptr(), 1, ms) };
+    if ready <= 0 {
+        return false;
+    }
+    if poll[0].revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 && poll[0].revents & libc::POLLIN == 0 {
+        // No keyboard to read (stdin closed): only a signal ends `top`.
+        std::thread::sleep(timeout);
+        return false;
+    }
+    let mut keys = [0u8; 64];
+    // SAFETY: reads into our buffer, at most its length.
+    let n = unsafe { libc::read(libc::STDIN_FILENO, keys.as_mut_ptr().cast(), keys.len()) };
+    n > 0 && keys[..n as usize].iter().any(|k| matches!(k, b'q' | b'Q' | 0x03))
+}
+
+/// Runs the view until `q`, Ctrl-C, or SIGINT/SIGTERM/SIGHUP.
+pub fn run(socket: &Path, interval: Duration) -> Result<(), String> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        signal_hook::flag::register(signal, Arc::clone(&stop)).map_err(|e| format!("cannot handle signals: {e}"))?;
+    }
+    let _screen = Screen::enter();
+    let mut previous = Sample::default();
+    let mut out = std::io::stdout();
+    while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        let lines = match client::request(socket, &Command::Status, Some(Duration::from_secs(2))) {
+            Ok(Reply::Status(report)) => {
+                let lines = frame(&report, &previous, now, terminal_width());
+                previous = Sample {
+                    at: Some(now),
+                    cpu: report
+                        .workers
+                        .iter()
+                        .filter_map(|w| Some((w.pid, w.cpu_seconds?)))
+                        .collect(),
+                };
+                lines
+            }
+            Ok(other) => vec![format!("unexpected reply: {other:?}")],
+            Err(NoReply::TimedOut(why) | NoReply::Failed(why)) => {
+                vec![fit(
+                    &format!("sheepdog at {}: {why}; retrying", socket.display()),
+                    terminal_width(),
+                )]
+            }
+        };
+        // Home, each line cleared to its end, then the rest of the screen.
+        let mut text = String::from("\x1b[H");
+        for line in lines {
+            text += &line;
+            text += "\x1b[K\r\n";
+        }
+        text += "\x1b[J";
+        let _ = out.write_all(text.as_bytes());
+        let _ = out.flush();
+        if quit_pressed(interval) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::protocol::Reply;
+
+    fn report() -> StatusReport {
+        let json = serde_json::json!({"v": 1, "ok": true,
+            "supervisor": {"version": "0.1.0", "pid": 42, "uptime_s": 3725.0, "name": "a-very-long-application-name-for-the-view",
+                "config": null, "generation": 2, "ready": 1, "desired": 2, "restarts": 3, "reloading_to": null,
+                "last_reload": {"generation": 2, "ok": true, "message": "reloaded to generation 2 (2 workers) in 1.2s"},
+                "replacements": {"crash": 2, "hung": 1, "reload": 0},
+                "listen_queues": [{"address": "127.0.0.1:8080", "queued": 5, "backlog": 4096}]},
+            "workers": [
+                {"slot": 0, "pid": 4194304, "generation": 2, "state": "ready", "uptime_s": 61.0, "restarts": 3,
+                 "memory_bytes": null, "rss_bytes": 52428800, "cpu_percent": 1.0, "cpu_seconds": 3.0,
+                 "heartbeat_age_s": 0.4, "status": null}],
+            "waiting": [{"slot": 1, "restarts": 2, "restart_in_s": 0.45}]});
+        match Reply::decode(json.to_string().as_bytes()).unwrap() {
+            Reply::Status(report) => *report,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_frame_fits_80_columns_and_shows_each_worker_and_the_flock() {
+        let t0 = Instant::now();
+        let previous = Sample {
+            at: Some(t0),
+            cpu: HashMap::from([(4194304, 2.5)]),
+        };
+        let lines = frame(&report(), &previous, t0 + Duration::from_secs(1), 80);
+        assert!(lines.iter().all(|l| l.chars().count() <= 80), "{lines:#?}");
+        assert!(lines[1].starts_with("workers 1/2 ready · generation 2 · 3 restarts · queue 5/4096"));
+        assert_eq!(
+            lines[2],
+            "last reload: ok: reloaded to generation 2 (2 workers) in 1.2s"
+        );
+        assert_eq!(lines[3], "replaced: 2 crash · 1 hung");
+        assert_eq!(
+            lines[5],
+            "SLOT     PID  GEN STATE       CPU%     MEMORY RESTARTS HEARTBEAT   UPTIME"
+        );
+        // 0.5 s of CPU over 1 s: 50 %.
+        assert_eq!(
+            lines[6],
+            "0    4194304    2 ready       50.0     50 MiB        3      0.4s    1m 1s"
+        );
+        assert!(
+            lines[7].starts_with("1          -    - waiting, restart in 0.5s"),
+            "{}",
+            lines[7]
+        );
+        assert_eq!(lines.last().unwrap(), "q or Ctrl-C quits");
+        let narrow = frame(&report(), &Sample::default(), t0, 40);
+        assert!(narrow.iter().all(|l| l.chars().count() <= 40));
+        assert!(
+            narrow[6].contains(" -"),
+            "no CPU % without a previous sample: {}",
+            narrow[6]
+        );
+    }
+}
