@@ -271,3 +271,68 @@ fn worker_families(out: &mut Out, report: &StatusReport) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::protocol::Reply;
+
+    fn report() -> StatusReport {
+        let json = serde_json::json!({"v": 1, "ok": true,
+            "supervisor": {"version": "0.1.0", "pid": 42, "uptime_s": 5.0, "name": "app", "config": null,
+                "generation": 1, "ready": 1, "desired": 1, "restarts": 0, "reloading_to": null, "last_reload": null,
+                "replacements": {"crash": 1}, "reload_seconds": {"le": [0.5, 1.0], "counts": [1, 2], "count": 2, "sum": 1.25},
+                "listen_queues": [{"address": "unix:/run/a \"b\".sock", "queued": 1, "backlog": 8}],
+                "cpu_seconds": 0.5, "rss_bytes": 1024, "open_fds": 9},
+            "workers": [{"slot": 0, "pid": 7, "generation": 1, "state": "retiring", "uptime_s": 2.0, "restarts": 0,
+                "memory_bytes": null, "cpu_percent": null, "heartbeat_age_s": 0.25, "status": null,
+                "cpu_seconds": 1.5, "rss_bytes": 4096}]});
+        match Reply::decode(json.to_string().as_bytes()).unwrap() {
+            Reply::Status(report) => *report,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn families_come_whole_with_help_and_type_and_labels_are_escaped() {
+        let text = render(&report());
+        let mut seen = Vec::new();
+        let mut current = String::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                current = rest.split(' ').next().unwrap().to_string();
+                assert!(!seen.contains(&current), "{current} twice");
+                seen.push(current.clone());
+            } else if !line.starts_with('#') {
+                assert!(line.starts_with(&current), "{line} outside its family {current}");
+            }
+        }
+        assert!(
+            text.contains("sheepdog_listen_queue_length{listener=\"unix:/run/a \\\"b\\\".sock\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("sheepdog_reload_duration_seconds_bucket{le=\"1\"} 2\n"));
+        assert!(text.contains("sheepdog_reload_duration_seconds_bucket{le=\"+Inf\"} 2\n"));
+        assert!(text.contains("sheepdog_reload_duration_seconds_sum 1.25\n"));
+        assert!(text.contains("sheepdog_worker_state{slot=\"0\",generation=\"1\",pid=\"7\",state=\"retiring\"} 1\n"));
+        assert!(text.contains("sheepdog_worker_state{slot=\"0\",generation=\"1\",pid=\"7\",state=\"ready\"} 0\n"));
+        assert!(text.contains("sheepdog_worker_heartbeat_age_seconds{slot=\"0\",generation=\"1\",pid=\"7\"} 0.25\n"));
+        assert!(
+            !text.contains("sheepdog_worker_pss_bytes{"),
+            "no PSS measured, no sample"
+        );
+    }
+
+    #[test]
+    fn the_readme_explains_every_metric() {
+        let readme = include_str!("../../README.md");
+        for line in render(&report()).lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let mut parts = rest.split(' ');
+                let (name, kind) = (parts.next().unwrap(), parts.next().unwrap());
+                let row = format!("| `{name}` | {kind} | ");
+                assert!(readme.contains(&row), "README.md has no row {row:?}");
+            }
+        }
+    }
+}
