@@ -258,6 +258,13 @@ fn promtool_passes_the_metrics_of_a_flock_that_crashed_and_reloaded() {
         Some(2.0)
     );
     assert!(sample(&metrics, "process_open_fds").unwrap() > 3.0);
+    // Memory is shown with no [memory] checks configured too.
+    let resident: Vec<f64> = metrics
+        .lines()
+        .filter(|l| l.starts_with("sheepdog_worker_resident_memory_bytes{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    assert!(resident.len() == 2 && resident.iter().all(|&b| b > 1e6), "{metrics}");
     assert!(
         metrics.contains("sheepdog_worker_cpu_seconds_total{slot=\"0\",generation=\"2\""),
         "{metrics}"

@@ -527,6 +527,8 @@ impl System for Os {
 
     fn worker_usage(&self, pid: Pid) -> WorkerUsage {
         let (rss_bytes, pss_bytes) = self.memory.last(pid);
+        // Without memory checks nothing measured the tree: read it now.
+        let rss_bytes = rss_bytes.or_else(|| proc_stats::tree_rss(pid));
         WorkerUsage {
             cpu_seconds: proc_stats::cpu_seconds(pid),
             rss_bytes,

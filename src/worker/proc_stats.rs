@@ -158,6 +158,12 @@ impl MemoryMeter {
     }
 }
 
+/// The RSS of `pid`'s process tree, read now: for the figures shown when
+/// no memory checks run (and so no `MemoryMeter` figure is at hand).
+pub fn tree_rss(pid: Pid) -> Option<u64> {
+    sum(&process_tree(pid), MemoryMeasure::Rss)
+}
+
 /// A process's CPU time (user and system) and start time since boot, in seconds.
 fn cpu_times(pid: &str) -> Option<(f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

@@ -30,9 +30,9 @@ active() { [ "$(x systemctl is-active "$1")" = "$2" ]; }
 # grep reads all its input (no -q): with pipefail, journalctl killed by
 # SIGPIPE after an early match would fail the check.
 journal_has() { local pattern=$1; shift; x journalctl --no-pager "$@" | grep -F -- "$pattern" >/dev/null; }
-config() { # config VERSION [COMMAND]
+config() { # config VERSION [COMMAND] [MORE TOML]
     local command=${2:-'"node", "/srv/myapp/server.js"'}
-    printf 'command = [%s]\nworkers = 2\nreadiness = "node-ipc"\nready_timeout = "3s"\nstop_timeout = "5s"\nmax_restarts = 100\n[heartbeat]\ninterval = "500ms"\n[env]\nAPP_VERSION = "%s"\n' "$command" "$1" > /tmp/e2e-myapp.toml
+    printf 'command = [%s]\nworkers = 2\nreadiness = "node-ipc"\nready_timeout = "3s"\nstop_timeout = "5s"\nmax_restarts = 100\n[heartbeat]\ninterval = "500ms"\n[env]\nAPP_VERSION = "%s"\n%b' "$command" "$1" "${3:-}" > /tmp/e2e-myapp.toml
     S copy-in /tmp/e2e-myapp.toml /etc/sheepdog/myapp.toml
 }
 hammer_start() { x rm -f /tmp/hammer.stop; S exec /usr/local/bin/hammer 120 /tmp/hammer.stop > /tmp/e2e-hammer.out & hammer_pid=$!; until_ok 20 answers "hello"; }
@@ -130,6 +130,20 @@ check "memory recycling works under the hardened unit" until_ok 15 journal_has "
 config 2
 check "and a reload brings the limit back off" until_ok 30 x systemctl reload myapp
 
+# The health and metrics endpoint under the hardened unit (on from here on;
+# [http] listen takes a restart).
+readyz_says() { # readyz_says BODY_PREFIX STATUS
+    local out; out=$(x curl -s -w ' %{http_code}' --max-time 5 http://127.0.0.1:9101/readyz)
+    [[ $out == "$1"*" $2" ]]
+}
+config 2 "" '[http]\nlisten = "127.0.0.1:9101"\n'
+x systemctl restart myapp.service
+check "/healthz answers 200 under the hardened unit" until_ok 15 x curl -sSf --max-time 5 http://127.0.0.1:9101/healthz
+check "/readyz answers 200 once the flock is ready" until_ok 15 readyz_says "" 200
+check "/metrics shows 2 ready workers" until_ok 15 bash -c "'$sandbox' exec curl -sS --max-time 5 http://127.0.0.1:9101/metrics | grep -qx 'sheepdog_workers_ready 2'"
+check "/metrics reads the supervisor's own open fds" bash -c "'$sandbox' exec curl -sS --max-time 5 http://127.0.0.1:9101/metrics | grep -Eq '^process_open_fds [1-9]'"
+check "/metrics reads the workers' memory" bash -c "'$sandbox' exec curl -sS --max-time 5 http://127.0.0.1:9101/metrics | grep -Eq '^sheepdog_worker_resident_memory_bytes\{.*\} [1-9]'"
+
 # Hang every worker, and make replacements unable to become ready: sheepdog
 # kills and replaces the hung ones, stops pinging the watchdog, and systemd
 # restarts the service.
@@ -138,6 +152,7 @@ x bash -c 'mv /usr/bin/node /usr/bin/node.real && printf "#!/bin/sh\nexec sleep 
 x pkill -STOP -f /srv/myapp/server.js
 check "hung workers are killed for missed heartbeats" until_ok 20 journal_has "missed heartbeats for" -u myapp
 check "an unhealthy flock stops the watchdog pings" until_ok 20 journal_has "withholding watchdog pings" -u myapp
+check "and /readyz answers 503 with the reason" until_ok 20 readyz_says "0/2 ready" 503
 check "systemd's watchdog restarts the service" until_ok 30 journal_has "Watchdog timeout" -u myapp
 x bash -c 'mv -f /usr/bin/node.real /usr/bin/node'
 check "the service was restarted" until_ok 30 bash -c "[ \"\$('$sandbox' exec systemctl show -p NRestarts --value myapp)\" -gt '$restarts_before' ]"
