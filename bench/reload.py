@@ -7,10 +7,16 @@ bench/ with npm), and Node cluster's classic one-by-one rolling restart
 row under the same wrk, keep-alive and `Connection: close`; wrk counts every
 socket error and non-2xx answer. Also the wall time of each reload.
 
-Usage: bench/reload.py [--reloads 20] [--connections 32]
-Needs: wrk, node, npm install --prefix bench pm2, cargo build --release.
+Then the picture (bench/reload-latency.png, redrawn on every run): each
+request's latency over time, reloads marked, for the three side by side,
+measured by bench/latency-probe.js (closed loops, keep-alive) through 5 spaced
+reloads.
+
+Usage: bench/reload.py [--reloads 20] [--connections 32] [--picture-only]
+Needs: wrk, node, npm install --prefix bench pm2, cargo build --release,
+matplotlib (installed from PyPI with pip when missing).
 """
-import argparse, json, os, re, signal, socket, statistics, subprocess, sys, tempfile, time, urllib.request
+import argparse, contextlib, json, os, re, signal, socket, statistics, subprocess, sys, tempfile, time, urllib.request
 
 from common import PM2, ROOT, SERVER, SHEEPDOG, free_port
 
@@ -91,44 +97,143 @@ class Cluster:
 
     def reload(self):
         self.proc.send_signal(signal.SIGHUP)
-        if self.proc.stdout.readline().strip() != "reloaded":
-            raise SystemExit("cluster master did not reload")
+        # The workers share the master's stdout: skip their lines.
+        for line in self.proc.stdout:
+            if line.strip() == "reloaded":
+                return
+        raise SystemExit("cluster master did not reload")
 
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(30)
 
 
-def run(setup, reloads, connections, seconds_steady):
-    results = {}
+@contextlib.contextmanager
+def serving(setup):
+    """`setup` started on a free port and answering; its port. Stopped after."""
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
         setup.start(port, tmp)
         try:
             wait_serving(port)
             time.sleep(1)
-            for mode, close in (("keep-alive", False), ("close", True)):
-                steady = subprocess.run(wrk_args(port, connections, close)[:1] + [f"-d{seconds_steady}s"]
-                                        + wrk_args(port, connections, close)[1:], capture_output=True, text=True).stdout
-                _, _, steady_p99 = parse_wrk(steady)
-                load = subprocess.Popen(wrk_args(port, connections, close)[:1] + ["-d600s"]
-                                        + wrk_args(port, connections, close)[1:], stdout=subprocess.PIPE, text=True)
-                time.sleep(1)
-                walls = []
-                for _ in range(reloads):
-                    t0 = time.monotonic()
-                    setup.reload()
-                    walls.append(time.monotonic() - t0)
-                time.sleep(1)
-                load.send_signal(signal.SIGINT)
-                out = load.communicate(timeout=30)[0]
-                requests, errors, p99 = parse_wrk(out)
-                results[mode] = dict(requests=requests, errors=errors, steady_p99=steady_p99, p99=p99,
-                                     wall=statistics.median(walls))
-                print(f"  {setup.name} {mode}: {results[mode]}", file=sys.stderr)
+            yield port
         finally:
             setup.stop()
+
+
+def run(setup, reloads, connections, seconds_steady):
+    results = {}
+    with serving(setup) as port:
+        for mode, close in (("keep-alive", False), ("close", True)):
+            steady = subprocess.run(wrk_args(port, connections, close)[:1] + [f"-d{seconds_steady}s"]
+                                    + wrk_args(port, connections, close)[1:], capture_output=True, text=True).stdout
+            _, _, steady_p99 = parse_wrk(steady)
+            load = subprocess.Popen(wrk_args(port, connections, close)[:1] + ["-d600s"]
+                                    + wrk_args(port, connections, close)[1:], stdout=subprocess.PIPE, text=True)
+            time.sleep(1)
+            walls = []
+            for _ in range(reloads):
+                t0 = time.monotonic()
+                setup.reload()
+                walls.append(time.monotonic() - t0)
+            time.sleep(1)
+            load.send_signal(signal.SIGINT)
+            out = load.communicate(timeout=30)[0]
+            requests, errors, p99 = parse_wrk(out)
+            results[mode] = dict(requests=requests, errors=errors, steady_p99=steady_p99, p99=p99,
+                                 wall=statistics.median(walls))
+            print(f"  {setup.name} {mode}: {results[mode]}", file=sys.stderr)
     return results
+
+
+PICTURE = os.path.join(ROOT, "bench", "reload-latency.png")
+
+
+def timeline(setup, seconds, reloads, connections):
+    """Every request's (start s, latency ms, status) and each reload's (start s, end s)
+    over `seconds` of load, with `reloads` reloads spread over it."""
+    with serving(setup) as port:
+        origin = time.time()
+        probe = subprocess.Popen(["node", os.path.join(ROOT, "bench", "latency-probe.js"), str(port), str(seconds),
+                                  str(connections), "keep-alive"], stdout=subprocess.PIPE, text=True)
+        marks = []
+        gap = seconds / (reloads + 1)
+        for i in range(reloads):
+            time.sleep(max(0.0, origin + gap * (i + 1) - time.time()))
+            t0 = time.time()
+            setup.reload()
+            marks.append((t0 - origin, time.time() - origin))
+        out = probe.communicate(timeout=seconds + 60)[0]
+    requests = []
+    for line in out.splitlines():
+        start_ms, latency, status = line.split()
+        requests.append((int(start_ms) / 1000 - origin, float(latency), int(status)))
+    return requests, marks
+
+
+def draw(timelines, connections):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    window = 0.25
+    fig, axes = plt.subplots(len(timelines), 1, figsize=(10, 2.6 * len(timelines)), sharex=True, sharey=True)
+    for ax, (name, (requests, marks)) in zip(axes, timelines):
+        buckets = {}
+        for start, latency, status in requests:
+            buckets.setdefault(int(start / window), []).append((latency, status))
+        xs, p50, p99, top, failed_at = [], [], [], [], []
+        for key in sorted(buckets):
+            latencies = sorted(latency for latency, _ in buckets[key])
+            xs.append(key * window)
+            p50.append(latencies[len(latencies) // 2])
+            p99.append(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))])
+            top.append(latencies[-1])
+            failed_at += [key * window] * sum(1 for _, status in buckets[key] if status != 200)
+        failed = sum(1 for *_, status in requests if status != 200)
+        for start, end in marks:
+            ax.axvspan(start, max(end, start + 0.05), color="tab:orange", alpha=0.25, lw=0)
+        ax.plot(xs, top, color="0.6", lw=0.8, label="max")
+        ax.plot(xs, p99, color="tab:blue", lw=1.5, label="p99")
+        ax.plot(xs, p50, color="tab:green", lw=1.0, label="median")
+        if failed_at:
+            ax.plot(failed_at, [4000] * len(failed_at), "x", color="tab:red", label="failed request")
+        ax.set_yscale("log")
+        ax.set_title(f"{name}: {len(requests)} requests, {failed} failed, {len(marks)} reloads (shaded)",
+                     loc="left", fontsize=10)
+        ax.set_ylabel("latency ms")
+        ax.grid(True, which="major", alpha=0.3)
+    axes[0].legend(loc="upper right", fontsize=8, ncol=4)
+    axes[-1].set_xlabel(f"seconds; {connections} keep-alive connections in closed loops, "
+                        f"per {int(window * 1000)} ms window; 2 workers of examples/hello/server.js on 2 cores")
+    fig.tight_layout()
+    fig.savefig(PICTURE, dpi=90)
+    print(f"drew {os.path.relpath(PICTURE, ROOT)}", file=sys.stderr)
+
+
+def ensure_matplotlib():
+    """matplotlib for this python3, from PyPI when it is missing."""
+    try:
+        import matplotlib  # noqa: F401
+        return
+    except ImportError:
+        pass
+    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "matplotlib"]
+    if subprocess.run(pip).returncode != 0:
+        subprocess.run(pip + ["--break-system-packages"], check=True)
+
+
+def picture(connections, seconds=30, reloads=5):
+    ensure_matplotlib()
+    timelines = []
+    for setup in (Sheepdog(), Pm2(), Cluster()):
+        requests, marks = timeline(setup, seconds, reloads, connections)
+        failed = sum(1 for *_, status in requests if status != 200)
+        print(f"  {setup.name} timeline: {len(requests)} requests, {failed} failed", file=sys.stderr)
+        timelines.append((setup.name, (requests, marks)))
+    draw(timelines, connections)
+    return timelines
 
 
 def main():
@@ -136,10 +241,14 @@ def main():
     ap.add_argument("--reloads", type=int, default=20)
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--steady", type=int, default=5)
+    ap.add_argument("--picture-only", action="store_true", help="only redraw bench/reload-latency.png")
     args = ap.parse_args()
     for need in (SHEEPDOG, PM2):
         if not os.path.exists(need):
             raise SystemExit(f"missing {need}: cargo build --release; npm install --prefix bench pm2")
+    picture(min(args.connections, 16))
+    if args.picture_only:
+        return
     rows = []
     for setup in (Sheepdog(), Pm2(), Cluster()):
         rows.append((setup.name, run(setup, args.reloads, args.connections, args.steady)))

@@ -89,8 +89,9 @@ fn row(screen: &str, slot: usize) -> Option<(i32, u32)> {
         let mut cells = l.split_whitespace();
         cells.next() == Some(&slot.to_string()) && cells.nth(2).is_some_and(|s| s == "ready" || s == "starting")
     })?;
+    // Counted from the end: MEMORY is one cell ("-") or two ("42.5 MiB").
     let cells: Vec<&str> = line.split_whitespace().collect();
-    Some((cells[1].parse().ok()?, cells[6].parse().ok()?))
+    Some((cells[1].parse().ok()?, cells[cells.len() - 3].parse().ok()?))
 }
 
 /// "top exited 0", then the two lines of stty's verdict on the mode.

@@ -521,19 +521,22 @@ impl System for Os {
             .collect()
     }
 
-    fn cpu_percent(&self, pid: Pid) -> Option<f64> {
-        proc_stats::cpu_percent(pid)
-    }
-
-    fn worker_usage(&self, pid: Pid) -> WorkerUsage {
-        let (rss_bytes, pss_bytes) = self.memory.last(pid);
-        // Without memory checks nothing measured the tree: read it now.
-        let rss_bytes = rss_bytes.or_else(|| proc_stats::tree_rss(pid));
-        WorkerUsage {
-            cpu_seconds: proc_stats::cpu_seconds(pid),
-            rss_bytes,
-            pss_bytes,
-        }
+    fn workers_usage(&self, pids: &[Pid]) -> Vec<WorkerUsage> {
+        let uptime = proc_stats::uptime();
+        pids.iter()
+            .map(|&pid| {
+                let (rss_bytes, pss_bytes) = self.memory.last(pid);
+                // Without memory checks nothing measured the tree: read it now.
+                let rss_bytes = rss_bytes.or_else(|| proc_stats::tree_rss(pid));
+                let (cpu_seconds, cpu_percent) = proc_stats::cpu_usage(pid, uptime);
+                WorkerUsage {
+                    cpu_seconds,
+                    cpu_percent,
+                    rss_bytes,
+                    pss_bytes,
+                }
+            })
+            .collect()
     }
 
     fn own_usage(&self) -> OwnUsage {

@@ -364,9 +364,10 @@ impl<S: System> Supervisor<S> {
         let own = self.system.own_usage();
         let mut workers: Vec<&Worker> = flock.workers().iter().collect();
         workers.sort_by_key(|w| (w.slot, w.started_at));
+        let pids: Vec<crate::core::Pid> = workers.iter().map(|w| w.pid).collect();
         let workers = workers
             .into_iter()
-            .map(|w| (w, self.system.worker_usage(w.pid)))
+            .zip(self.system.workers_usage(&pids))
             .map(|(w, usage)| WorkerStatus {
                 slot: w.slot,
                 pid: w.pid,
@@ -381,7 +382,7 @@ impl<S: System> Supervisor<S> {
                 uptime_s: now.saturating_duration_since(w.started_at).as_secs_f64(),
                 restarts: flock.slot_restarts(w.slot),
                 memory_bytes: w.memory,
-                cpu_percent: self.system.cpu_percent(w.pid),
+                cpu_percent: usage.cpu_percent,
                 cpu_seconds: usage.cpu_seconds,
                 rss_bytes: usage.rss_bytes,
                 pss_bytes: usage.pss_bytes,

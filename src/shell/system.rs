@@ -38,6 +38,8 @@ pub enum Input {
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct WorkerUsage {
     pub cpu_seconds: Option<f64>,
+    /// CPU use over its life, in % of one core.
+    pub cpu_percent: Option<f64>,
     /// Its process tree's, as last measured.
     pub rss_bytes: Option<u64>,
     pub pss_bytes: Option<u64>,
@@ -65,10 +67,10 @@ pub trait System {
     fn ping(&mut self, pid: Pid, message: &str);
     /// The memory of each worker's process tree; the gone ones are left out.
     fn measure(&mut self, pids: &[Pid], how: MemoryMeasure, limit: Option<u64>) -> Vec<(Pid, u64)>;
-    /// A process's CPU use over its life, in % of one core.
-    fn cpu_percent(&self, pid: Pid) -> Option<f64>;
-    /// A worker's CPU time and its tree's memory as last measured.
-    fn worker_usage(&self, pid: Pid) -> WorkerUsage;
+    /// Each worker's CPU time and use, and its tree's memory as last
+    /// measured, in the order of `pids` (one /proc read per worker: a
+    /// scrape of 256 workers must stay cheap).
+    fn workers_usage(&self, pids: &[Pid]) -> Vec<WorkerUsage>;
     /// The supervisor's own CPU time, memory and open fds.
     fn own_usage(&self) -> OwnUsage;
     /// Each listening socket's accept queue, now.

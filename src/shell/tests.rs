@@ -86,16 +86,15 @@ impl System for Fake {
             .collect()
     }
 
-    fn cpu_percent(&self, _pid: Pid) -> Option<f64> {
-        Some(1.5)
-    }
-
-    fn worker_usage(&self, pid: Pid) -> WorkerUsage {
-        WorkerUsage {
-            cpu_seconds: Some(2.5),
-            rss_bytes: self.memory.get(&pid).copied(),
-            pss_bytes: None,
-        }
+    fn workers_usage(&self, pids: &[Pid]) -> Vec<WorkerUsage> {
+        pids.iter()
+            .map(|pid| WorkerUsage {
+                cpu_seconds: Some(2.5),
+                cpu_percent: Some(1.5),
+                rss_bytes: self.memory.get(pid).copied(),
+                pss_bytes: None,
+            })
+            .collect()
     }
 
     fn own_usage(&self) -> OwnUsage {

@@ -86,28 +86,34 @@ pub fn process_memory(pid: Pid, measure: MemoryMeasure) -> Option<u64> {
 }
 
 /// PSS figures are refreshed at least every this many measurements.
-const PSS_REFRESH_ROUNDS: u64 = 10;
+const PSS_REFRESH_ROUNDS: u64 = 60;
 
 /// Measures workers' trees every memory interval, cheaply. PSS costs the
 /// kernel a walk of every page table (`smaps_rollup`, ~60 µs for a small
 /// process, against ~8 µs for `statm`). Since PSS ≤ RSS, a tree whose RSS is
 /// within the limit cannot be over it by PSS: RSS is read every round, PSS
-/// only when RSS is over the limit, or every 10th round (staggered by pid) to
-/// keep the figures shown in STATUS current.
+/// only when RSS is over the limit; and, to keep the figures shown in STATUS
+/// and /metrics current, when RSS moved by more than 1/16 since PSS was last
+/// read, or every 60th round (staggered by pid). An idle flock of 256 workers
+/// measured every second reads ~4 PSS a second, not ~26 (bench/RESULTS.md).
 #[derive(Default)]
 pub struct MemoryMeter {
     round: u64,
-    /// The last PSS of each worker's tree.
-    pss: HashMap<Pid, u64>,
+    /// The last PSS of each worker's tree, and its RSS when that was read.
+    pss: HashMap<Pid, (u64, u64)>,
     /// The last RSS of each worker's tree.
     rss: HashMap<Pid, u64>,
 }
 
 /// Whether a worker's PSS must be read this round: when its RSS is over the
-/// limit (PSS decides), when it was never read, or when its refresh comes
-/// round (every 10th round, staggered by pid so that reads spread out).
-fn pss_due(round: u64, pid: Pid, over_limit: bool, known: bool) -> bool {
-    over_limit || !known || (round + pid as u64).is_multiple_of(PSS_REFRESH_ROUNDS)
+/// limit (PSS decides), when it was never read (`rss_then` is its RSS when
+/// it last was), when RSS moved by more than 1/16 since, or when its refresh
+/// comes round (every 60th round, staggered by pid so that reads spread out).
+fn pss_due(round: u64, pid: Pid, over_limit: bool, rss_then: Option<u64>, rss_now: u64) -> bool {
+    let Some(then) = rss_then else {
+        return true;
+    };
+    over_limit || then.abs_diff(rss_now) > then / 16 || (round + pid as u64).is_multiple_of(PSS_REFRESH_ROUNDS)
 }
 
 impl MemoryMeter {
@@ -136,10 +142,10 @@ impl MemoryMeter {
         }
         let over = limit.is_some_and(|limit| rss > limit);
         match self.pss.get(&pid) {
-            Some(&pss) if !pss_due(self.round, pid, over, true) => Some(pss.min(rss)),
+            Some(&(pss, then)) if !pss_due(self.round, pid, over, Some(then), rss) => Some(pss.min(rss)),
             _ => {
                 let pss = sum(&tree, MemoryMeasure::Pss)?;
-                self.pss.insert(pid, pss);
+                self.pss.insert(pid, (pss, rss));
                 Some(pss)
             }
         }
@@ -154,7 +160,7 @@ impl MemoryMeter {
     /// The last RSS and PSS measured of a worker's tree (PSS only where
     /// `memory.measure = "pss"` had it read).
     pub fn last(&self, pid: Pid) -> (Option<u64>, Option<u64>) {
-        (self.rss.get(&pid).copied(), self.pss.get(&pid).copied())
+        (self.rss.get(&pid).copied(), self.pss.get(&pid).map(|&(pss, _)| pss))
     }
 }
 
@@ -177,9 +183,28 @@ fn cpu_times(pid: &str) -> Option<(f64, f64)> {
     Some(((ticks(14)? + ticks(15)?) / hz, ticks(22)? / hz))
 }
 
-/// A process's CPU time so far, user and system, in seconds.
-pub fn cpu_seconds(pid: Pid) -> Option<f64> {
-    cpu_times(&pid.to_string()).map(|(cpu, _)| cpu)
+/// Seconds since boot, read once for many `cpu_usage` calls.
+pub fn uptime() -> Option<f64> {
+    std::fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// A process's CPU time so far (user and system, in seconds) and its CPU use
+/// over its life in % of one core (`uptime` from `uptime()`), from one read
+/// of its stat.
+pub fn cpu_usage(pid: Pid, uptime: Option<f64>) -> (Option<f64>, Option<f64>) {
+    let Some((cpu, started)) = cpu_times(&pid.to_string()) else {
+        return (None, None);
+    };
+    let percent = uptime
+        .map(|uptime| uptime - started)
+        .filter(|age| *age > 0.0)
+        .map(|age| 100.0 * cpu / age);
+    (Some(cpu), percent)
 }
 
 /// What the supervisor itself uses: CPU seconds, resident bytes, open fds.
@@ -194,19 +219,6 @@ pub fn own_usage() -> (Option<f64>, Option<u64>, Option<u64>) {
         .ok()
         .map(|entries| entries.count().saturating_sub(1) as u64);
     (cpu, rss, fds)
-}
-
-/// A process's CPU use over its life, in % of one core.
-pub fn cpu_percent(pid: Pid) -> Option<f64> {
-    let (cpu, started) = cpu_times(&pid.to_string())?;
-    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    let age = uptime - started;
-    (age > 0.0).then(|| 100.0 * cpu / age)
 }
 
 fn sum(tree: &[Pid], measure: MemoryMeasure) -> Option<u64> {
@@ -253,13 +265,30 @@ mod tests {
     }
 
     #[test]
-    fn pss_is_read_when_over_the_limit_unknown_or_due() {
-        let pid = 7;
-        assert!(pss_due(0, pid, false, false), "never read");
-        assert!(pss_due(1, pid, true, true), "RSS over the limit");
-        let due: Vec<u64> = (0..30).filter(|r| pss_due(*r, pid, false, true)).collect();
-        assert_eq!(due, vec![3, 13, 23], "every 10th round, staggered by pid");
-        assert!(pss_due(2, 8, false, true), "another pid, another round");
+    fn pss_is_read_when_over_the_limit_unknown_moved_or_due() {
+        let (pid, mib) = (7, 1 << 20);
+        assert!(pss_due(0, pid, false, None, 16 * mib), "never read");
+        assert!(pss_due(1, pid, true, Some(16 * mib), 16 * mib), "RSS over the limit");
+        let due: Vec<u64> = (0..150)
+            .filter(|r| pss_due(*r, pid, false, Some(16 * mib), 16 * mib))
+            .collect();
+        assert_eq!(due, vec![53, 113], "every 60th round, staggered by pid");
+        assert!(
+            pss_due(52, 8, false, Some(16 * mib), 16 * mib),
+            "another pid, another round"
+        );
+        assert!(
+            !pss_due(1, pid, false, Some(16 * mib), 16 * mib + mib),
+            "RSS moved by 1/16: not yet"
+        );
+        assert!(
+            pss_due(1, pid, false, Some(16 * mib), 16 * mib + mib + 1),
+            "grown by more than 1/16"
+        );
+        assert!(
+            pss_due(1, pid, false, Some(16 * mib), 15 * mib - 1),
+            "shrunk by more than 1/16"
+        );
     }
 
     #[test]
