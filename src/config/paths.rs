@@ -42,10 +42,14 @@ pub fn default_control_socket(config: Option<&Path>) -> PathBuf {
 /// Where the default control sockets of this user's sheepdogs live, one
 /// folder per name: `/run/sheepdog` for root, `$XDG_RUNTIME_DIR/sheepdog`
 /// (or `/tmp/sheepdog-UID`) for other users. `sheepdog status` looks here.
+/// A container may have no writable /run (a minimal image, a read-only root
+/// file system): root's then go to `/tmp/sheepdog-0`, like other users'.
 pub fn default_socket_dir() -> PathBuf {
+    let run_writable = nix::unistd::access("/run", nix::unistd::AccessFlags::W_OK).is_ok();
     socket_dir_for(
         nix::unistd::getuid().as_raw(),
         env_dir("XDG_RUNTIME_DIR").map(Into::into),
+        run_writable,
     )
 }
 
@@ -96,9 +100,9 @@ pub fn private_dir(dir: &Path, uid: u32, closed: u32) -> Result<(), String> {
     Ok(())
 }
 
-fn socket_dir_for(uid: u32, runtime_dir: Option<std::ffi::OsString>) -> PathBuf {
+fn socket_dir_for(uid: u32, runtime_dir: Option<std::ffi::OsString>, run_writable: bool) -> PathBuf {
     match (uid, runtime_dir) {
-        (0, _) => PathBuf::from("/run/sheepdog"),
+        (0, _) if run_writable => PathBuf::from("/run/sheepdog"),
         (_, Some(runtime)) => PathBuf::from(runtime).join("sheepdog"),
         (uid, None) => PathBuf::from(format!("/tmp/sheepdog-{uid}")),
     }
@@ -269,7 +273,8 @@ mod tests {
             dir,
             socket_dir_for(
                 nix::unistd::getuid().as_raw(),
-                env_dir("XDG_RUNTIME_DIR").map(Into::into)
+                env_dir("XDG_RUNTIME_DIR").map(Into::into),
+                nix::unistd::access("/run", nix::unistd::AccessFlags::W_OK).is_ok()
             )
         );
     }
@@ -277,14 +282,16 @@ mod tests {
     #[test]
     fn default_sockets_live_under_run_for_root_and_the_runtime_dir_for_others() {
         assert_eq!(
-            socket_dir_for(0, Some("/run/user/0".into())),
+            socket_dir_for(0, Some("/run/user/0".into()), true),
             PathBuf::from("/run/sheepdog")
         );
         assert_eq!(
-            socket_dir_for(1000, Some("/run/user/1000".into())),
+            socket_dir_for(1000, Some("/run/user/1000".into()), true),
             PathBuf::from("/run/user/1000/sheepdog")
         );
-        assert_eq!(socket_dir_for(1000, None), PathBuf::from("/tmp/sheepdog-1000"));
+        assert_eq!(socket_dir_for(1000, None, true), PathBuf::from("/tmp/sheepdog-1000"));
+        // A container with no writable /run: root's go to /tmp, as others'.
+        assert_eq!(socket_dir_for(0, None, false), PathBuf::from("/tmp/sheepdog-0"));
     }
 
     #[test]
