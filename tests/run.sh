@@ -5,7 +5,8 @@
 # to lint the manual, Prometheus and promtool for the metrics, tmux for
 # `sheepdog top`) when it is missing, runs every unit and integration test,
 # then the end-to-end tests on a real systemd in a container (tests/e2e/run.sh,
-# which needs root and ../shared/sandbox).
+# which needs root and ../shared/sandbox), then the container image and the
+# Kubernetes manifests under podman (tests/pod/run.sh, which installs podman).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,10 +44,12 @@ status=0
 cargo test --locked --no-fail-fast 2>&1 | tee "$log" || status=$?
 if [ "$(id -u)" -eq 0 ] && [ -x ../shared/sandbox/sandbox.sh ]; then
     tests/e2e/run.sh 2>&1 | tee -a "$log" || status=$?
+    # The container image and the Kubernetes manifests under podman.
+    tests/pod/run.sh 2>&1 | tee -a "$log" || status=$?
 else
-    echo "tests/run.sh: end-to-end tests skipped: they need root and ../shared/sandbox/sandbox.sh" >&2
+    echo "tests/run.sh: end-to-end and pod tests skipped: they need root and ../shared/sandbox/sandbox.sh" >&2
 fi
 # One closing line for the whole suite, summed over the test binaries.
-awk '/^test result:|^e2e: / { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+awk '/^test result:|^e2e: |^pod: / { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
 exit "$status"

@@ -17,6 +17,15 @@ const server = http.createServer((req, res) => {
   if (draining) res.setHeader('Connection', 'close');
   const body = `hello from worker ${id} pid ${process.pid} version ${version}\n`;
   res.setHeader('Content-Type', 'text/plain');
+  // GET /sleep/MS (up to 10 s): the status line at once, the body MS later:
+  // a request in flight, to watch a drain finish it.
+  const sleep = /^\/sleep\/(\d+)$/.exec(req.url);
+  if (sleep) {
+    res.writeHead(200);
+    res.write('started\n');
+    setTimeout(() => res.end(body), Math.min(parseInt(sleep[1], 10), 10000));
+    return;
+  }
   res.setHeader('Content-Length', Buffer.byteLength(body));
   res.end(body);
 });
