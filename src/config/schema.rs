@@ -19,7 +19,7 @@ pub const KEYS: &[Key] = &[
     Key {
         key: "workers",
         default: "`\"auto\"`",
-        meaning: "number of workers (1–4096), or `\"auto\"` for one per available CPU",
+        meaning: "number of workers (1–4096), or `\"auto\"` for one per CPU this process may use (its affinity and its cgroup CPU quota, as in a container, rounded down)",
     },
     Key {
         key: "min_ready",
