@@ -27,6 +27,7 @@ use crate::error::ExitClass;
 use crate::logging::RateLimit;
 use crate::observe::http::HttpResponse;
 use crate::observe::metrics;
+use crate::worker::channel::WorkerMessage;
 use crate::worker::spawn::{CommandContext, WorkerCommand};
 
 /// The command the flock starts with.
@@ -66,6 +67,8 @@ pub struct Supervisor<S: System> {
     reload_waiters: HashMap<u64, ClientId>,
     /// Signals of no meaning, logged at most 20 per 10 s.
     ignored_signals: RateLimit,
+    /// The core's next deadline, as of the last full pass.
+    deadline: Option<Instant>,
 }
 
 impl<S: System> Supervisor<S> {
@@ -94,6 +97,7 @@ impl<S: System> Supervisor<S> {
             next_ticket: 1,
             reload_waiters: HashMap::new(),
             ignored_signals: RateLimit::new(20, Duration::from_secs(10)),
+            deadline: None,
         }
     }
 
@@ -121,7 +125,7 @@ impl<S: System> Supervisor<S> {
             if let Some(code) = self.pass(inputs) {
                 return code;
             }
-            inputs = match self.system.wait(self.flock.next_deadline()) {
+            inputs = match self.system.wait(self.deadline) {
                 Ok(inputs) => inputs,
                 Err(e) => {
                     error!("{e}");
@@ -137,6 +141,9 @@ impl<S: System> Supervisor<S> {
     /// is gone, with the system's last words said.
     pub fn pass(&mut self, inputs: Vec<Input>) -> Option<i32> {
         let now = self.system.now();
+        if self.heartbeats_alone(now, &inputs) {
+            return None;
+        }
         let mut events: Vec<Event> = inputs.into_iter().filter_map(|input| self.translate(input)).collect();
         events.push(Event::Tick);
         let mut actions = VecDeque::new();
@@ -154,7 +161,36 @@ impl<S: System> Supervisor<S> {
         if exit.is_some() {
             self.system.finish();
         }
+        self.deadline = self.flock.next_deadline();
         exit
+    }
+
+    /// A wake-up for nothing but heartbeats from workers, before any
+    /// deadline: each is recorded, and the pass ends there. A heartbeat only
+    /// moves its worker's hung deadline later, so nothing can follow from it
+    /// before the deadline already known, and the flock's full pass (every
+    /// policy over every worker) would cost 256 workers' heartbeats a second
+    /// 256 passes over 256 workers.
+    fn heartbeats_alone(&mut self, now: Instant, inputs: &[Input]) -> bool {
+        let before_deadline = self.deadline.is_some_and(|deadline| now < deadline);
+        let heartbeats = |input: &Input| {
+            matches!(
+                input,
+                Input::Message {
+                    message: WorkerMessage::Heartbeat,
+                    ..
+                }
+            )
+        };
+        if !before_deadline || inputs.is_empty() || !inputs.iter().all(heartbeats) {
+            return false;
+        }
+        // A pid that is no worker takes the usual way (recording the
+        // others twice is harmless).
+        inputs.iter().all(|input| match input {
+            Input::Message { pid, .. } => self.flock.note_heartbeat(now, *pid),
+            _ => false,
+        })
     }
 
     /// The core's view of an input, if it has one; control requests that

@@ -14,6 +14,7 @@ use crate::config::{MemoryMeasure, Overrides, Settings};
 use crate::control::protocol::{Command, Reply, StatusReport};
 use crate::core::{ExitStatus, ListenQueue, Pid, SpawnOrder, Upward};
 use crate::observe::http::{HttpRequest, HttpResponse};
+use crate::worker::channel::WorkerMessage;
 use crate::worker::spawn::{CommandContext, WorkerCommand};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -700,4 +701,42 @@ fn metrics_and_status_carry_the_counts_by_cause_and_the_listen_queues() {
             .any(|e| matches!(e, Effect::Notify(Upward::Status(s)) if s.ends_with("· 7 queued"))),
         "{effects:?}"
     );
+}
+
+#[test]
+fn a_wake_up_for_heartbeats_alone_records_them_and_nothing_else() {
+    let extra = "channel = \"notify\"\n[heartbeat]\ninterval = \"1s\"\ntimeout = \"3s\"\n";
+    let mut h = Harness::serving("[\"true\", \"one\"]", extra);
+    let pid = h.pid_of(0, 1);
+    let deadline = h.supervisor.flock().next_deadline().unwrap();
+    let before = deadline - h.t0 - 10 * MS;
+    let heartbeat = |pid| Input::Message {
+        pid,
+        message: WorkerMessage::Heartbeat,
+    };
+    let (code, effects) = h.pass_at(before, vec![heartbeat(pid)]);
+    assert_eq!((code, effects), (None, vec![]), "no pass over the flock, no STATUS=");
+    let worker = h.supervisor.flock().workers().iter().find(|w| w.pid == pid).unwrap();
+    assert_eq!(worker.last_heartbeat, h.t0 + before, "but the heartbeat counts");
+    // One from no worker, or one past the deadline: the full pass, as always.
+    assert_eq!(h.pass_at(before, vec![heartbeat(99_999)]).0, None);
+    // Heartbeats every 500 ms, the loop waking for them and at deadlines:
+    // the worker that sends them lives, the silent one is killed as hung.
+    let other = h.pid_of(1, 1);
+    let mut killed = Vec::new();
+    for step in 1..=8 {
+        let at = before + step * 500 * MS;
+        while let Some(due) = h.supervisor.flock().next_deadline().filter(|d| *d <= h.t0 + at) {
+            killed.extend(h.pass_at(due - h.t0, vec![]).1);
+        }
+        killed.extend(h.pass_at(at, vec![heartbeat(pid)]).1);
+    }
+    let killed: Vec<Pid> = killed
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Signal { pid, .. } => Some(*pid),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(killed, vec![other], "only the silent worker is hung");
 }
