@@ -70,6 +70,20 @@ fn started_under(pid: Pid) -> Option<Pid> {
         .and_then(|value| std::str::from_utf8(value).ok()?.parse().ok())
 }
 
+/// Room for a whole `stat` or `statm` line (`stat` is ~300 bytes, its
+/// command name at most 64).
+const SMALL: usize = 1024;
+
+/// A small /proc file in one read(2): open, read, close. What
+/// `fs::read_to_string` adds (an fstat for the size, a second read to see
+/// the end) doubles the cost of the reads done for every worker at every
+/// memory check and scrape; a seq_file gives a record this small whole.
+fn read_small<'a>(path: &str, buf: &'a mut [u8; SMALL]) -> Option<&'a str> {
+    use std::io::Read;
+    let n = std::fs::File::open(path).ok()?.read(buf).ok()?;
+    std::str::from_utf8(&buf[..n]).ok()
+}
+
 /// The memory of one process in bytes, or None if it is gone (or a zombie).
 pub fn process_memory(pid: Pid, measure: MemoryMeasure) -> Option<u64> {
     match measure {
@@ -78,7 +92,8 @@ pub fn process_memory(pid: Pid, measure: MemoryMeasure) -> Option<u64> {
             parse_pss_kib(&rollup).map(|kib| kib * 1024)
         }
         MemoryMeasure::Rss => {
-            let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+            let mut buf = [0u8; SMALL];
+            let statm = read_small(&format!("/proc/{pid}/statm"), &mut buf)?;
             let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
             Some(pages * page_size())
         }
@@ -172,7 +187,8 @@ pub fn tree_rss(pid: Pid) -> Option<u64> {
 
 /// A process's CPU time (user and system) and start time since boot, in seconds.
 fn cpu_times(pid: &str) -> Option<(f64, f64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut buf = [0u8; SMALL];
+    let stat = read_small(&format!("/proc/{pid}/stat"), &mut buf)?;
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     // After the command: state is field 3, utime 14, stime 15, starttime 22.
     let ticks = |i: usize| fields.get(i - 3)?.parse::<f64>().ok();
