@@ -204,7 +204,14 @@ def draw(timelines, connections):
                      loc="left", fontsize=10)
         ax.set_ylabel("latency ms")
         ax.grid(True, which="major", alpha=0.3)
-    axes[0].legend(loc="upper right", fontsize=8, ncol=4)
+    # One legend, on the first panel, with the failure marker whether or not
+    # that panel has failures (it would hide the crosses of another).
+    from matplotlib.lines import Line2D
+    handles, labels = axes[0].get_legend_handles_labels()
+    if "failed request" not in labels:
+        handles.append(Line2D([], [], ls="", marker="x", color="tab:red"))
+        labels.append("failed request")
+    axes[0].legend(handles, labels, loc="upper right", fontsize=8, ncol=4)
     axes[-1].set_xlabel(f"seconds; {connections} keep-alive connections in closed loops, "
                         f"per {int(window * 1000)} ms window; 2 workers of examples/hello/server.js on 2 cores")
     fig.tight_layout()
