@@ -224,6 +224,7 @@ impl Flock {
             status: None,
             recycle_at: self.recycle_at(pid, order.slot, order.generation, now),
             listens_itself: Vec::new(),
+            inspections: 0,
         };
         // Forked in the pass that began a shutdown, or for a generation that
         // a reload (or an abort) replaced meanwhile: it stops like the rest.

@@ -12,8 +12,11 @@ use crate::config::{Channel, Readiness};
 use crate::units::{format_duration, format_size};
 use crate::worker::channel::WorkerMessage;
 
-/// How long after its start a worker is looked at for ports of its own.
+/// How long after its start a worker is looked at for ports of its own:
+/// when 1 s old, then 2, 4, 8, 16 and 32 s (at the memory check after each),
+/// six looks through its fds rather than one every memory interval.
 const INSPECT_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+const INSPECT_FIRST: std::time::Duration = std::time::Duration::from_secs(1);
 /// How often the shared listeners are checked: a shut-down one refuses
 /// every connection, so it must be noticed within a second or two.
 pub const LISTENER_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
@@ -322,13 +325,20 @@ impl Flock {
             actions.push(Action::Measure { pids });
         }
         // A server binds its port while it starts: looking during a worker's
-        // first minute is enough, and costs nothing later (a busy worker
-        // has many fds to look through).
+        // first minute, ever more sparsely, is enough, and costs nothing
+        // later (a busy worker has many fds to look through).
         let young: Vec<Pid> = self
             .workers
-            .iter()
-            .filter(|w| w.is_ready() && now.saturating_duration_since(w.started_at) < INSPECT_FOR)
-            .map(|w| w.pid)
+            .iter_mut()
+            .filter(|w| {
+                let age = now.saturating_duration_since(w.started_at);
+                let due = INSPECT_FIRST.saturating_mul(1 << w.inspections.min(16));
+                w.is_ready() && age < INSPECT_FOR && age >= due
+            })
+            .map(|w| {
+                w.inspections += 1;
+                w.pid
+            })
             .collect();
         if !young.is_empty() {
             actions.push(Action::Inspect { pids: young });

@@ -307,6 +307,8 @@ pub struct Worker {
     pub recycle_at: Option<Instant>,
     /// Ports it listens on itself instead of the socket sheepdog passed.
     pub listens_itself: Vec<String>,
+    /// How many times it was looked at for such ports.
+    pub inspections: u32,
 }
 
 impl Worker {

@@ -514,7 +514,7 @@ fn pings_carry_the_configured_message_with_the_workers_pid() {
 }
 
 #[test]
-fn young_ready_workers_are_inspected_each_memory_interval_for_a_minute() {
+fn young_ready_workers_are_inspected_ever_more_sparsely_for_a_minute() {
     let mut p = policy(1);
     p.memory_interval = 5000 * MS;
     let mut h = Harness::new(p);
@@ -523,7 +523,15 @@ fn young_ready_workers_are_inspected_each_memory_interval_for_a_minute() {
         |actions: &[Action]| -> usize { actions.iter().filter(|a| matches!(a, Action::Inspect { .. })).count() };
     let pid = h.pid_of(0);
     let first_minute = inspected(&h.run_until(Duration::from_secs(59)));
-    assert_eq!(first_minute, 11, "at 5 s, 10 s, … 55 s");
+    assert_eq!(
+        first_minute, 6,
+        "at 5, 10, 15, 20, 25 and 35 s: ages past 1, 2, 4, 8, 16, 32 s"
+    );
+    let mut every_second = policy(1);
+    every_second.memory_interval = 1000 * MS;
+    let mut h1 = Harness::new(every_second);
+    h1.start();
+    assert_eq!(inspected(&h1.run_until(Duration::from_secs(59))), 6, "not 59 looks");
     assert_eq!(inspected(&h.run_until(Duration::from_secs(120))), 0, "not after");
     h.feed(Event::Inspected {
         pid,
