@@ -168,9 +168,9 @@ impl<S: System> Supervisor<S> {
     /// A wake-up for nothing but heartbeats from workers, before any
     /// deadline: each is recorded, and the pass ends there. A heartbeat only
     /// moves its worker's hung deadline later, so nothing can follow from it
-    /// before the deadline already known, and the flock's full pass (every
-    /// policy over every worker) would cost 256 workers' heartbeats a second
-    /// 256 passes over 256 workers.
+    /// before the deadline already known; a full pass (every policy over
+    /// every worker) for each would make 256 workers beating once a second
+    /// cost 256 passes over 256 workers every second.
     fn heartbeats_alone(&mut self, now: Instant, inputs: &[Input]) -> bool {
         let before_deadline = self.deadline.is_some_and(|deadline| now < deadline);
         let heartbeats = |input: &Input| {

@@ -40,7 +40,8 @@ pub struct WorkerUsage {
     pub cpu_seconds: Option<f64>,
     /// CPU use over its life, in % of one core.
     pub cpu_percent: Option<f64>,
-    /// Its process tree's, as last measured.
+    /// Its process tree's, as the memory checks last measured it (read
+    /// now when there are none).
     pub rss_bytes: Option<u64>,
     pub pss_bytes: Option<u64>,
 }

@@ -3,7 +3,8 @@
 
 Two threads send GET /sleep/400 on a new connection each (the status line
 comes at once, the body 400 ms later: requests in flight), two send GET / on
-kept-alive connections. SIGUSR1 says "the stop is being issued now". The
+kept-alive connections; "running" is printed once 20 requests were answered.
+SIGUSR1 says "the stop is being issued now". The
 loops go on until nothing has been answered for 2 s after that, or for
 MAX_SECONDS in all; then one line:
 
@@ -46,9 +47,14 @@ def done():
     return now > deadline or (stop_at is not None and now - max(stop_at, last_answer) > 2)
 
 
+started = threading.Event()
+
+
 def answered():
     global last_answer
     last_answer = time.monotonic()
+    if counts["ok"] >= 20:
+        started.set()
 
 
 def judge_failure(sent, got_status, error):
@@ -117,7 +123,8 @@ deadline = time.monotonic() + max_seconds
 threads = [threading.Thread(target=f) for f in (slow_loop, slow_loop, keep_alive_loop, keep_alive_loop)]
 for thread in threads:
     thread.start()
-print("running", flush=True)
+if started.wait(max_seconds):
+    print("running", flush=True)
 for thread in threads:
     thread.join()
 print(" ".join(f"{k}={v}" for k, v in counts.items()), flush=True)

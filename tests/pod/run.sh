@@ -93,8 +93,8 @@ check "and the pod's log says so" bash -c "podman logs '$app' 2>&1 | grep -q '(p
 # Stop the pod under a request loop: requests in flight finish, nothing lost.
 in_netns "$app" python3 "$repo/tests/pod/drain.py" 8080 60 > "$work/drain.out" 2>&1 &
 client=$!
-until_ok 10 grep -q running "$work/drain.out"
-sleep 2
+# "running": the loop has 20 answers, so requests are on their way.
+until_ok 20 grep -q running "$work/drain.out"
 # The loop's own pid, under the subshell and nsenter.
 pkill -USR1 -f "tests/pod/drain.py 8080"
 podman pod stop --time 30 "$pod" >/dev/null
