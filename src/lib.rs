@@ -41,6 +41,8 @@
 //! Everything that can fail for a bad setup fails before the first fork, so
 //! a bad config exits 78 with nothing started.
 
+pub mod app;
+pub mod build;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -16,7 +16,7 @@ pub fn page(page: &str) -> Option<String> {
     };
     Some(
         template
-            .replace("@VERSION@", env!("CARGO_PKG_VERSION"))
+            .replace("@VERSION@", crate::build::version())
             .replace("@DATE@", RELEASE_DATE)
             .replace("@KEYS@", &keys()),
     )

@@ -14,6 +14,8 @@
 //! - `recycle`: replacing workers by age (`max_age`).
 //! - `status`: the STATUS= line.
 //! - `tally`: what the flock went through, counted (for status and metrics).
+//! - [`snapshot`]: the flock as data, handed to the next binary on an
+//!   in-place upgrade and restored there.
 //!
 //! Each policy keeps its own deadline; [`Flock::next_deadline`] is the
 //! nearest of them, and the shell sleeps until then.
@@ -24,6 +26,7 @@ pub mod model;
 mod recycle;
 mod reload;
 mod restart;
+pub mod snapshot;
 mod status;
 pub mod tally;
 #[cfg(test)]
@@ -32,4 +35,5 @@ mod tests;
 pub use flock::Flock;
 pub use model::*;
 pub use reload::ReloadOutcome;
+pub use snapshot::FlockState;
 pub use tally::{Cause, ListenQueue, Tally};

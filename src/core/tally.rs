@@ -216,6 +216,13 @@ impl Tally {
         }
     }
 
+    /// The count of `cause`, as a snapshot had it.
+    pub(super) fn set_ended(&mut self, cause: Cause, count: u64) {
+        if let Some(index) = Cause::ALL.iter().position(|c| *c == cause) {
+            self.ended[index] = count;
+        }
+    }
+
     /// Counts a reload's end; `took` is None for one that never began.
     pub(super) fn count_reload(&mut self, result: ReloadResult, took: Option<Duration>) {
         match result {

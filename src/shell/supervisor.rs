@@ -429,7 +429,7 @@ impl<S: System> Supervisor<S> {
             .collect();
         StatusReport {
             supervisor: SupervisorStatus {
-                version: env!("CARGO_PKG_VERSION").into(),
+                version: crate::build::version().into(),
                 pid: std::process::id(),
                 uptime_s: now.saturating_duration_since(self.started).as_secs_f64(),
                 name: self.name.clone(),

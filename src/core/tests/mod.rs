@@ -7,6 +7,7 @@ mod lifecycle;
 mod recycle;
 mod reload;
 mod restart;
+mod snapshot;
 mod tally;
 
 use std::collections::VecDeque;

@@ -1,0 +1,306 @@
+//! The command line's entry point: `run` and the clients of a running
+//! sheepdog. `src/main.rs` calls [`main`] with the release build; test
+//! builds (`tests/builds/`) with another version or state format.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{CommandFactory, FromArgMatches};
+
+use crate::build::Build;
+use crate::cli::{Cli, ClientArgs, Command, ReloadArgs, RunArgs, ScaleArgs, StatusArgs, TopArgs};
+use crate::config::{ClientTarget, Overrides, Settings, client_target, default_socket_dir};
+use crate::control::client::{self, NoReply};
+use crate::control::protocol::{Command as Request, Reply};
+use crate::control::server::ControlServer;
+use crate::control::view;
+use crate::error::Error;
+use crate::observe::http::HttpServer;
+use crate::shell::os::Os;
+use crate::shell::supervisor::{ReloadSource, Supervisor};
+use crate::systemd::{notify, sockets};
+use crate::worker::spawn::{CommandContext, WorkerCommand};
+use crate::{limits, logging, manual, units};
+
+/// Runs the command line of `build`.
+pub fn main(build: Build) -> ExitCode {
+    crate::build::set(build);
+    let matches = Cli::command().version(build.version).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    match cli.command {
+        Command::Run(args) => run(args),
+        Command::Check(args) => check(args),
+        Command::Status(args) => status(args),
+        Command::Reload(args) => reload(args),
+        Command::Scale(args) => scale(args),
+        Command::Top(args) => top(args),
+        Command::Man { page } => man(&page),
+    }
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let journal = notify::stderr_is_journal();
+    let overrides = args.overrides();
+    let settings = match Settings::load(args.config.as_deref(), &overrides) {
+        Ok(settings) => settings,
+        Err(e) => {
+            logging::init(None, journal);
+            let code = cannot_run(e);
+            logging::drain(Duration::from_secs(1));
+            return code;
+        }
+    };
+    logging::init(settings.log_level.map(|l| l.filter()), journal);
+    let code = match set_up(&settings, overrides, journal) {
+        Ok(supervisor) => ExitCode::from(supervisor.run() as u8),
+        Err(e) => cannot_run(e),
+    };
+    // The last lines, the reason for the exit among them, for a slow reader.
+    logging::drain(Duration::from_secs(1));
+    code
+}
+
+/// Logs why sheepdog cannot run; the error's class is the exit code.
+fn cannot_run(error: Error) -> ExitCode {
+    log::error!("{error}");
+    ExitCode::from(error.exit_code())
+}
+
+/// Everything that can fail for a bad setup fails here, before any fork.
+fn set_up(settings: &Settings, overrides: Overrides, journal: bool) -> Result<Supervisor<Os>, Error> {
+    let fd_limit = limits::raise();
+    if let Some(why) = limits::too_many(u64::from(settings.workers), settings.channel) {
+        return Err(Error::config(format!("workers: {why}")));
+    }
+    let listeners = sockets::open(&settings.listen)?;
+    let context = CommandContext {
+        listeners: listeners.raw_fds(),
+        fdnames: listeners.fdnames(),
+        journal,
+        fd_limit,
+    };
+    let command = WorkerCommand::from_settings(settings, &context)?;
+    let control = ControlServer::bind(&settings.control_socket, settings.control_socket_explicit)?;
+    let http = settings.http.as_ref().map(HttpServer::bind).transpose()?;
+    log::info!(
+        "sheepdog {}: {} workers of `{}` on {} ({}); control socket {}",
+        crate::build::version(),
+        settings.workers,
+        settings.command.join(" "),
+        listeners.describe(),
+        if listeners.inherited {
+            "passed by systemd"
+        } else {
+            "bound by sheepdog"
+        },
+        control.path().display()
+    );
+    if let Some(http) = &http {
+        // Not "on ADDRESS": that phrase names the flock's own listeners.
+        log::info!(
+            "health and metrics at http://{}/ (/healthz, /readyz, /metrics)",
+            http.address
+        );
+    }
+    let watchdog = notify::watchdog_interval();
+    if let Some(interval) = watchdog {
+        log::info!(
+            "systemd watchdog: {}; pinging at half of it while the flock is healthy",
+            units::format_duration(interval)
+        );
+    }
+    let source = ReloadSource {
+        config_file: settings.config_file.clone(),
+        overrides,
+        listen: settings.listen.clone(),
+        inherited: listeners.inherited,
+        watchdog,
+        control_socket: settings.control_socket.clone(),
+        http: settings.http.clone(),
+    };
+    let os = Os::new(settings.channel, listeners, control, http)?;
+    Ok(Supervisor::new(settings, source, context, command, os))
+}
+
+fn man(page: &str) -> ExitCode {
+    match manual::page(page) {
+        Some(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        None => {
+            eprintln!("sheepdog: no page {page}; there are {}", manual::PAGES.join(", "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(args: RunArgs) -> ExitCode {
+    let checked = Settings::load(args.config.as_deref(), &args.overrides()).and_then(|settings| {
+        WorkerCommand::from_settings(&settings, &CommandContext::default())?;
+        Ok(settings)
+    });
+    match checked {
+        Ok(settings) => {
+            print!("{}", settings.describe());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("sheepdog: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// How a client's request went, short of a reply to print.
+enum Asked {
+    Reply(Box<Reply>),
+    /// No reply within the client's own timeout; the server may go on.
+    TimedOut,
+    /// Printed already.
+    Failed,
+}
+
+/// Exit code of a client that stopped waiting before the outcome came
+/// (EX_TEMPFAIL): not a failure of what it asked for.
+const EXIT_NO_OUTCOME: u8 = 75;
+
+/// Sends one request to the running sheepdog; prints why it got no reply.
+fn ask(client: &ClientArgs, request: Request, timeout: Duration) -> Asked {
+    let socket = client_target(client.config.as_deref(), client.socket.as_deref())
+        .map_err(|e| e.to_string())
+        .and_then(|target| client::resolve(&target));
+    let socket = match socket {
+        Ok(socket) => socket,
+        Err(e) => {
+            eprintln!("sheepdog: {e}");
+            return Asked::Failed;
+        }
+    };
+    match client::request(&socket, &request, Some(timeout)) {
+        Ok(reply) => Asked::Reply(Box::new(reply)),
+        Err(NoReply::TimedOut(why)) => {
+            eprintln!("sheepdog: {why}");
+            Asked::TimedOut
+        }
+        Err(NoReply::Failed(why)) => {
+            eprintln!("sheepdog: {why}");
+            Asked::Failed
+        }
+    }
+}
+
+fn status(args: StatusArgs) -> ExitCode {
+    if let Ok(ClientTarget::Any) = client_target(args.client.config.as_deref(), args.client.socket.as_deref()) {
+        return list(args.json);
+    }
+    let reply = ask(&args.client, Request::Status, Duration::from_secs(10));
+    answered(reply, |reply| match reply {
+        Reply::Status(report) if args.json => Some(pretty(&Reply::Status(report))),
+        Reply::Status(report) => Some(view::render(&report).trim_end().to_string()),
+        _ => None,
+    })
+}
+
+/// A reply as indented JSON, for `--json`.
+fn pretty(reply: &Reply) -> String {
+    serde_json::from_str::<serde_json::Value>(&reply.encode())
+        .and_then(|v| serde_json::to_string_pretty(&v))
+        .unwrap_or_default()
+}
+
+/// `sheepdog status` naming no sheepdog: every running one of this user.
+fn list(json: bool) -> ExitCode {
+    let dir = default_socket_dir();
+    let found = client::running(&client::discover(&dir));
+    if found.is_empty() {
+        eprintln!("sheepdog: no running sheepdog found in {}", dir.display());
+        return ExitCode::FAILURE;
+    }
+    if json {
+        let entries: Vec<serde_json::Value> = found
+            .iter()
+            .map(|f| {
+                let status = serde_json::to_value(&f.status).unwrap_or_default();
+                serde_json::json!({"socket": f.socket.display().to_string(), "status": status})
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&entries).unwrap_or_default());
+    } else {
+        print!("{}", view::render_list(&found));
+    }
+    ExitCode::SUCCESS
+}
+
+fn reload(args: ReloadArgs) -> ExitCode {
+    match ask(&args.client, Request::Reload, args.timeout) {
+        Asked::TimedOut => {
+            eprintln!(
+                "sheepdog: stopped waiting; the reload goes on (`sheepdog status` tells how it ends, \
+                 `--timeout` waits longer)"
+            );
+            ExitCode::from(EXIT_NO_OUTCOME)
+        }
+        asked => answered(asked, done),
+    }
+}
+
+fn scale(args: ScaleArgs) -> ExitCode {
+    let request = Request::Scale {
+        workers: args.workers as usize,
+    };
+    answered(ask(&args.client, request, Duration::from_secs(10)), done)
+}
+
+/// `sheepdog top`: the live view of the one sheepdog the arguments name.
+fn top(args: TopArgs) -> ExitCode {
+    let socket = client_target(args.client.config.as_deref(), args.client.socket.as_deref())
+        .map_err(|e| e.to_string())
+        .and_then(|target| client::resolve(&target));
+    let outcome = socket.and_then(|socket| crate::control::top::run(&socket, args.interval));
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sheepdog: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// What a command that asked for something prints when it went well.
+fn done(reply: Reply) -> Option<String> {
+    match reply {
+        Reply::Done(message) => Some(message),
+        _ => None,
+    }
+}
+
+/// Prints what `expected` makes of the reply on stdout, with exit 0; a
+/// failure, or a reply of another kind, on stderr with exit 1.
+fn answered(asked: Asked, expected: impl FnOnce(Reply) -> Option<String>) -> ExitCode {
+    let Asked::Reply(reply) = asked else {
+        return ExitCode::FAILURE;
+    };
+    let reply = *reply;
+    let error = match &reply {
+        Reply::Failed(error) => Some(error.clone()),
+        _ => None,
+    };
+    match (expected(reply), error) {
+        (Some(text), _) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        (None, Some(error)) => {
+            eprintln!("sheepdog: {error}");
+            ExitCode::FAILURE
+        }
+        (None, None) => {
+            eprintln!("sheepdog: unexpected reply");
+            ExitCode::FAILURE
+        }
+    }
+}

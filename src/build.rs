@@ -1,0 +1,47 @@
+//! What this build of sheepdog is: its version string, and the format of
+//! the state it hands over to the binary that replaces it in place
+//! (`sheepdog upgrade`, see [`crate::upgrade`]).
+//!
+//! The binary sets it once, first thing ([`set`]); everything that says
+//! which sheepdog this is (`--version`, `status`, the metrics' build info,
+//! the log) reads it here. Test builds (`tests/builds/`) are the same code
+//! under another version string or state format, so that an upgrade from
+//! one build to another can be tested for real.
+
+use std::sync::OnceLock;
+
+/// The hand-over state format this code writes and reads. Raised when the
+/// state changes in a way an older reader cannot take (a new field with a
+/// default is not such a change).
+pub const STATE_FORMAT: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Build {
+    pub version: &'static str,
+    /// The one hand-over state format this build writes and reads.
+    pub state_format: u32,
+}
+
+impl Build {
+    /// The build as released: the crate's version, the code's state format.
+    pub const RELEASE: Build = Build {
+        version: env!("CARGO_PKG_VERSION"),
+        state_format: STATE_FORMAT,
+    };
+}
+
+static CURRENT: OnceLock<Build> = OnceLock::new();
+
+/// Names this build; the first call wins.
+pub fn set(build: Build) {
+    let _ = CURRENT.set(build);
+}
+
+pub fn current() -> Build {
+    CURRENT.get().copied().unwrap_or(Build::RELEASE)
+}
+
+/// "0.1.0", or a test build's own.
+pub fn version() -> &'static str {
+    current().version
+}

@@ -1,0 +1,227 @@
+//! The flock as data: a flock restored from its snapshot (through JSON, as
+//! the upgrade hands it over) behaves as the original would have, with every
+//! time point shifted by the hand-over.
+
+use super::*;
+use crate::core::snapshot::{FlockState, StateRecord};
+
+/// The hand-over's gap: the restored flock's clock reads this much later.
+const GAP: Duration = Duration::from_millis(37);
+
+/// A flock with something of everything in flight: backoffs, a crash in the
+/// restart window, a worker over its memory limit, a reload half done.
+fn busy() -> Harness {
+    let mut p = ipc_policy(3, 500 * MS, 1500 * MS);
+    p.readiness = Readiness::NodeIpc;
+    p.memory_limit = Some(100 << 20);
+    p.memory_interval = 700 * MS;
+    p.recycle = RecyclePolicy {
+        max_age: Some(Duration::from_secs(12)),
+        jitter: Duration::from_secs(2),
+    };
+    p.watchdog = Some(Duration::from_secs(4));
+    let mut h = Harness::ready(p.clone());
+    // Slot 2's worker is over the memory limit: it retires, replacement first.
+    let fat = h.pid_of(2);
+    h.feed(Event::Measured {
+        pid: fat,
+        bytes: 300 << 20,
+    });
+    // A reload begins, and the new worker of slot 0 is ready…
+    reload(&mut h, 7, p);
+    let first_new = h.worker(0, 2);
+    h.say(first_new, WorkerMessage::Ready);
+    // …then crashes twice: its next one waits out a longer backoff.
+    for _ in 0..2 {
+        let pid = h.worker_of(0, 2);
+        h.exit(pid, ExitStatus::Code(3));
+        h.run_until(h.now.saturating_duration_since(h.t0) + 150 * MS);
+        let again = h.worker_of(0, 2);
+        h.say(again, WorkerMessage::Ready);
+    }
+    h
+}
+
+/// The twin of `h` restored from its snapshot, its clock `GAP` later.
+fn twin(h: &Harness) -> Harness {
+    let state = h.flock.snapshot(h.now).expect("a running flock has a snapshot");
+    let json = serde_json::to_string(&state).unwrap();
+    let read: FlockState = serde_json::from_str(&json).unwrap();
+    assert_eq!(read, state, "the state survives JSON unchanged");
+    let now = h.now + GAP;
+    Harness {
+        flock: Flock::restore(read, now).expect("the snapshot restores"),
+        t0: h.t0 + GAP,
+        now,
+        next_pid: h.next_pid,
+        log: Vec::new(),
+    }
+}
+
+/// One step of a world both flocks live in: time passes, every worker but
+/// `silent` heartbeats, starting ones get ready every other step, and what
+/// was signalled in the step before exits.
+fn step(h: &mut Harness, index: usize, signalled: &[Pid], silent: Pid) -> Vec<Action> {
+    h.now += 250 * MS;
+    let mut actions = h.feed(Event::Tick);
+    for pid in signalled {
+        actions.extend(h.exit(*pid, ExitStatus::Signaled(Signal::SIGTERM)));
+    }
+    let pids: Vec<(Pid, bool)> = h.flock.workers().iter().map(|w| (w.pid, w.is_starting())).collect();
+    for (pid, starting) in pids {
+        if starting && index.is_multiple_of(2) {
+            actions.extend(h.say(pid, WorkerMessage::Ready));
+        } else if pid != silent {
+            actions.extend(h.say(pid, WorkerMessage::Heartbeat));
+        }
+    }
+    actions
+}
+
+impl Harness {
+    /// The live (not stopping) worker of `slot` in `generation`.
+    fn worker_of(&self, slot: usize, generation: u32) -> Pid {
+        self.flock
+            .workers()
+            .iter()
+            .find(|w| w.slot == slot && w.generation == generation && !w.is_stopping())
+            .map(|w| w.pid)
+            .expect("a live worker in that slot and generation")
+    }
+}
+
+fn signalled(actions: &[Action]) -> Vec<Pid> {
+    signals(actions).into_iter().map(|(pid, _)| pid).collect()
+}
+
+#[test]
+fn a_restored_flock_acts_as_the_original_would_have() {
+    let mut original = busy();
+    let mut restored = twin(&original);
+    assert_eq!(
+        restored.flock.snapshot(restored.now),
+        original.flock.snapshot(original.now),
+        "restoring is the inverse of the snapshot"
+    );
+    assert_eq!(restored.flock.status_line(), original.flock.status_line());
+    assert_eq!(
+        restored.flock.next_deadline().map(|d| d - restored.now),
+        original.flock.next_deadline().map(|d| d - original.now),
+        "every deadline is as far away"
+    );
+    let (mut kept, mut again) = (Vec::new(), Vec::new());
+    let (mut before, mut after) = (Vec::new(), Vec::new());
+    // Slot 0 crashed twice: its hung worker is backed off for that.
+    let silent = original.worker_of(0, 2);
+    // 40 s of the same world: hangs, kills, refills, the reload's end,
+    // recycling by age, watchdog pings, memory checks.
+    for index in 0..160 {
+        let a = step(&mut original, index, &kept, silent);
+        let b = step(&mut restored, index, &again, silent);
+        assert_eq!(b, a, "step {index}: the restored flock acted otherwise");
+        kept = signalled(&a);
+        again = signalled(&b);
+        before.extend(a);
+        after.extend(b);
+    }
+    assert_eq!(
+        restored.flock.snapshot(restored.now),
+        original.flock.snapshot(original.now)
+    );
+    // The world was eventful enough to tell: the hung worker was killed,
+    // the reload ended, and workers were recycled by age.
+    assert!(
+        before
+            .iter()
+            .any(|a| matches!(a, Action::ReloadFinished { ok: true, .. }))
+    );
+    assert!(
+        logged(&format!("(pid {silent}) missed heartbeats")).len() == 2,
+        "{:?}",
+        logged("missed")
+    );
+    assert!(restored.flock.recycled() > 0);
+}
+
+#[test]
+fn time_points_are_relative_to_the_snapshot() {
+    let h = busy();
+    let state = h.flock.snapshot(h.now).unwrap();
+    let slot0 = &state.slots[0];
+    assert_eq!((slot0.restarts, slot0.failures), (2, 2));
+    assert_eq!(slot0.last_end.as_deref(), Some("crash"));
+    assert!(state.rollout.is_some());
+    assert!(state.timers.next_watchdog > 0 && state.timers.last_pass <= 0);
+    for worker in &state.workers {
+        assert!(worker.started_at <= 0, "started before the snapshot");
+        if let StateRecord::Ready { since, .. } = worker.state {
+            assert!(since <= 0 && since >= worker.started_at);
+        }
+    }
+    assert!(
+        state
+            .workers
+            .iter()
+            .any(|w| matches!(w.state, StateRecord::Ready { retiring: Some(_), .. })),
+        "the fat worker and the reload's old ones are retiring"
+    );
+}
+
+#[test]
+fn a_stopping_flock_has_no_snapshot() {
+    let mut h = Harness::ready(policy(2));
+    h.feed(Event::Request(Request::Stop));
+    assert_eq!(h.flock.snapshot(h.now).unwrap_err(), "the supervisor is stopping");
+}
+
+#[test]
+fn a_state_that_cannot_be_is_refused_not_restored() {
+    let h = busy();
+    let good = h.flock.snapshot(h.now).unwrap();
+    type Breakage = Box<dyn Fn(&mut FlockState)>;
+    let cases: Vec<(&str, Breakage)> = vec![
+        ("generation 0", Box::new(|s| s.generation = 0)),
+        ("workers desired", Box::new(|s| s.desired = 0)),
+        ("out of range", Box::new(|s| s.workers[0].started_at = i64::MIN)),
+        ("out of range", Box::new(|s| s.timers.next_ping = i64::MAX)),
+        ("twice", Box::new(|s| s.workers[1].pid = s.workers[0].pid)),
+        ("pid of 0 or 1", Box::new(|s| s.workers[0].pid = 1)),
+        (
+            "readiness \"carrier-pigeon\"",
+            Box::new(|s| s.policy.readiness = "carrier-pigeon".into()),
+        ),
+        ("not a signal", Box::new(|s| s.policy.stop_signal = "SIGNOPE".into())),
+        ("zero", Box::new(|s| s.policy.memory_interval = Duration::ZERO)),
+        ("spawn budget", Box::new(|s| s.budget.tokens = f64::NAN)),
+    ];
+    for (says, break_it) in cases {
+        let mut state = good.clone();
+        break_it(&mut state);
+        let error = Flock::restore(state, h.now).err().expect("refused");
+        assert!(error.contains(says), "{says}: {error}");
+    }
+    assert!(Flock::restore(good, h.now).is_ok());
+}
+
+#[test]
+fn every_field_survives_the_round_trip() {
+    let mut h = busy();
+    // What the busy flock leaves at its defaults, set otherwise.
+    h.flock.timers.withholding_watchdog = true;
+    h.flock.recycling.count = 3;
+    h.flock.recycling.last_begun = Some(h.now - 2 * MS);
+    h.flock.tally.crash_loops = 1;
+    h.flock.tally.reloads_refused = 4;
+    h.flock.workers[0].status = Some("busy".into());
+    h.flock.workers[0].listens_itself = vec!["127.0.0.1:3000".into()];
+    h.flock.workers[0].inspections = 5;
+    h.flock.last_reload = Some(ReloadOutcome {
+        generation: None,
+        ok: false,
+        message: "refused".into(),
+    });
+    let copy = twin(&h);
+    assert_eq!(copy.flock.snapshot(copy.now), h.flock.snapshot(h.now));
+    assert_eq!(copy.flock.recycled(), 3);
+    assert_eq!(copy.flock.tally().crash_loops, 1);
+}
