@@ -8,17 +8,19 @@ use std::time::Duration;
 use clap::{CommandFactory, FromArgMatches};
 
 use crate::build::Build;
-use crate::cli::{Cli, ClientArgs, Command, ReloadArgs, RunArgs, ScaleArgs, StatusArgs, TopArgs};
+use crate::cli::{Cli, ClientArgs, Command, ReloadArgs, RunArgs, ScaleArgs, StatusArgs, TopArgs, UpgradeArgs};
 use crate::config::{ClientTarget, Overrides, Settings, client_target, default_socket_dir};
 use crate::control::client::{self, NoReply};
 use crate::control::protocol::{Command as Request, Reply};
 use crate::control::server::ControlServer;
 use crate::control::view;
-use crate::error::Error;
+use crate::error::{Error, ExitClass};
 use crate::observe::http::HttpServer;
 use crate::shell::os::Os;
 use crate::shell::supervisor::{ReloadSource, Supervisor};
 use crate::systemd::{notify, sockets};
+use crate::upgrade::handover::Inherited;
+use crate::upgrade::state::HandOver;
 use crate::worker::spawn::{CommandContext, WorkerCommand};
 use crate::{limits, logging, manual, units};
 
@@ -37,12 +39,25 @@ pub fn main(build: Build) -> ExitCode {
         Command::Reload(args) => reload(args),
         Command::Scale(args) => scale(args),
         Command::Top(args) => top(args),
+        Command::Upgrade(args) => upgrade(args),
+        Command::UpgradeProbe => crate::upgrade::probe::answer(),
         Command::Man { page } => man(&page),
     }
 }
 
 fn run(args: RunArgs) -> ExitCode {
     let journal = notify::stderr_is_journal();
+    match Inherited::from_env() {
+        Ok(None) => {}
+        Ok(Some(inherited)) => return take_over(inherited, journal),
+        Err(why) => {
+            // Exec'd for a hand-over whose state cannot be found: nothing
+            // to take over with, nor to hand back to.
+            logging::init(None, journal);
+            log::error!("cannot take over the flock: {why}");
+            return give_up();
+        }
+    }
     let overrides = args.overrides();
     let settings = match Settings::load(args.config.as_deref(), &overrides) {
         Ok(settings) => settings,
@@ -121,8 +136,94 @@ fn set_up(settings: &Settings, overrides: Overrides, journal: bool) -> Result<Su
         control_socket: settings.control_socket.clone(),
         http: settings.http.clone(),
     };
-    let os = Os::new(settings.channel, listeners, control, http)?;
+    let os = Os::new(settings.channel, listeners, control, http, crate::upgrade::own_path())?;
     Ok(Supervisor::new(settings, source, context, command, os))
+}
+
+/// Takes over the flock the binary before this one handed over (same pid,
+/// same workers), or hands it back to that binary when it cannot.
+fn take_over(inherited: Inherited, journal: bool) -> ExitCode {
+    let build = crate::build::current();
+    let decoded = inherited
+        .read_state()
+        .and_then(|bytes| HandOver::decode(&bytes, build.state_format));
+    let handover = match decoded {
+        Ok(handover) => handover,
+        Err(why) => {
+            logging::init(None, journal);
+            return hand_back(&inherited, &why);
+        }
+    };
+    let level = handover
+        .supervisor
+        .log_level
+        .as_deref()
+        .and_then(|l| <crate::config::LogLevel as clap::ValueEnum>::from_str(l, true).ok());
+    logging::init(level.map(|l| l.filter()), journal);
+    logging::resume(handover.os.log_pending.as_bytes(), handover.os.log_dropped);
+    let elapsed = crate::upgrade::monotonic_ns().saturating_sub(handover.taken_at_ns);
+    let now = std::time::Instant::now();
+    let then = now.checked_sub(Duration::from_nanos(elapsed)).unwrap_or(now);
+    let HandOver {
+        from_version,
+        taken_at_ns,
+        supervisor,
+        os,
+        ..
+    } = handover;
+    // Whatever goes wrong while the state is read is a hand-back, a panic too.
+    let prepared = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        failpoint(&inherited)?;
+        Supervisor::<Os>::prepare(supervisor, then)
+    }))
+    .unwrap_or_else(|_| Err("it panicked while reading the state".into()));
+    let prepared = match prepared {
+        Ok(prepared) => prepared,
+        Err(why) => return hand_back(&inherited, &why),
+    };
+    let os = match Os::adopt(os, then) {
+        Ok(os) => os,
+        Err(why) => return hand_back(&inherited, &why),
+    };
+    let refused = inherited.refused.clone();
+    drop(inherited);
+    let supervisor = Supervisor::adopted(prepared, os, from_version, taken_at_ns, refused);
+    let code = ExitCode::from(supervisor.run() as u8);
+    logging::drain(Duration::from_secs(1));
+    code
+}
+
+/// Fault injection for the tests of the hand-back, in debug builds only:
+/// `SHEEPDOG_FAILPOINT=adopt` makes a new binary refuse the state it is
+/// handed (the old one, handed it back, takes it).
+fn failpoint(inherited: &Inherited) -> Result<(), String> {
+    if cfg!(debug_assertions)
+        && inherited.refused.is_none()
+        && std::env::var_os("SHEEPDOG_FAILPOINT").is_some_and(|f| f == "adopt")
+    {
+        return Err("SHEEPDOG_FAILPOINT=adopt says so".into());
+    }
+    Ok(())
+}
+
+/// Execs the old binary again with the state; if even that fails, stops
+/// every worker and exits 1, for systemd to start the service afresh.
+fn hand_back(inherited: &Inherited, why: &str) -> ExitCode {
+    let why = format!("sheepdog {} cannot take the flock over: {why}", crate::build::version());
+    log::error!("{why}; handing it back to the binary before");
+    logging::drain(Duration::from_millis(500));
+    let failed = inherited.hand_back(&why);
+    log::error!("cannot hand the flock back: {failed}");
+    give_up()
+}
+
+/// The last resort: no binary can run the flock, so nothing of it may
+/// outlive this process; systemd's Restart= starts the service afresh.
+fn give_up() -> ExitCode {
+    let stopped = crate::upgrade::handover::stop_every_child();
+    log::error!("stopped {stopped} processes of the flock; exiting for a clean restart");
+    logging::drain(Duration::from_secs(1));
+    ExitCode::from(ExitClass::Os.code())
 }
 
 fn man(page: &str) -> ExitCode {
@@ -246,6 +347,60 @@ fn reload(args: ReloadArgs) -> ExitCode {
         }
         asked => answered(asked, done),
     }
+}
+
+fn upgrade(args: UpgradeArgs) -> ExitCode {
+    if args.all {
+        return upgrade_all(args.timeout);
+    }
+    match ask(&args.client, Request::Upgrade, args.timeout) {
+        Asked::TimedOut => {
+            eprintln!(
+                "sheepdog: stopped waiting for the upgrade's outcome (`sheepdog status` tells the version running)"
+            );
+            ExitCode::from(EXIT_NO_OUTCOME)
+        }
+        asked => answered(asked, done),
+    }
+}
+
+/// Every sheepdog running from this binary's path: what the package's
+/// postinst runs after an upgrade. Exit 1 if any of them was not upgraded.
+fn upgrade_all(timeout: Duration) -> ExitCode {
+    let Some(exe) = crate::upgrade::own_path() else {
+        eprintln!("sheepdog: cannot tell this binary's path (/proc/self/exe)");
+        return ExitCode::FAILURE;
+    };
+    let (running, unreachable) = crate::upgrade::find::supervisors(&exe);
+    let mut failed = !unreachable.is_empty();
+    for (pid, why) in &unreachable {
+        eprintln!("sheepdog: pid {pid} runs {} but cannot be asked: {why}", exe.display());
+    }
+    if running.is_empty() && unreachable.is_empty() {
+        println!("no sheepdog is running from {}", exe.display());
+    }
+    for one in running {
+        let outcome = client::request(&one.socket, &Request::Upgrade, Some(timeout));
+        match outcome {
+            Ok(Reply::Done(message)) => println!("{} (pid {}): {message}", one.name, one.pid),
+            Ok(Reply::Failed(why)) => {
+                failed = true;
+                eprintln!("sheepdog: {} (pid {}): {why}", one.name, one.pid);
+            }
+            Ok(_) => {
+                failed = true;
+                eprintln!("sheepdog: {} (pid {}): unexpected reply", one.name, one.pid);
+            }
+            Err(e) => {
+                failed = true;
+                eprintln!(
+                    "sheepdog: {} (pid {}, sheepdog {}): {e}",
+                    one.name, one.pid, one.version
+                );
+            }
+        }
+    }
+    if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }
 
 fn scale(args: ScaleArgs) -> ExitCode {

@@ -37,6 +37,14 @@ pub enum Command {
     Scale(ScaleArgs),
     /// A live view of the flock, refreshed in place (q or Ctrl-C quits).
     Top(TopArgs),
+    /// Hand the running flock over to the sheepdog binary now installed at
+    /// its path, in place: same pid, same workers, nothing dropped. Waits for
+    /// the outcome: exit 0 when upgraded, 1 when not (the old binary goes on).
+    Upgrade(UpgradeArgs),
+    /// What this binary is, for a supervisor about to hand over to it: one
+    /// JSON line with its version and the state format it reads.
+    #[command(hide = true)]
+    UpgradeProbe,
     /// Print a manual page (roff), as packaged: sheepdog.1 or sheepdog.toml.5.
     #[command(hide = true)]
     Man {
@@ -74,6 +82,21 @@ pub struct ReloadArgs {
 
     /// How long to wait for the reload to end.
     #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = crate::units::parse_duration)]
+    pub timeout: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct UpgradeArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+
+    /// Every sheepdog running from this binary's path, whatever its config
+    /// or control socket (as root: every unit's; what the package runs).
+    #[arg(long, conflicts_with_all = ["config", "socket"])]
+    pub all: bool,
+
+    /// How long to wait for each upgrade's outcome.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = crate::units::parse_duration)]
     pub timeout: std::time::Duration,
 }
 

@@ -110,7 +110,7 @@ pub fn control_request(data: &[u8]) {
     let object = value.as_object().expect("accepted, so an object");
     assert_eq!(object.get("v").and_then(|v| v.as_u64()), Some(1));
     let expected_keys = match &command {
-        Command::Status | Command::Reload => 2,
+        Command::Status | Command::Reload | Command::Upgrade => 2,
         Command::Scale { workers } => {
             assert!((1..=MAX_WORKERS as usize).contains(workers), "scale to {workers}");
             3

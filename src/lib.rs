@@ -56,6 +56,7 @@ pub mod manual;
 pub mod observe;
 pub mod shell;
 pub mod systemd;
+pub mod upgrade;
 pub mod worker;
 
 /// Human units ("500ms", "700MiB"), used across the crate.

@@ -178,6 +178,34 @@ pub fn has_pending() -> bool {
         .is_some_and(|outlet| outlet.as_ref().is_some_and(|o| !o.pending.is_empty()))
 }
 
+/// The bytes that wait for a slow reader and the count of lines dropped, as
+/// a copy: for the binary that takes over in place, which writes them first.
+pub fn pending() -> (Vec<u8>, u64) {
+    OUTLET
+        .lock()
+        .ok()
+        .and_then(|outlet| {
+            outlet
+                .as_ref()
+                .map(|o| (o.pending.iter().copied().collect(), o.dropped))
+        })
+        .unwrap_or_default()
+}
+
+/// Takes over what the binary before this one had not written yet: ahead
+/// of anything this one logged, in order.
+pub fn resume(bytes: &[u8], dropped: u64) {
+    if let Ok(mut guard) = OUTLET.lock()
+        && let Some(outlet) = guard.as_mut()
+    {
+        let ours = std::mem::take(&mut outlet.pending);
+        outlet.pending.extend(bytes.iter().take(MAX_PENDING));
+        outlet.pending.extend(ours);
+        outlet.dropped += dropped;
+        outlet.flush();
+    }
+}
+
 /// Gives a slow reader up to `timeout` to take the last lines (at exit).
 pub fn drain(timeout: Duration) {
     let deadline = Instant::now() + timeout;

@@ -18,7 +18,11 @@ pub const PROTOCOL_VERSION: u64 = 1;
 pub enum Command {
     Status,
     Reload,
-    Scale { workers: usize },
+    Scale {
+        workers: usize,
+    },
+    /// Hand the flock over to the binary now installed at sheepdog's path.
+    Upgrade,
 }
 
 /// The request line for `command`, without its newline.
@@ -61,6 +65,7 @@ pub fn parse_request(line: &[u8]) -> Result<Command, String> {
     let command = match command.as_str() {
         "status" => Command::Status,
         "reload" => Command::Reload,
+        "upgrade" => Command::Upgrade,
         "scale" => {
             let workers = match map.remove("workers") {
                 Some(value) => value.as_u64().filter(|n| (1..=MAX_SCALE).contains(n)).ok_or_else(|| {
@@ -74,7 +79,7 @@ pub fn parse_request(line: &[u8]) -> Result<Command, String> {
         }
         other => {
             return Err(format!(
-                "bad request: unknown command {other:?} (status, reload or scale)"
+                "bad request: unknown command {other:?} (status, reload, scale or upgrade)"
             ));
         }
     };
@@ -223,6 +228,22 @@ pub struct SupervisorStatus {
     pub rss_bytes: Option<u64>,
     #[serde(default)]
     pub open_fds: Option<u64>,
+    /// In-place upgrades of the supervisor, if there were any.
+    #[serde(default)]
+    pub upgraded: Option<UpgradeStatus>,
+}
+
+/// The supervisor's in-place upgrades.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpgradeStatus {
+    /// How many so far.
+    pub count: u32,
+    /// The version before the last one.
+    pub from: String,
+    /// When the last one was, in seconds since the epoch.
+    pub at_unix_s: f64,
+    /// How long the last one left events unhandled, in milliseconds.
+    pub blind_ms: Option<f64>,
 }
 
 /// Reloads by how they ended.
@@ -297,6 +318,7 @@ mod tests {
     fn requests_are_versioned_json_lines() {
         assert_eq!(parse_request(br#"{"v":1,"cmd":"status"}"#), Ok(Command::Status));
         assert_eq!(parse_request(br#"{"v":1,"cmd":"reload"}"#), Ok(Command::Reload));
+        assert_eq!(parse_request(br#"{"v":1,"cmd":"upgrade"}"#), Ok(Command::Upgrade));
         assert_eq!(
             parse_request(br#"{"v":1,"cmd":"scale","workers":4}"#),
             Ok(Command::Scale { workers: 4 })
@@ -335,7 +357,12 @@ mod tests {
 
     #[test]
     fn a_request_encodes_to_what_the_server_parses() {
-        for command in [Command::Status, Command::Reload, Command::Scale { workers: 3 }] {
+        for command in [
+            Command::Status,
+            Command::Reload,
+            Command::Scale { workers: 3 },
+            Command::Upgrade,
+        ] {
             let line = encode_request(&command);
             assert!(line.contains("\"v\":1"), "{line}");
             assert_eq!(parse_request(line.as_bytes()), Ok(command));
@@ -382,6 +409,12 @@ mod tests {
                 cpu_seconds: Some(0.25),
                 rss_bytes: Some(3 << 20),
                 open_fds: Some(17),
+                upgraded: Some(UpgradeStatus {
+                    count: 1,
+                    from: "0.0.9".into(),
+                    at_unix_s: 1_796_479_331.25,
+                    blind_ms: Some(8.5),
+                }),
             },
             workers: vec![WorkerStatus {
                 slot: 0,

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -20,8 +20,10 @@ use log::{debug, warn};
 use nix::sys::socket::{self, sockopt};
 
 use super::protocol::{Command, Reply, parse_request};
+use crate::core::snapshot::{instant_near, relative};
 use crate::error::Error;
 use crate::logging::RateLimit;
+use crate::upgrade::state::{Bytes, ClientState, ControlState, FdRecord};
 const MAX_REQUEST: usize = 64 * 1024;
 /// What a client may send after its request (a stray newline, say) before
 /// it is disconnected: a reload waiter streaming bytes would otherwise keep
@@ -412,6 +414,77 @@ impl ControlServer {
             .filter(|c| !c.answered_or_busy)
             .map(|c| c.opened + REQUEST_DEADLINE)
             .min()
+    }
+
+    /// What this server holds, for the binary that takes over: the
+    /// listener, and each client with what it sent and what waits for it.
+    pub fn export(&self, now: Instant) -> ControlState {
+        let mut clients: Vec<ClientState> = self
+            .clients
+            .iter()
+            .map(|(id, c)| ClientState {
+                id: *id,
+                fd: FdRecord::of(c.stream.as_fd()),
+                input: Bytes::new(&c.input),
+                output: Bytes::new(&c.output),
+                opened: relative(now, c.opened),
+                answered: c.answered_or_busy,
+                closing: c.closing,
+                after_request: c.after_request,
+            })
+            .collect();
+        clients.sort_by_key(|c| c.id);
+        ControlState {
+            listener: FdRecord::of(self.listener.as_fd()),
+            path: Bytes::path(&self.path),
+            identity: self.identity,
+            clients,
+            next_client: self.next_client,
+        }
+    }
+
+    /// The server `state` describes, on the fds it names, which were
+    /// checked ([`crate::upgrade::state::check_fds`]) and are taken here.
+    pub fn adopt(state: ControlState, then: Instant) -> ControlServer {
+        // SAFETY: the fds were handed over for this, checked to be open and
+        // the same inodes, and each is owned by exactly one adopter.
+        let take = |fd: RawFd| unsafe { OwnedFd::from_raw_fd(fd) };
+        let clients = state
+            .clients
+            .into_iter()
+            .map(|c| {
+                let client = Client {
+                    stream: UnixStream::from(take(c.fd.fd)),
+                    input: c.input.into_vec(),
+                    output: c.output.into_vec(),
+                    opened: instant_near(then, c.opened),
+                    answered_or_busy: c.answered,
+                    closing: c.closing,
+                    after_request: c.after_request,
+                };
+                (c.id, client)
+            })
+            .collect();
+        ControlServer {
+            listener: UnixListener::from(take(state.listener.fd)),
+            path: state.path.to_path(),
+            identity: state.identity,
+            clients,
+            next_client: state.next_client,
+            own_uid: nix::unistd::getuid().as_raw(),
+            reserve: open_reserve(),
+            complaints: RateLimit::new(5, Duration::from_secs(10)),
+        }
+    }
+
+    /// Whether client `id` waits to write a reply (watch it for writability).
+    pub fn is_writing(&self, id: u64) -> bool {
+        self.clients.get(&id).is_some_and(|c| !c.output.is_empty())
+    }
+
+    /// The clients connected now.
+    pub fn client_ids(&self) -> Vec<u64> {
+        self.clients.keys().copied().collect()
     }
 
     /// Removes the socket file (on exit), if it is still the one bound here:

@@ -17,6 +17,20 @@ pub fn render(report: &StatusReport) -> String {
         sup.desired,
         sup.restarts,
     );
+    if let Some(upgraded) = &sup.upgraded {
+        let ago = (crate::upgrade::unix_ms() as f64 / 1000.0 - upgraded.at_unix_s).max(0.0);
+        let blind = upgraded
+            .blind_ms
+            .map_or(String::new(), |ms| format!(", events unhandled for {ms:.1} ms"));
+        out += &format!(
+            "upgraded in place from {} at {} ({} ago{blind}); {} upgrade{} since start\n",
+            upgraded.from,
+            crate::upgrade::format_utc((upgraded.at_unix_s * 1000.0) as u64),
+            age(Some(ago)),
+            upgraded.count,
+            if upgraded.count == 1 { "" } else { "s" }
+        );
+    }
     if let Some(generation) = sup.reloading_to {
         out += &format!("reloading to generation {generation}\n");
     }

@@ -48,6 +48,8 @@ pub struct Flock {
     pub(super) announced_ready: bool,
     pub(super) last_status: String,
     pub(super) tally: Tally,
+    /// What the shell adds to STATUS (which sheepdog, since an upgrade).
+    pub(super) note: Option<String>,
 }
 
 impl Flock {
@@ -71,8 +73,15 @@ impl Flock {
             announced_ready: false,
             last_status: String::new(),
             tally: Tally::default(),
+            note: None,
             policy,
         }
+    }
+
+    /// A few words for the end of STATUS while the flock runs (the shell's:
+    /// "sheepdog 0.2.0, upgraded from 0.1.0 at …").
+    pub fn set_note(&mut self, note: Option<String>) {
+        self.note = note;
     }
 
     pub fn workers(&self) -> &[Worker] {

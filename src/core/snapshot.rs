@@ -252,6 +252,17 @@ impl Clock {
     }
 }
 
+/// `instant` as a time point relative to `now`.
+pub fn relative(now: Instant, instant: Instant) -> At {
+    Clock { now }.at(instant)
+}
+
+/// The instant of this clock `at` from `then`, or `then` itself for one out
+/// of range: for what only orders or ages (a client's connection time).
+pub fn instant_near(then: Instant, at: At) -> Instant {
+    Clock { now: then }.instant(at, "").unwrap_or(then)
+}
+
 impl Flock {
     /// The flock as data, its time points relative to `now`. A stopping
     /// flock has nothing to hand over: it is on its way out.
@@ -430,6 +441,7 @@ impl Flock {
             announced_ready: state.announced_ready,
             last_status: state.last_status,
             tally: restore_tally(state.tally),
+            note: None,
         })
     }
 }

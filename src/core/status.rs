@@ -27,10 +27,11 @@ impl Flock {
             0 => String::new(),
             queued => format!(" · {queued} queued"),
         };
+        let note = self.note.as_ref().map_or(String::new(), |note| format!(" · {note}"));
         match &self.phase {
             Phase::Running => {
                 format!(
-                    "{}/{} ready · {} restarts{generation}{memory}{queued}",
+                    "{}/{} ready · {} restarts{generation}{memory}{queued}{note}",
                     self.ready_count(),
                     self.desired,
                     self.history.total

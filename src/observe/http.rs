@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
@@ -19,8 +19,10 @@ use std::time::{Duration, Instant};
 use log::{debug, warn};
 
 use crate::config::ListenAddr;
+use crate::core::snapshot::{instant_near, relative};
 use crate::error::Error;
 use crate::logging::RateLimit;
+use crate::upgrade::state::{Bytes, FdRecord, HttpClientState, HttpState};
 
 const MAX_HEAD: usize = 8 * 1024;
 const MAX_HEADERS: usize = 32;
@@ -423,6 +425,83 @@ impl HttpServer {
                 }
             })
             .min()
+    }
+
+    /// What this server holds, for the binary that takes over.
+    pub fn export(&self, now: Instant) -> HttpState {
+        let (listener, unix) = match &self.endpoint {
+            Endpoint::Tcp(l) => (FdRecord::of(l.as_fd()), None),
+            Endpoint::Unix(l, path, (dev, ino)) => (FdRecord::of(l.as_fd()), Some((Bytes::path(path), *dev, *ino))),
+        };
+        let mut clients: Vec<HttpClientState> = self
+            .clients
+            .iter()
+            .map(|(id, c)| HttpClientState {
+                id: *id,
+                fd: FdRecord::of(c.stream.as_fd()),
+                unix: matches!(c.stream, Stream::Unix(_)),
+                input: Bytes::new(&c.input),
+                output: Bytes::new(&c.output),
+                opened: relative(now, c.opened),
+                answered: c.answered,
+                head_only: c.head_only,
+            })
+            .collect();
+        clients.sort_by_key(|c| c.id);
+        HttpState {
+            listener,
+            unix,
+            address: self.address.clone(),
+            clients,
+            next_client: self.next_client,
+        }
+    }
+
+    /// The server `state` describes, on the fds it names, which were
+    /// checked ([`crate::upgrade::state::check_fds`]) and are taken here.
+    pub fn adopt(state: HttpState, then: Instant) -> HttpServer {
+        // SAFETY: the fds were handed over for this, checked to be open and
+        // the same inodes, and each is owned by exactly one adopter.
+        let take = |fd: RawFd| unsafe { OwnedFd::from_raw_fd(fd) };
+        let endpoint = match state.unix {
+            None => Endpoint::Tcp(TcpListener::from(take(state.listener.fd))),
+            Some((path, dev, ino)) => {
+                Endpoint::Unix(UnixListener::from(take(state.listener.fd)), path.to_path(), (dev, ino))
+            }
+        };
+        let clients = state
+            .clients
+            .into_iter()
+            .map(|c| {
+                let stream = if c.unix {
+                    Stream::Unix(UnixStream::from(take(c.fd.fd)))
+                } else {
+                    Stream::Tcp(TcpStream::from(take(c.fd.fd)))
+                };
+                let client = Client {
+                    stream,
+                    input: c.input.into_vec(),
+                    output: c.output.into_vec(),
+                    opened: instant_near(then, c.opened),
+                    answered: c.answered,
+                    head_only: c.head_only,
+                };
+                (c.id, client)
+            })
+            .collect();
+        HttpServer {
+            endpoint,
+            address: state.address,
+            clients,
+            next_client: state.next_client,
+            reserve: std::fs::File::open("/dev/null").ok(),
+            complaints: RateLimit::new(5, Duration::from_secs(10)),
+        }
+    }
+
+    /// The clients connected now.
+    pub fn client_ids(&self) -> Vec<u64> {
+        self.clients.keys().copied().collect()
     }
 
     /// Removes a unix socket file on exit, if it is still the one bound here.

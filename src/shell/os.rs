@@ -9,8 +9,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use log::{debug, error, warn};
@@ -35,6 +36,9 @@ use crate::logging::RateLimit;
 use crate::observe::http::{HttpInput, HttpResponse, HttpServer};
 use crate::systemd::notify::Notifier;
 use crate::systemd::sockets::Listeners;
+use crate::upgrade::handover;
+use crate::upgrade::probe::{self, Successor};
+use crate::upgrade::state::{Bytes, HandOver, OsState, SupervisorState, check_fds};
 use crate::worker::links::Links;
 use crate::worker::proc_stats::{self, MemoryMeter};
 use crate::worker::sock_diag;
@@ -79,6 +83,11 @@ pub struct Os {
     /// Escaped processes already killed, until they are reaped.
     swept: HashSet<Pid>,
     orphan_lines: RateLimit,
+    /// The path sheepdog was started from: what an upgrade execs.
+    exe: Option<PathBuf>,
+    /// Signals taken for a hand-over that did not happen, or handed over
+    /// by the binary before: handled at the next wait, which does not block.
+    carried: Vec<i32>,
 }
 
 /// What one epoll wait found ready.
@@ -94,16 +103,16 @@ struct Ready {
     http_clients: Vec<(ClientId, bool)>,
 }
 
-impl Os {
-    /// Installs the signal handlers (before any fork, so that no exit is
-    /// missed) and makes sheepdog the reaper of its workers' orphans.
-    pub fn new(
-        channel: Channel,
-        listeners: Listeners,
-        control: ControlServer,
-        http: Option<HttpServer>,
-    ) -> Result<Os, Error> {
-        let links = Links::new(channel, channel_fd_number(listeners.sockets.len())).map_err(Error::os)?;
+/// What a new system makes for itself: the signal pipe with its handlers,
+/// the fault-signal pipe, and the epoll.
+struct Plumbing {
+    signals: SignalDelivery<UnixStream, SignalOnly>,
+    faults: (UnixStream, UnixStream),
+    epoll: Epoll,
+}
+
+impl Plumbing {
+    fn new() -> Result<Plumbing, Error> {
         let (read, write) = UnixStream::pair().map_err(|e| Error::from_io("cannot create the signal pipe", e))?;
         for end in [&read, &write] {
             end.set_nonblocking(true)
@@ -119,31 +128,83 @@ impl Os {
         signals::watch_faults(faults.1.as_raw_fd())?;
         let epoll =
             Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(|e| Error::from_errno("cannot create an epoll", e))?;
-        epoll
-            .add(
-                signals.get_read().as_fd(),
-                EpollEvent::new(EpollFlags::EPOLLIN, TAG_SIGNALS),
-            )
-            .map_err(|e| Error::from_errno("cannot watch the signal pipe", e))?;
-        epoll
-            .add(faults.0.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, TAG_FAULTS))
-            .map_err(|e| Error::from_errno("cannot watch the signal pipe", e))?;
-        epoll
-            .add(control.listener_fd(), EpollEvent::new(EpollFlags::EPOLLIN, TAG_CONTROL))
-            .map_err(|e| Error::from_errno("cannot watch the control socket", e))?;
-        if let Some(http) = &http {
-            epoll
-                .add(http.listener_fd(), EpollEvent::new(EpollFlags::EPOLLIN, TAG_HTTP))
-                .map_err(|e| Error::from_errno("cannot watch the http socket", e))?;
-        }
+        Ok(Plumbing { signals, faults, epoll })
+    }
+}
+
+impl Os {
+    /// Installs the signal handlers (before any fork, so that no exit is
+    /// missed) and makes sheepdog the reaper of its workers' orphans.
+    pub fn new(
+        channel: Channel,
+        listeners: Listeners,
+        control: ControlServer,
+        http: Option<HttpServer>,
+        exe: Option<PathBuf>,
+    ) -> Result<Os, Error> {
+        let links = Links::new(channel, channel_fd_number(listeners.sockets.len())).map_err(Error::os)?;
+        let plumbing = Plumbing::new()?;
+        let os = Os::assemble(plumbing, listeners, control, http, links, exe);
+        os.watch_all();
+        Ok(os)
+    }
+
+    /// The system the binary before this one handed over (`state`), its
+    /// time points taken from `then`. Nothing is taken unless everything
+    /// can be: every fd is checked first, and what can fail (the new
+    /// epoll, signal pipes and handlers) is made before any fd is owned;
+    /// an error leaves every handed-over fd open, for a hand-back.
+    pub fn adopt(state: OsState, then: Instant) -> Result<Os, String> {
+        let fds = state.fds();
+        check_fds(&fds)?;
+        let channel = match state.links.channel.as_str() {
+            "notify" => Channel::Notify,
+            "node-ipc" => Channel::NodeIpc,
+            "none" => Channel::None,
+            other => return Err(format!("channel {other:?} is not one this build knows")),
+        };
+        let plumbing = Plumbing::new().map_err(|e| e.to_string())?;
+        // From here on nothing fails: the fds are taken, and closed on
+        // exec again (a probe or the next hand-over must not inherit them).
+        handover::set_inherited(&fds.iter().map(|r| r.fd).collect::<Vec<_>>(), false);
+        let listeners = Listeners::adopt(state.listeners, state.inherited);
+        let control = ControlServer::adopt(state.control, then);
+        let http = state.http.map(|h| HttpServer::adopt(h, then));
+        let links = Links::adopt(state.links, channel);
+        let exe = (!state.exe.as_bytes().is_empty()).then(|| state.exe.to_path());
+        let mut os = Os::assemble(plumbing, listeners, control, http, links, exe);
+        os.exec_reports = state
+            .exec_reports
+            .into_iter()
+            .map(|r| (r.pid, ExecReport::adopt(r)))
+            .collect();
+        os.workers = state.workers.into_iter().collect();
+        os.swept = state.swept.into_iter().collect();
+        os.notifier.resume(state.notify_outbox);
+        // What was caught before the exec, and a reap for what ended during it.
+        os.carried = state.pending_signals;
+        os.carried.push(SIGCHLD);
+        os.watch_all();
+        // The handlers are in place: what was sent meanwhile is delivered now.
+        handover::restore_signals(&handover::mask_from(&state.signal_mask));
+        Ok(os)
+    }
+
+    fn assemble(
+        plumbing: Plumbing,
+        listeners: Listeners,
+        control: ControlServer,
+        http: Option<HttpServer>,
+        links: Links,
+        exe: Option<PathBuf>,
+    ) -> Os {
         // Orphans of a worker (e.g. the server a wrapper script started) are
         // re-parented to us rather than to init, so we reap them.
         if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
             warn!("cannot become a child subreaper: {}", e.desc());
         }
-        let passed_inodes = listeners.inodes();
-        Ok(Os {
-            passed_inodes,
+        Os {
+            passed_inodes: listeners.inodes(),
             listeners,
             control,
             http,
@@ -152,12 +213,100 @@ impl Os {
             notifier: Notifier::from_env(),
             exec_reports: HashMap::new(),
             workers: HashSet::new(),
-            signals,
-            faults,
-            epoll,
+            signals: plumbing.signals,
+            faults: plumbing.faults,
+            epoll: plumbing.epoll,
             swept: HashSet::new(),
             orphan_lines: RateLimit::new(5, Duration::from_secs(10)),
-        })
+            exe,
+            carried: Vec::new(),
+        }
+    }
+
+    /// Registers every fd the loop watches with the epoll: the signal
+    /// pipes, the control and http sockets and their clients, the exec
+    /// reports and the workers' channels.
+    fn watch_all(&self) {
+        let watch = |fd: BorrowedFd<'_>, flags: EpollFlags, tag: u64, what: &str| {
+            if let Err(e) = self.epoll.add(fd, EpollEvent::new(flags, tag)) {
+                warn!("cannot watch {what}: {}", e.desc());
+            }
+        };
+        let input = EpollFlags::EPOLLIN;
+        watch(self.signals.get_read().as_fd(), input, TAG_SIGNALS, "the signal pipe");
+        watch(self.faults.0.as_fd(), input, TAG_FAULTS, "the signal pipe");
+        watch(self.control.listener_fd(), input, TAG_CONTROL, "the control socket");
+        for client in self.control.client_ids() {
+            if let Some(fd) = self.control.client_fd(client) {
+                let flags = if self.control.is_writing(client) {
+                    EpollFlags::EPOLLOUT
+                } else {
+                    input
+                };
+                watch(fd, flags, TAG_CLIENT | client, "a control client");
+            }
+        }
+        if let Some(http) = &self.http {
+            watch(http.listener_fd(), input, TAG_HTTP, "the http socket");
+            for client in http.client_ids() {
+                if let Some(fd) = http.client_fd(client) {
+                    let flags = if http.is_writing(client) {
+                        EpollFlags::EPOLLOUT
+                    } else {
+                        input
+                    };
+                    watch(fd, flags, TAG_HTTP_CLIENT | client, "an http client");
+                }
+            }
+        }
+        for (pid, report) in &self.exec_reports {
+            watch(report.fd(), input, TAG_EXEC_REPORT | *pid as u64, "an exec report");
+        }
+        for pid in self.links.pids() {
+            if self.links.is_open(pid) {
+                for fd in self.links.fds(pid) {
+                    watch(fd, input, TAG_LINK | pid as u64, "a worker's channel");
+                }
+            }
+        }
+    }
+
+    /// Everything this system holds, as data, its time points relative to
+    /// `now`: for the binary that takes over.
+    fn export(&self, now: Instant, pending_signals: Vec<i32>, signal_mask: Vec<i32>) -> OsState {
+        let (log_pending, log_dropped) = crate::logging::pending();
+        let mut exec_reports: Vec<_> = self.exec_reports.iter().map(|(pid, r)| r.export(*pid)).collect();
+        exec_reports.sort_by_key(|r| r.pid);
+        let mut workers: Vec<Pid> = self.workers.iter().copied().collect();
+        workers.sort_unstable();
+        let mut swept: Vec<Pid> = self.swept.iter().copied().collect();
+        swept.sort_unstable();
+        OsState {
+            exe: self.exe.as_deref().map_or(Bytes::new(b""), Bytes::path),
+            listeners: self.listeners.export(),
+            inherited: self.listeners.inherited,
+            control: self.control.export(now),
+            http: self.http.as_ref().map(|h| h.export(now)),
+            links: self.links.export(),
+            exec_reports,
+            workers,
+            swept,
+            notify_outbox: self.notifier.pending(),
+            log_pending: Bytes::new(&log_pending),
+            log_dropped,
+            pending_signals,
+            signal_mask,
+        }
+    }
+
+    /// The signals caught and not handled yet, taken.
+    fn take_signals(&mut self) -> Vec<i32> {
+        let mut taken: Vec<i32> = self.signals.pending().collect();
+        let mut sent = [0u8; 64];
+        while let Ok(n @ 1..) = (&self.faults.0).read(&mut sent) {
+            taken.extend(sent[..n].iter().map(|signal| i32::from(*signal)));
+        }
+        taken
     }
 
     fn epoll_wait(&self, now: Instant, deadline: Option<Instant>) -> Result<Ready, Errno> {
@@ -204,7 +353,8 @@ impl Os {
     /// The signals received; SIGCHLD turned into the exits it announced.
     fn pending_signals(&mut self, inputs: &mut Vec<Input>) {
         let mut children_exited = false;
-        for signal in self.signals.pending() {
+        let carried = std::mem::take(&mut self.carried);
+        for signal in carried.into_iter().chain(self.signals.pending()) {
             match signal {
                 SIGCHLD => children_exited = true,
                 other => inputs.push(Input::Signal(other)),
@@ -414,11 +564,17 @@ impl System for Os {
     fn wait(&mut self, deadline: Option<Instant>) -> Result<Vec<Input>, String> {
         self.notifier.flush();
         crate::logging::flush();
+        // Carried signals are handled now: a look at the fds, no sleep.
+        let deadline = if self.carried.is_empty() {
+            deadline
+        } else {
+            Some(Instant::now())
+        };
         let ready = self
             .epoll_wait(Instant::now(), deadline)
             .map_err(|e| format!("epoll_wait failed: {}", e.desc()))?;
         let mut inputs = Vec::new();
-        if ready.signals {
+        if ready.signals || !self.carried.is_empty() {
             self.pending_signals(&mut inputs);
         }
         if ready.faults {
@@ -590,6 +746,52 @@ impl System for Os {
             http.respond(client, response);
         }
         self.watch_http_output(client);
+    }
+
+    fn monotonic_ns(&self) -> u64 {
+        crate::upgrade::monotonic_ns()
+    }
+
+    fn probe_successor(&mut self) -> Result<Successor, String> {
+        let path = self
+            .exe
+            .clone()
+            .ok_or("the path sheepdog was started from is unknown (/proc/self/exe)")?;
+        probe::probe(&path, crate::upgrade::PROBE_TIMEOUT)
+    }
+
+    /// Blocks every signal, takes those caught, writes the whole state into
+    /// a memfd, lets every fd it names (and the memfd, and a way back to
+    /// this executable) survive exec, and execs the successor. On failure
+    /// everything is put back as it was and the caught signals are handled
+    /// at the next wait.
+    fn hand_over(&mut self, state: SupervisorState, successor: &Successor, now: Instant, taken_at_ns: u64) -> String {
+        self.notifier.flush();
+        crate::logging::flush();
+        let mask = handover::block_signals();
+        let signals = self.take_signals();
+        let os = self.export(now, signals.clone(), handover::mask_numbers(&mask));
+        let mut fds: Vec<RawFd> = os.fds().iter().map(|r| r.fd).collect();
+        let whole = HandOver {
+            format: crate::build::current().state_format,
+            from_version: crate::build::version().to_string(),
+            taken_at_ns,
+            supervisor: state,
+            os,
+        };
+        let why = match (handover::write_state(&whole.encode()), handover::open_own_executable()) {
+            (Ok(memfd), Ok(exe)) => {
+                fds.extend([memfd.as_raw_fd(), exe.as_raw_fd()]);
+                let changed = handover::set_inherited(&fds, true);
+                let why = handover::exec(&successor.path, memfd.as_raw_fd(), exe.as_raw_fd());
+                handover::set_inherited(&changed, false);
+                why
+            }
+            (Err(why), _) | (_, Err(why)) => why,
+        };
+        handover::restore_signals(&mask);
+        self.carried.extend(signals);
+        why
     }
 
     fn finish(&mut self) {

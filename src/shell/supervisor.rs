@@ -15,18 +15,21 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGTTIN, SIGTTOU, SI
 
 use super::signals;
 use super::system::{ClientId, Input, ListenerFault, System};
-use crate::config::{ListenAddr, Overrides, Settings};
+use crate::config::{ListenAddr, LogLevel, Overrides, Settings, WorkerCount};
 use crate::control::protocol::{
     Command, HistogramStatus, LastReload, QueueStatus, ReloadCounts, Reply, StatusReport, SupervisorStatus,
-    WaitingSlot, WorkerStatus,
+    UpgradeStatus, WaitingSlot, WorkerStatus,
 };
 use crate::control::view;
+use crate::core::snapshot::{instant_near, relative};
 use crate::core::tally::RELOAD_BUCKETS;
 use crate::core::{Action, CommandId, Event, Flock, Policy, Request, Worker, WorkerState};
 use crate::error::ExitClass;
+use crate::limits::FdLimit;
 use crate::logging::RateLimit;
 use crate::observe::http::HttpResponse;
 use crate::observe::metrics;
+use crate::upgrade::state::{Bytes, CommandState, ContextState, SourceState, SupervisorState, UpgradesState};
 use crate::worker::channel::WorkerMessage;
 use crate::worker::spawn::{CommandContext, WorkerCommand};
 
@@ -69,6 +72,44 @@ pub struct Supervisor<S: System> {
     ignored_signals: RateLimit,
     /// The core's next deadline, as of the last full pass.
     deadline: Option<Instant>,
+    /// `log_level` at start (what a binary taking over logs at).
+    log_level: Option<LogLevel>,
+    /// A control client asked for an in-place upgrade: done once the pass
+    /// that read the request has done everything else.
+    upgrade_requested: Option<ClientId>,
+    /// In-place upgrades so far.
+    upgrades: UpgradesState,
+    /// Just taken over from another binary: said and answered after the
+    /// first pass.
+    took_over: Option<TookOver>,
+}
+
+/// How this binary came to run the flock, when it took it over.
+struct TookOver {
+    /// The client that asked for the upgrade.
+    requester: Option<ClientId>,
+    from_version: String,
+    /// When the binary before handled its last event (CLOCK_MONOTONIC, ns).
+    taken_at_ns: u64,
+    /// Set when this is the old binary, handed the state back: why.
+    refused: Option<String>,
+}
+
+/// A supervisor restored from a hand-over, waiting for its system.
+pub struct Prepared {
+    flock: Flock,
+    commands: HashMap<CommandId, WorkerCommand>,
+    next_command: CommandId,
+    context: CommandContext,
+    source: ReloadSource,
+    name: String,
+    config_path: Option<String>,
+    started: Instant,
+    next_ticket: u64,
+    reload_waiters: HashMap<u64, ClientId>,
+    log_level: Option<LogLevel>,
+    upgrades: UpgradesState,
+    requester: Option<ClientId>,
 }
 
 impl<S: System> Supervisor<S> {
@@ -98,7 +139,113 @@ impl<S: System> Supervisor<S> {
             reload_waiters: HashMap::new(),
             ignored_signals: RateLimit::new(20, Duration::from_secs(10)),
             deadline: None,
+            log_level: settings.log_level,
+            upgrade_requested: None,
+            upgrades: UpgradesState::default(),
+            took_over: None,
         }
+    }
+
+    /// The supervisor `state` describes, restored but for its system: its
+    /// time points taken from `then`, the instant that is the moment the
+    /// binary before wrote it. Fails, with nothing taken, for a state this
+    /// build cannot run.
+    pub fn prepare(state: SupervisorState, then: Instant) -> Result<Prepared, String> {
+        let flock = Flock::restore(state.flock, then)?;
+        let mut commands = HashMap::new();
+        for (id, command) in state.commands {
+            commands.insert(id, WorkerCommand::adopt(command).map_err(|e| e.to_string())?);
+        }
+        let context = CommandContext {
+            listeners: state.context.listeners,
+            fdnames: state.context.fdnames,
+            journal: state.context.journal,
+            fd_limit: state.context.fd_limit.map(|(soft, hard)| FdLimit { soft, hard }),
+        };
+        let source = restore_source(state.source)?;
+        let log_level = state
+            .log_level
+            .as_deref()
+            .map(|level| <LogLevel as clap::ValueEnum>::from_str(level, true))
+            .transpose()
+            .map_err(|_| format!("log level {:?} is not one this build knows", state.log_level))?;
+        Ok(Prepared {
+            flock,
+            commands,
+            next_command: state.next_command,
+            context,
+            source,
+            name: state.name,
+            config_path: state.config_path,
+            started: instant_near(then, state.started),
+            next_ticket: state.next_ticket,
+            reload_waiters: state.reload_waiters.into_iter().collect(),
+            log_level,
+            upgrades: state.upgrades,
+            requester: state.requester,
+        })
+    }
+
+    /// The prepared supervisor on `system`. `from_version` wrote the state
+    /// at `taken_at_ns`; `refused` says why the new binary handed it back,
+    /// when this is the old one again.
+    pub fn adopted(
+        prepared: Prepared,
+        system: S,
+        from_version: String,
+        taken_at_ns: u64,
+        refused: Option<String>,
+    ) -> Supervisor<S> {
+        let mut upgrades = prepared.upgrades;
+        if refused.is_none() {
+            upgrades.count += 1;
+            upgrades.from = Some(from_version.clone());
+            upgrades.at_unix_ms = Some(crate::upgrade::unix_ms());
+        }
+        let mut supervisor = Supervisor {
+            flock: prepared.flock,
+            system,
+            commands: prepared.commands,
+            next_command: prepared.next_command,
+            context: prepared.context,
+            source: prepared.source,
+            name: prepared.name,
+            config_path: prepared.config_path,
+            started: prepared.started,
+            next_ticket: prepared.next_ticket,
+            reload_waiters: prepared.reload_waiters,
+            ignored_signals: RateLimit::new(20, Duration::from_secs(10)),
+            deadline: None,
+            log_level: prepared.log_level,
+            upgrade_requested: None,
+            upgrades,
+            took_over: Some(TookOver {
+                requester: prepared.requester,
+                from_version,
+                taken_at_ns,
+                refused,
+            }),
+        };
+        supervisor.note_upgrades();
+        supervisor
+    }
+
+    /// `log_level` as it was at start.
+    pub fn log_level(&self) -> Option<LogLevel> {
+        self.log_level
+    }
+
+    /// STATUS says which sheepdog runs once it is not the one that started.
+    fn note_upgrades(&mut self) {
+        let note = match (&self.upgrades.from, self.upgrades.at_unix_ms) {
+            (Some(from), Some(at)) => Some(format!(
+                "sheepdog {}, upgraded from {from} at {}",
+                crate::build::version(),
+                crate::upgrade::format_utc(at)
+            )),
+            _ => None,
+        };
+        self.flock.set_note(note);
     }
 
     pub fn flock(&self) -> &Flock {
@@ -161,8 +308,128 @@ impl<S: System> Supervisor<S> {
         if exit.is_some() {
             self.system.finish();
         }
+        if let Some(took_over) = self.took_over.take() {
+            self.say_took_over(took_over);
+        }
+        if let Some(client) = self.upgrade_requested.take() {
+            if exit.is_some() || self.flock.is_shutting_down() {
+                let why = "sheepdog is stopping: there is nothing to upgrade".to_string();
+                self.system.reply(client, &Reply::Failed(why));
+            } else {
+                self.upgrade(client);
+            }
+        }
         self.deadline = self.flock.next_deadline();
         exit
+    }
+
+    /// Hands the flock over to the binary now installed at sheepdog's path,
+    /// if it says it can take it; returns only if it did not happen, having
+    /// told `client` why (the new binary tells it when it happens).
+    fn upgrade(&mut self, client: ClientId) {
+        let version = crate::build::version();
+        let refuse = |this: &mut Self, why: String| {
+            error!("upgrade refused: {why}; sheepdog {version} goes on");
+            let reply = Reply::Failed(format!("{why}; sheepdog {version} goes on, nothing changed"));
+            this.system.reply(client, &reply);
+        };
+        let successor = match self.system.probe_successor() {
+            Ok(successor) => successor,
+            Err(why) => return refuse(self, why),
+        };
+        let format = crate::build::current().state_format;
+        if successor.state_format != format {
+            let why = format!(
+                "{} is sheepdog {}, which reads state format {}; this one writes format {format}: \
+                 restart the service to run it (systemctl restart)",
+                successor.path.display(),
+                successor.version,
+                successor.state_format
+            );
+            return refuse(self, why);
+        }
+        let now = self.system.now();
+        let taken_at_ns = self.system.monotonic_ns();
+        let state = match self.export(now, client) {
+            Ok(state) => state,
+            Err(why) => return refuse(self, why),
+        };
+        info!(
+            "upgrading in place: handing the flock ({} workers) over to sheepdog {} at {}",
+            self.flock.workers().len(),
+            successor.version,
+            successor.path.display()
+        );
+        let why = self.system.hand_over(state, &successor, now, taken_at_ns);
+        refuse(
+            self,
+            format!("the hand-over to {} failed: {why}", successor.path.display()),
+        );
+    }
+
+    /// After the first pass of a binary that took over: the log line, and
+    /// the answer to the client that asked.
+    fn say_took_over(&mut self, took_over: TookOver) {
+        let blind_ns = self.system.monotonic_ns().saturating_sub(took_over.taken_at_ns);
+        let blind = Duration::from_nanos(blind_ns);
+        let version = crate::build::version();
+        let workers = self.flock.workers().len();
+        let reply = match &took_over.refused {
+            None => {
+                self.upgrades.blind = Some(blind);
+                let message = format!(
+                    "upgraded from {} to {version} in place: pid {}, {workers} workers kept, events unhandled for {:.1} ms",
+                    took_over.from_version,
+                    std::process::id(),
+                    blind.as_secs_f64() * 1000.0
+                );
+                info!("{message}");
+                Reply::Done(message)
+            }
+            Some(why) => {
+                let message = format!(
+                    "upgrade to the new binary failed: {why}; sheepdog {version} took the flock back \
+                     ({workers} workers, nothing changed)"
+                );
+                error!("{message}");
+                Reply::Failed(message)
+            }
+        };
+        if let Some(client) = took_over.requester {
+            self.system.reply(client, &reply);
+        }
+    }
+
+    /// Everything the shell and the core hold, as data, relative to `now`.
+    fn export(&self, now: Instant, requester: ClientId) -> Result<SupervisorState, String> {
+        let mut commands: Vec<(CommandId, CommandState)> = self
+            .commands
+            .iter()
+            .map(|(id, command)| (*id, command.export()))
+            .collect();
+        commands.sort_by_key(|(id, _)| *id);
+        let mut reload_waiters: Vec<(u64, ClientId)> = self.reload_waiters.iter().map(|(t, c)| (*t, *c)).collect();
+        reload_waiters.sort_unstable();
+        Ok(SupervisorState {
+            flock: self.flock.snapshot(now)?,
+            commands,
+            next_command: self.next_command,
+            context: ContextState {
+                listeners: self.context.listeners.clone(),
+                fdnames: self.context.fdnames.clone(),
+                journal: self.context.journal,
+                fd_limit: self.context.fd_limit.map(|l| (l.soft, l.hard)),
+            },
+            source: export_source(&self.source),
+            name: self.name.clone(),
+            config_path: self.config_path.clone(),
+            started: relative(now, self.started),
+            next_ticket: self.next_ticket,
+            reload_waiters,
+            log_level: self.log_level.map(|l| l.to_string()),
+            upgrades: self.upgrades.clone(),
+            requester: Some(requester),
+        })
     }
 
     /// A wake-up for nothing but heartbeats from workers, before any
@@ -250,6 +517,15 @@ impl<S: System> Supervisor<S> {
                     let reply = Reply::Done(format!("scaling to {workers} workers"));
                     self.system.reply(client, &reply);
                     Some(Event::Request(Request::Scale(workers)))
+                }
+                Command::Upgrade => {
+                    if self.upgrade_requested.is_some() {
+                        let why = "an upgrade was asked for already; it is on its way".to_string();
+                        self.system.reply(client, &Reply::Failed(why));
+                    } else {
+                        self.upgrade_requested = Some(client);
+                    }
+                    None
                 }
                 Command::Reload => {
                     let ticket = self.next_ticket;
@@ -392,7 +668,7 @@ impl<S: System> Supervisor<S> {
         }
     }
 
-    fn status_report(&self) -> StatusReport {
+    pub fn status_report(&self) -> StatusReport {
         let now = self.system.now();
         let flock = &self.flock;
         let heartbeats = flock.policy().heartbeat.is_some();
@@ -474,6 +750,15 @@ impl<S: System> Supervisor<S> {
                 cpu_seconds: own.cpu_seconds,
                 rss_bytes: own.rss_bytes,
                 open_fds: own.open_fds,
+                upgraded: match (&self.upgrades.from, self.upgrades.at_unix_ms) {
+                    (Some(from), Some(at)) => Some(UpgradeStatus {
+                        count: self.upgrades.count,
+                        from: from.clone(),
+                        at_unix_s: at as f64 / 1000.0,
+                        blind_ms: self.upgrades.blind.map(|b| b.as_secs_f64() * 1000.0),
+                    }),
+                    _ => None,
+                },
             },
             workers,
             waiting: flock
@@ -487,4 +772,51 @@ impl<S: System> Supervisor<S> {
                 .collect(),
         }
     }
+}
+
+/// How to read the config again, as data.
+fn export_source(source: &ReloadSource) -> SourceState {
+    SourceState {
+        config_file: source.config_file.as_deref().map(Bytes::path),
+        workers: source.overrides.workers.map(|w| match w {
+            WorkerCount::Auto => "auto".to_string(),
+            WorkerCount::Fixed(n) => n.to_string(),
+        }),
+        listen_overrides: source.overrides.listen.iter().map(ToString::to_string).collect(),
+        command_override: source.overrides.command.clone(),
+        log_level_override: source.overrides.log_level.map(|l| l.to_string()),
+        listen: source.listen.iter().map(ToString::to_string).collect(),
+        inherited: source.inherited,
+        watchdog: source.watchdog,
+        control_socket: Bytes::path(&source.control_socket),
+        http: source.http.as_ref().map(ToString::to_string),
+    }
+}
+
+fn restore_source(state: SourceState) -> Result<ReloadSource, String> {
+    let addresses = |list: &[String]| {
+        list.iter()
+            .map(|a| a.parse::<ListenAddr>())
+            .collect::<Result<Vec<_>, String>>()
+    };
+    let log_level = state
+        .log_level_override
+        .as_deref()
+        .map(|level| <LogLevel as clap::ValueEnum>::from_str(level, true))
+        .transpose()
+        .map_err(|_| format!("log level {:?} is not one this build knows", state.log_level_override))?;
+    Ok(ReloadSource {
+        config_file: state.config_file.map(|f| f.to_path()),
+        overrides: Overrides {
+            workers: state.workers.as_deref().map(str::parse).transpose()?,
+            listen: addresses(&state.listen_overrides)?,
+            command: state.command_override,
+            log_level,
+        },
+        listen: addresses(&state.listen)?,
+        inherited: state.inherited,
+        watchdog: state.watchdog,
+        control_socket: state.control_socket.to_path(),
+        http: state.http.as_deref().map(str::parse).transpose()?,
+    })
 }

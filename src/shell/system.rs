@@ -13,6 +13,8 @@ use crate::control::protocol::{Command, Reply};
 use crate::core::{ExitStatus, ListenQueue, Pid, SpawnOrder, Upward};
 use crate::observe::http::{HttpRequest, HttpResponse};
 pub use crate::systemd::sockets::ListenerFault;
+use crate::upgrade::probe::Successor;
+use crate::upgrade::state::SupervisorState;
 use crate::worker::channel::WorkerMessage;
 use crate::worker::spawn::WorkerCommand;
 
@@ -87,6 +89,16 @@ pub trait System {
     fn reply(&mut self, client: ClientId, reply: &Reply);
     /// Answers an HTTP client (and closes its connection once written).
     fn respond(&mut self, client: ClientId, response: &HttpResponse);
+    /// CLOCK_MONOTONIC now, in nanoseconds: the clock a hand-over's time
+    /// points are measured against, the same on both sides of the exec.
+    fn monotonic_ns(&self) -> u64;
+    /// Asks the binary installed at sheepdog's path what it is (bounded).
+    fn probe_successor(&mut self) -> Result<Successor, String>;
+    /// Hands the flock over to `successor` under the same pid, with
+    /// `state` (its time points relative to `now`, which is `taken_at_ns`
+    /// on the monotonic clock) and what the system itself holds. Returns
+    /// only if it could not, with why; then nothing has changed.
+    fn hand_over(&mut self, state: SupervisorState, successor: &Successor, now: Instant, taken_at_ns: u64) -> String;
     /// Last words before exit: what waits for systemd is flushed (bounded),
     /// sheepdog's own files are removed.
     fn finish(&mut self);

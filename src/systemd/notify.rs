@@ -101,6 +101,24 @@ impl Notifier {
         }
     }
 
+    /// What waits for systemd to read, as a copy: for the binary that takes
+    /// over in place.
+    pub fn pending(&self) -> Vec<String> {
+        self.outbox.iter().cloned().collect()
+    }
+
+    /// Takes over what the binary before this one had not sent yet, ahead
+    /// of anything this one says.
+    pub fn resume(&mut self, outbox: Vec<String>) {
+        if self.target.is_none() {
+            return;
+        }
+        for message in outbox.into_iter().rev() {
+            self.outbox.push_front(message);
+        }
+        self.merge_superseded();
+    }
+
     /// Messages wait for the receiver: the loop should retry soon.
     pub fn has_pending(&self) -> bool {
         !self.outbox.is_empty()

@@ -8,7 +8,7 @@
 //! Node switch them to non-blocking themselves.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
@@ -21,6 +21,7 @@ use nix::sys::socket::{
 use crate::config::ListenAddr;
 use crate::core::ListenQueue;
 use crate::error::Error;
+use crate::upgrade::state::{Bytes, FdRecord, ListenerState};
 
 #[derive(Debug)]
 pub struct Listener {
@@ -222,6 +223,38 @@ impl Listeners {
                 })
             })
             .collect()
+    }
+
+    /// The listeners, for the binary that takes over.
+    pub fn export(&self) -> Vec<ListenerState> {
+        self.sockets
+            .iter()
+            .map(|l| ListenerState {
+                fd: FdRecord::of(l.fd.as_fd()),
+                name: l.name.clone(),
+                address: l.address.clone(),
+                owned_path: l
+                    .owned_path
+                    .as_ref()
+                    .map(|(path, dev, ino)| (Bytes::path(path), *dev, *ino)),
+            })
+            .collect()
+    }
+
+    /// The listeners `state` describes, on the fds it names, which were
+    /// checked ([`crate::upgrade::state::check_fds`]) and are taken here.
+    pub fn adopt(state: Vec<ListenerState>, inherited: bool) -> Listeners {
+        let sockets = state
+            .into_iter()
+            .map(|l| {
+                // SAFETY: handed over for this, checked to be open and the
+                // same inode, and owned by this listener alone.
+                let fd = unsafe { OwnedFd::from_raw_fd(l.fd.fd) };
+                let owned = l.owned_path.map(|(path, dev, ino)| (path.to_path(), dev, ino));
+                Listener::new(fd, l.name, l.address, owned)
+            })
+            .collect();
+        Listeners { sockets, inherited }
     }
 
     pub fn describe(&self) -> String {

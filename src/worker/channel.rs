@@ -147,6 +147,23 @@ impl LineBuffer {
         }
     }
 
+    /// A line begun and not ended yet, and whether it is being dropped (it
+    /// grew too long): what a binary taking over carries on with.
+    pub fn parts(&self) -> (&[u8], bool) {
+        (&self.pending, self.discarding)
+    }
+
+    /// A buffer holding what [`LineBuffer::parts`] gave.
+    pub fn from_parts(max: usize, pending: Vec<u8>, discarding: bool) -> LineBuffer {
+        let mut pending = pending;
+        pending.truncate(max);
+        LineBuffer {
+            pending,
+            max,
+            discarding,
+        }
+    }
+
     /// Feeds bytes; returns the complete lines (without '\n') or errors for
     /// overlong ones.
     pub fn push(&mut self, bytes: &[u8]) -> Vec<Result<Vec<u8>, String>> {

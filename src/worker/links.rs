@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::PathBuf;
@@ -26,6 +26,7 @@ use super::spawn::WorkerExtras;
 use crate::config::{Channel, HeartbeatPolicy};
 use crate::core::Pid;
 use crate::logging::RateLimit;
+use crate::upgrade::state::{Bytes, FdRecord, LinkChannel, LinkState, LinksState};
 
 /// The most a single worker may make the loop read in one pass, so that one
 /// flooding worker cannot starve the others.
@@ -337,6 +338,94 @@ impl Links {
                 }
             }
         }
+    }
+
+    /// Every worker's channel, for the binary that takes over.
+    pub fn export(&self) -> LinksState {
+        let mut links: Vec<LinkState> = self
+            .by_pid
+            .iter()
+            .map(|(pid, link)| LinkState {
+                pid: *pid,
+                slot: self.slots.get(pid).copied().unwrap_or(usize::MAX),
+                channel: match link {
+                    Link::Notify { sockets, path } => LinkChannel::Notify {
+                        sockets: sockets.iter().map(|s| FdRecord::of(s.as_fd())).collect(),
+                        path: Bytes::path(path),
+                    },
+                    Link::NodeIpc {
+                        stream,
+                        lines,
+                        outbox,
+                        open,
+                    } => {
+                        let (partial, discarding) = lines.parts();
+                        LinkChannel::NodeIpc {
+                            stream: FdRecord::of(stream.as_fd()),
+                            partial: Bytes::new(partial),
+                            discarding,
+                            outbox: Bytes::new(outbox),
+                            open: *open,
+                        }
+                    }
+                },
+            })
+            .collect();
+        links.sort_by_key(|l| l.pid);
+        LinksState {
+            channel: self.channel.to_string(),
+            dir: self.dir.as_deref().map(Bytes::path),
+            channel_fd: self.channel_fd,
+            sequence: self.sequence,
+            links,
+        }
+    }
+
+    /// The channels `state` describes, of `channel`, on the fds it names,
+    /// which were checked ([`crate::upgrade::state::check_fds`]) and are taken here.
+    pub fn adopt(state: LinksState, channel: Channel) -> Links {
+        // SAFETY: handed over for this, checked to be open and the same
+        // inodes, and each owned by exactly one link.
+        let take = |fd: RawFd| unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut by_pid = HashMap::new();
+        let mut slots = HashMap::new();
+        for link in state.links {
+            let adopted = match link.channel {
+                LinkChannel::Notify { sockets, path } => Link::Notify {
+                    sockets: sockets.iter().map(|s| UnixDatagram::from(take(s.fd))).collect(),
+                    path: path.to_path(),
+                },
+                LinkChannel::NodeIpc {
+                    stream,
+                    partial,
+                    discarding,
+                    outbox,
+                    open,
+                } => Link::NodeIpc {
+                    stream: UnixStream::from(take(stream.fd)),
+                    lines: LineBuffer::from_parts(MAX_IPC_LINE, partial.into_vec(), discarding),
+                    outbox: outbox.into_vec(),
+                    open,
+                },
+            };
+            by_pid.insert(link.pid, adopted);
+            slots.insert(link.pid, link.slot);
+        }
+        Links {
+            channel,
+            dir: state.dir.map(|d| d.to_path()),
+            channel_fd: state.channel_fd,
+            by_pid,
+            slots,
+            sequence: state.sequence,
+            drops: DropLog::default(),
+            own_uid: nix::unistd::getuid().as_raw(),
+        }
+    }
+
+    /// The workers that have a channel.
+    pub fn pids(&self) -> Vec<Pid> {
+        self.by_pid.keys().copied().collect()
     }
 
     /// Removes the notify directory (on exit).

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr, OsString};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
@@ -21,10 +21,13 @@ use crate::config::{Settings, find_program};
 use crate::core::Pid;
 use crate::error::Error;
 use crate::limits::FdLimit;
+use crate::upgrade::state::{Bytes, CommandState, ExecReportState, FdRecord};
 
 /// Variables of systemd's that are meant for sheepdog alone: a worker talks to
 /// sheepdog, and sheepdog talks to systemd.
-const SCRUBBED: [&str; 6] = [
+const SCRUBBED: [&str; 7] = [
+    // How a binary taking over in place finds its state: for sheepdog alone.
+    crate::upgrade::ENV,
     "NOTIFY_SOCKET",
     "WATCHDOG_USEC",
     "WATCHDOG_PID",
@@ -221,6 +224,51 @@ impl WorkerCommand {
             .map_err(|why| Error::config(format!("command {why}")))
     }
 
+    /// The command as data, for the binary that takes over.
+    pub fn export(&self) -> CommandState {
+        CommandState {
+            argv: self.argv.iter().map(|a| Bytes::new(a.as_bytes())).collect(),
+            env: self.env.iter().map(|e| Bytes::new(e.as_bytes())).collect(),
+            path_var: Bytes::new(self.path_var.as_bytes()),
+            working_directory: self.working_directory.as_deref().map(Bytes::path),
+            listeners: self.listeners.clone(),
+            fdnames: self.fdnames.clone(),
+            journal: self.journal.as_ref().map(|j| j.name.clone()),
+            fd_limit: self.fd_limit.map(|l| (l.soft, l.hard)),
+        }
+    }
+
+    /// The command `state` describes, as it was prepared (its program is
+    /// looked for again at each start, as always).
+    pub fn adopt(state: CommandState) -> Result<WorkerCommand, Error> {
+        let cstring = |bytes: Bytes| {
+            CString::new(bytes.into_vec()).map_err(|_| Error::config("a NUL byte in a handed-over command"))
+        };
+        let argv = state.argv.into_iter().map(cstring).collect::<Result<Vec<_>, _>>()?;
+        if argv.is_empty() || state.listeners.len() > MAX_LISTENERS {
+            return Err(Error::config(
+                "a handed-over command with no program or too many listeners",
+            ));
+        }
+        let devnull = nix::fcntl::open(
+            "/dev/null",
+            OFlag::O_RDWR | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| Error::from_errno("cannot open /dev/null", e))?;
+        Ok(WorkerCommand {
+            argv,
+            env: state.env.into_iter().map(cstring).collect::<Result<Vec<_>, _>>()?,
+            path_var: state.path_var.to_os_string(),
+            working_directory: state.working_directory.map(|d| d.to_path()),
+            listeners: state.listeners,
+            fdnames: state.fdnames,
+            devnull,
+            journal: state.journal.and_then(|name| JournalStreams::new(&name)),
+            fd_limit: state.fd_limit.map(|(soft, hard)| FdLimit { soft, hard }),
+        })
+    }
+
     /// Gives each worker its own journal stream (see [`JournalStreams`]).
     pub fn with_journal(mut self, journal: Option<JournalStreams>) -> WorkerCommand {
         if journal.is_some() {
@@ -360,6 +408,30 @@ pub struct ExecReport {
 }
 
 impl ExecReport {
+    /// The report as data, for the binary that takes over.
+    pub fn export(&self, pid: Pid) -> ExecReportState {
+        ExecReportState {
+            pid,
+            pipe: FdRecord::of(self.pipe.as_fd()),
+            slot: self.slot,
+            program: self.program.clone(),
+            working_directory: self.working_directory.as_deref().map(Bytes::path),
+        }
+    }
+
+    /// The report `state` describes, on its pipe, which was checked
+    /// ([`crate::upgrade::state::check_fds`]) and is taken here.
+    pub fn adopt(state: ExecReportState) -> ExecReport {
+        ExecReport {
+            // SAFETY: handed over for this, checked to be open and the same
+            // inode, and owned by this report alone.
+            pipe: unsafe { OwnedFd::from_raw_fd(state.pipe.fd) },
+            slot: state.slot,
+            program: state.program,
+            working_directory: state.working_directory.map(|d| d.to_path()),
+        }
+    }
+
     pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.pipe.as_fd()
     }

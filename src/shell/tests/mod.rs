@@ -14,6 +14,8 @@ use crate::config::{MemoryMeasure, Overrides, Settings};
 use crate::control::protocol::{Command, Reply, StatusReport};
 use crate::core::{ExitStatus, ListenQueue, Pid, SpawnOrder, Upward};
 use crate::observe::http::{HttpRequest, HttpResponse};
+use crate::upgrade::probe::Successor;
+use crate::upgrade::state::SupervisorState;
 use crate::worker::channel::WorkerMessage;
 use crate::worker::spawn::{CommandContext, WorkerCommand};
 
@@ -33,10 +35,14 @@ enum Effect {
     Reply(ClientId, Reply),
     Respond(ClientId, HttpResponse),
     Finish,
+    Probe,
+    HandOver,
 }
 
 /// A system that records every effect and forks nothing.
 struct Fake {
+    /// Where its monotonic clock starts.
+    epoch: Instant,
     now: Instant,
     next_pid: Pid,
     effects: Vec<Effect>,
@@ -47,6 +53,32 @@ struct Fake {
     listener_faults: Vec<ListenerFault>,
     /// What the listen queues hold.
     queues: Vec<ListenQueue>,
+    /// What the binary at sheepdog's path says it is, when probed.
+    successor: Result<Successor, String>,
+    /// What the last hand-over was given (it never execs: it fails, saying so).
+    handed: Option<(SupervisorState, Instant, u64)>,
+}
+
+impl Fake {
+    fn new(t0: Instant) -> Fake {
+        Fake {
+            epoch: t0,
+            now: t0,
+            next_pid: 100,
+            effects: Vec::new(),
+            memory: HashMap::new(),
+            measurements: 0,
+            own_ports: HashMap::new(),
+            listener_faults: Vec::new(),
+            queues: Vec::new(),
+            successor: Ok(Successor {
+                path: "/usr/bin/sheepdog".into(),
+                version: "9.9.9".into(),
+                state_format: crate::build::STATE_FORMAT,
+            }),
+            handed: None,
+        }
+    }
 }
 
 impl System for Fake {
@@ -135,6 +167,22 @@ impl System for Fake {
     fn finish(&mut self) {
         self.effects.push(Effect::Finish);
     }
+
+    fn monotonic_ns(&self) -> u64 {
+        // Any clock will do that runs with `now`.
+        1_000_000_000_000 + self.now.saturating_duration_since(self.epoch).as_nanos() as u64
+    }
+
+    fn probe_successor(&mut self) -> Result<Successor, String> {
+        self.effects.push(Effect::Probe);
+        self.successor.clone()
+    }
+
+    fn hand_over(&mut self, state: SupervisorState, _successor: &Successor, now: Instant, taken_at_ns: u64) -> String {
+        self.effects.push(Effect::HandOver);
+        self.handed = Some((state, now, taken_at_ns));
+        "the fake does not exec".into()
+    }
 }
 
 struct Harness {
@@ -165,16 +213,7 @@ impl Harness {
             http: settings.http.clone(),
         };
         let t0 = Instant::now();
-        let fake = Fake {
-            now: t0,
-            next_pid: 100,
-            effects: Vec::new(),
-            memory: HashMap::new(),
-            measurements: 0,
-            own_ports: HashMap::new(),
-            listener_faults: Vec::new(),
-            queues: Vec::new(),
-        };
+        let fake = Fake::new(t0);
         Harness {
             supervisor: Supervisor::new(&settings, source, context, command, fake),
             config,
@@ -258,6 +297,8 @@ fn spawned(effects: &[Effect]) -> Vec<(usize, u32, String)> {
 }
 
 const MS: Duration = Duration::from_millis(1);
+
+mod upgrade;
 
 #[test]
 fn the_first_pass_forks_the_flock_with_the_first_command() {

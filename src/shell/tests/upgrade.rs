@@ -1,0 +1,207 @@
+//! `sheepdog upgrade` through the loop: what is probed, handed over and
+//! answered, and a supervisor restored from what was handed over carrying
+//! on where the first left off (a reload's waiter answered, a backoff kept).
+
+use super::*;
+use crate::upgrade::state::SupervisorState;
+
+const REQUESTER: ClientId = 8;
+const RELOAD_WAITER: ClientId = 7;
+
+fn ask(command: Command, client: ClientId) -> Input {
+    Input::Control { client, command }
+}
+
+fn reply_to(effects: &[Effect], client: ClientId) -> Option<Reply> {
+    effects.iter().find_map(|e| match e {
+        Effect::Reply(c, reply) if *c == client => Some(reply.clone()),
+        _ => None,
+    })
+}
+
+fn failure_to(effects: &[Effect], client: ClientId) -> String {
+    match reply_to(effects, client) {
+        Some(Reply::Failed(why)) => why,
+        other => panic!("no failure for client {client}: {other:?} in {effects:?}"),
+    }
+}
+
+/// The state the last hand-over was given, and its moment.
+fn handed(h: &mut Harness) -> (SupervisorState, Instant, u64) {
+    h.supervisor.system_mut().handed.take().expect("a hand-over")
+}
+
+/// The supervisor a new binary makes of `state`, its clock `gap` later.
+fn take_over(
+    h: &Harness,
+    (state, now, taken_at_ns): (SupervisorState, Instant, u64),
+    gap: Duration,
+) -> Supervisor<Fake> {
+    let mut fake = Fake::new(h.t0);
+    fake.now = now + gap;
+    fake.next_pid = 500;
+    // As the new binary reckons it: the moment of the snapshot on its clock.
+    let then = fake.now - Duration::from_nanos(fake.monotonic_ns() - taken_at_ns);
+    assert_eq!(then, now);
+    let prepared = Supervisor::<Fake>::prepare(state, then).expect("the state is taken");
+    Supervisor::adopted(prepared, fake, "0.0.1".into(), taken_at_ns, None)
+}
+
+fn notified_status(effects: &[Effect]) -> Option<String> {
+    effects.iter().find_map(|e| match e {
+        Effect::Notify(Upward::Status(status)) => Some(status.clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn the_state_handed_over_is_what_the_next_binary_carries_on_with() {
+    let mut h = Harness::serving("[\"true\", \"one\"]", "");
+    h.crash_twice(2000 * MS);
+    h.rewrite("[\"true\", \"two\"]", "");
+    // A reload begins, and in the same pass an upgrade is asked for: it is
+    // probed and handed over at the end of that pass, the reload under way.
+    let (_, effects) = h.pass_at(
+        2050 * MS,
+        vec![ask(Command::Reload, RELOAD_WAITER), ask(Command::Upgrade, REQUESTER)],
+    );
+    let probe = effects.iter().position(|e| *e == Effect::Probe).expect("probed");
+    let hand_over = effects
+        .iter()
+        .position(|e| *e == Effect::HandOver)
+        .expect("handed over");
+    assert!(probe < hand_over);
+    assert!(
+        effects[..probe].iter().any(|e| matches!(e, Effect::Spawn { .. })),
+        "the pass's own work came first: {effects:?}"
+    );
+    // The fake never execs: the old binary says so and goes on.
+    assert!(failure_to(&effects, REQUESTER).contains("the fake does not exec"));
+    let state = handed(&mut h);
+    assert_eq!(state.0.requester, Some(REQUESTER));
+    assert_eq!(state.0.reload_waiters.len(), 1);
+    let commands_before = h.commands();
+
+    let mut next = take_over(&h, state, 5 * MS);
+    assert_eq!(next.flock().workers().len(), h.supervisor.flock().workers().len());
+    let mut commands: Vec<String> = next.commands().map(|(_, c)| c.describe()).collect();
+    commands.sort();
+    assert_eq!(commands, commands_before, "both generations' commands");
+    // Its first pass answers the client that asked, and STATUS says so.
+    next.system_mut().now += MS;
+    assert_eq!(next.pass(vec![]), None);
+    let effects = next.system().effects.clone();
+    match reply_to(&effects, REQUESTER) {
+        Some(Reply::Done(message)) => {
+            assert!(message.starts_with("upgraded from 0.0.1 to "), "{message}");
+            assert!(message.contains("workers kept"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let status = notified_status(&effects).expect("a STATUS");
+    assert!(status.contains("upgraded from 0.0.1 at "), "{status}");
+    // The reload goes on under the new binary: its workers are ready by
+    // delay a second after they started, and its waiter is answered.
+    let started = h.t0 + 2050 * MS;
+    next.system_mut().now = started + 1100 * MS;
+    next.pass(vec![]);
+    match reply_to(&next.system().effects, RELOAD_WAITER) {
+        Some(Reply::Done(message)) => assert!(message.contains("reloaded to generation 2"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(next.flock().generation(), 2);
+    let upgraded = next.status_report().supervisor.upgraded.expect("upgraded");
+    assert_eq!((upgraded.count, upgraded.from.as_str()), (1, "0.0.1"));
+}
+
+#[test]
+fn a_backoff_under_way_is_kept_across_the_hand_over() {
+    let mut h = Harness::serving("[\"true\", \"one\"]", "");
+    h.crash_twice(2000 * MS);
+    // Slot 0 waits out backoff_initial (100ms) from 2000 ms.
+    let (_, effects) = h.pass_at(2010 * MS, vec![ask(Command::Upgrade, REQUESTER)]);
+    assert!(spawned(&effects).is_empty());
+    let state = handed(&mut h);
+    let mut next = take_over(&h, state, 30 * MS);
+    next.system_mut().now = h.t0 + 2090 * MS;
+    next.pass(vec![]);
+    assert!(
+        spawned(&next.system().effects).is_empty(),
+        "not before the backoff ends"
+    );
+    next.system_mut().now = h.t0 + 2100 * MS;
+    next.pass(vec![]);
+    assert_eq!(spawned(&next.system().effects), vec![(0, 1, "true one".into())]);
+}
+
+#[test]
+fn a_binary_that_cannot_take_over_is_refused_before_anything_changes() {
+    let mut h = Harness::serving("[\"true\", \"one\"]", "");
+    h.supervisor.system_mut().successor = Err("cannot execute /usr/bin/sheepdog: Permission denied".into());
+    let (_, effects) = h.pass_at(2000 * MS, vec![ask(Command::Upgrade, REQUESTER)]);
+    let why = failure_to(&effects, REQUESTER);
+    assert!(
+        why.contains("Permission denied") && why.contains("nothing changed"),
+        "{why}"
+    );
+    assert!(!effects.contains(&Effect::HandOver));
+
+    h.supervisor.system_mut().successor = Ok(Successor {
+        path: "/usr/bin/sheepdog".into(),
+        version: "2.0.0".into(),
+        state_format: crate::build::STATE_FORMAT + 1,
+    });
+    let (_, effects) = h.pass_at(2100 * MS, vec![ask(Command::Upgrade, REQUESTER)]);
+    let why = failure_to(&effects, REQUESTER);
+    assert!(
+        why.contains("sheepdog 2.0.0, which reads state format") && why.contains("systemctl restart"),
+        "{why}"
+    );
+    assert!(!effects.contains(&Effect::HandOver));
+    assert!(h.supervisor.system().handed.is_none());
+}
+
+#[test]
+fn an_upgrade_while_stopping_is_refused() {
+    let mut h = Harness::serving("[\"true\", \"one\"]", "");
+    let (_, effects) = h.pass_at(
+        2000 * MS,
+        vec![Input::Signal(SIGTERM), ask(Command::Upgrade, REQUESTER)],
+    );
+    assert!(failure_to(&effects, REQUESTER).contains("stopping"));
+    assert!(!effects.contains(&Effect::Probe));
+}
+
+#[test]
+fn one_upgrade_at_a_time() {
+    let mut h = Harness::serving("[\"true\", \"one\"]", "");
+    let (_, effects) = h.pass_at(
+        2000 * MS,
+        vec![ask(Command::Upgrade, REQUESTER), ask(Command::Upgrade, 9)],
+    );
+    assert!(failure_to(&effects, 9).contains("already"));
+    assert_eq!(effects.iter().filter(|e| **e == Effect::HandOver).count(), 1);
+}
+
+#[test]
+fn a_state_handed_back_is_carried_on_and_the_client_told_why() {
+    let mut h = Harness::serving("[\"true\", \"one\"]", "");
+    h.pass_at(2000 * MS, vec![ask(Command::Upgrade, REQUESTER)]);
+    let (state, now, taken_at_ns) = handed(&mut h);
+    let mut fake = Fake::new(h.t0);
+    fake.now = now + 20 * MS;
+    let prepared = Supervisor::<Fake>::prepare(state, now).unwrap();
+    let why = Some("sheepdog 9.9.9 cannot take the flock over: an fd is not what the state says".into());
+    let mut back = Supervisor::adopted(prepared, fake, "0.1.0".into(), taken_at_ns, why);
+    back.pass(vec![]);
+    let why = failure_to(&back.system().effects, REQUESTER);
+    assert!(
+        why.contains("an fd is not what the state says") && why.contains("took the flock back"),
+        "{why}"
+    );
+    assert!(
+        back.status_report().supervisor.upgraded.is_none(),
+        "no upgrade happened"
+    );
+    assert_eq!(back.flock().workers().len(), 2);
+}

@@ -1,0 +1,113 @@
+//! Upgrading sheepdog itself in place: the binary now installed at
+//! sheepdog's path takes over the running flock under the same pid, so
+//! systemd's MainPID, the workers' parent and their PDEATHSIG all stay
+//! valid, and no worker is stopped.
+//!
+//! # How a hand-over goes
+//!
+//! 1. `sheepdog upgrade` asks over the control socket. At the end of that
+//!    pass the supervisor runs the new binary's probe (`sheepdog
+//!    upgrade-probe`, bounded to [`PROBE_TIMEOUT`]): a binary that cannot
+//!    be executed, exits without answering, or reads another state format
+//!    is refused there, and nothing changes.
+//! 2. It blocks every signal (they stay pending across exec), takes those
+//!    already caught, and writes its whole state ([`state::HandOver`]: the
+//!    core's snapshot, the shell's commands and clients, every fd with its
+//!    inode) into a memfd. Every fd it names loses close-on-exec.
+//! 3. It execs the binary at its path with its own argv, and the memfd and
+//!    an fd onto its own (old) executable named in `SHEEPDOG_UPGRADE`. If
+//!    the exec fails, it puts everything back and answers why.
+//! 4. The new binary reads the state, checks every fd, takes them, installs
+//!    its signal handlers, restores the signal mask, handles what was
+//!    pending, and answers the client: "upgraded from X to Y".
+//! 5. A new binary that cannot take the state (another format after all,
+//!    an fd that is not what the state says) execs the old executable
+//!    again through that fd, with the same state and the reason: the old
+//!    binary carries on and answers the client with the failure. Only if
+//!    even that fails are the workers stopped and sheepdog exits 1, so
+//!    that systemd restarts the service cleanly; no worker is left behind.
+
+pub mod find;
+pub mod handover;
+pub mod probe;
+pub mod state;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Where a binary taking over finds its state: `state=FD,exe=FD`.
+pub const ENV: &str = "SHEEPDOG_UPGRADE";
+/// Set by a new binary handing the state back: why it could not take it.
+pub const ENV_REFUSED: &str = "SHEEPDOG_UPGRADE_REFUSED";
+/// The longest the supervisor waits for a new binary's probe (its loop
+/// waits with it).
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// CLOCK_MONOTONIC in nanoseconds: the same clock before and after exec.
+pub fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
+
+/// The path this process was started from: what an upgrade execs (the
+/// binary installed there by then). The kernel appends " (deleted)" to a
+/// replaced file's link; the path is the one before it.
+pub fn own_path() -> Option<PathBuf> {
+    let exe = std::fs::read_link("/proc/self/exe").ok()?;
+    let text = exe.as_os_str().as_encoded_bytes();
+    Some(match text.strip_suffix(b" (deleted)") {
+        // SAFETY: a prefix of the encoded bytes of an OsStr, cut at an
+        // ASCII boundary.
+        Some(path) => PathBuf::from(unsafe { std::ffi::OsStr::from_encoded_bytes_unchecked(path) }),
+        None => exe,
+    })
+}
+
+/// "14:02:11 UTC on 2026-12-05", from milliseconds since the epoch.
+pub fn format_utc(unix_ms: u64) -> String {
+    let seconds = unix_ms / 1000;
+    let (days, of_day) = (seconds / 86_400, seconds % 86_400);
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{:02}:{:02}:{:02} UTC on {year}-{month:02}-{day:02}",
+        of_day / 3600,
+        of_day % 3600 / 60,
+        of_day % 60
+    )
+}
+
+/// Milliseconds since the epoch, now.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wall_clock_times_read_as_utc() {
+        assert_eq!(format_utc(0), "00:00:00 UTC on 1970-01-01");
+        // `date -u -d @1796479331` says Sat Dec 5 14:02:11 UTC 2026.
+        assert_eq!(format_utc(1_796_479_331_250), "14:02:11 UTC on 2026-12-05");
+        assert_eq!(format_utc(951_782_400_000), "00:00:00 UTC on 2000-02-29");
+    }
+
+    #[test]
+    fn the_own_path_is_the_test_binary() {
+        let path = own_path().unwrap();
+        assert_eq!(path, std::env::current_exe().unwrap());
+    }
+}

@@ -1,0 +1,367 @@
+//! What one binary hands to the next on an in-place upgrade, as data: the
+//! format is versioned ([`crate::build::STATE_FORMAT`]), JSON, and a
+//! contract between builds. Each part is written and read by the module
+//! that owns what it describes (`export` and `adopt` beside each type);
+//! this module only names the parts and frames the whole.
+//!
+//! Every fd handed over is listed with its inode ([`FdRecord`]), and the
+//! reader checks each one (open, a socket or pipe, the same inode) before
+//! taking any: a state that does not match the fds the process holds is
+//! refused whole, with nothing taken.
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{BorrowedFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::core::snapshot::At;
+use crate::core::{CommandId, FlockState, Pid};
+
+/// The most state a reader takes: 4096 workers with their channels fill a
+/// few MiB.
+pub const MAX_STATE: usize = 256 << 20;
+
+/// Bytes that are usually text (paths, environment entries): a string when
+/// they are UTF-8, an array of numbers otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Bytes {
+    Text(String),
+    Raw(Vec<u8>),
+}
+
+impl Bytes {
+    pub fn new(bytes: &[u8]) -> Bytes {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Bytes::Text(text.to_string()),
+            Err(_) => Bytes::Raw(bytes.to_vec()),
+        }
+    }
+
+    pub fn path(path: &Path) -> Bytes {
+        Bytes::new(path.as_os_str().as_bytes())
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Bytes::Text(text) => text.as_bytes(),
+            Bytes::Raw(raw) => raw,
+        }
+    }
+
+    pub fn into_vec(self) -> Vec<u8> {
+        match self {
+            Bytes::Text(text) => text.into_bytes(),
+            Bytes::Raw(raw) => raw,
+        }
+    }
+
+    pub fn to_path(&self) -> PathBuf {
+        PathBuf::from(OsStr::from_bytes(self.as_bytes()))
+    }
+
+    pub fn to_os_string(&self) -> OsString {
+        OsString::from_vec(self.as_bytes().to_vec())
+    }
+}
+
+/// An fd handed over, with the inode it must still be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FdRecord {
+    pub fd: RawFd,
+    pub inode: u64,
+}
+
+impl FdRecord {
+    /// The record of an open fd (its inode read now).
+    pub fn of(fd: BorrowedFd<'_>) -> FdRecord {
+        use std::os::fd::AsRawFd;
+        FdRecord {
+            fd: fd.as_raw_fd(),
+            inode: nix::sys::stat::fstat(fd).map_or(0, |s| s.st_ino),
+        }
+    }
+}
+
+/// The first thing read: which format follows, and from which build.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    pub format: u32,
+    /// The version of the binary that wrote it.
+    pub from_version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HandOver {
+    pub format: u32,
+    pub from_version: String,
+    /// CLOCK_MONOTONIC, in nanoseconds, when the old binary handled its
+    /// last event: every `At` in the state is relative to it.
+    pub taken_at_ns: u64,
+    pub supervisor: SupervisorState,
+    pub os: OsState,
+}
+
+/// The supervisor's own part: the flock, and what the shell keeps beside it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SupervisorState {
+    pub flock: FlockState,
+    pub commands: Vec<(CommandId, CommandState)>,
+    pub next_command: CommandId,
+    pub context: ContextState,
+    pub source: SourceState,
+    pub name: String,
+    pub config_path: Option<String>,
+    /// When the supervisor first started (its uptime goes on).
+    pub started: At,
+    pub next_ticket: u64,
+    /// Control clients waiting for a reload's outcome, by ticket.
+    pub reload_waiters: Vec<(u64, u64)>,
+    pub log_level: Option<String>,
+    pub upgrades: UpgradesState,
+    /// The control client that asked for this upgrade, to answer.
+    pub requester: Option<u64>,
+}
+
+/// In-place upgrades so far.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UpgradesState {
+    pub count: u32,
+    /// The version before the last upgrade.
+    pub from: Option<String>,
+    /// The last upgrade's wall-clock time, in milliseconds since the epoch.
+    pub at_unix_ms: Option<u64>,
+    /// How long the last one left events unhandled.
+    pub blind: Option<Duration>,
+}
+
+/// A worker command (`worker::spawn::WorkerCommand`), prepared.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandState {
+    pub argv: Vec<Bytes>,
+    pub env: Vec<Bytes>,
+    pub path_var: Bytes,
+    pub working_directory: Option<Bytes>,
+    pub listeners: Vec<RawFd>,
+    pub fdnames: Option<String>,
+    /// The app's name, when workers get journal streams of their own.
+    pub journal: Option<String>,
+    pub fd_limit: Option<(u64, u64)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContextState {
+    pub listeners: Vec<RawFd>,
+    pub fdnames: Option<String>,
+    pub journal: bool,
+    pub fd_limit: Option<(u64, u64)>,
+}
+
+/// How to read the config again on reload (`ReloadSource`), values as the
+/// config writes them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceState {
+    pub config_file: Option<Bytes>,
+    pub workers: Option<String>,
+    pub listen_overrides: Vec<String>,
+    pub command_override: Vec<String>,
+    pub log_level_override: Option<String>,
+    pub listen: Vec<String>,
+    pub inherited: bool,
+    pub watchdog: Option<Duration>,
+    pub control_socket: Bytes,
+    pub http: Option<String>,
+}
+
+/// The system's part: every fd the loop watches, and what waits in them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OsState {
+    /// The path the next upgrade execs.
+    pub exe: Bytes,
+    pub listeners: Vec<ListenerState>,
+    pub inherited: bool,
+    pub control: ControlState,
+    pub http: Option<HttpState>,
+    pub links: LinksState,
+    pub exec_reports: Vec<ExecReportState>,
+    /// Workers forked and not reaped yet.
+    pub workers: Vec<Pid>,
+    /// Escaped processes already killed, not reaped yet.
+    pub swept: Vec<Pid>,
+    /// Messages for systemd not sent yet.
+    pub notify_outbox: Vec<String>,
+    /// Log bytes not written yet, and lines dropped.
+    pub log_pending: Bytes,
+    pub log_dropped: u64,
+    /// Signals received and not handled yet.
+    pub pending_signals: Vec<i32>,
+    /// The signals that were blocked before the hand-over blocked them all.
+    pub signal_mask: Vec<i32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ListenerState {
+    pub fd: FdRecord,
+    pub name: Option<String>,
+    pub address: String,
+    /// A socket file sheepdog bound: path, device, inode.
+    pub owned_path: Option<(Bytes, u64, u64)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ControlState {
+    pub listener: FdRecord,
+    pub path: Bytes,
+    pub identity: (u64, u64),
+    pub clients: Vec<ClientState>,
+    pub next_client: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClientState {
+    pub id: u64,
+    pub fd: FdRecord,
+    pub input: Bytes,
+    pub output: Bytes,
+    pub opened: At,
+    pub answered: bool,
+    pub closing: bool,
+    pub after_request: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HttpState {
+    pub listener: FdRecord,
+    /// A unix endpoint's socket file: path, device, inode.
+    pub unix: Option<(Bytes, u64, u64)>,
+    pub address: String,
+    pub clients: Vec<HttpClientState>,
+    pub next_client: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HttpClientState {
+    pub id: u64,
+    pub fd: FdRecord,
+    pub unix: bool,
+    pub input: Bytes,
+    pub output: Bytes,
+    pub opened: At,
+    pub answered: bool,
+    pub head_only: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LinksState {
+    pub channel: String,
+    pub dir: Option<Bytes>,
+    pub channel_fd: RawFd,
+    pub sequence: u64,
+    pub links: Vec<LinkState>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LinkState {
+    pub pid: Pid,
+    pub slot: usize,
+    pub channel: LinkChannel,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LinkChannel {
+    Notify {
+        sockets: Vec<FdRecord>,
+        path: Bytes,
+    },
+    NodeIpc {
+        stream: FdRecord,
+        /// A line begun and not ended yet, and whether it is being dropped.
+        partial: Bytes,
+        discarding: bool,
+        outbox: Bytes,
+        open: bool,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecReportState {
+    pub pid: Pid,
+    pub pipe: FdRecord,
+    pub slot: usize,
+    pub program: String,
+    pub working_directory: Option<Bytes>,
+}
+
+impl OsState {
+    /// Every fd handed over.
+    pub fn fds(&self) -> Vec<FdRecord> {
+        let mut fds: Vec<FdRecord> = self.listeners.iter().map(|l| l.fd).collect();
+        fds.push(self.control.listener);
+        fds.extend(self.control.clients.iter().map(|c| c.fd));
+        if let Some(http) = &self.http {
+            fds.push(http.listener);
+            fds.extend(http.clients.iter().map(|c| c.fd));
+        }
+        for link in &self.links.links {
+            match &link.channel {
+                LinkChannel::Notify { sockets, .. } => fds.extend(sockets.iter().copied()),
+                LinkChannel::NodeIpc { stream, .. } => fds.push(*stream),
+            }
+        }
+        fds.extend(self.exec_reports.iter().map(|r| r.pipe));
+        fds
+    }
+}
+
+impl HandOver {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Reads a hand-over of `format`: the header first, so that another
+    /// format is named as such rather than reported as a parse error.
+    pub fn decode(bytes: &[u8], format: u32) -> Result<HandOver, String> {
+        if bytes.len() > MAX_STATE {
+            return Err(format!("the state is over {} MiB", MAX_STATE >> 20));
+        }
+        let header: Header =
+            serde_json::from_slice(bytes).map_err(|e| format!("the state has no readable header: {e}"))?;
+        if header.format != format {
+            return Err(format!(
+                "the state is in format {} (written by sheepdog {}); this build reads format {format}",
+                header.format, header.from_version
+            ));
+        }
+        serde_json::from_slice(bytes).map_err(|e| format!("the state of format {format} does not parse: {e}"))
+    }
+}
+
+/// Checks that every fd is open, is what it was (its inode), and is
+/// listed once; nothing is taken.
+pub fn check_fds(fds: &[FdRecord]) -> Result<(), String> {
+    let mut seen = std::collections::HashSet::new();
+    for record in fds {
+        if record.fd < 0 || !seen.insert(record.fd) {
+            return Err(format!("fd {} is handed over twice, or is no fd", record.fd));
+        }
+        // SAFETY: fcntl(F_GETFD) on any number is harmless; it fails with
+        // EBADF for one that is not open.
+        if unsafe { libc::fcntl(record.fd, libc::F_GETFD) } < 0 {
+            return Err(format!("fd {} is not open", record.fd));
+        }
+        // SAFETY: open (checked above), and only borrowed for the fstat.
+        let fd = unsafe { BorrowedFd::borrow_raw(record.fd) };
+        let stat = nix::sys::stat::fstat(fd).map_err(|e| format!("fd {}: {}", record.fd, e.desc()))?;
+        if stat.st_ino != record.inode {
+            return Err(format!(
+                "fd {} is inode {}, not the {} handed over",
+                record.fd, stat.st_ino, record.inode
+            ));
+        }
+    }
+    Ok(())
+}
