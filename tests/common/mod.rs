@@ -126,6 +126,8 @@ pub struct Launch {
     /// Leave RUNTIME_DIRECTORY unset, so the control socket takes its default
     /// path (under /run/sheepdog for root).
     pub default_paths: bool,
+    /// The sheepdog binary to run (a copy of BIN elsewhere, to upgrade in place).
+    pub program: PathBuf,
 }
 
 impl Launch {
@@ -137,7 +139,14 @@ impl Launch {
             shell_prefix: None,
             dir: tempfile::tempdir().expect("tempdir"),
             default_paths: false,
+            program: PathBuf::from(BIN),
         }
+    }
+
+    /// Runs the sheepdog binary at `path` rather than the one cargo built.
+    pub fn program(mut self, path: &Path) -> Launch {
+        self.program = path.to_path_buf();
+        self
     }
 
     pub fn with_default_paths(mut self) -> Launch {
@@ -188,11 +197,11 @@ impl Launch {
                         c.arg("sh")
                             .arg("-c")
                             .arg(format!("{prefix}; \"$0\" \"$@\"; echo done"))
-                            .arg(BIN)
+                            .arg(&self.program)
                             .args(&self.args);
                     }
                     None => {
-                        c.arg(BIN).args(&self.args);
+                        c.arg(&self.program).args(&self.args);
                     }
                 }
                 c
@@ -201,12 +210,12 @@ impl Launch {
                 let mut c = Command::new("sh");
                 c.arg("-c")
                     .arg(format!("{prefix}; exec \"$0\" \"$@\""))
-                    .arg(BIN)
+                    .arg(&self.program)
                     .args(&self.args);
                 c
             }
             (None, None) => {
-                let mut c = Command::new(BIN);
+                let mut c = Command::new(&self.program);
                 c.args(&self.args);
                 c
             }
