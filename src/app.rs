@@ -229,7 +229,8 @@ fn give_up() -> ExitCode {
 fn man(page: &str) -> ExitCode {
     match manual::page(page) {
         Some(text) => {
-            print!("{text}");
+            // A reader that stops early (`| head`) is no error of ours.
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
             ExitCode::SUCCESS
         }
         None => {

@@ -84,6 +84,18 @@ fn start(command: &str, readiness: &str, extra: &str, env: &[(&str, &str)]) -> F
     std::fs::create_dir(&bin).unwrap();
     let binary = bin.join("sheepdog");
     install(Path::new(BIN), &binary);
+    start_from(launch, binary, command, readiness, extra, env)
+}
+
+/// As `start`, run as `binary` (already there).
+fn start_from(
+    launch: Launch,
+    binary: PathBuf,
+    command: &str,
+    readiness: &str,
+    extra: &str,
+    env: &[(&str, &str)],
+) -> Flock {
     let notify = NotifySocket::bind(launch.dir.path());
     let config = launch.file(
         "app.toml",
@@ -111,6 +123,13 @@ fn start(command: &str, readiness: &str, extra: &str, env: &[(&str, &str)]) -> F
         binary,
         addr,
     }
+}
+
+fn ipc_worker() -> String {
+    format!(
+        "[\"node\", {:?}]",
+        repo_path("tests/fixtures/ipc-worker.js").display().to_string()
+    )
 }
 
 fn node_flock(extra: &str, env: &[(&str, &str)]) -> Flock {
@@ -469,4 +488,52 @@ fn upgrade_all_finds_every_sheepdog_running_from_its_path() {
         assert!(said.contains("+next in place"), "{said}");
         assert!(exe_of(flock.sheepdog.pid()) == flock.binary.display().to_string());
     }
+}
+
+#[test]
+fn a_symlink_swapped_to_another_release_is_followed() {
+    let next = test_build("sheepdog-next");
+    let launch = Launch::new(&[]);
+    let root = launch.dir.path().to_path_buf();
+    for (release, build) in [("a", Path::new(BIN)), ("b", next.as_path())] {
+        std::fs::create_dir_all(root.join("releases").join(release)).unwrap();
+        install(build, &root.join("releases").join(release).join("sheepdog"));
+    }
+    std::fs::create_dir(root.join("bin")).unwrap();
+    let link = root.join("bin/sheepdog");
+    std::os::unix::fs::symlink(root.join("releases/a/sheepdog"), &link).unwrap();
+    let flock = start_from(launch, link.clone(), &ipc_worker(), "node-ipc", "", &[]);
+    let pid = flock.sheepdog.pid();
+    let workers = flock.workers();
+    // Deployed as symlink farms do it: a new link renamed over the old one.
+    let fresh = root.join("bin/sheepdog.new");
+    std::os::unix::fs::symlink(root.join("releases/b/sheepdog"), &fresh).unwrap();
+    std::fs::rename(&fresh, &link).unwrap();
+    let (ok, stdout, stderr) = flock.upgrade();
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stdout.contains("+next in place"), "{stdout}");
+    assert_eq!(exe_of(pid), root.join("releases/b/sheepdog").display().to_string());
+    assert_eq!(flock.workers(), workers);
+    assert_eq!(
+        flock.status()["supervisor"]["exe"],
+        link.display().to_string().as_str(),
+        "it upgrades from the link, not from where it points"
+    );
+    // Rolled back the same way, with --all: found by the path it upgrades
+    // from, though it runs from the other release.
+    std::os::unix::fs::symlink(root.join("releases/a/sheepdog"), &fresh).unwrap();
+    std::fs::rename(&fresh, &link).unwrap();
+    let output = std::process::Command::new(&link)
+        .args(["upgrade", "--all"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(said.contains(&format!("(pid {pid}): upgraded from ")), "{said}");
+    assert_eq!(exe_of(pid), root.join("releases/a/sheepdog").display().to_string());
+    assert_eq!(flock.workers(), workers);
 }

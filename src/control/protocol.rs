@@ -231,6 +231,9 @@ pub struct SupervisorStatus {
     /// In-place upgrades of the supervisor, if there were any.
     #[serde(default)]
     pub upgraded: Option<UpgradeStatus>,
+    /// The path an upgrade execs: where the supervisor was started from.
+    #[serde(default)]
+    pub exe: Option<String>,
 }
 
 /// The supervisor's in-place upgrades.
@@ -415,6 +418,7 @@ mod tests {
                     at_unix_s: 1_796_479_331.25,
                     blind_ms: Some(8.5),
                 }),
+                exe: Some("/usr/bin/sheepdog".into()),
             },
             workers: vec![WorkerStatus {
                 slot: 0,

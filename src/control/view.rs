@@ -343,4 +343,22 @@ mod tests {
             assert!(text.contains(line), "{line:?} not in\n{text}");
         }
     }
+
+    #[test]
+    fn an_upgraded_supervisor_says_from_what_and_when() {
+        let mut sup = supervisor("myapp", 42, 3725.0, None);
+        sup["version"] = "0.2.0".into();
+        let an_hour_ago = crate::upgrade::unix_ms() as f64 / 1000.0 - 3600.0;
+        sup["upgraded"] = serde_json::json!({"count": 2, "from": "0.1.0", "at_unix_s": an_hour_ago, "blind_ms": 3.42});
+        let text = render(&report(
+            serde_json::json!({"v": 1, "ok": true, "supervisor": sup, "workers": []}),
+        ));
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("sheepdog 0.2.0 · pid 42"), "{text}");
+        assert!(
+            lines[1].starts_with("upgraded in place from 0.1.0 at ")
+                && lines[1].ends_with(" (1h 0m ago, events unhandled for 3.4 ms); 2 upgrades since start"),
+            "{text}"
+        );
+    }
 }

@@ -136,6 +136,22 @@ pub fn render(report: &StatusReport) -> String {
     out.sample("sheepdog_crash_loop_exits_total", &[], sup.crash_loops as f64);
 
     out.family(
+        "sheepdog_upgrades_total",
+        "counter",
+        "In-place upgrades of the supervisor (sheepdog upgrade) since it started.",
+    );
+    let upgrades = sup.upgraded.as_ref().map_or(0, |u| u.count);
+    out.sample("sheepdog_upgrades_total", &[], f64::from(upgrades));
+    if let Some(blind) = sup.upgraded.as_ref().and_then(|u| u.blind_ms) {
+        out.family(
+            "sheepdog_upgrade_blind_seconds",
+            "gauge",
+            "How long the last in-place upgrade left events unhandled.",
+        );
+        out.sample("sheepdog_upgrade_blind_seconds", &[], blind / 1000.0);
+    }
+
+    out.family(
         "sheepdog_listen_queue_length",
         "gauge",
         "Connections in a listening socket's accept queue, waiting for a worker to accept them.",
@@ -283,7 +299,8 @@ mod tests {
                 "generation": 1, "ready": 1, "desired": 1, "restarts": 0, "reloading_to": null, "last_reload": null,
                 "replacements": {"crash": 1}, "reload_seconds": {"le": [0.5, 1.0], "counts": [1, 2], "count": 2, "sum": 1.25},
                 "listen_queues": [{"address": "unix:/run/a \"b\".sock", "queued": 1, "backlog": 8}],
-                "cpu_seconds": 0.5, "rss_bytes": 1024, "open_fds": 9},
+                "cpu_seconds": 0.5, "rss_bytes": 1024, "open_fds": 9,
+                "upgraded": {"count": 2, "from": "0.0.9", "at_unix_s": 1.5e9, "blind_ms": 3.5}},
             "workers": [{"slot": 0, "pid": 7, "generation": 1, "state": "retiring", "uptime_s": 2.0, "restarts": 0,
                 "memory_bytes": null, "cpu_percent": null, "heartbeat_age_s": 0.25, "status": null,
                 "cpu_seconds": 1.5, "rss_bytes": 4096}]});
@@ -314,6 +331,8 @@ mod tests {
         assert!(text.contains("sheepdog_reload_duration_seconds_bucket{le=\"1\"} 2\n"));
         assert!(text.contains("sheepdog_reload_duration_seconds_bucket{le=\"+Inf\"} 2\n"));
         assert!(text.contains("sheepdog_reload_duration_seconds_sum 1.25\n"));
+        assert!(text.contains("sheepdog_upgrades_total 2\n"));
+        assert!(text.contains("sheepdog_upgrade_blind_seconds 0.0035\n"));
         assert!(text.contains("sheepdog_worker_state{slot=\"0\",generation=\"1\",pid=\"7\",state=\"retiring\"} 1\n"));
         assert!(text.contains("sheepdog_worker_state{slot=\"0\",generation=\"1\",pid=\"7\",state=\"ready\"} 0\n"));
         assert!(text.contains("sheepdog_worker_heartbeat_age_seconds{slot=\"0\",generation=\"1\",pid=\"7\"} 0.25\n"));

@@ -752,6 +752,10 @@ impl System for Os {
         crate::upgrade::monotonic_ns()
     }
 
+    fn upgrade_path(&self) -> Option<PathBuf> {
+        self.exe.clone()
+    }
+
     fn probe_successor(&mut self) -> Result<Successor, String> {
         let path = self
             .exe

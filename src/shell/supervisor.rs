@@ -759,6 +759,7 @@ impl<S: System> Supervisor<S> {
                     }),
                     _ => None,
                 },
+                exe: self.system.upgrade_path().map(|p| p.display().to_string()),
             },
             workers,
             waiting: flock

@@ -92,6 +92,8 @@ pub trait System {
     /// CLOCK_MONOTONIC now, in nanoseconds: the clock a hand-over's time
     /// points are measured against, the same on both sides of the exec.
     fn monotonic_ns(&self) -> u64;
+    /// The path an upgrade execs: where sheepdog was started from.
+    fn upgrade_path(&self) -> Option<std::path::PathBuf>;
     /// Asks the binary installed at sheepdog's path what it is (bounded).
     fn probe_successor(&mut self) -> Result<Successor, String>;
     /// Hands the flock over to `successor` under the same pid, with

@@ -1,7 +1,9 @@
 //! Finding every running supervisor of this installation, for `sheepdog
-//! upgrade --all` (the package's postinst): the processes whose executable
-//! is at this one's path (replaced or not) and that run `sheepdog run`,
-//! each reached through its own control socket, wherever its unit put it.
+//! upgrade --all` (the package's postinst): the processes that run
+//! `sheepdog run` from this binary's path (its executable there, replaced
+//! or not; or, for a symlink swapped to another release since, a supervisor
+//! whose status names this path as the one it upgrades from), each reached
+//! through its own control socket, wherever its unit put it.
 //!
 //! A unit's control socket may be anywhere (`control_socket =`, a
 //! `RuntimeDirectory=` of its own, a private /tmp), so it is not looked
@@ -48,38 +50,50 @@ pub fn supervisors(exe: &Path) -> (Vec<Running>, Vec<(Pid, String)>) {
         .filter(|pid| *pid != own)
         .collect();
     pids.sort_unstable();
+    let canonical = std::fs::canonicalize(exe).unwrap_or_else(|_| exe.to_path_buf());
     for pid in pids {
-        if !runs_supervisor(pid, exe) {
+        let Some(running_from) = supervisor_executable(pid) else {
+            continue;
+        };
+        let ours = running_from == exe || running_from == canonical;
+        // Another file of the same name may still be ours: a release a
+        // symlink at our path pointed to when it started. Its status says.
+        if !ours && running_from.file_name() != exe.file_name() {
             continue;
         }
         match control_socket(pid) {
-            Ok(running) => found.push(running),
-            Err(why) => unreachable.push((pid, why)),
+            Ok((running, upgrades_from)) => {
+                if ours || upgrades_from.as_deref() == Some(exe) {
+                    found.push(running);
+                }
+            }
+            Err(why) if ours => unreachable.push((pid, why)),
+            Err(_) => {}
         }
     }
     (found, unreachable)
 }
 
-/// Whether `pid` runs `exe run …` (its executable at that path, perhaps
-/// replaced since it started).
-fn runs_supervisor(pid: Pid, exe: &Path) -> bool {
-    let Ok(link) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
-        return false;
-    };
+/// The executable of `pid` (" (deleted)" cut), if it runs `… run …` as
+/// sheepdog's supervisor does.
+fn supervisor_executable(pid: Pid) -> Option<PathBuf> {
+    let link = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    if cmdline.split(|b| *b == 0).nth(1) != Some(b"run") {
+        return None;
+    }
     let bytes = link.as_os_str().as_encoded_bytes();
     let path = bytes.strip_suffix(b" (deleted)").unwrap_or(bytes);
-    if path != exe.as_os_str().as_encoded_bytes() {
-        return false;
-    }
-    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-        return false;
-    };
-    cmdline.split(|b| *b == 0).nth(1) == Some(b"run")
+    // SAFETY: a prefix of the encoded bytes of an OsStr, cut at an ASCII boundary.
+    Some(PathBuf::from(unsafe {
+        std::ffi::OsStr::from_encoded_bytes_unchecked(path)
+    }))
 }
 
 /// The control socket of supervisor `pid`: among its listening unix stream
-/// sockets, those named `control*.sock` first, the one whose status names `pid`.
-fn control_socket(pid: Pid) -> Result<Running, String> {
+/// sockets, those named `control*.sock` first, the one whose status names
+/// `pid`; with the path its status says it upgrades from.
+fn control_socket(pid: Pid) -> Result<(Running, Option<PathBuf>), String> {
     let inodes = socket_inodes(pid);
     let table = std::fs::read_to_string(format!("/proc/{pid}/net/unix"))
         .map_err(|e| format!("cannot read its sockets: {e}"))?;
@@ -93,12 +107,13 @@ fn control_socket(pid: Pid) -> Result<Running, String> {
         if let Ok(Reply::Status(status)) = client::request(&reachable, &Command::Status, Some(ASK))
             && status.supervisor.pid == pid as u32
         {
-            return Ok(Running {
+            let running = Running {
                 pid,
                 name: status.supervisor.name.clone(),
                 socket: reachable,
                 version: status.supervisor.version.clone(),
-            });
+            };
+            return Ok((running, status.supervisor.exe.as_ref().map(PathBuf::from)));
         }
     }
     Err("no control socket of its answers".into())
@@ -168,7 +183,6 @@ mod tests {
 
     #[test]
     fn this_test_is_no_supervisor() {
-        let me = std::env::current_exe().unwrap();
-        assert!(!runs_supervisor(std::process::id() as Pid, &me));
+        assert_eq!(supervisor_executable(std::process::id() as Pid), None);
     }
 }

@@ -51,17 +51,33 @@ pub fn monotonic_ns() -> u64 {
 }
 
 /// The path this process was started from: what an upgrade execs (the
-/// binary installed there by then). The kernel appends " (deleted)" to a
-/// replaced file's link; the path is the one before it.
+/// binary installed there by then). That is the path it was invoked by
+/// (argv[0], through PATH if bare) when it is this very file, so that an
+/// install that swaps a symlink (`/usr/local/bin/sheepdog` → a versioned
+/// directory) is followed; else the executable's own path, from which the
+/// kernel's " (deleted)" for a replaced file is cut.
 pub fn own_path() -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
     let exe = std::fs::read_link("/proc/self/exe").ok()?;
     let text = exe.as_os_str().as_encoded_bytes();
-    Some(match text.strip_suffix(b" (deleted)") {
+    let exe = match text.strip_suffix(b" (deleted)") {
         // SAFETY: a prefix of the encoded bytes of an OsStr, cut at an
         // ASCII boundary.
         Some(path) => PathBuf::from(unsafe { std::ffi::OsStr::from_encoded_bytes_unchecked(path) }),
         None => exe,
-    })
+    };
+    let invoked = std::env::args_os().next().and_then(|arg0| {
+        let path_var = std::env::var_os("PATH").unwrap_or_default();
+        let found = crate::config::find_program(&arg0, &path_var, None).ok()?;
+        std::path::absolute(found).ok()
+    });
+    let same = |path: &PathBuf| {
+        let (Ok(a), Ok(b)) = (std::fs::metadata(path), std::fs::metadata("/proc/self/exe")) else {
+            return false;
+        };
+        (a.dev(), a.ino()) == (b.dev(), b.ino())
+    };
+    Some(invoked.filter(same).unwrap_or(exe))
 }
 
 /// "14:02:11 UTC on 2026-12-05", from milliseconds since the epoch.
@@ -108,6 +124,10 @@ mod tests {
     #[test]
     fn the_own_path_is_the_test_binary() {
         let path = own_path().unwrap();
-        assert_eq!(path, std::env::current_exe().unwrap());
+        assert!(path.is_absolute());
+        assert_eq!(
+            std::fs::canonicalize(path).unwrap(),
+            std::fs::canonicalize(std::env::current_exe().unwrap()).unwrap()
+        );
     }
 }

@@ -40,6 +40,37 @@ hammer_stop() { x touch /tmp/hammer.stop; wait "$hammer_pid"; cat /tmp/e2e-hamme
 zero_failed() { grep -q " failed=0 " /tmp/e2e-hammer.out; }
 zero_refused() { grep -q " refused=0 " /tmp/e2e-hammer.out; }
 slot0_pid() { x sheepdog status --config /etc/sheepdog/myapp.toml | awk '$1 == "0" && $4 == "ready" { print $2 }'; }
+worker_pids() { x sheepdog status --config /etc/sheepdog/myapp.toml | awk '$4 == "ready" { print $2 }' | sort -n | tr '\n' ' '; }
+
+upgrade_in_place() { # upgrade_in_place LABEL: dpkg -i a higher version under load
+    local label=$1 main_pid workers from rc watch
+    main_pid=$(x systemctl show -p MainPID --value myapp)
+    workers=$(worker_pids)
+    from=$(x sheepdog --version | awk '{ print $2 }')
+    echo "# $label sheepdog $from, pid $main_pid, workers $workers"
+    hammer_start
+    # The unit's state, every 50 ms, for as long as dpkg runs.
+    x rm -f /tmp/watch.stop /tmp/states
+    S exec bash -c 'while [ ! -e /tmp/watch.stop ]; do systemctl is-active myapp >> /tmp/states; sleep 0.05; done' & watch=$!
+    S copy-in "$repo/target/e2e-upgrade.deb" /root/sheepdog-upgrade.deb
+    x dpkg -i /root/sheepdog-upgrade.deb > /tmp/e2e-dpkg.out 2>&1; rc=$?
+    x touch /tmp/watch.stop; wait "$watch"
+    hammer_stop
+    sed 's/^/#   dpkg: /' /tmp/e2e-dpkg.out
+    check "$label dpkg -i of a higher version succeeds" test "$rc" -eq 0
+    check "$label the postinst upgraded myapp in place" grep -qF "myapp (pid $main_pid): upgraded from $from to $from+next in place" /tmp/e2e-dpkg.out
+    local pid_after workers_after
+    pid_after=$(x systemctl show -p MainPID --value myapp)
+    workers_after=$(worker_pids)
+    check "$label MainPID is unchanged ($main_pid)" test "$pid_after" = "$main_pid"
+    check "$label the worker pids are unchanged ($workers)" test "$workers_after" = "$workers"
+    check "$label the unit never left active" bash -c "s=\$('$sandbox' exec cat /tmp/states); [ -n \"\$s\" ] && ! grep -qv '^active\$' <<<\"\$s\""
+    check "$label no request failed during the upgrade" zero_failed
+    check "$label the journal says upgraded from $from to $from+next" journal_has "upgraded from $from to $from+next" -u myapp
+    check "$label /proc/MainPID/exe is the new /usr/bin/sheepdog" bash -c "[ \"\$('$sandbox' exec readlink /proc/$main_pid/exe)\" = /usr/bin/sheepdog ]"
+    check "$label sheepdog status reports the new version" bash -c "'$sandbox' exec sheepdog status --config /etc/sheepdog/myapp.toml | grep -q '^sheepdog $from+next · pid $main_pid '"
+    check "$label systemctl status shows the upgrade" until_ok 10 bash -c "'$sandbox' exec systemctl status myapp --no-pager | grep -qF 'sheepdog $from+next, upgraded from $from at'"
+}
 
 deploy() { # deploy SERVICE_UNIT: install the .deb and the example app as myapp
     S copy-in "$deb" /root/sheepdog.deb
@@ -68,9 +99,23 @@ packaging/build-deb >/dev/null || { echo "e2e: cannot build the .deb" >&2; exit 
 # cargo-deb empties target/debian/ on every build: keep this one aside.
 deb=$repo/target/e2e.deb
 cp "$(ls -t "$repo"/target/debian/sheepdog_*_amd64.deb | head -1)" "$deb"
-# The same build under a higher version, to upgrade to.
-(cd "$repo" && cargo deb --no-build --quiet --deb-version 99.0.0-1 --output target/e2e-upgrade.deb >/dev/null) \
-    || { echo "e2e: cannot build the upgrade .deb" >&2; exit 1; }
+# A higher version to upgrade to, as a new release would come: the same
+# package around the test build sheepdog-next (this code under the version
+# VERSION+next), as version 99.0.0-1.
+build_upgrade_deb() {
+    local root=$repo/target/e2e-upgrade
+    cargo build --release --locked --quiet --example sheepdog-next || return 1
+    rm -rf "$root" && dpkg-deb -R "$deb" "$root" || return 1
+    install -m 755 "$repo/target/release/examples/sheepdog-next" "$root/usr/bin/sheepdog"
+    strip "$root/usr/bin/sheepdog"
+    sed -i 's/^Version: .*/Version: 99.0.0-1/' "$root/DEBIAN/control"
+    if [ -f "$root/DEBIAN/md5sums" ]; then
+        local sum; sum=$(cd "$root" && md5sum usr/bin/sheepdog)
+        sed -i "s#^[0-9a-f]*  usr/bin/sheepdog\$#$sum#" "$root/DEBIAN/md5sums"
+    fi
+    dpkg-deb --build --root-owner-group "$root" "$repo/target/e2e-upgrade.deb" >/dev/null
+}
+build_upgrade_deb || { echo "e2e: cannot build the upgrade .deb" >&2; exit 1; }
 
 # lintian checks the manual pages too (it runs man --warnings on them).
 lintian --tag-display-limit 0 "$deb" > /tmp/e2e-lintian.out 2>&1
@@ -160,10 +205,7 @@ x systemctl reset-failed myapp >/dev/null 2>&1
 x systemctl restart myapp.service
 check "it serves again once workers can start" until_ok 30 answers "hello from worker"
 
-main_pid=$(x systemctl show -p MainPID --value myapp)
-S copy-in "$repo/target/e2e-upgrade.deb" /root/sheepdog-upgrade.deb
-check "upgrading the package succeeds" x dpkg -i /root/sheepdog-upgrade.deb
-check "the upgrade restarted nothing" bash -c "[ \"\$('$sandbox' exec systemctl show -p MainPID --value myapp)\" = '$main_pid' ] && '$sandbox' exec systemctl is-active myapp >/dev/null"
+upgrade_in_place "bookworm:"
 
 hammer_start
 check "systemctl restart under load exits 0" x systemctl restart myapp.service
@@ -240,6 +282,7 @@ hammer_stop
 check "trixie: no request failed during the reload" zero_failed
 check "trixie: journalctl -u myapp shows the reload" journal_has "reloaded to generation 2" -u myapp
 check "trixie: each worker's output is attributed to its slot" journal_has "worker 1 (pid" -u myapp -t myapp-worker-1
+upgrade_in_place "trixie:"
 S stop >/dev/null
 trap - EXIT
 

@@ -173,6 +173,10 @@ impl System for Fake {
         1_000_000_000_000 + self.now.saturating_duration_since(self.epoch).as_nanos() as u64
     }
 
+    fn upgrade_path(&self) -> Option<PathBuf> {
+        Some("/usr/bin/sheepdog".into())
+    }
+
     fn probe_successor(&mut self) -> Result<Successor, String> {
         self.effects.push(Effect::Probe);
         self.successor.clone()
