@@ -172,7 +172,7 @@ def sheepdog_upgrades(tmp, rounds, workers, load):
             f.write(f'command = ["python3", "{IDLE}"]\nreadiness = "notify"\n')
         f.write(f'workers = {workers}\nlisten = ["127.0.0.1:{port}"]\ncontrol_socket = "{control}"\n'
                 f'log_level = "warn"\nready_timeout = "60s"\n[heartbeat]\ninterval = "1s"\n')
-    proc = subprocess.Popen([binary, "run", "--config", config], stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([binary, "run", "--config", config], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     results = []
     try:
         wait_for(lambda: (status(binary, config) or {}).get("supervisor", {}).get("ready") == workers, 120,

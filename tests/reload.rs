@@ -58,16 +58,11 @@ impl App {
     }
 
     fn client(&self, args: &[&str]) -> std::process::Output {
-        let config = self.config.display().to_string();
-        let mut all: Vec<&str> = args.to_vec();
-        all.extend(["--config", &config]);
-        sheepdog_client(&all, 60 * SECOND)
+        client_of(&self.config, args)
     }
 
     fn status(&self) -> serde_json::Value {
-        let output = self.client(&["status", "--json"]);
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        serde_json::from_slice(&output.stdout).unwrap()
+        status_of(&self.config)
     }
 
     fn serving_pids(&self) -> HashSet<i64> {

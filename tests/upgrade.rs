@@ -21,7 +21,7 @@ const SECOND: Duration = Duration::from_secs(1);
 /// up to date: `cargo test` builds them, a `cargo test --test upgrade` may not.
 fn test_build(name: &str) -> PathBuf {
     let status = std::process::Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--example", name])
+        .args(["build", "--quiet", "--locked", "--example", name])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()
         .expect("run cargo");
@@ -143,16 +143,11 @@ fn node_flock(extra: &str, env: &[(&str, &str)]) -> Flock {
 impl Flock {
     /// `sheepdog ARGS --config …`.
     fn client(&self, args: &[&str]) -> std::process::Output {
-        let config = self.config.display().to_string();
-        let mut all: Vec<&str> = args.to_vec();
-        all.extend(["--config", &config]);
-        sheepdog_client(&all, 60 * SECOND)
+        client_of(&self.config, args)
     }
 
     fn status(&self) -> serde_json::Value {
-        let output = self.client(&["status", "--json"]);
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        serde_json::from_slice(&output.stdout).unwrap()
+        status_of(&self.config)
     }
 
     fn upgrade(&self) -> (bool, String, String) {
@@ -449,44 +444,41 @@ fn a_reload_under_way_and_clients_half_heard_come_through_an_upgrade() {
     assert_eq!(status["supervisor"]["ready"], 2);
 }
 
-#[test]
-fn upgrade_all_finds_every_sheepdog_running_from_its_path() {
-    let next = test_build("sheepdog-next");
-    let first = node_flock("", &[]);
-    let second = node_flock("", &[]);
-    // The second runs from the first one's binary (two apps, one package).
-    let output = std::process::Command::new(&first.binary)
+/// `BINARY upgrade --all`, which must succeed: what it printed.
+fn upgrade_all(binary: &Path) -> String {
+    let output = std::process::Command::new(binary)
         .args(["upgrade", "--all"])
         .output()
         .unwrap();
-    let said = String::from_utf8_lossy(&output.stdout);
+    let said = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
         "{said}{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    said
+}
+
+#[test]
+fn upgrade_all_finds_every_sheepdog_running_from_its_path() {
+    let next = test_build("sheepdog-next");
+    let first = node_flock("", &[]);
+    let second = node_flock("", &[]);
+    // Each runs from a binary of its own: --all from the first's finds it alone.
+    let said = upgrade_all(&first.binary);
     assert!(said.contains(&format!("(pid {})", first.sheepdog.pid())), "{said}");
     assert!(
         !said.contains(&format!("(pid {})", second.sheepdog.pid())),
         "another path: {said}"
     );
+    // Nothing new was installed: it handed over to the same build. Now a new one.
     assert!(said.contains("upgraded from"), "{said}");
-    // Nothing new was installed: it hands over to the same build. Now a new one.
     install(&next, &first.binary);
     install(&next, &second.binary);
     for flock in [&first, &second] {
-        let output = std::process::Command::new(&flock.binary)
-            .args(["upgrade", "--all"])
-            .output()
-            .unwrap();
-        let said = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            output.status.success(),
-            "{said}{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let said = upgrade_all(&flock.binary);
         assert!(said.contains("+next in place"), "{said}");
-        assert!(exe_of(flock.sheepdog.pid()) == flock.binary.display().to_string());
+        assert_eq!(exe_of(flock.sheepdog.pid()), flock.binary.display().to_string());
     }
 }
 

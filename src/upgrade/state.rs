@@ -365,3 +365,26 @@ pub fn check_fds(fds: &[FdRecord]) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn only_the_fds_the_state_names_as_they_were_are_taken() {
+        let a = std::fs::File::open("/dev/null").unwrap();
+        let b = std::os::unix::net::UnixStream::pair().unwrap().0;
+        let (ra, rb) = (FdRecord::of(a.as_fd()), FdRecord::of(b.as_fd()));
+        assert!(check_fds(&[ra, rb]).is_ok());
+        let wrong = FdRecord {
+            inode: rb.inode + 1,
+            ..rb
+        };
+        assert!(check_fds(&[ra, wrong]).unwrap_err().contains("not the"));
+        assert!(check_fds(&[ra, ra]).unwrap_err().contains("twice"));
+        // Far above any fd limit: never open.
+        let gone = FdRecord { fd: 1 << 30, inode: 1 };
+        assert!(check_fds(&[gone]).unwrap_err().contains("not open"));
+    }
+}

@@ -641,3 +641,18 @@ pub fn sheepdog_client(args: &[&str], timeout: Duration) -> std::process::Output
     }
     child.wait_with_output().unwrap()
 }
+
+/// `sheepdog ARGS… --config CONFIG` as a client (bounded to a minute).
+pub fn client_of(config: &Path, args: &[&str]) -> std::process::Output {
+    let config = config.display().to_string();
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--config", &config]);
+    sheepdog_client(&all, Duration::from_secs(60))
+}
+
+/// `sheepdog status --json --config CONFIG`, which must answer.
+pub fn status_of(config: &Path) -> serde_json::Value {
+    let output = client_of(config, &["status", "--json"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).unwrap()
+}

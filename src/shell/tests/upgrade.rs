@@ -205,3 +205,70 @@ fn a_state_handed_back_is_carried_on_and_the_client_told_why() {
     );
     assert_eq!(back.flock().workers().len(), 2);
 }
+
+/// A whole hand-over as the system would frame it, with an empty system part.
+fn framed(state: SupervisorState) -> crate::upgrade::state::HandOver {
+    use crate::upgrade::state::*;
+    let fd = FdRecord { fd: 3, inode: 42 };
+    HandOver {
+        format: crate::build::STATE_FORMAT,
+        from_version: "0.0.1".into(),
+        taken_at_ns: 7,
+        supervisor: state,
+        os: OsState {
+            exe: Bytes::new(b"/usr/bin/sheepdog"),
+            listeners: vec![],
+            inherited: true,
+            control: ControlState {
+                listener: fd,
+                path: Bytes::new(b"/run/sheepdog/app/control.sock"),
+                identity: (1, 42),
+                clients: vec![],
+                next_client: 9,
+            },
+            http: None,
+            links: LinksState {
+                channel: "none".into(),
+                dir: None,
+                channel_fd: 4,
+                sequence: 3,
+                links: vec![],
+            },
+            exec_reports: vec![],
+            workers: vec![101, 102],
+            swept: vec![],
+            notify_outbox: vec!["STATUS=x".into()],
+            log_pending: Bytes::new(&[0xff, b'\n']),
+            log_dropped: 0,
+            pending_signals: vec![17],
+            signal_mask: vec![],
+        },
+    }
+}
+
+#[test]
+fn the_state_reads_back_whole_and_anything_less_is_refused() {
+    use crate::upgrade::state::HandOver;
+    let mut h = Harness::serving("[\"true\", \"one\"]", "");
+    h.pass_at(2000 * MS, vec![ask(Command::Upgrade, REQUESTER)]);
+    let (state, _, _) = handed(&mut h);
+    let whole = framed(state);
+    let bytes = whole.encode();
+    let format = crate::build::STATE_FORMAT;
+    assert_eq!(HandOver::decode(&bytes, format), Ok(whole.clone()));
+    // Bytes that are not UTF-8 (a log line cut in two) survive.
+    assert_eq!(whole.os.log_pending.as_bytes(), [0xff, b'\n']);
+    assert!(
+        HandOver::decode(&bytes, format + 1)
+            .unwrap_err()
+            .contains(&format!("this build reads format {}", format + 1))
+    );
+    assert!(
+        HandOver::decode(b"\x00garbage", format)
+            .unwrap_err()
+            .contains("no readable header")
+    );
+    for cut in (0..bytes.len()).step_by(97) {
+        assert!(HandOver::decode(&bytes[..cut], format).is_err(), "cut at {cut}");
+    }
+}
