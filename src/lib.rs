@@ -34,6 +34,10 @@
 //!   and the [`control::view`] of `sheepdog status`.
 //! - [`observe`] is the opt-in HTTP side: `/healthz`, `/readyz` and the
 //!   Prometheus `/metrics`, served by the same loop ([`observe::http`]).
+//! - [`upgrade`] is the in-place upgrade (`sheepdog upgrade`): the state
+//!   one binary hands the next under the same pid (the core's
+//!   [`core::snapshot`], the shell's commands and fds), the probe of the new
+//!   binary, the exec and the hand-back.
 //! - [`config`] is the config file: its schema, values, named defaults and
 //!   default paths, and `sheepdog check`'s printout.
 //! - [`error`]: the one error type and its exit-code classes (2, 71, 78).

@@ -52,7 +52,7 @@ pub fn monotonic_ns() -> u64 {
 
 /// The path this process was started from: what an upgrade execs (the
 /// binary installed there by then). That is the path it was invoked by
-/// (argv[0], through PATH if bare) when it is this very file, so that an
+/// (`argv[0]`, through PATH if bare) when it is this very file, so that an
 /// install that swaps a symlink (`/usr/local/bin/sheepdog` → a versioned
 /// directory) is followed; else the executable's own path, from which the
 /// kernel's " (deleted)" for a replaced file is cut.
