@@ -193,17 +193,23 @@ fn take_over(inherited: Inherited, journal: bool) -> ExitCode {
     code
 }
 
-/// Fault injection for the tests of the hand-back, in debug builds only:
+/// Fault injection for the tests of the hand-over, in debug builds only:
 /// `SHEEPDOG_FAILPOINT=adopt` makes a new binary refuse the state it is
-/// handed (the old one, handed it back, takes it).
+/// handed (the old one, handed it back, takes it); `SHEEPDOG_FAILPOINT=pause`
+/// makes it wait half a second before it takes over, signals still blocked,
+/// so that a test can send one into the blind window.
 fn failpoint(inherited: &Inherited) -> Result<(), String> {
-    if cfg!(debug_assertions)
-        && inherited.refused.is_none()
-        && std::env::var_os("SHEEPDOG_FAILPOINT").is_some_and(|f| f == "adopt")
-    {
-        return Err("SHEEPDOG_FAILPOINT=adopt says so".into());
+    if !cfg!(debug_assertions) || inherited.refused.is_some() {
+        return Ok(());
     }
-    Ok(())
+    match std::env::var_os("SHEEPDOG_FAILPOINT") {
+        Some(f) if f == "adopt" => Err("SHEEPDOG_FAILPOINT=adopt says so".into()),
+        Some(f) if f == "pause" => {
+            std::thread::sleep(Duration::from_millis(500));
+            Ok(())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Execs the old binary again with the state; if even that fails, stops

@@ -261,6 +261,14 @@ fn an_upgrade_under_load_keeps_the_pid_the_workers_and_every_request() {
         let now = flock.workers();
         now.len() == 2 && !now.contains(&hung)
     });
+    // Its signal handlers are in place and the signal mask restored: SIGTERM
+    // stops the flock gracefully, as before the upgrade.
+    let mut flock = flock;
+    let last = flock.workers();
+    flock.sheepdog.signal(libc::SIGTERM);
+    let status = flock.sheepdog.wait_exit(20 * SECOND);
+    assert_eq!(status.code(), Some(0), "{:#?}", flock.sheepdog.logs.lines());
+    assert!(last.iter().all(|pid| !alive(*pid)), "no worker outlives it");
 }
 
 #[test]
@@ -528,4 +536,34 @@ fn a_symlink_swapped_to_another_release_is_followed() {
     assert!(said.contains(&format!("(pid {pid}): upgraded from ")), "{said}");
     assert_eq!(exe_of(pid), root.join("releases/a/sheepdog").display().to_string());
     assert_eq!(flock.workers(), workers);
+}
+
+#[test]
+fn a_signal_sent_while_the_binaries_change_is_not_lost() {
+    let next = test_build("sheepdog-next");
+    // Fault injection (debug builds only): the new binary pauses half a
+    // second before it takes over, every signal blocked meanwhile.
+    let mut flock = node_flock("", &[("SHEEPDOG_FAILPOINT", "pause")]);
+    let workers = flock.workers();
+    install(&next, &flock.binary);
+    let config = flock.config.clone();
+    let upgrade = std::thread::spawn(move || client_of(&config, &["upgrade"]));
+    // Once the new binary runs (its executable changed), and before it took over.
+    let pid = flock.sheepdog.pid();
+    wait_until(10 * SECOND, "the exec", || {
+        exe_of(pid) == flock.binary.display().to_string()
+    });
+    flock.sheepdog.signal(libc::SIGTERM);
+    let upgraded = upgrade.join().unwrap();
+    let said = String::from_utf8_lossy(&upgraded.stdout);
+    assert!(
+        upgraded.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&upgraded.stderr)
+    );
+    // The SIGTERM waited, pending, for the new binary's handlers: a graceful stop.
+    let status = flock.sheepdog.wait_exit(20 * SECOND);
+    assert_eq!(status.code(), Some(0), "{:#?}", flock.sheepdog.logs.lines());
+    flock.sheepdog.logs.wait_for("received SIGTERM", SECOND);
+    assert!(workers.iter().all(|pid| !alive(*pid)));
 }
