@@ -158,7 +158,7 @@ fn take_over(inherited: Inherited, journal: bool) -> ExitCode {
         .supervisor
         .log_level
         .as_deref()
-        .and_then(|l| <crate::config::LogLevel as clap::ValueEnum>::from_str(l, true).ok());
+        .and_then(crate::config::LogLevel::named);
     logging::init(level.map(|l| l.filter()), journal);
     logging::resume(handover.os.log_pending.as_bytes(), handover.os.log_dropped);
     let elapsed = crate::upgrade::monotonic_ns().saturating_sub(handover.taken_at_ns);
@@ -171,10 +171,11 @@ fn take_over(inherited: Inherited, journal: bool) -> ExitCode {
         os,
         ..
     } = handover;
+    let refused = inherited.refused.clone();
     // Whatever goes wrong while the state is read is a hand-back, a panic too.
     let prepared = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         failpoint(&inherited)?;
-        Supervisor::<Os>::prepare(supervisor, then)
+        Supervisor::<Os>::prepare(supervisor, then, from_version, taken_at_ns, refused)
     }))
     .unwrap_or_else(|_| Err("it panicked while reading the state".into()));
     let prepared = match prepared {
@@ -185,10 +186,8 @@ fn take_over(inherited: Inherited, journal: bool) -> ExitCode {
         Ok(os) => os,
         Err(why) => return hand_back(&inherited, &why),
     };
-    let refused = inherited.refused.clone();
     drop(inherited);
-    let supervisor = Supervisor::adopted(prepared, os, from_version, taken_at_ns, refused);
-    let code = ExitCode::from(supervisor.run() as u8);
+    let code = ExitCode::from(prepared(os).run() as u8);
     logging::drain(Duration::from_secs(1));
     code
 }

@@ -221,6 +221,15 @@ pub enum Channel {
     None,
 }
 
+impl Channel {
+    /// The channel its name (as `Display` writes it) names.
+    pub fn named(name: &str) -> Option<Channel> {
+        [Channel::Notify, Channel::NodeIpc, Channel::None]
+            .into_iter()
+            .find(|c| c.to_string() == name)
+    }
+}
+
 impl fmt::Display for Channel {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str(match self {
@@ -296,6 +305,11 @@ impl fmt::Display for LogLevel {
 }
 
 impl LogLevel {
+    /// The level its name (as `Display` writes it) names.
+    pub fn named(name: &str) -> Option<LogLevel> {
+        <LogLevel as clap::ValueEnum>::from_str(name, true).ok()
+    }
+
     pub fn filter(self) -> log::LevelFilter {
         match self {
             LogLevel::Error => log::LevelFilter::Error,

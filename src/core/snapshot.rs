@@ -489,12 +489,8 @@ fn restore_policy(state: PolicyState) -> Result<Policy, String> {
         "none" => Readiness::None,
         other => return Err(format!("readiness {other:?} is not one this build knows")),
     };
-    let channel = match state.channel.as_str() {
-        "notify" => Channel::Notify,
-        "node-ipc" => Channel::NodeIpc,
-        "none" => Channel::None,
-        other => return Err(format!("channel {other:?} is not one this build knows")),
-    };
+    let channel = Channel::named(&state.channel)
+        .ok_or_else(|| format!("channel {:?} is not one this build knows", state.channel))?;
     let memory_measure = match state.memory_measure.as_str() {
         "pss" => MemoryMeasure::Pss,
         "rss" => MemoryMeasure::Rss,

@@ -145,7 +145,7 @@ impl Os {
         let links = Links::new(channel, channel_fd_number(listeners.sockets.len())).map_err(Error::os)?;
         let plumbing = Plumbing::new()?;
         let os = Os::assemble(plumbing, listeners, control, http, links, exe);
-        os.watch_all();
+        os.watch_all().map_err(|(what, e)| Error::from_errno(what, e))?;
         Ok(os)
     }
 
@@ -157,12 +157,8 @@ impl Os {
     pub fn adopt(state: OsState, then: Instant) -> Result<Os, String> {
         let fds = state.fds();
         check_fds(&fds)?;
-        let channel = match state.links.channel.as_str() {
-            "notify" => Channel::Notify,
-            "node-ipc" => Channel::NodeIpc,
-            "none" => Channel::None,
-            other => return Err(format!("channel {other:?} is not one this build knows")),
-        };
+        let channel = Channel::named(&state.links.channel)
+            .ok_or_else(|| format!("channel {:?} is not one this build knows", state.links.channel))?;
         let plumbing = Plumbing::new().map_err(|e| e.to_string())?;
         // From here on nothing fails: the fds are taken, and closed on
         // exec again (a probe or the next hand-over must not inherit them).
@@ -184,7 +180,12 @@ impl Os {
         // What was caught before the exec, and a reap for what ended during it.
         os.carried = state.pending_signals;
         os.carried.push(SIGCHLD);
-        os.watch_all();
+        if let Err((what, e)) = os.watch_all() {
+            // The fds are taken: dropping them would close them under the
+            // hand-back, which needs them open. The process execs next.
+            std::mem::forget(os);
+            return Err(format!("{what}: {}", e.desc()));
+        }
         // The handlers are in place: what was sent meanwhile is delivered now.
         handover::restore_signals(&handover::mask_from(&state.signal_mask));
         Ok(os)
@@ -225,17 +226,32 @@ impl Os {
 
     /// Registers every fd the loop watches with the epoll: the signal
     /// pipes, the control and http sockets and their clients, the exec
-    /// reports and the workers' channels.
-    fn watch_all(&self) {
+    /// reports and the workers' channels. Without one of the first four the
+    /// supervisor cannot run (what, and why); the others are warned of.
+    fn watch_all(&self) -> Result<(), (&'static str, Errno)> {
+        let input = EpollFlags::EPOLLIN;
+        let must = |fd: BorrowedFd<'_>, tag: u64, what: &'static str| {
+            self.epoll.add(fd, EpollEvent::new(input, tag)).map_err(|e| (what, e))
+        };
+        must(
+            self.signals.get_read().as_fd(),
+            TAG_SIGNALS,
+            "cannot watch the signal pipe",
+        )?;
+        must(self.faults.0.as_fd(), TAG_FAULTS, "cannot watch the signal pipe")?;
+        must(
+            self.control.listener_fd(),
+            TAG_CONTROL,
+            "cannot watch the control socket",
+        )?;
+        if let Some(http) = &self.http {
+            must(http.listener_fd(), TAG_HTTP, "cannot watch the http socket")?;
+        }
         let watch = |fd: BorrowedFd<'_>, flags: EpollFlags, tag: u64, what: &str| {
             if let Err(e) = self.epoll.add(fd, EpollEvent::new(flags, tag)) {
                 warn!("cannot watch {what}: {}", e.desc());
             }
         };
-        let input = EpollFlags::EPOLLIN;
-        watch(self.signals.get_read().as_fd(), input, TAG_SIGNALS, "the signal pipe");
-        watch(self.faults.0.as_fd(), input, TAG_FAULTS, "the signal pipe");
-        watch(self.control.listener_fd(), input, TAG_CONTROL, "the control socket");
         for client in self.control.client_ids() {
             if let Some(fd) = self.control.client_fd(client) {
                 let flags = if self.control.is_writing(client) {
@@ -247,7 +263,6 @@ impl Os {
             }
         }
         if let Some(http) = &self.http {
-            watch(http.listener_fd(), input, TAG_HTTP, "the http socket");
             for client in http.client_ids() {
                 if let Some(fd) = http.client_fd(client) {
                     let flags = if http.is_writing(client) {
@@ -269,6 +284,7 @@ impl Os {
                 }
             }
         }
+        Ok(())
     }
 
     /// Everything this system holds, as data, its time points relative to

@@ -95,23 +95,6 @@ struct TookOver {
     refused: Option<String>,
 }
 
-/// A supervisor restored from a hand-over, waiting for its system.
-pub struct Prepared {
-    flock: Flock,
-    commands: HashMap<CommandId, WorkerCommand>,
-    next_command: CommandId,
-    context: CommandContext,
-    source: ReloadSource,
-    name: String,
-    config_path: Option<String>,
-    started: Instant,
-    next_ticket: u64,
-    reload_waiters: HashMap<u64, ClientId>,
-    log_level: Option<LogLevel>,
-    upgrades: UpgradesState,
-    requester: Option<ClientId>,
-}
-
 impl<S: System> Supervisor<S> {
     pub fn new(
         settings: &Settings,
@@ -148,91 +131,66 @@ impl<S: System> Supervisor<S> {
 
     /// The supervisor `state` describes, restored but for its system: its
     /// time points taken from `then`, the instant that is the moment the
-    /// binary before wrote it. Fails, with nothing taken, for a state this
-    /// build cannot run.
-    pub fn prepare(state: SupervisorState, then: Instant) -> Result<Prepared, String> {
+    /// binary before (`from_version`) wrote it, at `taken_at_ns`. `refused`
+    /// says why the new binary handed it back, when this is the old one
+    /// again. Fails, with nothing taken, for a state this build cannot run;
+    /// else gives what makes the supervisor once its system is there.
+    pub fn prepare(
+        state: SupervisorState,
+        then: Instant,
+        from_version: String,
+        taken_at_ns: u64,
+        refused: Option<String>,
+    ) -> Result<impl FnOnce(S) -> Supervisor<S>, String> {
         let flock = Flock::restore(state.flock, then)?;
         let mut commands = HashMap::new();
         for (id, command) in state.commands {
             commands.insert(id, WorkerCommand::adopt(command).map_err(|e| e.to_string())?);
         }
-        let context = CommandContext {
-            listeners: state.context.listeners,
-            fdnames: state.context.fdnames,
-            journal: state.context.journal,
-            fd_limit: state.context.fd_limit.map(|(soft, hard)| FdLimit { soft, hard }),
-        };
         let source = restore_source(state.source)?;
-        let log_level = state
-            .log_level
-            .as_deref()
-            .map(|level| <LogLevel as clap::ValueEnum>::from_str(level, true))
-            .transpose()
-            .map_err(|_| format!("log level {:?} is not one this build knows", state.log_level))?;
-        Ok(Prepared {
-            flock,
-            commands,
-            next_command: state.next_command,
-            context,
-            source,
-            name: state.name,
-            config_path: state.config_path,
-            started: instant_near(then, state.started),
-            next_ticket: state.next_ticket,
-            reload_waiters: state.reload_waiters.into_iter().collect(),
-            log_level,
-            upgrades: state.upgrades,
-            requester: state.requester,
-        })
-    }
-
-    /// The prepared supervisor on `system`. `from_version` wrote the state
-    /// at `taken_at_ns`; `refused` says why the new binary handed it back,
-    /// when this is the old one again.
-    pub fn adopted(
-        prepared: Prepared,
-        system: S,
-        from_version: String,
-        taken_at_ns: u64,
-        refused: Option<String>,
-    ) -> Supervisor<S> {
-        let mut upgrades = prepared.upgrades;
+        let log_level = match state.log_level.as_deref() {
+            None => None,
+            Some(name) => Some(LogLevel::named(name).ok_or(format!("log level {name:?} is not one this build knows"))?),
+        };
+        let mut upgrades = state.upgrades;
         if refused.is_none() {
             upgrades.count += 1;
             upgrades.from = Some(from_version.clone());
             upgrades.at_unix_ms = Some(crate::upgrade::unix_ms());
         }
-        let mut supervisor = Supervisor {
-            flock: prepared.flock,
-            system,
-            commands: prepared.commands,
-            next_command: prepared.next_command,
-            context: prepared.context,
-            source: prepared.source,
-            name: prepared.name,
-            config_path: prepared.config_path,
-            started: prepared.started,
-            next_ticket: prepared.next_ticket,
-            reload_waiters: prepared.reload_waiters,
-            ignored_signals: RateLimit::new(20, Duration::from_secs(10)),
-            deadline: None,
-            log_level: prepared.log_level,
-            upgrade_requested: None,
-            upgrades,
-            took_over: Some(TookOver {
-                requester: prepared.requester,
-                from_version,
-                taken_at_ns,
-                refused,
-            }),
-        };
-        supervisor.note_upgrades();
-        supervisor
-    }
-
-    /// `log_level` as it was at start.
-    pub fn log_level(&self) -> Option<LogLevel> {
-        self.log_level
+        Ok(move |system: S| {
+            let mut supervisor = Supervisor {
+                flock,
+                system,
+                commands,
+                next_command: state.next_command,
+                context: CommandContext {
+                    listeners: state.context.listeners,
+                    fdnames: state.context.fdnames,
+                    journal: state.context.journal,
+                    fd_limit: state.context.fd_limit.map(|(soft, hard)| FdLimit { soft, hard }),
+                },
+                source,
+                name: state.name,
+                config_path: state.config_path,
+                started: instant_near(then, state.started),
+                next_ticket: state.next_ticket,
+                reload_waiters: state.reload_waiters.into_iter().collect(),
+                ignored_signals: RateLimit::new(20, Duration::from_secs(10)),
+                deadline: None,
+                log_level,
+                upgrade_requested: None,
+                upgrades,
+                took_over: Some(TookOver {
+                    requester: state.requester,
+                    from_version,
+                    taken_at_ns,
+                    refused,
+                }),
+            };
+            supervisor.note_upgrades();
+            supervisor
+        })
     }
 
     /// STATUS says which sheepdog runs once it is not the one that started.
@@ -800,12 +758,10 @@ fn restore_source(state: SourceState) -> Result<ReloadSource, String> {
             .map(|a| a.parse::<ListenAddr>())
             .collect::<Result<Vec<_>, String>>()
     };
-    let log_level = state
-        .log_level_override
-        .as_deref()
-        .map(|level| <LogLevel as clap::ValueEnum>::from_str(level, true))
-        .transpose()
-        .map_err(|_| format!("log level {:?} is not one this build knows", state.log_level_override))?;
+    let log_level = match state.log_level_override.as_deref() {
+        None => None,
+        Some(name) => Some(LogLevel::named(name).ok_or(format!("log level {name:?} is not one this build knows"))?),
+    };
     Ok(ReloadSource {
         config_file: state.config_file.map(|f| f.to_path()),
         overrides: Overrides {

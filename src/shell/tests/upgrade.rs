@@ -43,8 +43,8 @@ fn take_over(
     // As the new binary reckons it: the moment of the snapshot on its clock.
     let then = fake.now - Duration::from_nanos(fake.monotonic_ns() - taken_at_ns);
     assert_eq!(then, now);
-    let prepared = Supervisor::<Fake>::prepare(state, then).expect("the state is taken");
-    Supervisor::adopted(prepared, fake, "0.0.1".into(), taken_at_ns, None)
+    let prepared = Supervisor::<Fake>::prepare(state, then, "0.0.1".into(), taken_at_ns, None);
+    prepared.expect("the state is taken")(fake)
 }
 
 fn notified_status(effects: &[Effect]) -> Option<String> {
@@ -190,9 +190,9 @@ fn a_state_handed_back_is_carried_on_and_the_client_told_why() {
     let (state, now, taken_at_ns) = handed(&mut h);
     let mut fake = Fake::new(h.t0);
     fake.now = now + 20 * MS;
-    let prepared = Supervisor::<Fake>::prepare(state, now).unwrap();
     let why = Some("sheepdog 9.9.9 cannot take the flock over: an fd is not what the state says".into());
-    let mut back = Supervisor::adopted(prepared, fake, "0.1.0".into(), taken_at_ns, why);
+    let prepared = Supervisor::<Fake>::prepare(state, now, "0.1.0".into(), taken_at_ns, why);
+    let mut back = prepared.unwrap()(fake);
     back.pass(vec![]);
     let why = failure_to(&back.system().effects, REQUESTER);
     assert!(
