@@ -372,36 +372,58 @@ fn upgrade(args: UpgradeArgs) -> ExitCode {
 
 /// Every sheepdog running from this binary's path: what the package's
 /// postinst runs after an upgrade. Exit 1 if any of them was not upgraded.
+/// Every one is asked at once: looking takes a few seconds at most, and
+/// the upgrades together `timeout`, however many there are.
 fn upgrade_all(timeout: Duration) -> ExitCode {
+    use crate::text::printable;
+    use crate::upgrade::find;
     let Some(exe) = crate::upgrade::own_path() else {
         eprintln!("sheepdog: cannot tell this binary's path (/proc/self/exe)");
         return ExitCode::FAILURE;
     };
-    let (running, unreachable) = crate::upgrade::find::supervisors(&exe);
+    let shown = printable(&exe.to_string_lossy()).into_owned();
+    let installed = match find::Installed::at(&exe) {
+        Ok(installed) => installed,
+        Err(why) => {
+            eprintln!("sheepdog: cannot tell which binary is installed at {shown}: {why}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (running, unreachable) = find::supervisors(&installed);
     let mut failed = !unreachable.is_empty();
     for (pid, why) in &unreachable {
-        eprintln!("sheepdog: pid {pid} runs {} but cannot be asked: {why}", exe.display());
+        eprintln!(
+            "sheepdog: pid {pid} runs {shown} but cannot be asked: {}",
+            printable(why)
+        );
     }
     if running.is_empty() && unreachable.is_empty() {
-        println!("no sheepdog is running from {}", exe.display());
+        println!("no sheepdog is running from {shown}");
     }
-    for one in running {
-        let outcome = client::request(&one.socket, &Request::Upgrade, Some(timeout));
+    let deadline = std::time::Instant::now() + timeout;
+    let outcomes = find::for_each_at_once(running, |one| {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let outcome = find::ask(&one, &Request::Upgrade, left);
+        (one, outcome)
+    });
+    for (one, outcome) in outcomes {
+        let who = format!("{} (pid {})", printable(&one.name), one.pid);
         match outcome {
-            Ok(Reply::Done(message)) => println!("{} (pid {}): {message}", one.name, one.pid),
+            Ok(Reply::Done(message)) => println!("{who}: {message}"),
             Ok(Reply::Failed(why)) => {
                 failed = true;
-                eprintln!("sheepdog: {} (pid {}): {why}", one.name, one.pid);
+                eprintln!("sheepdog: {who}: {why}");
             }
             Ok(_) => {
                 failed = true;
-                eprintln!("sheepdog: {} (pid {}): unexpected reply", one.name, one.pid);
+                eprintln!("sheepdog: {who}: unexpected reply");
             }
             Err(e) => {
                 failed = true;
                 eprintln!(
-                    "sheepdog: {} (pid {}, sheepdog {}): {e}",
-                    one.name, one.pid, one.version
+                    "sheepdog: {who}, sheepdog {}: {}",
+                    printable(&one.version),
+                    printable(&e.to_string())
                 );
             }
         }

@@ -121,11 +121,21 @@ pub fn control_request(data: &[u8]) {
 }
 
 /// A control reply, as `sheepdog status` reads and shows it: never a panic,
-/// and what it read encodes back to what it reads.
+/// nothing a terminal would obey, and what it read encodes back to what it
+/// reads.
 pub fn control_reply(data: &[u8]) {
     let Ok(reply) = Reply::decode(data) else { return };
     if let Reply::Status(report) = &reply {
-        let _ = view::render(report);
+        // Whatever the server said, what `sheepdog status` prints holds no
+        // control character but its own line ends.
+        let shown = view::render(report);
+        assert_eq!(
+            crate::text::printable(&shown.replace('\n', "")),
+            shown.replace('\n', "")
+        );
+    }
+    if let Reply::Done(text) | Reply::Failed(text) = &reply {
+        assert_eq!(crate::text::printable(text), text.as_str());
     }
     let again = Reply::decode(reply.encode().as_bytes()).expect("an encoded reply decodes");
     if !has_nan(&reply) {

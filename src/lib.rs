@@ -60,6 +60,7 @@ pub mod manual;
 pub mod observe;
 pub mod shell;
 pub mod systemd;
+pub mod text;
 pub mod upgrade;
 pub mod worker;
 

@@ -137,37 +137,97 @@ const MAX_REPLY: usize = 16 << 20;
 /// exchange (not each read: a server trickling bytes cannot hold the client),
 /// and a reply longer than `MAX_REPLY` is refused, not buffered.
 pub fn request(socket: &Path, command: &Command, timeout: Option<Duration>) -> Result<Reply, NoReply> {
-    use NoReply::{Failed, TimedOut};
     let deadline = timeout.map(|t| Instant::now() + t);
+    let stream = connect_within(socket, deadline).map_err(|e| {
+        NoReply::Failed(format!(
+            "cannot connect to {}: {e} (is sheepdog running with this config?)",
+            shown(socket)
+        ))
+    })?;
+    trust_server(&stream, socket).map_err(NoReply::Failed)?;
+    exchange_until(stream, command, deadline, socket, timeout)
+}
+
+/// Connects to the unix socket at `path`; a listener whose queue is full
+/// (one that never accepts) is retried until `deadline`, never waited on
+/// for ever.
+pub fn connect_within(path: &Path, deadline: Option<Instant>) -> std::io::Result<UnixStream> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, connect, socket};
+    let address = UnixAddr::new(path).map_err(std::io::Error::from)?;
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(std::io::Error::from)?;
+    loop {
+        match connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &address) {
+            Ok(()) => break,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(nix::errno::Errno::EAGAIN) if deadline.is_none_or(|d| Instant::now() < d) => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(nix::errno::Errno::EAGAIN) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "its queue stayed full: nobody accepts",
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let stream = UnixStream::from(fd);
+    stream.set_nonblocking(false)?;
+    Ok(stream)
+}
+
+/// One request on a connected stream, its reply read by `deadline`.
+pub fn exchange(stream: UnixStream, command: &Command, deadline: Instant, socket: &Path) -> Result<Reply, NoReply> {
+    let budget = deadline.saturating_duration_since(Instant::now());
+    exchange_until(stream, command, Some(deadline), socket, Some(budget))
+}
+
+fn exchange_until(
+    mut stream: UnixStream,
+    command: &Command,
+    deadline: Option<Instant>,
+    socket: &Path,
+    budget: Option<Duration>,
+) -> Result<Reply, NoReply> {
+    use NoReply::{Failed, TimedOut};
     let timed_out = || {
         TimedOut(format!(
             "no reply within {}",
-            crate::units::format_duration(timeout.unwrap_or_default())
+            crate::units::format_duration(budget.unwrap_or_default())
         ))
     };
-    let mut stream = UnixStream::connect(socket).map_err(|e| {
-        Failed(format!(
-            "cannot connect to {}: {e} (is sheepdog running with this config?)",
-            socket.display()
-        ))
-    })?;
-    trust_server(&stream, socket).map_err(Failed)?;
-    stream.set_write_timeout(timeout).map_err(|e| Failed(e.to_string()))?;
+    let left = |deadline: Option<Instant>| match deadline {
+        None => Ok(None),
+        Some(deadline) => match deadline.saturating_duration_since(Instant::now()) {
+            left if left.is_zero() => Err(timed_out()),
+            left => Ok(Some(left)),
+        },
+    };
     stream
-        .write_all(format!("{}\n", encode_request(command)).as_bytes())
-        .map_err(|e| Failed(format!("cannot send the request: {e}")))?;
+        .set_write_timeout(left(deadline)?)
+        .map_err(|e| Failed(e.to_string()))?;
+    // A server that refuses at once (another user's client) answers why and
+    // hangs up: its reply may be waiting even when the request cannot go.
+    let sent = stream.write_all(format!("{}\n", encode_request(command)).as_bytes());
     let mut reply = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
-        if let Some(deadline) = deadline {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(timed_out());
-            }
-            stream.set_read_timeout(Some(left)).map_err(|e| Failed(e.to_string()))?;
-        }
+        stream
+            .set_read_timeout(left(deadline)?)
+            .map_err(|e| Failed(e.to_string()))?;
         match stream.read(&mut chunk) {
-            Ok(0) if reply.is_empty() => return Err(Failed("sheepdog closed the connection without a reply".into())),
+            Ok(0) if reply.is_empty() => {
+                return Err(Failed(match &sent {
+                    Err(e) => format!("cannot send the request to {}: {e}", shown(socket)),
+                    Ok(()) => "sheepdog closed the connection without a reply".into(),
+                }));
+            }
             Ok(0) => {
                 return Err(Failed(
                     "sheepdog closed the connection in the middle of its reply".into(),
@@ -190,9 +250,17 @@ pub fn request(socket: &Path, command: &Command, timeout: Option<Duration>) -> R
                 return Err(timed_out());
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if reply.is_empty() && sent.is_err() => {
+                return Err(Failed(format!("cannot send the request to {}: {e}", shown(socket))));
+            }
             Err(e) => return Err(Failed(format!("cannot read the reply: {e}"))),
         }
     }
+}
+
+/// A path as it may be printed (it came from the file system, or a peer).
+fn shown(path: &Path) -> String {
+    crate::text::printable(&path.to_string_lossy()).into_owned()
 }
 
 /// Only a server of our own uid or root's can be the sheepdog we mean: a
@@ -201,12 +269,12 @@ pub fn request(socket: &Path, command: &Command, timeout: Option<Duration>) -> R
 fn trust_server(stream: &UnixStream, socket: &Path) -> Result<(), String> {
     use nix::sys::socket::{getsockopt, sockopt};
     let peer = getsockopt(stream, sockopt::PeerCredentials)
-        .map_err(|e| format!("{}: cannot tell who serves it: {e}", socket.display()))?;
+        .map_err(|e| format!("{}: cannot tell who serves it: {e}", shown(socket)))?;
     let own = nix::unistd::geteuid().as_raw();
     if own != 0 && peer.uid() != own && peer.uid() != 0 {
         return Err(format!(
             "{} is served by pid {} of uid {}, neither root nor this user (uid {own}): not asked",
-            socket.display(),
+            shown(socket),
             peer.pid(),
             peer.uid()
         ));

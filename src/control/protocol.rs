@@ -152,8 +152,12 @@ impl Reply {
     }
 
     /// Reads a reply line; anything malformed is an error, never a panic.
+    /// Every string in it comes out [printable](crate::text::printable):
+    /// whatever a client prints of a reply, it prints no escape sequence
+    /// the server put there.
     pub fn decode(line: &[u8]) -> Result<Reply, String> {
         let value: Value = serde_json::from_slice(line).map_err(|e| format!("unreadable reply: {e}"))?;
+        let value = crate::text::printable_json(value);
         let text = |key: &str| value.get(key).and_then(Value::as_str).map(str::to_string);
         match value.get("ok").and_then(Value::as_bool) {
             Some(false) => Ok(Reply::Failed(

@@ -31,6 +31,7 @@ pub mod find;
 pub mod handover;
 pub mod probe;
 pub mod state;
+pub mod walk;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -3,8 +3,13 @@
 //! supervisor alive (or exited with its documented code), no worker, zombie
 //! or fd leaked, no request lost beyond those in flight on a killed worker,
 //! and the log saying what happened.
+//!
+//! The first round's cases are here; each later finding has a module of
+//! its own, by theme.
 
+#[path = "../common/mod.rs"]
 mod common;
+mod upgrade_all;
 
 use std::time::Duration;
 
