@@ -42,7 +42,7 @@ pub const MIN_READY_TIMEOUT: Duration = Duration::from_millis(100);
 /// worker would be replaced at every measurement.
 pub const MIN_MEMORY_LIMIT: u64 = 1 << 20;
 /// The most spawns per second: more and the guard against fork storms is
-/// no guard (a start forks the whole flock at once whatever this is).
+/// no guard (the first start is not rationed by it, only paced by the load).
 pub const MAX_SPAWN_RATE_LIMIT: u32 = 1000;
 /// The longest `name`: it becomes journal identifiers.
 pub const MAX_NAME: usize = 64;

@@ -99,7 +99,7 @@ pub const KEYS: &[Key] = &[
     Key {
         key: "max_spawn_rate",
         default: "`20`",
-        meaning: "spawns per second, whatever the workers do, 1–1000 (the first start may fork the whole flock at once)",
+        meaning: "spawns per second, whatever the workers do, 1–1000 (the first start is not rationed by it, but paced by the machine's load: see [What sheepdog does](#what-sheepdog-does))",
     },
     Key {
         key: "min_uptime",

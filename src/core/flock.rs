@@ -11,7 +11,7 @@ use super::health::Timers;
 use super::model::*;
 use super::recycle::Recycling;
 use super::reload::{ReloadOutcome, Rollout};
-use super::restart::{RestartHistory, Slot, SpawnBudget};
+use super::restart::{LoadGate, RestartHistory, Slot, SpawnBudget};
 use super::tally::{ReloadResult, Tally};
 use crate::config::MAX_WORKERS;
 use crate::units::format_duration;
@@ -50,6 +50,10 @@ pub struct Flock {
     pub(super) tally: Tally,
     /// What the shell adds to STATUS (which sheepdog, since an upgrade).
     pub(super) note: Option<String>,
+    /// Workers ordered in this pass, at most `SPAWNS_PER_PASS`.
+    pub(super) spawned_this_pass: usize,
+    /// Paces a start past a CPU's worth of starting workers.
+    pub(super) load: LoadGate,
 }
 
 impl Flock {
@@ -74,6 +78,8 @@ impl Flock {
             last_status: String::new(),
             tally: Tally::default(),
             note: None,
+            spawned_this_pass: 0,
+            load: LoadGate::default(),
             policy,
         }
     }
@@ -126,32 +132,56 @@ impl Flock {
         self.phase == Phase::Running
     }
 
-    /// Applies one event, then reconciles the table with what is desired.
-    pub fn handle(&mut self, now: Instant, event: Event) -> Vec<Action> {
+    /// One pass of the loop: applies every event the shell read, then
+    /// reconciles the table with what is desired, once. No deadline is
+    /// judged before all that was pending was applied: a `READY=1` that
+    /// waited in its socket while the loop was late was on time.
+    pub fn handle_pass(&mut self, now: Instant, events: Vec<Event>) -> Vec<Action> {
         let mut actions = Vec::new();
         self.guard_against_stalls(now);
+        self.spawned_this_pass = 0;
+        self.load.new_pass();
+        for event in events {
+            self.apply(now, event, &mut actions);
+        }
+        self.reconcile(now, &mut actions);
+        actions
+    }
+
+    /// A pass of one event (as [`Flock::handle_pass`]).
+    pub fn handle(&mut self, now: Instant, event: Event) -> Vec<Action> {
+        self.handle_pass(now, vec![event])
+    }
+
+    /// What an action of this pass led to (a spawn's outcome, a
+    /// measurement): applied and reconciled within the same pass.
+    pub fn follow_up(&mut self, now: Instant, event: Event) -> Vec<Action> {
+        let mut actions = Vec::new();
+        self.apply(now, event, &mut actions);
+        self.reconcile(now, &mut actions);
+        actions
+    }
+
+    fn apply(&mut self, now: Instant, event: Event, actions: &mut Vec<Action>) {
         match event {
             Event::Tick => {}
-            Event::Spawned { order, pid } => self.on_spawned(now, order, pid, &mut actions),
+            Event::Spawned { order, pid, at } => self.on_spawned(now, at, order, pid, actions),
             Event::SpawnFailed { order, reason } => {
                 let slot = order.slot;
                 self.slot_mut(slot, now).spawning = false;
                 warn!("worker {slot}: could not start: {reason}");
                 let what = format!("worker {slot} could not start: {reason}");
-                self.on_failure(now, slot, &mut actions, &what);
+                self.on_failure(now, slot, actions, &what);
             }
-            Event::Exited { pid, status } => self.on_exit(now, pid, status, &mut actions),
-            Event::Message { pid, message } => self.on_message(now, pid, message, &mut actions),
+            Event::Exited { pid, status } => self.on_exit(now, pid, status, actions),
+            Event::Message { pid, message } => self.on_message(now, pid, message, actions),
             Event::Measured { pid, bytes } => self.on_measured(pid, bytes),
             Event::Inspected { pid, own } => self.on_inspected(pid, own),
-            Event::Request(request) => self.on_request(now, request, &mut actions),
-            Event::ListenersChecked { recovered, lost } => {
-                self.on_listeners_checked(now, recovered, lost, &mut actions)
-            }
+            Event::Request(request) => self.on_request(now, request, actions),
+            Event::ListenersChecked { recovered, lost } => self.on_listeners_checked(now, recovered, lost, actions),
             Event::QueuesSampled(queues) => self.on_queues_sampled(now, queues),
+            Event::LoadSampled { runnable } => self.load.sampled(now, runnable, self.policy.cpus),
         }
-        self.reconcile(now, &mut actions);
-        actions
     }
 
     /// The earliest time at which `handle(Tick)` has something to do: the
@@ -216,7 +246,7 @@ impl Flock {
         self.ping_watchdog(now, actions);
     }
 
-    fn on_spawned(&mut self, now: Instant, order: SpawnOrder, pid: Pid, actions: &mut Vec<Action>) {
+    fn on_spawned(&mut self, now: Instant, at: Instant, order: SpawnOrder, pid: Pid, actions: &mut Vec<Action>) {
         self.slot_mut(order.slot, now).spawning = false;
         debug!(
             "worker {} (pid {pid}) started, generation {}",
@@ -226,12 +256,12 @@ impl Flock {
             slot: order.slot,
             pid,
             generation: order.generation,
-            started_at: now,
+            started_at: at,
             state: WorkerState::Starting,
-            last_heartbeat: now,
+            last_heartbeat: at,
             memory: None,
             status: None,
-            recycle_at: self.recycle_at(pid, order.slot, order.generation, now),
+            recycle_at: self.recycle_at(pid, order.slot, order.generation, at),
             listens_itself: Vec::new(),
             inspections: 0,
         };

@@ -69,10 +69,13 @@ pub enum Request {
 pub enum Event {
     /// Nothing happened but time passed.
     Tick,
-    /// The shell forked the worker `order` asked for.
+    /// The shell forked the worker `order` asked for, `at` that time (a
+    /// pass that forks many on a busy machine may end well after it began:
+    /// each worker's clock starts at its own fork).
     Spawned {
         order: SpawnOrder,
         pid: Pid,
+        at: Instant,
     },
     /// The shell could not fork it.
     SpawnFailed {
@@ -108,6 +111,10 @@ pub enum Event {
     },
     /// The listen queues, sampled with each listener check.
     QueuesSampled(Vec<super::tally::ListenQueue>),
+    /// Tasks runnable on the machine, as `Action::SampleLoad` asked.
+    LoadSampled {
+        runnable: usize,
+    },
 }
 
 /// What the supervisor tells systemd.
@@ -143,6 +150,10 @@ pub enum Action {
     Inspect {
         pids: Vec<Pid>,
     },
+    /// Count the tasks runnable on the machine now and report
+    /// `Event::LoadSampled` (at least as many workers as CPUs are starting,
+    /// and more are due).
+    SampleLoad,
     /// Check that the shared listening sockets still listen (any process
     /// holding one can shut it down for everyone), listen again where the
     /// kernel allows it, and report `Event::ListenersChecked`.
@@ -181,6 +192,9 @@ pub struct Policy {
     pub memory_interval: Duration,
     pub memory_measure: MemoryMeasure,
     pub max_surge: usize,
+    /// The CPUs sheepdog may use: past this many workers starting at once,
+    /// more start only while the machine has CPU to spare.
+    pub cpus: usize,
     pub stop_signal: Signal,
     pub stop_timeout: Duration,
     pub restart: RestartPolicy,
@@ -207,6 +221,7 @@ impl Policy {
             memory_interval: settings.memory.interval,
             memory_measure: settings.memory.measure,
             max_surge: settings.max_surge as usize,
+            cpus: usable_cpus(),
             stop_signal: settings.stop_signal,
             stop_timeout: settings.stop_timeout,
             restart: settings.restart.clone(),
@@ -215,6 +230,12 @@ impl Policy {
             listener_check: Some(super::health::LISTENER_CHECK),
         }
     }
+}
+
+/// The CPUs this process may use (its affinity and cgroup quota), for
+/// pacing a start: see `Flock`'s load gate.
+pub fn usable_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Why a ready worker is being replaced, replacement first: it keeps

@@ -12,6 +12,78 @@ use super::model::*;
 use crate::config::{MAX_WORKERS, RestartPolicy};
 use crate::units::format_duration;
 
+/// Workers started in one pass of the loop at most: a large flock starts
+/// over several passes, and between them the control socket and the
+/// workers' channels are served (forking hundreds of workers whose shell
+/// wrappers take the CPUs would otherwise hold the loop for seconds).
+pub(super) const SPAWNS_PER_PASS: usize = 32;
+
+/// How long spawns wait when the machine has no CPU to spare, before the
+/// load is looked at again (a worker that becomes ready or goes is looked
+/// at sooner: events wake the loop).
+pub(super) const LOAD_RETRY: Duration = Duration::from_millis(20);
+
+/// Paces a large start by the machine's load. A worker's `ready_timeout`
+/// runs from its fork: a thousand workers forked at once onto two CPUs
+/// (behind shell shims that take 100 ms of CPU each) would all be late
+/// through no fault of their own, and take the loop's CPU with them. So as
+/// many workers as there are CPUs start at once whatever the load; more
+/// start only while the tasks runnable on the machine are at most two per
+/// CPU, a CPU's worth per look at the load. Workers whose start waits on
+/// I/O (a database, a cache) leave the CPUs idle and start all at once.
+#[derive(Debug, Clone, Default)]
+pub(super) struct LoadGate {
+    /// Spawns the last look allows, in this pass.
+    allowance: usize,
+    /// A look was asked for in this pass and not answered yet.
+    asked: bool,
+    /// The machine was busy: nothing past the floor starts before this.
+    hold_until: Option<Instant>,
+}
+
+impl LoadGate {
+    pub fn new_pass(&mut self) {
+        self.allowance = 0;
+        self.asked = false;
+    }
+
+    pub fn sampled(&mut self, now: Instant, runnable: usize, cpus: usize) {
+        self.asked = false;
+        if runnable > 2 * cpus {
+            self.allowance = 0;
+            self.hold_until = Some(now + LOAD_RETRY);
+        } else {
+            self.allowance = cpus.max(1);
+            self.hold_until = None;
+        }
+    }
+
+    /// Whether one more worker may start now, `starting` being under way;
+    /// asks for a look at the load when it needs one.
+    pub fn admit(&mut self, now: Instant, starting: usize, cpus: usize, actions: &mut Vec<Action>) -> bool {
+        if starting < cpus.max(2) {
+            return true;
+        }
+        if self.hold_until.is_some_and(|until| now < until) {
+            return false;
+        }
+        if self.allowance > 0 {
+            self.allowance -= 1;
+            return true;
+        }
+        if !self.asked {
+            self.asked = true;
+            actions.push(Action::SampleLoad);
+        }
+        false
+    }
+
+    /// When the load is looked at again, after a busy look.
+    pub fn hold_until(&self) -> Option<Instant> {
+        self.hold_until
+    }
+}
+
 /// A slot is a stable worker identity (`SHEEPDOG_WORKER_ID`) that outlives the
 /// processes filling it.
 #[derive(Debug, Clone)]
@@ -102,6 +174,8 @@ struct Occupancy {
     occupied: Vec<bool>,
     /// Workers not stopping, and spawns on their way.
     live: usize,
+    /// Workers starting (not ready yet, not stopping), and spawns on their way.
+    starting: usize,
 }
 
 impl Flock {
@@ -188,9 +262,12 @@ impl Flock {
     fn occupancy(&self) -> Occupancy {
         let mut filled = vec![false; self.desired];
         let mut occupied = vec![false; self.desired];
-        let mut live = self.slots.iter().filter(|s| s.spawning).count();
+        let spawning = self.slots.iter().filter(|s| s.spawning).count();
+        let mut live = spawning;
+        let mut starting = spawning;
         for worker in self.workers.iter().filter(|w| !w.is_stopping()) {
             live += 1;
+            starting += usize::from(worker.is_starting());
             if let Some(slot) = occupied.get_mut(worker.slot) {
                 *slot = true;
             }
@@ -200,7 +277,12 @@ impl Flock {
                 *slot = true;
             }
         }
-        Occupancy { filled, occupied, live }
+        Occupancy {
+            filled,
+            occupied,
+            live,
+            starting,
+        }
     }
 
     /// Starts workers for empty slots first, then replacements for slots
@@ -214,6 +296,7 @@ impl Flock {
             filled,
             occupied,
             mut live,
+            mut starting,
         } = self.occupancy();
         for replacing in [false, true] {
             for slot in 0..self.desired {
@@ -224,6 +307,11 @@ impl Flock {
                 if replacing && live.saturating_sub(self.desired) >= self.policy.max_surge {
                     return;
                 }
+                if self.spawned_this_pass >= SPAWNS_PER_PASS {
+                    // The rest in the next pass, at once: in between, the
+                    // loop reads what the workers and clients said.
+                    return;
+                }
                 if self.budget.tokens < 1.0 {
                     debug!(
                         "spawn rate limit reached ({}/s); slot {slot} waits",
@@ -231,9 +319,15 @@ impl Flock {
                     );
                     return;
                 }
+                if !self.load.admit(now, starting, self.policy.cpus, actions) {
+                    debug!("{starting} workers are starting and the CPUs are busy; slot {slot} waits");
+                    return;
+                }
                 self.budget.tokens -= 1.0;
+                self.spawned_this_pass += 1;
                 self.slots[slot].spawning = true;
                 live += 1;
+                starting += 1;
                 if let Some(old) = self.workers.iter().find(|w| w.slot == slot && w.retiring().is_some()) {
                     let reason = old.retiring().map_or(String::new(), |r| r.to_string());
                     info!("worker {slot} (pid {}): starting its replacement ({reason})", old.pid);
@@ -254,7 +348,17 @@ impl Flock {
     /// ready or to exit, which are events, not deadlines); and never before
     /// the spawn budget has a token.
     pub(super) fn spawn_deadline(&self) -> Option<Instant> {
-        let Occupancy { filled, occupied, live } = self.occupancy();
+        let Occupancy {
+            filled,
+            occupied,
+            live,
+            starting,
+        } = self.occupancy();
+        // Past the floor, a busy machine puts the next start off (a past
+        // hold changes nothing).
+        let held = (starting >= self.policy.cpus.max(2))
+            .then(|| self.load.hold_until())
+            .flatten();
         let surge_room = live.saturating_sub(self.desired) < self.policy.max_surge;
         (0..self.desired)
             .filter_map(|slot| {
@@ -264,6 +368,7 @@ impl Flock {
             })
             .min()
             .map(|at| at.max(self.budget.next_token_at()))
+            .map(|at| held.map_or(at, |until| at.max(until)))
     }
 
     /// Stops the workers of slots above the desired count (after a scale-down).

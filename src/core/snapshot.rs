@@ -26,7 +26,7 @@ use super::health::Timers;
 use super::model::*;
 use super::recycle::Recycling;
 use super::reload::{ReloadOutcome, Rollout};
-use super::restart::{RestartHistory, Slot, SpawnBudget};
+use super::restart::{LoadGate, RestartHistory, Slot, SpawnBudget};
 use super::tally::{Cause, Histogram, ListenQueue, RELOAD_BUCKETS, Tally};
 use crate::config::{Channel, HeartbeatPolicy, MAX_WORKERS, MemoryMeasure, Readiness, RecyclePolicy, RestartPolicy};
 
@@ -74,6 +74,9 @@ pub struct PolicyState {
     /// "pss" or "rss".
     pub memory_measure: String,
     pub max_surge: usize,
+    /// Absent in a state from a build before it: this machine's.
+    #[serde(default = "super::model::usable_cpus")]
+    pub cpus: usize,
     /// "SIGTERM".
     pub stop_signal: String,
     pub stop_timeout: Duration,
@@ -442,6 +445,8 @@ impl Flock {
             last_status: state.last_status,
             tally: restore_tally(state.tally),
             note: None,
+            spawned_this_pass: 0,
+            load: LoadGate::default(),
         })
     }
 }
@@ -464,6 +469,7 @@ fn policy_state(policy: &Policy) -> PolicyState {
         memory_interval: policy.memory_interval,
         memory_measure: policy.memory_measure.to_string(),
         max_surge: policy.max_surge,
+        cpus: policy.cpus,
         stop_signal: policy.stop_signal.as_str().to_string(),
         stop_timeout: policy.stop_timeout,
         restart: RestartState {
@@ -527,6 +533,7 @@ fn restore_policy(state: PolicyState) -> Result<Policy, String> {
         memory_interval: positive(state.memory_interval, "a memory interval")?,
         memory_measure,
         max_surge: state.max_surge.min(most),
+        cpus: state.cpus.clamp(1, 1 << 16),
         stop_signal,
         stop_timeout: state.stop_timeout,
         restart: RestartPolicy {

@@ -51,6 +51,11 @@ const NOTIFY_RETRY: Duration = Duration::from_millis(20);
 /// The longest single sleep: a lost deadline shows as a late wake, not none.
 const MAX_SLEEP_MS: u128 = 60_000;
 
+/// Events one wait takes at most: every worker's channel (a notify worker
+/// has up to two sockets, one more while its notify directory is repaired)
+/// and exec report, every control and HTTP client, the listeners and pipes.
+const EVENTS_PER_WAIT: usize = 4 * crate::config::MAX_WORKERS as usize + 256;
+
 /// What an epoll registration stands for, in its 64-bit tag.
 const TAG_SIGNALS: u64 = 0;
 const TAG_LINK: u64 = 1 << 32;
@@ -88,6 +93,10 @@ pub struct Os {
     /// Signals taken for a hand-over that did not happen, or handed over
     /// by the binary before: handled at the next wait, which does not block.
     carried: Vec<i32>,
+    /// What epoll_wait fills (allocated once).
+    events: Vec<EpollEvent>,
+    /// When the last epoll_wait returned.
+    woke: Option<Instant>,
 }
 
 /// What one epoll wait found ready.
@@ -221,6 +230,8 @@ impl Os {
             orphan_lines: RateLimit::new(5, Duration::from_secs(10)),
             exe,
             carried: Vec::new(),
+            events: vec![EpollEvent::empty(); EVENTS_PER_WAIT],
+            woke: None,
         }
     }
 
@@ -325,7 +336,7 @@ impl Os {
         taken
     }
 
-    fn epoll_wait(&self, now: Instant, deadline: Option<Instant>) -> Result<Ready, Errno> {
+    fn epoll_wait(&mut self, now: Instant, deadline: Option<Instant>) -> Result<Ready, Errno> {
         let retry = self.notifier.has_pending().then(|| now + NOTIFY_RETRY);
         let log_retry = crate::logging::has_pending().then(|| now + crate::logging::RETRY);
         let http = self.http.as_ref().and_then(HttpServer::next_deadline);
@@ -341,11 +352,28 @@ impl Os {
                 PollTimeout::try_from(ms.min(MAX_SLEEP_MS) as i32).unwrap_or(PollTimeout::MAX)
             }
         };
-        let mut buffer = [EpollEvent::empty(); 64];
-        let count = match self.epoll.wait(&mut buffer, timeout) {
-            Ok(count) => count,
-            Err(Errno::EINTR) => 0,
+        // Sleep until something is ready or the deadline (interrupted is
+        // woken: a signal, or SIGSTOP then SIGCONT, after which epoll_wait
+        // is never restarted).
+        let buffer = &mut self.events;
+        match self.epoll.wait(buffer, timeout) {
+            Ok(_) | Err(Errno::EINTR) => {}
             Err(e) => return Err(e),
+        }
+        // The pass's time is taken first, then what is ready is looked at:
+        // everything that arrived before that time is read in this pass,
+        // before any deadline is judged, however long the supervisor was
+        // stopped or starved anywhere in between (even inside the first
+        // epoll_wait, after it had collected its events).
+        self.woke = Some(Instant::now());
+        // Room for every fd that can be ready at once (level-triggered: what
+        // the sleep saw is still ready).
+        let count = loop {
+            match self.epoll.wait(buffer, PollTimeout::ZERO) {
+                Ok(count) => break count,
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(e),
+            }
         };
         let mut ready = Ready::default();
         for event in &buffer[..count] {
@@ -577,6 +605,10 @@ impl System for Os {
         Instant::now()
     }
 
+    fn waited_at(&self) -> Instant {
+        self.woke.unwrap_or_else(Instant::now)
+    }
+
     fn wait(&mut self, deadline: Option<Instant>) -> Result<Vec<Input>, String> {
         self.notifier.flush();
         crate::logging::flush();
@@ -718,6 +750,10 @@ impl System for Os {
             rss_bytes,
             open_fds,
         }
+    }
+
+    fn runnable(&self) -> usize {
+        proc_stats::runnable().unwrap_or(0)
     }
 
     fn listen_queues(&self) -> Vec<ListenQueue> {

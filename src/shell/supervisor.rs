@@ -245,16 +245,13 @@ impl<S: System> Supervisor<S> {
     /// final STATUS= comes after it). Returns the exit code once the flock
     /// is gone, with the system's last words said.
     pub fn pass(&mut self, inputs: Vec<Input>) -> Option<i32> {
-        let now = self.system.now();
+        let now = self.system.waited_at();
         if self.heartbeats_alone(now, &inputs) {
             return None;
         }
         let mut events: Vec<Event> = inputs.into_iter().filter_map(|input| self.translate(input)).collect();
         events.push(Event::Tick);
-        let mut actions = VecDeque::new();
-        for event in events {
-            actions.extend(self.flock.handle(now, event));
-        }
+        let mut actions = VecDeque::from(self.flock.handle_pass(now, events));
         let mut exit = None;
         while let Some(action) = actions.pop_front() {
             exit = exit.or(self.perform(now, action, &mut actions));
@@ -544,11 +541,18 @@ impl<S: System> Supervisor<S> {
                         order.command
                     )),
                 };
+                // A worker's clock starts when it was forked, not when the
+                // pass began (forks can take long on a busy machine); the
+                // pass still judges at its own time, having read nothing since.
                 let event = match outcome {
-                    Ok(pid) => Event::Spawned { order, pid },
+                    Ok(pid) => Event::Spawned {
+                        order,
+                        pid,
+                        at: self.system.now().max(now),
+                    },
                     Err(reason) => Event::SpawnFailed { order, reason },
                 };
-                queue.extend(self.flock.handle(now, event));
+                queue.extend(self.flock.follow_up(now, event));
             }
             Action::Signal { pid, signal } => self.system.signal(pid, signal),
             Action::Ping { pid, message } => self.system.ping(pid, &message),
@@ -556,18 +560,22 @@ impl<S: System> Supervisor<S> {
                 let policy = self.flock.policy();
                 let (how, limit) = (policy.memory_measure, policy.memory_limit);
                 for (pid, bytes) in self.system.measure(&pids, how, limit) {
-                    queue.extend(self.flock.handle(now, Event::Measured { pid, bytes }));
+                    queue.extend(self.flock.follow_up(now, Event::Measured { pid, bytes }));
                 }
             }
             Action::Inspect { pids } => {
                 for (pid, own) in self.system.own_listeners(&pids) {
-                    queue.extend(self.flock.handle(now, Event::Inspected { pid, own }));
+                    queue.extend(self.flock.follow_up(now, Event::Inspected { pid, own }));
                 }
+            }
+            Action::SampleLoad => {
+                let runnable = self.system.runnable();
+                queue.extend(self.flock.follow_up(now, Event::LoadSampled { runnable }));
             }
             Action::CheckListeners => {
                 let (mut recovered, mut lost) = (Vec::new(), Vec::new());
                 let queues = self.system.listen_queues();
-                queue.extend(self.flock.handle(now, Event::QueuesSampled(queues)));
+                queue.extend(self.flock.follow_up(now, Event::QueuesSampled(queues)));
                 for fault in self.system.check_listeners() {
                     match fault {
                         ListenerFault::Recovered(what) => recovered.push(what),
@@ -575,7 +583,7 @@ impl<S: System> Supervisor<S> {
                     }
                 }
                 if !recovered.is_empty() || !lost.is_empty() {
-                    queue.extend(self.flock.handle(now, Event::ListenersChecked { recovered, lost }));
+                    queue.extend(self.flock.follow_up(now, Event::ListenersChecked { recovered, lost }));
                 }
             }
             Action::Notify(message) => self.system.notify(&message),

@@ -59,6 +59,13 @@ pub struct OwnUsage {
 pub trait System {
     /// The monotonic clock.
     fn now(&self) -> Instant;
+    /// When the last wait's inputs began to be read: a pass judges every
+    /// deadline at this time, so that a stall while it reads or acts (the
+    /// supervisor stopped, starved) punishes no worker whose word arrived
+    /// meanwhile; the next pass reads it.
+    fn waited_at(&self) -> Instant {
+        self.now()
+    }
     /// Sleeps until something happens or `deadline` passes (never, if None),
     /// and returns what happened.
     fn wait(&mut self, deadline: Option<Instant>) -> Result<Vec<Input>, String>;
@@ -76,6 +83,8 @@ pub trait System {
     fn workers_usage(&self, pids: &[Pid]) -> Vec<WorkerUsage>;
     /// The supervisor's own CPU time, memory and open fds.
     fn own_usage(&self) -> OwnUsage;
+    /// The tasks runnable on the machine now (0 when it cannot tell).
+    fn runnable(&self) -> usize;
     /// Each listening socket's accept queue, now.
     fn listen_queues(&self) -> Vec<ListenQueue>;
     /// For each worker, the TCP ports it listens on itself, not the ones

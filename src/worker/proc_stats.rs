@@ -259,6 +259,17 @@ fn page_size() -> u64 {
         .unwrap_or(4096) as u64
 }
 
+/// The tasks runnable on the machine now: the numerator of the fourth
+/// field of /proc/loadavg (`0.50 0.40 0.30 3/456 12345`).
+pub fn runnable() -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    parse_runnable(&text)
+}
+
+fn parse_runnable(loadavg: &str) -> Option<usize> {
+    loadavg.split_whitespace().nth(3)?.split('/').next()?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -428,5 +439,12 @@ mod listener_tests {
             "passed in: not its own"
         );
         assert!(own_listeners(i32::MAX, &listening, &[]).is_empty());
+    }
+
+    #[test]
+    fn the_runnable_count_is_read_from_loadavg() {
+        assert_eq!(parse_runnable("0.50 0.40 0.30 3/456 12345\n"), Some(3));
+        assert_eq!(parse_runnable("garbage"), None);
+        assert!(runnable().is_some_and(|n| n >= 1), "this test runs");
     }
 }

@@ -175,7 +175,14 @@ fn a_worker_forked_in_the_pass_a_shutdown_began_is_stopped_too() {
         panic!("{first:?}")
     };
     h.flock.handle(h.now, Event::Request(Request::Stop));
-    let actions = h.flock.handle(h.now, Event::Spawned { order, pid: 77 });
+    let actions = h.flock.handle(
+        h.now,
+        Event::Spawned {
+            order,
+            pid: 77,
+            at: h.now,
+        },
+    );
     assert_eq!(signals(&actions), vec![(77, Signal::SIGTERM)]);
     let actions = h.exit(77, ExitStatus::Code(0));
     assert!(actions.iter().any(|a| matches!(a, Action::Exit { code: 0, .. })));

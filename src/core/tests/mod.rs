@@ -4,6 +4,7 @@
 mod deadlines;
 mod health;
 mod lifecycle;
+mod passes;
 mod recycle;
 mod reload;
 mod restart;
@@ -46,6 +47,7 @@ fn policy(workers: usize) -> Policy {
         memory_interval: Duration::from_secs(3600),
         memory_measure: MemoryMeasure::Pss,
         max_surge: 1,
+        cpus: 2,
         watchdog: None,
         stop_signal: Signal::SIGTERM,
         stop_timeout: 5000 * MS,
@@ -115,6 +117,8 @@ struct Harness {
     now: Instant,
     next_pid: Pid,
     log: Vec<Action>,
+    /// Tasks runnable on the machine, as a look at the load finds them.
+    runnable: usize,
 }
 
 impl Harness {
@@ -127,24 +131,35 @@ impl Harness {
             now: t0,
             next_pid: FIRST_PID,
             log: Vec::new(),
+            runnable: 1,
         }
     }
 
     /// Feeds an event, performs spawns as a successful fork would, and
     /// returns every action taken (spawns included).
     fn feed(&mut self, event: Event) -> Vec<Action> {
+        self.feed_pass(vec![event])
+    }
+
+    /// Feeds what one pass of the loop read, as the shell does.
+    fn feed_pass(&mut self, events: Vec<Event>) -> Vec<Action> {
         let mut taken = Vec::new();
-        let mut queue = VecDeque::from(self.flock.handle(self.now, event));
+        let mut queue = VecDeque::from(self.flock.handle_pass(self.now, events));
         while let Some(action) = queue.pop_front() {
             assert!(taken.len() < MAX_PASSES, "one event set off endless actions");
+            if action == Action::SampleLoad {
+                let runnable = self.runnable;
+                queue.extend(self.flock.follow_up(self.now, Event::LoadSampled { runnable }));
+            }
             if let Action::Spawn(order) = action {
                 self.next_pid += 1;
                 assert!(self.next_pid < FIRST_PID + MOST_SPAWNS, "forks without end");
-                queue.extend(self.flock.handle(
+                queue.extend(self.flock.follow_up(
                     self.now,
                     Event::Spawned {
                         order,
                         pid: self.next_pid,
+                        at: self.now,
                     },
                 ));
             }

@@ -215,7 +215,14 @@ fn a_worker_forked_for_one_generation_is_recorded_in_it_though_a_reload_came_in_
         panic!("{first:?}")
     };
     assert_eq!(order.command, FIRST_COMMAND);
-    let actions = h.flock.handle(h.now, Event::Spawned { order, pid: 4242 });
+    let actions = h.flock.handle(
+        h.now,
+        Event::Spawned {
+            order,
+            pid: 4242,
+            at: h.now,
+        },
+    );
     let worker = h.flock.workers().iter().find(|w| w.pid == 4242).unwrap();
     assert_eq!(worker.generation, 1, "forked with generation 1's command");
     assert!(worker.is_stopping(), "not wanted any more: it is stopped at once");

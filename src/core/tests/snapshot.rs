@@ -55,6 +55,7 @@ fn twin(h: &Harness) -> Harness {
         now,
         next_pid: h.next_pid,
         log: Vec::new(),
+        runnable: h.runnable,
     }
 }
 
