@@ -20,8 +20,8 @@ mod values;
 use crate::error::Error;
 use file::{Places, Source};
 pub use paths::{
-    ClientTarget, canonical, client_target, default_control_socket, default_socket_dir, env_dir, find_program,
-    private_dir,
+    ClientTarget, MAX_CONFIG, canonical, client_target, default_control_socket, default_socket_dir, env_dir,
+    find_program, private_dir, read_config,
 };
 pub use values::*;
 
@@ -76,8 +76,7 @@ impl Settings {
     pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Settings, Error> {
         let text = match path {
             None => String::new(),
-            Some(path) => std::fs::read_to_string(path)
-                .map_err(|e| Error::from_io(format!("{}: cannot read the config", path.display()), e))?,
+            Some(path) => read_config(path)?,
         };
         let (settings, places) = Settings::parse(&text, path, overrides)?;
         settings.check_environment(&places)?;

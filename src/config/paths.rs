@@ -131,8 +131,7 @@ pub fn client_target(config: Option<&Path>, socket: Option<&Path>) -> Result<Cli
     let Some(path) = config else {
         return Ok(ClientTarget::Any);
     };
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::from_io(format!("{}: cannot read the config", path.display()), e))?;
+    let text = read_config(path)?;
     // A file being edited may not parse as a whole: the client still finds
     // its sheepdog from the one line it needs.
     let control_socket = match toml::from_str::<toml::Table>(&text) {
@@ -172,6 +171,64 @@ fn control_socket_line(text: &str) -> Option<String> {
         return table.get("v")?.as_str().map(str::to_string);
     }
     None
+}
+
+/// The largest config file read: a config is a few KiB; anything past this
+/// is not one (a log, an image, `/dev/zero` behind a symlink), and reading
+/// it would hold the loop and take the machine's memory.
+pub const MAX_CONFIG: u64 = 1 << 20;
+
+/// A config file's text, read without ever blocking on it or reading it
+/// without bound (it is read again in the loop, at each reload): opened
+/// with `O_NONBLOCK` (a FIFO does not wait for a writer), only a regular
+/// file is taken, of at most [`MAX_CONFIG`] bytes.
+pub fn read_config(path: &Path) -> Result<String, Error> {
+    use std::io::Read;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let shown = path.display();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| Error::from_io(format!("{shown}: cannot read the config"), e))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::from_io(format!("{shown}: cannot read the config"), e))?;
+    let kind = meta.file_type();
+    if !kind.is_file() {
+        let what = if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_char_device() || kind.is_block_device() {
+            "a device"
+        } else if kind.is_socket() {
+            "a socket"
+        } else if kind.is_dir() {
+            "a directory"
+        } else {
+            "not a file"
+        };
+        return Err(Error::config(format!(
+            "{shown}: cannot read the config: it is {what}, not a regular file"
+        )));
+    }
+    if meta.len() > MAX_CONFIG {
+        return Err(Error::config(format!(
+            "{shown}: cannot read the config: {} bytes, over the {} KiB a config may have",
+            meta.len(),
+            MAX_CONFIG >> 10
+        )));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::from_io(format!("{shown}: cannot read the config"), e))?;
+    if bytes.len() as u64 > MAX_CONFIG {
+        return Err(Error::config(format!(
+            "{shown}: cannot read the config: it grew past {} KiB while read",
+            MAX_CONFIG >> 10
+        )));
+    }
+    String::from_utf8(bytes).map_err(|_| Error::config(format!("{shown}: cannot read the config: it is not UTF-8")))
 }
 
 /// A config file's absolute path, as a running sheepdog reports it.

@@ -9,16 +9,18 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod config_reads;
+mod stalls;
 mod upgrade_all;
 
 use std::time::Duration;
 
 use common::*;
 
-const SECOND: Duration = Duration::from_secs(1);
+pub(crate) const SECOND: Duration = Duration::from_secs(1);
 const MS: Duration = Duration::from_millis(1);
 
-fn fixture(name: &str) -> String {
+pub(crate) fn fixture(name: &str) -> String {
     repo_path(&format!("tests/fixtures/{name}")).display().to_string()
 }
 
@@ -44,7 +46,7 @@ fn launch_from(launch: Launch, command: &[&str], config: &str, env: &[(&str, &st
 }
 
 /// `sheepdog run --config PATH` from `launch`.
-fn run(mut launch: Launch, path: &std::path::Path) -> Sheepdog {
+pub(crate) fn run(mut launch: Launch, path: &std::path::Path) -> Sheepdog {
     launch.args = vec!["run".into(), "--config".into(), path.display().to_string()];
     launch.spawn()
 }
