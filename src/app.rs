@@ -164,6 +164,15 @@ fn take_over(inherited: Inherited, journal: bool) -> ExitCode {
     let elapsed = crate::upgrade::monotonic_ns().saturating_sub(handover.taken_at_ns);
     let now = std::time::Instant::now();
     let then = now.checked_sub(Duration::from_nanos(elapsed)).unwrap_or(now);
+    // A wrapper that forks the new binary instead of exec'ing it would run
+    // it in another process: it is not the workers' parent, and may not
+    // take them over.
+    let own = std::process::id();
+    if let Some(pid) = handover.pid.filter(|pid| *pid != own) {
+        let why =
+            format!("the flock is pid {pid}'s, and this is pid {own} (a wrapper that forks instead of exec'ing?)");
+        return hand_back(&inherited, &why);
+    }
     let HandOver {
         from_version,
         taken_at_ns,
@@ -182,10 +191,12 @@ fn take_over(inherited: Inherited, journal: bool) -> ExitCode {
         Ok(prepared) => prepared,
         Err(why) => return hand_back(&inherited, &why),
     };
-    let os = match Os::adopt(os, then) {
+    let mut os = match Os::adopt(os, then) {
         Ok(os) => os,
         Err(why) => return hand_back(&inherited, &why),
     };
+    let mut inherited = inherited;
+    os.keep_guard(inherited.guard.take());
     drop(inherited);
     let code = ExitCode::from(prepared(os).run() as u8);
     logging::drain(Duration::from_secs(1));
@@ -196,7 +207,8 @@ fn take_over(inherited: Inherited, journal: bool) -> ExitCode {
 /// `SHEEPDOG_FAILPOINT=adopt` makes a new binary refuse the state it is
 /// handed (the old one, handed it back, takes it); `SHEEPDOG_FAILPOINT=pause`
 /// makes it wait half a second before it takes over, signals still blocked,
-/// so that a test can send one into the blind window.
+/// so that a test can send one into the blind window; `hang` makes it hang
+/// there for good (its guard kills it).
 fn failpoint(inherited: &Inherited) -> Result<(), String> {
     if !cfg!(debug_assertions) || inherited.refused.is_some() {
         return Ok(());
@@ -207,6 +219,10 @@ fn failpoint(inherited: &Inherited) -> Result<(), String> {
             std::thread::sleep(Duration::from_millis(500));
             Ok(())
         }
+        // A new binary that hangs before it takes over: its guard ends it.
+        Some(f) if f == "hang" => loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        },
         _ => Ok(()),
     }
 }

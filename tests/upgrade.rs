@@ -159,7 +159,20 @@ impl Flock {
         )
     }
 
+    /// Its children: the workers, once a hand-over's guard (a child that
+    /// watches the exec, released at the end of the new binary's first
+    /// pass) is gone.
     fn workers(&self) -> Vec<i32> {
+        let guards = || {
+            self.sheepdog
+                .worker_pids()
+                .into_iter()
+                .filter(|pid| {
+                    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sheepdog-guard")
+                })
+                .count()
+        };
+        wait_until(10 * SECOND, "the hand-over guard to go", || guards() == 0);
         sorted(self.sheepdog.worker_pids())
     }
 }
@@ -321,12 +334,17 @@ fn a_binary_that_cannot_take_over_is_refused_and_the_flock_serves_on() {
     let load = Load::start(flock.addr);
     let version = flock.status()["supervisor"]["version"].as_str().unwrap().to_string();
 
-    // A binary that exits at once.
+    // A script (one that exits at once): only a binary may take over.
     write_script(&flock.binary, "#!/bin/sh\nexit 1\n");
     let (ok, _, stderr) = flock.upgrade();
     assert!(!ok);
-    assert!(stderr.contains("is not a sheepdog that can take over"), "{stderr}");
+    assert!(stderr.contains("is a script (#!)"), "{stderr}");
     assert!(stderr.contains("nothing changed"), "{stderr}");
+    // A binary that exits at once without answering its probe.
+    install(Path::new("/bin/false"), &flock.binary);
+    let (ok, _, stderr) = flock.upgrade();
+    assert!(!ok);
+    assert!(stderr.contains("is not a sheepdog that can take over"), "{stderr}");
     // One of another state format.
     install(&incompatible, &flock.binary);
     let (ok, _, stderr) = flock.upgrade();
@@ -350,7 +368,7 @@ fn a_binary_that_cannot_take_over_is_refused_and_the_flock_serves_on() {
     assert!(flock.status()["supervisor"]["upgraded"].is_null());
     assert_eq!(
         flock.sheepdog.logs.count("upgrade refused"),
-        3,
+        4,
         "{:#?}",
         flock.sheepdog.logs.lines()
     );

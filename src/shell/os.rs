@@ -97,6 +97,11 @@ pub struct Os {
     events: Vec<EpollEvent>,
     /// When the last epoll_wait returned.
     woke: Option<Instant>,
+    /// The binary the last probe opened: what a hand-over execs.
+    successor: Option<probe::Opened>,
+    /// The guard of the hand-over that made this system, until the first
+    /// pass is done (its pid is no orphan to sweep).
+    guard: Option<handover::Guard>,
 }
 
 /// What one epoll wait found ready.
@@ -200,6 +205,12 @@ impl Os {
         Ok(os)
     }
 
+    /// Holds the guard of the hand-over that made this system until the
+    /// first pass is done ([`System::settled`]).
+    pub fn keep_guard(&mut self, guard: Option<handover::Guard>) {
+        self.guard = guard;
+    }
+
     fn assemble(
         plumbing: Plumbing,
         listeners: Listeners,
@@ -232,6 +243,8 @@ impl Os {
             carried: Vec::new(),
             events: vec![EpollEvent::empty(); EVENTS_PER_WAIT],
             woke: None,
+            successor: None,
+            guard: None,
         }
     }
 
@@ -526,8 +539,9 @@ impl Os {
     /// re-parented child of ours started under no live worker (or, at
     /// exit, any). Its own group goes with it (a `setsid` daemon leads one).
     fn sweep_orphans(&mut self, all: bool) {
+        let guard = self.guard.as_ref().map(|g| g.pid);
         for (orphan, owner) in proc_stats::orphans(&self.workers) {
-            if !all && owner.is_some_and(|w| self.workers.contains(&w)) {
+            if Some(orphan) == guard || !all && owner.is_some_and(|w| self.workers.contains(&w)) {
                 continue;
             }
             if !self.swept.insert(orphan) {
@@ -813,15 +827,22 @@ impl System for Os {
             .exe
             .clone()
             .ok_or("the path sheepdog was started from is unknown (/proc/self/exe)")?;
-        probe::probe(&path, crate::upgrade::PROBE_TIMEOUT)
+        let opened = probe::open(&path)?;
+        let successor = probe::probe(&path, &opened, crate::upgrade::PROBE_TIMEOUT)?;
+        self.successor = Some(opened);
+        Ok(successor)
     }
 
     /// Blocks every signal, takes those caught, writes the whole state into
-    /// a memfd, lets every fd it names (and the memfd, and a way back to
-    /// this executable) survive exec, and execs the successor. On failure
-    /// everything is put back as it was and the caught signals are handled
-    /// at the next wait.
+    /// a memfd, lets every fd it names (and the memfd, a way back to this
+    /// executable, and the guard's pipe) survive exec, starts the guard, and
+    /// execs the binary the probe opened. On failure everything is put back
+    /// as it was (the guard, released, goes) and the caught signals are
+    /// handled at the next wait.
     fn hand_over(&mut self, state: SupervisorState, successor: &Successor, now: Instant, taken_at_ns: u64) -> String {
+        let Some(file) = self.successor.take() else {
+            return "the new binary was not probed".into();
+        };
         self.notifier.flush();
         crate::logging::flush();
         let mask = handover::block_signals();
@@ -832,22 +853,41 @@ impl System for Os {
             format: crate::build::current().state_format,
             from_version: crate::build::version().to_string(),
             taken_at_ns,
+            pid: Some(std::process::id()),
             supervisor: state,
             os,
         };
-        let why = match (handover::write_state(&whole.encode()), handover::open_own_executable()) {
-            (Ok(memfd), Ok(exe)) => {
-                fds.extend([memfd.as_raw_fd(), exe.as_raw_fd()]);
+        let prepared = (
+            handover::write_state(&whole.encode()),
+            handover::open_own_executable(),
+            handover::Guard::start(handover::HANDOVER_TIMEOUT),
+        );
+        let why = match prepared {
+            (Ok(memfd), Ok(exe), Ok(guard)) => {
+                fds.extend([memfd.as_raw_fd(), exe.as_raw_fd(), guard.fd.as_raw_fd()]);
                 let changed = handover::set_inherited(&fds, true);
-                let why = handover::exec(&successor.path, memfd.as_raw_fd(), exe.as_raw_fd());
+                let why = handover::exec(
+                    &successor.path,
+                    file.file.as_raw_fd(),
+                    memfd.as_raw_fd(),
+                    exe.as_raw_fd(),
+                    &guard,
+                );
                 handover::set_inherited(&changed, false);
+                // Released: the guard sees its pipe close, and goes.
+                drop(guard);
                 why
             }
-            (Err(why), _) | (_, Err(why)) => why,
+            (Err(why), ..) | (_, Err(why), _) | (.., Err(why)) => why,
         };
         handover::restore_signals(&mask);
         self.carried.extend(signals);
         why
+    }
+
+    fn settled(&mut self) {
+        // The hand-over's guard is released: it sees its pipe close.
+        self.guard = None;
     }
 
     fn finish(&mut self) {

@@ -264,6 +264,7 @@ impl<S: System> Supervisor<S> {
             self.system.finish();
         }
         if let Some(took_over) = self.took_over.take() {
+            self.system.settled();
             self.say_took_over(took_over);
         }
         if let Some(client) = self.upgrade_requested.take() {

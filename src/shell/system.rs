@@ -110,6 +110,9 @@ pub trait System {
     /// on the monotonic clock) and what the system itself holds. Returns
     /// only if it could not, with why; then nothing has changed.
     fn hand_over(&mut self, state: SupervisorState, successor: &Successor, now: Instant, taken_at_ns: u64) -> String;
+    /// The flock is taken over (the first pass of a binary a hand-over
+    /// started is done): the guard that would kill a hung one is released.
+    fn settled(&mut self) {}
     /// Last words before exit: what waits for systemd is flushed (bounded),
     /// sheepdog's own files are removed.
     fn finish(&mut self);

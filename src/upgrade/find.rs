@@ -181,6 +181,11 @@ fn runs_installed(pid: Pid, installed: &Installed) -> Option<Runs> {
     if cmdline.split(|b| *b == 0).nth(1) != Some(b"run") {
         return None;
     }
+    // A hand-over's guard: a fork of a supervisor, no supervisor itself.
+    let comm = std::fs::read(format!("/proc/{pid}/comm")).ok()?;
+    if comm.trim_ascii_end() == super::handover::GUARD_NAME.to_bytes() {
+        return None;
+    }
     // stat(2) through the magic link: the file itself, deleted or not.
     let file = std::fs::metadata(format!("/proc/{pid}/exe")).ok()?;
     if (file.dev(), file.ino()) == installed.file {

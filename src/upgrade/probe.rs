@@ -6,7 +6,7 @@
 //! flock down.
 
 use std::io::Read;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -39,22 +39,79 @@ pub fn answer() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Runs `path upgrade-probe` and reads its answer, within `timeout`.
-pub fn probe(path: &Path, timeout: Duration) -> Result<Successor, String> {
+/// The binary at `path`, opened once: what is probed is what is exec'd,
+/// whatever is installed at the path in between.
+pub struct Opened {
+    pub file: OwnedFd,
+}
+
+/// Opens `path` and checks it can be the next sheepdog: an ELF executable.
+/// A script is refused here, not run: only a sheepdog binary can take the
+/// flock over, and a wrapper that answers the probe (by exec'ing one) but
+/// does something else when run (exits 0, forks instead of exec'ing) would
+/// end the flock without a failure systemd could see.
+pub fn open(path: &Path) -> Result<Opened, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let shown = path.display();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| format!("cannot open {shown}: {e}"))?;
+    let meta = file.metadata().map_err(|e| format!("cannot open {shown}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("{shown} is not a regular file"));
+    }
+    let mut magic = [0u8; 4];
+    let is_elf = std::os::unix::fs::FileExt::read_exact_at(&file, &mut magic, 0).is_ok() && magic == *b"\x7fELF";
+    if !is_elf {
+        let what = if magic.starts_with(b"#!") {
+            "a script (#!)"
+        } else {
+            "not an ELF executable"
+        };
+        return Err(format!(
+            "{shown} is {what}: only the sheepdog binary itself can take a flock over in place \
+             (a wrapper cannot); restart the service to run it (systemctl restart)"
+        ));
+    }
+    Ok(Opened { file: file.into() })
+}
+
+/// Runs the binary open at `opened` (found at `path`) as `path
+/// upgrade-probe` and reads its answer, within `timeout`. It runs in a
+/// process group of its own, which is killed when the probe ends or is
+/// out of time: nothing it started is left behind.
+pub fn probe(path: &Path, opened: &Opened, timeout: Duration) -> Result<Successor, String> {
+    use std::os::unix::process::CommandExt;
     let shown = path.display();
     let deadline = Instant::now() + timeout;
-    let mut child = Command::new(path)
+    // /proc/self/fd/N is resolved in the child before its close-on-exec
+    // fds are closed: the open file itself runs.
+    let program = format!("/proc/self/fd/{}", opened.file.as_raw_fd());
+    let mut child = Command::new(&program)
+        .arg0(path)
         .arg("upgrade-probe")
         .env_clear()
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot execute {shown}: {e}"))?;
+    let group = child.id() as i32;
     let (output, finished) = read_until(&mut child, deadline);
+    let sweep = || {
+        // SAFETY: kill(2) of the probe's own process group.
+        unsafe { libc::kill(-group, libc::SIGKILL) };
+    };
     let status = match finished {
-        Some(status) => status,
+        Some(status) => {
+            sweep();
+            status
+        }
         None => {
+            sweep();
             let _ = child.kill();
             let _ = child.wait();
             return Err(format!(
@@ -68,18 +125,24 @@ pub fn probe(path: &Path, timeout: Duration) -> Result<Successor, String> {
     match serde_json::from_str::<Successor>(line) {
         Ok(successor) if status.success() => Ok(Successor {
             path: path.to_path_buf(),
+            version: crate::text::printable(&successor.version).chars().take(100).collect(),
             ..successor
         }),
         _ => {
             let mut stderr = String::new();
-            if let Some(mut err) = child.stderr.take() {
-                let _ = err.read_to_string(&mut stderr);
+            if let Some(err) = child.stderr.take() {
+                // Whatever it left holding the pipe, this read does not wait.
+                let _ = nix::fcntl::fcntl(&err, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK));
+                let _ = err.take(MAX_ANSWER as u64).read_to_string(&mut stderr);
             }
             let said = stderr.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
             let said = if said.is_empty() {
                 String::new()
             } else {
-                format!(": {}", said.chars().take(200).collect::<String>())
+                format!(
+                    ": {}",
+                    crate::text::printable(&said.chars().take(200).collect::<String>())
+                )
             };
             Err(format!(
                 "{shown} is not a sheepdog that can take over ({status}, no answer to its probe{said})"

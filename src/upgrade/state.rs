@@ -101,6 +101,11 @@ pub struct HandOver {
     /// CLOCK_MONOTONIC, in nanoseconds, when the old binary handled its
     /// last event: every `At` in the state is relative to it.
     pub taken_at_ns: u64,
+    /// The supervisor's pid: a binary in another process (a wrapper that
+    /// forks instead of exec'ing) must not take over workers it is not the
+    /// parent of. Absent in a state from a build before it.
+    #[serde(default)]
+    pub pid: Option<u32>,
     pub supervisor: SupervisorState,
     pub os: OsState,
 }

@@ -10,6 +10,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod config_reads;
+mod handover;
 mod stalls;
 mod upgrade_all;
 

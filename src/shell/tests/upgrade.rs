@@ -214,6 +214,7 @@ fn framed(state: SupervisorState) -> crate::upgrade::state::HandOver {
         format: crate::build::STATE_FORMAT,
         from_version: "0.0.1".into(),
         taken_at_ns: 7,
+        pid: Some(4417),
         supervisor: state,
         os: OsState {
             exe: Bytes::new(b"/usr/bin/sheepdog"),
