@@ -120,3 +120,20 @@ fn every_shipped_service_unit_scores_2_or_better_on_systemd_analyze_security() {
         assert!(score <= 2.0, "{service} scores {score}, above 2.0:\n{text}");
     }
 }
+
+#[test]
+fn no_shipped_service_unit_stops_when_the_oom_killer_takes_one_worker() {
+    // systemd's default OOMPolicy=stop would stop the whole service for one
+    // worker the kernel's OOM killer took; sheepdog replaces it instead.
+    for entry in std::fs::read_dir(repo_path("systemd")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "service") {
+            let unit = std::fs::read_to_string(&path).unwrap();
+            assert!(
+                unit.lines().any(|l| l.trim() == "OOMPolicy=continue"),
+                "{} does not say OOMPolicy=continue",
+                path.display()
+            );
+        }
+    }
+}

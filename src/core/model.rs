@@ -20,6 +20,8 @@ pub type CommandId = u64;
 pub enum ExitStatus {
     Code(i32),
     Signaled(Signal),
+    /// SIGKILL from the kernel's OOM killer, as its counters tell.
+    OomKilled,
 }
 
 impl fmt::Display for ExitStatus {
@@ -27,6 +29,7 @@ impl fmt::Display for ExitStatus {
         match self {
             ExitStatus::Code(code) => write!(f, "exited with code {code}"),
             ExitStatus::Signaled(signal) => write!(f, "was killed by {}", signal.as_str()),
+            ExitStatus::OomKilled => f.write_str("was killed by the kernel's OOM killer (SIGKILL: out of memory)"),
         }
     }
 }

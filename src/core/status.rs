@@ -27,11 +27,16 @@ impl Flock {
             0 => String::new(),
             queued => format!(" · {queued} queued"),
         };
+        let oom = match self.tally.ended(super::tally::Cause::Oom) {
+            0 => String::new(),
+            1 => " · 1 OOM kill".to_string(),
+            n => format!(" · {n} OOM kills"),
+        };
         let note = self.note.as_ref().map_or(String::new(), |note| format!(" · {note}"));
         match &self.phase {
             Phase::Running => {
                 format!(
-                    "{}/{} ready · {} restarts{generation}{memory}{queued}{note}",
+                    "{}/{} ready · {} restarts{oom}{generation}{memory}{queued}{note}",
                     self.ready_count(),
                     self.desired,
                     self.history.total

@@ -17,6 +17,9 @@ pub enum Cause {
     Crash,
     /// Something else's signal killed it.
     Signal,
+    /// The kernel's OOM killer killed it (the machine, or its cgroup, was
+    /// out of memory).
+    Oom,
     /// It missed its heartbeats and was killed.
     Hung,
     /// It was not ready within `ready_timeout` and was killed.
@@ -36,9 +39,10 @@ pub enum Cause {
 }
 
 impl Cause {
-    pub const ALL: [Cause; 10] = [
+    pub const ALL: [Cause; 11] = [
         Cause::Crash,
         Cause::Signal,
+        Cause::Oom,
         Cause::Hung,
         Cause::ReadyTimeout,
         Cause::Watchdog,
@@ -54,6 +58,7 @@ impl Cause {
         match self {
             Cause::Crash => "crash",
             Cause::Signal => "signal",
+            Cause::Oom => "oom",
             Cause::Hung => "hung",
             Cause::ReadyTimeout => "ready_timeout",
             Cause::Watchdog => "watchdog",
@@ -70,6 +75,7 @@ impl Cause {
         match self {
             Cause::Crash => "crashed",
             Cause::Signal => "was killed by a signal",
+            Cause::Oom => "was killed by the kernel's OOM killer",
             Cause::Hung => "missed heartbeats",
             Cause::ReadyTimeout => "was not ready in time",
             Cause::Watchdog => "asked to be killed (WATCHDOG=trigger)",
@@ -90,6 +96,7 @@ impl Cause {
                 return Some(match status {
                     ExitStatus::Code(_) => Cause::Crash,
                     ExitStatus::Signaled(_) => Cause::Signal,
+                    ExitStatus::OomKilled => Cause::Oom,
                 });
             }
         };

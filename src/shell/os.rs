@@ -40,6 +40,7 @@ use crate::upgrade::handover;
 use crate::upgrade::probe::{self, Successor};
 use crate::upgrade::state::{Bytes, HandOver, OsState, SupervisorState, check_fds};
 use crate::worker::links::Links;
+use crate::worker::oom::OomWatch;
 use crate::worker::proc_stats::{self, MemoryMeter};
 use crate::worker::sock_diag;
 use crate::worker::spawn::{ExecReport, WorkerCommand, channel_fd_number};
@@ -102,6 +103,8 @@ pub struct Os {
     /// The guard of the hand-over that made this system, until the first
     /// pass is done (its pid is no orphan to sweep).
     guard: Option<handover::Guard>,
+    /// The kernel's OOM kill counts, to name an OOM kill as such.
+    oom: OomWatch,
 }
 
 /// What one epoll wait found ready.
@@ -245,6 +248,7 @@ impl Os {
             woke: None,
             successor: None,
             guard: None,
+            oom: OomWatch::new(),
         }
     }
 
@@ -590,6 +594,11 @@ impl Os {
             }
             let status = match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(_, code)) => ExitStatus::Code(code),
+                Ok(WaitStatus::Signaled(_, Signal::SIGKILL, _))
+                    if self.workers.contains(&pid.as_raw()) && self.oom.claim(Instant::now()) =>
+                {
+                    ExitStatus::OomKilled
+                }
                 Ok(WaitStatus::Signaled(_, signal, _)) => ExitStatus::Signaled(signal),
                 Ok(other) => {
                     debug!("unexpected wait status {other:?}");

@@ -156,6 +156,7 @@ check "a killed worker is replaced" until_ok 15 bash -c "p=\$('$sandbox' exec sh
 check "journalctl -u myapp shows sheepdog's lines" journal_has "ready: 2/2 workers" -u myapp
 check "journalctl -u myapp -p warning shows the replacement" journal_has "(pid $victim) was killed by SIGKILL" -u myapp -p warning
 check "each worker's output is attributed to its slot" journal_has "worker 0 (pid" -u myapp -t myapp-worker-0
+check "an OOM-killed worker does not stop the unit (OOMPolicy=continue)" bash -c "[ \"\$('$sandbox' exec systemctl show -p OOMPolicy --value myapp)\" = continue ]"
 
 # Least privilege: the shipped unit runs sheepdog and its workers as a user
 # made for the service, and systemd itself rates it 2.0 or better.

@@ -11,6 +11,7 @@
 mod common;
 mod config_reads;
 mod handover;
+mod oom;
 mod stalls;
 mod upgrade_all;
 
