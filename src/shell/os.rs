@@ -105,6 +105,9 @@ pub struct Os {
     guard: Option<handover::Guard>,
     /// The kernel's OOM kill counts, to name an OOM kill as such.
     oom: OomWatch,
+    /// A shrunk backlog is said once in 10 minutes (each new Node worker
+    /// shrinks it again).
+    backlog_lines: RateLimit,
 }
 
 /// What one epoll wait found ready.
@@ -249,6 +252,7 @@ impl Os {
             successor: None,
             guard: None,
             oom: OomWatch::new(),
+            backlog_lines: RateLimit::new(1, Duration::from_secs(600)),
         }
     }
 
@@ -785,6 +789,18 @@ impl System for Os {
 
     fn check_listeners(&mut self) -> Vec<ListenerFault> {
         self.repair_runtime_files();
+        for (address, found, restored) in self.listeners.restore_backlogs() {
+            let line = format!(
+                "the listen backlog of {address} was {found}, not {restored}: a process holding the socket called \
+                 listen(2) on it again (Node's server.listen({{fd: 3}}) does, with 511, unless given a backlog); \
+                 gave it back {restored}"
+            );
+            if self.backlog_lines.allow(Instant::now()) {
+                warn!("{line}");
+            } else {
+                debug!("{line}");
+            }
+        }
         self.listeners.sockets.iter().filter_map(|l| l.check()).collect()
     }
 

@@ -37,6 +37,10 @@ pub struct Listener {
     unix: bool,
     /// Its local address as getsockname(2) gave it at start.
     local: Option<String>,
+    /// The accept queue's limit it had before any worker ran (systemd's
+    /// `Backlog=`, or what sheepdog listened with): what it is given back
+    /// when a process holding it calls listen(2) with less.
+    backlog: Option<u32>,
 }
 
 /// A listening TCP socket's accept queue and backlog, from TCP_INFO.
@@ -81,6 +85,7 @@ impl Listener {
             owned_path,
             unix,
             local: local.map(|a| a.to_string()),
+            backlog: None,
         }
     }
 
@@ -225,6 +230,40 @@ impl Listeners {
             .collect()
     }
 
+    /// Notes each socket's accept-queue limit as it is now: before any
+    /// worker ran, it is systemd's `Backlog=` or sheepdog's own.
+    pub fn remember_backlogs(&mut self) {
+        let queues = self.queues();
+        for listener in &mut self.sockets {
+            if listener.backlog.is_none() {
+                listener.backlog = queues.iter().find(|q| q.address == listener.address).map(|q| q.backlog);
+            }
+        }
+    }
+
+    /// Gives back its backlog to each socket a process holding it listened
+    /// on again with a smaller one (`listen(3, 1)`; Node's `listen({fd: 3})`
+    /// does it with 511): address, the backlog found, the one restored.
+    pub fn restore_backlogs(&self) -> Vec<(String, u32, u32)> {
+        let queues = self.queues();
+        let mut restored = Vec::new();
+        for listener in &self.sockets {
+            let Some(wanted) = listener.backlog else { continue };
+            let Some(now) = queues.iter().find(|q| q.address == listener.address).map(|q| q.backlog) else {
+                continue;
+            };
+            if now >= wanted || listener.is_shut_down() {
+                continue;
+            }
+            let backlog = Backlog::new(wanted.min(i32::MAX as u32) as i32).unwrap_or(Backlog::MAXCONN);
+            match socket::listen(&listener.fd, backlog) {
+                Ok(()) => restored.push((listener.address.clone(), now, wanted)),
+                Err(e) => log::debug!("cannot restore the backlog of {}: {}", listener.address, e.desc()),
+            }
+        }
+        restored
+    }
+
     /// The listeners, for the binary that takes over.
     pub fn export(&self) -> Vec<ListenerState> {
         self.sockets
@@ -237,6 +276,7 @@ impl Listeners {
                     .owned_path
                     .as_ref()
                     .map(|(path, dev, ino)| (Bytes::path(path), *dev, *ino)),
+                backlog: l.backlog,
             })
             .collect()
     }
@@ -251,10 +291,15 @@ impl Listeners {
                 // same inode, and owned by this listener alone.
                 let fd = unsafe { OwnedFd::from_raw_fd(l.fd.fd) };
                 let owned = l.owned_path.map(|(path, dev, ino)| (path.to_path(), dev, ino));
-                Listener::new(fd, l.name, l.address, owned)
+                let mut listener = Listener::new(fd, l.name, l.address, owned);
+                listener.backlog = l.backlog;
+                listener
             })
             .collect();
-        Listeners { sockets, inherited }
+        let mut listeners = Listeners { sockets, inherited };
+        // From a build before backlogs were kept: what they are now.
+        listeners.remember_backlogs();
+        listeners
     }
 
     pub fn describe(&self) -> String {
@@ -268,17 +313,18 @@ impl Listeners {
 
 /// Takes the sockets systemd passed, or binds `addresses` when there are none.
 pub fn open(addresses: &[ListenAddr]) -> Result<Listeners, Error> {
-    if let Some(sockets) = inherit()? {
-        return Ok(Listeners {
+    let mut listeners = match inherit()? {
+        Some(sockets) => Listeners {
             sockets,
             inherited: true,
-        });
-    }
-    let sockets = addresses.iter().map(bind).collect::<Result<Vec<_>, _>>()?;
-    Ok(Listeners {
-        sockets,
-        inherited: false,
-    })
+        },
+        None => Listeners {
+            sockets: addresses.iter().map(bind).collect::<Result<Vec<_>, _>>()?,
+            inherited: false,
+        },
+    };
+    listeners.remember_backlogs();
+    Ok(listeners)
 }
 
 /// The sockets from `LISTEN_FDS`, if they are meant for this process.

@@ -214,6 +214,9 @@ pub struct ListenerState {
     pub address: String,
     /// A socket file sheepdog bound: path, device, inode.
     pub owned_path: Option<(Bytes, u64, u64)>,
+    /// The backlog it is given back (absent from a build before it).
+    #[serde(default)]
+    pub backlog: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -7,6 +7,7 @@
 //! The first round's cases are here; each later finding has a module of
 //! its own, by theme.
 
+mod backlog;
 #[path = "../common/mod.rs"]
 mod common;
 mod config_reads;
