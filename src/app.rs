@@ -32,6 +32,14 @@ pub fn main(build: Build) -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
+    if !matches!(cli.command, Command::Run(_)) {
+        // A client whose output is cut short (`sheepdog status | head -1`)
+        // ends quietly, as any Unix tool does, rather than panicking on
+        // EPIPE (Rust ignores SIGPIPE by default). The supervisor keeps it
+        // ignored: a write to a closed pipe fails there instead.
+        // SAFETY: setting a signal's disposition to its default.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match cli.command {
         Command::Run(args) => run(args),
         Command::Check(args) => check(args),
@@ -48,7 +56,11 @@ pub fn main(build: Build) -> ExitCode {
 fn run(args: RunArgs) -> ExitCode {
     let journal = notify::stderr_is_journal();
     match Inherited::from_env() {
-        Ok(None) => {}
+        // A fresh start begins from a known signal mask: whatever the parent
+        // blocked (a wrapper can block SIGTERM) would stay blocked, and
+        // SIGTERM would never stop the flock. (A binary taking over keeps
+        // the mask it was handed, and restores it once it can.)
+        Ok(None) => crate::upgrade::handover::restore_signals(&nix::sys::signal::SigSet::empty()),
         Ok(Some(inherited)) => return take_over(inherited, journal),
         Err(why) => {
             // Exec'd for a hand-over whose state cannot be found: nothing
@@ -338,7 +350,7 @@ fn pretty(reply: &Reply) -> String {
 /// `sheepdog status` naming no sheepdog: every running one of this user.
 fn list(json: bool) -> ExitCode {
     let dir = default_socket_dir();
-    let found = client::running(&client::discover(&dir));
+    let found = client::running(&client::discover_all(&dir));
     if found.is_empty() {
         eprintln!("sheepdog: no running sheepdog found in {}", dir.display());
         return ExitCode::FAILURE;

@@ -159,14 +159,14 @@ fn app_listen_as_written_serves_the_passed_socket_with_the_preload() {
 }
 
 #[test]
-fn app_listen_as_written_without_the_preload_is_noticed_and_said() {
+fn app_listen_as_written_without_the_preload_is_noticed_said_and_not_ready() {
     let port = free_port();
     let config = format!(
         "workers = 1\nready_delay = \"300ms\"\n[memory]\ninterval = \"500ms\"\n[env]\nPORT = \"{}\"\n",
         port.port()
     );
     let (sheepdog, _, file) = launch(&["node", &fixture("app-listen.js")], &config);
-    sheepdog.logs.wait_for("ready: 1/1 workers", 10 * SECOND);
+    wait_until(10 * SECOND, "the worker", || sheepdog.worker_pids().len() == 1);
     let pid = sheepdog.worker_pids()[0];
     sheepdog.logs.wait_for(
         &format!(
@@ -182,6 +182,9 @@ fn app_listen_as_written_without_the_preload_is_noticed_and_said() {
         "{text}"
     );
     assert!(text.contains("load sheepdog's Node preload"), "{text}");
+    // Nothing serves the flock's socket: it is not said to be ready.
+    assert!(text.contains("0/1 ready"), "{text}");
+    assert_eq!(sheepdog.logs.count("ready: 1/1 workers"), 0);
 }
 
 #[test]

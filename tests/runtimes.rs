@@ -50,14 +50,35 @@ fn start(config: &Path) -> Sheepdog {
     sheepdog
 }
 
-/// Until a request loop has been answered by a process that had not answered
-/// it so far (the answering pid is the server process: for gunicorn, its
-/// worker under the master sheepdog started).
-fn wait_answered_by_new(requests: &RequestLoop) {
-    let old: Vec<i32> = requests.snapshot().answers.iter().map(|(_, pid)| *pid).collect();
-    wait_until(30 * SECOND, "an answer from a new worker", || {
-        requests.snapshot().answers.iter().any(|(_, pid)| !old.contains(pid))
-    });
+/// Until a request loop has been answered by a process that had not
+/// answered it by `before` (what it had seen before the reload began: for
+/// gunicorn the answering pid is its worker under the master sheepdog
+/// started). What it saw before the wait began counts: a reload can be done,
+/// and answered by the new workers, before the log line that says so is read.
+fn wait_answered_by_new(requests: &RequestLoop, before: usize, sheepdog: &Sheepdog) {
+    let old: Vec<i32> = requests.snapshot().answers[..before]
+        .iter()
+        .map(|(_, pid)| *pid)
+        .collect();
+    let deadline = std::time::Instant::now() + 30 * SECOND;
+    while !requests.snapshot().answers[before..]
+        .iter()
+        .any(|(_, pid)| !old.contains(pid))
+    {
+        let seen = requests.snapshot();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no answer from a new worker within 30 s: {} answers since the reload, by {:?}; errors {:?}; logs {:#?}",
+            seen.answers.len() - before,
+            seen.answers[before..]
+                .iter()
+                .map(|(_, pid)| *pid)
+                .collect::<std::collections::BTreeSet<_>>(),
+            seen.errors,
+            sheepdog.logs.lines()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 /// A request loop (a new connection per request, and one kept alive) across a
@@ -83,9 +104,10 @@ fn across_a_kill_and_a_reload(
     fresh.wait_successes(50, 10 * SECOND);
 
     // After the reload no old process is left: the answers come from new ones.
+    let before = fresh.snapshot().answers.len();
     sheepdog.signal(libc::SIGHUP);
     sheepdog.logs.wait_for("reloaded to generation 2", 60 * SECOND);
-    wait_answered_by_new(&fresh);
+    wait_answered_by_new(&fresh, before, sheepdog);
     fresh.wait_successes(50, 10 * SECOND);
     kept.wait_successes(50, 10 * SECOND);
     (fresh.stop(), kept.stop())

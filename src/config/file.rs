@@ -245,7 +245,17 @@ impl FileConfig {
                 "command",
                 "is empty: name a program, e.g. [\"node\", \"server.js\"]",
             )),
-            Some(command) => Ok(command.get_ref().clone()),
+            Some(command) => match command.get_ref().iter().position(|a| a.len() + 1 > MAX_ARG_STRLEN) {
+                Some(index) => Err(source.invalid(
+                    command.span(),
+                    "command",
+                    format!(
+                        "argument {index} is {} bytes long, over the {MAX_ARG_STRLEN} execve(2) takes for one",
+                        command.get_ref()[index].len()
+                    ),
+                )),
+                None => Ok(command.get_ref().clone()),
+            },
             None => Err(Error::config(format!(
                 "{}: no command to run: set `command = [\"node\", \"server.js\"]` in the config or pass it after `--`",
                 source.name

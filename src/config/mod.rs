@@ -21,7 +21,7 @@ use crate::error::Error;
 use file::{Places, Source};
 pub use paths::{
     ClientTarget, MAX_CONFIG, canonical, client_target, default_control_socket, default_socket_dir, env_dir,
-    find_program, private_dir, read_config,
+    fallback_socket_dir, fallback_socket_dirs, find_program, private_dir, read_config,
 };
 pub use values::*;
 

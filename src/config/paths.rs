@@ -100,6 +100,49 @@ pub fn private_dir(dir: &Path, uid: u32, closed: u32) -> Result<(), String> {
     Ok(())
 }
 
+/// A private directory of this user's for control sockets, when the
+/// default one is someone else's: `/tmp/sheepdog-UID.XXXXXX`, made 0700
+/// with a name nobody could guess to make it first.
+pub fn fallback_socket_dir() -> Result<PathBuf, String> {
+    use std::os::unix::fs::DirBuilderExt;
+    let uid = nix::unistd::geteuid().as_raw();
+    for _ in 0..16 {
+        let mut random = [0u8; 6];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut random))
+            .map_err(|e| format!("cannot make a private directory in /tmp: /dev/urandom: {e}"))?;
+        let suffix: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        let dir = PathBuf::from(format!("/tmp/sheepdog-{uid}.{suffix}"));
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(format!("cannot make {}: {e}", dir.display())),
+        }
+    }
+    Err("cannot make a private directory in /tmp".into())
+}
+
+/// The private directories [`fallback_socket_dir`] made for this user:
+/// ours, and closed to everyone else.
+pub fn fallback_socket_dirs() -> Vec<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let uid = nix::unistd::geteuid().as_raw();
+    let prefix = format!("sheepdog-{uid}.");
+    let Ok(entries) = std::fs::read_dir("/tmp") else {
+        return Vec::new();
+    };
+    let mut dirs: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with(&prefix)))
+        .filter(|e| {
+            std::fs::symlink_metadata(e.path()).is_ok_and(|m| m.is_dir() && m.uid() == uid && m.mode() & 0o077 == 0)
+        })
+        .map(|e| e.path())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
 fn socket_dir_for(uid: u32, runtime_dir: Option<std::ffi::OsString>, run_writable: bool) -> PathBuf {
     match (uid, runtime_dir) {
         (0, _) if run_writable => PathBuf::from("/run/sheepdog"),

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::protocol::{Command, Reply, StatusReport, encode_request};
-use crate::config::{ClientTarget, default_socket_dir};
+use crate::config::{ClientTarget, default_socket_dir, fallback_socket_dirs};
 
 /// How long discovery waits for each sheepdog it asks.
 const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -34,6 +34,16 @@ pub fn discover(dir: &Path) -> Vec<PathBuf> {
         }
     }
     found.sort();
+    found
+}
+
+/// The control sockets under `dir` and under the private directories a
+/// sheepdog of this user made when the default one was not its own.
+pub fn discover_all(dir: &Path) -> Vec<PathBuf> {
+    let mut found = discover(dir);
+    for fallback in fallback_socket_dirs() {
+        found.extend(discover(&fallback));
+    }
     found
 }
 
@@ -72,6 +82,14 @@ pub fn resolve(target: &ClientTarget) -> Result<PathBuf, String> {
                     .into_iter()
                     .filter(|s| s.parent() == Some(dir) && s != path),
             );
+            // Where a sheepdog went when the default directory was not its own.
+            let name = dir.file_name();
+            candidates.extend(
+                fallback_socket_dirs()
+                    .iter()
+                    .flat_map(|fallback| discover(fallback))
+                    .filter(|s| s.parent().and_then(Path::file_name) == name),
+            );
             let found = running(&candidates);
             let config_text = config.to_string_lossy();
             match found
@@ -93,7 +111,7 @@ pub fn resolve(target: &ClientTarget) -> Result<PathBuf, String> {
         }
         ClientTarget::Any => {
             let dir = default_socket_dir();
-            let found = running(&discover(&dir));
+            let found = running(&discover_all(&dir));
             match found.as_slice() {
                 [one] => Ok(one.socket.clone()),
                 [] => Err(format!(
@@ -302,6 +320,27 @@ mod tests {
             }
         });
         (dir, path)
+    }
+
+    #[test]
+    fn a_refusal_sent_before_the_request_could_go_is_read_all_the_same() {
+        // A server that answers why it refuses and hangs up before the
+        // client has written its request: the write fails (EPIPE), and
+        // the refusal waits in the client's socket to be read.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("refusing.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let stream = UnixStream::connect(&path).unwrap();
+        let (mut served, _) = listener.accept().unwrap();
+        served
+            .write_all(b"{\"v\":1,\"ok\":false,\"error\":\"refused pid 7 of uid 65534\"}\n")
+            .unwrap();
+        drop(served);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        match exchange(stream, &Command::Reload, deadline, &path) {
+            Ok(Reply::Failed(why)) => assert_eq!(why, "refused pid 7 of uid 65534"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

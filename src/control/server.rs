@@ -64,6 +64,9 @@ pub struct ControlServer {
     reserve: Option<std::fs::File>,
     /// What clients can trigger again and again is logged at a bounded rate.
     complaints: RateLimit,
+    /// A private directory made for the socket when the default one was
+    /// not ours: removed on exit with the socket.
+    made_dir: Option<PathBuf>,
 }
 
 /// What reading from a client gave.
@@ -97,6 +100,28 @@ impl ControlServer {
                 "control socket {}: another sheepdog is listening on it (set control_socket to run two)",
                 path.display()
             ))),
+            // The shared directory is not ours (anyone can make a /tmp path
+            // first): the control socket is a side channel the flock must
+            // not fail for. A private directory of its own instead, which
+            // clients look for too.
+            Err(BindError::Dir(why)) if !explicit => {
+                let name = path
+                    .parent()
+                    .and_then(Path::file_name)
+                    .map_or("sheepdog".into(), |n| n.to_string_lossy().into_owned());
+                let fallback = crate::config::fallback_socket_dir()
+                    .map_err(|e| Error::config(format!("control socket directory {why}; and {e}")))?;
+                let own = fallback.join(name).join("control.sock");
+                log::warn!(
+                    "control socket directory {why}; using {} instead (`sheepdog status` finds it; to use the \
+                     default again, remove that directory, or set XDG_RUNTIME_DIR or control_socket)",
+                    own.display()
+                );
+                let mut server = ControlServer::bind(&own, true)?;
+                server.made_dir = Some(fallback);
+                Ok(server)
+            }
+            Err(BindError::Dir(why)) => Err(Error::config(format!("control socket directory {why}"))),
             Err(BindError::Other(e)) => Err(e),
             Ok(listener) => {
                 let meta = std::fs::symlink_metadata(path)
@@ -110,6 +135,7 @@ impl ControlServer {
                     own_uid: nix::unistd::getuid().as_raw(),
                     reserve: open_reserve(),
                     complaints: RateLimit::new(5, Duration::from_secs(10)),
+                    made_dir: None,
                 })
             }
         }
@@ -138,6 +164,15 @@ impl ControlServer {
                 true
             }
             Err(BindError::Live) => false,
+            Err(BindError::Dir(e)) => {
+                if self.complaints.allow(Instant::now()) {
+                    warn!(
+                        "the control socket {} was removed and cannot be bound again: {e}",
+                        self.path.display()
+                    );
+                }
+                false
+            }
             Err(BindError::Other(e)) => {
                 if self.complaints.allow(Instant::now()) {
                     warn!(
@@ -440,6 +475,7 @@ impl ControlServer {
             identity: self.identity,
             clients,
             next_client: self.next_client,
+            made_dir: self.made_dir.as_deref().map(Bytes::path),
         }
     }
 
@@ -474,6 +510,7 @@ impl ControlServer {
             own_uid: nix::unistd::getuid().as_raw(),
             reserve: open_reserve(),
             complaints: RateLimit::new(5, Duration::from_secs(10)),
+            made_dir: state.made_dir.map(|d| d.to_path()),
         }
     }
 
@@ -502,6 +539,13 @@ impl ControlServer {
                 self.path.display()
             ),
         }
+        if let Some(made) = &self.made_dir {
+            // Empty by now, unless someone put something there.
+            if let Some(name_dir) = self.path.parent() {
+                let _ = std::fs::remove_dir(name_dir);
+            }
+            let _ = std::fs::remove_dir(made);
+        }
     }
 }
 
@@ -518,6 +562,8 @@ fn open_reserve() -> Option<std::fs::File> {
 enum BindError {
     /// A sheepdog answers on that path.
     Live,
+    /// The default directory is not a private one of ours: why.
+    Dir(String),
     Other(Error),
 }
 
@@ -534,8 +580,7 @@ fn bind_socket(path: &Path) -> Result<UnixListener, BindError> {
             let uid = nix::unistd::geteuid().as_raw();
             let closed = if shared_root.starts_with("/tmp") { 0o077 } else { 0o022 };
             for level in [shared_root.as_path(), dir] {
-                crate::config::private_dir(level, uid, closed)
-                    .map_err(|why| BindError::Other(Error::config(format!("control socket directory {why}"))))?;
+                crate::config::private_dir(level, uid, closed).map_err(BindError::Dir)?;
             }
         } else {
             std::fs::create_dir_all(dir).map_err(describe)?;

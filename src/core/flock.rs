@@ -14,6 +14,7 @@ use super::reload::{ReloadOutcome, Rollout};
 use super::restart::{LoadGate, RestartHistory, Slot, SpawnBudget};
 use super::tally::{ReloadResult, Tally};
 use crate::config::MAX_WORKERS;
+use crate::logging::RateLimit;
 use crate::units::format_duration;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +55,11 @@ pub struct Flock {
     pub(super) spawned_this_pass: usize,
     /// Paces a start past a CPU's worth of starting workers.
     pub(super) load: LoadGate,
+    /// Lines a worker can set off again and again (ERRNO=): 5 per 10 s.
+    pub(super) worker_lines: RateLimit,
+    /// Since when fewer than `min_ready` workers serve, and the unrequested
+    /// exits since: a long enough stretch with any is a crash loop too.
+    pub(super) unhealthy: Option<(Instant, u32)>,
 }
 
 impl Flock {
@@ -80,6 +86,8 @@ impl Flock {
             note: None,
             spawned_this_pass: 0,
             load: LoadGate::default(),
+            worker_lines: worker_lines(),
+            unhealthy: None,
             policy,
         }
     }
@@ -176,7 +184,7 @@ impl Flock {
             Event::Exited { pid, status } => self.on_exit(now, pid, status, actions),
             Event::Message { pid, message } => self.on_message(now, pid, message, actions),
             Event::Measured { pid, bytes } => self.on_measured(pid, bytes),
-            Event::Inspected { pid, own } => self.on_inspected(pid, own),
+            Event::Inspected(found) => self.on_inspected(now, found, actions),
             Event::Request(request) => self.on_request(now, request, actions),
             Event::ListenersChecked { recovered, lost } => self.on_listeners_checked(now, recovered, lost, actions),
             Event::QueuesSampled(queues) => self.on_queues_sampled(now, queues),
@@ -199,6 +207,7 @@ impl Flock {
                 self.stall_guard_deadline(),
                 self.measure_deadline(),
                 self.listener_check_deadline(),
+                self.unhealthy_deadline(),
             ]);
         }
         deadlines.into_iter().flatten().min()
@@ -211,6 +220,7 @@ impl Flock {
             self.reset_backoffs(now);
             self.kill_unready(now, actions);
             self.kill_hung(now, actions);
+            self.break_long_unhealth(now, actions);
         }
         // Killing may have tripped the crash-loop breaker: then nothing more
         // is started, replaced or pinged.
@@ -238,6 +248,9 @@ impl Flock {
         self.ping_workers(now, actions);
         self.measure(now, actions);
         self.check_listeners(now, actions);
+        // A worker just ready is looked at in this pass; it counts as
+        // serving (and READY=1 may be said) only once that answer is in.
+        self.inspect_new(actions);
         if !self.announced_ready && self.is_healthy() {
             self.announced_ready = true;
             info!("ready: {}/{} workers", self.ready_count(), self.desired);
@@ -264,6 +277,7 @@ impl Flock {
             recycle_at: self.recycle_at(pid, order.slot, order.generation, at),
             listens_itself: Vec::new(),
             inspections: 0,
+            inspected: false,
         };
         // Forked in the pass that began a shutdown, or for a generation that
         // a reload (or an abort) replaced meanwhile: it stops like the rest.
@@ -471,8 +485,10 @@ impl Flock {
         self.slots.resize_with(count, || Slot::fresh(now));
     }
 
+    /// Workers that serve the flock: ready, and not found listening on a
+    /// port of their own instead of its socket.
     pub fn ready_count(&self) -> usize {
-        self.workers.iter().filter(|w| w.is_ready()).count()
+        self.workers.iter().filter(|w| w.serves()).count()
     }
 }
 
@@ -508,6 +524,11 @@ fn stopping_refusal(ticket: u64) -> Action {
         ok: false,
         message: "the supervisor is stopping".into(),
     }
+}
+
+/// The rate of lines a worker can set off again and again.
+pub(super) fn worker_lines() -> RateLimit {
+    RateLimit::new(5, Duration::from_secs(10))
 }
 
 /// The worker count, within what one sheepdog runs.

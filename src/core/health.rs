@@ -245,8 +245,12 @@ impl Flock {
                 worker.status = Some(status);
             }
             WorkerMessage::Errno(errno) => {
-                let text = nix::errno::Errno::from_raw(errno).desc();
-                warn!("worker {slot} (pid {pid}) reports errno {errno} ({text})");
+                // A worker may say it in a loop: every line a worker can set
+                // off is rate-limited.
+                if self.worker_lines.allow(now) {
+                    let text = nix::errno::Errno::from_raw(errno).desc();
+                    warn!("worker {slot} (pid {pid}) reports errno {errno} ({text})");
+                }
             }
             // A draining worker closes it on its way out; a serving one can
             // no longer heartbeat, and its timeout will tell.
@@ -345,20 +349,59 @@ impl Flock {
         }
     }
 
-    pub(super) fn on_inspected(&mut self, pid: Pid, own: Vec<String>) {
-        let Some(worker) = self.workers.iter_mut().find(|w| w.pid == pid) else {
-            return;
-        };
-        if !own.is_empty() && own != worker.listens_itself {
-            warn!(
-                "worker {} (pid {pid}) listens on {} itself, not on the socket sheepdog passed: no request to \
-                 sheepdog's socket reaches it there; listen on fd 3 (Node: server.listen({{fd: 3}})), or load \
-                 sheepdog's Node preload (see the README)",
-                worker.slot,
-                own.join(", ")
-            );
+    /// Ready workers never looked at: looked at now.
+    pub(super) fn inspect_new(&mut self, actions: &mut Vec<Action>) {
+        let pids: Vec<Pid> = self
+            .workers
+            .iter_mut()
+            .filter(|w| w.is_ready() && w.inspections == 0)
+            .map(|w| {
+                w.inspections = 1;
+                w.pid
+            })
+            .collect();
+        if !pids.is_empty() {
+            actions.push(Action::Inspect { pids });
         }
-        worker.listens_itself = own;
+    }
+
+    pub(super) fn on_inspected(&mut self, now: Instant, found: Vec<(Pid, Vec<String>)>, actions: &mut Vec<Action>) {
+        let rollout = self.rollout.as_ref().map(|r| r.generation);
+        let mut astray_in_reload = None;
+        for (pid, own) in found {
+            let Some(worker) = self.workers.iter_mut().find(|w| w.pid == pid) else {
+                continue;
+            };
+            worker.inspected = true;
+            if !own.is_empty() && own != worker.listens_itself {
+                warn!(
+                    "worker {} (pid {pid}) listens on {} itself, not on the socket sheepdog passed: no request to \
+                     sheepdog's socket reaches it there, and it does not count as ready; listen on fd 3 (Node: \
+                     server.listen({{fd: 3}})), or load sheepdog's Node preload (see the README)",
+                    worker.slot,
+                    own.join(", ")
+                );
+                if Some(worker.generation) == rollout && !worker.is_stopping() {
+                    astray_in_reload = Some(format!(
+                        "worker {} (pid {pid}) of generation {} listens on {} itself, not on the socket sheepdog passed",
+                        worker.slot,
+                        worker.generation,
+                        own.join(", ")
+                    ));
+                }
+            } else if own.is_empty() && !worker.listens_itself.is_empty() {
+                info!(
+                    "worker {} (pid {pid}) no longer listens on a port of its own",
+                    worker.slot
+                );
+            }
+            worker.listens_itself = own;
+        }
+        // New code that does not serve the socket must not replace code
+        // that does: the reload is aborted as for a worker that fails.
+        if let Some(why) = astray_in_reload {
+            self.abort_reload(now, &why, actions);
+        }
     }
 
     /// Every second: whether the shared listeners still listen.

@@ -100,11 +100,10 @@ pub enum Event {
         pid: Pid,
         bytes: u64,
     },
-    /// The TCP ports a worker listens on itself, as `Action::Inspect` asked.
-    Inspected {
-        pid: Pid,
-        own: Vec<String>,
-    },
+    /// What `Action::Inspect` found, for each worker asked about: the TCP
+    /// ports it listens on itself instead of the socket sheepdog passed
+    /// (none when it also serves the passed socket).
+    Inspected(Vec<(Pid, Vec<String>)>),
     Request(Request),
     /// What `Action::CheckListeners` found: listeners that were shut down
     /// and listen again, and those that cannot (each said for the log).
@@ -333,6 +332,9 @@ pub struct Worker {
     pub listens_itself: Vec<String>,
     /// How many times it was looked at for such ports.
     pub inspections: u32,
+    /// It was looked at since it became ready: only then can it count as
+    /// serving the passed socket.
+    pub inspected: bool,
 }
 
 impl Worker {
@@ -354,6 +356,12 @@ impl Worker {
             WorkerState::Ready { retiring, .. } => retiring,
             _ => None,
         }
+    }
+
+    /// Ready, looked at, and not found listening on a port of its own
+    /// instead of the passed socket: it counts as serving the flock.
+    pub fn serves(&self) -> bool {
+        self.is_ready() && self.inspected && self.listens_itself.is_empty()
     }
 
     /// Ready and not being replaced: it holds its slot for good.

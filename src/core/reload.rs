@@ -216,7 +216,7 @@ impl Flock {
         let mut ready = vec![false; self.desired];
         for worker in &self.workers {
             if worker.generation == generation
-                && worker.is_ready()
+                && worker.serves()
                 && let Some(slot) = ready.get_mut(worker.slot)
             {
                 *slot = true;
@@ -243,7 +243,7 @@ impl Flock {
         let replacements: Vec<(usize, Pid)> = self
             .workers
             .iter()
-            .filter(|w| w.serves_for_good())
+            .filter(|w| w.serves_for_good() && w.serves())
             .map(|w| (w.slot, w.pid))
             .collect();
         let signal = self.policy.stop_signal;

@@ -206,6 +206,9 @@ impl Flock {
             return;
         }
         self.history.total += 1;
+        // Counted toward a long stretch below min_ready (cleared again by
+        // the next pass if the flock is healthy all the same).
+        self.unhealthy.get_or_insert((now, 0)).1 += 1;
         let state = self.slot_mut(slot, now);
         let delay = backoff(&policy, state.failures);
         state.failures += 1;
@@ -218,6 +221,45 @@ impl Flock {
         } else {
             warn!("{what}; restarting in {}", format_duration(delay));
         }
+    }
+
+    /// How long the flock may have fewer than `min_ready` workers serving,
+    /// with unrequested exits meanwhile, before it is a crash loop: five
+    /// restart windows (5 minutes by default). A flock too small to ever
+    /// pass `max_restarts` in one window (one worker whose program is
+    /// missing, backed off to 30 s) would otherwise retry for ever.
+    pub(super) fn unhealthy_limit(&self) -> Duration {
+        self.policy.restart.window.saturating_mul(5)
+    }
+
+    /// Below `min_ready` for [`Flock::unhealthy_limit`] with failures
+    /// meanwhile: stop the flock and exit 1, as for any crash loop.
+    pub(super) fn break_long_unhealth(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        if self.is_healthy() {
+            self.unhealthy = None;
+            return;
+        }
+        let (since, failures) = *self.unhealthy.get_or_insert((now, 0));
+        let limit = self.unhealthy_limit();
+        if failures == 0 || now.saturating_duration_since(since) < limit {
+            return;
+        }
+        let reason = format!(
+            "crash loop: fewer than {} of {} workers ready for {} (5 × restart_window), with {failures} unrequested \
+             exits meanwhile",
+            self.policy.min_ready.clamp(1, self.desired),
+            self.desired,
+            format_duration(limit)
+        );
+        error!("{reason}; giving up");
+        self.tally.crash_loops += 1;
+        self.begin_shutdown(now, 1, reason, actions);
+    }
+
+    /// When a stretch below `min_ready` with failures becomes a crash loop.
+    pub(super) fn unhealthy_deadline(&self) -> Option<Instant> {
+        let (since, failures) = self.unhealthy?;
+        (failures > 0).then(|| since + self.unhealthy_limit())
     }
 
     /// The desired slots with no live worker and none on its way, and when

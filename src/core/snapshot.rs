@@ -56,6 +56,10 @@ pub struct FlockState {
     pub announced_ready: bool,
     pub last_status: String,
     pub tally: TallyState,
+    /// Since when fewer than min_ready serve, and the failures since
+    /// (absent from a build before it).
+    #[serde(default)]
+    pub unhealthy: Option<(At, u32)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -135,6 +139,10 @@ pub struct WorkerRecord {
     pub recycle_at: Option<At>,
     pub listens_itself: Vec<String>,
     pub inspections: u32,
+    /// Absent from a build before it: a worker the binary before already
+    /// judged is taken as looked at.
+    #[serde(default = "looked_at")]
+    pub inspected: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -329,6 +337,7 @@ impl Flock {
             announced_ready: self.announced_ready,
             last_status: self.last_status.clone(),
             tally: tally_state(&self.tally),
+            unhealthy: self.unhealthy.map(|(since, failures)| (clock.at(since), failures)),
         })
     }
 
@@ -447,6 +456,11 @@ impl Flock {
             note: None,
             spawned_this_pass: 0,
             load: LoadGate::default(),
+            worker_lines: super::flock::worker_lines(),
+            unhealthy: match state.unhealthy {
+                Some((since, failures)) => Some((clock.instant(since, "the unhealthy stretch")?, failures)),
+                None => None,
+            },
         })
     }
 }
@@ -488,7 +502,42 @@ fn policy_state(policy: &Policy) -> PolicyState {
     }
 }
 
+/// Every duration of a policy, named, for the bound a restore holds them to.
+fn durations(state: &PolicyState) -> Vec<(&'static str, Duration)> {
+    let mut all = vec![
+        ("ready_delay", state.ready_delay),
+        ("ready_timeout", state.ready_timeout),
+        ("memory interval", state.memory_interval),
+        ("stop_timeout", state.stop_timeout),
+        ("restart_window", state.restart.window),
+        ("backoff_initial", state.restart.backoff_initial),
+        ("backoff_max", state.restart.backoff_max),
+        ("backoff_reset", state.restart.backoff_reset),
+        ("min_uptime", state.restart.min_uptime),
+        ("max_age_jitter", state.max_age_jitter),
+    ];
+    all.extend(
+        state
+            .heartbeat
+            .iter()
+            .flat_map(|h| [("heartbeat interval", h.interval), ("heartbeat timeout", h.timeout)]),
+    );
+    all.extend(state.max_age.map(|a| ("max_age", a)));
+    all.extend(state.watchdog.map(|w| ("watchdog", w)));
+    all.extend(state.listener_check.map(|c| ("listener check", c)));
+    all
+}
+
+fn looked_at() -> bool {
+    true
+}
+
 fn restore_policy(state: PolicyState) -> Result<Policy, String> {
+    // No config gives a duration this long (a year at most, a heartbeat
+    // timeout three): one that is could only overflow the clock later.
+    if let Some((what, too_long)) = durations(&state).into_iter().find(|(_, d)| *d > MAX_OFFSET) {
+        return Err(format!("{what} of {}s cannot be", too_long.as_secs()));
+    }
     let readiness = match state.readiness.as_str() {
         "notify" => Readiness::Notify,
         "node-ipc" => Readiness::NodeIpc,
@@ -594,6 +643,7 @@ fn worker_record(clock: &Clock, worker: &Worker) -> WorkerRecord {
         recycle_at: worker.recycle_at.map(|at| clock.at(at)),
         listens_itself: worker.listens_itself.clone(),
         inspections: worker.inspections,
+        inspected: worker.inspected,
     }
 }
 
@@ -635,6 +685,7 @@ fn restore_worker(clock: &Clock, record: WorkerRecord) -> Result<Worker, String>
         recycle_at: clock.maybe(record.recycle_at, &whose)?,
         listens_itself: record.listens_itself,
         inspections: record.inspections,
+        inspected: record.inspected,
     })
 }
 

@@ -300,11 +300,16 @@ impl Flock {
         let mut why = Vec::new();
         for slot in 0..self.desired {
             let mut workers = self.workers.iter().filter(|w| w.slot == slot);
-            if workers.clone().any(|w| w.is_ready()) {
+            if workers.clone().any(|w| w.serves()) {
                 continue;
             }
             let last = self.slots.get(slot).and_then(|s| s.last_end);
+            let astray = workers.clone().find(|w| w.is_ready() && !w.listens_itself.is_empty());
             let now = match (workers.next(), last) {
+                _ if astray.is_some() => format!(
+                    "worker {slot} listens on {} itself",
+                    astray.map(|w| w.listens_itself.join(", ")).unwrap_or_default()
+                ),
                 (_, Some(cause)) => format!("worker {slot} {}", cause.described()),
                 (Some(w), None) if w.is_starting() => format!("worker {slot} starting"),
                 _ => format!("worker {slot} not started"),

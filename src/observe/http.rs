@@ -303,7 +303,7 @@ impl HttpServer {
                     client.input.extend_from_slice(&buffer[..n]);
                     match parse(&client.input) {
                         Parsed::Partial if client.input.len() <= MAX_HEAD => continue,
-                        Parsed::Partial => {
+                        Parsed::Partial | Parsed::TooLarge => {
                             let message = format!("request head over {MAX_HEAD} bytes\n");
                             return self.refuse(id, HttpResponse::text(431, message));
                         }
@@ -519,9 +519,14 @@ impl HttpServer {
 
 enum Parsed {
     Partial,
+    /// A head over `MAX_HEAD`.
+    TooLarge,
     Bad(String),
     Method(String),
-    Get { path: String, head_only: bool },
+    Get {
+        path: String,
+        head_only: bool,
+    },
 }
 
 fn parse(input: &[u8]) -> Parsed {
@@ -531,6 +536,8 @@ fn parse(input: &[u8]) -> Parsed {
         Ok(httparse::Status::Partial) => Parsed::Partial,
         Err(httparse::Error::TooManyHeaders) => Parsed::Bad(format!("more than {MAX_HEADERS} headers")),
         Err(e) => Parsed::Bad(format!("bad request: {e}")),
+        // The limit holds for a head that came whole in one read too.
+        Ok(httparse::Status::Complete(length)) if length > MAX_HEAD => Parsed::TooLarge,
         Ok(httparse::Status::Complete(_)) => {
             let method = request.method.unwrap_or_default();
             let target = request.path.unwrap_or("/");

@@ -555,16 +555,26 @@ impl Os {
             if !self.swept.insert(orphan) {
                 continue;
             }
-            let whose = match owner {
-                Some(worker) => format!("worker pid {worker}"),
-                None => "a worker".into(),
+            let name = proc_stats::command_name(orphan);
+            let line = match (owner, proc_stats::process_group(orphan)) {
+                // Still in its dead worker's group, which was just killed:
+                // it is on its way out, as every process of that group is.
+                (Some(worker), Some(group)) if group == worker => {
+                    debug!("pid {orphan} ({name}), of worker pid {worker}'s process group, outlived it: killing it");
+                    None
+                }
+                (Some(worker), _) => Some(format!(
+                    "pid {orphan} ({name}) was started by worker pid {worker}, left its process group and outlived it: killing it"
+                )),
+                (None, _) => Some(format!(
+                    "pid {orphan} ({name}) was handed to sheepdog (its parent died; sheepdog is the child subreaper, or \
+                     PID 1) and no worker started it (its environment names none): killing it"
+                )),
             };
-            let now = Instant::now();
-            if self.orphan_lines.allow(now) {
-                warn!(
-                    "pid {orphan} ({}) was started by {whose}, left its process group and outlived it: killing it",
-                    proc_stats::command_name(orphan)
-                );
+            if let Some(line) = line
+                && self.orphan_lines.allow(Instant::now())
+            {
+                warn!("{line}");
             }
             let _ = kill(NixPid::from_raw(-orphan), Signal::SIGKILL);
             let _ = kill(NixPid::from_raw(orphan), Signal::SIGKILL);
@@ -805,11 +815,13 @@ impl System for Os {
     }
 
     fn own_listeners(&self, pids: &[Pid]) -> Vec<(Pid, Vec<String>)> {
+        // Every worker asked about is answered: one found nothing on is not
+        // astray (it is innocent until found listening elsewhere).
         let listening = match sock_diag::listening_tcp() {
             Ok(listening) => listening,
             Err(e) => {
                 debug!("cannot list the listening sockets (sock_diag): {e}");
-                return Vec::new();
+                return pids.iter().map(|&pid| (pid, Vec::new())).collect();
             }
         };
         pids.iter()

@@ -565,9 +565,8 @@ impl<S: System> Supervisor<S> {
                 }
             }
             Action::Inspect { pids } => {
-                for (pid, own) in self.system.own_listeners(&pids) {
-                    queue.extend(self.flock.follow_up(now, Event::Inspected { pid, own }));
-                }
+                let found = self.system.own_listeners(&pids);
+                queue.extend(self.flock.follow_up(now, Event::Inspected(found)));
             }
             Action::SampleLoad => {
                 let runnable = self.system.runnable();
@@ -679,7 +678,7 @@ impl<S: System> Supervisor<S> {
                 config: self.config_path.clone(),
                 generation: flock.generation(),
                 desired: flock.desired(),
-                ready: flock.workers().iter().filter(|w| w.is_ready()).count(),
+                ready: flock.ready_count(),
                 restarts: flock.total_restarts(),
                 reloading_to: flock.reloading_to(),
                 last_reload: flock.last_reload().map(|r| LastReload {

@@ -87,8 +87,9 @@ pub trait System {
     fn runnable(&self) -> usize;
     /// Each listening socket's accept queue, now.
     fn listen_queues(&self) -> Vec<ListenQueue>;
-    /// For each worker, the TCP ports it listens on itself, not the ones
-    /// passed to it.
+    /// For each worker (every one asked about), the TCP ports its process
+    /// tree listens on itself instead of the ones passed to it: none when
+    /// it serves a passed one too (an inspector or admin port of its own).
     fn own_listeners(&self, pids: &[Pid]) -> Vec<(Pid, Vec<String>)>;
     /// The shared listeners found shut down since the last check, each
     /// listening again or lost for good.

@@ -8,6 +8,7 @@ use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 
 use crate::core::Upward;
+use crate::logging::RateLimit;
 
 /// Sends sd_notify datagrams to `$NOTIFY_SOCKET` without ever blocking, so a
 /// stalled receiver cannot stall the supervisor. A unix datagram queue is
@@ -23,6 +24,12 @@ pub struct Notifier {
     outbox: VecDeque<String>,
     /// Superseded state changes merged away, not logged yet.
     merged: u64,
+    /// Messages systemd's socket refused (it is gone, or not a socket),
+    /// since the last line that said so.
+    refused: u64,
+    /// A socket that refuses refuses every STATUS= and ping: said once a
+    /// minute at most.
+    refusals: RateLimit,
 }
 
 /// State changes waiting beyond this many means the receiver is gone.
@@ -34,6 +41,8 @@ impl Notifier {
             target: None,
             outbox: VecDeque::new(),
             merged: 0,
+            refused: 0,
+            refusals: RateLimit::new(1, std::time::Duration::from_secs(60)),
         };
         let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
             return notifier;
@@ -86,9 +95,25 @@ impl Notifier {
         let Some((socket, address)) = &self.target else { return };
         while let Some(text) = self.outbox.front() {
             match socket.send_to_addr(text.as_bytes(), address) {
+                Ok(_) if self.refused > 0 => {
+                    log::info!(
+                        "systemd's notify socket takes messages again ({} were refused)",
+                        self.refused
+                    );
+                    self.refused = 0;
+                }
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => log::warn!("cannot notify systemd ({text:?}): {e}"),
+                Err(e) => {
+                    self.refused += 1;
+                    if self.refusals.allow(std::time::Instant::now()) {
+                        log::warn!(
+                            "cannot notify systemd ({text:?}): {e}; {} message{} refused so far (said once a minute)",
+                            self.refused,
+                            if self.refused == 1 { "" } else { "s" }
+                        );
+                    }
+                }
             }
             self.outbox.pop_front();
         }
@@ -265,6 +290,8 @@ mod tests {
             )),
             outbox: VecDeque::new(),
             merged: 0,
+            refused: 0,
+            refusals: RateLimit::new(1, std::time::Duration::from_secs(60)),
         };
         (receiver, notifier, dir)
     }

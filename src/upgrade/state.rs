@@ -226,6 +226,9 @@ pub struct ControlState {
     pub identity: (u64, u64),
     pub clients: Vec<ClientState>,
     pub next_client: u64,
+    /// A private directory made for the socket (absent from a build before it).
+    #[serde(default)]
+    pub made_dir: Option<Bytes>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

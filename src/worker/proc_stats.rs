@@ -36,9 +36,21 @@ pub fn process_tree(pid: Pid) -> Vec<Pid> {
 pub fn orphans(workers: &HashSet<Pid>) -> Vec<(Pid, Option<Pid>)> {
     children(std::process::id() as Pid)
         .into_iter()
-        .filter(|pid| !workers.contains(pid))
+        // A zombie is dead already (killed with its worker's group, say):
+        // nothing to kill, and its environment can no longer be read.
+        .filter(|pid| !workers.contains(pid) && !is_zombie(*pid))
         .map(|pid| (pid, started_under(pid)))
         .collect()
+}
+
+fn is_zombie(pid: Pid) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(true)
 }
 
 /// The direct children of `pid`, from every thread's `children` list.
@@ -53,6 +65,14 @@ fn children(pid: Pid) -> Vec<Pid> {
         }
     }
     children
+}
+
+/// A process's process group, from /proc.
+pub fn process_group(pid: Pid) -> Option<Pid> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: read after the last ')'.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    fields.nth(2)?.parse().ok()
 }
 
 /// A process's command name, for the log.
@@ -393,21 +413,94 @@ mod tests {
 /// not `inherited` (the sockets sheepdog passed): a worker that binds a port
 /// of its own (`app.listen(3000)`) instead of taking fd 3.
 pub fn own_listeners(pid: Pid, listening: &[Listening], inherited: &[u64]) -> Vec<String> {
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return Vec::new();
-    };
-    let held: HashSet<u64> = fds
-        .flatten()
-        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
-        .filter_map(|target| socket_inode(&target.to_string_lossy()))
-        .collect();
+    let tree = process_tree(pid);
+    let held: HashSet<u64> = tree.iter().flat_map(|&p| socket_inodes(p)).collect();
     let mut own: Vec<String> = listening
         .iter()
         .filter(|l| held.contains(&l.inode) && !inherited.contains(&l.inode))
         .map(|l| l.address.to_string())
         .collect();
+    // A worker that also serves the passed socket (Node's inspector port,
+    // an admin port) is not astray: its ports are its own business.
+    if own.is_empty() || tree.iter().any(|&p| serves(p, inherited)) {
+        return Vec::new();
+    }
     own.sort();
+    own.dedup();
     own
+}
+
+/// The inodes of the sockets `pid` holds.
+fn socket_inodes(pid: Pid) -> Vec<u64> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    fds.flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|target| socket_inode(&target.to_string_lossy()))
+        .collect()
+}
+
+/// Whether `pid` shows it serves one of the sockets `passed` (by inode):
+/// one is in an epoll set of its (what event loops do: Node, asyncio, Go),
+/// or one of its threads waits in accept(2) on it (a blocking server).
+fn serves(pid: Pid, passed: &[u64]) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    let mut by_number: HashMap<i64, u64> = HashMap::new();
+    let mut epolls = Vec::new();
+    for fd in fds.flatten() {
+        let Some(number) = fd.file_name().to_str().and_then(|n| n.parse::<i64>().ok()) else {
+            continue;
+        };
+        let Ok(target) = std::fs::read_link(fd.path()) else {
+            continue;
+        };
+        let target = target.to_string_lossy();
+        if let Some(inode) = socket_inode(&target) {
+            by_number.insert(number, inode);
+        } else if target == "anon_inode:[eventpoll]" {
+            epolls.push(number);
+        }
+    }
+    let in_epoll = epolls.iter().any(|epoll| {
+        std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{epoll}"))
+            .is_ok_and(|info| epoll_targets(&info).any(|inode| passed.contains(&inode)))
+    });
+    in_epoll
+        || accepting(pid)
+            .iter()
+            .any(|fd| by_number.get(fd).is_some_and(|i| passed.contains(i)))
+}
+
+/// The inodes an epoll's fdinfo lists (`tfd: 3 events: 19 data: … ino:a6f5`).
+fn epoll_targets(fdinfo: &str) -> impl Iterator<Item = u64> + '_ {
+    fdinfo
+        .lines()
+        .filter(|l| l.starts_with("tfd:"))
+        .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("ino:")))
+        .filter_map(|hex| u64::from_str_radix(hex, 16).ok())
+}
+
+/// The fds `pid`'s threads wait in accept(2) or accept4(2) on.
+fn accepting(pid: Pid) -> Vec<i64> {
+    const ACCEPT: &str = "43";
+    const ACCEPT4: &str = "288";
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("syscall")).ok())
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let number = fields.next()?;
+            let fd = fields.next()?;
+            (number == ACCEPT || number == ACCEPT4)
+                .then(|| i64::from_str_radix(fd.trim_start_matches("0x"), 16).ok())?
+        })
+        .collect()
 }
 
 /// "socket:[1541]" → 1541.

@@ -125,6 +125,49 @@ impl JournalStreams {
     }
 }
 
+/// The longest string execve(2) takes (MAX_ARG_STRLEN), NUL included.
+const MAX_ARG_STRLEN: usize = 128 * 1024;
+/// What each worker's environment adds to the shared one (LISTEN_*,
+/// SHEEPDOG_*, NOTIFY_SOCKET or NODE_CHANNEL_*, WATCHDOG_*, JOURNAL_STREAM),
+/// counted generously.
+const PER_WORKER_ENV: usize = 4096;
+
+/// The command and its environment must fit in what execve(2) takes, or
+/// every worker would fail to start with E2BIG (a crash loop where a bad
+/// config should have been refused): each string under MAX_ARG_STRLEN, all
+/// of them (and their pointers) under ARG_MAX, a quarter of the stack limit.
+fn fits_execve(argv: &[CString], env: &[CString]) -> Result<(), Error> {
+    if let Some((index, long)) = argv
+        .iter()
+        .enumerate()
+        .find(|(_, a)| a.as_bytes_with_nul().len() > MAX_ARG_STRLEN)
+    {
+        return Err(Error::config(format!(
+            "command: argument {index} is {} bytes long, over the {MAX_ARG_STRLEN} execve(2) takes for one",
+            long.as_bytes().len()
+        )));
+    }
+    let size = |strings: &[CString]| -> usize {
+        strings
+            .iter()
+            .map(|s| s.as_bytes_with_nul().len() + std::mem::size_of::<usize>())
+            .sum()
+    };
+    let total = size(argv) + size(env) + PER_WORKER_ENV;
+    // SAFETY: sysconf has no preconditions.
+    let limit = unsafe { libc::sysconf(libc::_SC_ARG_MAX) };
+    let limit = if limit > 0 { limit as usize } else { 128 * 1024 };
+    if total > limit {
+        return Err(Error::config(format!(
+            "command: the command ({} bytes) and the workers' environment ({} bytes) are over the {limit} bytes \
+             execve(2) takes (ARG_MAX, a quarter of the stack limit)",
+            size(argv),
+            size(env)
+        )));
+    }
+    Ok(())
+}
+
 /// What the parent learnt from the child before its exec.
 const STAGE_CHDIR: u8 = 1;
 const STAGE_EXEC: u8 = 2;
@@ -189,6 +232,7 @@ impl WorkerCommand {
                 cstring(entry, "an environment variable")
             })
             .collect::<Result<Vec<_>, _>>()?;
+        fits_execve(&argv, &env)?;
         let devnull = nix::fcntl::open(
             "/dev/null",
             OFlag::O_RDWR | OFlag::O_CLOEXEC,

@@ -13,6 +13,7 @@ mod common;
 mod config_reads;
 mod handover;
 mod oom;
+mod small;
 mod stalls;
 mod upgrade_all;
 
@@ -28,7 +29,7 @@ pub(crate) fn fixture(name: &str) -> String {
 }
 
 /// Launches sheepdog on 127.0.0.1:0 with `config` (TOML lines after `command`).
-fn launch(command: &[&str], config: &str, env: &[(&str, &str)]) -> (Sheepdog, NotifySocket) {
+pub(crate) fn launch(command: &[&str], config: &str, env: &[(&str, &str)]) -> (Sheepdog, NotifySocket) {
     launch_from(Launch::new(&[]), command, config, env)
 }
 

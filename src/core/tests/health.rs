@@ -525,7 +525,7 @@ fn young_ready_workers_are_inspected_ever_more_sparsely_for_a_minute() {
     let first_minute = inspected(&h.run_until(Duration::from_secs(59)));
     assert_eq!(
         first_minute, 6,
-        "at 5, 10, 15, 20, 25 and 35 s: ages past 1, 2, 4, 8, 16, 32 s"
+        "once ready (1 s), then at 5, 10, 15, 20 and 35 s: ages past 2, 4, 8, 16, 32 s"
     );
     let mut every_second = policy(1);
     every_second.memory_interval = 1000 * MS;
@@ -533,15 +533,9 @@ fn young_ready_workers_are_inspected_ever_more_sparsely_for_a_minute() {
     h1.start();
     assert_eq!(inspected(&h1.run_until(Duration::from_secs(59))), 6, "not 59 looks");
     assert_eq!(inspected(&h.run_until(Duration::from_secs(120))), 0, "not after");
-    h.feed(Event::Inspected {
-        pid,
-        own: vec!["0.0.0.0:3000".into()],
-    });
+    h.feed(Event::Inspected(vec![(pid, vec!["0.0.0.0:3000".into()])]));
     assert_eq!(logged("listens on 0.0.0.0:3000 itself").len(), 1, "warned at once");
-    h.feed(Event::Inspected {
-        pid,
-        own: vec!["0.0.0.0:3000".into()],
-    });
+    h.feed(Event::Inspected(vec![(pid, vec!["0.0.0.0:3000".into()])]));
     assert_eq!(h.flock.workers()[0].listens_itself, ["0.0.0.0:3000"]);
     assert_eq!(logged("listens on 0.0.0.0:3000 itself").len(), 1, "warned once");
 }
@@ -600,4 +594,60 @@ fn a_listener_that_cannot_listen_again_stops_the_flock_and_exits_1() {
         "{reason}"
     );
     assert_eq!(logged("ERROR unix:/run/app.sock was shut down").len(), 1);
+}
+
+#[test]
+fn a_worker_listening_on_a_port_of_its_own_does_not_count_as_ready() {
+    // readiness = "none": ready by delay, but a look finds it listening on
+    // :3000 itself (app.listen(3000) without the preload).
+    let mut h = Harness::new(policy(2));
+    h.start();
+    let astray = h.pid_of(0);
+    h.astray.insert(astray, vec!["0.0.0.0:3000".into()]);
+    let actions = h.at(1000 * MS);
+    assert!(!ready_sent(&actions), "READY=1 said while one worker serves elsewhere");
+    assert_eq!(h.flock.ready_count(), 1);
+    assert!(
+        statuses(&actions).last().unwrap().starts_with("1/2 ready"),
+        "{actions:?}"
+    );
+    let why = h.flock.unhealthy_reason().unwrap();
+    assert!(why.contains("worker 0 listens on 0.0.0.0:3000 itself"), "{why}");
+    assert_eq!(
+        logged("listens on 0.0.0.0:3000 itself, not on the socket sheepdog passed").len(),
+        1
+    );
+    // Once it no longer does (a look finds nothing), it counts.
+    h.astray.clear();
+    h.feed(Event::Inspected(vec![(astray, vec![])]));
+    assert_eq!(h.flock.ready_count(), 2);
+    assert!(ready_sent(&h.feed(Event::Tick)) || ready_sent(&h.log));
+}
+
+#[test]
+fn a_reload_onto_code_that_listens_on_its_own_port_is_aborted() {
+    let mut h = Harness::ready(reload_policy(2));
+    let old = h.serving_pids(2);
+    let actions = reload(&mut h, 1, reload_policy(2));
+    assert_eq!(spawned_generations(&actions), vec![(0, 2)]);
+    let new = h.newest();
+    h.astray.insert(new, vec!["0.0.0.0:3000".into()]);
+    let actions = h.say(new, WorkerMessage::Ready);
+    let (_, ok, message) = finished(&actions).expect("the reload ended");
+    assert!(!ok);
+    assert!(message.contains("listens on 0.0.0.0:3000 itself"), "{message}");
+    // The old generation serves on, every worker of it.
+    assert_eq!(h.serving_pids(2), old);
+    assert!(!signals(&actions).iter().any(|(pid, _)| old.contains(pid)));
+}
+
+#[test]
+fn a_worker_saying_errno_in_a_loop_is_logged_a_few_times_not_each() {
+    let mut h = Harness::ready(notify_policy(1));
+    let pid = h.pid_of(0);
+    for _ in 0..1000 {
+        h.say(pid, WorkerMessage::Errno(5));
+    }
+    let lines = logged("reports errno 5").len();
+    assert!((1..=5).contains(&lines), "{lines} lines for 1000 ERRNO=5");
 }

@@ -119,6 +119,8 @@ struct Harness {
     log: Vec<Action>,
     /// Tasks runnable on the machine, as a look at the load finds them.
     runnable: usize,
+    /// What a look at a worker finds it listening on itself, by pid.
+    astray: std::collections::HashMap<Pid, Vec<String>>,
 }
 
 impl Harness {
@@ -132,6 +134,7 @@ impl Harness {
             next_pid: FIRST_PID,
             log: Vec::new(),
             runnable: 1,
+            astray: std::collections::HashMap::new(),
         }
     }
 
@@ -147,6 +150,13 @@ impl Harness {
         let mut queue = VecDeque::from(self.flock.handle_pass(self.now, events));
         while let Some(action) = queue.pop_front() {
             assert!(taken.len() < MAX_PASSES, "one event set off endless actions");
+            if let Action::Inspect { pids } = &action {
+                let found = pids
+                    .iter()
+                    .map(|pid| (*pid, self.astray.get(pid).cloned().unwrap_or_default()))
+                    .collect();
+                queue.extend(self.flock.follow_up(self.now, Event::Inspected(found)));
+            }
             if action == Action::SampleLoad {
                 let runnable = self.runnable;
                 queue.extend(self.flock.follow_up(self.now, Event::LoadSampled { runnable }));

@@ -355,3 +355,66 @@ fn a_replacement_waiting_for_the_budget_is_due_at_the_next_token() {
             .all(|l| !l.contains("starting its replacement"))
     );
 }
+
+/// A worker that dies at once, every time (its program is missing).
+fn failing_forever(h: &mut Harness, until: Duration) -> Option<Duration> {
+    while h.now < h.t0 + until {
+        // Every worker it has dies at once: started, or told to stop.
+        while let Some(pid) = h.flock.workers().first().map(|w| w.pid) {
+            h.exit(pid, ExitStatus::Code(127));
+        }
+        if h.log.iter().any(|a| matches!(a, Action::Exit { code: 1, .. })) {
+            return Some(h.now - h.t0);
+        }
+        let next = h.flock.next_deadline().unwrap_or(h.now + 100 * MS);
+        h.now = next.min(h.t0 + until).max(h.now + MS);
+        h.feed(Event::Tick);
+    }
+    h.log
+        .iter()
+        .any(|a| matches!(a, Action::Exit { code: 1, .. }))
+        .then(|| h.now - h.t0)
+}
+
+#[test]
+fn a_flock_below_min_ready_for_five_restart_windows_with_failures_is_a_crash_loop() {
+    // One worker whose program is missing, backed off to 1 s: never more
+    // than 2 exits in a 2 s window, far from max_restarts.
+    let mut p = notify_policy(1);
+    p.heartbeat = None;
+    p.ready_timeout = Duration::from_secs(60);
+    p.restart.max_restarts = 100;
+    p.restart.window = Duration::from_secs(2);
+    let mut h = Harness::new(p);
+    h.start();
+    let ended = failing_forever(&mut h, Duration::from_secs(30));
+    let ended = ended.unwrap_or_else(|| panic!("no crash-loop exit: {:#?}", captured::lines()));
+    assert!(
+        ended >= Duration::from_secs(10) && ended < Duration::from_secs(12),
+        "{ended:?}"
+    );
+    let reason = logged("fewer than 1 of 1 workers ready for 10s (5 × restart_window)");
+    assert_eq!(reason.len(), 1, "{:?}", captured::lines());
+}
+
+#[test]
+fn a_healthy_flock_with_a_slot_that_keeps_failing_is_no_crash_loop() {
+    let mut p = policy(2);
+    p.min_ready = 1;
+    p.restart.max_restarts = 100;
+    p.restart.window = Duration::from_secs(2);
+    let mut h = Harness::serving(p);
+    let serving = h.pid_of(0);
+    // Slot 1 keeps failing; slot 0 serves throughout.
+    let mut slot1 = h.pid_of(1);
+    for _ in 0..30 {
+        h.exit(slot1, ExitStatus::Code(1));
+        let deadline = h.flock.next_deadline().unwrap();
+        h.now = deadline.max(h.now + MS);
+        h.feed(Event::Tick);
+        slot1 = h.pid_of(1);
+    }
+    assert!(h.now - h.t0 > Duration::from_secs(10));
+    assert!(!h.log.iter().any(|a| matches!(a, Action::Exit { .. })));
+    assert_eq!(h.pid_of(0), serving);
+}

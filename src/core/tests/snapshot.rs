@@ -56,6 +56,7 @@ fn twin(h: &Harness) -> Harness {
         next_pid: h.next_pid,
         log: Vec::new(),
         runnable: h.runnable,
+        astray: h.astray.clone(),
     }
 }
 
@@ -194,6 +195,21 @@ fn a_state_that_cannot_be_is_refused_not_restored() {
         ("not a signal", Box::new(|s| s.policy.stop_signal = "SIGNOPE".into())),
         ("zero", Box::new(|s| s.policy.memory_interval = Duration::ZERO)),
         ("spawn budget", Box::new(|s| s.budget.tokens = f64::NAN)),
+        // A watchdog of u64::MAX seconds once passed, and the first pass
+        // panicked on the overflow of an Instant.
+        (
+            "watchdog of 18446744073709551615s cannot be",
+            Box::new(|s| s.policy.watchdog = Some(Duration::from_secs(u64::MAX))),
+        ),
+        ("stop_timeout of", Box::new(|s| s.policy.stop_timeout = Duration::MAX)),
+        (
+            "heartbeat timeout of",
+            Box::new(|s| {
+                if let Some(h) = &mut s.policy.heartbeat {
+                    h.timeout = Duration::from_secs(1 << 40);
+                }
+            }),
+        ),
     ];
     for (says, break_it) in cases {
         let mut state = good.clone();

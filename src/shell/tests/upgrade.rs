@@ -226,6 +226,7 @@ fn framed(state: SupervisorState) -> crate::upgrade::state::HandOver {
                 identity: (1, 42),
                 clients: vec![],
                 next_client: 9,
+                made_dir: None,
             },
             http: None,
             links: LinksState {
