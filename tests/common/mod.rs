@@ -575,9 +575,23 @@ fn keep_alive_request(addr: SocketAddr, connection: &mut Option<BufReader<TcpStr
         *connection = Some(BufReader::new(stream));
     }
     let reader = connection.as_mut().unwrap();
-    reader.get_mut().write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")?;
+    // The server closed the connection before any byte of an answer: an end
+    // of stream, or, when the request reached the closed socket first, a
+    // reset (or a broken pipe on the write). Which one is a matter of timing
+    // (a loaded machine makes the reset likelier); it is the same close.
+    let closed = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe => std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("connection closed before a response ({e})"),
+        ),
+        _ => e,
+    };
+    reader
+        .get_mut()
+        .write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+        .map_err(closed)?;
     let mut status_line = String::new();
-    if reader.read_line(&mut status_line)? == 0 {
+    if reader.read_line(&mut status_line).map_err(closed)? == 0 {
         return Err(std::io::Error::new(
             std::io::ErrorKind::UnexpectedEof,
             "connection closed before a response",
