@@ -162,7 +162,7 @@ fn app_listen_as_written_serves_the_passed_socket_with_the_preload() {
 fn app_listen_as_written_without_the_preload_is_noticed_said_and_not_ready() {
     let port = free_port();
     let config = format!(
-        "workers = 1\nready_delay = \"300ms\"\n[memory]\ninterval = \"500ms\"\n[env]\nPORT = \"{}\"\n",
+        "workers = 1\n[memory]\ninterval = \"500ms\"\n[env]\nPORT = \"{}\"\n",
         port.port()
     );
     let (sheepdog, _, file) = launch(&["node", &fixture("app-listen.js")], &config);

@@ -60,6 +60,8 @@ pub struct Flock {
     /// Since when fewer than `min_ready` workers serve, and the unrequested
     /// exits since: a long enough stretch with any is a crash loop too.
     pub(super) unhealthy: Option<(Instant, u32)>,
+    /// When workers not known to serve yet were last looked at.
+    pub(super) last_look: Option<Instant>,
 }
 
 impl Flock {
@@ -88,6 +90,7 @@ impl Flock {
             load: LoadGate::default(),
             worker_lines: worker_lines(),
             unhealthy: None,
+            last_look: None,
             policy,
         }
     }
@@ -208,6 +211,7 @@ impl Flock {
                 self.measure_deadline(),
                 self.listener_check_deadline(),
                 self.unhealthy_deadline(),
+                self.relook_deadline(),
             ]);
         }
         deadlines.into_iter().flatten().min()
@@ -250,7 +254,7 @@ impl Flock {
         self.check_listeners(now, actions);
         // A worker just ready is looked at in this pass; it counts as
         // serving (and READY=1 may be said) only once that answer is in.
-        self.inspect_new(actions);
+        self.inspect_new(now, actions);
         if !self.announced_ready && self.is_healthy() {
             self.announced_ready = true;
             info!("ready: {}/{} workers", self.ready_count(), self.desired);

@@ -17,6 +17,11 @@ use crate::worker::channel::WorkerMessage;
 /// six looks through its fds rather than one every memory interval.
 const INSPECT_FOR: std::time::Duration = std::time::Duration::from_secs(60);
 const INSPECT_FIRST: std::time::Duration = std::time::Duration::from_secs(1);
+/// How soon a worker ready by delay that showed no sign yet of serving the
+/// passed socket (nor of listening elsewhere) is looked at again.
+pub(super) const RELOOK: std::time::Duration = std::time::Duration::from_millis(200);
+/// The least of that grace (`ready_delay`, at least this).
+const MIN_SIGN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 /// How often the shared listeners are checked: a shut-down one refuses
 /// every connection, so it must be noticed within a second or two.
 pub const LISTENER_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
@@ -345,32 +350,67 @@ impl Flock {
             })
             .collect();
         if !young.is_empty() {
+            self.last_look = Some(now);
             actions.push(Action::Inspect { pids: young });
         }
     }
 
-    /// Ready workers never looked at: looked at now.
-    pub(super) fn inspect_new(&mut self, actions: &mut Vec<Action>) {
+    /// Ready workers not known to serve the flock yet: looked at now (the
+    /// first time at once, then every `RELOOK`).
+    pub(super) fn inspect_new(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        let due = self.last_look.is_none_or(|at| now >= at + RELOOK);
         let pids: Vec<Pid> = self
             .workers
             .iter_mut()
-            .filter(|w| w.is_ready() && w.inspections == 0)
+            .filter(|w| w.is_ready() && !w.inspected && (w.inspections == 0 || due))
             .map(|w| {
-                w.inspections = 1;
+                w.inspections = w.inspections.max(1);
                 w.pid
             })
             .collect();
         if !pids.is_empty() {
+            self.last_look = Some(now);
             actions.push(Action::Inspect { pids });
         }
     }
 
-    pub(super) fn on_inspected(&mut self, now: Instant, found: Vec<(Pid, Vec<String>)>, actions: &mut Vec<Action>) {
+    /// When a ready worker not known to serve yet is looked at again.
+    pub(super) fn relook_deadline(&self) -> Option<Instant> {
+        let waiting = self.workers.iter().any(|w| w.is_ready() && !w.inspected);
+        waiting.then(|| self.last_look.map_or(self.timers.last_pass, |at| at + RELOOK))
+    }
+
+    /// How long a worker ready by delay (`readiness = "none"`) may show no
+    /// sign either way before it counts as serving: it may still be setting
+    /// up, or serve in a way that leaves no trace.
+    fn sign_grace(&self) -> std::time::Duration {
+        self.policy.ready_delay.max(MIN_SIGN_GRACE)
+    }
+
+    pub(super) fn on_inspected(&mut self, now: Instant, found: Vec<(Pid, Inspection)>, actions: &mut Vec<Action>) {
         let rollout = self.rollout.as_ref().map(|r| r.generation);
+        let by_delay = self.policy.readiness == Readiness::None;
+        let grace = self.sign_grace();
         let mut astray_in_reload = None;
-        for (pid, own) in found {
+        for (pid, found) in found {
             let Some(worker) = self.workers.iter_mut().find(|w| w.pid == pid) else {
                 continue;
+            };
+            let own = match found {
+                Inspection::Serves => Vec::new(),
+                Inspection::Astray(own) => own,
+                // A worker that said it is ready has set up: nothing seen is
+                // nothing wrong. One ready by delay is given a grace first.
+                Inspection::Unknown => {
+                    let ready_for = match worker.state {
+                        WorkerState::Ready { since, .. } => now.saturating_duration_since(since),
+                        _ => std::time::Duration::ZERO,
+                    };
+                    if by_delay && !worker.inspected && ready_for < grace {
+                        continue;
+                    }
+                    Vec::new()
+                }
             };
             worker.inspected = true;
             if !own.is_empty() && own != worker.listens_itself {

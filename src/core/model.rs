@@ -100,10 +100,8 @@ pub enum Event {
         pid: Pid,
         bytes: u64,
     },
-    /// What `Action::Inspect` found, for each worker asked about: the TCP
-    /// ports it listens on itself instead of the socket sheepdog passed
-    /// (none when it also serves the passed socket).
-    Inspected(Vec<(Pid, Vec<String>)>),
+    /// What `Action::Inspect` found, for each worker asked about.
+    Inspected(Vec<(Pid, Inspection)>),
     Request(Request),
     /// What `Action::CheckListeners` found: listeners that were shut down
     /// and listen again, and those that cannot (each said for the log).
@@ -117,6 +115,21 @@ pub enum Event {
     LoadSampled {
         runnable: usize,
     },
+}
+
+/// What a look at a worker's process tree found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inspection {
+    /// It serves a passed socket: one is in an epoll set of its, or one of
+    /// its threads waits in accept() on it (ports of its own beside it, an
+    /// inspector's or an admin's, are its business).
+    Serves,
+    /// It listens on these TCP ports itself and shows no sign of serving
+    /// the passed socket: no request to the flock's socket reaches it.
+    Astray(Vec<String>),
+    /// Neither, yet: still starting, or serving in a way that leaves no
+    /// trace (a poll() or select() loop).
+    Unknown,
 }
 
 /// What the supervisor tells systemd.

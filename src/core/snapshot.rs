@@ -457,6 +457,7 @@ impl Flock {
             spawned_this_pass: 0,
             load: LoadGate::default(),
             worker_lines: super::flock::worker_lines(),
+            last_look: None,
             unhealthy: match state.unhealthy {
                 Some((since, failures)) => Some((clock.instant(since, "the unhealthy stretch")?, failures)),
                 None => None,

@@ -30,7 +30,7 @@ use super::system::{ClientId, Input, ListenerFault, OwnUsage, System, WorkerUsag
 use crate::config::{Channel, MemoryMeasure};
 use crate::control::protocol::Reply;
 use crate::control::server::{ClientInput, ControlServer};
-use crate::core::{ExitStatus, ListenQueue, Pid, SpawnOrder, Upward};
+use crate::core::{ExitStatus, Inspection, ListenQueue, Pid, SpawnOrder, Upward};
 use crate::error::Error;
 use crate::logging::RateLimit;
 use crate::observe::http::{HttpInput, HttpResponse, HttpServer};
@@ -814,18 +814,19 @@ impl System for Os {
         self.listeners.sockets.iter().filter_map(|l| l.check()).collect()
     }
 
-    fn own_listeners(&self, pids: &[Pid]) -> Vec<(Pid, Vec<String>)> {
-        // Every worker asked about is answered: one found nothing on is not
-        // astray (it is innocent until found listening elsewhere).
+    fn inspect(&self, pids: &[Pid]) -> Vec<(Pid, Inspection)> {
+        // Every worker asked about is answered: without the socket table,
+        // nothing can be said of its ports (it is innocent until found
+        // listening elsewhere).
         let listening = match sock_diag::listening_tcp() {
             Ok(listening) => listening,
             Err(e) => {
                 debug!("cannot list the listening sockets (sock_diag): {e}");
-                return pids.iter().map(|&pid| (pid, Vec::new())).collect();
+                Vec::new()
             }
         };
         pids.iter()
-            .map(|&pid| (pid, proc_stats::own_listeners(pid, &listening, &self.passed_inodes)))
+            .map(|&pid| (pid, proc_stats::inspect(pid, &listening, &self.passed_inodes)))
             .collect()
     }
 

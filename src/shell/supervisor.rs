@@ -565,7 +565,7 @@ impl<S: System> Supervisor<S> {
                 }
             }
             Action::Inspect { pids } => {
-                let found = self.system.own_listeners(&pids);
+                let found = self.system.inspect(&pids);
                 queue.extend(self.flock.follow_up(now, Event::Inspected(found)));
             }
             Action::SampleLoad => {

@@ -10,7 +10,7 @@ use nix::sys::signal::Signal;
 
 use crate::config::MemoryMeasure;
 use crate::control::protocol::{Command, Reply};
-use crate::core::{ExitStatus, ListenQueue, Pid, SpawnOrder, Upward};
+use crate::core::{ExitStatus, Inspection, ListenQueue, Pid, SpawnOrder, Upward};
 use crate::observe::http::{HttpRequest, HttpResponse};
 pub use crate::systemd::sockets::ListenerFault;
 use crate::upgrade::probe::Successor;
@@ -87,10 +87,10 @@ pub trait System {
     fn runnable(&self) -> usize;
     /// Each listening socket's accept queue, now.
     fn listen_queues(&self) -> Vec<ListenQueue>;
-    /// For each worker (every one asked about), the TCP ports its process
-    /// tree listens on itself instead of the ones passed to it: none when
-    /// it serves a passed one too (an inspector or admin port of its own).
-    fn own_listeners(&self, pids: &[Pid]) -> Vec<(Pid, Vec<String>)>;
+    /// For each worker (every one asked about): whether its process tree
+    /// serves a passed socket, listens on TCP ports of its own instead, or
+    /// shows neither.
+    fn inspect(&self, pids: &[Pid]) -> Vec<(Pid, Inspection)>;
     /// The shared listeners found shut down since the last check, each
     /// listening again or lost for good.
     fn check_listeners(&mut self) -> Vec<ListenerFault>;

@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::sock_diag::Listening;
 use crate::config::MemoryMeasure;
-use crate::core::Pid;
+use crate::core::{Inspection, Pid};
 
 /// `pid` and all its descendants (via every thread's `children` list).
 pub fn process_tree(pid: Pid) -> Vec<Pid> {
@@ -413,21 +413,33 @@ mod tests {
 /// not `inherited` (the sockets sheepdog passed): a worker that binds a port
 /// of its own (`app.listen(3000)`) instead of taking fd 3.
 pub fn own_listeners(pid: Pid, listening: &[Listening], inherited: &[u64]) -> Vec<String> {
+    match inspect(pid, listening, inherited) {
+        Inspection::Astray(own) => own,
+        _ => Vec::new(),
+    }
+}
+
+/// What `pid`'s process tree shows: a passed socket served (`inherited`,
+/// by inode), TCP ports of its own listened on instead, or neither.
+pub fn inspect(pid: Pid, listening: &[Listening], inherited: &[u64]) -> Inspection {
     let tree = process_tree(pid);
+    // A worker that serves the passed socket is not astray, whatever else it
+    // listens on (Node's inspector port, an admin port): its own business.
+    if tree.iter().any(|&p| serves(p, inherited)) {
+        return Inspection::Serves;
+    }
     let held: HashSet<u64> = tree.iter().flat_map(|&p| socket_inodes(p)).collect();
     let mut own: Vec<String> = listening
         .iter()
         .filter(|l| held.contains(&l.inode) && !inherited.contains(&l.inode))
         .map(|l| l.address.to_string())
         .collect();
-    // A worker that also serves the passed socket (Node's inspector port,
-    // an admin port) is not astray: its ports are its own business.
-    if own.is_empty() || tree.iter().any(|&p| serves(p, inherited)) {
-        return Vec::new();
+    if own.is_empty() {
+        return Inspection::Unknown;
     }
     own.sort();
     own.dedup();
-    own
+    Inspection::Astray(own)
 }
 
 /// The inodes of the sockets `pid` holds.

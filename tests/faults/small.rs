@@ -321,7 +321,7 @@ fn a_flock_that_listens_on_ports_of_its_own_is_not_said_ready() {
     let http = free_port();
     let (sheepdog, notify) = launch(
         &["node", &fixture("app-listen.js")],
-        &format!("workers = 1\nready_delay = \"200ms\"\n[http]\nlisten = \"{http}\"\n"),
+        &format!("workers = 1\n[http]\nlisten = \"{http}\"\n"),
         &[("PORT", &port.port().to_string())],
     );
     sheepdog

@@ -533,9 +533,10 @@ fn young_ready_workers_are_inspected_ever_more_sparsely_for_a_minute() {
     h1.start();
     assert_eq!(inspected(&h1.run_until(Duration::from_secs(59))), 6, "not 59 looks");
     assert_eq!(inspected(&h.run_until(Duration::from_secs(120))), 0, "not after");
-    h.feed(Event::Inspected(vec![(pid, vec!["0.0.0.0:3000".into()])]));
+    let astray = || Event::Inspected(vec![(pid, Inspection::Astray(vec!["0.0.0.0:3000".into()]))]);
+    h.feed(astray());
     assert_eq!(logged("listens on 0.0.0.0:3000 itself").len(), 1, "warned at once");
-    h.feed(Event::Inspected(vec![(pid, vec!["0.0.0.0:3000".into()])]));
+    h.feed(astray());
     assert_eq!(h.flock.workers()[0].listens_itself, ["0.0.0.0:3000"]);
     assert_eq!(logged("listens on 0.0.0.0:3000 itself").len(), 1, "warned once");
 }
@@ -619,7 +620,7 @@ fn a_worker_listening_on_a_port_of_its_own_does_not_count_as_ready() {
     );
     // Once it no longer does (a look finds nothing), it counts.
     h.astray.clear();
-    h.feed(Event::Inspected(vec![(astray, vec![])]));
+    h.feed(Event::Inspected(vec![(astray, Inspection::Serves)]));
     assert_eq!(h.flock.ready_count(), 2);
     assert!(ready_sent(&h.feed(Event::Tick)) || ready_sent(&h.log));
 }
@@ -650,4 +651,39 @@ fn a_worker_saying_errno_in_a_loop_is_logged_a_few_times_not_each() {
     }
     let lines = logged("reports errno 5").len();
     assert!((1..=5).contains(&lines), "{lines} lines for 1000 ERRNO=5");
+}
+
+#[test]
+fn a_worker_ready_by_delay_that_shows_no_sign_yet_counts_only_after_a_grace() {
+    // Node still starting at ready_delay: no port of its own yet, and the
+    // passed socket in no epoll set either. It is looked at again until it
+    // shows which, or the grace (1 s at least) is over.
+    let mut p = policy(1);
+    p.ready_delay = 300 * MS;
+    let mut h = Harness::new(p);
+    h.start();
+    let pid = h.pid_of(0);
+    h.astray.insert(pid, vec![]);
+    let actions = h.at(300 * MS);
+    assert!(!ready_sent(&actions));
+    assert_eq!(h.flock.ready_count(), 0);
+    // Then it binds :3000 itself: found at the next look, 200 ms on.
+    h.astray.insert(pid, vec!["127.0.0.1:3000".into()]);
+    assert_eq!(h.flock.next_deadline(), Some(h.t0 + 500 * MS));
+    h.at(500 * MS);
+    assert_eq!(h.flock.workers()[0].listens_itself, ["127.0.0.1:3000"]);
+    assert!(!ready_sent(&h.log));
+    // Another that shows nothing for the whole grace counts after it (a
+    // poll() loop leaves no trace).
+    let mut h = Harness::new(policy(1));
+    h.start();
+    let quiet = h.pid_of(0);
+    h.astray.insert(quiet, vec![]);
+    h.at(1000 * MS);
+    assert_eq!(h.flock.ready_count(), 0);
+    h.run_until(Duration::from_millis(1900));
+    assert_eq!(h.flock.ready_count(), 0, "within the grace");
+    h.run_until(Duration::from_millis(2300));
+    assert_eq!(h.flock.ready_count(), 1, "after it");
+    assert!(ready_sent(&h.log));
 }

@@ -119,7 +119,8 @@ struct Harness {
     log: Vec<Action>,
     /// Tasks runnable on the machine, as a look at the load finds them.
     runnable: usize,
-    /// What a look at a worker finds it listening on itself, by pid.
+    /// What a look at a worker finds it listening on itself, by pid (none:
+    /// no sign either way); a worker not in it serves the passed socket.
     astray: std::collections::HashMap<Pid, Vec<String>>,
 }
 
@@ -153,7 +154,11 @@ impl Harness {
             if let Action::Inspect { pids } = &action {
                 let found = pids
                     .iter()
-                    .map(|pid| (*pid, self.astray.get(pid).cloned().unwrap_or_default()))
+                    .map(|pid| match self.astray.get(pid) {
+                        Some(own) if own.is_empty() => (*pid, Inspection::Unknown),
+                        Some(own) => (*pid, Inspection::Astray(own.clone())),
+                        None => (*pid, Inspection::Serves),
+                    })
                     .collect();
                 queue.extend(self.flock.follow_up(self.now, Event::Inspected(found)));
             }

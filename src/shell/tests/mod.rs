@@ -12,6 +12,7 @@ use super::supervisor::{ReloadSource, Supervisor};
 use super::system::{ClientId, Input, ListenerFault, OwnUsage, System, WorkerUsage};
 use crate::config::{MemoryMeasure, Overrides, Settings};
 use crate::control::protocol::{Command, Reply, StatusReport};
+use crate::core::Inspection;
 use crate::core::{ExitStatus, ListenQueue, Pid, SpawnOrder, Upward};
 use crate::observe::http::{HttpRequest, HttpResponse};
 use crate::upgrade::probe::Successor;
@@ -153,9 +154,12 @@ impl System for Fake {
         std::mem::take(&mut self.listener_faults)
     }
 
-    fn own_listeners(&self, pids: &[Pid]) -> Vec<(Pid, Vec<String>)> {
+    fn inspect(&self, pids: &[Pid]) -> Vec<(Pid, Inspection)> {
         pids.iter()
-            .map(|pid| (*pid, self.own_ports.get(pid).cloned().unwrap_or_default()))
+            .map(|pid| match self.own_ports.get(pid) {
+                Some(own) => (*pid, Inspection::Astray(own.clone())),
+                None => (*pid, Inspection::Serves),
+            })
             .collect()
     }
 
