@@ -111,7 +111,8 @@ pub enum Event {
     },
     /// The listen queues, sampled with each listener check.
     QueuesSampled(Vec<super::tally::ListenQueue>),
-    /// Tasks runnable on the machine, as `Action::SampleLoad` asked.
+    /// How many starting workers are running on a CPU, as
+    /// `Action::SampleLoad` asked.
     LoadSampled {
         runnable: usize,
     },
@@ -165,7 +166,7 @@ pub enum Action {
     Inspect {
         pids: Vec<Pid>,
     },
-    /// Count the tasks runnable on the machine now and report
+    /// Count the starting workers running on a CPU now and report
     /// `Event::LoadSampled` (at least as many workers as CPUs are starting,
     /// and more are due).
     SampleLoad,

@@ -23,14 +23,16 @@ pub(super) const SPAWNS_PER_PASS: usize = 32;
 /// at sooner: events wake the loop).
 pub(super) const LOAD_RETRY: Duration = Duration::from_millis(20);
 
-/// Paces a large start by the machine's load. A worker's `ready_timeout`
-/// runs from its fork: a thousand workers forked at once onto two CPUs
-/// (behind shell shims that take 100 ms of CPU each) would all be late
-/// through no fault of their own, and take the loop's CPU with them. So as
-/// many workers as there are CPUs start at once whatever the load; more
-/// start only while the tasks runnable on the machine are at most two per
-/// CPU, a CPU's worth per look at the load. Workers whose start waits on
-/// I/O (a database, a cache) leave the CPUs idle and start all at once.
+/// Paces a large start by the CPU its starting workers take. A worker's
+/// `ready_timeout` runs from its fork: a thousand workers forked at once
+/// onto two CPUs (behind shell shims that take 100 ms of CPU each) would
+/// all be late through no fault of their own, and take the loop's CPU with
+/// them. So as many workers as there are CPUs start at once whatever they
+/// do; more start only while fewer starting workers than CPUs are running
+/// on a CPU, a CPU's worth per look. Workers whose start waits on I/O (a
+/// database, a cache) leave the CPUs idle and start all at once; so do
+/// workers on a machine busy with other work (a permanently busy machine
+/// would otherwise hold a large flock at the floor).
 #[derive(Debug, Clone, Default)]
 pub(super) struct LoadGate {
     /// Spawns the last look allows, in this pass.
@@ -47,9 +49,10 @@ impl LoadGate {
         self.asked = false;
     }
 
-    pub fn sampled(&mut self, now: Instant, runnable: usize, cpus: usize) {
+    /// `running`: how many starting workers were running on a CPU.
+    pub fn sampled(&mut self, now: Instant, running: usize, cpus: usize) {
         self.asked = false;
-        if runnable > 2 * cpus {
+        if running >= cpus.max(1) {
             self.allowance = 0;
             self.hold_until = Some(now + LOAD_RETRY);
         } else {

@@ -789,8 +789,8 @@ impl System for Os {
         }
     }
 
-    fn runnable(&self) -> usize {
-        proc_stats::runnable().unwrap_or(0)
+    fn runnable(&self, pids: &[Pid]) -> usize {
+        pids.iter().filter(|pid| proc_stats::is_running(**pid)).count()
     }
 
     fn listen_queues(&self) -> Vec<ListenQueue> {

@@ -23,7 +23,7 @@ use crate::control::protocol::{
 use crate::control::view;
 use crate::core::snapshot::{instant_near, relative};
 use crate::core::tally::RELOAD_BUCKETS;
-use crate::core::{Action, CommandId, Event, Flock, Policy, Request, Worker, WorkerState};
+use crate::core::{Action, CommandId, Event, Flock, Pid, Policy, Request, Worker, WorkerState};
 use crate::error::ExitClass;
 use crate::limits::FdLimit;
 use crate::logging::RateLimit;
@@ -569,7 +569,14 @@ impl<S: System> Supervisor<S> {
                 queue.extend(self.flock.follow_up(now, Event::Inspected(found)));
             }
             Action::SampleLoad => {
-                let runnable = self.system.runnable();
+                let starting: Vec<Pid> = self
+                    .flock
+                    .workers()
+                    .iter()
+                    .filter(|w| w.is_starting())
+                    .map(|w| w.pid)
+                    .collect();
+                let runnable = self.system.runnable(&starting);
                 queue.extend(self.flock.follow_up(now, Event::LoadSampled { runnable }));
             }
             Action::CheckListeners => {

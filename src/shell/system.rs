@@ -84,7 +84,8 @@ pub trait System {
     /// The supervisor's own CPU time, memory and open fds.
     fn own_usage(&self) -> OwnUsage;
     /// The tasks runnable on the machine now (0 when it cannot tell).
-    fn runnable(&self) -> usize;
+    /// How many of `pids` are running on a CPU (or waiting for one) now.
+    fn runnable(&self, pids: &[Pid]) -> usize;
     /// Each listening socket's accept queue, now.
     fn listen_queues(&self) -> Vec<ListenQueue>;
     /// For each worker (every one asked about): whether its process tree

@@ -279,15 +279,19 @@ fn page_size() -> u64 {
         .unwrap_or(4096) as u64
 }
 
-/// The tasks runnable on the machine now: the numerator of the fourth
-/// field of /proc/loadavg (`0.50 0.40 0.30 3/456 12345`).
-pub fn runnable() -> Option<usize> {
-    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
-    parse_runnable(&text)
+/// Whether a process is running on a CPU or waiting for one (state `R` in
+/// /proc/PID/stat); false when it cannot be read.
+pub fn is_running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat_state(&stat))
+        == Some('R')
 }
 
-fn parse_runnable(loadavg: &str) -> Option<usize> {
-    loadavg.split_whitespace().nth(3)?.split('/').next()?.parse().ok()
+/// The state letter of a /proc/PID/stat line, after the command in
+/// parentheses (which may hold spaces and parentheses itself).
+fn stat_state(stat: &str) -> Option<char> {
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
 }
 
 #[cfg(test)]
@@ -547,9 +551,37 @@ mod listener_tests {
     }
 
     #[test]
-    fn the_runnable_count_is_read_from_loadavg() {
-        assert_eq!(parse_runnable("0.50 0.40 0.30 3/456 12345\n"), Some(3));
-        assert_eq!(parse_runnable("garbage"), None);
-        assert!(runnable().is_some_and(|n| n >= 1), "this test runs");
+    fn a_process_running_on_a_cpu_is_told_from_one_that_sleeps() {
+        assert_eq!(stat_state("42 (a (b) c) R 1 42 42 0"), Some('R'));
+        assert_eq!(stat_state("42 (sleep) S 1"), Some('S'));
+        assert_eq!(stat_state("garbage"), None);
+        // A thread spinning in this process is running; a child asleep is not.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let spinning = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        };
+        let tid = std::fs::read_dir("/proc/thread-self/..")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .find(|tid| is_running(*tid))
+            .is_some();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        spinning.join().unwrap();
+        assert!(tid, "some thread of this process runs: at least the spinning one");
+        let mut sleeper = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        let pid = sleeper.id() as i32;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while is_running(pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(!is_running(pid), "sleep(1) sleeps");
+        sleeper.kill().unwrap();
+        sleeper.wait().unwrap();
+        assert!(!is_running(pid), "a reaped process is not running");
     }
 }

@@ -117,7 +117,7 @@ struct Harness {
     now: Instant,
     next_pid: Pid,
     log: Vec<Action>,
-    /// Tasks runnable on the machine, as a look at the load finds them.
+    /// Starting workers running on a CPU, as a look at the load finds them.
     runnable: usize,
     /// What a look at a worker finds it listening on itself, by pid (none:
     /// no sign either way); a worker not in it serves the passed socket.
@@ -134,7 +134,7 @@ impl Harness {
             now: t0,
             next_pid: FIRST_PID,
             log: Vec::new(),
-            runnable: 1,
+            runnable: 0,
             astray: std::collections::HashMap::new(),
         }
     }

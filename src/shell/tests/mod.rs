@@ -142,7 +142,7 @@ impl System for Fake {
         }
     }
 
-    fn runnable(&self) -> usize {
+    fn runnable(&self, _pids: &[Pid]) -> usize {
         self.runnable
     }
 
