@@ -9,7 +9,7 @@ use clap::{CommandFactory, FromArgMatches};
 
 use crate::build::Build;
 use crate::cli::{Cli, ClientArgs, Command, ReloadArgs, RunArgs, ScaleArgs, StatusArgs, TopArgs, UpgradeArgs};
-use crate::config::{ClientTarget, Overrides, Settings, client_target, default_socket_dir};
+use crate::config::{ClientTarget, Overrides, Settings, Spread, client_target, default_socket_dir};
 use crate::control::client::{self, NoReply};
 use crate::control::protocol::{Command as Request, Reply};
 use crate::control::server::ControlServer;
@@ -18,6 +18,7 @@ use crate::error::{Error, ExitClass};
 use crate::observe::http::HttpServer;
 use crate::shell::os::Os;
 use crate::shell::supervisor::{ReloadSource, Supervisor};
+use crate::spread::queues::Queues;
 use crate::systemd::{notify, sockets};
 use crate::upgrade::handover::Inherited;
 use crate::upgrade::state::HandOver;
@@ -102,10 +103,19 @@ fn set_up(settings: &Settings, overrides: Overrides, journal: bool) -> Result<Su
     if let Some(why) = limits::too_many(u64::from(settings.workers), settings.channel) {
         return Err(Error::config(format!("workers: {why}")));
     }
-    let listeners = sockets::open(&settings.listen)?;
+    // A queue per worker and one for a replacement beside it; more are
+    // opened as workers are added.
+    let queues = match settings.spread {
+        Spread::Shared => 1,
+        _ => settings.workers as usize + settings.max_surge.max(1) as usize,
+    };
+    let listeners = sockets::open(&settings.listen, queues)?;
+    let mut queues = Queues::new(&listeners, settings.spread, listeners.inherited);
+    queues.reserve(&listeners, settings.workers as usize);
+    crate::spread::drop_capabilities();
     let context = CommandContext {
-        listeners: listeners.raw_fds(),
-        fdnames: listeners.fdnames(),
+        listeners: queues.fds(&listeners, 0),
+        fdnames: listeners.group_fdnames(),
         journal,
         fd_limit,
     };
@@ -125,6 +135,7 @@ fn set_up(settings: &Settings, overrides: Overrides, journal: bool) -> Result<Su
         },
         control.path().display()
     );
+    log::info!("new connections: {}", queues.describe());
     if let Some(http) = &http {
         // Not "on ADDRESS": that phrase names the flock's own listeners.
         log::info!(
@@ -148,7 +159,14 @@ fn set_up(settings: &Settings, overrides: Overrides, journal: bool) -> Result<Su
         control_socket: settings.control_socket.clone(),
         http: settings.http.clone(),
     };
-    let os = Os::new(settings.channel, listeners, control, http, crate::upgrade::own_path())?;
+    let os = Os::new(
+        settings.channel,
+        listeners,
+        queues,
+        control,
+        http,
+        crate::upgrade::own_path(),
+    )?;
     Ok(Supervisor::new(settings, source, context, command, os))
 }
 

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{ListenAddr, LogLevel, Overrides, WorkerCount};
+use crate::config::{ListenAddr, LogLevel, Overrides, Spread, WorkerCount};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -139,6 +139,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<LogLevel>,
 
+    /// How new connections reach the workers: round-robin, random or shared
+    /// (overrides `spread`).
+    #[arg(long, value_name = "HOW")]
+    pub spread: Option<Spread>,
+
     /// The worker command, after `--` (overrides `command`).
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -151,6 +156,7 @@ impl RunArgs {
             listen: self.listen.clone(),
             command: self.command.clone(),
             log_level: self.log_level,
+            spread: self.spread,
         }
     }
 }

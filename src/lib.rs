@@ -59,6 +59,7 @@ pub mod logging;
 pub mod manual;
 pub mod observe;
 pub mod shell;
+pub mod spread;
 pub mod systemd;
 pub mod text;
 pub mod upgrade;

@@ -93,6 +93,18 @@ fn sample(metrics: &str, line_start: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
+/// Every sample of `family` whose labels include `label`: (labels, value).
+fn samples(metrics: &str, family: &str, label: &str) -> Vec<(String, f64)> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{family}{{")) && l.contains(label))
+        .filter_map(|l| {
+            let (labels, value) = l.rsplit_once(' ')?;
+            Some((labels.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
 fn hello(workers: u32) -> Observed {
     let server = repo_path("examples/hello/server.js").display().to_string();
     Observed::start(&["node", &server], workers, "ready_delay = \"300ms\"", &[])
@@ -113,32 +125,58 @@ fn the_probes_answer_and_the_listen_queue_of_stopped_workers_fills_and_drains() 
     for pid in &workers {
         unsafe { libc::kill(*pid, libc::SIGSTOP) };
     }
-    // 50 connections the kernel completes and nobody accepts.
+    // 50 connections the kernel completes and nobody accepts: each of the
+    // two workers' queues gets its turn (round robin), none lands in the
+    // spare queue kept for a replacement.
     let waiting: Vec<TcpStream> = (0..50).map(|_| TcpStream::connect(app).unwrap()).collect();
-    let listener = format!("sheepdog_listen_queue_length{{listener=\"{app}\"}}");
-    wait_until(10 * SECOND, "a queue of 50 in /metrics", || {
-        sample(&flock.metrics(), &listener) == Some(50.0)
+    let listener = format!("listener=\"{app}\"");
+    let lengths = || samples(&flock.metrics(), "sheepdog_listen_queue_length", &listener);
+    wait_until(10 * SECOND, "50 queued in /metrics", || {
+        lengths().iter().map(|(_, n)| n).sum::<f64>() == 50.0
     });
+    let mut depths: Vec<f64> = lengths().iter().map(|(_, n)| *n).collect();
+    depths.sort_by(|a, b| b.total_cmp(a));
+    assert_eq!(depths, vec![25.0, 25.0, 0.0], "{:?}", lengths());
     let status = flock.status_json();
-    let queue = &status["supervisor"]["listen_queues"][0];
-    assert_eq!(queue["address"], app.to_string());
-    assert_eq!(queue["queued"], 50, "{status}");
-    assert!(queue["backlog"].as_u64().unwrap() >= 128, "{queue}");
-    let limit = format!("sheepdog_listen_queue_limit{{listener=\"{app}\"}}");
-    assert_eq!(sample(&flock.metrics(), &limit), queue["backlog"].as_f64());
+    let queues = status["supervisor"]["listen_queues"].as_array().unwrap().clone();
+    assert_eq!(queues.len(), 3, "a queue per worker and a spare: {status}");
+    for queue in &queues {
+        assert_eq!(queue["address"], app.to_string());
+        assert!(queue["backlog"].as_u64().unwrap() >= 128, "{queue}");
+    }
+    assert_eq!(queues.iter().map(|q| q["queued"].as_u64().unwrap()).sum::<u64>(), 50);
+    for worker in status["workers"].as_array().unwrap() {
+        let queue = worker["queue"].as_u64().expect("each worker has a queue");
+        let own = queues.iter().find(|q| q["queue"] == queue).unwrap();
+        assert_eq!(own["queued"], 25, "{status}");
+    }
+    let limits = samples(&flock.metrics(), "sheepdog_listen_queue_limit", &listener);
+    assert_eq!(limits.len(), 3);
+    assert!(limits.iter().all(|(_, n)| *n >= 128.0), "{limits:?}");
     let output = sheepdog_client(&["status", "--config", flock.config.to_str().unwrap()], 10 * SECOND);
     let text = String::from_utf8_lossy(&output.stdout);
-    assert!(text.contains(&format!("listen queue {app}: 50 waiting of")), "{text}");
+    assert!(
+        text.contains(&format!("listen queues {app}: 3 queues, 50 waiting (deepest 25) of")),
+        "{text}"
+    );
     // And in systemd's STATUS=, sampled every second.
     flock.notify.messages.wait_for("· 50 queued", 5 * SECOND);
 
     for pid in &workers {
         unsafe { libc::kill(*pid, libc::SIGCONT) };
     }
-    wait_until(10 * SECOND, "the queue drained", || {
-        sample(&flock.metrics(), &listener) == Some(0.0)
+    wait_until(10 * SECOND, "the queues drained", || {
+        lengths().iter().all(|(_, n)| *n == 0.0)
     });
-    assert_eq!(flock.status_json()["supervisor"]["listen_queues"][0]["queued"], 0);
+    let status = flock.status_json();
+    assert!(
+        status["supervisor"]["listen_queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|q| q["queued"] == 0),
+        "{status}"
+    );
     drop(waiting);
     flock.sheepdog.signal(libc::SIGTERM);
     assert_eq!(flock.sheepdog.wait_exit(20 * SECOND).code(), Some(0));

@@ -91,7 +91,8 @@ fn row(screen: &str, slot: usize) -> Option<(i32, u32)> {
     })?;
     // Counted from the end: MEMORY is one cell ("-") or two ("42.5 MiB").
     let cells: Vec<&str> = line.split_whitespace().collect();
-    Some((cells[1].parse().ok()?, cells[cells.len() - 3].parse().ok()?))
+    // RST, BEAT, CONN%, QUEUED, UPTIME end the row.
+    Some((cells[1].parse().ok()?, cells[cells.len() - 5].parse().ok()?))
 }
 
 /// "top exited 0", then the two lines of stty's verdict on the mode.

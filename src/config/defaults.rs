@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use super::values::{MemoryMeasure, Readiness};
+use super::values::{MemoryMeasure, Readiness, Spread};
 
 pub const LISTEN: &str = "127.0.0.1:8080";
 pub const READINESS: Readiness = Readiness::None;
+pub const SPREAD: Spread = Spread::RoundRobin;
 pub const READY_DELAY: Duration = Duration::from_secs(1);
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 pub const MAX_SURGE: u32 = 1;

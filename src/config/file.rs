@@ -23,6 +23,7 @@ pub(super) struct FileConfig {
     pub workers: Option<Spanned<WorkerCount>>,
     pub min_ready: Option<Spanned<u32>>,
     pub listen: Option<Spanned<Vec<ListenAddr>>>,
+    pub spread: Option<Spread>,
     pub working_directory: Option<Spanned<PathBuf>>,
     pub env: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
     pub readiness: Option<Readiness>,

@@ -33,6 +33,8 @@ pub struct Settings {
     pub workers: u32,
     pub min_ready: u32,
     pub listen: Vec<ListenAddr>,
+    /// How new connections are spread over the workers.
+    pub spread: Spread,
     pub working_directory: Option<PathBuf>,
     pub env: BTreeMap<String, String>,
     pub readiness: Readiness,
@@ -65,6 +67,7 @@ pub struct Settings {
 pub struct Overrides {
     pub workers: Option<WorkerCount>,
     pub listen: Vec<ListenAddr>,
+    pub spread: Option<Spread>,
     pub command: Vec<String>,
     pub log_level: Option<LogLevel>,
 }
@@ -109,6 +112,7 @@ impl Settings {
             workers,
             min_ready,
             listen: file.listen(overrides, base, &source)?,
+            spread: overrides.spread.or(file.spread).unwrap_or(defaults::SPREAD),
             working_directory: file.working_directory.as_ref().map(|w| relative_to_file(w.get_ref())),
             env: file.env(&source)?,
             readiness,

@@ -17,6 +17,7 @@ struct Printed<'a> {
     listen: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     working_directory: Option<String>,
+    spread: String,
     readiness: String,
     channel: String,
     ready_delay: String,
@@ -81,6 +82,7 @@ impl Settings {
             min_ready: self.min_ready,
             listen: self.listen.iter().map(ToString::to_string).collect(),
             working_directory: self.working_directory.as_ref().map(|d| d.display().to_string()),
+            spread: self.spread.to_string(),
             readiness: self.readiness.to_string(),
             channel: self.channel.to_string(),
             ready_delay: format_duration(self.ready_delay),

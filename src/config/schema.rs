@@ -32,6 +32,11 @@ pub const KEYS: &[Key] = &[
         meaning: "addresses to bind when systemd passes no socket: `\"IP:PORT\"`, `\"[IPv6]:PORT\"`, `\"unix:/path\"` (a relative path is relative to the config file; no abstract `@` names); at least one",
     },
     Key {
+        key: "spread",
+        default: "`\"round-robin\"`",
+        meaning: "how new connections reach the workers: `\"round-robin\"` (each worker accepts from a queue of its own and each new connection goes to the next worker that may take it; needs `CAP_BPF` or root at start, else `\"random\"`), `\"random\"` (a queue each, a worker that may take it picked at random; no privilege) or `\"shared\"` (one queue for all: the kernel's accept race picks), see [Spreading connections](#spreading-connections)",
+    },
+    Key {
         key: "working_directory",
         default: "sheepdog's",
         meaning: "the workers' working directory, which must exist; relative to the config file's directory",

@@ -78,6 +78,7 @@ fn overrides_beat_the_file() {
         listen: vec!["127.0.0.1:1".parse().unwrap()],
         command: vec!["other".into()],
         log_level: Some(LogLevel::Warn),
+        spread: None,
     };
     let s = Settings::from_toml("command = [\"x\"]\nworkers = 2\n", None, &overrides).unwrap();
     assert_eq!((s.workers, s.min_ready), (7, 7));

@@ -174,6 +174,43 @@ impl<'de> Deserialize<'de> for ListenAddr {
     }
 }
 
+/// How new connections are spread over the workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Spread {
+    /// A queue per worker, each new connection to the next worker that may
+    /// take it (eBPF; needs `CAP_BPF` at start, else `Random`).
+    RoundRobin,
+    /// A queue per worker, each new connection to one of the workers that
+    /// may take it at random (classic BPF, no privilege).
+    Random,
+    /// One queue for all: the kernel's accept race picks the worker.
+    Shared,
+}
+
+impl fmt::Display for Spread {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(match self {
+            Spread::RoundRobin => "round-robin",
+            Spread::Random => "random",
+            Spread::Shared => "shared",
+        })
+    }
+}
+
+impl std::str::FromStr for Spread {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Spread, String> {
+        match text {
+            "round-robin" => Ok(Spread::RoundRobin),
+            "random" => Ok(Spread::Random),
+            "shared" => Ok(Spread::Shared),
+            other => Err(format!("{other:?}: expected round-robin, random or shared")),
+        }
+    }
+}
+
 /// How a worker tells sheepdog it is ready and alive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]

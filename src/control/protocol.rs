@@ -238,6 +238,9 @@ pub struct SupervisorStatus {
     /// The path an upgrade execs: where the supervisor was started from.
     #[serde(default)]
     pub exe: Option<String>,
+    /// How new connections are spread over the workers.
+    #[serde(default)]
+    pub spread: Option<String>,
 }
 
 /// The supervisor's in-place upgrades.
@@ -278,6 +281,9 @@ pub struct QueueStatus {
     pub queued: u32,
     /// The queue's limit (the listen() backlog).
     pub backlog: u32,
+    /// Which of the address's queues (one per worker) it is, if it has several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -315,6 +321,12 @@ pub struct WorkerStatus {
     /// TCP ports it listens on itself, not on the socket sheepdog passed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub listens_itself: Vec<String>,
+    /// The queue it accepts from, when each worker has one of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<usize>,
+    /// New connections sent to it since it started (round robin only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<u64>,
 }
 
 #[cfg(test)]
@@ -412,6 +424,7 @@ mod tests {
                     address: "127.0.0.1:8080".into(),
                     queued: 3,
                     backlog: 4096,
+                    queue: Some(1),
                 }],
                 cpu_seconds: Some(0.25),
                 rss_bytes: Some(3 << 20),
@@ -423,6 +436,7 @@ mod tests {
                     blind_ms: Some(8.5),
                 }),
                 exe: Some("/usr/bin/sheepdog".into()),
+                spread: Some("round-robin over 3 queues".into()),
             },
             workers: vec![WorkerStatus {
                 slot: 0,
@@ -439,6 +453,8 @@ mod tests {
                 heartbeat_age_s: None,
                 status: None,
                 listens_itself: vec!["127.0.0.1:3000".into()],
+                queue: Some(0),
+                connections: Some(12),
             }],
             waiting: vec![WaitingSlot {
                 slot: 1,

@@ -79,9 +79,10 @@ pub fn frame(report: &StatusReport, previous: &Sample, now: Instant, width: usiz
     });
     lines.push(String::new());
     lines.push(format!(
-        "{:<4} {:>7} {:>4} {:<9} {:>6} {:>10} {:>8} {:>9} {:>8}",
-        "SLOT", "PID", "GEN", "STATE", "CPU%", "MEMORY", "RESTARTS", "HEARTBEAT", "UPTIME"
+        "{:<4} {:>7} {:>4} {:<9} {:>6} {:>9} {:>4} {:>6} {:>6} {:>6} {:>7}",
+        "SLOT", "PID", "GEN", "STATE", "CPU%", "MEMORY", "RST", "BEAT", "CONN%", "QUEUED", "UPTIME"
     ));
+    let connections: u64 = report.workers.iter().filter_map(|w| w.connections).sum();
     let mut rows: Vec<(usize, String)> = report
         .workers
         .iter()
@@ -91,8 +92,21 @@ pub fn frame(report: &StatusReport, previous: &Sample, now: Instant, width: usiz
                 .cpu_percent(w.pid, w.cpu_seconds, now)
                 .map_or("-".into(), |c| format!("{c:.1}"));
             let heartbeat = w.heartbeat_age_s.map_or("-".into(), |a| format!("{a:.1}s"));
+            let share = match w.connections {
+                Some(n) if connections > 0 => format!("{:.0}", 100.0 * n as f64 / connections as f64),
+                _ => "-".into(),
+            };
+            let queued = w.queue.map_or("-".into(), |queue| {
+                let waiting: u32 = sup
+                    .listen_queues
+                    .iter()
+                    .filter(|q| q.queue == Some(queue))
+                    .map(|q| q.queued)
+                    .sum();
+                waiting.to_string()
+            });
             let row = format!(
-                "{:<4} {:>7} {:>4} {:<9} {:>6} {:>10} {:>8} {:>9} {:>8}",
+                "{:<4} {:>7} {:>4} {:<9} {:>6} {:>9} {:>4} {:>6} {:>6} {:>6} {:>7}",
                 w.slot,
                 w.pid,
                 w.generation,
@@ -101,6 +115,8 @@ pub fn frame(report: &StatusReport, previous: &Sample, now: Instant, width: usiz
                 memory,
                 w.restarts,
                 heartbeat,
+                share,
+                queued,
                 super::view::age(Some(w.uptime_s))
             );
             (w.slot, row)
@@ -258,11 +274,12 @@ mod tests {
                 "config": null, "generation": 2, "ready": 1, "desired": 2, "restarts": 3, "reloading_to": null,
                 "last_reload": {"generation": 2, "ok": true, "message": "reloaded to generation 2 (2 workers) in 1.2s"},
                 "replacements": {"crash": 2, "hung": 1, "reload": 0},
-                "listen_queues": [{"address": "127.0.0.1:8080", "queued": 5, "backlog": 4096}]},
+                "listen_queues": [{"address": "127.0.0.1:8080", "queued": 5, "backlog": 4096, "queue": 0},
+                                  {"address": "127.0.0.1:8080", "queued": 0, "backlog": 4096, "queue": 1}]},
             "workers": [
                 {"slot": 0, "pid": 4194304, "generation": 2, "state": "ready", "uptime_s": 61.0, "restarts": 3,
                  "memory_bytes": null, "rss_bytes": 52428800, "cpu_percent": 1.0, "cpu_seconds": 3.0,
-                 "heartbeat_age_s": 0.4, "status": null}],
+                 "heartbeat_age_s": 0.4, "status": null, "queue": 0, "connections": 40}],
             "waiting": [{"slot": 1, "restarts": 2, "restart_in_s": 0.45}]});
         match Reply::decode(json.to_string().as_bytes()).unwrap() {
             Reply::Status(report) => *report,
@@ -279,7 +296,8 @@ mod tests {
         };
         let lines = frame(&report(), &previous, t0 + Duration::from_secs(1), 80);
         assert!(lines.iter().all(|l| l.chars().count() <= 80), "{lines:#?}");
-        assert!(lines[1].starts_with("workers 1/2 ready · generation 2 · 3 restarts · queue 5/4096"));
+        // Two queues of 4096: room for 8192 in all.
+        assert!(lines[1].starts_with("workers 1/2 ready · generation 2 · 3 restarts · queue 5/8192"));
         assert_eq!(
             lines[2],
             "last reload: ok: reloaded to generation 2 (2 workers) in 1.2s"
@@ -287,12 +305,12 @@ mod tests {
         assert_eq!(lines[3], "replaced: 2 crash · 1 hung");
         assert_eq!(
             lines[5],
-            "SLOT     PID  GEN STATE       CPU%     MEMORY RESTARTS HEARTBEAT   UPTIME"
+            "SLOT     PID  GEN STATE       CPU%    MEMORY  RST   BEAT  CONN% QUEUED  UPTIME"
         );
-        // 0.5 s of CPU over 1 s: 50 %.
+        // 0.5 s of CPU over 1 s: 50 %; all connections so far; 5 in its queue.
         assert_eq!(
             lines[6],
-            "0    4194304    2 ready       50.0     50 MiB        3      0.4s    1m 1s"
+            "0    4194304    2 ready       50.0    50 MiB    3   0.4s    100      5   1m 1s"
         );
         assert!(
             lines[7].starts_with("1          -    - waiting, restart in 0.5s"),

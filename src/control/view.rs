@@ -41,7 +41,40 @@ pub fn render(report: &StatusReport) -> String {
     if let Some(why) = &sup.unready {
         out += &format!("not ready: {why}\n");
     }
-    for queue in &sup.listen_queues {
+    if let Some(spread) = &sup.spread {
+        out += &format!("new connections: {spread}\n");
+    }
+    let mut sharded: Vec<&str> = Vec::new();
+    for queue in sup.listen_queues.iter().filter(|q| q.queue.is_some()) {
+        if sharded.contains(&queue.address.as_str()) {
+            continue;
+        }
+        sharded.push(&queue.address);
+        let queues: Vec<_> = sup
+            .listen_queues
+            .iter()
+            .filter(|q| q.address == queue.address)
+            .collect();
+        let waiting: u32 = queues.iter().map(|q| q.queued).sum();
+        let deepest = queues.iter().map(|q| q.queued).max().unwrap_or(0);
+        let full: Vec<String> = queues
+            .iter()
+            .filter(|q| q.backlog > 0 && q.queued >= q.backlog)
+            .filter_map(|q| q.queue.map(|n| n.to_string()))
+            .collect();
+        out += &format!(
+            "listen queues {}: {} queues, {waiting} waiting (deepest {deepest}) of {} each{}\n",
+            queue.address,
+            queues.len(),
+            queue.backlog,
+            if full.is_empty() {
+                String::new()
+            } else {
+                format!(" (FULL: queue {}: connections are refused)", full.join(", "))
+            }
+        );
+    }
+    for queue in sup.listen_queues.iter().filter(|q| q.queue.is_none()) {
         out += &format!(
             "listen queue {}: {} waiting of {}{}\n",
             queue.address,
@@ -81,7 +114,16 @@ pub fn render(report: &StatusReport) -> String {
         "memory",
         "cpu",
         "heartbeat",
+        "connections",
     ];
+    let connections: u64 = report.workers.iter().filter_map(|w| w.connections).sum();
+    let share = |n: u64| {
+        if connections == 0 {
+            n.to_string()
+        } else {
+            format!("{n} ({:.0}%)", 100.0 * n as f64 / connections as f64)
+        }
+    };
     let mut rows: Vec<(usize, Vec<String>)> = vec![];
     for waiting in &report.waiting {
         let dash = || "-".to_string();
@@ -94,6 +136,7 @@ pub fn render(report: &StatusReport) -> String {
                 format!("waiting, restart in {:.1}s", waiting.restart_in_s),
                 dash(),
                 waiting.restarts.to_string(),
+                dash(),
                 dash(),
                 dash(),
                 dash(),
@@ -113,6 +156,7 @@ pub fn render(report: &StatusReport) -> String {
                 worker.memory_bytes.map_or("-".into(), format_size),
                 worker.cpu_percent.map_or("-".into(), |c| format!("{c:.1}%")),
                 worker.heartbeat_age_s.map_or("-".into(), |a| format!("{a:.1}s ago")),
+                worker.connections.map_or("-".into(), share),
             ],
         ));
     }
@@ -250,9 +294,11 @@ mod tests {
             "supervisor": sup,
             "workers": [
                 {"slot": 0, "pid": 100, "generation": 2, "state": "ready", "uptime_s": 61.0, "restarts": 0,
-                 "memory_bytes": 52428800, "cpu_percent": 0.25, "heartbeat_age_s": 0.4, "status": null},
+                 "memory_bytes": 52428800, "cpu_percent": 0.25, "heartbeat_age_s": 0.4, "status": null,
+                 "queue": 0, "connections": 300},
                 {"slot": 1, "pid": 12345, "generation": 2, "state": "starting", "uptime_s": 1.0, "restarts": 1,
-                 "memory_bytes": null, "cpu_percent": null, "heartbeat_age_s": null, "status": null}
+                 "memory_bytes": null, "cpu_percent": null, "heartbeat_age_s": null, "status": null,
+                 "queue": 2, "connections": 100}
             ]
         }));
         let text = render(&report);
@@ -267,15 +313,15 @@ mod tests {
         );
         assert_eq!(
             lines[3],
-            "slot  pid    gen  state     uptime  restarts  memory  cpu   heartbeat"
+            "slot  pid    gen  state     uptime  restarts  memory  cpu   heartbeat  connections"
         );
         assert_eq!(
             lines[4],
-            "0     100    2    ready     1m 1s   0         50 MiB  0.2%  0.4s ago"
+            "0     100    2    ready     1m 1s   0         50 MiB  0.2%  0.4s ago   300 (75%)"
         );
         assert_eq!(
             lines[5],
-            "1     12345  2    starting  1s      1         -       -     -"
+            "1     12345  2    starting  1s      1         -       -     -          100 (25%)"
         );
     }
 
@@ -310,15 +356,15 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[2],
-            "slot  pid  gen  state                     uptime  restarts  memory  cpu  heartbeat"
+            "slot  pid  gen  state                     uptime  restarts  memory  cpu  heartbeat  connections"
         );
         assert_eq!(
             lines[3],
-            "0     100  1    ready                     5s      0         -       -    -"
+            "0     100  1    ready                     5s      0         -       -    -          -"
         );
         assert_eq!(
             lines[4],
-            "1     -    -    waiting, restart in 0.5s  -       2         -       -    -"
+            "1     -    -    waiting, restart in 0.5s  -       2         -       -    -          -"
         );
     }
 

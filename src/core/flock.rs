@@ -191,6 +191,7 @@ impl Flock {
             Event::Request(request) => self.on_request(now, request, actions),
             Event::ListenersChecked { recovered, lost } => self.on_listeners_checked(now, recovered, lost, actions),
             Event::QueuesSampled(queues) => self.on_queues_sampled(now, queues),
+            Event::Drained { pid } => self.on_drained(now, pid, actions),
             Event::LoadSampled { runnable } => self.load.sampled(now, runnable, self.policy.cpus),
         }
     }
@@ -282,6 +283,7 @@ impl Flock {
             listens_itself: Vec::new(),
             inspections: 0,
             inspected: false,
+            draining: false,
         };
         // Forked in the pass that began a shutdown, or for a generation that
         // a reload (or an abort) replaced meanwhile: it stops like the rest.
@@ -381,6 +383,7 @@ impl Flock {
             match worker.state {
                 WorkerState::Stopping { killed: true, .. } => {}
                 WorkerState::Stopping { since, cause, .. } => {
+                    worker.draining = false;
                     worker.state = WorkerState::Stopping {
                         since,
                         cause,
@@ -433,15 +436,50 @@ impl Flock {
                 }
                 | WorkerState::Starting
                 | WorkerState::Ready { .. } => stop_gracefully(worker, now, StopCause::Shutdown, signal, actions),
+                WorkerState::Stopping { .. } if worker.draining => send_held_stop(worker, now, signal, actions),
                 WorkerState::Stopping { .. } => {}
             }
         }
     }
 
-    /// SIGKILL for workers still there a stop timeout after their stop signal.
+    /// The queue of a draining worker is empty: its stop signal goes now,
+    /// and its stop timeout runs from here.
+    fn on_drained(&mut self, now: Instant, pid: Pid, actions: &mut Vec<Action>) {
+        let signal = self.policy.stop_signal;
+        if let Some(worker) = self.workers.iter_mut().find(|w| w.pid == pid && w.draining) {
+            debug!(
+                "worker {} (pid {pid}): its queue is empty; sending {}",
+                worker.slot,
+                signal.as_str()
+            );
+            send_held_stop(worker, now, signal, actions);
+        }
+    }
+
+    fn drain_limit(&self) -> Duration {
+        DRAIN_LIMIT.min(self.policy.stop_timeout)
+    }
+
+    /// SIGKILL for workers still there a stop timeout after their stop
+    /// signal; the stop signal for those whose queue did not empty in time.
     fn escalate_stops(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        let (limit, signal) = (self.drain_limit(), self.policy.stop_signal);
+        for worker in self.workers.iter_mut().filter(|w| w.draining) {
+            if let WorkerState::Stopping { since, .. } = worker.state
+                && now.saturating_duration_since(since) >= limit
+            {
+                warn!(
+                    "worker {} (pid {}): its accept queue was not empty after {}; sending {} anyway",
+                    worker.slot,
+                    worker.pid,
+                    format_duration(limit),
+                    signal.as_str()
+                );
+                send_held_stop(worker, now, signal, actions);
+            }
+        }
         let timeout = self.policy.stop_timeout;
-        for worker in &mut self.workers {
+        for worker in self.workers.iter_mut().filter(|w| !w.draining) {
             if let WorkerState::Stopping {
                 since,
                 cause,
@@ -470,6 +508,7 @@ impl Flock {
         self.workers
             .iter()
             .filter_map(|w| match w.state {
+                WorkerState::Stopping { since, .. } if w.draining => Some(since + self.drain_limit()),
                 WorkerState::Stopping {
                     since, killed: false, ..
                 } => Some(since + self.policy.stop_timeout),
@@ -497,6 +536,10 @@ impl Flock {
 }
 
 /// Sends a worker its stop signal; SIGKILL follows after the stop timeout.
+/// A worker that took connections is drained first: no new connection is
+/// sent its way and the signal waits until what was queued for it has been
+/// taken (at most `DRAIN_LIMIT`). At a shutdown there is no other worker to
+/// send them to: the signal goes at once.
 pub(super) fn stop_gracefully(
     worker: &mut Worker,
     now: Instant,
@@ -504,11 +547,38 @@ pub(super) fn stop_gracefully(
     signal: Signal,
     actions: &mut Vec<Action>,
 ) {
+    let drain = worker.takes_connections() && cause != StopCause::Shutdown;
     worker.state = WorkerState::Stopping {
         since: now,
         cause,
         killed: false,
     };
+    worker.draining = drain;
+    actions.push(if drain {
+        Action::Drain { pid: worker.pid }
+    } else {
+        Action::Signal {
+            pid: worker.pid,
+            signal,
+        }
+    });
+}
+
+/// The longest a stop signal waits for its worker's queue to empty: a
+/// worker that does not take what is queued for it (busy, or hung but not
+/// yet found out) is stopped anyway, never later than its stop timeout.
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+
+/// The stop signal a drain held back, sent now.
+fn send_held_stop(worker: &mut Worker, now: Instant, signal: Signal, actions: &mut Vec<Action>) {
+    if let WorkerState::Stopping { cause, killed, .. } = worker.state {
+        worker.state = WorkerState::Stopping {
+            since: now,
+            cause,
+            killed,
+        };
+    }
+    worker.draining = false;
     actions.push(Action::Signal {
         pid: worker.pid,
         signal,

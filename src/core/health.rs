@@ -164,6 +164,7 @@ impl Flock {
             cause: StopCause::Failed(failure),
             killed: true,
         };
+        worker.draining = false;
         let (slot, pid) = (worker.slot, worker.pid);
         actions.push(sigkill(pid));
         self.on_worker_failed(

@@ -111,6 +111,11 @@ pub enum Event {
     },
     /// The listen queues, sampled with each listener check.
     QueuesSampled(Vec<super::tally::ListenQueue>),
+    /// No new connection reaches the worker any more and its accept queue
+    /// is empty, as `Action::Drain` asked.
+    Drained {
+        pid: Pid,
+    },
     /// How many starting workers are running on a CPU, as
     /// `Action::SampleLoad` asked.
     LoadSampled {
@@ -151,6 +156,12 @@ pub enum Action {
     Signal {
         pid: Pid,
         signal: Signal,
+    },
+    /// Send no new connection to the worker any more, and report
+    /// `Event::Drained` once its accept queue is empty: then it gets its
+    /// stop signal, with nothing queued for it that a careless drain could drop.
+    Drain {
+        pid: Pid,
     },
     /// Send `message` (a heartbeat request) on the worker's Node IPC channel.
     Ping {
@@ -349,6 +360,9 @@ pub struct Worker {
     /// It was looked at since it became ready: only then can it count as
     /// serving the passed socket.
     pub inspected: bool,
+    /// Stopping, its stop signal held back until no new connection can
+    /// reach it and its accept queue is empty (`Action::Drain`).
+    pub draining: bool,
 }
 
 impl Worker {
@@ -376,6 +390,13 @@ impl Worker {
     /// instead of the passed socket: it counts as serving the flock.
     pub fn serves(&self) -> bool {
         self.is_ready() && self.inspected && self.listens_itself.is_empty()
+    }
+
+    /// Ready, and not found listening on a port of its own: new connections
+    /// may be sent its way (a worker that is stopping, starting or killed
+    /// for hanging gets none).
+    pub fn takes_connections(&self) -> bool {
+        self.is_ready() && self.listens_itself.is_empty()
     }
 
     /// Ready and not being replaced: it holds its slot for good.

@@ -143,6 +143,10 @@ pub struct WorkerRecord {
     /// judged is taken as looked at.
     #[serde(default = "looked_at")]
     pub inspected: bool,
+    /// Its stop signal is held back until its queue is empty (from a build
+    /// before drains: none is).
+    #[serde(default)]
+    pub draining: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -645,6 +649,7 @@ fn worker_record(clock: &Clock, worker: &Worker) -> WorkerRecord {
         listens_itself: worker.listens_itself.clone(),
         inspections: worker.inspections,
         inspected: worker.inspected,
+        draining: worker.draining,
     }
 }
 
@@ -687,6 +692,7 @@ fn restore_worker(clock: &Clock, record: WorkerRecord) -> Result<Worker, String>
         listens_itself: record.listens_itself,
         inspections: record.inspections,
         inspected: record.inspected,
+        draining: record.draining,
     })
 }
 
@@ -767,6 +773,7 @@ fn restore_tally(state: TallyState) -> Tally {
         .queues
         .into_iter()
         .map(|(address, queued, backlog)| ListenQueue {
+            queue: None,
             address,
             queued,
             backlog,

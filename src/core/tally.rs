@@ -160,6 +160,8 @@ pub struct ListenQueue {
     pub queued: u32,
     /// The queue's limit (the listen() backlog).
     pub backlog: u32,
+    /// Which of the address's queues (one per worker) it is, if it has several.
+    pub queue: Option<usize>,
 }
 
 impl ListenQueue {

@@ -157,9 +157,10 @@ pub fn render(report: &StatusReport) -> String {
         "Connections in a listening socket's accept queue, waiting for a worker to accept them.",
     );
     for queue in &sup.listen_queues {
+        let number = queue.queue.map(|q| q.to_string());
         out.sample(
             "sheepdog_listen_queue_length",
-            &[("listener", &queue.address)],
+            &queue_labels(&queue.address, number.as_deref()),
             f64::from(queue.queued),
         );
     }
@@ -169,9 +170,10 @@ pub fn render(report: &StatusReport) -> String {
         "A listening socket's backlog: at this queue length new connections are refused or dropped.",
     );
     for queue in &sup.listen_queues {
+        let number = queue.queue.map(|q| q.to_string());
         out.sample(
             "sheepdog_listen_queue_limit",
-            &[("listener", &queue.address)],
+            &queue_labels(&queue.address, number.as_deref()),
             f64::from(queue.backlog),
         );
     }
@@ -207,6 +209,13 @@ pub fn render(report: &StatusReport) -> String {
 
 /// One series per worker process, labelled by slot, generation and pid (a
 /// slot may have two workers of one generation while one replaces the other).
+/// A listener's labels: its address, and which of its queues when it has several.
+fn queue_labels<'a>(address: &'a str, queue: Option<&'a str>) -> Vec<(&'static str, &'a str)> {
+    let mut labels = vec![("listener", address)];
+    labels.extend(queue.map(|q| ("queue", q)));
+    labels
+}
+
 fn worker_families(out: &mut Out, report: &StatusReport) {
     let labels: Vec<[String; 3]> = report
         .workers
@@ -221,7 +230,13 @@ fn worker_families(out: &mut Out, report: &StatusReport) {
         ]
     };
     type Field = fn(&crate::control::protocol::WorkerStatus) -> Option<f64>;
-    let families: [(&str, &str, &str, Field); 6] = [
+    let families: [(&str, &str, &str, Field); 7] = [
+        (
+            "sheepdog_worker_connections_total",
+            "counter",
+            "New connections sent to a worker's own queue since it started (round robin only).",
+            |w| w.connections.map(|n| n as f64),
+        ),
         (
             "sheepdog_worker_resident_memory_bytes",
             "gauge",

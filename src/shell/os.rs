@@ -34,6 +34,7 @@ use crate::core::{ExitStatus, Inspection, ListenQueue, Pid, SpawnOrder, Upward};
 use crate::error::Error;
 use crate::logging::RateLimit;
 use crate::observe::http::{HttpInput, HttpResponse, HttpServer};
+use crate::spread::queues::Queues;
 use crate::systemd::notify::Notifier;
 use crate::systemd::sockets::Listeners;
 use crate::upgrade::handover;
@@ -70,6 +71,8 @@ const TAG_KIND: u64 = 0xffff_ffff << 32;
 
 pub struct Os {
     listeners: Listeners,
+    /// Which queue each worker accepts from, and where new connections go.
+    queues: Queues,
     control: ControlServer,
     http: Option<HttpServer>,
     links: Links,
@@ -158,13 +161,14 @@ impl Os {
     pub fn new(
         channel: Channel,
         listeners: Listeners,
+        queues: Queues,
         control: ControlServer,
         http: Option<HttpServer>,
         exe: Option<PathBuf>,
     ) -> Result<Os, Error> {
-        let links = Links::new(channel, channel_fd_number(listeners.sockets.len())).map_err(Error::os)?;
+        let links = Links::new(channel, channel_fd_number(listeners.groups().len())).map_err(Error::os)?;
         let plumbing = Plumbing::new()?;
-        let os = Os::assemble(plumbing, listeners, control, http, links, exe);
+        let os = Os::assemble(plumbing, listeners, queues, control, http, links, exe);
         os.watch_all().map_err(|(what, e)| Error::from_errno(what, e))?;
         Ok(os)
     }
@@ -184,11 +188,22 @@ impl Os {
         // exec again (a probe or the next hand-over must not inherit them).
         handover::set_inherited(&fds.iter().map(|r| r.fd).collect::<Vec<_>>(), false);
         let listeners = Listeners::adopt(state.listeners, state.inherited);
+        let queues = match state.spread {
+            Some(spread) => match Queues::adopt(spread, &listeners) {
+                Ok(queues) => queues,
+                Err(why) => {
+                    std::mem::forget(listeners);
+                    return Err(why);
+                }
+            },
+            // From a build before queues: one socket per address.
+            None => Queues::new(&listeners, crate::config::Spread::RoundRobin, state.inherited),
+        };
         let control = ControlServer::adopt(state.control, then);
         let http = state.http.map(|h| HttpServer::adopt(h, then));
         let links = Links::adopt(state.links, channel);
         let exe = (!state.exe.as_bytes().is_empty()).then(|| state.exe.to_path());
-        let mut os = Os::assemble(plumbing, listeners, control, http, links, exe);
+        let mut os = Os::assemble(plumbing, listeners, queues, control, http, links, exe);
         os.exec_reports = state
             .exec_reports
             .into_iter()
@@ -220,6 +235,7 @@ impl Os {
     fn assemble(
         plumbing: Plumbing,
         listeners: Listeners,
+        queues: Queues,
         control: ControlServer,
         http: Option<HttpServer>,
         links: Links,
@@ -233,6 +249,7 @@ impl Os {
         Os {
             passed_inodes: listeners.inodes(),
             listeners,
+            queues,
             control,
             http,
             links,
@@ -344,6 +361,7 @@ impl Os {
             log_dropped,
             pending_signals,
             signal_mask,
+            spread: Some(self.queues.export()),
         }
     }
 
@@ -632,6 +650,7 @@ impl Os {
             self.unwatch_link(pid);
             self.links.detach(pid);
             self.memory.forget(pid);
+            self.queues.forget(pid);
             inputs.push(Input::Exited { pid, status });
         }
     }
@@ -651,7 +670,8 @@ impl System for Os {
         crate::logging::flush();
         // Carried signals are handled now: a look at the fds, no sleep.
         let deadline = if self.carried.is_empty() {
-            deadline
+            let drains = self.queues.next_check(Instant::now());
+            deadline.into_iter().chain(drains).min()
         } else {
             Some(Instant::now())
         };
@@ -696,14 +716,25 @@ impl System for Os {
                 self.unwatch_link(pid);
             }
         }
+        for pid in self.queues.drained(&self.listeners, now) {
+            inputs.push(Input::Drained(pid));
+        }
         Ok(inputs)
     }
 
     fn spawn(&mut self, order: &SpawnOrder, command: &WorkerCommand) -> Result<Pid, String> {
-        let prepared = self.links.prepare(order.slot, order.heartbeat)?;
+        let mut prepared = self.links.prepare(order.slot, order.heartbeat)?;
+        let width = self.queues.width();
+        let queue = self.queues.pick(&mut self.listeners);
+        if self.queues.width() != width {
+            // A new queue: its socket is one of the flock's, not the worker's own.
+            self.passed_inodes = self.listeners.inodes();
+        }
+        prepared.extras.listeners = Some(self.queues.fds(&self.listeners, queue));
         let (pid, report) = command
             .spawn(order.slot, order.generation, &prepared.extras)
             .map_err(|e| e.to_string())?;
+        self.queues.record(pid, queue);
         let slot = order.slot;
         let watched = self.epoll.add(
             report.fd(),
@@ -770,11 +801,14 @@ impl System for Os {
                 // Without memory checks nothing measured the tree: read it now.
                 let rss_bytes = rss_bytes.or_else(|| proc_stats::tree_rss(pid));
                 let (cpu_seconds, cpu_percent) = proc_stats::cpu_usage(pid, uptime);
+                let (queue, connections) = self.queues.worker(pid);
                 WorkerUsage {
                     cpu_seconds,
                     cpu_percent,
                     rss_bytes,
                     pss_bytes,
+                    queue,
+                    connections,
                 }
             })
             .collect()
@@ -794,7 +828,18 @@ impl System for Os {
     }
 
     fn listen_queues(&self) -> Vec<ListenQueue> {
-        self.listeners.queues()
+        self.listeners
+            .queues_indexed()
+            .into_iter()
+            .map(|(index, mut queue)| {
+                queue.queue = self.queues.queue_number(index);
+                queue
+            })
+            .collect()
+    }
+
+    fn spread(&self) -> Option<String> {
+        Some(self.queues.describe())
     }
 
     fn check_listeners(&mut self) -> Vec<ListenerFault> {
@@ -811,7 +856,28 @@ impl System for Os {
                 debug!("{line}");
             }
         }
-        self.listeners.sockets.iter().filter_map(|l| l.check()).collect()
+        let mut faults = Vec::new();
+        for (index, listener) in self.listeners.sockets.iter().enumerate() {
+            if let Some(fault) = listener.check() {
+                if matches!(fault, ListenerFault::Recovered(_)) {
+                    self.queues.rejoined(index);
+                }
+                faults.push(fault);
+            }
+        }
+        faults
+    }
+
+    fn drain(&mut self, pid: Pid) -> bool {
+        self.queues.drain(pid)
+    }
+
+    fn steer(&mut self, open: &[Pid], live: &[Pid]) {
+        self.queues.publish(&self.listeners, open, live, Instant::now());
+    }
+
+    fn reserve_queues(&mut self, workers: usize) {
+        self.queues.reserve(&self.listeners, workers);
     }
 
     fn inspect(&self, pids: &[Pid]) -> Vec<(Pid, Inspection)> {

@@ -256,11 +256,13 @@ impl<S: System> Supervisor<S> {
         while let Some(action) = actions.pop_front() {
             exit = exit.or(self.perform(now, action, &mut actions));
         }
+        self.steer();
         // One STATUS= for the whole pass, the last word before an exit too.
         if let Some(Action::Notify(status)) = self.flock.status_update() {
             self.system.notify(&status);
         }
         if exit.is_some() {
+            self.system.reserve_queues(self.flock.desired());
             self.system.finish();
         }
         if let Some(took_over) = self.took_over.take() {
@@ -277,6 +279,18 @@ impl<S: System> Supervisor<S> {
         }
         self.deadline = self.flock.next_deadline();
         exit
+    }
+
+    /// New connections go to the workers that may take them now.
+    fn steer(&mut self) {
+        let workers = self.flock.workers();
+        let open: Vec<Pid> = workers
+            .iter()
+            .filter(|w| w.takes_connections())
+            .map(|w| w.pid)
+            .collect();
+        let live: Vec<Pid> = workers.iter().filter(|w| !w.is_stopping()).map(|w| w.pid).collect();
+        self.system.steer(&open, &live);
     }
 
     /// Hands the flock over to the binary now installed at sheepdog's path,
@@ -453,6 +467,7 @@ impl<S: System> Supervisor<S> {
                 None
             }
             Input::Exited { pid, status } => Some(Event::Exited { pid, status }),
+            Input::Drained(pid) => Some(Event::Drained { pid }),
             Input::Message { pid, message } => Some(Event::Message { pid, message }),
             Input::Control { client, command } => match command {
                 Command::Status => {
@@ -556,6 +571,11 @@ impl<S: System> Supervisor<S> {
                 queue.extend(self.flock.follow_up(now, event));
             }
             Action::Signal { pid, signal } => self.system.signal(pid, signal),
+            Action::Drain { pid } => {
+                if self.system.drain(pid) {
+                    queue.extend(self.flock.follow_up(now, Event::Drained { pid }));
+                }
+            }
             Action::Ping { pid, message } => self.system.ping(pid, &message),
             Action::Measure { pids } => {
                 let policy = self.flock.policy();
@@ -674,6 +694,8 @@ impl<S: System> Supervisor<S> {
                 heartbeat_age_s: heartbeats.then(|| now.saturating_duration_since(w.last_heartbeat).as_secs_f64()),
                 status: w.status.clone(),
                 listens_itself: w.listens_itself.clone(),
+                queue: usage.queue,
+                connections: usage.connections,
             })
             .collect();
         StatusReport {
@@ -718,6 +740,7 @@ impl<S: System> Supervisor<S> {
                         address: q.address,
                         queued: q.queued,
                         backlog: q.backlog,
+                        queue: q.queue,
                     })
                     .collect(),
                 cpu_seconds: own.cpu_seconds,
@@ -733,6 +756,7 @@ impl<S: System> Supervisor<S> {
                     _ => None,
                 },
                 exe: self.system.upgrade_path().map(|p| p.display().to_string()),
+                spread: self.system.spread(),
             },
             workers,
             waiting: flock
@@ -759,6 +783,7 @@ fn export_source(source: &ReloadSource) -> SourceState {
         listen_overrides: source.overrides.listen.iter().map(ToString::to_string).collect(),
         command_override: source.overrides.command.clone(),
         log_level_override: source.overrides.log_level.map(|l| l.to_string()),
+        spread_override: source.overrides.spread.map(|s| s.to_string()),
         listen: source.listen.iter().map(ToString::to_string).collect(),
         inherited: source.inherited,
         watchdog: source.watchdog,
@@ -784,6 +809,7 @@ fn restore_source(state: SourceState) -> Result<ReloadSource, String> {
             listen: addresses(&state.listen_overrides)?,
             command: state.command_override,
             log_level,
+            spread: state.spread_override.as_deref().map(str::parse).transpose()?,
         },
         listen: addresses(&state.listen)?,
         inherited: state.inherited,

@@ -30,6 +30,8 @@ pub enum Input {
     Exited { pid: Pid, status: ExitStatus },
     /// A worker said something on its channel.
     Message { pid: Pid, message: WorkerMessage },
+    /// A stopping worker's queue is closed and empty (`System::drain`).
+    Drained(Pid),
     /// A control client's complete request.
     Control { client: ClientId, command: Command },
     /// An HTTP client's request (`/healthz`, `/readyz`, `/metrics`, ...).
@@ -46,6 +48,10 @@ pub struct WorkerUsage {
     /// now when there are none).
     pub rss_bytes: Option<u64>,
     pub pss_bytes: Option<u64>,
+    /// The queue it accepts from, when each worker has one.
+    pub queue: Option<usize>,
+    /// New connections steered to it (round robin only).
+    pub connections: Option<u64>,
 }
 
 /// What the supervisor process itself uses.
@@ -88,6 +94,11 @@ pub trait System {
     fn runnable(&self, pids: &[Pid]) -> usize;
     /// Each listening socket's accept queue, now.
     fn listen_queues(&self) -> Vec<ListenQueue>;
+
+    /// How new connections are spread ("round-robin over 9 queues").
+    fn spread(&self) -> Option<String> {
+        None
+    }
     /// For each worker (every one asked about): whether its process tree
     /// serves a passed socket, listens on TCP ports of its own instead, or
     /// shows neither.
@@ -95,6 +106,21 @@ pub trait System {
     /// The shared listeners found shut down since the last check, each
     /// listening again or lost for good.
     fn check_listeners(&mut self) -> Vec<ListenerFault>;
+
+    /// Sends no new connection to `pid` any more and reports
+    /// `Input::Drained` once its queue is empty; true when there is nothing
+    /// to wait for (it shares its queue, or there is only one).
+    fn drain(&mut self, _pid: Pid) -> bool {
+        true
+    }
+
+    /// New connections go to the queues of `open` (workers that may take
+    /// them), or of `live` while none is open.
+    fn steer(&mut self, _open: &[Pid], _live: &[Pid]) {}
+
+    /// With no worker left: new connections go to the queues the next
+    /// start's first `workers` workers will be given (systemd keeps them).
+    fn reserve_queues(&mut self, _workers: usize) {}
     /// Tells systemd, without ever blocking.
     fn notify(&mut self, message: &Upward);
     fn reply(&mut self, client: ClientId, reply: &Reply);

@@ -89,6 +89,29 @@ impl Listener {
         }
     }
 
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    pub fn borrow(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// A TCP socket (which can be one of a `SO_REUSEPORT` group).
+    pub fn is_tcp(&self) -> bool {
+        !self.unix && self.local.is_some()
+    }
+
+    /// It was bound with `SO_REUSEPORT`: more sockets may join its group.
+    pub fn reuse_port(&self) -> bool {
+        socket::getsockopt(&self.fd, sockopt::ReusePort).unwrap_or(false)
+    }
+
+    /// Connections waiting in its accept queue (TCP only).
+    pub fn depth(&self) -> Option<u32> {
+        tcp_queue(&self.fd).map(|(queued, _)| queued)
+    }
+
     /// Whether the socket still takes connections. Any process holding it
     /// (a worker, a child that inherited fd 3) can `shutdown(2)` it, which
     /// closes it for everyone: a TCP listener then stops listening
@@ -182,6 +205,73 @@ impl Listeners {
         self.sockets.iter().map(|l| l.fd.as_raw_fd()).collect()
     }
 
+    /// The listeners that form one group (TCP sockets of one local address,
+    /// in their order here, which is the order they listened in), groups in
+    /// the order of their first socket: what a worker gets as fds 3…
+    pub fn groups(&self) -> Vec<Vec<usize>> {
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        for (index, listener) in self.sockets.iter().enumerate() {
+            let same = |g: &Vec<usize>| {
+                let first = &self.sockets[g[0]];
+                first.is_tcp() && listener.is_tcp() && first.local == listener.local
+            };
+            match groups.iter_mut().find(|g| same(g)) {
+                Some(group) => group.push(index),
+                None => groups.push(vec![index]),
+            }
+        }
+        groups
+    }
+
+    /// `LISTEN_FDNAMES` for the workers: each group's first name, when
+    /// systemd named them.
+    pub fn group_fdnames(&self) -> Option<String> {
+        if self.sockets.iter().all(|l| l.name.is_none()) {
+            return None;
+        }
+        let names: Vec<&str> = self
+            .groups()
+            .iter()
+            .map(|g| self.sockets[g[0]].name.as_deref().unwrap_or("unknown"))
+            .collect();
+        Some(names.join(":"))
+    }
+
+    /// Binds one more socket of the group of listener `like` (same address,
+    /// `SO_REUSEPORT`, same backlog); its index. The kernel lets it join
+    /// only if the group's sockets allow it and belong to this user.
+    pub fn grow(&mut self, like: usize) -> Result<usize, String> {
+        let model = &self.sockets[like];
+        let local = socket::getsockname::<SockaddrStorage>(model.fd.as_raw_fd()).map_err(|e| e.desc().to_string())?;
+        let family = local.family().ok_or("no address family")?;
+        let fd = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
+            .map_err(|e| format!("socket: {}", e.desc()))?;
+        socket::setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(|e| format!("SO_REUSEADDR: {}", e.desc()))?;
+        socket::setsockopt(&fd, sockopt::ReusePort, &true).map_err(|e| format!("SO_REUSEPORT: {}", e.desc()))?;
+        if family == AddressFamily::Inet6 {
+            // As the model: an [::] socket that takes IPv4 too, or not.
+            let only = socket::getsockopt(&model.fd, sockopt::Ipv6V6Only).unwrap_or(false);
+            socket::setsockopt(&fd, sockopt::Ipv6V6Only, &only).map_err(|e| format!("IPV6_V6ONLY: {}", e.desc()))?;
+        }
+        socket::bind(fd.as_raw_fd(), &local).map_err(|e| format!("bind: {}", e.desc()))?;
+        let backlog = model.backlog.unwrap_or(libc::SOMAXCONN as u32);
+        let backlog = Backlog::new(backlog.min(i32::MAX as u32) as i32).unwrap_or(Backlog::MAXCONN);
+        socket::listen(&fd, backlog).map_err(|e| format!("listen: {}", e.desc()))?;
+        let mut listener = Listener::new(fd, model.name.clone(), model.address.clone(), None);
+        listener.backlog = model.backlog;
+        self.sockets.push(listener);
+        Ok(self.sockets.len() - 1)
+    }
+
+    /// Closes the sockets `grow` just added (the last ones), undoing it.
+    pub fn shrink(&mut self, added: Vec<usize>) {
+        for index in added.into_iter().rev() {
+            if index + 1 == self.sockets.len() {
+                self.sockets.pop();
+            }
+        }
+    }
+
     /// The sockets' inodes, to tell them from sockets a worker opened itself.
     pub fn inodes(&self) -> Vec<u64> {
         self.sockets
@@ -196,6 +286,11 @@ impl Listeners {
     /// its backlog), for unix sockets from sock_diag. A socket the kernel
     /// will not say about is left out.
     pub fn queues(&self) -> Vec<ListenQueue> {
+        self.queues_indexed().into_iter().map(|(_, q)| q).collect()
+    }
+
+    /// `queues`, each with the index of its listener.
+    pub fn queues_indexed(&self) -> Vec<(usize, ListenQueue)> {
         let unix: Vec<u64> = self
             .sockets
             .iter()
@@ -213,7 +308,8 @@ impl Listeners {
         };
         self.sockets
             .iter()
-            .filter_map(|listener| {
+            .enumerate()
+            .filter_map(|(index, listener)| {
                 let (queued, backlog) = if listener.unix {
                     let inode = nix::sys::stat::fstat(&listener.fd).ok()?.st_ino;
                     let (_, queued, backlog) = unix_queues.iter().find(|(i, _, _)| *i == inode)?;
@@ -221,11 +317,15 @@ impl Listeners {
                 } else {
                     tcp_queue(&listener.fd)?
                 };
-                Some(ListenQueue {
-                    address: listener.address.clone(),
-                    queued,
-                    backlog,
-                })
+                Some((
+                    index,
+                    ListenQueue {
+                        queue: None,
+                        address: listener.address.clone(),
+                        queued,
+                        backlog,
+                    },
+                ))
             })
             .collect()
     }
@@ -302,26 +402,38 @@ impl Listeners {
         listeners
     }
 
+    /// The addresses, each once, however many queues it has.
     pub fn describe(&self) -> String {
-        self.sockets
+        self.groups()
             .iter()
-            .map(|l| l.address.as_str())
+            .map(|g| self.sockets[g[0]].address.as_str())
             .collect::<Vec<_>>()
             .join(", ")
     }
 }
 
-/// Takes the sockets systemd passed, or binds `addresses` when there are none.
-pub fn open(addresses: &[ListenAddr]) -> Result<Listeners, Error> {
+/// Takes the sockets systemd passed, or binds `addresses` when there are
+/// none: `queues` sockets of one `SO_REUSEPORT` group for each TCP address
+/// (one socket, as any unix one, when `queues` is 1).
+pub fn open(addresses: &[ListenAddr], queues: usize) -> Result<Listeners, Error> {
     let mut listeners = match inherit()? {
         Some(sockets) => Listeners {
             sockets,
             inherited: true,
         },
-        None => Listeners {
-            sockets: addresses.iter().map(bind).collect::<Result<Vec<_>, _>>()?,
-            inherited: false,
-        },
+        None => {
+            let mut sockets = Vec::new();
+            for address in addresses {
+                match address {
+                    ListenAddr::Tcp(_) if queues > 1 => sockets.extend(bind_group(address, queues)?),
+                    _ => sockets.push(bind(address, false)?),
+                }
+            }
+            Listeners {
+                sockets,
+                inherited: false,
+            }
+        }
     };
     listeners.remember_backlogs();
     Ok(listeners)
@@ -453,7 +565,26 @@ fn local_address(fd: &OwnedFd) -> Option<String> {
     None
 }
 
-fn bind(address: &ListenAddr) -> Result<Listener, Error> {
+/// `count` sockets of one `SO_REUSEPORT` group on `address`. The address is
+/// first bound alone (no `SO_REUSEPORT`): a port another process holds is
+/// an error, as it always was, rather than a group silently shared with it
+/// (the kernel lets any process of the same user join one).
+fn bind_group(address: &ListenAddr, count: usize) -> Result<Vec<Listener>, Error> {
+    let probe = bind(address, false)?;
+    let Some(local) = probe.local.clone() else {
+        return Ok(vec![probe]);
+    };
+    drop(probe);
+    let fixed: ListenAddr = local.parse().map_err(Error::config)?;
+    let first = bind(&fixed, true)?;
+    let mut sockets = vec![first];
+    for _ in 1..count {
+        sockets.push(bind(&fixed, true)?);
+    }
+    Ok(sockets)
+}
+
+fn bind(address: &ListenAddr, reuse_port: bool) -> Result<Listener, Error> {
     let fail = |what: &str, e: Errno| Error::from_errno(format!("cannot {what} {address}"), e);
     let listener = match address {
         ListenAddr::Tcp(addr) => {
@@ -466,6 +597,9 @@ fn bind(address: &ListenAddr) -> Result<Listener, Error> {
                 .map_err(|e| fail("create a socket for", e))?;
             // Lets a restarted sheepdog bind while old connections sit in TIME_WAIT.
             socket::setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(|e| fail("set SO_REUSEADDR on", e))?;
+            if reuse_port {
+                socket::setsockopt(&fd, sockopt::ReusePort, &true).map_err(|e| fail("set SO_REUSEPORT on", e))?;
+            }
             let bound = match addr {
                 std::net::SocketAddr::V4(v4) => socket::bind(fd.as_raw_fd(), &SockaddrIn::from(*v4)),
                 std::net::SocketAddr::V6(v6) => {
@@ -536,7 +670,7 @@ mod tests {
 
     #[test]
     fn binds_tcp_on_an_ephemeral_port_and_reports_it() {
-        let listener = bind(&"127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = bind(&"127.0.0.1:0".parse().unwrap(), false).unwrap();
         assert!(listener.address.starts_with("127.0.0.1:"));
         assert_ne!(listener.address, "127.0.0.1:0");
         check_listening(listener.fd.as_raw_fd()).unwrap();
@@ -546,7 +680,7 @@ mod tests {
     fn a_port_in_use_is_an_error_naming_the_address() {
         let first = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = first.local_addr().unwrap();
-        let err = bind(&ListenAddr::Tcp(addr)).unwrap_err().to_string();
+        let err = bind(&ListenAddr::Tcp(addr), false).unwrap_err().to_string();
         assert_eq!(err, format!("cannot bind {addr}: Address already in use"));
     }
 
@@ -557,14 +691,14 @@ mod tests {
 
         // A stale file: bound, then its listener closed.
         drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
-        let listener = bind(&ListenAddr::Unix(path.clone())).unwrap();
-        let err = bind(&ListenAddr::Unix(path.clone())).unwrap_err().to_string();
+        let listener = bind(&ListenAddr::Unix(path.clone()), false).unwrap();
+        let err = bind(&ListenAddr::Unix(path.clone()), false).unwrap_err().to_string();
         assert!(err.contains("another process is listening on it"), "{err}");
         listener.remove_socket_file();
         assert!(!path.exists());
 
         std::fs::write(&path, "not a socket").unwrap();
-        let err = bind(&ListenAddr::Unix(path.clone())).unwrap_err().to_string();
+        let err = bind(&ListenAddr::Unix(path.clone()), false).unwrap_err().to_string();
         assert!(err.contains("not a socket"), "{err}");
     }
 

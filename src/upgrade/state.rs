@@ -84,6 +84,40 @@ impl FdRecord {
             inode: nix::sys::stat::fstat(fd).map_or(0, |s| s.st_ino),
         }
     }
+
+    /// The record of an fd this process holds open.
+    pub fn of_raw(fd: std::os::fd::RawFd) -> FdRecord {
+        // SAFETY: only borrowed for the fstat, by a caller that holds it open.
+        FdRecord::of(unsafe { BorrowedFd::borrow_raw(fd) })
+    }
+}
+
+/// The queues of the flock (`spread::queues`), for the binary that takes over.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpreadState {
+    pub groups: Vec<GroupState>,
+    /// Which queue each worker accepts from.
+    pub assigned: Vec<(Pid, usize)>,
+    /// What the steering had counted for a worker's queue when it was given it.
+    #[serde(default)]
+    pub steered_before: Vec<(Pid, u64)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupState {
+    /// Queue `q`'s socket: an index into `OsState::listeners`.
+    pub members: Vec<usize>,
+    /// The queues in the kernel's group order.
+    #[serde(default)]
+    pub order: Vec<usize>,
+    /// "round-robin", "random" or "shared".
+    pub steering: String,
+    pub growable: bool,
+    /// The round robin's map and program.
+    pub map: Option<FdRecord>,
+    pub program: Option<FdRecord>,
+    /// The map's layout version.
+    pub layout: u32,
 }
 
 /// The first thing read: which format follows, and from which build.
@@ -174,6 +208,9 @@ pub struct SourceState {
     pub listen_overrides: Vec<String>,
     pub command_override: Vec<String>,
     pub log_level_override: Option<String>,
+    /// `--spread` (absent from a build before it).
+    #[serde(default)]
+    pub spread_override: Option<String>,
     pub listen: Vec<String>,
     pub inherited: bool,
     pub watchdog: Option<Duration>,
@@ -205,6 +242,9 @@ pub struct OsState {
     pub pending_signals: Vec<i32>,
     /// The signals that were blocked before the hand-over blocked them all.
     pub signal_mask: Vec<i32>,
+    /// The queues (absent from a build before them: one shared socket per address).
+    #[serde(default)]
+    pub spread: Option<SpreadState>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -324,6 +364,9 @@ impl OsState {
             }
         }
         fds.extend(self.exec_reports.iter().map(|r| r.pipe));
+        for group in self.spread.iter().flat_map(|s| &s.groups) {
+            fds.extend(group.map.iter().chain(&group.program).copied());
+        }
         fds
     }
 }

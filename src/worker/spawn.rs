@@ -82,6 +82,9 @@ pub struct WorkerExtras {
     pub channel_fd: Option<RawFd>,
     /// Add `WATCHDOG_PID=` the worker's own pid (heartbeats over notify).
     pub watchdog_pid: bool,
+    /// Its own queues, one per listening address, in place of the
+    /// command's (as many, in the same order).
+    pub listeners: Option<Vec<RawFd>>,
 }
 
 /// journald's stream socket, which `systemd-cat` and systemd itself connect
@@ -370,7 +373,12 @@ impl WorkerCommand {
             journal_stream[..kept].copy_from_slice(&fallback.as_bytes()[..kept]);
             envp.insert(envp.len() - 1, journal_stream.as_ptr().cast());
         }
-        let mut inherited = self.listeners.clone();
+        let listeners = extras
+            .listeners
+            .as_ref()
+            .filter(|own| own.len() == self.listeners.len())
+            .unwrap_or(&self.listeners);
+        let mut inherited = listeners.clone();
         inherited.extend(extras.channel_fd);
         let mut argv: Vec<*const libc::c_char> = self.argv.iter().map(|a| a.as_ptr()).collect();
         argv.push(std::ptr::null());

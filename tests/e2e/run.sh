@@ -30,9 +30,9 @@ active() { [ "$(x systemctl is-active "$1")" = "$2" ]; }
 # grep reads all its input (no -q): with pipefail, journalctl killed by
 # SIGPIPE after an early match would fail the check.
 journal_has() { local pattern=$1; shift; x journalctl --no-pager "$@" | grep -F -- "$pattern" >/dev/null; }
-config() { # config VERSION [COMMAND] [MORE TOML]
+config() { # config VERSION [COMMAND] [MORE TOML]; WORKERS=N for another count
     local command=${2:-'"node", "/srv/myapp/server.js"'}
-    printf 'command = [%s]\nworkers = 2\nreadiness = "node-ipc"\nready_timeout = "3s"\nstop_timeout = "5s"\nmax_restarts = 100\n[heartbeat]\ninterval = "500ms"\n[env]\nAPP_VERSION = "%s"\n%b' "$command" "$1" "${3:-}" > /tmp/e2e-myapp.toml
+    printf 'command = [%s]\nworkers = %s\nreadiness = "node-ipc"\nready_timeout = "3s"\nstop_timeout = "5s"\nmax_restarts = 100\n[heartbeat]\ninterval = "500ms"\n[env]\nAPP_VERSION = "%s"\n%b' "$command" "${WORKERS:-2}" "$1" "${3:-}" > /tmp/e2e-myapp.toml
     S copy-in /tmp/e2e-myapp.toml /etc/sheepdog/myapp.toml
 }
 hammer_start() { x rm -f /tmp/hammer.stop; S exec /usr/local/bin/hammer 120 /tmp/hammer.stop > /tmp/e2e-hammer.out & hammer_pid=$!; until_ok 20 answers "hello"; }
@@ -41,6 +41,28 @@ zero_failed() { grep -q " failed=0 " /tmp/e2e-hammer.out; }
 zero_refused() { grep -q " refused=0 " /tmp/e2e-hammer.out; }
 slot0_pid() { x sheepdog status --config /etc/sheepdog/myapp.toml | awk '$1 == "0" && $4 == "ready" { print $2 }'; }
 worker_pids() { x sheepdog status --config /etc/sheepdog/myapp.toml | awk '$4 == "ready" { print $2 }' | sort -n | tr '\n' ' '; }
+
+spread() { # spread LABEL: 8 workers on the shipped socket unit's queues
+    local label=$1
+    check "$label sheepdog loaded the round robin and dropped CAP_BPF" bash -c \
+        "'$sandbox' exec journalctl --no-pager -u myapp | grep -F 'new connections: round-robin over 17 queues' >/dev/null && '$sandbox' exec journalctl --no-pager -u myapp | grep -F 'dropped the capabilities' >/dev/null"
+    check "$label no capability is left to sheepdog or a worker" bash -c \
+        "for p in \$('$sandbox' exec pgrep -f -- 'sheepdog run|/srv/myapp/server.js'); do '$sandbox' exec grep -q '^CapEff:[[:space:]]*0*\$' /proc/\$p/status || exit 1; done"
+    WORKERS=8 config 4
+    check "$label systemctl reload onto 8 workers" x systemctl reload myapp
+    check "$label 8 workers ready" until_ok 30 bash -c "'$sandbox' exec sheepdog status --config /etc/sheepdog/myapp.toml | grep -q ' 8/8 ready'"
+    x /usr/local/bin/pool 16 > /tmp/e2e-pool.out; cat /tmp/e2e-pool.out | sed 's/^/# /'
+    check "$label a keep-alive pool of 16 reaches all 8 workers" grep -q '^workers=8 holds=2,2,2,2,2,2,2,2$' /tmp/e2e-pool.out
+    hammer_start
+    WORKERS=8 config 5
+    check "$label systemctl reload of 8 workers under load exits 0" x systemctl reload myapp
+    check "$label the new code answers" answers "version 5"
+    hammer_stop
+    check "$label no request failed during the reload of 8" zero_failed
+    check "$label status shows each worker's share" bash -c "'$sandbox' exec sheepdog status --config /etc/sheepdog/myapp.toml | grep -q 'new connections: round-robin over 17 queues'"
+    config 2
+    x systemctl reload myapp
+}
 
 upgrade_in_place() { # upgrade_in_place LABEL: dpkg -i a higher version under load
     local label=$1 main_pid workers from rc watch
@@ -76,6 +98,7 @@ deploy() { # deploy SERVICE_UNIT: install the .deb and the example app as myapp
     S copy-in "$deb" /root/sheepdog.deb
     check "dpkg -i installs the package" x dpkg -i /root/sheepdog.deb
     S copy-in "$repo/tests/e2e/hammer" /usr/local/bin/hammer
+    S copy-in "$repo/tests/e2e/pool" /usr/local/bin/pool
     x mkdir -p /srv/myapp /etc/systemd/system/myapp.service.d
     x cp /usr/share/doc/sheepdog/examples/hello/server.js /srv/myapp/server.js
     x cp /usr/share/doc/sheepdog/examples/systemd/myapp.socket /etc/systemd/system/myapp.socket
@@ -88,7 +111,10 @@ deploy() { # deploy SERVICE_UNIT: install the .deb and the example app as myapp
 }
 
 boot() { # boot SUITE
-    export SANDBOX_NAME=sheepdog-e2e-$1 SANDBOX_SUITE=$1 SANDBOX_PACKAGES=nodejs,curl
+    # CAP_BPF (and bpf(2) past nspawn's filter), as a host has it to give:
+    # the shipped units hand it to sheepdog for the round robin.
+    export SANDBOX_NAME=sheepdog-e2e-$1 SANDBOX_SUITE=$1 SANDBOX_PACKAGES=nodejs,curl \
+        SANDBOX_CAPABILITY=CAP_BPF SANDBOX_SYSCALLS=bpf
     S boot || { echo "e2e: the $1 sandbox did not boot" >&2; S logs | tail -20 >&2; exit 1; }
     trap 'S stop >/dev/null 2>&1' EXIT
 }
@@ -133,6 +159,8 @@ check "the first request starts it and gets 200" answers "hello from worker"
 # A worker may answer before the whole flock is ready (and systemd told).
 check "the service is active" until_ok 10 active myapp.service active
 check "systemctl status shows sheepdog's STATUS line" until_ok 10 bash -c "'$sandbox' exec systemctl status myapp --no-pager | grep -q 'Status: \"2/2 ready'"
+
+spread "bookworm:"
 
 hammer_start
 config 2
@@ -283,6 +311,7 @@ hammer_stop
 check "trixie: no request failed during the reload" zero_failed
 check "trixie: journalctl -u myapp shows the reload" journal_has "reloaded to generation 2" -u myapp
 check "trixie: each worker's output is attributed to its slot" journal_has "worker 1 (pid" -u myapp -t myapp-worker-1
+spread "trixie:"
 upgrade_in_place "trixie:"
 S stop >/dev/null
 trap - EXIT

@@ -2,6 +2,7 @@
 //! the policies' tests, one file per policy.
 
 mod deadlines;
+mod drain;
 mod health;
 mod lifecycle;
 mod passes;
@@ -122,6 +123,9 @@ struct Harness {
     /// What a look at a worker finds it listening on itself, by pid (none:
     /// no sign either way); a worker not in it serves the passed socket.
     astray: std::collections::HashMap<Pid, Vec<String>>,
+    /// A drained queue is reported at once, as for a worker that shares
+    /// its queue (false: the test says when, with `Event::Drained`).
+    drains_at_once: bool,
 }
 
 impl Harness {
@@ -136,6 +140,7 @@ impl Harness {
             log: Vec::new(),
             runnable: 0,
             astray: std::collections::HashMap::new(),
+            drains_at_once: true,
         }
     }
 
@@ -161,6 +166,11 @@ impl Harness {
                     })
                     .collect();
                 queue.extend(self.flock.follow_up(self.now, Event::Inspected(found)));
+            }
+            if let Action::Drain { pid } = action
+                && self.drains_at_once
+            {
+                queue.extend(self.flock.follow_up(self.now, Event::Drained { pid }));
             }
             if action == Action::SampleLoad {
                 let runnable = self.runnable;

@@ -57,6 +57,7 @@ fn twin(h: &Harness) -> Harness {
         log: Vec::new(),
         runnable: h.runnable,
         astray: h.astray.clone(),
+        drains_at_once: h.drains_at_once,
     }
 }
 

@@ -152,6 +152,7 @@ fn an_unready_flock_says_which_worker_is_missing_and_why() {
 
 fn queue(queued: u32, backlog: u32) -> ListenQueue {
     ListenQueue {
+        queue: None,
         address: "127.0.0.1:8080".into(),
         queued,
         backlog,

@@ -130,6 +130,8 @@ impl System for Fake {
                 cpu_percent: Some(1.5),
                 rss_bytes: self.memory.get(pid).copied(),
                 pss_bytes: None,
+                queue: None,
+                connections: None,
             })
             .collect()
     }
@@ -697,6 +699,7 @@ fn the_probes_answer_by_the_watchdog_rule_and_say_why_not_ready() {
 fn metrics_and_status_carry_the_counts_by_cause_and_the_listen_queues() {
     let mut h = Harness::serving(r#"["true"]"#, "");
     h.supervisor.system_mut().queues = vec![ListenQueue {
+        queue: None,
         address: "127.0.0.1:8080".into(),
         queued: 7,
         backlog: 4096,

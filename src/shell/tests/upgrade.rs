@@ -244,6 +244,7 @@ fn framed(state: SupervisorState) -> crate::upgrade::state::HandOver {
             log_dropped: 0,
             pending_signals: vec![17],
             signal_mask: vec![],
+            spread: None,
         },
     }
 }
