@@ -397,21 +397,20 @@ impl Flock {
             let Some(worker) = self.workers.iter_mut().find(|w| w.pid == pid) else {
                 continue;
             };
+            // A worker that said it is ready has set up: what a look finds
+            // is the truth. One ready by delay may still be setting up (Node
+            // opens an --inspect port before it listens on fd 3): until its
+            // grace is over, only a sign that it serves is final.
+            let ready_for = match worker.state {
+                WorkerState::Ready { since, .. } => now.saturating_duration_since(since),
+                _ => std::time::Duration::ZERO,
+            };
+            let setting_up = by_delay && !worker.inspected && ready_for < grace;
             let own = match found {
                 Inspection::Serves => Vec::new(),
+                Inspection::Astray(_) | Inspection::Unknown if setting_up => continue,
                 Inspection::Astray(own) => own,
-                // A worker that said it is ready has set up: nothing seen is
-                // nothing wrong. One ready by delay is given a grace first.
-                Inspection::Unknown => {
-                    let ready_for = match worker.state {
-                        WorkerState::Ready { since, .. } => now.saturating_duration_since(since),
-                        _ => std::time::Duration::ZERO,
-                    };
-                    if by_delay && !worker.inspected && ready_for < grace {
-                        continue;
-                    }
-                    Vec::new()
-                }
+                Inspection::Unknown => Vec::new(),
             };
             worker.inspected = true;
             if !own.is_empty() && own != worker.listens_itself {

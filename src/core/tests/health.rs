@@ -612,6 +612,11 @@ fn a_worker_listening_on_a_port_of_its_own_does_not_count_as_ready() {
         statuses(&actions).last().unwrap().starts_with("1/2 ready"),
         "{actions:?}"
     );
+    // Within its grace it may still be setting up (an --inspect port comes
+    // before fd 3): it is named once the grace (1 s) is over.
+    assert!(logged("itself, not on the socket sheepdog passed").is_empty());
+    let actions = h.run_until(Duration::from_millis(2300));
+    assert!(!ready_sent(&actions));
     let why = h.flock.unhealthy_reason().unwrap();
     assert!(why.contains("worker 0 listens on 0.0.0.0:3000 itself"), "{why}");
     assert_eq!(
@@ -667,10 +672,16 @@ fn a_worker_ready_by_delay_that_shows_no_sign_yet_counts_only_after_a_grace() {
     let actions = h.at(300 * MS);
     assert!(!ready_sent(&actions));
     assert_eq!(h.flock.ready_count(), 0);
-    // Then it binds :3000 itself: found at the next look, 200 ms on.
+    // Then it binds :3000 itself: seen at the next look, 200 ms on, and
+    // named once its grace (1 s from ready) is over without a sign it serves.
     h.astray.insert(pid, vec!["127.0.0.1:3000".into()]);
     assert_eq!(h.flock.next_deadline(), Some(h.t0 + 500 * MS));
     h.at(500 * MS);
+    assert!(
+        h.flock.workers()[0].listens_itself.is_empty(),
+        "not yet: it may still set up"
+    );
+    h.run_until(Duration::from_millis(1500));
     assert_eq!(h.flock.workers()[0].listens_itself, ["127.0.0.1:3000"]);
     assert!(!ready_sent(&h.log));
     // Another that shows nothing for the whole grace counts after it (a
@@ -686,4 +697,24 @@ fn a_worker_ready_by_delay_that_shows_no_sign_yet_counts_only_after_a_grace() {
     h.run_until(Duration::from_millis(2300));
     assert_eq!(h.flock.ready_count(), 1, "after it");
     assert!(ready_sent(&h.log));
+}
+
+#[test]
+fn a_port_of_its_own_seen_before_it_serves_the_socket_is_no_alarm() {
+    // Node with --inspect under load: the inspector's port is up before the
+    // app listens on fd 3, at the first look after ready_delay.
+    let mut p = policy(1);
+    p.ready_delay = 200 * MS;
+    let mut h = Harness::new(p);
+    h.start();
+    let pid = h.pid_of(0);
+    h.astray.insert(pid, vec!["127.0.0.1:9229".into()]);
+    h.at(200 * MS);
+    assert_eq!(h.flock.ready_count(), 0);
+    // The next look finds it in accept() on the passed socket.
+    h.astray.remove(&pid);
+    h.run_until(Duration::from_millis(600));
+    assert_eq!(h.flock.ready_count(), 1);
+    assert!(h.flock.workers()[0].listens_itself.is_empty());
+    assert!(logged("itself, not on the socket").is_empty(), "{:?}", logged("itself"));
 }
