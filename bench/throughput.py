@@ -20,6 +20,8 @@ def setups(port):
     return {
         "sheepdog": ([SHEEPDOG, "run", "--workers", "2", "--listen", f"127.0.0.1:{port}", "--log-level", "warn",
                       "--", "node", SERVER], {}),
+        "sheepdog, shared queue": ([SHEEPDOG, "run", "--workers", "2", "--listen", f"127.0.0.1:{port}", "--log-level",
+                                    "warn", "--spread", "shared", "--", "node", SERVER], {}),
         "bare pre-fork": ([sys.executable, os.path.join(ROOT, "bench", "bare-prefork.py"), str(port), "2", "node", SERVER], {}),
         "node cluster": (["node", os.path.join(ROOT, "bench", "cluster.js")], {"PORT": str(port), "WORKERS": "2"}),
         "single process": (["node", SERVER], {"PORT": str(port)}),
@@ -87,7 +89,11 @@ def main():
         raise SystemExit("build first: cargo build --release")
     results = {}
     for rnd in range(1, args.rounds + 1):
-        for name in setups(0):
+        # Each round begins with another setup: none always runs first (or
+        # right after the one that leaves the most sockets in TIME_WAIT).
+        names = list(setups(0))
+        shift = (rnd - 1) % len(names)
+        for name in names[shift:] + names[:shift]:
             port = free_port()
             cmd, env = setups(port)[name]
             proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
