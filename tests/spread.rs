@@ -109,6 +109,20 @@ impl KeptAlive {
     }
 }
 
+/// `count` requests sent on new connections, their answers not read yet.
+fn sent(addr: SocketAddr, count: usize) -> Vec<TcpStream> {
+    (0..count)
+        .map(|_| {
+            let mut stream = TcpStream::connect(addr).unwrap();
+            stream.set_read_timeout(Some(20 * SECOND)).unwrap();
+            stream
+                .write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            stream
+        })
+        .collect()
+}
+
 /// Per worker pid, how many of `pool` connections it holds (asked 3 times each).
 fn holders(pool: &mut [KeptAlive]) -> HashMap<i32, usize> {
     let mut held = HashMap::new();
@@ -177,16 +191,7 @@ fn what_waits_in_a_killed_workers_queue_is_answered_by_its_replacement() {
     // Stopped, it takes nothing from its queue: a quarter of what comes
     // next waits there.
     unsafe { libc::kill(victim, libc::SIGSTOP) };
-    let mut waiting: Vec<TcpStream> = (0..12)
-        .map(|_| {
-            let mut stream = TcpStream::connect(app.addr).unwrap();
-            stream.set_read_timeout(Some(20 * SECOND)).unwrap();
-            stream
-                .write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
-                .unwrap();
-            stream
-        })
-        .collect();
+    let mut waiting: Vec<TcpStream> = sent(app.addr, 12);
     let status = status_of(&app.config);
     let own = status["workers"]
         .as_array()
@@ -247,6 +252,8 @@ fn a_hung_worker_gets_no_new_connection_once_its_heartbeats_are_missed() {
     let app = start(4, "[heartbeat]\ninterval = \"200ms\"\ntimeout = \"1s\"\n", "");
     let victim = app.sheepdog.worker_pids()[2];
     unsafe { libc::kill(victim, libc::SIGSTOP) };
+    // Before it is found out, its turn of new connections waits in its queue.
+    let mut early: Vec<TcpStream> = sent(app.addr, 8);
     let (found, _) = app.sheepdog.logs.wait_for("missed heartbeats", 10 * SECOND);
     // From here until its replacement is ready, nothing is sent its way:
     // every request is answered at once by the others.
@@ -263,6 +270,12 @@ fn a_hung_worker_gets_no_new_connection_once_its_heartbeats_are_missed() {
         "a request waited {slowest:?} (sent to the hung worker's queue?)"
     );
     assert!(found.elapsed() < 30 * SECOND);
+    // What waited for it is answered by its replacement, not left behind.
+    for stream in &mut early {
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).expect("an answer");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    }
     app.stop();
 }
 

@@ -65,6 +65,22 @@ impl Flock {
         self.ready_count() >= self.min_ready()
     }
 
+    /// Healthy, or growing: the workers a scale-up or a reload to more
+    /// workers asked for are still starting in slots that never had one (a
+    /// slot whose worker failed does not count). What the watchdog relay
+    /// goes by: a flock told to grow from 2 to 8 on a busy machine is not
+    /// hung while its new workers boot.
+    fn is_on_track(&self) -> bool {
+        let fresh = |w: &Worker| {
+            w.is_starting()
+                && self
+                    .slots
+                    .get(w.slot)
+                    .is_some_and(|s| s.last_end.is_none() && s.restarts == 0)
+        };
+        self.ready_count() + self.workers.iter().filter(|w| fresh(w)).count() >= self.min_ready()
+    }
+
     /// With `readiness = "none"`, a worker up for `ready_delay` is ready.
     pub(super) fn promote_ready(&mut self, now: Instant) {
         if self.policy.readiness != Readiness::None {
@@ -526,7 +542,7 @@ impl Flock {
         }
         self.timers.next_watchdog = now + interval / 2;
         let starting = !self.announced_ready;
-        if starting || self.is_shutting_down() || self.is_healthy() {
+        if starting || self.is_shutting_down() || self.is_on_track() {
             if self.timers.withholding_watchdog {
                 info!("the flock is healthy again; resuming watchdog pings");
                 self.timers.withholding_watchdog = false;

@@ -550,6 +550,10 @@ impl<S: System> Supervisor<S> {
     fn perform(&mut self, now: Instant, action: Action, queue: &mut VecDeque<Action>) -> Option<i32> {
         match action {
             Action::Spawn(order) => {
+                // The queues know who is on the way out before the new
+                // worker's queue is chosen (a worker leaving on its own
+                // leaves its queue to its replacement).
+                self.steer();
                 let outcome = match self.commands.get(&order.command) {
                     Some(command) => self.system.spawn(&order, command),
                     None => Err(format!(

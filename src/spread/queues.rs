@@ -93,6 +93,9 @@ pub struct Queues {
     steered_before: HashMap<Pid, Option<u64>>,
     /// Workers whose queue is being drained.
     draining: Vec<Pid>,
+    /// Workers on their way out that sheepdog does not drain (leaving on
+    /// their own, killed): their queue goes to the next worker started.
+    leaving: BTreeSet<Pid>,
     /// Open queues, as last published.
     open: BTreeSet<usize>,
     /// When each queue not open was closed (absent: never open).
@@ -124,6 +127,14 @@ impl Queues {
                          line ListenStream={} once per worker and once more (see README, Spreading \
                          connections)",
                         first.address, first.address
+                    );
+                } else {
+                    // Bound by a sheepdog before queues (an upgrade in place
+                    // from it keeps its socket).
+                    info!(
+                        "{}: one accept queue shared by all workers, as the sheepdog that bound it made it; \
+                         restart sheepdog for a queue per worker (see README, Spreading connections)",
+                        first.address
                     );
                 }
                 Steering::Shared
@@ -161,6 +172,7 @@ impl Queues {
             assigned: HashMap::new(),
             steered_before: HashMap::new(),
             draining: Vec::new(),
+            leaving: BTreeSet::new(),
             open: BTreeSet::new(),
             closed_at: HashMap::new(),
             mode,
@@ -190,9 +202,12 @@ impl Queues {
             .collect()
     }
 
-    /// The queue for a worker about to start: one no worker has, those with
-    /// connections waiting (a dead worker's) first; a new one when all are
-    /// taken and the groups can grow; else the one fewest workers share.
+    /// The queue for a worker about to start: one no worker has with
+    /// connections waiting (a dead worker's); then one whose workers are
+    /// all leaving on their own or killed (what reaches it meanwhile would
+    /// otherwise wait for the next start); then any no worker has; a new
+    /// one when all are taken and the groups can grow; else the one fewest
+    /// workers share.
     pub fn pick(&mut self, listeners: &mut Listeners) -> usize {
         if !self.steered() {
             return 0;
@@ -205,8 +220,19 @@ impl Queues {
             }
         }
         let free: Vec<usize> = (0..width).filter(|q| taken[*q] == 0).collect();
-        if let Some(queue) = free.iter().find(|q| self.depth(listeners, **q) > 0).or(free.first()) {
+        if let Some(queue) = free.iter().find(|q| self.depth(listeners, **q) > 0) {
             return *queue;
+        }
+        let abandoned = (0..width).find(|q| {
+            taken[*q] > 0
+                && self
+                    .assigned
+                    .iter()
+                    .filter(|(_, own)| *own == q)
+                    .all(|(pid, _)| self.leaving.contains(pid))
+        });
+        if let Some(queue) = abandoned.or(free.first().copied()) {
+            return queue;
         }
         if self.grow(listeners) {
             return width;
@@ -308,6 +334,7 @@ impl Queues {
     /// `pid` is gone.
     pub fn forget(&mut self, pid: Pid) {
         self.assigned.remove(&pid);
+        self.leaving.remove(&pid);
         self.steered_before.remove(&pid);
         self.draining.retain(|p| *p != pid);
     }
@@ -325,6 +352,12 @@ impl Queues {
         }
         let queues =
             |pids: &[Pid]| -> BTreeSet<usize> { pids.iter().filter_map(|p| self.assigned.get(p)).copied().collect() };
+        self.leaving = self
+            .assigned
+            .keys()
+            .filter(|pid| !live.contains(pid) && !self.draining.contains(pid))
+            .copied()
+            .collect();
         let mut wanted = queues(open);
         if wanted.is_empty() {
             wanted = queues(live);
@@ -549,6 +582,7 @@ impl Queues {
             assigned: state.assigned.into_iter().collect(),
             steered_before: state.steered_before.into_iter().map(|(p, n)| (p, Some(n))).collect(),
             draining: Vec::new(),
+            leaving: BTreeSet::new(),
             open: BTreeSet::new(),
             closed_at: HashMap::new(),
             mode,
@@ -662,5 +696,32 @@ mod tests {
         let depth = |q: usize| listeners.sockets[queues.groups[0].member(q)].depth().unwrap();
         assert_eq!((depth(0), depth(1), depth(2)), (3, 0, 0));
         drop(connections);
+    }
+}
+
+#[cfg(test)]
+mod leaving {
+    use super::*;
+    use crate::systemd::sockets;
+
+    #[test]
+    fn a_worker_leaving_on_its_own_leaves_its_queue_to_the_next_one_started() {
+        let listeners = sockets::open(&["127.0.0.1:0".parse().unwrap()], 3).unwrap();
+        let mut listeners = listeners;
+        let mut queues = Queues::new(&listeners, Spread::RoundRobin, false);
+        queues.record(100, 0);
+        queues.record(101, 1);
+        // 100 said STOPPING=1: no longer live, and sheepdog does not drain it.
+        queues.publish(&listeners, &[101], &[101], Instant::now());
+        assert_eq!(
+            queues.pick(&mut listeners),
+            0,
+            "not the free spare: what reaches 0 would wait"
+        );
+        queues.record(102, 0);
+        // One sheepdog drains is not given away: its queue must empty first.
+        assert!(!queues.drain(101));
+        queues.publish(&listeners, &[102], &[102], Instant::now());
+        assert_eq!(queues.pick(&mut listeners), 2);
     }
 }

@@ -718,3 +718,36 @@ fn a_port_of_its_own_seen_before_it_serves_the_socket_is_no_alarm() {
     assert!(h.flock.workers()[0].listens_itself.is_empty());
     assert!(logged("itself, not on the socket").is_empty(), "{:?}", logged("itself"));
 }
+
+#[test]
+fn the_watchdog_relay_pings_on_while_a_flock_grows_and_its_new_workers_boot() {
+    let mut p = notify_policy(2);
+    p.heartbeat = None;
+    p.watchdog = Some(2000 * MS);
+    let mut h = Harness::ready(p.clone());
+    let watchdogs = |actions: &[Action]| {
+        actions
+            .iter()
+            .filter(|a| **a == Action::Notify(Upward::Watchdog))
+            .count()
+    };
+    // Reloaded onto a config of 8 (min_ready = workers = 8): six new workers
+    // boot for 4 s on a busy machine (a failure among them would abort the
+    // reload, back to 2).
+    let mut grown = p.clone();
+    grown.workers = 8;
+    grown.min_ready = 8;
+    grown.ready_timeout = 10_000 * MS;
+    reload(&mut h, 1, grown);
+    let t = h.now - h.t0;
+    assert_eq!(
+        watchdogs(&h.run_until(t + 4000 * MS)),
+        4,
+        "every second while they boot"
+    );
+    assert!(logged("withholding watchdog pings").is_empty());
+    // They are ready: healthy by the new count.
+    h.make_ready();
+    assert!(h.flock.is_healthy());
+    assert_eq!(h.flock.ready_count(), 8);
+}
