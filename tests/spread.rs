@@ -368,3 +368,34 @@ fn without_cap_bpf_it_says_so_once_and_spreads_at_random_over_the_queues() {
     sheepdog.signal(libc::SIGTERM);
     assert_eq!(sheepdog.wait_exit(20 * SECOND).code(), Some(0));
 }
+
+#[test]
+fn one_socket_passed_the_old_way_is_one_shared_queue_and_it_says_how_to_get_more() {
+    // systemd-socket-activate passes one listening socket, as a socket unit
+    // with a single ListenStream= does.
+    let addr = free_port();
+    let launch = Launch::new(&[]).activated(addr);
+    let config = launch.file(
+        "app.toml",
+        &format!(
+            "command = [\"node\", {:?}]\nworkers = 2\nreadiness = \"node-ipc\"\ncontrol_socket = \"control.sock\"\n",
+            repo_path("tests/fixtures/ipc-worker.js").display().to_string()
+        ),
+    );
+    let mut launch = launch;
+    launch.args = vec!["run".into(), "--config".into(), config.display().to_string()];
+    let mut sheepdog = launch.spawn();
+    assert_eq!(get(addr, 20 * SECOND).expect("served").status, 200);
+    sheepdog.logs.wait_for("ready: 2/2 workers", 20 * SECOND);
+    let (_, line) = sheepdog.logs.wait_for("systemd passed one socket", SECOND);
+    assert!(
+        line.contains("ReusePort=yes") && line.contains("ListenStream="),
+        "{line}"
+    );
+    assert_eq!(sheepdog.logs.count("systemd passed one socket"), 1);
+    let status = status_of(&config);
+    assert_eq!(status["supervisor"]["spread"], "shared (one queue)", "{status}");
+    assert!(status["workers"][0]["queue"].is_null(), "{status}");
+    sheepdog.signal(libc::SIGTERM);
+    assert_eq!(sheepdog.wait_exit(20 * SECOND).code(), Some(0));
+}
