@@ -385,6 +385,7 @@ fn one_socket_passed_the_old_way_is_one_shared_queue_and_it_says_how_to_get_more
     let mut launch = launch;
     launch.args = vec!["run".into(), "--config".into(), config.display().to_string()];
     let mut sheepdog = launch.spawn();
+    sheepdog.logs.wait_for("Listening on", 10 * SECOND);
     assert_eq!(get(addr, 20 * SECOND).expect("served").status, 200);
     sheepdog.logs.wait_for("ready: 2/2 workers", 20 * SECOND);
     let (_, line) = sheepdog.logs.wait_for("systemd passed one socket", SECOND);

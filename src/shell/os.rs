@@ -584,6 +584,12 @@ impl Os {
                 (Some(worker), _) => Some(format!(
                     "pid {orphan} ({name}) was started by worker pid {worker}, left its process group and outlived it: killing it"
                 )),
+                // Its environment could not be read because it was dying
+                // (killed with its worker's group between the two reads).
+                (None, _) if proc_stats::is_zombie(orphan) => {
+                    debug!("pid {orphan} ({name}) died while it was looked at");
+                    None
+                }
                 (None, _) => Some(format!(
                     "pid {orphan} ({name}) was handed to sheepdog (its parent died; sheepdog is the child subreaper, or \
                      PID 1) and no worker started it (its environment names none): killing it"

@@ -43,7 +43,8 @@ pub fn orphans(workers: &HashSet<Pid>) -> Vec<(Pid, Option<Pid>)> {
         .collect()
 }
 
-fn is_zombie(pid: Pid) -> bool {
+/// Dead (a zombie) or gone: also what a process read while it dies looks like.
+pub fn is_zombie(pid: Pid) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|stat| {
