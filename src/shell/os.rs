@@ -585,9 +585,16 @@ impl Os {
                     "pid {orphan} ({name}) was started by worker pid {worker}, left its process group and outlived it: killing it"
                 )),
                 // Its environment could not be read because it was dying
-                // (killed with its worker's group between the two reads).
-                (None, _) if proc_stats::is_zombie(orphan) => {
-                    debug!("pid {orphan} ({name}) died while it was looked at");
+                // (killed with its worker's group between the two reads), or
+                // in an exec (a fork of the worker's shell a moment old): a
+                // process of a group whose leader is dead, the group sheepdog
+                // just killed with its worker, is on its way out too.
+                (None, group)
+                    if proc_stats::is_zombie(orphan)
+                        || group
+                            .is_some_and(|g| g != orphan && !self.workers.contains(&g) && proc_stats::is_zombie(g)) =>
+                {
+                    debug!("pid {orphan} ({name}) of a dead worker's group outlived it: killing it");
                     None
                 }
                 (None, _) => Some(format!(
