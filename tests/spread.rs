@@ -48,6 +48,10 @@ fn start(workers: usize, extra: &str, env: &str) -> App {
     sheepdog
         .logs
         .wait_for(&format!("ready: {workers}/{workers} workers"), 30 * SECOND);
+    // The pass that logged it steers new connections to the last one ready
+    // when it ends, and a busy machine can pause sheepdog in between: an
+    // answer from a later pass says the steering is in place.
+    status_of(&config);
     App { sheepdog, config, addr }
 }
 
