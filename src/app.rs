@@ -478,8 +478,12 @@ fn upgrade_all(timeout: Duration) -> ExitCode {
 }
 
 fn scale(args: ScaleArgs) -> ExitCode {
-    let request = Request::Scale {
-        workers: args.workers as usize,
+    let request = match args.workers {
+        crate::cli::ScaleTo::Exactly(n) => Request::Scale { workers: n as usize },
+        crate::cli::ScaleTo::By(by) => Request::ScaleBy { by },
+        crate::cli::ScaleTo::Auto => Request::ScaleAuto {
+            workers: crate::control::protocol::Auto::Auto,
+        },
     };
     answered(ask(&args.client, request, Duration::from_secs(10)), done)
 }

@@ -33,7 +33,8 @@ pub enum Command {
     /// Roll the workers onto the config and code as they are now, and wait for
     /// the outcome: exit 0 when done, 1 when it failed (the old workers keep serving).
     Reload(ReloadArgs),
-    /// Set the number of workers.
+    /// Set the number of workers: N, +N or -N (relative to now), or auto (max)
+    /// for one per CPU.
     Scale(ScaleArgs),
     /// A live view of the flock, refreshed in place (q or Ctrl-C quits).
     Top(TopArgs),
@@ -115,9 +116,40 @@ pub struct ScaleArgs {
     #[command(flatten)]
     pub client: ClientArgs,
 
-    /// The number of workers.
-    #[arg(value_name = "N", value_parser = clap::value_parser!(u32).range(1..=crate::config::MAX_WORKERS as i64))]
-    pub workers: u32,
+    /// The number of workers: 4, +1, -2, auto or max (one per CPU).
+    #[arg(value_name = "N|+N|-N|auto", allow_hyphen_values = true, value_parser = parse_scale)]
+    pub workers: ScaleTo,
+}
+
+/// What `sheepdog scale` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScaleTo {
+    Exactly(u32),
+    By(i64),
+    /// One per CPU (`auto`, or `max` as pm2 says it).
+    Auto,
+}
+
+fn parse_scale(text: &str) -> Result<ScaleTo, String> {
+    let max = crate::config::MAX_WORKERS as i64;
+    let expected = "expected a number of workers (4), a change (+1, -2), or auto (max)";
+    match text {
+        "auto" | "max" => return Ok(ScaleTo::Auto),
+        "" => return Err(expected.to_string()),
+        _ => {}
+    }
+    let relative = text.starts_with('+') || text.starts_with('-');
+    let n: i64 = text.parse().map_err(|_| format!("\"{text}\": {expected}"))?;
+    if relative {
+        if n == 0 || n.abs() > max {
+            return Err(format!("\"{text}\": a change must be from -{max} to +{max}, and not 0"));
+        }
+        Ok(ScaleTo::By(n))
+    } else if (1..=max).contains(&n) {
+        Ok(ScaleTo::Exactly(n as u32))
+    } else {
+        Err(format!("\"{text}\": the number of workers must be from 1 to {max}"))
+    }
 }
 
 #[derive(Debug, Args)]

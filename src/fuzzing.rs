@@ -115,6 +115,11 @@ pub fn control_request(data: &[u8]) {
             assert!((1..=MAX_WORKERS as usize).contains(workers), "scale to {workers}");
             3
         }
+        Command::ScaleBy { by } => {
+            assert!(*by != 0 && by.unsigned_abs() <= MAX_WORKERS as u64, "scale by {by}");
+            3
+        }
+        Command::ScaleAuto { .. } => 3,
     };
     assert_eq!(object.len(), expected_keys, "stray keys accepted: {value}");
     assert_eq!(parse_request(encode_request(&command).as_bytes()), Ok(command));

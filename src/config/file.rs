@@ -25,7 +25,7 @@ pub(super) struct FileConfig {
     pub listen: Option<Spanned<Vec<ListenAddr>>>,
     pub spread: Option<Spread>,
     pub working_directory: Option<Spanned<PathBuf>>,
-    pub env: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
+    pub env: Option<BTreeMap<Spanned<String>, Spanned<toml::Value>>>,
     pub readiness: Option<Readiness>,
     pub channel: Option<Spanned<Channel>>,
     pub ready_delay: Option<HumanDuration>,
@@ -73,7 +73,7 @@ pub(super) struct HttpFile {
 }
 
 /// The variables sheepdog sets in each worker's environment itself.
-pub const RESERVED_ENV: [&str; 11] = [
+pub const RESERVED_ENV: [&str; 12] = [
     "LISTEN_FDS",
     "LISTEN_PID",
     "LISTEN_FDNAMES",
@@ -84,6 +84,7 @@ pub const RESERVED_ENV: [&str; 11] = [
     "NODE_CHANNEL_SERIALIZATION_MODE",
     "SHEEPDOG_WORKER_ID",
     "SHEEPDOG_GENERATION",
+    "NODE_APP_INSTANCE",
     "JOURNAL_STREAM",
 ];
 
@@ -100,6 +101,7 @@ fn reserved_why(name: &str) -> &'static str {
         "NOTIFY_SOCKET" | "WATCHDOG_USEC" | "WATCHDOG_PID" => "readiness and heartbeats over notify",
         n if n.starts_with("NODE_CHANNEL") => "the node-ipc channel",
         "JOURNAL_STREAM" => "the worker's own journal stream",
+        "NODE_APP_INSTANCE" => "the worker's slot, as pm2 names it",
         _ => "the worker's slot and generation",
     }
 }
@@ -478,16 +480,33 @@ impl FileConfig {
                     "is set by sheepdog for each worker ({}); it cannot be set here",
                     reserved_why(name)
                 ));
-            } else if value.get_ref().contains('\0') {
+            }
+            let text = match value.get_ref() {
+                toml::Value::String(text) => text,
+                other => {
+                    let hint = match other {
+                        toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_) => {
+                            format!(": write {name} = \"{other}\"")
+                        }
+                        _ => String::new(),
+                    };
+                    return Err(source.invalid(
+                        value.span(),
+                        &format!("env.{name}"),
+                        format!("must be a string (an environment holds text){hint}"),
+                    ));
+                }
+            };
+            if text.contains('\0') {
                 return Err(source.invalid(value.span(), &format!("env.{name}"), "a value cannot hold NUL"));
-            } else if name.len() + 1 + value.get_ref().len() >= MAX_ARG_STRLEN {
+            } else if name.len() + 1 + text.len() >= MAX_ARG_STRLEN {
                 return Err(source.invalid(
                     value.span(),
                     &format!("env.{name}"),
                     format!("is longer than the {MAX_ARG_STRLEN} bytes execve(2) takes for one variable"),
                 ));
             }
-            env.insert(name.clone(), value.get_ref().clone());
+            env.insert(name.clone(), text.clone());
         }
         let total: usize = env.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
         if total > MAX_ENV_TOTAL

@@ -18,6 +18,7 @@ pub mod units;
 mod values;
 
 use crate::error::Error;
+pub use file::RESERVED_ENV;
 use file::{Places, Source};
 pub use paths::{
     ClientTarget, MAX_CONFIG, canonical, client_target, default_control_socket, default_socket_dir, env_dir,

@@ -254,6 +254,7 @@ fn env_cannot_shadow_what_sheepdog_sets_nor_hold_impossible_names() {
         ("JOURNAL_STREAM", "the worker's own journal stream"),
         ("SHEEPDOG_WORKER_ID", "the worker's slot and generation"),
         ("SHEEPDOG_GENERATION", "the worker's slot and generation"),
+        ("NODE_APP_INSTANCE", "the worker's slot, as pm2 names it"),
     ] {
         let e = error(&format!("command = [\"x\"]\n[env]\n{name} = \"7\"\n"));
         assert_eq!(
@@ -261,6 +262,22 @@ fn env_cannot_shadow_what_sheepdog_sets_nor_hold_impossible_names() {
             format!("app.toml:3:1: env.{name}: is set by sheepdog for each worker ({why}); it cannot be set here")
         );
     }
+    // A number or a boolean, as a pm2 user writes PORT: the key and the fix.
+    let e = error("command = [\"x\"]\n[env]\nPORT = 3000\n");
+    assert_eq!(
+        e,
+        "app.toml:3:8: env.PORT: must be a string (an environment holds text): write PORT = \"3000\""
+    );
+    let e = error("command = [\"x\"]\n[env]\nDEBUG = true\n");
+    assert!(
+        e.ends_with("env.DEBUG: must be a string (an environment holds text): write DEBUG = \"true\""),
+        "{e}"
+    );
+    let e = error("command = [\"x\"]\n[env]\nLIST = [1]\n");
+    assert!(
+        e.ends_with("env.LIST: must be a string (an environment holds text)"),
+        "{e}"
+    );
     let e = error("command = [\"x\"]\n[env]\n\"A=B\" = \"1\"\n");
     assert_eq!(e, "app.toml:3:1: env.A=B: a variable name cannot hold '=' or NUL");
     let e = error("command = [\"x\"]\n[env]\n\"\" = \"1\"\n");

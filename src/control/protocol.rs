@@ -21,8 +21,25 @@ pub enum Command {
     Scale {
         workers: usize,
     },
+    /// `scale +N` / `scale -N`: relative to the number of workers wanted now.
+    #[serde(rename = "scale")]
+    ScaleBy {
+        by: i64,
+    },
+    /// `scale auto` (or `max`): one per CPU the supervisor may use.
+    #[serde(rename = "scale")]
+    ScaleAuto {
+        workers: Auto,
+    },
     /// Hand the flock over to the binary now installed at sheepdog's path.
     Upgrade,
+}
+
+/// The word `"auto"`, as `scale auto` sends it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Auto {
+    Auto,
 }
 
 /// The request line for `command`, without its newline.
@@ -66,17 +83,30 @@ pub fn parse_request(line: &[u8]) -> Result<Command, String> {
         "status" => Command::Status,
         "reload" => Command::Reload,
         "upgrade" => Command::Upgrade,
-        "scale" => {
-            let workers = match map.remove("workers") {
-                Some(value) => value.as_u64().filter(|n| (1..=MAX_SCALE).contains(n)).ok_or_else(|| {
-                    format!("bad request: \"workers\" must be a whole number from 1 to {MAX_SCALE}, not {value}")
-                })?,
-                None => return Err("bad request: scale needs \"workers\"".into()),
-            };
-            Command::Scale {
-                workers: workers as usize,
+        "scale" => match (map.remove("workers"), map.remove("by")) {
+            (Some(Value::String(word)), None) if word == "auto" => Command::ScaleAuto { workers: Auto::Auto },
+            (Some(value), None) => {
+                let workers = value.as_u64().filter(|n| (1..=MAX_SCALE).contains(n)).ok_or_else(|| {
+                    format!(
+                        "bad request: \"workers\" must be a whole number from 1 to {MAX_SCALE} or \"auto\", not {value}"
+                    )
+                })?;
+                Command::Scale {
+                    workers: workers as usize,
+                }
             }
-        }
+            (None, Some(value)) => {
+                let by = value
+                    .as_i64()
+                    .filter(|n| *n != 0 && n.unsigned_abs() <= MAX_SCALE)
+                    .ok_or_else(|| {
+                        format!("bad request: \"by\" must be a whole number from -{MAX_SCALE} to {MAX_SCALE}, not 0, not {value}")
+                    })?;
+                Command::ScaleBy { by }
+            }
+            (Some(_), Some(_)) => return Err("bad request: scale takes \"workers\" or \"by\", not both".into()),
+            (None, None) => return Err("bad request: scale needs \"workers\" or \"by\"".into()),
+        },
         other => {
             return Err(format!(
                 "bad request: unknown command {other:?} (status, reload, scale or upgrade)"
@@ -342,14 +372,22 @@ mod tests {
             parse_request(br#"{"v":1,"cmd":"scale","workers":4}"#),
             Ok(Command::Scale { workers: 4 })
         );
-        let refused: [(&[u8], &str); 15] = [
+        assert_eq!(
+            parse_request(br#"{"v":1,"cmd":"scale","by":-2}"#),
+            Ok(Command::ScaleBy { by: -2 })
+        );
+        assert_eq!(
+            parse_request(br#"{"v":1,"cmd":"scale","workers":"auto"}"#),
+            Ok(Command::ScaleAuto { workers: Auto::Auto })
+        );
+        let refused: [(&[u8], &str); 19] = [
             (br#"{"cmd":"status"}"#, "missing \"v\""),
             (br#"{"v":2,"cmd":"status"}"#, "version 2 is not supported"),
             (br#"{"v":"1","cmd":"status"}"#, "\"v\" must be a version number"),
             (br#"{"v":1,"cmd":"explode"}"#, "unknown command \"explode\""),
             (br#"{"v":1}"#, "missing \"cmd\""),
             (br#"{"v":1,"cmd":7}"#, "\"cmd\" must be a string"),
-            (br#"{"v":1,"cmd":"scale"}"#, "scale needs \"workers\""),
+            (br#"{"v":1,"cmd":"scale"}"#, "scale needs \"workers\" or \"by\""),
             // A mistyped scale is not a reload; nothing takes a stray key.
             (br#"{"v":1,"cmd":"reload","workers":3}"#, "Reload takes no \"workers\""),
             (
@@ -360,9 +398,16 @@ mod tests {
                 br#"{"v":1,"cmd":"scale","workers":2,"cmd":"reload"}"#,
                 "duplicate key \"cmd\"",
             ),
-            (br#"{"v":1,"cmd":"scale","workers":0}"#, "from 1 to 4096, not 0"),
-            (br#"{"v":1,"cmd":"scale","workers":4097}"#, "from 1 to 4096, not 4097"),
-            (br#"{"v":1,"cmd":"scale","workers":-1}"#, "from 1 to 4096, not -1"),
+            (
+                br#"{"v":1,"cmd":"scale","workers":0}"#,
+                "from 1 to 4096 or \"auto\", not 0",
+            ),
+            (br#"{"v":1,"cmd":"scale","workers":4097}"#, "or \"auto\", not 4097"),
+            (br#"{"v":1,"cmd":"scale","workers":-1}"#, "or \"auto\", not -1"),
+            (br#"{"v":1,"cmd":"scale","by":0}"#, "not 0"),
+            (br#"{"v":1,"cmd":"scale","by":1.5}"#, "\"by\" must be a whole number"),
+            (br#"{"v":1,"cmd":"scale","workers":"max"}"#, "or \"auto\", not \"max\""),
+            (br#"{"v":1,"cmd":"scale","workers":2,"by":1}"#, "not both"),
             (b"[1,2]", "JSON object"),
             (b"\xff", "not JSON"),
         ];
@@ -380,6 +425,9 @@ mod tests {
             Command::Status,
             Command::Reload,
             Command::Scale { workers: 3 },
+            Command::ScaleBy { by: -1 },
+            Command::ScaleBy { by: 2 },
+            Command::ScaleAuto { workers: Auto::Auto },
             Command::Upgrade,
         ] {
             let line = encode_request(&command);

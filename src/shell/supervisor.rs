@@ -475,7 +475,14 @@ impl<S: System> Supervisor<S> {
                     self.system.reply(client, &reply);
                     None
                 }
-                Command::Scale { workers } => {
+                Command::Scale { .. } | Command::ScaleBy { .. } | Command::ScaleAuto { .. } => {
+                    let workers = match self.scale_target(&command) {
+                        Ok(workers) => workers,
+                        Err(why) => {
+                            self.system.reply(client, &Reply::Failed(why));
+                            return None;
+                        }
+                    };
                     if self.flock.is_shutting_down() {
                         let why = "sheepdog is stopping: nothing is scaled".to_string();
                         self.system.reply(client, &Reply::Failed(why));
@@ -485,7 +492,11 @@ impl<S: System> Supervisor<S> {
                         self.system.reply(client, &Reply::Failed(why));
                         return None;
                     }
-                    let reply = Reply::Done(format!("scaling to {workers} workers"));
+                    let now = self.flock.desired();
+                    let reply = Reply::Done(format!(
+                        "scaling to {workers} worker{} (from {now})",
+                        if workers == 1 { "" } else { "s" }
+                    ));
                     self.system.reply(client, &reply);
                     Some(Event::Request(Request::Scale(workers)))
                 }
@@ -645,6 +656,33 @@ impl<S: System> Supervisor<S> {
 
     /// `/healthz`: the loop runs (it answers). `/readyz`: healthy by the
     /// watchdog relay's rule, or 503 and why. `/metrics`: Prometheus text.
+    /// The number of workers a scale request asks for: exact, relative to
+    /// the number wanted now, or one per CPU; refused when out of range.
+    fn scale_target(&self, command: &Command) -> Result<usize, String> {
+        let max = crate::config::MAX_WORKERS as i64;
+        let now = self.flock.desired() as i64;
+        match *command {
+            Command::Scale { workers } => Ok(workers),
+            Command::ScaleAuto { .. } => Ok(crate::config::WorkerCount::Auto.resolve() as usize),
+            Command::ScaleBy { by } => {
+                let target = now + by;
+                if target < 1 {
+                    Err(format!(
+                        "scale {by:+}: {now} worker{} wanted now, and at least 1 must run (to stop them all, stop sheepdog)",
+                        if now == 1 { " is" } else { "s are" }
+                    ))
+                } else if target > max {
+                    Err(format!(
+                        "scale {by:+} would make {target} workers, over the {max} allowed"
+                    ))
+                } else {
+                    Ok(target as usize)
+                }
+            }
+            _ => Err("not a scale request".into()),
+        }
+    }
+
     fn answer_http(&self, path: &str) -> HttpResponse {
         match path {
             "/healthz" | "/livez" => HttpResponse::text(200, "ok\n"),

@@ -23,18 +23,20 @@ use crate::error::Error;
 use crate::limits::FdLimit;
 use crate::upgrade::state::{Bytes, CommandState, ExecReportState, FdRecord};
 
-/// Variables of systemd's that are meant for sheepdog alone: a worker talks to
-/// sheepdog, and sheepdog talks to systemd.
-const SCRUBBED: [&str; 7] = [
+/// Variables meant for sheepdog alone (a worker talks to sheepdog, and
+/// sheepdog talks to systemd), and those it sets for each worker itself: an
+/// inherited copy would come first, and getenv(3) takes the first.
+fn scrubbed(name: &OsStr) -> bool {
     // How a binary taking over in place finds its state: for sheepdog alone.
-    crate::upgrade::ENV,
-    "NOTIFY_SOCKET",
-    "WATCHDOG_USEC",
-    "WATCHDOG_PID",
-    "LISTEN_FDS",
-    "LISTEN_PID",
-    "LISTEN_FDNAMES",
-];
+    name == OsStr::new(crate::upgrade::ENV)
+        // Node's cluster worker id: what makes a cluster master run as a worker.
+        || name == OsStr::new("NODE_UNIQUE_ID")
+        // JOURNAL_STREAM stays: it is sheepdog's stream, which a worker inherits
+        // when it has none of its own.
+        || crate::config::RESERVED_ENV
+            .iter()
+            .any(|reserved| *reserved != "JOURNAL_STREAM" && OsStr::new(reserved) == name)
+}
 
 const LISTEN_FDS_START: RawFd = 3;
 const MAX_LISTENERS: usize = 64;
@@ -216,9 +218,7 @@ impl WorkerCommand {
             .iter()
             .map(|arg| cstring(arg.clone().into_bytes(), "the command"))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut vars: BTreeMap<OsString, OsString> = std::env::vars_os()
-            .filter(|(key, _)| !SCRUBBED.iter().any(|s| OsStr::new(s) == key))
-            .collect();
+        let mut vars: BTreeMap<OsString, OsString> = std::env::vars_os().filter(|(key, _)| !scrubbed(key)).collect();
         for (key, value) in extra_env {
             vars.insert(key.into(), value.into());
         }
@@ -340,6 +340,8 @@ impl WorkerCommand {
         };
         let mut env = self.env.clone();
         env.push(CString::new(format!("SHEEPDOG_WORKER_ID={slot}")).expect("no NUL"));
+        // pm2's name for the slot: apps that run a cron only where it is "0".
+        env.push(CString::new(format!("NODE_APP_INSTANCE={slot}")).expect("no NUL"));
         env.push(CString::new(format!("SHEEPDOG_GENERATION={generation}")).expect("no NUL"));
         env.push(CString::new(format!("LISTEN_FDS={}", self.listeners.len())).expect("no NUL"));
         if let Some(names) = &self.fdnames {

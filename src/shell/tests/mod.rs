@@ -439,7 +439,10 @@ fn control_requests_are_answered_from_the_flock() {
         command: Command::Scale { workers: 3 },
     };
     let (_, effects) = h.pass_at(1600 * MS, vec![scale]);
-    assert_eq!(effects[0], Effect::Reply(8, Reply::Done("scaling to 3 workers".into())));
+    assert_eq!(
+        effects[0],
+        Effect::Reply(8, Reply::Done("scaling to 3 workers (from 2)".into()))
+    );
     assert_eq!(spawned(&effects), vec![(2, 1, "true one".into())]);
 
     // A reload's client hears the outcome when the roll is done, not before.
@@ -656,6 +659,33 @@ fn scale_during_a_shutdown_is_refused_not_promised() {
         "{effects:?}"
     );
     assert!(!effects.iter().any(|e| matches!(e, Effect::Spawn { .. })));
+}
+
+#[test]
+fn scale_by_is_relative_to_the_workers_wanted_now() {
+    let mut h = Harness::serving("[\"true\", \"one\"]", "");
+    let scale = |client, by| Input::Control {
+        client,
+        command: Command::ScaleBy { by },
+    };
+    let (_, effects) = h.pass_at(2000 * MS, vec![scale(5, 1)]);
+    assert_eq!(
+        effects[0],
+        Effect::Reply(5, Reply::Done("scaling to 3 workers (from 2)".into()))
+    );
+    assert_eq!(h.supervisor.flock().desired(), 3);
+    let (_, effects) = h.pass_at(2100 * MS, vec![scale(6, -3)]);
+    assert!(
+        matches!(&effects[0], Effect::Reply(6, Reply::Failed(why)) if why.contains("scale -3: 3 workers are wanted now, and at least 1 must run")),
+        "{effects:?}"
+    );
+    assert_eq!(h.supervisor.flock().desired(), 3, "a refused scale changes nothing");
+    let (_, effects) = h.pass_at(2200 * MS, vec![scale(7, -2)]);
+    assert_eq!(
+        effects[0],
+        Effect::Reply(7, Reply::Done("scaling to 1 worker (from 3)".into()))
+    );
+    assert_eq!(h.supervisor.flock().desired(), 1);
 }
 
 impl Harness {
