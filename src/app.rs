@@ -109,7 +109,8 @@ fn set_up(settings: &Settings, overrides: Overrides, journal: bool) -> Result<Su
         Spread::Shared => 1,
         _ => settings.workers as usize + settings.max_surge.max(1) as usize,
     };
-    let listeners = sockets::open(&settings.listen, queues)?;
+    let listen = addresses(settings);
+    let listeners = sockets::open(&listen, queues)?;
     let mut queues = Queues::new(&listeners, settings.spread, listeners.inherited);
     queues.reserve(&listeners, settings.workers as usize);
     crate::spread::drop_capabilities();
@@ -153,7 +154,7 @@ fn set_up(settings: &Settings, overrides: Overrides, journal: bool) -> Result<Su
     let source = ReloadSource {
         config_file: settings.config_file.clone(),
         overrides,
-        listen: settings.listen.clone(),
+        listen,
         inherited: listeners.inherited,
         watchdog,
         control_socket: settings.control_socket.clone(),
@@ -168,6 +169,59 @@ fn set_up(settings: &Settings, overrides: Overrides, journal: bool) -> Result<Su
         crate::upgrade::own_path(),
     )?;
     Ok(Supervisor::new(settings, source, context, command, os))
+}
+
+/// The addresses to bind when systemd passes none: the config's, or for a
+/// Node app given none, the one it listens on itself (found by starting it
+/// once), so that `sheepdog run -- node app.js` serves where `node app.js`
+/// would.
+fn addresses(settings: &Settings) -> Vec<crate::config::ListenAddr> {
+    if !settings.node || settings.listen_explicit || sockets::passed_by_systemd() {
+        return settings.listen.clone();
+    }
+    let command = settings.command.join(" ");
+    let probed = crate::node::probe_port(
+        &settings.command,
+        &probe_env(settings),
+        settings.working_directory.as_deref(),
+        crate::node::PROBE_TIMEOUT,
+    );
+    match probed {
+        Ok(crate::node::Probed::Listens(address)) => {
+            log::info!(
+                "`{command}` listens on {address} itself: binding it for the workers (found by starting it once; \
+                 --listen or `listen` chooses another)"
+            );
+            vec![address]
+        }
+        Ok(crate::node::Probed::Nothing(why)) => {
+            log::warn!(
+                "`{command}` was started once to find the port it listens on, but {why}; serving on {} \
+                 (--listen or `listen` chooses the address)",
+                settings
+                    .listen
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            settings.listen.clone()
+        }
+        Err(why) => {
+            log::warn!("cannot find the port `{command}` listens on ({why}); serving on the default address");
+            settings.listen.clone()
+        }
+    }
+}
+
+/// The environment the port probe runs in: the workers' own (the app reads
+/// PORT from it), with the preload.
+fn probe_env(settings: &Settings) -> std::collections::BTreeMap<String, String> {
+    let mut env = settings.env.clone();
+    if let Ok(preload) = crate::node::preload_path() {
+        crate::node::add_preload(&mut env, std::env::var("NODE_OPTIONS").ok(), &preload);
+    }
+    env
 }
 
 /// Takes over the flock the binary before this one handed over (same pid,

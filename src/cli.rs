@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{ListenAddr, LogLevel, Overrides, Spread, WorkerCount};
+use crate::config::{ListenAddr, LogLevel, Overrides, Spread, StopSignal, WorkerCount};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -176,6 +176,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "HOW")]
     pub spread: Option<Spread>,
 
+    /// The signal that asks a worker to stop gracefully, e.g. SIGINT
+    /// (overrides `stop_signal`; default SIGTERM, which Node workers that
+    /// handle only SIGINT get as SIGINT).
+    #[arg(long, value_name = "SIGNAL")]
+    pub stop_signal: Option<StopSignal>,
+
     /// The worker command, after `--` (overrides `command`).
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -189,6 +195,7 @@ impl RunArgs {
             command: self.command.clone(),
             log_level: self.log_level,
             spread: self.spread,
+            stop_signal: self.stop_signal.map(|s| s.0),
         }
     }
 }

@@ -57,6 +57,7 @@ pub mod fuzzing;
 pub mod limits;
 pub mod logging;
 pub mod manual;
+pub mod node;
 pub mod observe;
 pub mod shell;
 pub mod spread;

@@ -135,11 +135,10 @@ fn pid_tagged_ping_pong_workers_are_kept_when_the_ping_carries_the_pid() {
 }
 
 #[test]
-fn app_listen_as_written_serves_the_passed_socket_with_the_preload() {
+fn app_listen_as_written_serves_the_passed_socket_by_default() {
     let port = free_port();
-    let preload = repo_path("node/listen.js").display().to_string();
     let config = format!(
-        "workers = 2\nready_delay = \"300ms\"\n[env]\nPORT = \"{}\"\nNODE_OPTIONS = \"--require {preload}\"\n",
+        "workers = 2\nready_delay = \"300ms\"\n[env]\nPORT = \"{}\"\n",
         port.port()
     );
     let (sheepdog, _, _) = launch(&["node", &fixture("app-listen.js")], &config);
@@ -162,7 +161,7 @@ fn app_listen_as_written_serves_the_passed_socket_with_the_preload() {
 fn app_listen_as_written_without_the_preload_is_noticed_said_and_not_ready() {
     let port = free_port();
     let config = format!(
-        "workers = 1\n[memory]\ninterval = \"500ms\"\n[env]\nPORT = \"{}\"\n",
+        "workers = 1\nnode = \"off\"\n[memory]\ninterval = \"500ms\"\n[env]\nPORT = \"{}\"\n",
         port.port()
     );
     let (sheepdog, _, file) = launch(&["node", &fixture("app-listen.js")], &config);
@@ -181,7 +180,10 @@ fn app_listen_as_written_without_the_preload_is_noticed_said_and_not_ready() {
         text.contains(&format!("listens on 127.0.0.1:{} itself", port.port())),
         "{text}"
     );
-    assert!(text.contains("load sheepdog's Node preload"), "{text}");
+    assert!(
+        text.contains("sheepdog's preload does it unless node = \"off\""),
+        "{text}"
+    );
     // Nothing serves the flock's socket: it is not said to be ready.
     assert!(text.contains("0/1 ready"), "{text}");
     assert_eq!(sheepdog.logs.count("ready: 1/1 workers"), 0);

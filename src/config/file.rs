@@ -48,6 +48,7 @@ pub(super) struct FileConfig {
     pub control_socket: Option<Spanned<PathBuf>>,
     pub name: Option<Spanned<String>>,
     pub log_level: Option<LogLevel>,
+    pub node: Option<NodeKit>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -583,8 +584,12 @@ impl FileConfig {
 
     /// `channel`: the readiness protocol's, or, with `readiness = "none"`,
     /// any.
-    pub fn channel(&self, readiness: Readiness, source: &Source) -> Result<Channel, Error> {
+    /// The channel: as written, else readiness's; a Node worker ready by
+    /// delay still gets its IPC channel (`process.send` is there, as under
+    /// pm2, and it can be a cluster worker).
+    pub fn channel(&self, readiness: Readiness, node: bool, source: &Source) -> Result<Channel, Error> {
         match &self.channel {
+            None if node && readiness == Readiness::None => Ok(Channel::NodeIpc),
             None => Ok(readiness.channel()),
             Some(channel) if readiness == Readiness::None || *channel.get_ref() == readiness.channel() => {
                 Ok(*channel.get_ref())

@@ -34,6 +34,11 @@ pub struct Settings {
     pub workers: u32,
     pub min_ready: u32,
     pub listen: Vec<ListenAddr>,
+    /// `listen` was given (in the file or on the command line), not the default.
+    pub listen_explicit: bool,
+    /// Node workers get the Node kit: the preload, an IPC channel, cluster
+    /// worker mode ([`crate::node`]).
+    pub node: bool,
     /// How new connections are spread over the workers.
     pub spread: Spread,
     pub working_directory: Option<PathBuf>,
@@ -71,6 +76,7 @@ pub struct Overrides {
     pub spread: Option<Spread>,
     pub command: Vec<String>,
     pub log_level: Option<LogLevel>,
+    pub stop_signal: Option<Signal>,
 }
 
 impl Settings {
@@ -101,7 +107,12 @@ impl Settings {
         let command = file.command(overrides, &source)?;
         let (workers, min_ready) = file.workers(overrides, &source)?;
         let readiness = file.readiness.unwrap_or(defaults::READINESS);
-        let channel = file.channel(readiness, &source)?;
+        let node = match file.node.unwrap_or(NodeKit::Auto) {
+            NodeKit::Auto => crate::node::is_node_command(&command),
+            NodeKit::On => true,
+            NodeKit::Off => false,
+        };
+        let channel = file.channel(readiness, node, &source)?;
         // Relative paths in a config file are relative to the file, not to
         // wherever sheepdog happened to be started from (joining an absolute
         // path keeps it as it is).
@@ -113,6 +124,8 @@ impl Settings {
             workers,
             min_ready,
             listen: file.listen(overrides, base, &source)?,
+            listen_explicit: !overrides.listen.is_empty() || file.listen.is_some(),
+            node,
             spread: overrides.spread.or(file.spread).unwrap_or(defaults::SPREAD),
             working_directory: file.working_directory.as_ref().map(|w| relative_to_file(w.get_ref())),
             env: file.env(&source)?,
@@ -125,7 +138,10 @@ impl Settings {
             heartbeat_ping: file.heartbeat_ping(channel, &source)?,
             memory: file.memory(&source)?,
             http: file.http(base, &source)?,
-            stop_signal: file.stop_signal.map_or(defaults::STOP_SIGNAL, |s| s.0),
+            stop_signal: overrides
+                .stop_signal
+                .or(file.stop_signal.map(|s| s.0))
+                .unwrap_or(defaults::STOP_SIGNAL),
             stop_timeout: file.stop_timeout(),
             restart: file.restart(&source)?,
             recycle: file.recycle(&source)?,

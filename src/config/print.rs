@@ -14,10 +14,12 @@ struct Printed<'a> {
     command: &'a [String],
     workers: u32,
     min_ready: u32,
-    listen: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listen: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     working_directory: Option<String>,
     spread: String,
+    node: &'static str,
     readiness: String,
     channel: String,
     ready_delay: String,
@@ -80,9 +82,12 @@ impl Settings {
             command: &self.command,
             workers: self.workers,
             min_ready: self.min_ready,
-            listen: self.listen.iter().map(ToString::to_string).collect(),
+            listen: self
+                .listen_explicit
+                .then(|| self.listen.iter().map(ToString::to_string).collect()),
             working_directory: self.working_directory.as_ref().map(|d| d.display().to_string()),
             spread: self.spread.to_string(),
+            node: if self.node { "on" } else { "off" },
             readiness: self.readiness.to_string(),
             channel: self.channel.to_string(),
             ready_delay: format_duration(self.ready_delay),
@@ -126,6 +131,17 @@ impl Settings {
                 "# control_socket = {:?} (the default)\n",
                 self.control_socket.display().to_string()
             );
+        }
+        if !self.listen_explicit {
+            let listen: Vec<String> = self.listen.iter().map(ToString::to_string).collect();
+            out += &if self.node {
+                format!(
+                    "# listen = {listen:?} unless the Node app listens on a port itself (found at start); \
+                     under systemd, its sockets\n"
+                )
+            } else {
+                format!("# listen = {listen:?} (the default; under systemd, its sockets)\n")
+            };
         }
         match toml::to_string(&printed) {
             Ok(text) => out += &text,

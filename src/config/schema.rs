@@ -37,6 +37,11 @@ pub const KEYS: &[Key] = &[
         meaning: "how new connections reach the workers: `\"round-robin\"` (each worker accepts from a queue of its own and each new connection goes to the next worker that may take it; needs `CAP_BPF` or root at start, else `\"random\"`), `\"random\"` (a queue each, a worker that may take it picked at random; no privilege) or `\"shared\"` (one queue for all: the kernel's accept race picks), see [Spreading connections](#spreading-connections)",
     },
     Key {
+        key: "node",
+        default: "`\"auto\"`",
+        meaning: "the Node kit, for a command whose program is `node` (or `npm`, `npx`, `yarn`, `pnpm`, `tsx`, `ts-node`) with `\"auto\"`, for any with `\"on\"`, for none with `\"off\"`: sheepdog's preload in `NODE_OPTIONS` (`listen(3000)` takes the passed socket, SIGTERM runs an app's SIGINT handler when it has no other), an IPC channel with `readiness = \"none\"` (`process.send` is there) and `NODE_UNIQUE_ID` (a cluster master runs its worker branch); without `listen` and outside systemd, the app's own port, found by starting it once; see [Coming from pm2](#coming-from-pm2)",
+    },
+    Key {
         key: "working_directory",
         default: "sheepdog's",
         meaning: "the workers' working directory, which must exist; relative to the config file's directory",
@@ -49,7 +54,7 @@ pub const KEYS: &[Key] = &[
     Key {
         key: "channel",
         default: "`readiness`'s",
-        meaning: "the channel a worker gets to sheepdog: `\"notify\"`, `\"node-ipc\"` or `\"none\"`; only with `readiness = \"none\"` may it differ, for heartbeats from workers that never say they are ready (classic cluster workers)",
+        meaning: "the channel a worker gets to sheepdog: `\"notify\"`, `\"node-ipc\"` or `\"none\"`; only with `readiness = \"none\"` may it differ, for heartbeats from workers that never say they are ready (classic cluster workers); a Node worker (see `node`) with `readiness = \"none\"` gets `\"node-ipc\"`",
     },
     Key {
         key: "ready_delay",
@@ -139,7 +144,7 @@ pub const KEYS: &[Key] = &[
     Key {
         key: "env",
         default: "—",
-        meaning: "extra environment variables for the workers, e.g. `NODE_ENV = \"production\"`; not those sheepdog sets for each worker (`LISTEN_*`, `NOTIFY_SOCKET`, `WATCHDOG_*`, `NODE_CHANNEL_*`, `SHEEPDOG_*`, `JOURNAL_STREAM`); each `NAME=value` under the 128 KiB execve(2) takes for one, 512 KiB in all",
+        meaning: "extra environment variables for the workers, e.g. `NODE_ENV = \"production\"`; not those sheepdog sets for each worker (`LISTEN_*`, `NOTIFY_SOCKET`, `WATCHDOG_*`, `NODE_CHANNEL_*`, `NODE_APP_INSTANCE`, `SHEEPDOG_*`, `JOURNAL_STREAM`); each `NAME=value` under the 128 KiB execve(2) takes for one, 512 KiB in all",
     },
     Key {
         key: "heartbeat.interval",

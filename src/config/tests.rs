@@ -79,11 +79,51 @@ fn overrides_beat_the_file() {
         command: vec!["other".into()],
         log_level: Some(LogLevel::Warn),
         spread: None,
+        stop_signal: Some(Signal::SIGINT),
     };
-    let s = Settings::from_toml("command = [\"x\"]\nworkers = 2\n", None, &overrides).unwrap();
+    let s = Settings::from_toml(
+        "command = [\"x\"]\nworkers = 2\nstop_signal = \"SIGQUIT\"\n",
+        None,
+        &overrides,
+    )
+    .unwrap();
     assert_eq!((s.workers, s.min_ready), (7, 7));
+    assert_eq!(s.stop_signal, Signal::SIGINT);
     assert_eq!(s.command, vec!["other"]);
     assert_eq!(s.listen, vec![ListenAddr::Tcp("127.0.0.1:1".parse().unwrap())]);
+}
+
+#[test]
+fn node_commands_get_the_node_kit_and_an_ipc_channel_unless_told_otherwise() {
+    let s = parse("command = [\"node\", \"app.js\"]\n").unwrap();
+    assert!(s.node);
+    assert_eq!(s.channel, Channel::NodeIpc, "process.send is there, as under pm2");
+    assert!(!s.listen_explicit);
+    let s = parse("command = [\"node\", \"app.js\"]\nreadiness = \"notify\"\n").unwrap();
+    assert_eq!(s.channel, Channel::Notify, "the readiness protocol's channel");
+    let s = parse("command = [\"node\", \"app.js\"]\nnode = \"off\"\nlisten = [\"127.0.0.1:1\"]\n").unwrap();
+    assert!(!s.node);
+    assert_eq!(s.channel, Channel::None);
+    assert!(s.listen_explicit);
+    let s = parse("command = [\"sh\", \"-c\", \"exec node app.js\"]\nnode = \"on\"\n").unwrap();
+    assert!(s.node);
+    let s = parse("command = [\"python3\", \"app.py\"]\n").unwrap();
+    assert!(!s.node);
+    assert_eq!(s.channel, Channel::None);
+    let e = error("command = [\"x\"]\nnode = \"yes\"\n");
+    assert!(e.starts_with("app.toml:2:8: node:"), "{e}");
+}
+
+#[test]
+fn localhost_is_an_address_and_a_host_name_is_refused_with_what_to_write() {
+    assert_eq!(
+        "localhost:3000".parse::<ListenAddr>(),
+        Ok(ListenAddr::Tcp("127.0.0.1:3000".parse().unwrap()))
+    );
+    let e = "example.com:80".parse::<ListenAddr>().unwrap_err();
+    assert!(e.contains("give an IP address, not a host name"), "{e}");
+    let e = "nonsense".parse::<ListenAddr>().unwrap_err();
+    assert!(e.contains("is not an address"), "{e}");
 }
 
 #[test]

@@ -128,9 +128,78 @@ impl FromStr for ListenAddr {
         if text.starts_with('/') {
             return unix_path(text).map(ListenAddr::Unix);
         }
+        if let Some(port) = text.strip_prefix("localhost:")
+            && let Ok(port) = port.parse::<u16>()
+        {
+            return Ok(ListenAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], port))));
+        }
         text.parse().map(ListenAddr::Tcp).map_err(|_| {
-            format!("\"{text}\" is not an address: use \"127.0.0.1:8080\", \"[::1]:8080\" or \"unix:/path/to.sock\"")
+            let named = text.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok() && host.parse::<std::net::IpAddr>().is_err()
+            });
+            if named {
+                format!(
+                    "\"{text}\": give an IP address, not a host name (sheepdog binds before any name service is \
+                     up): \"127.0.0.1:8080\", \"[::]:8080\" for every address, or localhost:8080"
+                )
+            } else {
+                format!(
+                    "\"{text}\" is not an address: use \"127.0.0.1:8080\", \"[::1]:8080\", localhost:8080 or \
+                     \"unix:/path/to.sock\""
+                )
+            }
         })
+    }
+}
+
+/// The address Node binds for `listen(port, host)`: every address (IPv6
+/// and IPv4) without a host, `localhost` as 127.0.0.1, an IP as it is, a
+/// name as the resolver gives it first.
+pub fn resolve_host(host: &str, port: u16) -> Result<SocketAddr, String> {
+    match host {
+        "" | "::" => {
+            let ipv6 = std::path::Path::new("/proc/net/if_inet6").exists();
+            Ok(if ipv6 {
+                SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port))
+            } else {
+                SocketAddr::from(([0, 0, 0, 0], port))
+            })
+        }
+        "localhost" => Ok(SocketAddr::from(([127, 0, 0, 1], port))),
+        _ => {
+            if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+                return Ok(SocketAddr::new(ip, port));
+            }
+            use std::net::ToSocketAddrs;
+            (host, port)
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut found| found.next())
+                .ok_or_else(|| format!("its host {:?} does not resolve", crate::text::printable(host)))
+        }
+    }
+}
+
+/// `node`: whether Node workers get sheepdog's Node kit (its preload, an IPC
+/// channel, cluster-worker mode): `"auto"` for commands that run Node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeKit {
+    Auto,
+    On,
+    Off,
+}
+
+impl FromStr for NodeKit {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "auto" => Ok(NodeKit::Auto),
+            "on" => Ok(NodeKit::On),
+            "off" => Ok(NodeKit::Off),
+            _ => Err(format!("\"{text}\": expected auto, on or off")),
+        }
     }
 }
 

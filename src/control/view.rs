@@ -168,7 +168,8 @@ pub fn render(report: &StatusReport) -> String {
     for worker in report.workers.iter().filter(|w| !w.listens_itself.is_empty()) {
         out += &format!(
             "\nnote: worker {} (pid {}) listens on {} itself, not on the socket sheepdog passed: \
-             listen on fd 3 (Node: server.listen({{fd: 3}})) or load sheepdog's Node preload\n",
+             listen on fd 3 (LISTEN_FDS; Node: sheepdog's preload does it unless node = \"off\"; \
+             node = \"on\" for a wrapper that starts node)\n",
             worker.slot,
             worker.pid,
             worker.listens_itself.join(", ")

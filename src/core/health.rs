@@ -432,8 +432,9 @@ impl Flock {
             if !own.is_empty() && own != worker.listens_itself {
                 warn!(
                     "worker {} (pid {pid}) listens on {} itself, not on the socket sheepdog passed: no request to \
-                     sheepdog's socket reaches it there, and it does not count as ready; listen on fd 3 (Node: \
-                     server.listen({{fd: 3}})), or load sheepdog's Node preload (see the README)",
+                     sheepdog's socket reaches it there, and it does not count as ready; listen on fd 3 (LISTEN_FDS; \
+                     for Node sheepdog's preload does it unless node = \"off\": node = \"on\" for a command \
+                     that starts node through a wrapper)",
                     worker.slot,
                     own.join(", ")
                 );

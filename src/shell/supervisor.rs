@@ -527,7 +527,10 @@ impl<S: System> Supervisor<S> {
             Ok(settings) => settings,
             Err(e) => return refused(e.to_string()),
         };
-        if settings.listen != self.source.listen && !self.source.inherited {
+        // Without an address of its own a Node app's was found at start,
+        // once: the default is not a change.
+        let found = !settings.listen_explicit && settings.node;
+        if settings.listen != self.source.listen && !self.source.inherited && !found {
             warn!("the listen addresses cannot change in a reload; restart sheepdog to bind others");
         }
         if settings.http != self.source.http {
@@ -826,6 +829,7 @@ fn export_source(source: &ReloadSource) -> SourceState {
         command_override: source.overrides.command.clone(),
         log_level_override: source.overrides.log_level.map(|l| l.to_string()),
         spread_override: source.overrides.spread.map(|s| s.to_string()),
+        stop_signal_override: source.overrides.stop_signal.map(|s| s.as_str().to_string()),
         listen: source.listen.iter().map(ToString::to_string).collect(),
         inherited: source.inherited,
         watchdog: source.watchdog,
@@ -852,6 +856,11 @@ fn restore_source(state: SourceState) -> Result<ReloadSource, String> {
             command: state.command_override,
             log_level,
             spread: state.spread_override.as_deref().map(str::parse).transpose()?,
+            stop_signal: state
+                .stop_signal_override
+                .as_deref()
+                .map(|name| name.parse::<crate::config::StopSignal>().map(|s| s.0))
+                .transpose()?,
         },
         listen: addresses(&state.listen)?,
         inherited: state.inherited,

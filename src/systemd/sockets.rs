@@ -457,6 +457,12 @@ fn inherit() -> Result<Option<Vec<Listener>>, Error> {
     Ok(Some(listeners))
 }
 
+/// Whether systemd passed this process sockets (an error in what it passed
+/// counts as yes: [`open`] reports it).
+pub fn passed_by_systemd() -> bool {
+    !matches!(passed_fds(std::process::id()), Ok(None))
+}
+
 /// An fd systemd passed, with its name from LISTEN_FDNAMES.
 type PassedFd = (RawFd, Option<String>);
 

@@ -189,6 +189,9 @@ pub struct CommandState {
     /// The app's name, when workers get journal streams of their own.
     pub journal: Option<String>,
     pub fd_limit: Option<(u64, u64)>,
+    /// Node workers are cluster workers (absent from a build before it).
+    #[serde(default)]
+    pub node_cluster: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -211,6 +214,9 @@ pub struct SourceState {
     /// `--spread` (absent from a build before it).
     #[serde(default)]
     pub spread_override: Option<String>,
+    /// `--stop-signal` (absent from a build before it).
+    #[serde(default)]
+    pub stop_signal_override: Option<String>,
     pub listen: Vec<String>,
     pub inherited: bool,
     pub watchdog: Option<Duration>,

@@ -73,6 +73,9 @@ pub struct WorkerCommand {
     devnull: OwnedFd,
     journal: Option<JournalStreams>,
     fd_limit: Option<FdLimit>,
+    /// A Node worker with an IPC channel is made a cluster worker
+    /// (`NODE_UNIQUE_ID`): a seed-style cluster master runs its worker branch.
+    node_cluster: bool,
 }
 
 /// What one worker gets beyond the common command: its channel to sheepdog.
@@ -182,9 +185,16 @@ impl WorkerCommand {
     /// The command `settings` describe, in `context`: the one way a worker
     /// command is made from a config.
     pub fn from_settings(settings: &Settings, context: &CommandContext) -> Result<WorkerCommand, Error> {
+        let mut env = settings.env.clone();
+        if settings.node {
+            let preload = crate::node::preload_path()
+                .map_err(|why| Error::os(format!("{why} (node = \"off\" runs Node workers without it)")))?;
+            let inherited = std::env::var("NODE_OPTIONS").ok();
+            crate::node::add_preload(&mut env, inherited, &preload);
+        }
         let command = WorkerCommand::new(
             &settings.command,
-            &settings.env,
+            &env,
             settings.working_directory.as_deref(),
             context.listeners.clone(),
             context.fdnames.clone(),
@@ -192,6 +202,7 @@ impl WorkerCommand {
         let journal = context.journal.then(|| JournalStreams::new(&settings.name)).flatten();
         let mut command = command.with_journal(journal);
         command.fd_limit = context.fd_limit;
+        command.node_cluster = settings.node && settings.channel == crate::config::Channel::NodeIpc;
         Ok(command)
     }
 
@@ -252,6 +263,7 @@ impl WorkerCommand {
             devnull,
             journal: None,
             fd_limit: None,
+            node_cluster: false,
         };
         if command.listeners.len() > MAX_LISTENERS {
             return Err(Error::config(format!(
@@ -282,6 +294,7 @@ impl WorkerCommand {
             fdnames: self.fdnames.clone(),
             journal: self.journal.as_ref().map(|j| j.name.clone()),
             fd_limit: self.fd_limit.map(|l| (l.soft, l.hard)),
+            node_cluster: self.node_cluster,
         }
     }
 
@@ -313,6 +326,7 @@ impl WorkerCommand {
             devnull,
             journal: state.journal.and_then(|name| JournalStreams::new(&name)),
             fd_limit: state.fd_limit.map(|(soft, hard)| FdLimit { soft, hard }),
+            node_cluster: state.node_cluster,
         })
     }
 
@@ -349,6 +363,10 @@ impl WorkerCommand {
                 CString::new(format!("LISTEN_FDNAMES={names}"))
                     .map_err(|_| Error::config("LISTEN_FDNAMES contains a NUL byte"))?,
             );
+        }
+        if self.node_cluster && extras.env.iter().any(|e| e.starts_with("NODE_CHANNEL_FD=")) {
+            // Cluster worker ids start at 1.
+            env.push(CString::new(format!("NODE_UNIQUE_ID={}", slot + 1)).expect("no NUL"));
         }
         for entry in &extras.env {
             env.push(

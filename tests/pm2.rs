@@ -1,0 +1,237 @@
+//! Coming from pm2: apps written the pm2 way (`app.listen(PORT || 3000)`,
+//! `process.send('ready')`, a graceful stop on SIGINT alone or on SIGTERM
+//! alone, a cron in `NODE_APP_INSTANCE` 0) and a seed-style cluster master
+//! run with the one-line command and nothing else: every worker serves the
+//! app's own port, and stop, reload and a memory recycle run the app's own
+//! graceful handler.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+
+const SECOND: Duration = Duration::from_secs(1);
+
+struct App {
+    sheepdog: Sheepdog,
+    addr: SocketAddr,
+    socket: String,
+}
+
+/// `sheepdog run ARGS -- node FIXTURE`, the app's port given as pm2 users
+/// do (PORT in its environment), nothing else.
+fn run(args: &[&str], fixture: &str, env: &[(&str, &str)]) -> App {
+    let port = free_port().port();
+    let script = repo_path(&format!("tests/fixtures/pm2/{fixture}"))
+        .display()
+        .to_string();
+    let mut all = vec!["run"];
+    all.extend(args);
+    all.extend(["--", "node", &script]);
+    let mut launch = Launch::new(&all).env("PORT", &port.to_string());
+    for (key, value) in env {
+        launch = launch.env(key, value);
+    }
+    let sheepdog = launch.spawn();
+    let (_, line) = sheepdog.logs.wait_for(" control socket ", 30 * SECOND);
+    let socket = line.rsplit(" control socket ").next().unwrap().trim().to_string();
+    App {
+        sheepdog,
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        socket,
+    }
+}
+
+impl App {
+    fn client(&self, args: &[&str]) -> std::process::Output {
+        let mut all = args.to_vec();
+        all.extend(["--socket", &self.socket]);
+        sheepdog_client(&all, 60 * SECOND)
+    }
+
+    /// The JSON the app answers: its pid, NODE_APP_INSTANCE and port.
+    fn ask(&self) -> Option<serde_json::Value> {
+        let response = get(self.addr, 5 * SECOND).ok()?;
+        serde_json::from_str(response.body.trim()).ok()
+    }
+
+    /// Asks until `n` different pids answered (bounded); pid → answer.
+    fn serving(&self, n: usize) -> HashMap<i64, serde_json::Value> {
+        let mut seen = HashMap::new();
+        wait_until(30 * SECOND, &format!("{n} workers answering"), || {
+            if let Some(answer) = self.ask() {
+                seen.insert(answer["pid"].as_i64().unwrap(), answer);
+            }
+            seen.len() >= n
+        });
+        seen
+    }
+
+    fn stop(mut self) -> Recorder {
+        self.sheepdog.signal(libc::SIGTERM);
+        assert_eq!(self.sheepdog.wait_exit(30 * SECOND).code(), Some(0));
+        self.sheepdog.logs.clone()
+    }
+}
+
+fn pids_of(answers: &HashMap<i64, serde_json::Value>) -> HashSet<i64> {
+    answers.keys().copied().collect()
+}
+
+/// What the app printed when its handler for `signal` ran to the end in `pid`.
+fn drained(logs: &Recorder, signal: &str, pid: i64) -> bool {
+    logs.count(&format!("{signal}: closing the server (pid {pid})")) == 1
+        && logs.count(&format!("graceful stop done (pid {pid})")) == 1
+}
+
+#[test]
+fn a_pm2_app_runs_unchanged_on_its_own_port_and_drains_on_its_sigint_handler() {
+    let app = run(&["--workers", "2"], "app.js", &[]);
+    app.sheepdog.logs.wait_for(
+        &format!(
+            "`node {}` listens on [::]:{}",
+            repo_path("tests/fixtures/pm2/app.js").display(),
+            app.addr.port()
+        ),
+        30 * SECOND,
+    );
+    let first = app.serving(2);
+    for answer in first.values() {
+        assert_eq!(
+            answer["port"],
+            app.addr.port(),
+            "served on the app's own port: {answer}"
+        );
+    }
+    let instances: HashSet<String> = first
+        .values()
+        .map(|a| a["instance"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        instances,
+        HashSet::from(["0".to_string(), "1".to_string()]),
+        "NODE_APP_INSTANCE"
+    );
+    // The cron of instance 0 runs once: the port probe's run is not a worker.
+    app.sheepdog.logs.wait_for("cron runs in instance 0", 5 * SECOND);
+    assert_eq!(app.sheepdog.logs.count("cron runs in instance 0"), 1);
+    assert!(
+        !app.sheepdog.logs.lines().iter().any(|l| l.contains("EADDRINUSE")),
+        "{:#?}",
+        app.sheepdog.logs.lines()
+    );
+
+    // scale +1 adds one: a third worker, instance 2.
+    let output = app.client(&["scale", "+1"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "scaling to 3 workers (from 2)"
+    );
+    let three = app.serving(3);
+    assert!(three.values().any(|a| a["instance"] == "2"), "{three:?}");
+    let output = app.client(&["scale", "-1"]);
+    assert!(output.status.success());
+    wait_until(30 * SECOND, "2 workers again", || app.sheepdog.worker_pids().len() == 2);
+
+    // A reload stops the old workers with sheepdog's SIGTERM; the app's
+    // SIGINT handler runs, to the end, in each.
+    let before = pids_of(&app.serving(2));
+    let output = app.client(&["reload"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    for pid in &before {
+        wait_until(30 * SECOND, "the old worker's graceful stop", || {
+            drained(&app.sheepdog.logs, "SIGINT", *pid)
+        });
+    }
+    let after = pids_of(&app.serving(2));
+    assert!(after.is_disjoint(&before), "new workers after the reload");
+
+    let logs = app.stop();
+    for pid in after {
+        assert!(drained(&logs, "SIGINT", pid), "{:#?}", logs.lines());
+    }
+    assert_eq!(logs.count("was killed by SIGKILL"), 0, "{:#?}", logs.lines());
+}
+
+#[test]
+fn an_app_that_handles_only_sigterm_drains_on_it_and_a_memory_recycle_is_graceful() {
+    let launch_dir = tempfile::tempdir().unwrap();
+    let config = launch_dir.path().join("app.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "command = [\"node\", {:?}]\nworkers = 2\n[memory]\nlimit = \"150MiB\"\ninterval = \"200ms\"\n",
+            repo_path("tests/fixtures/pm2/app.js").display().to_string()
+        ),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let app = run(&["--config", &config], "app.js", &[("STOP_ON", "SIGTERM")]);
+    let workers = app.serving(2);
+    // One worker grows past the limit: it is replaced, replacement first,
+    // and stopped with the signal it handles.
+    let grown = get_path(app.addr, "/grow", 10 * SECOND).unwrap();
+    let grown: serde_json::Value = serde_json::from_str(grown.body.trim()).unwrap();
+    let grown = grown["pid"].as_i64().unwrap();
+    get_path(app.addr, "/grow", 10 * SECOND).unwrap();
+    get_path(app.addr, "/grow", 10 * SECOND).unwrap();
+    wait_until(30 * SECOND, "the grown worker's graceful stop", || {
+        drained(&app.sheepdog.logs, "SIGTERM", grown) || !alive(grown as i32)
+    });
+    assert!(
+        drained(&app.sheepdog.logs, "SIGTERM", grown),
+        "{:#?}",
+        app.sheepdog.logs.lines()
+    );
+    app.serving(2);
+    let logs = app.stop();
+    for pid in workers.keys().filter(|p| **p != grown) {
+        assert!(drained(&logs, "SIGTERM", *pid), "{:#?}", logs.lines());
+    }
+    assert_eq!(logs.count("was killed by SIGKILL"), 0, "{:#?}", logs.lines());
+    assert!(logs.count("graceful stop done") >= 3, "{:#?}", logs.lines());
+}
+
+#[test]
+fn a_seed_style_cluster_master_runs_its_worker_branch_in_each_worker() {
+    let app = run(&["--workers", "2"], "seed-cluster.js", &[]);
+    let answers = app.serving(2);
+    let ids: HashSet<i64> = answers.values().map(|a| a["worker"].as_i64().unwrap()).collect();
+    assert_eq!(ids, HashSet::from([1, 2]), "cluster.worker.id is the slot + 1");
+    // No worker forked children of its own: sheepdog is the primary.
+    for pid in app.sheepdog.worker_pids() {
+        assert_eq!(children(pid), Vec::<i32>::new(), "worker {pid} forked");
+    }
+    assert!(!app.sheepdog.logs.lines().iter().any(|l| l.contains("EADDRINUSE")));
+    let logs = app.stop();
+    assert_eq!(logs.count("primary "), 0, "no primary ran: {:#?}", logs.lines());
+}
+
+#[test]
+fn under_socket_activation_the_app_serves_the_passed_socket_whatever_its_port() {
+    let addr = free_port();
+    let script = repo_path("tests/fixtures/pm2/app.js").display().to_string();
+    let sheepdog = Launch::new(&["run", "--workers", "2", "--", "node", &script])
+        .activated(addr)
+        .spawn();
+    // systemd-socket-activate starts sheepdog at the first connection.
+    let mut pids = HashSet::new();
+    wait_until(30 * SECOND, "both workers on the passed socket", || {
+        if let Ok(response) = get(addr, 5 * SECOND) {
+            let answer: serde_json::Value = serde_json::from_str(response.body.trim()).unwrap();
+            assert_eq!(answer["port"], addr.port());
+            pids.insert(answer["pid"].as_i64().unwrap());
+        }
+        pids.len() == 2
+    });
+    sheepdog.logs.wait_for("passed by systemd", 5 * SECOND);
+    assert_eq!(
+        sheepdog.logs.count("found by starting it once"),
+        0,
+        "no probe under systemd"
+    );
+}
