@@ -223,6 +223,7 @@ impl Flock {
         if self.is_running() {
             self.promote_ready(now);
             self.reset_backoffs(now);
+            self.hint_unready(now);
             self.kill_unready(now, actions);
             self.kill_hung(now, actions);
             self.break_long_unhealth(now, actions);
@@ -284,6 +285,7 @@ impl Flock {
             inspections: 0,
             inspected: false,
             draining: false,
+            ready_hinted: false,
         };
         // Forked in the pass that began a shutdown, or for a generation that
         // a reload (or an abort) replaced meanwhile: it stops like the rest.

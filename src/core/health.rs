@@ -17,6 +17,10 @@ use crate::worker::channel::WorkerMessage;
 /// six looks through its fds rather than one every memory interval.
 const INSPECT_FOR: std::time::Duration = std::time::Duration::from_secs(60);
 const INSPECT_FIRST: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a worker may take to say it is ready before it is told what
+/// sheepdog waits for.
+const READY_HINT_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How soon a worker ready by delay that showed no sign yet of serving the
 /// passed socket (nor of listening elsewhere) is looked at again.
 pub(super) const RELOOK: std::time::Duration = std::time::Duration::from_millis(200);
@@ -117,6 +121,40 @@ impl Flock {
         }
     }
 
+    /// A worker still not ready a while after its start is told, once, what
+    /// sheepdog waits for, long before `ready_timeout` kills it: an app that
+    /// never says it (pm2's `wait_ready` off) wants `readiness = "none"`.
+    pub(super) fn hint_unready(&mut self, now: Instant) {
+        let Some(after) = self.ready_hint_after() else { return };
+        let waits_for = match self.policy.readiness {
+            Readiness::NodeIpc => "process.send('ready') over its IPC channel",
+            _ => "READY=1 on $NOTIFY_SOCKET (sd_notify)",
+        };
+        let timeout = format_duration(self.policy.ready_timeout);
+        for worker in &mut self.workers {
+            if worker.is_starting() && !worker.ready_hinted && now.saturating_duration_since(worker.started_at) >= after
+            {
+                worker.ready_hinted = true;
+                warn!(
+                    "worker {} (pid {}) is not ready after {}: readiness = \"{}\" waits for {waits_for}, and kills it \
+                     at {timeout} (ready_timeout); an app that never says so wants readiness = \"none\" (ready once \
+                     it has run for ready_delay)",
+                    worker.slot,
+                    worker.pid,
+                    format_duration(after),
+                    self.policy.readiness
+                );
+            }
+        }
+    }
+
+    /// How long after its start a worker not ready yet is told so: 10 s, if
+    /// that is well before its `ready_timeout`.
+    fn ready_hint_after(&self) -> Option<std::time::Duration> {
+        let after = READY_HINT_AFTER.min(self.policy.ready_timeout / 2);
+        (self.policy.readiness != Readiness::None && after >= std::time::Duration::from_secs(1)).then_some(after)
+    }
+
     /// [`Flock::condemn`] by pid, if it is still there (a crash loop's
     /// shutdown may have changed the table meanwhile).
     fn condemn_pid(&mut self, now: Instant, pid: Pid, failure: Failure, why: &str, actions: &mut Vec<Action>) {
@@ -131,10 +169,14 @@ impl Flock {
             Readiness::None => self.policy.ready_delay,
             _ => self.policy.ready_timeout,
         };
+        let hint = self.ready_hint_after();
         self.workers
             .iter()
             .filter(|w| w.is_starting())
-            .map(|w| w.started_at + wait)
+            .map(|w| match hint {
+                Some(after) if !w.ready_hinted => w.started_at + after.min(wait),
+                _ => w.started_at + wait,
+            })
             .min()
     }
 

@@ -363,6 +363,9 @@ pub struct Worker {
     /// Stopping, its stop signal held back until no new connection can
     /// reach it and its accept queue is empty (`Action::Drain`).
     pub draining: bool,
+    /// Told, while it starts, what it has not said yet (not handed over: at
+    /// worst said again by the next binary).
+    pub ready_hinted: bool,
 }
 
 impl Worker {

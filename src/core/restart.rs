@@ -187,6 +187,7 @@ impl Flock {
         if !self.is_running() {
             return;
         }
+        let what = &format!("{what}{}", self.port_clash_hint(slot));
         let policy = self.policy.restart.clone();
         let recent = &mut self.history.recent;
         recent.push_back(now);
@@ -224,6 +225,27 @@ impl Flock {
         } else {
             warn!("{what}; restarting in {}", format_duration(delay));
         }
+    }
+
+    /// Why workers may keep failing at start: another of the flock listens
+    /// on a port of its own, which the others then fail to bind
+    /// (EADDRINUSE). Said on the failure's own line.
+    fn port_clash_hint(&self, slot: usize) -> String {
+        let Some(holder) = self
+            .workers
+            .iter()
+            .find(|w| w.slot != slot && !w.is_stopping() && !w.listens_itself.is_empty())
+        else {
+            return String::new();
+        };
+        format!(
+            " (worker {} (pid {}) listens on {} itself, so a worker binding that port fails with \
+             EADDRINUSE: workers must listen on the socket sheepdog passes, fd 3; for Node, node = \"auto\" \
+             does it, or node = \"on\" when node is started through a wrapper)",
+            holder.slot,
+            holder.pid,
+            holder.listens_itself.join(", ")
+        )
     }
 
     /// How long the flock may have fewer than `min_ready` workers serving,

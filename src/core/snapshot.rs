@@ -693,6 +693,7 @@ fn restore_worker(clock: &Clock, record: WorkerRecord) -> Result<Worker, String>
         inspections: record.inspections,
         inspected: record.inspected,
         draining: record.draining,
+        ready_hinted: false,
     })
 }
 

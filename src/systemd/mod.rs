@@ -2,5 +2,6 @@
 //! bound), and what sheepdog tells systemd (sd_notify, the watchdog, the
 //! journal's log format).
 
+pub mod holder;
 pub mod notify;
 pub mod sockets;

@@ -613,7 +613,14 @@ fn bind(address: &ListenAddr, reuse_port: bool) -> Result<Listener, Error> {
                     socket::bind(fd.as_raw_fd(), &SockaddrIn6::from(*v6))
                 }
             };
-            bound.map_err(|e| fail("bind", e))?;
+            bound.map_err(|e| match e {
+                Errno::EADDRINUSE => {
+                    let holder = super::holder::who_listens(addr)
+                        .unwrap_or_else(|| "a socket that is not listening (one still closing?)".into());
+                    Error::from_errno(format!("cannot bind {address}, held by {holder}"), e)
+                }
+                _ => fail("bind", e),
+            })?;
             let address = local_address(&fd).unwrap_or_else(|| addr.to_string());
             Listener::new(fd, None, address, None)
         }
@@ -683,11 +690,13 @@ mod tests {
     }
 
     #[test]
-    fn a_port_in_use_is_an_error_naming_the_address() {
+    fn a_port_in_use_is_an_error_naming_the_address_and_its_holder() {
         let first = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = first.local_addr().unwrap();
         let err = bind(&ListenAddr::Tcp(addr), false).unwrap_err().to_string();
-        assert_eq!(err, format!("cannot bind {addr}: Address already in use"));
+        let holder = format!("held by pid {} (", std::process::id());
+        assert!(err.starts_with(&format!("cannot bind {addr}, {holder}")), "{err}");
+        assert!(err.ends_with("): Address already in use"), "{err}");
     }
 
     #[test]

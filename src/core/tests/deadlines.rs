@@ -17,6 +17,12 @@ fn a_starting_worker_is_due_at_its_ready_delay_or_its_ready_timeout() {
     assert_eq!(h.flock.next_deadline(), Some(h.t0 + 1000 * MS));
     let mut h = Harness::new(reload_policy(1));
     h.start();
+    // First the hint, at half of ready_timeout (under 10 s), then the timeout.
+    assert_eq!(h.flock.readiness_deadline(), Some(h.t0 + 2500 * MS), "the hint");
+    h.at(2500 * MS);
+    let hint = logged("is not ready after 2500ms: readiness = \"notify\" waits for READY=1");
+    assert_eq!(hint.len(), 1, "{hint:?}");
+    assert!(hint[0].contains("kills it at 5s (ready_timeout)"), "{hint:?}");
     assert_eq!(h.flock.readiness_deadline(), Some(h.t0 + 5000 * MS), "ready_timeout");
     h.make_ready();
     assert_eq!(h.flock.readiness_deadline(), None);

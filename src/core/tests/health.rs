@@ -542,6 +542,33 @@ fn young_ready_workers_are_inspected_ever_more_sparsely_for_a_minute() {
 }
 
 #[test]
+fn a_worker_failing_while_another_holds_a_port_of_its_own_is_told_why_on_its_failure_line() {
+    let mut h = Harness::new(policy(2));
+    h.start();
+    h.run_until(Duration::from_secs(2));
+    let pids = h.serving_pids(2);
+    h.exit(pids[1], ExitStatus::Code(1));
+    let line = logged(&format!("(pid {}) exited with code 1", pids[1])).pop().unwrap();
+    assert!(!line.contains("EADDRINUSE"), "nobody holds a port yet: {line}");
+    h.feed(Event::Inspected(vec![(
+        pids[0],
+        Inspection::Astray(vec!["[::]:3000".into()]),
+    )]));
+    let replacement = h.pid_of(1);
+    h.exit(replacement, ExitStatus::Code(1));
+    let line = logged(&format!("(pid {replacement}) exited with code 1"))
+        .pop()
+        .unwrap();
+    assert!(
+        line.contains(&format!(
+            "(worker 0 (pid {}) listens on [::]:3000 itself, so a worker binding that port fails with EADDRINUSE",
+            pids[0]
+        )),
+        "{line}"
+    );
+}
+
+#[test]
 fn the_listeners_are_checked_every_second_and_one_shut_down_is_said_loudly() {
     let mut p = policy(2);
     p.listener_check = Some(1000 * MS);
