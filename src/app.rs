@@ -51,6 +51,11 @@ pub fn main(build: Build) -> ExitCode {
         Command::Upgrade(args) => upgrade(args),
         Command::UpgradeProbe => crate::upgrade::probe::answer(),
         Command::Man { page } => man(&page),
+        Command::Completions { shell } => {
+            let mut command = Cli::command();
+            clap_complete::generate(shell, &mut command, "sheepdog", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
     }
 }
 

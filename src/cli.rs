@@ -46,6 +46,12 @@ pub enum Command {
     /// JSON line with its version and the state format it reads.
     #[command(hide = true)]
     UpgradeProbe,
+    /// Print the shell completions for bash, zsh or fish (the package
+    /// installs them): `sheepdog completions bash > /etc/bash_completion.d/sheepdog`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Print a manual page (roff), as packaged: sheepdog.1 or sheepdog.toml.5.
     #[command(hide = true)]
     Man {

@@ -88,3 +88,58 @@ fn the_pages_document_every_command_exit_code_and_signal() {
         assert!(page.contains(&format!(".SH {section}\n")), "{section}");
     }
 }
+
+/// `sheepdog completions SHELL` as the package installs it, loaded by the
+/// real shell: bash and fish complete a subcommand and a flag; zsh loads it.
+#[test]
+fn shell_completions_complete_subcommands_and_flags_in_bash_zsh_and_fish() {
+    let script = |shell: &str| {
+        let output = sheepdog_client(&["completions", shell], std::time::Duration::from_secs(10));
+        assert!(output.status.success(), "{shell}");
+        let path = std::env::temp_dir().join(format!("sheepdog-completion-{}.{shell}", std::process::id()));
+        std::fs::write(&path, &output.stdout).unwrap();
+        path
+    };
+    let run = |program: &str, code: String| {
+        let output = std::process::Command::new(program)
+            .arg("-c")
+            .arg(code)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{program}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let bash = script("bash");
+    let said = run(
+        "bash",
+        format!(
+            "source {}; COMP_WORDS=(sheepdog sc); COMP_CWORD=1; _sheepdog sheepdog sc sheepdog; echo ${{COMPREPLY[@]}}",
+            bash.display()
+        ),
+    );
+    assert_eq!(said.trim(), "scale");
+    let fish = script("fish");
+    let said = run(
+        "fish",
+        format!("source {}; complete -C 'sheepdog run --sto'", fish.display()),
+    );
+    assert!(said.starts_with("--stop-signal\t"), "{said}");
+    let said = run("fish", format!("source {}; complete -C 'sheepdog sc'", fish.display()));
+    assert!(said.starts_with("scale\t"), "{said}");
+    let zsh = script("zsh");
+    let said = run(
+        "zsh",
+        format!(
+            "autoload -U compinit; compinit -u; source {}; echo $+functions[_sheepdog]",
+            zsh.display()
+        ),
+    );
+    assert_eq!(said.trim(), "1");
+    for path in [bash, fish, zsh] {
+        let _ = std::fs::remove_file(path);
+    }
+}

@@ -3,7 +3,7 @@
 # use (Debian's systemd for systemd-socket-activate, Node.js, Python 3 and its
 # sdnotify package, python3-venv for the uvicorn and gunicorn examples, mandoc
 # to lint the manual, Prometheus and promtool for the metrics, tmux for
-# `sheepdog top`) when it is missing, runs every unit and integration test,
+# `sheepdog top`, zsh and fish for the completions) when it is missing, runs every unit and integration test,
 # then the end-to-end tests on a real systemd in a container (tests/e2e/run.sh,
 # which needs root and ../shared/sandbox), then the container image and the
 # Kubernetes manifests under podman (tests/pod/run.sh, which installs podman).
@@ -18,6 +18,9 @@ command -v python3 >/dev/null || missing+=(python3 python3-pip)
 command -v mandoc >/dev/null || missing+=(mandoc)
 python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
 command -v tmux >/dev/null || missing+=(tmux)
+# The shell completions are loaded by the real shells.
+command -v zsh >/dev/null || missing+=(zsh)
+command -v fish >/dev/null || missing+=(fish)
 # Without its recommends: the tests start their own server, on loopback.
 command -v promtool >/dev/null && command -v prometheus >/dev/null || bare=(prometheus)
 if ((${#missing[@]})) || ((${#bare[@]})); then

@@ -152,6 +152,8 @@ boot bookworm
 deploy myapp.service
 
 check "the Node preload is installed" x test -s /usr/share/sheepdog/node/listen.js
+check "bash completes sheepdog's commands" bash -c "'$sandbox' exec bash -c 'source /usr/share/bash-completion/completions/sheepdog; COMP_WORDS=(sheepdog sc); COMP_CWORD=1; _sheepdog sheepdog sc sheepdog; echo \${COMPREPLY[@]}' | grep -qx scale"
+check "zsh and fish completions are installed" x test -s /usr/share/zsh/vendor-completions/_sheepdog -a -s /usr/share/fish/vendor_completions.d/sheepdog.fish
 check "the manual pages are installed" bash -c "'$sandbox' exec zcat /usr/share/man/man1/sheepdog.1.gz | grep -q '^.TH SHEEPDOG 1' && '$sandbox' exec zcat /usr/share/man/man5/sheepdog.toml.5.gz | grep -q '^.SH KEYS'"
 x systemctl start myapp.socket
 check "myapp is not running before the first connection" bash -c "[ \"\$('$sandbox' exec systemctl is-active myapp.socket)\" = active ] && [ \"\$('$sandbox' exec systemctl is-active myapp.service)\" = inactive ]"
