@@ -51,6 +51,7 @@ pub fn main(build: Build) -> ExitCode {
         Command::Upgrade(args) => upgrade(args),
         Command::UpgradeProbe => crate::upgrade::probe::answer(),
         Command::Man { page } => man(&page),
+        Command::Import(args) => import(args),
         Command::Completions { shell } => {
             let mut command = Cli::command();
             clap_complete::generate(shell, &mut command, "sheepdog", &mut std::io::stdout());
@@ -334,6 +335,49 @@ fn give_up() -> ExitCode {
     log::error!("stopped {stopped} processes of the flock; exiting for a clean restart");
     logging::drain(Duration::from_secs(1));
     ExitCode::from(ExitClass::Os.code())
+}
+
+/// `sheepdog import`: writes a config per app, then checks each as
+/// `sheepdog check` would.
+fn import(args: crate::cli::ImportArgs) -> ExitCode {
+    let imported = crate::import::read_ecosystem(&args.file)
+        .and_then(|ecosystem| {
+            let base = std::fs::canonicalize(&args.file)
+                .ok()
+                .and_then(|file| file.parent().map(std::path::Path::to_path_buf));
+            crate::import::import(&ecosystem, args.env.as_deref(), base.as_deref())
+        })
+        .and_then(|apps| crate::import::write(&apps, &args.out, args.force).map(|paths| (apps, paths)));
+    let (apps, paths) = match imported {
+        Ok(done) => done,
+        Err(why) => {
+            eprintln!("sheepdog: {why}");
+            return ExitCode::from(ExitClass::Config.code());
+        }
+    };
+    let mut failed = false;
+    for (app, path) in apps.iter().zip(&paths) {
+        let checked = Settings::load(Some(path), &Overrides::default())
+            .and_then(|settings| WorkerCommand::from_settings(&settings, &CommandContext::default()).map(|_| ()));
+        match checked {
+            Ok(()) => println!("wrote {} (sheepdog check: ok)", path.display()),
+            Err(e) => {
+                failed = true;
+                println!("wrote {} (sheepdog check: {e})", path.display());
+            }
+        }
+        for line in &app.unmapped {
+            println!("  not mapped: {line}");
+        }
+    }
+    if let Some(first) = paths.first() {
+        println!(
+            "run one: sheepdog run --config {}; as a service: sheepdog install --config {}",
+            first.display(),
+            first.display()
+        );
+    }
+    if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }
 
 fn man(page: &str) -> ExitCode {

@@ -46,6 +46,9 @@ pub enum Command {
     /// JSON line with its version and the state format it reads.
     #[command(hide = true)]
     UpgradeProbe,
+    /// Turn a pm2 ecosystem file into one sheepdog config per app
+    /// (DIR/NAME.toml), each checked; what does not map is listed.
+    Import(ImportArgs),
     /// Print the shell completions for bash, zsh or fish (the package
     /// installs them): `sheepdog completions bash > /etc/bash_completion.d/sheepdog`.
     Completions {
@@ -115,6 +118,26 @@ pub struct TopArgs {
     /// How often the view is refreshed.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = crate::units::parse_duration)]
     pub interval: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The ecosystem file: ecosystem.config.js (.cjs, .mjs) or .json.
+    #[arg(value_name = "ECOSYSTEM")]
+    pub file: PathBuf,
+
+    /// Where to write NAME.toml for each app (/etc/sheepdog for the services).
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub out: PathBuf,
+
+    /// The env set to merge over `env`, as `pm2 start … --env production`
+    /// merges `env_production`.
+    #[arg(long, value_name = "NAME")]
+    pub env: Option<String>,
+
+    /// Overwrite configs that are there already.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]

@@ -54,6 +54,7 @@ pub mod core;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod import;
 pub mod limits;
 pub mod logging;
 pub mod manual;

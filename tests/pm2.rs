@@ -24,13 +24,19 @@ struct App {
 /// `sheepdog run ARGS -- node FIXTURE`, the app's port given as pm2 users
 /// do (PORT in its environment), nothing else.
 fn run(args: &[&str], fixture: &str, env: &[(&str, &str)]) -> App {
-    let port = free_port().port();
     let script = repo_path(&format!("tests/fixtures/pm2/{fixture}"))
         .display()
         .to_string();
+    let mut all = args.to_vec();
+    all.extend(["--", "node", &script]);
+    run_with(&all, env)
+}
+
+/// `sheepdog run ARGS`, with PORT set to a free port.
+fn run_with(args: &[&str], env: &[(&str, &str)]) -> App {
+    let port = free_port().port();
     let mut all = vec!["run"];
     all.extend(args);
-    all.extend(["--", "node", &script]);
     let mut launch = Launch::new(&all).env("PORT", &port.to_string());
     for (key, value) in env {
         launch = launch.env(key, value);
@@ -234,4 +240,56 @@ fn under_socket_activation_the_app_serves_the_passed_socket_whatever_its_port() 
         0,
         "no probe under systemd"
     );
+}
+
+#[test]
+fn an_ecosystem_file_imports_to_configs_that_check_and_run() {
+    let out = tempfile::tempdir().unwrap();
+    let (api_port, admin_port) = (free_port().port(), free_port().port());
+    let ecosystem = repo_path("tests/fixtures/pm2/ecosystem.config.js")
+        .display()
+        .to_string();
+    let out_dir = out.path().display().to_string();
+    let output = std::process::Command::new(BIN)
+        .args(["import", &ecosystem, "--out", &out_dir, "--env", "production"])
+        .env("API_PORT", api_port.to_string())
+        .env("ADMIN_PORT", admin_port.to_string())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for name in ["api", "admin"] {
+        assert!(
+            said.contains(&format!("wrote {out_dir}/{name}.toml (sheepdog check: ok)")),
+            "{said}"
+        );
+    }
+    assert!(said.contains("not mapped: out_file = "), "listed, not dropped: {said}");
+    assert!(said.contains("env sets not applied: staging"), "{said}");
+    let api = std::fs::read_to_string(out.path().join("api.toml")).unwrap();
+    assert!(api.contains("NODE_ENV = \"production\""), "{api}");
+    assert!(api.contains("readiness = \"node-ipc\""), "{api}");
+    assert!(api.contains("limit = \"300MiB\""), "{api}");
+    // `sheepdog check` takes each as it is.
+    for name in ["api", "admin"] {
+        let path = out.path().join(format!("{name}.toml")).display().to_string();
+        let check = sheepdog_client(&["check", "--config", &path], 30 * SECOND);
+        assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    }
+    // And the api runs: 2 workers on its port, ready by process.send('ready').
+    let config = out.path().join("api.toml").display().to_string();
+    let app = run_with(&["--config", &config], &[]);
+    let app = App {
+        addr: SocketAddr::from(([127, 0, 0, 1], api_port)),
+        ..app
+    };
+    let answers = app.serving(2);
+    assert!(answers.values().all(|a| a["port"] == api_port), "{answers:?}");
+    app.sheepdog.logs.wait_for("ready: 2/2 workers", 30 * SECOND);
+    let logs = app.stop();
+    assert_eq!(logs.count("graceful stop done"), 2, "{:#?}", logs.lines());
 }
