@@ -52,6 +52,7 @@ pub fn main(build: Build) -> ExitCode {
         Command::UpgradeProbe => crate::upgrade::probe::answer(),
         Command::Man { page } => man(&page),
         Command::Import(args) => import(args),
+        Command::Logs(args) => logs(args),
         Command::Completions { shell } => {
             let mut command = Cli::command();
             clap_complete::generate(shell, &mut command, "sheepdog", &mut std::io::stdout());
@@ -166,12 +167,15 @@ fn set_up(settings: &Settings, overrides: Overrides, journal: bool) -> Result<Su
         control_socket: settings.control_socket.clone(),
         http: settings.http.clone(),
     };
+    // Outside the journal, workers' lines come through sheepdog, attributed.
+    let outputs = (!journal).then(|| crate::worker::output::Outputs::new(&settings.name));
     let os = Os::new(
         settings.channel,
         listeners,
         queues,
         control,
         http,
+        outputs,
         crate::upgrade::own_path(),
     )?;
     Ok(Supervisor::new(settings, source, context, command, os))
@@ -335,6 +339,119 @@ fn give_up() -> ExitCode {
     log::error!("stopped {stopped} processes of the flock; exiting for a clean restart");
     logging::drain(Duration::from_secs(1));
     ExitCode::from(ExitClass::Os.code())
+}
+
+/// `sheepdog logs`: from the journal under systemd (by exec'ing
+/// journalctl), otherwise the lines the running sheepdog kept.
+fn logs(args: crate::cli::LogsArgs) -> ExitCode {
+    let socket = match &args.name {
+        Some(name) => {
+            let found = client::running(&client::discover_all(&default_socket_dir()));
+            match found.iter().find(|f| &f.status.supervisor.name == name) {
+                Some(one) => Ok(one.socket.clone()),
+                None => Err(format!(
+                    "no running sheepdog is named {name:?} (running: {}); the logs of a stopped service: \
+                     journalctl -u sheepdog@{name}",
+                    found
+                        .iter()
+                        .map(|f| f.status.supervisor.name.clone())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+            }
+        }
+        None => client_target(args.client.config.as_deref(), args.client.socket.as_deref())
+            .map_err(|e| e.to_string())
+            .and_then(|target| client::resolve(&target)),
+    };
+    let socket = match socket {
+        Ok(socket) => socket,
+        Err(e) => {
+            eprintln!("sheepdog: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let lines = args.lines.min(crate::control::protocol::MAX_LOG_LINES);
+    let ask = |after: Option<u64>| {
+        let request = Request::Logs {
+            lines,
+            slot: args.worker,
+            after,
+        };
+        client::request(&socket, &request, Some(Duration::from_secs(10)))
+    };
+    let logs = match ask(None) {
+        Ok(Reply::Logs(logs)) => logs,
+        Ok(Reply::Failed(why)) => {
+            eprintln!("sheepdog: {why}");
+            return ExitCode::FAILURE;
+        }
+        Ok(_) => {
+            eprintln!("sheepdog: unexpected reply (is that sheepdog older than `logs`?)");
+            return ExitCode::FAILURE;
+        }
+        Err(NoReply::TimedOut(why) | NoReply::Failed(why)) => {
+            eprintln!("sheepdog: {why}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if logs.journal {
+        return journalctl(&logs, &args);
+    }
+    let name = logs.name.clone();
+    let show = |line: &crate::worker::output::LogLine| {
+        println!(
+            "{} {name}-worker-{}[{}]: {}",
+            crate::text::utc(line.time),
+            line.slot,
+            line.pid,
+            line.line
+        );
+    };
+    logs.lines.iter().for_each(show);
+    if !args.follow {
+        return ExitCode::SUCCESS;
+    }
+    let mut last = logs.last;
+    loop {
+        std::thread::sleep(Duration::from_millis(250));
+        match ask(Some(last)) {
+            Ok(Reply::Logs(logs)) => {
+                logs.lines.iter().for_each(show);
+                last = logs.last.max(last);
+            }
+            _ => {
+                eprintln!("sheepdog: the sheepdog at {} is gone", socket.display());
+                return ExitCode::SUCCESS;
+            }
+        }
+    }
+}
+
+/// The workers write to the journal: journalctl shows them, with the
+/// same choices (this process becomes journalctl).
+fn journalctl(logs: &crate::control::protocol::Logs, args: &crate::cli::LogsArgs) -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    let mut command = std::process::Command::new("journalctl");
+    command.arg("--no-pager").arg("-n").arg(args.lines.to_string());
+    if let Some(unit) = &logs.unit {
+        command.arg("-u").arg(unit);
+    }
+    match args.worker {
+        Some(slot) => {
+            command.arg("-t").arg(format!("{}-worker-{slot}", logs.name));
+        }
+        None if logs.unit.is_none() => {
+            command.arg(format!("SYSLOG_IDENTIFIER={}", logs.name));
+        }
+        None => {}
+    }
+    if args.follow {
+        command.arg("-f");
+    }
+    let error = command.exec();
+    eprintln!("sheepdog: the workers log to the journal, and journalctl cannot run: {error}");
+    ExitCode::FAILURE
 }
 
 /// `sheepdog import`: writes a config per app, then checks each as

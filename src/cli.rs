@@ -46,6 +46,10 @@ pub enum Command {
     /// JSON line with its version and the state format it reads.
     #[command(hide = true)]
     UpgradeProbe,
+    /// The workers' output: under systemd from the journal (journalctl),
+    /// otherwise the last lines sheepdog kept, each with its worker's slot
+    /// and pid.
+    Logs(LogsArgs),
     /// Turn a pm2 ecosystem file into one sheepdog config per app
     /// (DIR/NAME.toml), each checked; what does not map is listed.
     Import(ImportArgs),
@@ -118,6 +122,28 @@ pub struct TopArgs {
     /// How often the view is refreshed.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = crate::units::parse_duration)]
     pub interval: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The app's name (as `sheepdog status` lists it), when several run.
+    #[arg(value_name = "NAME")]
+    pub name: Option<String>,
+
+    #[command(flatten)]
+    pub client: ClientArgs,
+
+    /// Keep printing new lines as they come (Ctrl-C ends it).
+    #[arg(short, long)]
+    pub follow: bool,
+
+    /// How many of the last lines to show.
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 50)]
+    pub lines: usize,
+
+    /// Only the worker in this slot.
+    #[arg(long, value_name = "SLOT")]
+    pub worker: Option<usize>,
 }
 
 #[derive(Debug, Args)]

@@ -59,7 +59,9 @@ pub fn raise() -> Option<FdLimit> {
 
 /// How many fds a flock of `workers` may need at once.
 pub fn needed(workers: u64, channel: Channel) -> u64 {
-    let per_worker = if channel == Channel::None { 1 } else { 2 };
+    // Its exec report (while it starts), its output pipe (outside the
+    // journal), and its channel.
+    let per_worker = if channel == Channel::None { 2 } else { 3 };
     OWN_FDS + workers * per_worker
 }
 
@@ -82,8 +84,8 @@ mod tests {
     #[test]
     fn each_worker_costs_its_channel_and_its_exec_report() {
         assert_eq!(needed(0, Channel::Notify), OWN_FDS);
-        assert_eq!(needed(10, Channel::None), OWN_FDS + 10);
-        assert_eq!(needed(10, Channel::NodeIpc), OWN_FDS + 20);
-        assert_eq!(needed(4096, Channel::Notify), OWN_FDS + 8192);
+        assert_eq!(needed(10, Channel::None), OWN_FDS + 20);
+        assert_eq!(needed(10, Channel::NodeIpc), OWN_FDS + 30);
+        assert_eq!(needed(4096, Channel::Notify), OWN_FDS + 3 * 4096);
     }
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use log::{Level, LevelFilter};
 
 /// How many bytes of log lines wait for a slow reader before lines are dropped.
-const MAX_PENDING: usize = 64 * 1024;
+const MAX_PENDING: usize = 1024 * 1024;
 /// How often the loop retries while lines wait.
 pub const RETRY: Duration = Duration::from_millis(50);
 
@@ -150,6 +150,18 @@ impl Write for Lines {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// Passes on a line that is not sheepdog's own (a worker's output), whole,
+/// through the same outlet: never blocking, dropped and counted when full.
+pub fn raw(line: &[u8]) {
+    if let Ok(mut outlet) = OUTLET.lock()
+        && let Some(outlet) = outlet.as_mut()
+    {
+        outlet.push(line);
+        return;
+    }
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), line);
 }
 
 /// Writes the lines that wait, if the reader takes them now; once none

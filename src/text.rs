@@ -84,3 +84,36 @@ mod tests {
         );
     }
 }
+
+/// Seconds since the epoch as `2026-12-07T02:33:00.104Z` (UTC).
+pub fn utc(seconds: f64) -> String {
+    let total_ms = (seconds.max(0.0) * 1000.0).round() as u64;
+    let (days, ms_of_day) = (total_ms / 86_400_000, total_ms % 86_400_000);
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (h, m, s, ms) = (
+        ms_of_day / 3_600_000,
+        ms_of_day / 60_000 % 60,
+        ms_of_day / 1000 % 60,
+        ms_of_day % 1000,
+    );
+    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{ms:03}Z")
+}
+
+#[cfg(test)]
+mod utc_tests {
+    #[test]
+    fn utc_times_are_iso_8601() {
+        assert_eq!(super::utc(0.0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(super::utc(1_796_610_780.104), "2026-12-07T02:33:00.104Z");
+        assert_eq!(super::utc(951_782_400.0), "2000-02-29T00:00:00.000Z");
+    }
+}

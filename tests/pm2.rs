@@ -130,6 +130,32 @@ fn a_pm2_app_runs_unchanged_on_its_own_port_and_drains_on_its_sigint_handler() {
         app.sheepdog.logs.lines()
     );
 
+    // Each worker's lines come out attributed (not under journald), and
+    // `logs` shows them: all, one worker's, by the app's name.
+    let worker0 = first
+        .iter()
+        .find(|(_, a)| a["instance"] == "0")
+        .map(|(pid, _)| *pid)
+        .unwrap();
+    app.sheepdog.logs.wait_for(
+        &format!("app-worker-0[{worker0}]: app listening on port {}", app.addr.port()),
+        10 * SECOND,
+    );
+    let output = app.client(&["logs", "-n", "20"]);
+    let said = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        said.contains(&format!("Z app-worker-0[{worker0}]: cron runs in instance 0")),
+        "{said}"
+    );
+    assert!(said.lines().any(|l| l.contains("app-worker-1[")), "{said}");
+    let output = app.client(&["logs", "--worker", "1"]);
+    let said = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        !said.is_empty() && said.lines().all(|l| l.contains(" app-worker-1[")),
+        "{said}"
+    );
+
     // scale +1 adds one: a third worker, instance 2.
     let output = app.client(&["scale", "+1"]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
@@ -292,4 +318,60 @@ fn an_ecosystem_file_imports_to_configs_that_check_and_run() {
     app.sheepdog.logs.wait_for("ready: 2/2 workers", 30 * SECOND);
     let logs = app.stop();
     assert_eq!(logs.count("graceful stop done"), 2, "{:#?}", logs.lines());
+}
+
+#[test]
+fn logs_by_the_apps_name_as_pm2_logs_app_and_follow_new_lines() {
+    // A name of its own: the script's, as pm2 names an app.
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("shop{}", std::process::id());
+    let script = dir.path().join(format!("{name}.js"));
+    std::fs::copy(repo_path("tests/fixtures/pm2/app.js"), &script).unwrap();
+    let port = free_port().port();
+    let mut sheepdog = Launch::new(&["run", "--workers", "1", "--", "node", script.to_str().unwrap()])
+        .with_default_paths()
+        .env("PORT", &port.to_string())
+        .spawn();
+    sheepdog.logs.wait_for(&format!("{name}-worker-0["), 30 * SECOND);
+    let output = sheepdog_client(&["logs", &name, "-n", "1"], 10 * SECOND);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let said = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert_eq!(said.lines().count(), 1, "{said}");
+    assert!(said.contains(&format!(" {name}-worker-0[")), "{said}");
+    // -f prints what comes next: the lines of a worker added meanwhile.
+    let mut follow = std::process::Command::new(BIN)
+        .args(["logs", &name, "-f", "-n", "5"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let reader = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(reader).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let (_, line) = sheepdog.logs.wait_for(" control socket ", SECOND);
+    let socket = line.rsplit(" control socket ").next().unwrap().trim().to_string();
+    let scaled = sheepdog_client(&["scale", "+1", "--socket", &socket], 10 * SECOND);
+    assert!(scaled.status.success(), "{}", String::from_utf8_lossy(&scaled.stderr));
+    let deadline = std::time::Instant::now() + 20 * SECOND;
+    let mut seen = Vec::new();
+    let wanted = format!(" {name}-worker-1[");
+    while !seen
+        .iter()
+        .any(|l: &String| l.contains(&wanted) && l.contains("app listening on port"))
+    {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("the new worker's line was not followed: {seen:?}"),
+        }
+    }
+    sheepdog.signal(libc::SIGTERM);
+    assert!(seen.iter().all(|l| l.contains(&format!(" {name}-worker-"))), "{seen:?}");
+    assert_eq!(sheepdog.wait_exit(20 * SECOND).code(), Some(0));
+    let _ = follow.kill();
+    let _ = follow.wait();
 }

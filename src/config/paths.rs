@@ -9,9 +9,19 @@ use crate::error::Error;
 
 /// The config file's name without `.toml`, else the program's name.
 pub(super) fn default_name(config: Option<&Path>, command: &[String]) -> String {
+    // `node app.js` is "app", as pm2 names it.
+    let script = || {
+        crate::node::is_node_command(command)
+            .then(|| command.iter().skip(1).find(|arg| !arg.starts_with('-')))
+            .flatten()
+            .filter(|arg| [".js", ".cjs", ".mjs", ".ts"].iter().any(|e| arg.ends_with(e)))
+            .and_then(|arg| Path::new(arg).file_stem())
+            .map(|s| s.to_string_lossy().into_owned())
+    };
     config
         .and_then(Path::file_stem)
         .map(|s| s.to_string_lossy().into_owned())
+        .or_else(script)
         .or_else(|| {
             command
                 .first()

@@ -551,7 +551,20 @@ fn every_default_is_the_named_one() {
         },
     )
     .unwrap();
-    assert_eq!(s.name, "node", "without a config file, the program's name");
+    assert_eq!(
+        s.name, "x",
+        "without a config file, a Node script's name, as pm2 names it"
+    );
+    let s = Settings::from_toml(
+        "",
+        None,
+        &Overrides {
+            command: vec!["python3".into(), "-m".into(), "app".into()],
+            ..Overrides::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(s.name, "python3", "else the program's name");
 }
 
 #[test]

@@ -33,6 +33,37 @@ pub enum Command {
     },
     /// Hand the flock over to the binary now installed at sheepdog's path.
     Upgrade,
+    /// The workers' last lines: `lines` at most, of the worker in `slot`
+    /// only if given, after line `after` only if given (`logs -f`).
+    Logs {
+        lines: usize,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        slot: Option<usize>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        after: Option<u64>,
+    },
+}
+
+/// The most lines one `logs` reply carries.
+pub const MAX_LOG_LINES: usize = crate::worker::output::KEPT_LINES;
+
+/// The answer to `logs`: the lines, or where the workers' lines are instead.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Logs {
+    /// The app's name: a worker's lines are NAME-worker-SLOT's.
+    #[serde(default)]
+    pub name: String,
+    /// The workers write to the journal: read them there.
+    #[serde(default)]
+    pub journal: bool,
+    /// The systemd unit sheepdog runs in, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    #[serde(default)]
+    pub lines: Vec<crate::worker::output::LogLine>,
+    /// The newest line's seq: where a follower goes on from.
+    #[serde(default)]
+    pub last: u64,
 }
 
 /// The word `"auto"`, as `scale auto` sends it.
@@ -82,6 +113,25 @@ pub fn parse_request(line: &[u8]) -> Result<Command, String> {
     let command = match command.as_str() {
         "status" => Command::Status,
         "reload" => Command::Reload,
+        "logs" => {
+            let number = |value: Value, what: &str, max: u64| {
+                value
+                    .as_u64()
+                    .filter(|n| *n <= max)
+                    .ok_or_else(|| format!("bad request: \"{what}\" must be a whole number up to {max}, not {value}"))
+            };
+            let lines = match map.remove("lines") {
+                Some(value) => number(value, "lines", MAX_LOG_LINES as u64)? as usize,
+                None => return Err("bad request: logs needs \"lines\"".into()),
+            };
+            let slot = map
+                .remove("slot")
+                .map(|v| number(v, "slot", MAX_SCALE))
+                .transpose()?
+                .map(|n| n as usize);
+            let after = map.remove("after").map(|v| number(v, "after", u64::MAX)).transpose()?;
+            Command::Logs { lines, slot, after }
+        }
         "upgrade" => Command::Upgrade,
         "scale" => match (map.remove("workers"), map.remove("by")) {
             (Some(Value::String(word)), None) if word == "auto" => Command::ScaleAuto { workers: Auto::Auto },
@@ -109,7 +159,7 @@ pub fn parse_request(line: &[u8]) -> Result<Command, String> {
         },
         other => {
             return Err(format!(
-                "bad request: unknown command {other:?} (status, reload, scale or upgrade)"
+                "bad request: unknown command {other:?} (status, reload, scale, upgrade or logs)"
             ));
         }
     };
@@ -155,6 +205,7 @@ pub enum Reply {
     /// It went well (a reload that ended, a scale that began).
     Done(String),
     Failed(String),
+    Logs(Logs),
 }
 
 impl Reply {
@@ -177,6 +228,10 @@ impl Reply {
                 map.insert("ok".into(), json!(false));
                 map.insert("error".into(), json!(error));
             }
+            Reply::Logs(logs) => {
+                map.insert("ok".into(), json!(true));
+                map.insert("logs".into(), serde_json::to_value(logs).unwrap_or(Value::Null));
+            }
         }
         Value::Object(map).to_string()
     }
@@ -193,6 +248,9 @@ impl Reply {
             Some(false) => Ok(Reply::Failed(
                 text("error").unwrap_or_else(|| "failed, with no reason given".into()),
             )),
+            Some(true) if value.get("logs").is_some() => serde_json::from_value(value["logs"].clone())
+                .map(Reply::Logs)
+                .map_err(|e| format!("unreadable logs reply: {e}")),
             Some(true) => match text("message") {
                 Some(message) => Ok(Reply::Done(message)),
                 None => serde_json::from_value(value)

@@ -42,6 +42,7 @@ use crate::upgrade::probe::{self, Successor};
 use crate::upgrade::state::{Bytes, HandOver, OsState, SupervisorState, check_fds};
 use crate::worker::links::Links;
 use crate::worker::oom::OomWatch;
+use crate::worker::output::Outputs;
 use crate::worker::proc_stats::{self, MemoryMeter};
 use crate::worker::sock_diag;
 use crate::worker::spawn::{ExecReport, WorkerCommand, channel_fd_number};
@@ -67,6 +68,7 @@ const TAG_CLIENT: u64 = 4 << 32;
 const TAG_FAULTS: u64 = 5 << 32;
 const TAG_HTTP: u64 = 6 << 32;
 const TAG_HTTP_CLIENT: u64 = 7 << 32;
+const TAG_OUTPUT: u64 = 8 << 32;
 const TAG_KIND: u64 = 0xffff_ffff << 32;
 
 pub struct Os {
@@ -76,6 +78,8 @@ pub struct Os {
     control: ControlServer,
     http: Option<HttpServer>,
     links: Links,
+    /// The workers' output pipes, outside journald.
+    outputs: Option<Outputs>,
     memory: MemoryMeter,
     notifier: Notifier,
     /// Exec reports of workers just forked, read once their pipe is readable.
@@ -113,12 +117,26 @@ pub struct Os {
     backlog_lines: RateLimit,
 }
 
+/// The systemd service sheepdog runs in, from its cgroup
+/// (`0::/system.slice/sheepdog@myapp.service`).
+fn own_unit() -> Option<String> {
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    cgroup
+        .lines()
+        .filter_map(|line| line.rsplit(':').next())
+        .flat_map(|path| path.split('/'))
+        .filter(|part| part.ends_with(".service"))
+        .next_back()
+        .map(str::to_string)
+}
+
 /// What one epoll wait found ready.
 #[derive(Default)]
 struct Ready {
     signals: bool,
     faults: bool,
     links: Vec<Pid>,
+    outputs: Vec<Pid>,
     exec_reports: Vec<Pid>,
     control: bool,
     clients: Vec<(ClientId, bool)>,
@@ -164,11 +182,13 @@ impl Os {
         queues: Queues,
         control: ControlServer,
         http: Option<HttpServer>,
+        outputs: Option<Outputs>,
         exe: Option<PathBuf>,
     ) -> Result<Os, Error> {
         let links = Links::new(channel, channel_fd_number(listeners.groups().len())).map_err(Error::os)?;
         let plumbing = Plumbing::new()?;
-        let os = Os::assemble(plumbing, listeners, queues, control, http, links, exe);
+        let mut os = Os::assemble(plumbing, listeners, queues, control, http, links, exe);
+        os.outputs = outputs;
         os.watch_all().map_err(|(what, e)| Error::from_errno(what, e))?;
         Ok(os)
     }
@@ -204,6 +224,7 @@ impl Os {
         let links = Links::adopt(state.links, channel);
         let exe = (!state.exe.as_bytes().is_empty()).then(|| state.exe.to_path());
         let mut os = Os::assemble(plumbing, listeners, queues, control, http, links, exe);
+        os.outputs = state.outputs.map(|o| Outputs::adopt(&o.name, o.pipes));
         os.exec_reports = state
             .exec_reports
             .into_iter()
@@ -253,6 +274,7 @@ impl Os {
             control,
             http,
             links,
+            outputs: None,
             memory: MemoryMeter::new(),
             notifier: Notifier::from_env(),
             exec_reports: HashMap::new(),
@@ -333,11 +355,39 @@ impl Os {
                 }
             }
         }
+        if let Some(outputs) = &self.outputs {
+            for pid in outputs.pids() {
+                if let Some(fd) = outputs.fd(pid) {
+                    watch(fd, input, TAG_OUTPUT | pid as u64, "a worker's output");
+                }
+            }
+        }
         Ok(())
     }
 
     /// Everything this system holds, as data, its time points relative to
     /// `now`: for the binary that takes over.
+    /// Watches a worker's output pipe.
+    fn watch_output(&self, pid: Pid) {
+        let Some(fd) = self.outputs.as_ref().and_then(|o| o.fd(pid)) else {
+            return;
+        };
+        if let Err(e) = self
+            .epoll
+            .add(fd, EpollEvent::new(EpollFlags::EPOLLIN, TAG_OUTPUT | pid as u64))
+        {
+            warn!("worker pid {pid}: cannot watch its output: {}", e.desc());
+        }
+    }
+
+    /// Passes on what a worker wrote; its pipe is closed (and so leaves
+    /// the epoll) once every writer has closed its end.
+    fn read_output(&mut self, pid: Pid) {
+        if let Some(outputs) = &mut self.outputs {
+            outputs.read(pid);
+        }
+    }
+
     fn export(&self, now: Instant, pending_signals: Vec<i32>, signal_mask: Vec<i32>) -> OsState {
         let (log_pending, log_dropped) = crate::logging::pending();
         let mut exec_reports: Vec<_> = self.exec_reports.iter().map(|(pid, r)| r.export(*pid)).collect();
@@ -362,6 +412,10 @@ impl Os {
             pending_signals,
             signal_mask,
             spread: Some(self.queues.export()),
+            outputs: self.outputs.as_ref().map(|o| crate::upgrade::state::OutputsState {
+                name: o.name().to_string(),
+                pipes: o.export(),
+            }),
         }
     }
 
@@ -419,6 +473,7 @@ impl Os {
             let (kind, id) = (event.data() & TAG_KIND, event.data() & 0xffff_ffff);
             match kind {
                 TAG_LINK => ready.links.push(id as Pid),
+                TAG_OUTPUT => ready.outputs.push(id as Pid),
                 TAG_EXEC_REPORT => ready.exec_reports.push(id as Pid),
                 TAG_CONTROL => ready.control = true,
                 TAG_CLIENT => ready.clients.push((id, event.events().contains(EpollFlags::EPOLLOUT))),
@@ -729,6 +784,9 @@ impl System for Os {
                 self.unwatch_link(pid);
             }
         }
+        for pid in ready.outputs {
+            self.read_output(pid);
+        }
         for pid in self.queues.drained(&self.listeners, now) {
             inputs.push(Input::Drained(pid));
         }
@@ -737,6 +795,11 @@ impl System for Os {
 
     fn spawn(&mut self, order: &SpawnOrder, command: &WorkerCommand) -> Result<Pid, String> {
         let mut prepared = self.links.prepare(order.slot, order.heartbeat)?;
+        let output = match &self.outputs {
+            Some(_) => Some(Outputs::pipe()?),
+            None => None,
+        };
+        prepared.extras.output = output.as_ref().map(|(_, write)| write.as_raw_fd());
         let width = self.queues.width();
         let queue = self.queues.pick(&mut self.listeners);
         if self.queues.width() != width {
@@ -760,6 +823,11 @@ impl System for Os {
             Err(e) => warn!("worker {slot} (pid {pid}): cannot watch its exec report: {}", e.desc()),
         }
         self.workers.insert(pid);
+        if let (Some(outputs), Some((read, write))) = (&mut self.outputs, output) {
+            drop(write);
+            outputs.attach(pid, slot, read);
+            self.watch_output(pid);
+        }
         self.links.attach(pid, slot, prepared.link);
         if let Some(fd) = self.links.fd(pid)
             && let Err(e) = self
@@ -783,6 +851,21 @@ impl System for Os {
             Err(Errno::ESRCH) => debug!("worker pid {pid} already gone; {} not sent", signal.as_str()),
             Err(e) => warn!("cannot send {} to worker pid {pid}: {}", signal.as_str(), e.desc()),
         }
+    }
+
+    fn logs(&self, lines: usize, slot: Option<usize>, after: Option<u64>) -> crate::control::protocol::Logs {
+        let mut logs = crate::control::protocol::Logs {
+            name: String::new(),
+            journal: self.outputs.is_none(),
+            unit: own_unit(),
+            lines: Vec::new(),
+            last: 0,
+        };
+        if let Some(outputs) = &self.outputs {
+            logs.lines = outputs.recent(lines, slot, after);
+            logs.last = outputs.last_seq();
+        }
+        logs
     }
 
     fn ping(&mut self, pid: Pid, message: &str) {

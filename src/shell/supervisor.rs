@@ -509,6 +509,12 @@ impl<S: System> Supervisor<S> {
                     }
                     None
                 }
+                Command::Logs { lines, slot, after } => {
+                    let mut logs = self.system.logs(lines, slot, after);
+                    logs.name = self.name.clone();
+                    self.system.reply(client, &Reply::Logs(logs));
+                    None
+                }
                 Command::Reload => {
                     let ticket = self.next_ticket;
                     self.next_ticket += 1;

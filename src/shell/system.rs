@@ -118,6 +118,17 @@ pub trait System {
     /// them), or of `live` while none is open.
     fn steer(&mut self, _open: &[Pid], _live: &[Pid]) {}
 
+    /// The workers' last lines, or where they are (the journal).
+    fn logs(&self, _lines: usize, _slot: Option<usize>, _after: Option<u64>) -> crate::control::protocol::Logs {
+        crate::control::protocol::Logs {
+            name: String::new(),
+            journal: false,
+            unit: None,
+            lines: Vec::new(),
+            last: 0,
+        }
+    }
+
     /// With no worker left: new connections go to the queues the next
     /// start's first `workers` workers will be given (systemd keeps them).
     fn reserve_queues(&mut self, _workers: usize) {}

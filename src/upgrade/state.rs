@@ -251,6 +251,17 @@ pub struct OsState {
     /// The queues (absent from a build before them: one shared socket per address).
     #[serde(default)]
     pub spread: Option<SpreadState>,
+    /// The workers' output pipes, outside journald (absent from a build
+    /// before them: the workers wrote to sheepdog's own stderr).
+    #[serde(default)]
+    pub outputs: Option<OutputsState>,
+}
+
+/// The workers' output pipes and the name their lines carry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutputsState {
+    pub name: String,
+    pub pipes: Vec<crate::worker::output::OutputState>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -373,6 +384,7 @@ impl OsState {
         for group in self.spread.iter().flat_map(|s| &s.groups) {
             fds.extend(group.map.iter().chain(&group.program).copied());
         }
+        fds.extend(self.outputs.iter().flat_map(|o| o.pipes.iter().map(|p| p.fd)));
         fds
     }
 }

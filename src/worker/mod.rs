@@ -7,6 +7,7 @@
 pub mod channel;
 pub mod links;
 pub mod oom;
+pub mod output;
 pub mod proc_stats;
 pub mod sock_diag;
 pub mod spawn;

@@ -87,6 +87,8 @@ pub struct WorkerExtras {
     pub channel_fd: Option<RawFd>,
     /// Add `WATCHDOG_PID=` the worker's own pid (heartbeats over notify).
     pub watchdog_pid: bool,
+    /// Its stdout and stderr: a pipe sheepdog reads (outside journald).
+    pub output: Option<RawFd>,
     /// Its own queues, one per listening address, in place of the
     /// command's (as many, in the same order).
     pub listeners: Option<Vec<RawFd>>,
@@ -421,6 +423,7 @@ impl WorkerCommand {
                 .zip(journal_header.as_ref())
                 .map(|(j, h)| (&j.address, j.length, h.as_slice())),
             journal_stream: journal_stream.as_mut_ptr(),
+            output: extras.output.unwrap_or(-1),
             watchdog_pid: if extras.watchdog_pid {
                 watchdog_pid.as_mut_ptr()
             } else {
@@ -554,6 +557,8 @@ struct ChildPlan<'a> {
     journal: Option<(&'a libc::sockaddr_un, libc::socklen_t, &'a [u8])>,
     /// `JOURNAL_STREAM=` to fill in with the stream's dev:ino.
     journal_stream: *mut u8,
+    /// The pipe to sheepdog that becomes stdout and stderr, or -1.
+    output: RawFd,
     max_signal: libc::c_int,
     /// The fd limit the worker gets (sheepdog's own, before it raised it).
     fd_limit: Option<libc::rlimit>,
@@ -609,6 +614,12 @@ impl ChildPlan<'_> {
             if self.devnull < 0 {
                 self.fail(STAGE_FDS);
             }
+            if self.output >= 0 {
+                self.output = libc::fcntl(self.output, libc::F_DUPFD_CLOEXEC, above);
+                if self.output < 0 {
+                    self.fail(STAGE_FDS);
+                }
+            }
 
             let own_pid = libc::getpid() as u64;
             write_decimal(self.listen_pid.add(b"LISTEN_PID=".len()), own_pid);
@@ -636,6 +647,8 @@ impl ChildPlan<'_> {
             }
             if let Some((address, length, header)) = self.journal {
                 self.connect_journal(address, length, header);
+            } else if self.output >= 0 && (libc::dup2(self.output, 1) < 0 || libc::dup2(self.output, 2) < 0) {
+                self.fail(STAGE_FDS);
             }
             // Whatever else sheepdog itself inherited or opened: close on exec.
             let first_other = (LISTEN_FDS_START + count) as libc::c_uint;

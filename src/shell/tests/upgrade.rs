@@ -245,6 +245,7 @@ fn framed(state: SupervisorState) -> crate::upgrade::state::HandOver {
             pending_signals: vec![17],
             signal_mask: vec![],
             spread: None,
+            outputs: None,
         },
     }
 }

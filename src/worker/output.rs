@@ -1,0 +1,271 @@
+//! Workers' output when sheepdog does not log to the journal (a terminal, a
+//! container's stdout for `kubectl logs`, a file): each worker writes its
+//! stdout and stderr into a pipe of its own, and sheepdog passes every line
+//! on with the worker's slot and pid (`myapp-worker-1[4419]: …`, the shape
+//! of journald's short output), keeping the last lines for `sheepdog logs`.
+//! Under journald each worker has a journal stream of its own instead.
+//!
+//! Lines go out through the log outlet: a stalled reader drops lines (and
+//! says how many), never blocks the loop. A worker that floods is read at
+//! most [`MAX_BYTES_PER_PASS`] a pass, so it cannot starve the others.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::Read;
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::core::Pid;
+use crate::upgrade::state::FdRecord;
+
+/// The lines kept for `sheepdog logs`, across the flock.
+pub const KEPT_LINES: usize = 2000;
+/// A longer line is cut there (the rest comes as the next line).
+const MAX_LINE: usize = 16 * 1024;
+const MAX_BYTES_PER_PASS: usize = 256 * 1024;
+
+/// One line a worker wrote.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// Counts every line passed on, from 1: `logs -f` asks for those after one.
+    pub seq: u64,
+    pub slot: usize,
+    pub pid: Pid,
+    /// When sheepdog read it, in seconds since the epoch.
+    pub time: f64,
+    pub line: String,
+}
+
+struct Output {
+    pipe: std::fs::File,
+    slot: usize,
+    partial: Vec<u8>,
+}
+
+/// A worker's pipe, as handed over to the next binary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutputState {
+    pub pid: Pid,
+    pub slot: usize,
+    pub fd: FdRecord,
+}
+
+/// Every worker's output pipe, and the last lines.
+pub struct Outputs {
+    name: String,
+    by_pid: HashMap<Pid, Output>,
+    kept: VecDeque<LogLine>,
+    seq: u64,
+}
+
+impl Outputs {
+    pub fn new(name: &str) -> Outputs {
+        Outputs {
+            name: name.to_string(),
+            by_pid: HashMap::new(),
+            kept: VecDeque::new(),
+            seq: 0,
+        }
+    }
+
+    /// A pipe for the next worker: the end sheepdog reads (non-blocking) and
+    /// the end the child gets as its stdout and stderr.
+    pub fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| format!("cannot create an output pipe: {}", e.desc()))?;
+        nix::fcntl::fcntl(&read, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))
+            .map_err(|e| format!("cannot make an output pipe non-blocking: {}", e.desc()))?;
+        // A worker that writes a burst while the loop is busy waits less.
+        let _ = nix::fcntl::fcntl(&write, nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
+        Ok((read, write))
+    }
+
+    pub fn attach(&mut self, pid: Pid, slot: usize, read: OwnedFd) {
+        self.by_pid.insert(
+            pid,
+            Output {
+                pipe: std::fs::File::from(read),
+                slot,
+                partial: Vec::new(),
+            },
+        );
+    }
+
+    pub fn fd(&self, pid: Pid) -> Option<BorrowedFd<'_>> {
+        self.by_pid.get(&pid).map(|o| o.pipe.as_fd())
+    }
+
+    /// Reads what the worker wrote and passes each whole line on. Returns
+    /// false once the pipe is closed (the worker and all it started are
+    /// gone): then it is dropped, after its last partial line.
+    pub fn read(&mut self, pid: Pid) -> bool {
+        let Some(output) = self.by_pid.get_mut(&pid) else {
+            return false;
+        };
+        let mut buffer = [0u8; 16 * 1024];
+        let mut read = 0;
+        let mut open = true;
+        let mut lines = Vec::new();
+        while read < MAX_BYTES_PER_PASS {
+            match output.pipe.read(&mut buffer) {
+                Ok(0) => {
+                    open = false;
+                    break;
+                }
+                Ok(n) => {
+                    read += n;
+                    output.partial.extend_from_slice(&buffer[..n]);
+                    while let Some(end) = output.partial.iter().position(|b| *b == b'\n') {
+                        lines.push(output.partial.drain(..=end).take(end).collect::<Vec<u8>>());
+                    }
+                    while output.partial.len() >= MAX_LINE {
+                        lines.push(output.partial.drain(..MAX_LINE).collect());
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    open = false;
+                    break;
+                }
+            }
+        }
+        let slot = output.slot;
+        if !open && !output.partial.is_empty() {
+            lines.push(std::mem::take(&mut output.partial));
+        }
+        for line in lines {
+            self.pass_on(slot, pid, &line);
+        }
+        if !open {
+            self.by_pid.remove(&pid);
+        }
+        open
+    }
+
+    fn pass_on(&mut self, slot: usize, pid: Pid, line: &[u8]) {
+        let line = String::from_utf8_lossy(line);
+        let line = line.strip_suffix('\r').unwrap_or(&line);
+        crate::logging::raw(format!("{}-worker-{slot}[{pid}]: {line}\n", self.name).as_bytes());
+        self.seq += 1;
+        let time = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        if self.kept.len() == KEPT_LINES {
+            self.kept.pop_front();
+        }
+        self.kept.push_back(LogLine {
+            seq: self.seq,
+            slot,
+            pid,
+            time,
+            line: line.to_string(),
+        });
+    }
+
+    /// The last `count` lines (of `slot` only, if given) after `after`.
+    pub fn recent(&self, count: usize, slot: Option<usize>, after: Option<u64>) -> Vec<LogLine> {
+        let mut lines: Vec<LogLine> = self
+            .kept
+            .iter()
+            .rev()
+            .filter(|l| slot.is_none_or(|s| l.slot == s) && after.is_none_or(|a| l.seq > a))
+            .take(count)
+            .cloned()
+            .collect();
+        lines.reverse();
+        lines
+    }
+
+    /// The seq of the newest line (0 before any).
+    pub fn last_seq(&self) -> u64 {
+        self.seq
+    }
+
+    pub fn export(&self) -> Vec<OutputState> {
+        let mut states: Vec<OutputState> = self
+            .by_pid
+            .iter()
+            .map(|(pid, o)| OutputState {
+                pid: *pid,
+                slot: o.slot,
+                fd: FdRecord::of(o.pipe.as_fd()),
+            })
+            .collect();
+        states.sort_by_key(|s| s.pid);
+        states
+    }
+
+    /// The pipes handed over (checked to be open and the same).
+    pub fn adopt(name: &str, states: Vec<OutputState>) -> Outputs {
+        let mut outputs = Outputs::new(name);
+        for state in states {
+            // SAFETY: handed over for this, checked by check_fds, and taken
+            // here once.
+            let fd = unsafe { OwnedFd::from_raw_fd(state.fd.fd) };
+            outputs.attach(state.pid, state.slot, fd);
+        }
+        outputs
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn pids(&self) -> Vec<Pid> {
+        self.by_pid.keys().copied().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn lines_are_attributed_kept_and_asked_for_by_slot_and_seq() {
+        let mut outputs = Outputs::new("app");
+        let (read, write) = Outputs::pipe().unwrap();
+        outputs.attach(41, 1, read);
+        let mut writer = std::fs::File::from(write);
+        writer.write_all(b"one\r\ntwo\nthr").unwrap();
+        assert!(outputs.read(41));
+        let lines = outputs.recent(10, None, None);
+        assert_eq!(
+            lines.iter().map(|l| l.line.as_str()).collect::<Vec<_>>(),
+            ["one", "two"]
+        );
+        assert_eq!((lines[0].slot, lines[0].pid, lines[0].seq), (1, 41, 1));
+        drop(writer);
+        assert!(!outputs.read(41), "closed");
+        assert_eq!(
+            outputs.recent(10, None, Some(2))[0].line,
+            "thr",
+            "the partial line at the end"
+        );
+        assert!(outputs.recent(10, Some(0), None).is_empty());
+        assert_eq!(outputs.recent(1, Some(1), None)[0].line, "thr");
+        assert!(outputs.pids().is_empty());
+    }
+
+    #[test]
+    fn a_line_without_end_is_cut_and_the_kept_lines_are_bounded() {
+        let mut outputs = Outputs::new("app");
+        let (read, write) = Outputs::pipe().unwrap();
+        outputs.attach(7, 0, read);
+        let mut writer = std::fs::File::from(write);
+        writer.write_all(&vec![b'x'; MAX_LINE + 10]).unwrap();
+        outputs.read(7);
+        assert_eq!(outputs.recent(10, None, None)[0].line.len(), MAX_LINE);
+        for i in 0..KEPT_LINES + 5 {
+            writeln!(writer, "{i}").unwrap();
+            if i % 1000 == 0 {
+                outputs.read(7);
+            }
+        }
+        outputs.read(7);
+        assert_eq!(outputs.recent(usize::MAX, None, None).len(), KEPT_LINES);
+        assert_eq!(outputs.last_seq(), (KEPT_LINES + 6) as u64);
+    }
+}
