@@ -125,8 +125,7 @@ fn own_unit() -> Option<String> {
         .lines()
         .filter_map(|line| line.rsplit(':').next())
         .flat_map(|path| path.split('/'))
-        .filter(|part| part.ends_with(".service"))
-        .next_back()
+        .rfind(|part| part.ends_with(".service"))
         .map(str::to_string)
 }
 
