@@ -53,6 +53,14 @@ pub fn main(build: Build) -> ExitCode {
         Command::Man { page } => man(&page),
         Command::Import(args) => import(args),
         Command::Logs(args) => logs(args),
+        Command::Install(args) => install(args),
+        Command::Uninstall { name } => match crate::install::uninstall(&name) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(why) => {
+                eprintln!("sheepdog: {why}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Completions { shell } => {
             let mut command = Cli::command();
             clap_complete::generate(shell, &mut command, "sheepdog", &mut std::io::stdout());
@@ -195,6 +203,7 @@ fn addresses(settings: &Settings) -> Vec<crate::config::ListenAddr> {
         &probe_env(settings),
         settings.working_directory.as_deref(),
         crate::node::PROBE_TIMEOUT,
+        None,
     );
     match probed {
         Ok(crate::node::Probed::Listens(address)) => {
@@ -339,6 +348,90 @@ fn give_up() -> ExitCode {
     log::error!("stopped {stopped} processes of the flock; exiting for a clean restart");
     logging::drain(Duration::from_secs(1));
     ExitCode::from(ExitClass::Os.code())
+}
+
+/// `sheepdog install NAME`: see [`crate::install`].
+fn install(args: crate::cli::InstallArgs) -> ExitCode {
+    match install_app(&args) {
+        Ok(()) => {
+            println!(
+                "done. Logs: sheepdog logs {name} (or journalctl -u sheepdog@{name}); reload after a deploy: \
+                 systemctl reload sheepdog@{name}; undo: sheepdog uninstall {name}",
+                name = args.name
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("sheepdog: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn install_app(args: &crate::cli::InstallArgs) -> Result<(), Error> {
+    crate::install::check_name(&args.name).map_err(Error::config)?;
+    if !nix::unistd::geteuid().is_root() {
+        return Err(Error::config(
+            "install writes /etc/sheepdog and systemd units: run it as root (sudo sheepdog install …)",
+        ));
+    }
+    let text = match (&args.config, args.command.is_empty()) {
+        (Some(file), true) => {
+            // Its settings, written out whole: relative paths made absolute.
+            let file = std::fs::canonicalize(file).map_err(|e| Error::config(format!("{}: {e}", file.display())))?;
+            Settings::load(Some(&file), &Overrides::default())?.describe()
+        }
+        (None, false) => {
+            let here = std::env::current_dir().map_err(|e| Error::config(format!("the current directory: {e}")))?;
+            crate::install::config_for_command(&args.command, &here, args.workers.as_deref())
+        }
+        (Some(_), false) => return Err(Error::config("give --config FILE or a command after --, not both")),
+        (None, true) => {
+            return Err(Error::config(
+                "what to install: sheepdog install NAME -- node app.js (or --config FILE)",
+            ));
+        }
+    };
+    let target = std::path::Path::new(crate::install::CONFIG_DIR).join(format!("{}.toml", args.name));
+    let settings = Settings::from_toml(&text, Some(&target), &Overrides::default())?;
+    let address = match &args.listen {
+        Some(address) => address.clone(),
+        None if settings.listen_explicit => settings.listen[0].clone(),
+        None if settings.node => {
+            let owner = settings
+                .working_directory
+                .as_ref()
+                .and_then(|dir| std::fs::metadata(dir).ok())
+                .map(|meta| {
+                    (
+                        std::os::unix::fs::MetadataExt::uid(&meta),
+                        std::os::unix::fs::MetadataExt::gid(&meta),
+                    )
+                });
+            match crate::node::probe_port(
+                &settings.command,
+                &probe_env(&settings),
+                settings.working_directory.as_deref(),
+                crate::node::PROBE_TIMEOUT,
+                owner,
+            ) {
+                Ok(crate::node::Probed::Listens(address)) => {
+                    println!("`{}` listens on {address}", settings.command.join(" "));
+                    address
+                }
+                Ok(crate::node::Probed::Nothing(why)) => {
+                    return Err(Error::config(format!(
+                        "cannot tell the port `{}` listens on: {why}; give --listen ADDR",
+                        settings.command.join(" ")
+                    )));
+                }
+                Err(why) => return Err(Error::config(why)),
+            }
+        }
+        None => settings.listen[0].clone(),
+    };
+    let plan = crate::install::plan(&args.name, &settings, &text, address).map_err(Error::config)?;
+    crate::install::carry_out(&plan, args.timeout).map_err(Error::os)
 }
 
 /// `sheepdog logs`: from the journal under systemd (by exec'ing
@@ -489,7 +582,7 @@ fn import(args: crate::cli::ImportArgs) -> ExitCode {
     }
     if let Some(first) = paths.first() {
         println!(
-            "run one: sheepdog run --config {}; as a service: sheepdog install --config {}",
+            "run one: sheepdog run --config {}; as a service: sheepdog install NAME --config {}",
             first.display(),
             first.display()
         );

@@ -50,6 +50,16 @@ pub enum Command {
     /// otherwise the last lines sheepdog kept, each with its worker's slot
     /// and pid.
     Logs(LogsArgs),
+    /// Make an app a service that starts at boot (pm2 startup + save): its
+    /// config in /etc/sheepdog/NAME.toml, sheepdog@NAME.socket enabled and
+    /// started; waits until it serves. As root.
+    Install(InstallArgs),
+    /// Undo `sheepdog install NAME`: stop and disable the units, remove the
+    /// config and the drop-ins.
+    Uninstall {
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
     /// Turn a pm2 ecosystem file into one sheepdog config per app
     /// (DIR/NAME.toml), each checked; what does not map is listed.
     Import(ImportArgs),
@@ -122,6 +132,34 @@ pub struct TopArgs {
     /// How often the view is refreshed.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = crate::units::parse_duration)]
     pub interval: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    /// The service's name: sheepdog@NAME, /etc/sheepdog/NAME.toml.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+
+    /// A config to install (its settings, written out whole); else the
+    /// command after `--`, run in the current directory.
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Number of workers, or "auto", for a command given after `--`.
+    #[arg(short, long, value_name = "N|auto")]
+    pub workers: Option<String>,
+
+    /// The address to serve on (else the config's, or the Node app's own port).
+    #[arg(short, long = "listen", value_name = "ADDR")]
+    pub listen: Option<ListenAddr>,
+
+    /// How long to wait for the app to serve.
+    #[arg(long, value_name = "DURATION", default_value = "90s", value_parser = crate::units::parse_duration)]
+    pub timeout: std::time::Duration,
+
+    /// The worker command, after `--`.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Args)]

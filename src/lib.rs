@@ -55,6 +55,7 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod import;
+pub mod install;
 pub mod limits;
 pub mod logging;
 pub mod manual;

@@ -122,6 +122,7 @@ pub fn probe_port(
     env: &BTreeMap<String, String>,
     working_directory: Option<&Path>,
     timeout: Duration,
+    user: Option<(u32, u32)>,
 ) -> Result<Probed, String> {
     let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     let write_raw = write.as_raw_fd();
@@ -141,6 +142,9 @@ pub fn probe_port(
         .stderr(Stdio::null());
     if let Some(dir) = working_directory {
         child.current_dir(dir);
+    }
+    if let Some((uid, gid)) = user {
+        child.uid(uid).gid(gid);
     }
     // SAFETY: between fork and exec only async-signal-safe calls: setpgid
     // and dup2 (which clears FD_CLOEXEC on the copy).

@@ -7,6 +7,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 repo=$PWD
+# Host-side files of this run, apart from any other run's.
+scratch=$(mktemp -d)
 sandbox=${SANDBOX_SH:-$repo/../shared/sandbox/sandbox.sh}
 [ -x "$sandbox" ] || { echo "e2e: no sandbox at $sandbox" >&2; exit 1; }
 passed=0; failed=0
@@ -32,13 +34,13 @@ active() { [ "$(x systemctl is-active "$1")" = "$2" ]; }
 journal_has() { local pattern=$1; shift; x journalctl --no-pager "$@" | grep -F -- "$pattern" >/dev/null; }
 config() { # config VERSION [COMMAND] [MORE TOML]; WORKERS=N for another count
     local command=${2:-'"node", "/srv/myapp/server.js"'}
-    printf 'command = [%s]\nworkers = %s\nreadiness = "node-ipc"\nready_timeout = "3s"\nstop_timeout = "5s"\nmax_restarts = 100\n[heartbeat]\ninterval = "500ms"\n[env]\nAPP_VERSION = "%s"\n%b' "$command" "${WORKERS:-2}" "$1" "${3:-}" > /tmp/e2e-myapp.toml
-    S copy-in /tmp/e2e-myapp.toml /etc/sheepdog/myapp.toml
+    printf 'command = [%s]\nworkers = %s\nreadiness = "node-ipc"\nready_timeout = "3s"\nstop_timeout = "5s"\nmax_restarts = 100\n[heartbeat]\ninterval = "500ms"\n[env]\nAPP_VERSION = "%s"\n%b' "$command" "${WORKERS:-2}" "$1" "${3:-}" > $scratch/e2e-myapp.toml
+    S copy-in $scratch/e2e-myapp.toml /etc/sheepdog/myapp.toml
 }
-hammer_start() { x rm -f /tmp/hammer.stop; S exec /usr/local/bin/hammer 120 /tmp/hammer.stop > /tmp/e2e-hammer.out & hammer_pid=$!; until_ok 20 answers "hello"; }
-hammer_stop() { x touch /tmp/hammer.stop; wait "$hammer_pid"; cat /tmp/e2e-hammer.out; }
-zero_failed() { grep -q " failed=0 " /tmp/e2e-hammer.out; }
-zero_refused() { grep -q " refused=0 " /tmp/e2e-hammer.out; }
+hammer_start() { x rm -f /tmp/hammer.stop; S exec /usr/local/bin/hammer 120 /tmp/hammer.stop > $scratch/e2e-hammer.out & hammer_pid=$!; until_ok 20 answers "hello"; }
+hammer_stop() { x touch /tmp/hammer.stop; wait "$hammer_pid"; cat $scratch/e2e-hammer.out; }
+zero_failed() { grep -q " failed=0 " $scratch/e2e-hammer.out; }
+zero_refused() { grep -q " refused=0 " $scratch/e2e-hammer.out; }
 slot0_pid() { x sheepdog status --config /etc/sheepdog/myapp.toml | awk '$1 == "0" && $4 == "ready" { print $2 }'; }
 worker_pids() { x sheepdog status --config /etc/sheepdog/myapp.toml | awk '$4 == "ready" { print $2 }' | sort -n | tr '\n' ' '; }
 
@@ -51,8 +53,8 @@ spread() { # spread LABEL: 8 workers on the shipped socket unit's queues
     WORKERS=8 config 4
     check "$label systemctl reload onto 8 workers" x systemctl reload myapp
     check "$label 8 workers ready" until_ok 30 bash -c "'$sandbox' exec sheepdog status --config /etc/sheepdog/myapp.toml | grep -q ' 8/8 ready'"
-    x /usr/local/bin/pool 16 > /tmp/e2e-pool.out; cat /tmp/e2e-pool.out | sed 's/^/# /'
-    check "$label a keep-alive pool of 16 reaches all 8 workers" grep -q '^workers=8 holds=2,2,2,2,2,2,2,2$' /tmp/e2e-pool.out
+    x /usr/local/bin/pool 16 > $scratch/e2e-pool.out; cat $scratch/e2e-pool.out | sed 's/^/# /'
+    check "$label a keep-alive pool of 16 reaches all 8 workers" grep -q '^workers=8 holds=2,2,2,2,2,2,2,2$' $scratch/e2e-pool.out
     hammer_start
     WORKERS=8 config 5
     check "$label systemctl reload of 8 workers under load exits 0" x systemctl reload myapp
@@ -75,12 +77,12 @@ upgrade_in_place() { # upgrade_in_place LABEL: dpkg -i a higher version under lo
     x rm -f /tmp/watch.stop /tmp/states
     S exec bash -c 'while [ ! -e /tmp/watch.stop ]; do systemctl is-active myapp >> /tmp/states; sleep 0.05; done' & watch=$!
     S copy-in "$repo/target/e2e-upgrade.deb" /root/sheepdog-upgrade.deb
-    x dpkg -i /root/sheepdog-upgrade.deb > /tmp/e2e-dpkg.out 2>&1; rc=$?
+    x dpkg -i /root/sheepdog-upgrade.deb > $scratch/e2e-dpkg.out 2>&1; rc=$?
     x touch /tmp/watch.stop; wait "$watch"
     hammer_stop
-    sed 's/^/#   dpkg: /' /tmp/e2e-dpkg.out
+    sed 's/^/#   dpkg: /' $scratch/e2e-dpkg.out
     check "$label dpkg -i of a higher version succeeds" test "$rc" -eq 0
-    check "$label the postinst upgraded myapp in place" grep -qF "myapp (pid $main_pid): upgraded from $from to $from+next in place" /tmp/e2e-dpkg.out
+    check "$label the postinst upgraded myapp in place" grep -qF "myapp (pid $main_pid): upgraded from $from to $from+next in place" $scratch/e2e-dpkg.out
     local pid_after workers_after
     pid_after=$(x systemctl show -p MainPID --value myapp)
     workers_after=$(worker_pids)
@@ -94,6 +96,27 @@ upgrade_in_place() { # upgrade_in_place LABEL: dpkg -i a higher version under lo
     check "$label systemctl status shows the upgrade" until_ok 10 bash -c "'$sandbox' exec systemctl status myapp --no-pager | grep -qF 'sheepdog $from+next, upgraded from $from at'"
 }
 
+pm2_install() { # pm2_install LABEL: a pm2 app made a service with one command, as the README says
+    local label=$1 worker
+    x mkdir -p /srv/shop
+    S copy-in "$repo/tests/fixtures/pm2/app.js" /srv/shop/app.js
+    x useradd --system --home-dir /srv/shop --shell /usr/sbin/nologin shop
+    x chown -R shop: /srv/shop
+    x bash -c 'cd /srv/shop && sheepdog install shop --workers 2 -- node app.js' > $scratch/e2e-install.out 2>&1
+    sed 's/^/#   install: /' $scratch/e2e-install.out
+    check "$label sheepdog install shop -- node app.js waits until it serves" grep -q '^shop serves on \[::\]:3000$' $scratch/e2e-install.out
+    check "$label it says how to undo it" grep -q 'undo: sheepdog uninstall shop' $scratch/e2e-install.out
+    check "$label the app answers on its own port, 3000" bash -c "'$sandbox' exec curl -sS --max-time 10 http://127.0.0.1:3000/ | grep -q '\"port\":3000'"
+    check "$label sheepdog@shop.socket is enabled for boot" bash -c "[ \"\$('$sandbox' exec systemctl is-enabled sheepdog@shop.socket)\" = enabled ]"
+    worker=$(x sheepdog status --config /etc/sheepdog/shop.toml | awk '$1 == "0" && $4 == "ready" { print $2 }')
+    check "$label the workers run as the app's owner" bash -c "[ \"\$('$sandbox' exec ps -o user= -p '$worker')\" = shop ]"
+    check "$label systemctl reload sheepdog@shop rolls the workers" bash -c "'$sandbox' exec systemctl reload sheepdog@shop && '$sandbox' exec sheepdog status --config /etc/sheepdog/shop.toml | grep -q 'generation 2 · 2/2 ready'"
+    check "$label the app's SIGINT handler ran in the old workers" journal_has "SIGINT: closing the server (pid $worker)" -u sheepdog@shop
+    check "$label sheepdog logs shop shows the workers' lines from the journal" bash -c "'$sandbox' exec sheepdog logs shop -n 100 | grep -q 'shop-worker-0\[.*app listening on port 3000'"
+    check "$label sheepdog uninstall shop removes it" x sheepdog uninstall shop
+    check "$label nothing of it is left" bash -c "! '$sandbox' exec test -e /etc/sheepdog/shop.toml && ! '$sandbox' exec test -e /etc/systemd/system/sheepdog@shop.socket.d/sheepdog-install.conf && [ \"\$('$sandbox' exec systemctl is-active sheepdog@shop.socket)\" != active ] && ! '$sandbox' exec curl -sS --max-time 3 http://127.0.0.1:3000/"
+}
+
 deploy() { # deploy SERVICE_UNIT: install the .deb and the example app as myapp
     S copy-in "$deb" /root/sheepdog.deb
     check "dpkg -i installs the package" x dpkg -i /root/sheepdog.deb
@@ -104,8 +127,8 @@ deploy() { # deploy SERVICE_UNIT: install the .deb and the example app as myapp
     x cp /usr/share/doc/sheepdog/examples/systemd/myapp.socket /etc/systemd/system/myapp.socket
     x cp "/usr/share/doc/sheepdog/examples/systemd/$1" /etc/systemd/system/myapp.service
     # Shorter watchdog and stop timeouts, to keep the run short.
-    printf '[Service]\nWatchdogSec=4s\nTimeoutStopSec=15s\nStartLimitBurst=50\n' > /tmp/e2e-dropin.conf
-    S copy-in /tmp/e2e-dropin.conf /etc/systemd/system/myapp.service.d/e2e.conf
+    printf '[Service]\nWatchdogSec=4s\nTimeoutStopSec=15s\nStartLimitBurst=50\n' > $scratch/e2e-dropin.conf
+    S copy-in $scratch/e2e-dropin.conf /etc/systemd/system/myapp.service.d/e2e.conf
     config 1
     x systemctl daemon-reload
 }
@@ -113,7 +136,7 @@ deploy() { # deploy SERVICE_UNIT: install the .deb and the example app as myapp
 boot() { # boot SUITE
     # CAP_BPF (and bpf(2) past nspawn's filter), as a host has it to give:
     # the shipped units hand it to sheepdog for the round robin.
-    export SANDBOX_NAME=sheepdog-e2e-$1 SANDBOX_SUITE=$1 SANDBOX_PACKAGES=nodejs,curl \
+    export SANDBOX_NAME=${E2E_PREFIX:-sheepdog-e2e}-$1 SANDBOX_SUITE=$1 SANDBOX_PACKAGES=nodejs,curl \
         SANDBOX_CAPABILITY=CAP_BPF SANDBOX_SYSCALLS=bpf
     S boot || { echo "e2e: the $1 sandbox did not boot" >&2; S logs | tail -20 >&2; exit 1; }
     trap 'S stop >/dev/null 2>&1' EXIT
@@ -144,8 +167,8 @@ build_upgrade_deb() {
 build_upgrade_deb || { echo "e2e: cannot build the upgrade .deb" >&2; exit 1; }
 
 # lintian checks the manual pages too (it runs man --warnings on them).
-lintian --tag-display-limit 0 "$deb" > /tmp/e2e-lintian.out 2>&1
-check "lintian finds nothing wrong with the manual pages" bash -c "! grep -E 'manpage|groff|man-page' /tmp/e2e-lintian.out"
+lintian --tag-display-limit 0 "$deb" > $scratch/e2e-lintian.out 2>&1
+check "lintian finds nothing wrong with the manual pages" bash -c "! grep -E 'manpage|groff|man-page' $scratch/e2e-lintian.out"
 
 echo "# Debian 12 (systemd 252): Type=notify, ExecReload=sheepdog reload"
 boot bookworm
@@ -199,8 +222,8 @@ check "systemd-analyze security rates myapp.service 2.0 or better" bash -c \
     "'$sandbox' exec systemd-analyze security --no-pager myapp.service | awk '/Overall exposure level/ { found = 1; ok = (\$(NF-2) + 0 <= 2.0) } END { exit !(found && ok) }'"
 # Memory recycling reads the workers' /proc (ProtectProc=invisible hides
 # only other users'): a limit below a Node worker's size replaces them.
-printf 'command = ["node", "/srv/myapp/server.js"]\nworkers = 2\nreadiness = "node-ipc"\nready_timeout = "3s"\nstop_timeout = "5s"\nmax_restarts = 100\n[heartbeat]\ninterval = "500ms"\n[memory]\nlimit = "8MiB"\ninterval = "500ms"\n[env]\nAPP_VERSION = "2"\n' > /tmp/e2e-myapp.toml
-S copy-in /tmp/e2e-myapp.toml /etc/sheepdog/myapp.toml
+printf 'command = ["node", "/srv/myapp/server.js"]\nworkers = 2\nreadiness = "node-ipc"\nready_timeout = "3s"\nstop_timeout = "5s"\nmax_restarts = 100\n[heartbeat]\ninterval = "500ms"\n[memory]\nlimit = "8MiB"\ninterval = "500ms"\n[env]\nAPP_VERSION = "2"\n' > $scratch/e2e-myapp.toml
+S copy-in $scratch/e2e-myapp.toml /etc/sheepdog/myapp.toml
 x systemctl reload myapp
 check "memory recycling works under the hardened unit" until_ok 15 journal_has "over the memory limit" -u myapp
 config 2
@@ -236,6 +259,7 @@ x systemctl reset-failed myapp >/dev/null 2>&1
 x systemctl restart myapp.service
 check "it serves again once workers can start" until_ok 30 answers "hello from worker"
 
+pm2_install "bookworm:"
 upgrade_in_place "bookworm:"
 
 hammer_start
@@ -268,8 +292,8 @@ ready_for() { # ready_for systemd|sheepdog PAYLOAD: did the datagram make it rea
             /usr/local/bin/notify-send "$2" >/dev/null 2>&1
     else
         printf "command = [\"/usr/local/bin/notify-send\", '%s']\nworkers = 1\nlisten = [\"127.0.0.1:0\"]\nreadiness = \"notify\"\nready_timeout = \"3s\"\n" \
-            "$2" > /tmp/e2e-probe.toml
-        S copy-in /tmp/e2e-probe.toml /etc/sheepdog/probe.toml
+            "$2" > $scratch/e2e-probe.toml
+        S copy-in $scratch/e2e-probe.toml /etc/sheepdog/probe.toml
         x timeout 30 systemd-run --quiet --unit="$unit" -p Type=notify -p TimeoutStartSec=6s \
             /usr/bin/sheepdog run --config /etc/sheepdog/probe.toml >/dev/null 2>&1
     fi
@@ -314,6 +338,7 @@ check "trixie: no request failed during the reload" zero_failed
 check "trixie: journalctl -u myapp shows the reload" journal_has "reloaded to generation 2" -u myapp
 check "trixie: each worker's output is attributed to its slot" journal_has "worker 1 (pid" -u myapp -t myapp-worker-1
 spread "trixie:"
+pm2_install "trixie:"
 upgrade_in_place "trixie:"
 S stop >/dev/null
 trap - EXIT
