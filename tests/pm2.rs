@@ -42,8 +42,7 @@ fn run_with(args: &[&str], env: &[(&str, &str)]) -> App {
         launch = launch.env(key, value);
     }
     let sheepdog = launch.spawn();
-    let (_, line) = sheepdog.logs.wait_for(" control socket ", 30 * SECOND);
-    let socket = line.rsplit(" control socket ").next().unwrap().trim().to_string();
+    let socket = control_socket_of(&sheepdog);
     App {
         sheepdog,
         addr: SocketAddr::from(([127, 0, 0, 1], port)),
@@ -81,6 +80,12 @@ impl App {
         assert_eq!(self.sheepdog.wait_exit(30 * SECOND).code(), Some(0));
         self.sheepdog.logs.clone()
     }
+}
+
+/// The control socket sheepdog said it took, on its first line.
+fn control_socket_of(sheepdog: &Sheepdog) -> String {
+    let (_, line) = sheepdog.logs.wait_for("; control socket ", 30 * SECOND);
+    line.rsplit("; control socket ").next().unwrap().trim().to_string()
 }
 
 fn pids_of(answers: &HashMap<i64, serde_json::Value>) -> HashSet<i64> {
@@ -352,8 +357,7 @@ fn logs_by_the_apps_name_as_pm2_logs_app_and_follow_new_lines() {
             let _ = tx.send(line);
         }
     });
-    let (_, line) = sheepdog.logs.wait_for(" control socket ", SECOND);
-    let socket = line.rsplit(" control socket ").next().unwrap().trim().to_string();
+    let socket = control_socket_of(&sheepdog);
     let scaled = sheepdog_client(&["scale", "+1", "--socket", &socket], 10 * SECOND);
     assert!(scaled.status.success(), "{}", String::from_utf8_lossy(&scaled.stderr));
     let deadline = std::time::Instant::now() + 20 * SECOND;
@@ -374,4 +378,97 @@ fn logs_by_the_apps_name_as_pm2_logs_app_and_follow_new_lines() {
     assert_eq!(sheepdog.wait_exit(20 * SECOND).code(), Some(0));
     let _ = follow.kill();
     let _ = follow.wait();
+}
+
+/// The first code span of each row's sheepdog column in the README's
+/// "Coming from pm2" table.
+fn pm2_table_commands() -> Vec<String> {
+    let readme = std::fs::read_to_string(repo_path("README.md")).unwrap();
+    let section = readme.split("## Coming from pm2").nth(1).unwrap();
+    section
+        .lines()
+        .skip_while(|l| !l.starts_with("| pm2 | sheepdog |"))
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .map(|row| {
+            let sheepdog = row.trim_matches('|').split(" | ").nth(1).unwrap();
+            let command = sheepdog.split('`').nth(1).unwrap();
+            command.strip_prefix("sudo ").unwrap_or(command).to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn every_command_of_the_coming_from_pm2_table_runs() {
+    let commands = pm2_table_commands();
+    assert!(commands.len() >= 12, "{commands:?}");
+    let fixtures = repo_path("tests/fixtures/pm2");
+    let port = free_port().port().to_string();
+    let runs: Vec<&String> = commands.iter().filter(|c| c.starts_with("sheepdog run ")).collect();
+    assert_eq!(runs.len(), 2, "{commands:?}");
+    let mut checked = 0;
+    for run in runs {
+        let words: Vec<&str> = run.split_whitespace().skip(1).collect();
+        let mut launch = Launch::new(&words).with_default_paths().env("PORT", &port);
+        launch.args.iter_mut().for_each(|a| {
+            if a == "app.js" {
+                *a = fixtures.join("app.js").display().to_string();
+            }
+        });
+        let sheepdog = launch.spawn();
+        let socket = control_socket_of(&sheepdog);
+        let (_, ready) = sheepdog.logs.wait_for("ready: ", 30 * SECOND);
+        assert!(ready.contains("ready: "), "{ready}");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port.parse().unwrap()));
+        wait_until(30 * SECOND, "an answer on the app's port", || {
+            get(addr, 5 * SECOND).is_ok()
+        });
+        checked += 1;
+        if checked > 1 {
+            continue;
+        }
+        // Every client row, against this flock. The socket is named: other
+        // flocks of this suite run beside it.
+        for command in commands.iter().filter(|c| c.starts_with("sheepdog ")) {
+            let mut words: Vec<String> = command.split_whitespace().skip(1).map(str::to_string).collect();
+            let out = tempfile::tempdir().unwrap();
+            match words[0].as_str() {
+                "run" | "install" | "uninstall" | "top" => continue,
+                "import" => {
+                    words.iter_mut().for_each(|w| {
+                        if w == "DIR" {
+                            *w = out.path().display().to_string();
+                        } else if w == "ecosystem.config.js" {
+                            *w = fixtures.join(&*w).display().to_string();
+                        }
+                    });
+                }
+                "logs" => {
+                    // By the app's name: it must be found among those running.
+                }
+                _ => {
+                    words.retain(|w| w != "--socket" && w != "PATH");
+                    words.extend(["--socket".to_string(), socket.clone()]);
+                }
+            }
+            let args: Vec<&str> = words.iter().map(String::as_str).collect();
+            let output = sheepdog_client(&args, 60 * SECOND);
+            assert!(
+                output.status.success(),
+                "`sheepdog {}`: {}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            checked += 1;
+        }
+        drop(sheepdog);
+    }
+    let clients = commands
+        .iter()
+        .filter(|c| c.starts_with("sheepdog "))
+        .filter(|c| !["run", "install", "uninstall", "top"].contains(&c.split_whitespace().nth(1).unwrap()))
+        .count();
+    assert!(clients >= 7, "{commands:?}");
+    assert_eq!(checked, 2 + clients, "every run and client row ran");
 }
