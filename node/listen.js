@@ -11,6 +11,8 @@
 //   when it gives the worker an IPC channel: a seed-style cluster master then
 //   runs its worker branch), every listen() binds or takes its socket in the
 //   worker itself, since sheepdog hands out no handles;
+// - every 2 s it reports the worker's V8 heap and its longest event-loop
+//   delay over its IPC channel (`sheepdog top`, `status --json`, /metrics);
 // - when sheepdog asks which port the app listens on (it was given no
 //   address), the first listen(port) tells it, and the process ends there.
 //
@@ -141,4 +143,24 @@ function relay(got, other) {
 if (ours) {
   relay('SIGTERM', 'SIGINT');
   relay('SIGINT', 'SIGTERM');
+}
+
+// The heap and the event loop's lag, for `sheepdog top` and /metrics, over
+// the IPC channel sheepdog gave (never keeping the process alive).
+if (ours && typeof process.send === 'function') {
+  const { monitorEventLoopDelay } = require('perf_hooks');
+  const delay = monitorEventLoopDelay({ resolution: 10 });
+  delay.enable();
+  const report = setInterval(() => {
+    if (!process.connected) return;
+    const memory = process.memoryUsage();
+    const lag = Number.isFinite(delay.max) ? delay.max / 1e6 : 0;
+    delay.reset();
+    try {
+      process.send({ sheepdog: 'stats', heap_used: memory.heapUsed, heap_total: memory.heapTotal, lag_ms: lag });
+    } catch (_) {
+      // The channel is gone: sheepdog is going away.
+    }
+  }, 2000);
+  report.unref();
 }

@@ -53,6 +53,10 @@ pub fn main(build: Build) -> ExitCode {
         Command::Man { page } => man(&page),
         Command::Import(args) => import(args),
         Command::Logs(args) => logs(args),
+        Command::Replace(args) => {
+            let request = Request::Replace { slot: args.slot };
+            answered(ask(&args.client, request, Duration::from_secs(10)), done)
+        }
         Command::Install(args) => install(args),
         Command::Uninstall { name } => match crate::install::uninstall(&name) {
             Ok(()) => ExitCode::SUCCESS,

@@ -46,6 +46,9 @@ pub enum Command {
     /// JSON line with its version and the state format it reads.
     #[command(hide = true)]
     UpgradeProbe,
+    /// Replace one worker gracefully, replacement first (as a memory
+    /// recycle does): `sheepdog replace 1`.
+    Replace(ReplaceArgs),
     /// The workers' output: under systemd from the journal (journalctl),
     /// otherwise the last lines sheepdog kept, each with its worker's slot
     /// and pid.
@@ -160,6 +163,16 @@ pub struct InstallArgs {
     /// The worker command, after `--`.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplaceArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+
+    /// The worker's slot (as `sheepdog status` shows it).
+    #[arg(value_name = "SLOT")]
+    pub slot: usize,
 }
 
 #[derive(Debug, Args)]

@@ -120,6 +120,7 @@ pub fn control_request(data: &[u8]) {
             3
         }
         Command::ScaleAuto { .. } => 3,
+        Command::Replace { .. } => 3,
         Command::Logs { lines, slot, after } => {
             assert!(*lines <= crate::control::protocol::MAX_LOG_LINES, "{lines} lines");
             3 + usize::from(slot.is_some()) + usize::from(after.is_some())

@@ -18,6 +18,10 @@ struct Tmux {
 
 impl Tmux {
     fn start(name: &str, dir: &std::path::Path) -> Tmux {
+        Tmux::sized(name, dir, 80, 24)
+    }
+
+    fn sized(name: &str, dir: &std::path::Path, width: u16, height: u16) -> Tmux {
         let tmux = Tmux {
             socket: format!("sheepdog-{name}-{}", std::process::id()),
         };
@@ -27,9 +31,9 @@ impl Tmux {
             "-s",
             "t",
             "-x",
-            "80",
+            &width.to_string(),
             "-y",
-            "24",
+            &height.to_string(),
             "-c",
             dir.to_str().unwrap(),
             "bash --norc --noprofile",
@@ -190,6 +194,94 @@ fn top_redraws_in_place_shows_a_killed_worker_replaced_and_quits_leaving_the_ter
         .collect();
     assert_eq!(after, ["icanon", "echo"], "{screen}");
 
+    sheepdog.signal(libc::SIGTERM);
+    assert_eq!(sheepdog.wait_exit(20 * SECOND).code(), Some(0));
+}
+
+/// A cell of slot `slot`'s row, counted from the row's end (1 = the last).
+fn cell_from_end(screen: &str, slot: usize, from_end: usize) -> Option<String> {
+    let line = screen.lines().find(|l| {
+        let mut cells = l.split_whitespace();
+        cells.next() == Some(&slot.to_string()) && cells.nth(2).is_some_and(|s| s == "ready")
+    })?;
+    let cells: Vec<&str> = line.split_whitespace().collect();
+    cells.get(cells.len().checked_sub(from_end)?).map(|c| c.to_string())
+}
+
+#[test]
+fn top_on_a_big_terminal_shows_node_heap_and_lag_a_log_pane_and_replaces_a_worker_on_a_key() {
+    // A pm2-style Node app, run as a pm2 user would: the Node kit reports
+    // each worker's heap and event-loop lag over its IPC channel.
+    let port = free_port().port();
+    let launch = Launch::new(&[]);
+    let config = launch.file(
+        "app.toml",
+        &format!(
+            "command = [\"node\", {:?}]\nlisten = [\"127.0.0.1:{port}\"]\nworkers = 2\nready_delay = \"300ms\"\n\
+             control_socket = \"control.sock\"\n",
+            repo_path("tests/fixtures/pm2/app.js").display().to_string()
+        ),
+    );
+    let mut launch = launch;
+    launch.args = vec!["run".into(), "--config".into(), config.display().to_string()];
+    let dir = launch.dir.path().to_path_buf();
+    let mut sheepdog = launch.spawn();
+    sheepdog.logs.wait_for("ready: 2/2 workers", 20 * SECOND);
+
+    for (width, height) in [(80u16, 24u16), (200, 50)] {
+        let tmux = Tmux::sized(&format!("top{width}"), &dir, width, height);
+        tmux.keys(&[&format!("{BIN} top --config app.toml --interval 300ms"), "Enter"]);
+        let screen = tmux.wait_for("both workers", 10 * SECOND, |s| {
+            row(s, 0).is_some() && row(s, 1).is_some()
+        });
+        if width == 80 {
+            assert!(
+                !screen.contains("HEAP"),
+                "no room for the heap at 80 columns:\n{screen}"
+            );
+            tmux.keys(&["q"]);
+            continue;
+        }
+        // The heap (MiB) and the lag (ms) of each Node worker, and they move.
+        let screen = tmux.wait_for("heap and lag figures", 10 * SECOND, |s| {
+            cell_from_end(s, 0, 1).is_some_and(|lag| lag.ends_with("ms")) && s.contains("HEAP      LAG")
+        });
+        let lag = cell_from_end(&screen, 0, 1).unwrap();
+        tmux.wait_for("the lag figure moving", 15 * SECOND, |s| {
+            cell_from_end(s, 0, 1).is_some_and(|now| now.ends_with("ms") && now != lag)
+        });
+        // The pane of the selected worker (slot 0): its own last lines.
+        let screen = tmux.wait_for("worker 0's lines", 10 * SECOND, |s| {
+            s.contains("── worker 0: its last lines") && s.contains("app listening on port")
+        });
+        assert!(screen.contains("cron runs in instance 0"), "{screen}");
+        // ↓ selects worker 1; x replaces it, replacement first.
+        let (victim, _) = row(&screen, 1).unwrap();
+        tmux.keys(&["Down"]);
+        tmux.wait_for("worker 1 selected", 10 * SECOND, |s| {
+            s.contains("── worker 1: its last lines")
+        });
+        tmux.keys(&["x"]);
+        let screen = tmux.wait_for("worker 1 replaced", 20 * SECOND, |s| {
+            row(s, 1).is_some_and(|(pid, restarts)| pid != victim && restarts == 0)
+        });
+        assert!(
+            screen.contains(&format!("replacing worker 1 (pid {victim}), replacement first")),
+            "{screen}"
+        );
+        sheepdog
+            .logs
+            .wait_for(&format!("SIGINT: closing the server (pid {victim})"), 10 * SECOND);
+        // + adds a worker.
+        tmux.keys(&["+"]);
+        tmux.wait_for("a third worker", 20 * SECOND, |s| row(s, 2).is_some());
+        tmux.keys(&["q"]);
+    }
+    let status = status_of(&config);
+    assert_eq!(status["supervisor"]["replacements"]["requested"], 1, "{status}");
+    let worker = &status["workers"][0];
+    assert!(worker["heap_used_bytes"].as_u64().unwrap() > 1 << 20, "{worker}");
+    assert!(worker["event_loop_lag_ms"].as_f64().is_some(), "{worker}");
     sheepdog.signal(libc::SIGTERM);
     assert_eq!(sheepdog.wait_exit(20 * SECOND).code(), Some(0));
 }

@@ -33,6 +33,10 @@ pub enum Command {
     },
     /// Hand the flock over to the binary now installed at sheepdog's path.
     Upgrade,
+    /// Replace the ready worker of `slot`, replacement first.
+    Replace {
+        slot: usize,
+    },
     /// The workers' last lines: `lines` at most, of the worker in `slot`
     /// only if given, after line `after` only if given (`logs -f`).
     Logs {
@@ -113,6 +117,14 @@ pub fn parse_request(line: &[u8]) -> Result<Command, String> {
     let command = match command.as_str() {
         "status" => Command::Status,
         "reload" => Command::Reload,
+        "replace" => match map
+            .remove("slot")
+            .map(|v| v.as_u64().filter(|n| *n < MAX_SCALE).ok_or(v))
+        {
+            Some(Ok(slot)) => Command::Replace { slot: slot as usize },
+            Some(Err(v)) => return Err(format!("bad request: \"slot\" must be a worker's slot, not {v}")),
+            None => return Err("bad request: replace needs \"slot\"".into()),
+        },
         "logs" => {
             let number = |value: Value, what: &str, max: u64| {
                 value
@@ -159,7 +171,7 @@ pub fn parse_request(line: &[u8]) -> Result<Command, String> {
         },
         other => {
             return Err(format!(
-                "bad request: unknown command {other:?} (status, reload, scale, upgrade or logs)"
+                "bad request: unknown command {other:?} (status, reload, scale, upgrade, replace or logs)"
             ));
         }
     };
@@ -415,6 +427,14 @@ pub struct WorkerStatus {
     /// New connections sent to it since it started (round robin only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connections: Option<u64>,
+    /// A Node worker's V8 heap, used and total (from sheepdog's preload).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heap_used_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heap_total_bytes: Option<u64>,
+    /// A Node worker's longest event-loop delay over the last 2 s, in ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_loop_lag_ms: Option<f64>,
 }
 
 #[cfg(test)]
@@ -561,6 +581,9 @@ mod tests {
                 listens_itself: vec!["127.0.0.1:3000".into()],
                 queue: Some(0),
                 connections: Some(12),
+                heap_used_bytes: Some(20 << 20),
+                heap_total_bytes: Some(32 << 20),
+                event_loop_lag_ms: Some(11.5),
             }],
             waiting: vec![WaitingSlot {
                 slot: 1,

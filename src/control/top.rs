@@ -1,7 +1,10 @@
 //! `sheepdog top`: a live view of one flock in the terminal, like `pm2
 //! monit` or uwsgitop. It asks for the status every interval and redraws in
 //! place (the alternate screen, so the terminal's own text comes back on
-//! exit), fits the terminal's width (80 columns by default), and quits on
+//! exit), uses the terminal it has (80×24 by default: a wider one shows
+//! each Node worker's heap and event-loop lag, a taller one more workers and
+//! a pane of the selected worker's last lines), takes keys (↑/↓ select, `x`
+//! replaces the selected worker, `r` reloads, `+`/`-` scale), and quits on
 //! `q` or Ctrl-C, leaving the terminal as it found it: its mode restored,
 //! the cursor shown, the screen it had.
 
@@ -78,10 +81,15 @@ pub fn frame(report: &StatusReport, previous: &Sample, now: Instant, width: usiz
         None => format!("replaced: {}", ended.join(" · ")),
     });
     lines.push(String::new());
-    lines.push(format!(
+    let wide = width >= WIDE;
+    let mut header = format!(
         "{:<4} {:>7} {:>4} {:<9} {:>6} {:>9} {:>4} {:>6} {:>6} {:>6} {:>7}",
         "SLOT", "PID", "GEN", "STATE", "CPU%", "MEMORY", "RST", "BEAT", "CONN%", "QUEUED", "UPTIME"
-    ));
+    );
+    if wide {
+        header += &format!(" {:>9} {:>8}", "HEAP", "LAG");
+    }
+    lines.push(header);
     let connections: u64 = report.workers.iter().filter_map(|w| w.connections).sum();
     let mut rows: Vec<(usize, String)> = report
         .workers
@@ -105,7 +113,7 @@ pub fn frame(report: &StatusReport, previous: &Sample, now: Instant, width: usiz
                     .sum();
                 waiting.to_string()
             });
-            let row = format!(
+            let mut row = format!(
                 "{:<4} {:>7} {:>4} {:<9} {:>6} {:>9} {:>4} {:>6} {:>6} {:>6} {:>7}",
                 w.slot,
                 w.pid,
@@ -119,6 +127,11 @@ pub fn frame(report: &StatusReport, previous: &Sample, now: Instant, width: usiz
                 queued,
                 super::view::age(Some(w.uptime_s))
             );
+            if wide {
+                let heap = w.heap_used_bytes.map_or("-".into(), format_size);
+                let lag = w.event_loop_lag_ms.map_or("-".into(), |ms| format!("{ms:.1}ms"));
+                row += &format!(" {heap:>9} {lag:>8}");
+            }
             (w.slot, row)
         })
         .collect();
@@ -136,13 +149,72 @@ pub fn frame(report: &StatusReport, previous: &Sample, now: Instant, width: usiz
     lines.into_iter().map(|l| fit(&l, width)).collect()
 }
 
+/// From this width on, each Node worker's heap and lag have columns.
+const WIDE: usize = 100;
+
+/// What the screen shows besides the flock: the selected worker, its last
+/// lines, and the outcome of the last key.
+#[derive(Default)]
+pub struct Pane {
+    pub selected: Option<usize>,
+    /// The selected worker's last lines (or why there are none).
+    pub lines: Vec<String>,
+    pub message: String,
+}
+
+/// The whole screen at `width`×`height`: the flock's frame (its worker rows
+/// cut to fit, the selected one marked), then the pane of the selected
+/// worker's last lines in what height is left, then the keys.
+pub fn screen(
+    report: &StatusReport,
+    previous: &Sample,
+    now: Instant,
+    width: usize,
+    height: usize,
+    pane: &Pane,
+) -> Vec<String> {
+    let mut lines = frame(report, previous, now, width);
+    lines.pop(); // "q or Ctrl-C quits": the keys come last, below.
+    lines.pop();
+    let first_row = 6;
+    if let Some(slot) = pane.selected {
+        let prefix = format!("{slot:<4} ");
+        if let Some(row) = lines.iter_mut().skip(first_row).find(|l| l.starts_with(&prefix)) {
+            // Reverse video for the selected worker.
+            *row = format!("\x1b[7m{row}\x1b[0m");
+        }
+    }
+    let keys = "↑/↓ select · x replace it · r reload · +/- scale · q quit";
+    // Room for the pane: what the worker rows leave of the height.
+    let used = lines.len() + 2;
+    let pane_height = height.saturating_sub(used + 2);
+    if pane_height >= 3 {
+        lines.push(String::new());
+        let title = match pane.selected {
+            Some(slot) => format!("── worker {slot}: its last lines "),
+            None => "── no worker selected ".to_string(),
+        };
+        lines.push(fit(
+            &format!("{title}{}", "─".repeat(width.saturating_sub(title.chars().count()))),
+            width,
+        ));
+        let shown = pane.lines.len().saturating_sub(pane_height - 1);
+        lines.extend(pane.lines[shown..].iter().map(|l| fit(l, width)));
+    } else {
+        lines.truncate(height.saturating_sub(2).max(first_row + 1));
+    }
+    lines.push(fit(&pane.message, width));
+    lines.push(fit(keys, width));
+    lines
+}
+
 /// A line cut to `width` characters.
 fn fit(line: &str, width: usize) -> String {
     line.chars().take(width).collect()
 }
 
-/// The terminal's width in columns, 80 if it does not say.
-fn terminal_width() -> usize {
+/// The terminal's width and height, 80×24 if it does not say.
+fn terminal_size() -> (usize, usize) {
     let mut size = libc::winsize {
         ws_row: 0,
         ws_col: 0,
@@ -151,10 +223,10 @@ fn terminal_width() -> usize {
     };
     // SAFETY: TIOCGWINSZ writes one winsize into the struct given.
     let done = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) };
-    if done == 0 && size.ws_col > 0 {
-        usize::from(size.ws_col)
+    if done == 0 && size.ws_col > 0 && size.ws_row > 0 {
+        (usize::from(size.ws_col), usize::from(size.ws_row))
     } else {
-        80
+        (80, 24)
     }
 }
 
@@ -191,8 +263,49 @@ impl Drop for Screen {
     }
 }
 
-/// Waits up to `timeout` for a key; true when it says quit (`q`, Ctrl-C).
-fn quit_pressed(timeout: Duration) -> bool {
+/// What a key asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Key {
+    Quit,
+    Up,
+    Down,
+    Replace,
+    Reload,
+    More,
+    Fewer,
+}
+
+/// The keys in what was typed: arrows (ESC [ A / B), letters, Ctrl-C.
+fn keys_in(typed: &[u8]) -> Vec<Key> {
+    let mut keys = Vec::new();
+    let mut i = 0;
+    while i < typed.len() {
+        let key = match &typed[i..] {
+            [0x1b, b'[', b'A', ..] => {
+                i += 2;
+                Some(Key::Up)
+            }
+            [0x1b, b'[', b'B', ..] => {
+                i += 2;
+                Some(Key::Down)
+            }
+            [b'q' | b'Q' | 0x03, ..] => Some(Key::Quit),
+            [b'k', ..] => Some(Key::Up),
+            [b'j', ..] => Some(Key::Down),
+            [b'x', ..] => Some(Key::Replace),
+            [b'r', ..] => Some(Key::Reload),
+            [b'+', ..] => Some(Key::More),
+            [b'-', ..] => Some(Key::Fewer),
+            _ => None,
+        };
+        keys.extend(key);
+        i += 1;
+    }
+    keys
+}
+
+/// Waits up to `timeout` for keys, and returns them.
+fn read_keys(timeout: Duration) -> Vec<Key> {
     let mut poll = [libc::pollfd {
         fd: libc::STDIN_FILENO,
         events: libc::POLLIN,
@@ -202,17 +315,30 @@ fn quit_pressed(timeout: Duration) -> bool {
     // SAFETY: one pollfd, alive for the call.
     let ready = unsafe { libc::poll(poll.as_mut_ptr(), 1, ms) };
     if ready <= 0 {
-        return false;
+        return Vec::new();
     }
     if poll[0].revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 && poll[0].revents & libc::POLLIN == 0 {
         // No keyboard to read (stdin closed): only a signal ends `top`.
         std::thread::sleep(timeout);
-        return false;
+        return Vec::new();
     }
-    let mut keys = [0u8; 64];
+    let mut typed = [0u8; 64];
     // SAFETY: reads into our buffer, at most its length.
-    let n = unsafe { libc::read(libc::STDIN_FILENO, keys.as_mut_ptr().cast(), keys.len()) };
-    n > 0 && keys[..n as usize].iter().any(|k| matches!(k, b'q' | b'Q' | 0x03))
+    let n = unsafe { libc::read(libc::STDIN_FILENO, typed.as_mut_ptr().cast(), typed.len()) };
+    if n <= 0 {
+        return Vec::new();
+    }
+    keys_in(&typed[..n as usize])
+}
+
+/// What a request the keys made came to, in a word.
+fn outcome(asked: Result<Reply, NoReply>) -> String {
+    match asked {
+        Ok(Reply::Done(message)) => message,
+        Ok(Reply::Failed(why)) => format!("refused: {why}"),
+        Ok(_) => "unexpected reply".into(),
+        Err(NoReply::TimedOut(why) | NoReply::Failed(why)) => why,
+    }
 }
 
 /// Runs the view until `q`, Ctrl-C, or SIGINT/SIGTERM/SIGHUP.
@@ -224,11 +350,44 @@ pub fn run(socket: &Path, interval: Duration) -> Result<(), String> {
     let _screen = Screen::enter();
     let mut previous = Sample::default();
     let mut out = std::io::stdout();
+    let mut pane = Pane::default();
+    // A reload waits for its roll: its outcome comes from a thread.
+    let reloaded: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+    let mut slots: Vec<usize> = Vec::new();
+    let ask = |command: &Command| client::request(socket, command, Some(Duration::from_secs(5)));
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
+        let (width, height) = terminal_size();
+        if let Some(said) = reloaded.lock().ok().and_then(|mut r| r.take()) {
+            pane.message = said;
+        }
         let lines = match client::request(socket, &Command::Status, Some(Duration::from_secs(2))) {
             Ok(Reply::Status(report)) => {
-                let lines = frame(&report, &previous, now, terminal_width());
+                slots = report.workers.iter().map(|w| w.slot).collect();
+                slots.sort_unstable();
+                slots.dedup();
+                if pane.selected.is_none_or(|s| !slots.contains(&s)) {
+                    pane.selected = slots.first().copied();
+                }
+                pane.lines = match pane.selected {
+                    Some(slot) => {
+                        let request = Command::Logs {
+                            lines: height.max(10),
+                            slot: Some(slot),
+                            after: None,
+                        };
+                        match ask(&request) {
+                            Ok(Reply::Logs(logs)) if logs.journal => vec![format!(
+                                "(its lines are in the journal: sheepdog logs {} --worker {slot})",
+                                logs.name
+                            )],
+                            Ok(Reply::Logs(logs)) => logs.lines.into_iter().map(|l| l.line).collect(),
+                            _ => vec!["(no lines: this sheepdog does not keep them)".into()],
+                        }
+                    }
+                    None => Vec::new(),
+                };
+                let lines = screen(&report, &previous, now, width, height, &pane);
                 previous = Sample {
                     at: Some(now),
                     cpu: report
@@ -243,7 +402,7 @@ pub fn run(socket: &Path, interval: Duration) -> Result<(), String> {
             Err(NoReply::TimedOut(why) | NoReply::Failed(why)) => {
                 vec![fit(
                     &format!("sheepdog at {}: {why}; retrying", socket.display()),
-                    terminal_width(),
+                    width,
                 )]
             }
         };
@@ -256,8 +415,40 @@ pub fn run(socket: &Path, interval: Duration) -> Result<(), String> {
         text += "\x1b[J";
         let _ = out.write_all(text.as_bytes());
         let _ = out.flush();
-        if quit_pressed(interval) {
-            break;
+        for key in read_keys(interval) {
+            let position = pane.selected.and_then(|s| slots.iter().position(|x| *x == s));
+            match key {
+                Key::Quit => return Ok(()),
+                Key::Up => {
+                    pane.selected = position
+                        .and_then(|p| p.checked_sub(1))
+                        .map(|p| slots[p])
+                        .or(pane.selected)
+                }
+                Key::Down => pane.selected = position.and_then(|p| slots.get(p + 1).copied()).or(pane.selected),
+                Key::Replace => {
+                    if let Some(slot) = pane.selected {
+                        pane.message = outcome(ask(&Command::Replace { slot }));
+                    }
+                }
+                Key::More => pane.message = outcome(ask(&Command::ScaleBy { by: 1 })),
+                Key::Fewer => pane.message = outcome(ask(&Command::ScaleBy { by: -1 })),
+                Key::Reload => {
+                    pane.message = "reloading…".into();
+                    let socket = socket.to_path_buf();
+                    let reloaded = Arc::clone(&reloaded);
+                    std::thread::spawn(move || {
+                        let said = outcome(client::request(
+                            &socket,
+                            &Command::Reload,
+                            Some(Duration::from_secs(600)),
+                        ));
+                        if let Ok(mut slot) = reloaded.lock() {
+                            *slot = Some(format!("reload: {said}"));
+                        }
+                    });
+                }
+            }
         }
     }
     Ok(())
@@ -325,5 +516,54 @@ mod tests {
             "no CPU % without a previous sample: {}",
             narrow[6]
         );
+    }
+
+    #[test]
+    fn keys_are_read_from_what_was_typed() {
+        assert_eq!(
+            keys_in(b"\x1b[A\x1b[Bjkxr+-q\x03z"),
+            [
+                Key::Up,
+                Key::Down,
+                Key::Down,
+                Key::Up,
+                Key::Replace,
+                Key::Reload,
+                Key::More,
+                Key::Fewer,
+                Key::Quit,
+                Key::Quit
+            ]
+        );
+    }
+
+    #[test]
+    fn a_big_screen_has_the_heap_and_lag_columns_the_selected_row_and_a_pane_of_its_lines() {
+        let t0 = Instant::now();
+        let mut report = report();
+        report.workers[0].heap_used_bytes = Some(24 << 20);
+        report.workers[0].event_loop_lag_ms = Some(12.34);
+        let pane = Pane {
+            selected: Some(0),
+            lines: (0..100).map(|i| format!("line {i}")).collect(),
+            message: "scaling to 3 workers (from 2)".into(),
+        };
+        let lines = screen(&report, &Sample::default(), t0, 200, 50, &pane);
+        // One row is left for the cursor: a line ending on the last row would scroll.
+        assert_eq!(lines.len(), 49, "{lines:#?}");
+        assert!(lines[5].ends_with("     HEAP      LAG"), "{}", lines[5]);
+        assert!(
+            lines[6].starts_with("\x1b[7m0 ") && lines[6].contains("   24 MiB   12.3ms"),
+            "{}",
+            lines[6]
+        );
+        assert!(lines.iter().any(|l| l.starts_with("── worker 0: its last lines ──")));
+        assert_eq!(lines[46], "line 99", "the newest lines, down to the bottom");
+        assert_eq!(lines[47], "scaling to 3 workers (from 2)");
+        assert!(lines[48].starts_with("↑/↓ select"));
+        let small = screen(&report, &Sample::default(), t0, 80, 24, &pane);
+        assert_eq!(small.len(), 23, "{small:#?}");
+        assert!(small.iter().all(|l| l.chars().count() <= 80 + 8), "{small:#?}");
+        assert!(!small[5].contains("HEAP"));
     }
 }

@@ -372,6 +372,7 @@ impl Flock {
                 command,
             } => self.begin_reload(now, ticket, *policy, command, actions),
             Request::ReloadRefused { ticket, reason } => self.refuse_invalid_reload(ticket, reason, actions),
+            Request::Replace(slot) => self.replace_on_request(slot),
         }
     }
 

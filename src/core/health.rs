@@ -327,6 +327,38 @@ impl Flock {
         }
     }
 
+    /// `sheepdog replace SLOT`: its ready worker is replaced as one over
+    /// the memory limit is, replacement first.
+    pub(super) fn replace_on_request(&mut self, slot: usize) {
+        let Some(worker) = self
+            .workers
+            .iter_mut()
+            .find(|w| w.slot == slot && matches!(w.state, WorkerState::Ready { retiring: None, .. }))
+        else {
+            return;
+        };
+        if let WorkerState::Ready { since, .. } = worker.state {
+            info!(
+                "worker {} (pid {}) will be replaced on request, replacement first",
+                worker.slot, worker.pid
+            );
+            worker.state = WorkerState::Ready {
+                since,
+                retiring: Some(Retire::Requested),
+            };
+        }
+    }
+
+    /// Whether the worker of `slot` is ready and not being replaced already.
+    pub fn replaceable(&self, slot: usize) -> Result<Pid, String> {
+        match self.workers.iter().find(|w| w.slot == slot && !w.is_stopping()) {
+            Some(w) if matches!(w.state, WorkerState::Ready { retiring: None, .. }) => Ok(w.pid),
+            Some(w) if w.is_ready() => Err(format!("worker {slot} (pid {}) is being replaced already", w.pid)),
+            Some(w) => Err(format!("worker {slot} (pid {}) is not ready yet", w.pid)),
+            None => Err(format!("there is no worker {slot}")),
+        }
+    }
+
     pub(super) fn on_measured(&mut self, pid: Pid, bytes: u64) {
         let limit = self.policy.memory_limit;
         let Some(worker) = self.workers.iter_mut().find(|w| w.pid == pid) else {

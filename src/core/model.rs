@@ -66,6 +66,9 @@ pub enum Request {
     },
     /// A reload that could not even begin (e.g. the config file is invalid).
     ReloadRefused { ticket: u64, reason: String },
+    /// `sheepdog replace SLOT`: the ready worker of the slot is replaced,
+    /// replacement first.
+    Replace(usize),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -277,6 +280,8 @@ pub enum Retire {
     MemoryLimit,
     /// It reached its `max_age`.
     MaxAge,
+    /// Someone asked for it (`sheepdog replace`, a key in `top`).
+    Requested,
 }
 
 impl fmt::Display for Retire {
@@ -286,6 +291,7 @@ impl fmt::Display for Retire {
             Retire::ReloadAborted => "reload aborted",
             Retire::MemoryLimit => "memory limit",
             Retire::MaxAge => "max age",
+            Retire::Requested => "request",
         })
     }
 }

@@ -164,6 +164,7 @@ pub enum RetireName {
     ReloadAborted,
     MemoryLimit,
     MaxAge,
+    Requested,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -703,6 +704,7 @@ fn retire_name(retire: Retire) -> RetireName {
         Retire::ReloadAborted => RetireName::ReloadAborted,
         Retire::MemoryLimit => RetireName::MemoryLimit,
         Retire::MaxAge => RetireName::MaxAge,
+        Retire::Requested => RetireName::Requested,
     }
 }
 
@@ -712,6 +714,7 @@ fn restore_retire(name: RetireName) -> Retire {
         RetireName::ReloadAborted => Retire::ReloadAborted,
         RetireName::MemoryLimit => Retire::MemoryLimit,
         RetireName::MaxAge => Retire::MaxAge,
+        RetireName::Requested => Retire::Requested,
     }
 }
 

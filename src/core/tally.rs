@@ -36,10 +36,12 @@ pub enum Cause {
     Reload,
     /// Its slot was retired by scaling down.
     Scale,
+    /// Someone asked for it to be replaced.
+    Requested,
 }
 
 impl Cause {
-    pub const ALL: [Cause; 11] = [
+    pub const ALL: [Cause; 12] = [
         Cause::Crash,
         Cause::Signal,
         Cause::Oom,
@@ -51,6 +53,7 @@ impl Cause {
         Cause::MaxAge,
         Cause::Reload,
         Cause::Scale,
+        Cause::Requested,
     ];
 
     /// The label in `/metrics` and the key in `status --json`.
@@ -67,6 +70,7 @@ impl Cause {
             Cause::MaxAge => "max_age",
             Cause::Reload => "reload",
             Cause::Scale => "scale",
+            Cause::Requested => "requested",
         }
     }
 
@@ -84,6 +88,7 @@ impl Cause {
             Cause::MaxAge => "reached its max_age",
             Cause::Reload => "was replaced by a reload",
             Cause::Scale => "was scaled down",
+            Cause::Requested => "was replaced on request",
         }
     }
 
@@ -106,6 +111,7 @@ impl Cause {
             StopCause::Replaced(Retire::Reload | Retire::ReloadAborted) | StopCause::Superseded => Cause::Reload,
             StopCause::Replaced(Retire::MemoryLimit) => Cause::Memory,
             StopCause::Replaced(Retire::MaxAge) => Cause::MaxAge,
+            StopCause::Replaced(Retire::Requested) => Cause::Requested,
             StopCause::Leaving | StopCause::Failed(Failure::LeftEarly) => Cause::Stopping,
             StopCause::Failed(Failure::Hung) => Cause::Hung,
             StopCause::Failed(Failure::NotReadyInTime) => Cause::ReadyTimeout,

@@ -230,7 +230,7 @@ fn worker_families(out: &mut Out, report: &StatusReport) {
         ]
     };
     type Field = fn(&crate::control::protocol::WorkerStatus) -> Option<f64>;
-    let families: [(&str, &str, &str, Field); 7] = [
+    let families: [(&str, &str, &str, Field); 9] = [
         (
             "sheepdog_worker_connections_total",
             "counter",
@@ -266,6 +266,18 @@ fn worker_families(out: &mut Out, report: &StatusReport) {
             "gauge",
             "Seconds since a worker's last heartbeat (with heartbeats on).",
             |w| w.heartbeat_age_s,
+        ),
+        (
+            "sheepdog_worker_heap_used_bytes",
+            "gauge",
+            "A Node worker's V8 heap in use, as sheepdog's preload last reported it.",
+            |w| w.heap_used_bytes.map(|b| b as f64),
+        ),
+        (
+            "sheepdog_worker_event_loop_lag_seconds",
+            "gauge",
+            "A Node worker's longest event-loop delay over the last 2 s, as sheepdog's preload reported it.",
+            |w| w.event_loop_lag_ms.map(|ms| ms / 1000.0),
         ),
         (
             "sheepdog_worker_uptime_seconds",

@@ -897,6 +897,7 @@ impl System for Os {
                 let rss_bytes = rss_bytes.or_else(|| proc_stats::tree_rss(pid));
                 let (cpu_seconds, cpu_percent) = proc_stats::cpu_usage(pid, uptime);
                 let (queue, connections) = self.queues.worker(pid);
+                let stats = self.links.stats(pid);
                 WorkerUsage {
                     cpu_seconds,
                     cpu_percent,
@@ -904,6 +905,8 @@ impl System for Os {
                     pss_bytes,
                     queue,
                     connections,
+                    heap: stats.map(|s| (s.heap_used, s.heap_total)),
+                    lag_ms: stats.map(|s| s.lag_ms),
                 }
             })
             .collect()

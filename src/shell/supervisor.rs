@@ -509,6 +509,24 @@ impl<S: System> Supervisor<S> {
                     }
                     None
                 }
+                Command::Replace { slot } => {
+                    if self.flock.is_shutting_down() {
+                        let why = "sheepdog is stopping: nothing is replaced".to_string();
+                        self.system.reply(client, &Reply::Failed(why));
+                        return None;
+                    }
+                    match self.flock.replaceable(slot) {
+                        Ok(pid) => {
+                            let said = format!("replacing worker {slot} (pid {pid}), replacement first");
+                            self.system.reply(client, &Reply::Done(said));
+                            Some(Event::Request(Request::Replace(slot)))
+                        }
+                        Err(why) => {
+                            self.system.reply(client, &Reply::Failed(why));
+                            None
+                        }
+                    }
+                }
                 Command::Logs { lines, slot, after } => {
                     let mut logs = self.system.logs(lines, slot, after);
                     logs.name = self.name.clone();
@@ -747,6 +765,9 @@ impl<S: System> Supervisor<S> {
                 listens_itself: w.listens_itself.clone(),
                 queue: usage.queue,
                 connections: usage.connections,
+                heap_used_bytes: usage.heap.map(|(used, _)| used),
+                heap_total_bytes: usage.heap.map(|(_, total)| total),
+                event_loop_lag_ms: usage.lag_ms,
             })
             .collect();
         StatusReport {

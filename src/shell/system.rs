@@ -52,6 +52,10 @@ pub struct WorkerUsage {
     pub queue: Option<usize>,
     /// New connections steered to it (round robin only).
     pub connections: Option<u64>,
+    /// A Node worker's V8 heap (used, total) and event-loop lag in ms, as
+    /// sheepdog's preload last reported them.
+    pub heap: Option<(u64, u64)>,
+    pub lag_ms: Option<f64>,
 }
 
 /// What the supervisor process itself uses.

@@ -98,6 +98,30 @@ pub fn parse_notify(datagram: &[u8]) -> Result<Notified, String> {
     Ok(said)
 }
 
+/// What sheepdog's Node preload reports of a worker every 2 s.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NodeStats {
+    pub heap_used: u64,
+    pub heap_total: u64,
+    /// The longest event-loop delay over the last interval, in ms.
+    pub lag_ms: f64,
+}
+
+/// `{"sheepdog":"stats","heap_used":…,"heap_total":…,"lag_ms":…}` from the
+/// preload; None for anything else.
+pub fn parse_node_stats(line: &[u8]) -> Option<NodeStats> {
+    if !line.starts_with(br#"{"sheepdog":"stats""#) {
+        return None;
+    }
+    let value: serde_json::Value = serde_json::from_slice(line).ok()?;
+    let lag_ms = value.get("lag_ms")?.as_f64().filter(|l| l.is_finite() && *l >= 0.0)?;
+    Some(NodeStats {
+        heap_used: value.get("heap_used")?.as_u64()?,
+        heap_total: value.get("heap_total")?.as_u64()?,
+        lag_ms,
+    })
+}
+
 /// Parses one Node IPC line (JSON serialization). Node's own internal
 /// messages (`{"cmd": "NODE_…"}`) are ignored.
 pub fn parse_ipc_line(line: &[u8]) -> Result<Option<WorkerMessage>, String> {

@@ -74,6 +74,9 @@ pub struct Links {
     sequence: u64,
     drops: DropLog,
     own_uid: u32,
+    /// What each Node worker's preload last reported (not handed over:
+    /// the next report comes within 2 s).
+    stats: HashMap<Pid, channel::NodeStats>,
 }
 
 impl Links {
@@ -91,6 +94,7 @@ impl Links {
             sequence: 0,
             drops: DropLog::default(),
             own_uid: nix::unistd::getuid().as_raw(),
+            stats: HashMap::new(),
         })
     }
 
@@ -168,6 +172,7 @@ impl Links {
     /// Forgets an exited worker's channel (and removes its socket file).
     pub fn detach(&mut self, pid: Pid) {
         self.slots.remove(&pid);
+        self.stats.remove(&pid);
         if let Some(Link::Notify { path, .. }) = self.by_pid.remove(&pid) {
             let _ = std::fs::remove_file(path);
         }
@@ -289,6 +294,13 @@ impl Links {
                         Ok(n) => {
                             budget = budget.saturating_sub(n);
                             for line in lines.push(&buffer[..n]) {
+                                if let Ok(l) = &line
+                                    && let Some(stats) = channel::parse_node_stats(l)
+                                {
+                                    self.stats.insert(pid, stats);
+                                    messages.push(WorkerMessage::Heartbeat);
+                                    continue;
+                                }
                                 match line.and_then(|l| channel::parse_ipc_line(&l)) {
                                     Ok(Some(message)) => messages.push(message),
                                     Ok(None) => {}
@@ -422,7 +434,13 @@ impl Links {
             sequence: state.sequence,
             drops: DropLog::default(),
             own_uid: nix::unistd::getuid().as_raw(),
+            stats: HashMap::new(),
         }
+    }
+
+    /// What a Node worker's preload last reported.
+    pub fn stats(&self, pid: Pid) -> Option<channel::NodeStats> {
+        self.stats.get(&pid).copied()
     }
 
     /// The workers that have a channel.

@@ -175,6 +175,31 @@ fn memory_over_the_limit_is_replaced_replacement_first_within_the_surge_bound() 
 }
 
 #[test]
+fn a_worker_replaced_on_request_is_replaced_replacement_first_and_counted_as_requested() {
+    let mut p = notify_policy(2);
+    p.heartbeat = None;
+    let mut h = Harness::ready(p);
+    let old = h.serving_pids(2);
+    assert_eq!(h.flock.replaceable(1), Ok(old[1]));
+    assert_eq!(h.flock.replaceable(7), Err("there is no worker 7".into()));
+    let actions = h.feed(Event::Request(Request::Replace(1)));
+    assert_eq!(spawns(&actions), vec![1], "replacement first");
+    assert!(signals(&actions).is_empty(), "the old one serves until then");
+    assert!(
+        h.flock
+            .replaceable(1)
+            .unwrap_err()
+            .contains("is being replaced already")
+    );
+    let new = h.newest();
+    let actions = h.say(new, WorkerMessage::Ready);
+    assert_eq!(signals(&actions), vec![(old[1], Signal::SIGTERM)]);
+    h.exit(old[1], ExitStatus::Code(0));
+    assert_eq!(h.flock.tally().ended(Cause::Requested), 1);
+    assert_eq!(h.flock.total_restarts(), 0, "not a failure");
+}
+
+#[test]
 fn a_failed_memory_replacement_leaves_the_old_worker_serving() {
     let mut p = notify_policy(1);
     p.heartbeat = None;

@@ -132,6 +132,8 @@ impl System for Fake {
                 pss_bytes: None,
                 queue: None,
                 connections: None,
+                heap: None,
+                lag_ms: None,
             })
             .collect()
     }
