@@ -103,6 +103,13 @@ net.Server.prototype.listen = function sheepdogListen(...args) {
     // (listen({fd}) takes a backlog only as its second argument.)
     args = callback ? [{ fd }, 65535, callback] : [{ fd }, 65535];
   }
+  // listen({fd: 3}) as written (an app made for sheepdog) would listen(2)
+  // again with Node's 511: the socket keeps sheepdog's backlog instead.
+  const first = args[0];
+  if (ours && plain(first) && Number.isInteger(first.fd) && first.fd >= 3 && first.fd < 3 + passed &&
+      first.backlog === undefined && !args.slice(1).some((arg) => typeof arg === 'number')) {
+    args = [first, 65535].concat(args.slice(1));
+  }
   if (!clusterWorker) return listen.apply(this, args);
   // A cluster worker asks its primary for the socket unless the listen is
   // `exclusive`, which listen({fd}), listen() and a handle cannot say: for

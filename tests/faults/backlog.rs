@@ -41,13 +41,15 @@ fn a_worker_that_shrinks_the_backlog_to_1_gets_it_given_back() {
 #[test]
 fn a_node_worker_does_not_leave_a_systemd_socket_at_511() {
     // systemd-socket-activate listens with SOMAXCONN, as systemd's Backlog=
-    // does by default; Node listens on the inherited fd again with 511.
+    // does by default; Node listens on the inherited fd again with 511
+    // (without sheepdog's Node kit, whose preload passes the full backlog).
     let addr = free_port();
     let launch = Launch::new(&[]).activated(addr);
     let path = launch.file(
         "app.toml",
         &format!(
-            "command = [\"node\", {:?}]\nworkers = 2\nready_delay = \"200ms\"\ncontrol_socket = \"control.sock\"\n",
+            "command = [\"node\", {:?}]\nworkers = 2\nready_delay = \"200ms\"\ncontrol_socket = \"control.sock\"\n\
+             node = \"off\"\n",
             repo_path("examples/hello/server.js").display()
         ),
     );
@@ -66,4 +68,29 @@ fn a_node_worker_does_not_leave_a_systemd_socket_at_511() {
 fn run_activated(mut launch: Launch, path: &std::path::Path) -> Sheepdog {
     launch.args = vec!["run".into(), "--config".into(), path.display().to_string()];
     launch.spawn()
+}
+
+#[test]
+fn a_node_worker_with_the_node_kit_keeps_the_sockets_backlog() {
+    let addr = free_port();
+    let launch = Launch::new(&[]).activated(addr);
+    let path = launch.file(
+        "app.toml",
+        &format!(
+            "command = [\"node\", {:?}]\nworkers = 2\nready_delay = \"200ms\"\ncontrol_socket = \"control.sock\"\n",
+            repo_path("examples/hello/server.js").display()
+        ),
+    );
+    let sheepdog = run_activated(launch, &path);
+    sheepdog.logs.wait_for("Listening on", 10 * SECOND);
+    assert!(get(addr, 20 * SECOND).is_ok());
+    sheepdog.logs.wait_for("ready: 2/2 workers", 20 * SECOND);
+    let wanted = somaxconn().min(4096);
+    // Each worker has listened on its fd by the time it answered: the
+    // backlog read after two answers from each is what stays.
+    for _ in 0..8 {
+        assert!(get(addr, 10 * SECOND).is_ok());
+    }
+    assert_eq!(backlog(&path), wanted);
+    assert_eq!(sheepdog.logs.count("was 511"), 0, "{:#?}", sheepdog.logs.lines());
 }
