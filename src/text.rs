@@ -85,11 +85,9 @@ mod tests {
     }
 }
 
-/// Seconds since the epoch as `2026-12-07T02:33:00.104Z` (UTC).
-pub fn utc(seconds: f64) -> String {
-    let total_ms = (seconds.max(0.0) * 1000.0).round() as u64;
-    let (days, ms_of_day) = (total_ms / 86_400_000, total_ms % 86_400_000);
-    // Howard Hinnant's civil_from_days.
+/// Days since 1970-01-01 as (year, month, day): Howard Hinnant's
+/// civil_from_days.
+pub fn civil_date(days: u64) -> (i64, i64, i64) {
     let z = days as i64 + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -98,7 +96,14 @@ pub fn utc(seconds: f64) -> String {
     let mp = (5 * doy + 2) / 153;
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
+}
+
+/// Seconds since the epoch as `2026-12-07T02:33:00.104Z` (UTC).
+pub fn utc(seconds: f64) -> String {
+    let total_ms = (seconds.max(0.0) * 1000.0).round() as u64;
+    let (days, ms_of_day) = (total_ms / 86_400_000, total_ms % 86_400_000);
+    let (year, month, day) = civil_date(days);
     let (h, m, s, ms) = (
         ms_of_day / 3_600_000,
         ms_of_day / 60_000 % 60,

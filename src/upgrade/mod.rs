@@ -85,16 +85,7 @@ pub fn own_path() -> Option<PathBuf> {
 pub fn format_utc(unix_ms: u64) -> String {
     let seconds = unix_ms / 1000;
     let (days, of_day) = (seconds / 86_400, seconds % 86_400);
-    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = crate::text::civil_date(days);
     format!(
         "{:02}:{:02}:{:02} UTC on {year}-{month:02}-{day:02}",
         of_day / 3600,
