@@ -28,6 +28,12 @@ use crate::{limits, logging, manual, units};
 /// Runs the command line of `build`.
 pub fn main(build: Build) -> ExitCode {
     crate::build::set(build);
+    if let Some(word) = std::env::args().nth(1)
+        && let Some(instead) = pm2_word(&word)
+    {
+        eprintln!("sheepdog has no `{word}` (pm2's): {instead}");
+        return ExitCode::from(2);
+    }
     let matches = Cli::command().version(build.version).get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
@@ -108,6 +114,25 @@ fn run(args: RunArgs) -> ExitCode {
     // The last lines, the reason for the exit among them, for a slow reader.
     logging::drain(Duration::from_secs(1));
     code
+}
+
+/// What a pm2 user's first words are in sheepdog's.
+fn pm2_word(word: &str) -> Option<&'static str> {
+    Some(match word {
+        "start" => {
+            "`sheepdog run --workers 2 -- node app.js` runs the app in the foreground; \
+             `sudo sheepdog install app -- node app.js` makes it a service that starts at boot"
+        }
+        "stop" | "kill" => {
+            "Ctrl-C (or SIGTERM) stops a flock run in the foreground; `systemctl stop sheepdog@app` a service"
+        }
+        "restart" => "`sheepdog reload` rolls the workers without dropping a request; `systemctl restart sheepdog@app`",
+        "delete" | "unstartup" => "`sudo sheepdog uninstall app` removes a service",
+        "list" | "ls" | "show" | "describe" => "`sheepdog status` lists the running flocks (`--config FILE` for one)",
+        "monit" => "`sheepdog top`",
+        "startup" | "save" => "`sudo sheepdog install app -- node app.js` does both",
+        _ => return None,
+    })
 }
 
 /// Logs why sheepdog cannot run; the error's class is the exit code.

@@ -143,3 +143,23 @@ fn shell_completions_complete_subcommands_and_flags_in_bash_zsh_and_fish() {
         let _ = std::fs::remove_file(path);
     }
 }
+
+/// A pm2 user's first words get sheepdog's, not clap's bare "unrecognized".
+#[test]
+fn pm2_words_say_what_sheepdog_does_instead() {
+    for (word, says) in [
+        ("start", "sheepdog run --workers 2 -- node app.js"),
+        ("stop", "systemctl stop sheepdog@app"),
+        ("startup", "sudo sheepdog install app -- node app.js"),
+        ("monit", "sheepdog top"),
+        ("list", "sheepdog status"),
+    ] {
+        let output = sheepdog_client(&[word, "app.js"], std::time::Duration::from_secs(10));
+        assert_eq!(output.status.code(), Some(2), "{word}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(&format!("sheepdog has no `{word}` (pm2's):")) && stderr.contains(says),
+            "{stderr}"
+        );
+    }
+}
