@@ -585,3 +585,34 @@ fn a_signal_sent_while_the_binaries_change_is_not_lost() {
     flock.sheepdog.logs.wait_for("received SIGTERM", SECOND);
     assert!(workers.iter().all(|pid| !alive(*pid)));
 }
+
+#[test]
+fn workers_output_is_still_attributed_after_an_upgrade() {
+    // A pm2-style app: it says when its SIGINT handler runs, which it gets
+    // (as SIGINT, from sheepdog's SIGTERM) only after the upgrade.
+    let next = test_build("sheepdog-next");
+    let command = format!(
+        "[\"node\", {:?}]",
+        repo_path("tests/fixtures/pm2/app.js").display().to_string()
+    );
+    let port = free_port().port().to_string();
+    let mut flock = start(&command, "node-ipc", "", &[("PORT", &port)]);
+    let workers = flock.workers();
+    install(&next, &flock.binary);
+    let (ok, stdout, stderr) = flock.upgrade();
+    assert!(ok, "{stdout}{stderr}");
+    assert_eq!(flock.workers(), workers, "the same workers");
+    flock.sheepdog.signal(libc::SIGTERM);
+    assert_eq!(flock.sheepdog.wait_exit(20 * SECOND).code(), Some(0));
+    // Their pipes were handed over: what they wrote after the exec is
+    // passed on with their slot and pid.
+    for (slot, pid) in workers.iter().enumerate() {
+        let said = flock.sheepdog.logs.count(&format!(
+            "-worker-{slot}[{pid}]: SIGINT: closing the server (pid {pid})"
+        )) + flock.sheepdog.logs.count(&format!(
+            "-worker-{}[{pid}]: SIGINT: closing the server (pid {pid})",
+            1 - slot
+        ));
+        assert_eq!(said, 1, "{:#?}", flock.sheepdog.logs.lines());
+    }
+}
