@@ -225,10 +225,11 @@ fn a_stalled_log_reader_does_not_freeze_supervision() {
     let socket = dir.path().join("control.sock");
     let status = sheepdog_client(&["status", "--socket", socket.to_str().unwrap()], 10 * SECOND);
     assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
-    // A burst of log lines (SIGUSR1 logs the flock) while nothing reads.
-    for _ in 0..400 {
+    // A burst of log lines (SIGUSR1 logs the flock, about 1.5 KB) while
+    // nothing reads: more than the 1 MiB that waits for a slow reader.
+    for _ in 0..2500 {
         unsafe { libc::kill(pid, libc::SIGUSR1) };
-        std::thread::sleep(Duration::from_millis(2));
+        std::thread::sleep(Duration::from_millis(1));
     }
     let result = requests.stop();
     assert_eq!(result.failed, 0, "{result:?}");
