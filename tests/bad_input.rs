@@ -169,9 +169,10 @@ fn a_bind_address_in_use_is_refused() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let config = case.config("workers = 1\n");
+    // Who holds it is named: this test process.
     case.refused(
         &case.run(&["run", "--config", &config, "--listen", &addr]),
-        &format!("cannot bind {addr}: Address already in use"),
+        &format!("cannot bind {addr}, held by pid {} (", std::process::id()),
     );
 }
 
@@ -185,7 +186,10 @@ fn check_prints_the_effective_settings_or_refuses() {
     assert!(stdout.contains("workers = 3\n"), "{stdout}");
     assert!(stdout.contains("min_ready = 3\n"), "{stdout}");
     assert!(stdout.contains("stop_timeout = \"90s\"\n"), "{stdout}");
-    assert!(stdout.contains("listen = [\"127.0.0.1:8080\"]\n"), "{stdout}");
+    assert!(
+        stdout.contains("# listen = [\"127.0.0.1:8080\"] (the default; under systemd, its sockets)\n"),
+        "{stdout}"
+    );
     assert!(!case.marker().exists());
 
     let config = case.config("workers = -1\n");
