@@ -68,9 +68,18 @@ fn write_preload() -> Result<PathBuf, String> {
         return Ok(path);
     }
     let temporary = dir.join(format!(".node-preload.{}", std::process::id()));
-    std::fs::write(&temporary, PRELOAD)
-        .and_then(|()| std::fs::rename(&temporary, &path))
-        .map_err(|e| format!("cannot write the Node preload to {}: {e}", path.display()))?;
+    // Under a file size limit (LimitFSIZE=) the write fails with EFBIG
+    // rather than killing sheepdog with SIGXFSZ, whose handler may not be
+    // in place yet.
+    // SAFETY: signal(2) swaps a disposition; the previous one is put back.
+    let previous = unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+    let written = std::fs::write(&temporary, PRELOAD).and_then(|()| std::fs::rename(&temporary, &path));
+    // SAFETY: as above.
+    unsafe { libc::signal(libc::SIGXFSZ, previous) };
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(format!("cannot write the Node preload to {}: {e}", path.display()));
+    }
     Ok(path)
 }
 

@@ -80,6 +80,8 @@ pub struct Os {
     links: Links,
     /// The workers' output pipes, outside journald.
     outputs: Option<Outputs>,
+    /// Output pipes left unread until then (a worker that floods).
+    throttled: Vec<(Pid, Instant)>,
     memory: MemoryMeter,
     notifier: Notifier,
     /// Exec reports of workers just forked, read once their pipe is readable.
@@ -274,6 +276,7 @@ impl Os {
             http,
             links,
             outputs: None,
+            throttled: Vec::new(),
             memory: MemoryMeter::new(),
             notifier: Notifier::from_env(),
             exec_reports: HashMap::new(),
@@ -380,10 +383,30 @@ impl Os {
     }
 
     /// Passes on what a worker wrote; its pipe is closed (and so leaves
-    /// the epoll) once every writer has closed its end.
-    fn read_output(&mut self, pid: Pid) {
-        if let Some(outputs) = &mut self.outputs {
-            outputs.read(pid);
+    /// the epoll) once every writer has closed its end. One that floods is
+    /// left out of the epoll until its next window.
+    fn read_output(&mut self, pid: Pid, now: Instant) {
+        let Some(outputs) = &mut self.outputs else { return };
+        if let crate::worker::output::Read::Throttled(until) = outputs.read(pid, now)
+            && let Some(fd) = outputs.fd(pid)
+        {
+            let quiet = EpollEvent::new(EpollFlags::empty(), TAG_OUTPUT | pid as u64);
+            if self.epoll.modify(fd, &mut { quiet }).is_ok() {
+                self.throttled.push((pid, until));
+            }
+        }
+    }
+
+    /// Watches again the output pipes whose window has come.
+    fn resume_outputs(&mut self, now: Instant) {
+        let Some(outputs) = &self.outputs else { return };
+        let (due, later): (Vec<_>, Vec<_>) = self.throttled.drain(..).partition(|(_, at)| *at <= now);
+        self.throttled = later;
+        for (pid, _) in due {
+            if let Some(fd) = outputs.fd(pid) {
+                let watch = EpollEvent::new(EpollFlags::EPOLLIN, TAG_OUTPUT | pid as u64);
+                let _ = self.epoll.modify(fd, &mut { watch });
+            }
         }
     }
 
@@ -735,10 +758,12 @@ impl System for Os {
     fn wait(&mut self, deadline: Option<Instant>) -> Result<Vec<Input>, String> {
         self.notifier.flush();
         crate::logging::flush();
+        self.resume_outputs(Instant::now());
         // Carried signals are handled now: a look at the fds, no sleep.
         let deadline = if self.carried.is_empty() {
             let drains = self.queues.next_check(Instant::now());
-            deadline.into_iter().chain(drains).min()
+            let resumes = self.throttled.iter().map(|(_, at)| *at).min();
+            deadline.into_iter().chain(drains).chain(resumes).min()
         } else {
             Some(Instant::now())
         };
@@ -784,7 +809,7 @@ impl System for Os {
             }
         }
         for pid in ready.outputs {
-            self.read_output(pid);
+            self.read_output(pid, now);
         }
         for pid in self.queues.drained(&self.listeners, now) {
             inputs.push(Input::Drained(pid));

@@ -7,10 +7,12 @@
 //!
 //! Lines go out through the log outlet: a stalled reader drops lines (and
 //! says how many), never blocks the loop. A worker that floods is read at
-//! most [`MAX_BYTES_PER_PASS`] a pass, so it cannot starve the others.
+//! most [`BYTES_PER_WINDOW`] every [`WINDOW`] (640 KiB/s); past that its pipe
+//! is left unread until the next window, so a flood (`yes`) waits on its
+//! own writes instead of eating sheepdog's CPU.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::Read;
+use std::io::Read as _;
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -23,7 +25,9 @@ use crate::upgrade::state::FdRecord;
 pub const KEPT_LINES: usize = 2000;
 /// A longer line is cut there (the rest comes as the next line).
 const MAX_LINE: usize = 16 * 1024;
-const MAX_BYTES_PER_PASS: usize = 256 * 1024;
+/// How much of one worker's output is passed on per window, at most.
+pub const BYTES_PER_WINDOW: usize = 64 * 1024;
+pub const WINDOW: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// One line a worker wrote.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -41,6 +45,19 @@ struct Output {
     pipe: std::fs::File,
     slot: usize,
     partial: Vec<u8>,
+    /// The window's start and what was read in it.
+    window: (std::time::Instant, usize),
+}
+
+/// What a read of a worker's pipe came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Read {
+    /// Read all there was; more may come.
+    Open,
+    /// Its window's share is read: leave the pipe unread until then.
+    Throttled(std::time::Instant),
+    /// Every writer closed it: it is dropped.
+    Closed,
 }
 
 /// A worker's pipe, as handed over to the next binary.
@@ -88,6 +105,7 @@ impl Outputs {
                 pipe: std::fs::File::from(read),
                 slot,
                 partial: Vec::new(),
+                window: (std::time::Instant::now(), 0),
             },
         );
     }
@@ -96,29 +114,40 @@ impl Outputs {
         self.by_pid.get(&pid).map(|o| o.pipe.as_fd())
     }
 
-    /// Reads what the worker wrote and passes each whole line on. Returns
-    /// false once the pipe is closed (the worker and all it started are
-    /// gone): then it is dropped, after its last partial line.
-    pub fn read(&mut self, pid: Pid) -> bool {
+    /// Reads what the worker wrote (its window's share at most) and passes
+    /// each whole line on. Once every writer has closed the pipe (the worker
+    /// and all it started are gone) it is dropped, after its last partial line.
+    pub fn read(&mut self, pid: Pid, now: std::time::Instant) -> Read {
         let Some(output) = self.by_pid.get_mut(&pid) else {
-            return false;
+            return Read::Closed;
         };
+        if now.saturating_duration_since(output.window.0) >= WINDOW {
+            output.window = (now, 0);
+        }
         let mut buffer = [0u8; 16 * 1024];
-        let mut read = 0;
-        let mut open = true;
+        let mut outcome = Read::Open;
         let mut lines = Vec::new();
-        while read < MAX_BYTES_PER_PASS {
-            match output.pipe.read(&mut buffer) {
+        loop {
+            let room = BYTES_PER_WINDOW.saturating_sub(output.window.1);
+            if room == 0 {
+                outcome = Read::Throttled(output.window.0 + WINDOW);
+                break;
+            }
+            let want = room.min(buffer.len());
+            match output.pipe.read(&mut buffer[..want]) {
                 Ok(0) => {
-                    open = false;
+                    outcome = Read::Closed;
                     break;
                 }
                 Ok(n) => {
-                    read += n;
+                    output.window.1 += n;
                     output.partial.extend_from_slice(&buffer[..n]);
-                    while let Some(end) = output.partial.iter().position(|b| *b == b'\n') {
-                        lines.push(output.partial.drain(..=end).take(end).collect::<Vec<u8>>());
+                    let mut start = 0;
+                    while let Some(end) = output.partial[start..].iter().position(|b| *b == b'\n') {
+                        lines.push(output.partial[start..start + end].to_vec());
+                        start += end + 1;
                     }
+                    output.partial.drain(..start);
                     while output.partial.len() >= MAX_LINE {
                         lines.push(output.partial.drain(..MAX_LINE).collect());
                     }
@@ -126,42 +155,54 @@ impl Outputs {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(_) => {
-                    open = false;
+                    outcome = Read::Closed;
                     break;
                 }
             }
         }
         let slot = output.slot;
-        if !open && !output.partial.is_empty() {
+        if outcome == Read::Closed && !output.partial.is_empty() {
             lines.push(std::mem::take(&mut output.partial));
         }
-        for line in lines {
-            self.pass_on(slot, pid, &line);
-        }
-        if !open {
+        self.pass_on(slot, pid, &lines);
+        if outcome == Read::Closed {
             self.by_pid.remove(&pid);
         }
-        open
+        outcome
     }
 
-    fn pass_on(&mut self, slot: usize, pid: Pid, line: &[u8]) {
-        let line = String::from_utf8_lossy(line);
-        let line = line.strip_suffix('\r').unwrap_or(&line);
-        crate::logging::raw(format!("{}-worker-{slot}[{pid}]: {line}\n", self.name).as_bytes());
-        self.seq += 1;
+    /// Passes a worker's lines on in one write to the outlet, and keeps them.
+    fn pass_on(&mut self, slot: usize, pid: Pid, lines: &[Vec<u8>]) {
+        if lines.is_empty() {
+            return;
+        }
+        let prefix = format!("{}-worker-{slot}[{pid}]: ", self.name);
+        let mut out = Vec::with_capacity(lines.iter().map(|l| l.len() + prefix.len() + 1).sum());
         let time = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
-        if self.kept.len() == KEPT_LINES {
-            self.kept.pop_front();
+        let keep_from = lines.len().saturating_sub(KEPT_LINES);
+        for (index, line) in lines.iter().enumerate() {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            out.extend_from_slice(prefix.as_bytes());
+            out.extend_from_slice(line);
+            out.push(b'\n');
+            self.seq += 1;
+            if index < keep_from {
+                continue;
+            }
+            if self.kept.len() == KEPT_LINES {
+                self.kept.pop_front();
+            }
+            self.kept.push_back(LogLine {
+                seq: self.seq,
+                slot,
+                pid,
+                time,
+                line: String::from_utf8_lossy(line).into_owned(),
+            });
         }
-        self.kept.push_back(LogLine {
-            seq: self.seq,
-            slot,
-            pid,
-            time,
-            line: line.to_string(),
-        });
+        crate::logging::raw(&out);
     }
 
     /// The last `count` lines (of `slot` only, if given) after `after`.
@@ -224,13 +265,35 @@ mod tests {
     use std::io::Write;
 
     #[test]
+    fn a_flood_is_read_a_windows_share_at_a_time() {
+        let mut outputs = Outputs::new("app");
+        let (read, write) = Outputs::pipe().unwrap();
+        outputs.attach(9, 0, read);
+        let mut writer = std::fs::File::from(write);
+        for _ in 0..(3 * BYTES_PER_WINDOW / 4) {
+            writer.write_all(b"y\n").unwrap();
+        }
+        // A window after it was attached: a window of its own begins.
+        let t0 = std::time::Instant::now() + WINDOW;
+        assert_eq!(outputs.read(9, t0), Read::Throttled(t0 + WINDOW));
+        assert_eq!(outputs.last_seq(), (BYTES_PER_WINDOW / 2) as u64, "a window's share");
+        assert_eq!(
+            outputs.read(9, t0 + WINDOW / 2),
+            Read::Throttled(t0 + WINDOW),
+            "not before the next window"
+        );
+        assert_eq!(outputs.read(9, t0 + WINDOW), Read::Open, "the rest");
+        assert_eq!(outputs.last_seq(), (3 * BYTES_PER_WINDOW / 4) as u64);
+    }
+
+    #[test]
     fn lines_are_attributed_kept_and_asked_for_by_slot_and_seq() {
         let mut outputs = Outputs::new("app");
         let (read, write) = Outputs::pipe().unwrap();
         outputs.attach(41, 1, read);
         let mut writer = std::fs::File::from(write);
         writer.write_all(b"one\r\ntwo\nthr").unwrap();
-        assert!(outputs.read(41));
+        assert_eq!(outputs.read(41, std::time::Instant::now()), Read::Open);
         let lines = outputs.recent(10, None, None);
         assert_eq!(
             lines.iter().map(|l| l.line.as_str()).collect::<Vec<_>>(),
@@ -238,7 +301,7 @@ mod tests {
         );
         assert_eq!((lines[0].slot, lines[0].pid, lines[0].seq), (1, 41, 1));
         drop(writer);
-        assert!(!outputs.read(41), "closed");
+        assert_eq!(outputs.read(41, std::time::Instant::now()), Read::Closed);
         assert_eq!(
             outputs.recent(10, None, Some(2))[0].line,
             "thr",
@@ -256,15 +319,18 @@ mod tests {
         outputs.attach(7, 0, read);
         let mut writer = std::fs::File::from(write);
         writer.write_all(&vec![b'x'; MAX_LINE + 10]).unwrap();
-        outputs.read(7);
+        outputs.read(7, std::time::Instant::now());
         assert_eq!(outputs.recent(10, None, None)[0].line.len(), MAX_LINE);
+        let mut now = std::time::Instant::now();
         for i in 0..KEPT_LINES + 5 {
             writeln!(writer, "{i}").unwrap();
             if i % 1000 == 0 {
-                outputs.read(7);
+                now += WINDOW;
+                outputs.read(7, now);
             }
         }
-        outputs.read(7);
+        now += WINDOW;
+        outputs.read(7, now);
         assert_eq!(outputs.recent(usize::MAX, None, None).len(), KEPT_LINES);
         assert_eq!(outputs.last_seq(), (KEPT_LINES + 6) as u64);
     }

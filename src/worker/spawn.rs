@@ -188,11 +188,21 @@ impl WorkerCommand {
     /// command is made from a config.
     pub fn from_settings(settings: &Settings, context: &CommandContext) -> Result<WorkerCommand, Error> {
         let mut env = settings.env.clone();
-        if settings.node {
-            let preload = crate::node::preload_path()
-                .map_err(|why| Error::os(format!("{why} (node = \"off\" runs Node workers without it)")))?;
-            let inherited = std::env::var("NODE_OPTIONS").ok();
-            crate::node::add_preload(&mut env, inherited, &preload);
+        // Without its preload (it could not be written: a full disk, a file
+        // size limit) a Node worker runs as Node would, and is no cluster
+        // worker (its listen({fd}) would wait for a primary's handle).
+        let mut node = settings.node;
+        if node {
+            match crate::node::preload_path() {
+                Ok(preload) => {
+                    let inherited = std::env::var("NODE_OPTIONS").ok();
+                    crate::node::add_preload(&mut env, inherited, &preload);
+                }
+                Err(why) => {
+                    log::warn!("{why}: Node workers run without sheepdog's preload (listen(port) binds its own port)");
+                    node = false;
+                }
+            }
         }
         let command = WorkerCommand::new(
             &settings.command,
@@ -204,7 +214,7 @@ impl WorkerCommand {
         let journal = context.journal.then(|| JournalStreams::new(&settings.name)).flatten();
         let mut command = command.with_journal(journal);
         command.fd_limit = context.fd_limit;
-        command.node_cluster = settings.node && settings.channel == crate::config::Channel::NodeIpc;
+        command.node_cluster = node && settings.channel == crate::config::Channel::NodeIpc;
         Ok(command)
     }
 

@@ -316,12 +316,13 @@ fn a_child_killed_with_its_workers_group_is_not_said_to_have_left_it() {
 
 #[test]
 fn a_flock_that_listens_on_ports_of_its_own_is_not_said_ready() {
-    // readiness = "none": the classic app.listen(3000) without the preload.
+    // readiness = "none": the classic app.listen(3000) without the preload
+    // (node = "off"; with it, listen(3000) takes the passed socket).
     let port = free_port();
     let http = free_port();
     let (sheepdog, notify) = launch(
         &["node", &fixture("app-listen.js")],
-        &format!("workers = 1\n[http]\nlisten = \"{http}\"\n"),
+        &format!("workers = 1\nnode = \"off\"\n[http]\nlisten = \"{http}\"\n"),
         &[("PORT", &port.port().to_string())],
     );
     sheepdog
