@@ -276,9 +276,10 @@ fn probe_env(settings: &Settings) -> std::collections::BTreeMap<String, String> 
 /// same workers), or hands it back to that binary when it cannot.
 fn take_over(inherited: Inherited, journal: bool) -> ExitCode {
     let build = crate::build::current();
-    let decoded = inherited
-        .read_state()
-        .and_then(|bytes| HandOver::decode(&bytes, build.state_format));
+    let decoded = inherited.read_state().and_then(|bytes| {
+        capture_state(&bytes);
+        HandOver::decode(&bytes, build.state_format)
+    });
     let handover = match decoded {
         Ok(handover) => handover,
         Err(why) => {
@@ -333,6 +334,18 @@ fn take_over(inherited: Inherited, journal: bool) -> ExitCode {
     let code = ExitCode::from(prepared(os).run() as u8);
     logging::drain(Duration::from_secs(1));
     code
+}
+
+/// In debug builds, `SHEEPDOG_CAPTURE_STATE=PATH` writes the state a
+/// binary is handed, as it came, to PATH: how the golden states of a release
+/// are captured (tests/fixtures/state/capture.sh).
+fn capture_state(bytes: &[u8]) {
+    if !cfg!(debug_assertions) {
+        return;
+    }
+    if let Some(path) = std::env::var_os("SHEEPDOG_CAPTURE_STATE") {
+        let _ = std::fs::write(path, bytes);
+    }
 }
 
 /// Fault injection for the tests of the hand-over, in debug builds only:

@@ -10,9 +10,17 @@
 
 use std::sync::OnceLock;
 
-/// The hand-over state format this code writes and reads. Raised when the
-/// state changes in a way an older reader cannot take (a new field with a
-/// default is not such a change).
+/// The hand-over state format this code writes and reads.
+///
+/// The rule for a change of the state (any struct in `upgrade::state`,
+/// `core::snapshot` and what they hold): a field added gets
+/// `#[serde(default)]` and a default that means "as a build before it did";
+/// a field removed is left readable (the newer reader ignores unknown
+/// fields, serde's default); anything else (a type or a meaning changed)
+/// raises this number, and an older state is then refused and handed back.
+/// The states 0.1.0 wrote (tests/fixtures/state, made by its capture.sh)
+/// must decode: `the_states_written_by_release_0_1_0_are_taken_whole` fails
+/// for a field added without a default.
 pub const STATE_FORMAT: u32 = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -616,3 +616,58 @@ fn workers_output_is_still_attributed_after_an_upgrade() {
         assert_eq!(said, 1, "{:#?}", flock.sheepdog.logs.lines());
     }
 }
+
+/// The release installed today (tests/fixtures/release), unpacked at `path`.
+fn release_0_1_0(path: &Path) {
+    let packed = repo_path("tests/fixtures/release/sheepdog-0.1.0.gz");
+    let unpacked = std::process::Command::new("gzip")
+        .arg("-dc")
+        .arg(&packed)
+        .output()
+        .expect("gzip");
+    assert!(unpacked.status.success());
+    let source = path.with_extension("gz-out");
+    std::fs::write(&source, &unpacked.stdout).unwrap();
+    std::fs::set_permissions(&source, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::rename(&source, path).unwrap();
+}
+
+#[test]
+fn an_upgrade_from_release_0_1_0_keeps_the_pid_the_workers_and_every_request() {
+    let launch = Launch::new(&[]);
+    let bin = launch.dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let binary = bin.join("sheepdog");
+    release_0_1_0(&binary);
+    let version = std::process::Command::new(&binary).arg("--version").output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&version.stdout).trim(), "sheepdog 0.1.0");
+    let flock = start_from(launch, binary, &ipc_worker(), "node-ipc", "", &[]);
+    let pid = flock.sheepdog.pid();
+    let workers = flock.workers();
+    assert!(flock.status()["supervisor"]["upgraded"].is_null());
+    let load = Load::start(flock.addr);
+    install(Path::new(BIN), &flock.binary);
+    let (ok, stdout, stderr) = flock.upgrade();
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stdout.starts_with("upgraded from 0.1.0 to "), "{stdout}");
+    let (served, failed, errors) = load.finish();
+    assert_eq!(failed, 0, "{errors:?}");
+    assert!(served >= 20, "{served}");
+    assert!(alive(pid));
+    assert_eq!(exe_of(pid), flock.binary.display().to_string());
+    assert_eq!(flock.workers(), workers, "the same workers");
+    let status = flock.status();
+    assert_eq!(status["supervisor"]["pid"], pid);
+    assert_eq!(status["supervisor"]["upgraded"]["from"], "0.1.0");
+    assert_eq!(status["supervisor"]["upgraded"]["count"], 1);
+    // The process runs the build under test now (a debug build, many times
+    // the release's size).
+    let running = std::fs::metadata(format!("/proc/{pid}/exe")).unwrap().len();
+    assert_eq!(running, std::fs::metadata(BIN).unwrap().len());
+    // And it goes on supervising: a killed worker is replaced.
+    unsafe { libc::kill(workers[0], libc::SIGKILL) };
+    wait_until(10 * SECOND, "the replacement", || {
+        let now = flock.workers();
+        now.len() == 2 && !now.contains(&workers[0])
+    });
+}

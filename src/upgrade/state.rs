@@ -4,6 +4,10 @@
 //! that owns what it describes (`export` and `adopt` beside each type);
 //! this module only names the parts and frames the whole.
 //!
+//! How the format may change (a field added needs `#[serde(default)]`) is
+//! written at [`crate::build::STATE_FORMAT`]; release 0.1.0's own states are
+//! kept in tests/fixtures/state and decoded by a test.
+//!
 //! Every fd handed over is listed with its inode ([`FdRecord`]), and the
 //! reader checks each one (open, a socket or pipe, the same inode) before
 //! taking any: a state that does not match the fds the process holds is

@@ -276,3 +276,42 @@ fn the_state_reads_back_whole_and_anything_less_is_refused() {
         assert!(HandOver::decode(&bytes[..cut], format).is_err(), "cut at {cut}");
     }
 }
+
+/// The states sheepdog 0.1.0 (b93ba8c, the release installed today) hands
+/// over, captured by tests/fixtures/state/capture.sh: this build must take
+/// them, whole. A field added to the state without `#[serde(default)]`
+/// (or a type changed under an old name) fails here.
+#[test]
+fn the_states_written_by_release_0_1_0_are_taken_whole() {
+    use crate::upgrade::state::HandOver;
+    for (name, bytes) in [
+        (
+            "node-ipc",
+            &include_bytes!("../../../tests/fixtures/state/node-ipc.json")[..],
+        ),
+        (
+            "notify",
+            &include_bytes!("../../../tests/fixtures/state/notify.json")[..],
+        ),
+    ] {
+        let handover =
+            HandOver::decode(bytes, crate::build::STATE_FORMAT).unwrap_or_else(|why| panic!("{name}: {why}"));
+        assert_eq!(handover.from_version, "0.1.0", "{name}");
+        assert_eq!(handover.os.links.channel, name, "{name}");
+        assert_eq!(handover.os.workers.len(), 2, "{name}");
+        assert!(handover.os.outputs.is_none(), "0.1.0 had no output pipes: {name}");
+        let t0 = Instant::now();
+        let prepared = Supervisor::<Fake>::prepare(handover.supervisor, t0, "0.1.0".into(), handover.taken_at_ns, None)
+            .unwrap_or_else(|why| panic!("{name}: {why}"));
+        let supervisor = prepared(Fake::new(t0));
+        let flock = supervisor.flock();
+        assert_eq!(flock.desired(), 2, "{name}");
+        assert_eq!(flock.workers().len(), 2, "{name}");
+        assert!(flock.workers().iter().all(|w| w.is_ready()), "{name}");
+        assert_eq!(
+            flock.policy().heartbeat.map(|h| h.interval),
+            Some(if name == "notify" { 1000 * MS } else { 500 * MS }),
+            "{name}"
+        );
+    }
+}
