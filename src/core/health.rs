@@ -422,7 +422,11 @@ impl Flock {
             .map(|w| w.pid)
             .collect();
         if !pids.is_empty() {
-            actions.push(Action::Measure { pids });
+            actions.push(Action::Measure {
+                pids,
+                how: self.policy.memory_measure,
+                limit: self.policy.memory_limit,
+            });
         }
         // A server binds its port while it starts: looking during a worker's
         // first minute, ever more sparsely, is enough, and costs nothing

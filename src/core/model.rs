@@ -171,9 +171,12 @@ pub enum Action {
         pid: Pid,
         message: String,
     },
-    /// Measure these workers' memory and report `Event::Measured`.
+    /// Measure these workers' memory, `how`, and report `Event::Measured`;
+    /// `limit` is what a worker may use (a tree over it is measured whole).
     Measure {
         pids: Vec<Pid>,
+        how: MemoryMeasure,
+        limit: Option<u64>,
     },
     /// Look for ports these workers listen on themselves (not the socket
     /// sheepdog passed) and report `Event::Inspected`.

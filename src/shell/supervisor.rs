@@ -619,9 +619,7 @@ impl<S: System> Supervisor<S> {
                 }
             }
             Action::Ping { pid, message } => self.system.ping(pid, &message),
-            Action::Measure { pids } => {
-                let policy = self.flock.policy();
-                let (how, limit) = (policy.memory_measure, policy.memory_limit);
+            Action::Measure { pids, how, limit } => {
                 for (pid, bytes) in self.system.measure(&pids, how, limit) {
                     queue.extend(self.flock.follow_up(now, Event::Measured { pid, bytes }));
                 }

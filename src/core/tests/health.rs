@@ -135,7 +135,7 @@ fn memory_over_the_limit_is_replaced_replacement_first_within_the_surge_bound() 
     assert!(
         measured
             .iter()
-            .any(|a| matches!(a, Action::Measure { pids } if pids.len() == 3))
+            .any(|a| matches!(a, Action::Measure { pids, limit: Some(_), .. } if pids.len() == 3))
     );
     let old = h.serving_pids(3);
     h.feed(Event::Measured {
@@ -325,7 +325,7 @@ fn memory_is_measured_once_per_interval_and_only_for_live_workers() {
         actions
             .iter()
             .filter_map(|a| match a {
-                Action::Measure { pids } => Some(pids.clone()),
+                Action::Measure { pids, .. } => Some(pids.clone()),
                 _ => None,
             })
             .collect()
