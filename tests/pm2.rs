@@ -194,8 +194,9 @@ fn a_pm2_app_runs_unchanged_on_its_own_port_and_drains_on_its_sigint_handler() {
     assert_eq!(logs.count("was killed by SIGKILL"), 0, "{:#?}", logs.lines());
 }
 
-#[test]
-fn an_app_that_handles_only_sigterm_drains_on_it_and_a_memory_recycle_is_graceful() {
+/// A memory recycle, a reload and a stop of an app that handles only
+/// `signal`: each worker that goes runs the app's own handler to the end.
+fn recycle_reload_and_stop(signal: &str) {
     let launch_dir = tempfile::tempdir().unwrap();
     let config = launch_dir.path().join("app.toml");
     std::fs::write(
@@ -207,8 +208,8 @@ fn an_app_that_handles_only_sigterm_drains_on_it_and_a_memory_recycle_is_gracefu
     )
     .unwrap();
     let config = config.display().to_string();
-    let app = run(&["--config", &config], "app.js", &[("STOP_ON", "SIGTERM")]);
-    let workers = app.serving(2);
+    let app = run(&["--config", &config], "app.js", &[("STOP_ON", signal)]);
+    app.serving(2);
     // One worker grows past the limit: it is replaced, replacement first,
     // and stopped with the signal it handles.
     let grown = get_path(app.addr, "/grow", 10 * SECOND).unwrap();
@@ -217,20 +218,42 @@ fn an_app_that_handles_only_sigterm_drains_on_it_and_a_memory_recycle_is_gracefu
     get_path(app.addr, "/grow", 10 * SECOND).unwrap();
     get_path(app.addr, "/grow", 10 * SECOND).unwrap();
     wait_until(30 * SECOND, "the grown worker's graceful stop", || {
-        drained(&app.sheepdog.logs, "SIGTERM", grown) || !alive(grown as i32)
+        drained(&app.sheepdog.logs, signal, grown) || !alive(grown as i32)
     });
     assert!(
-        drained(&app.sheepdog.logs, "SIGTERM", grown),
+        drained(&app.sheepdog.logs, signal, grown),
         "{:#?}",
         app.sheepdog.logs.lines()
     );
-    app.serving(2);
+    // A reload: every worker of before drains on its handler.
+    wait_until(30 * SECOND, "two workers serving", || {
+        app.sheepdog.worker_pids().len() == 2
+    });
+    let before: Vec<i64> = app.sheepdog.worker_pids().into_iter().map(i64::from).collect();
+    let output = app.client(&["reload"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    for pid in &before {
+        wait_until(30 * SECOND, "the old worker's graceful stop", || {
+            drained(&app.sheepdog.logs, signal, *pid)
+        });
+    }
+    // A stop: the new ones too.
+    let after = pids_of(&app.serving(2));
     let logs = app.stop();
-    for pid in workers.keys().filter(|p| **p != grown) {
-        assert!(drained(&logs, "SIGTERM", *pid), "{:#?}", logs.lines());
+    for pid in after {
+        assert!(drained(&logs, signal, pid), "{:#?}", logs.lines());
     }
     assert_eq!(logs.count("was killed by SIGKILL"), 0, "{:#?}", logs.lines());
-    assert!(logs.count("graceful stop done") >= 3, "{:#?}", logs.lines());
+}
+
+#[test]
+fn an_app_that_handles_only_sigterm_drains_on_it_through_a_recycle_a_reload_and_a_stop() {
+    recycle_reload_and_stop("SIGTERM");
+}
+
+#[test]
+fn an_app_that_handles_only_sigint_drains_on_it_through_a_recycle_a_reload_and_a_stop() {
+    recycle_reload_and_stop("SIGINT");
 }
 
 #[test]
