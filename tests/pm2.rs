@@ -217,7 +217,7 @@ fn recycle_reload_and_stop(signal: &str) {
     let grown: serde_json::Value = serde_json::from_str(grown.body.trim()).unwrap();
     let grown = grown["pid"].as_i64().unwrap();
     let deadline = std::time::Instant::now() + 30 * SECOND;
-    while !(drained(&app.sheepdog.logs, signal, grown) || !alive(grown as i32)) {
+    while !drained(&app.sheepdog.logs, signal, grown) && alive(grown as i32) {
         assert!(
             std::time::Instant::now() < deadline,
             "the grown worker (pid {grown}) did not stop: {:#?}",
