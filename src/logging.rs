@@ -162,7 +162,13 @@ pub fn raw(line: &[u8]) {
         outlet.push(line);
         return;
     }
-    let _ = std::io::Write::write_all(&mut std::io::stderr(), line);
+    if cfg!(test) {
+        // What the test harness captures, rather than its own output.
+        eprint!("{}", String::from_utf8_lossy(line));
+    } else {
+        // Before logging is set up; a failed write loses the line only.
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), line);
+    }
 }
 
 /// Writes the lines that wait, if the reader takes them now; once none
