@@ -93,6 +93,10 @@ pub struct Queues {
     steered_before: HashMap<Pid, Option<u64>>,
     /// Workers whose queue is being drained.
     draining: Vec<Pid>,
+    /// Workers whose queue was drained and who got their stop signal: their
+    /// queue stays theirs while they live, since a worker may accept (and
+    /// drop) connections for a while after its stop signal.
+    drained: BTreeSet<Pid>,
     /// Workers on their way out that sheepdog does not drain (leaving on
     /// their own, killed): their queue goes to the next worker started.
     leaving: BTreeSet<Pid>,
@@ -172,6 +176,7 @@ impl Queues {
             assigned: HashMap::new(),
             steered_before: HashMap::new(),
             draining: Vec::new(),
+            drained: BTreeSet::new(),
             leaving: BTreeSet::new(),
             open: BTreeSet::new(),
             closed_at: HashMap::new(),
@@ -242,6 +247,7 @@ impl Queues {
         let leaving: BTreeSet<usize> = self
             .draining
             .iter()
+            .chain(&self.drained)
             .filter_map(|p| self.assigned.get(p))
             .copied()
             .collect();
@@ -337,6 +343,7 @@ impl Queues {
         self.leaving.remove(&pid);
         self.steered_before.remove(&pid);
         self.draining.retain(|p| *p != pid);
+        self.drained.remove(&pid);
     }
 
     pub fn queue_of(&self, pid: Pid) -> Option<usize> {
@@ -355,7 +362,7 @@ impl Queues {
         self.leaving = self
             .assigned
             .keys()
-            .filter(|pid| !live.contains(pid) && !self.draining.contains(pid))
+            .filter(|pid| !live.contains(pid) && !self.draining.contains(pid) && !self.drained.contains(pid))
             .copied()
             .collect();
         let mut wanted = queues(open);
@@ -410,7 +417,7 @@ impl Queues {
         let shared = self
             .assigned
             .iter()
-            .any(|(p, q)| q == queue && *p != pid && !self.draining.contains(p));
+            .any(|(p, q)| q == queue && *p != pid && !self.draining.contains(p) && !self.drained.contains(p));
         if !self.steered() || shared {
             return true;
         }
@@ -438,6 +445,7 @@ impl Queues {
             }
         }
         self.draining.retain(|p| !done.contains(p));
+        self.drained.extend(done.iter().copied());
         if !done.is_empty() {
             debug!("drained: {done:?}");
         }
@@ -582,6 +590,7 @@ impl Queues {
             assigned: state.assigned.into_iter().collect(),
             steered_before: state.steered_before.into_iter().map(|(p, n)| (p, Some(n))).collect(),
             draining: Vec::new(),
+            drained: BTreeSet::new(),
             leaving: BTreeSet::new(),
             open: BTreeSet::new(),
             closed_at: HashMap::new(),
@@ -723,5 +732,26 @@ mod leaving {
         assert!(!queues.drain(101));
         queues.publish(&listeners, &[102], &[102], Instant::now());
         assert_eq!(queues.pick(&mut listeners), 2);
+    }
+
+    #[test]
+    fn a_drained_worker_keeps_its_queue_until_it_is_gone() {
+        // It got its stop signal and may still accept (and drop) what
+        // reaches its queue: the next worker started takes a free one.
+        let mut listeners = sockets::open(&["127.0.0.1:0".parse().unwrap()], 3).unwrap();
+        let mut queues = Queues::new(&listeners, Spread::RoundRobin, false);
+        queues.record(100, 0);
+        queues.record(101, 1);
+        let t0 = Instant::now();
+        queues.publish(&listeners, &[100, 101], &[100, 101], t0);
+        assert!(!queues.drain(100));
+        queues.publish(&listeners, &[101], &[101], t0);
+        assert_eq!(queues.drained(&listeners, t0 + SETTLE), vec![100]);
+        queues.publish(&listeners, &[101], &[101], t0 + SETTLE);
+        assert_eq!(queues.pick(&mut listeners), 2, "not queue 0: its worker still listens");
+        queues.record(102, 2);
+        assert_eq!(queues.pick(&mut listeners), 3, "a new queue rather than sharing 0");
+        queues.forget(100);
+        assert_eq!(queues.pick(&mut listeners), 0, "free once its worker is gone");
     }
 }
