@@ -294,9 +294,8 @@ fn take_over(inherited: Inherited, journal: bool) -> ExitCode {
         .and_then(crate::config::LogLevel::named);
     logging::init(level.map(|l| l.filter()), journal);
     logging::resume(handover.os.log_pending.as_bytes(), handover.os.log_dropped);
-    let elapsed = crate::upgrade::monotonic_ns().saturating_sub(handover.taken_at_ns);
-    let now = std::time::Instant::now();
-    let then = now.checked_sub(Duration::from_nanos(elapsed)).unwrap_or(now);
+    // The clock is the same on both sides of the exec.
+    let then = crate::clock::Moment::from_nanos(handover.taken_at_ns);
     // A wrapper that forks the new binary instead of exec'ing it would run
     // it in another process: it is not the workers' parent, and may not
     // take them over.

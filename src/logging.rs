@@ -13,7 +13,9 @@ use std::collections::VecDeque;
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::clock::Moment;
 
 use log::{Level, LevelFilter};
 
@@ -227,9 +229,9 @@ pub fn resume(bytes: &[u8], dropped: u64) {
 
 /// Gives a slow reader up to `timeout` to take the last lines (at exit).
 pub fn drain(timeout: Duration) {
-    let deadline = Instant::now() + timeout;
+    let deadline = Moment::now() + timeout;
     flush();
-    while has_pending() && Instant::now() < deadline {
+    while has_pending() && Moment::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
         flush();
     }
@@ -295,7 +297,7 @@ pub fn priority(level: Level) -> u8 {
 pub struct RateLimit {
     burst: u32,
     window: Duration,
-    opened: Option<Instant>,
+    opened: Option<Moment>,
     used: u32,
     suppressed: u32,
 }
@@ -312,7 +314,7 @@ impl RateLimit {
     }
 
     /// Whether a line may be logged now.
-    pub fn allow(&mut self, now: Instant) -> bool {
+    pub fn allow(&mut self, now: Moment) -> bool {
         let opened = *self.opened.get_or_insert(now);
         if now.saturating_duration_since(opened) >= self.window {
             if self.suppressed > 0 {
@@ -338,7 +340,7 @@ mod tests {
 
     #[test]
     fn a_burst_per_window_and_no_more() {
-        let t0 = Instant::now();
+        let t0 = Moment::now();
         let mut limit = RateLimit::new(3, Duration::from_secs(10));
         let allowed: Vec<bool> = (0..5).map(|_| limit.allow(t0)).collect();
         assert_eq!(allowed, [true, true, true, false, false]);

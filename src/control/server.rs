@@ -14,7 +14,9 @@ use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::clock::Moment;
 
 use log::{debug, warn};
 use nix::sys::socket::{self, sockopt};
@@ -40,7 +42,7 @@ struct Client {
     stream: UnixStream,
     input: Vec<u8>,
     output: Vec<u8>,
-    opened: Instant,
+    opened: Moment,
     /// A whole request was read: no more input, no deadline.
     answered_or_busy: bool,
     /// Close once `output` is written.
@@ -156,7 +158,7 @@ impl ControlServer {
                     return false;
                 };
                 // Anyone who may delete the file can repeat this: bounded.
-                if self.complaints.allow(Instant::now()) {
+                if self.complaints.allow(Moment::now()) {
                     warn!("the control socket {} was removed; bound it again", self.path.display());
                 }
                 self.listener = listener;
@@ -165,7 +167,7 @@ impl ControlServer {
             }
             Err(BindError::Live) => false,
             Err(BindError::Dir(e)) => {
-                if self.complaints.allow(Instant::now()) {
+                if self.complaints.allow(Moment::now()) {
                     warn!(
                         "the control socket {} was removed and cannot be bound again: {e}",
                         self.path.display()
@@ -174,7 +176,7 @@ impl ControlServer {
                 false
             }
             Err(BindError::Other(e)) => {
-                if self.complaints.allow(Instant::now()) {
+                if self.complaints.allow(Moment::now()) {
                     warn!(
                         "the control socket {} was removed and cannot be bound again: {e}",
                         self.path.display()
@@ -202,7 +204,7 @@ impl ControlServer {
     /// the new clients to watch. Out of fds (EMFILE, ENFILE), the client idle
     /// longest makes room, or the connection is taken with the reserve fd
     /// and refused, so that an fd shortage never spins the loop.
-    pub fn accept(&mut self, now: Instant) -> Vec<u64> {
+    pub fn accept(&mut self, now: Moment) -> Vec<u64> {
         let mut added = Vec::new();
         for _ in 0..MAX_ACCEPTS_PER_PASS {
             let stream = match self.listener.accept() {
@@ -255,7 +257,7 @@ impl ControlServer {
     /// Out of fds with no idle client to disconnect: frees the reserve fd to
     /// accept one connection and refuse it. False when there is no reserve
     /// or the accept still fails.
-    fn refuse_with_reserve(&mut self, now: Instant) -> bool {
+    fn refuse_with_reserve(&mut self, now: Moment) -> bool {
         if self.reserve.take().is_none() {
             return false;
         }
@@ -275,7 +277,7 @@ impl ControlServer {
         taken
     }
 
-    fn admit(&mut self, stream: &UnixStream, now: Instant) -> Result<(), String> {
+    fn admit(&mut self, stream: &UnixStream, now: Moment) -> Result<(), String> {
         stream.set_nonblocking(true).map_err(|e| e.to_string())?;
         let credentials = socket::getsockopt(stream, sockopt::PeerCredentials).map_err(|e| e.desc().to_string())?;
         if credentials.uid() != 0 && credentials.uid() != self.own_uid {
@@ -300,7 +302,7 @@ impl ControlServer {
     /// Makes room for a new client by disconnecting the one that has been
     /// connected longest without sending a request, so that idle connections
     /// can never shut an operator's `sheepdog status` out.
-    fn evict_oldest_idle(&mut self, now: Instant, why: &str) -> bool {
+    fn evict_oldest_idle(&mut self, now: Moment, why: &str) -> bool {
         let oldest = self
             .clients
             .iter()
@@ -335,7 +337,7 @@ impl ControlServer {
                 Ok(n) if client.answered_or_busy => {
                     client.after_request += n;
                     if client.after_request > MAX_AFTER_REQUEST {
-                        if self.complaints.allow(Instant::now()) {
+                        if self.complaints.allow(Moment::now()) {
                             warn!(
                                 "control client {id} sent over {MAX_AFTER_REQUEST} bytes after its request; disconnecting it"
                             );
@@ -351,7 +353,7 @@ impl ControlServer {
                     // The limit is on the request itself, newline or not yet.
                     if newline.unwrap_or(client.input.len()) > MAX_REQUEST {
                         let message = format!("request longer than {MAX_REQUEST} bytes");
-                        if self.complaints.allow(Instant::now()) {
+                        if self.complaints.allow(Moment::now()) {
                             warn!("control client {id}: {message}; disconnecting it");
                         }
                         client.answered_or_busy = true;
@@ -365,7 +367,7 @@ impl ControlServer {
                         return match parse_request(&line[..end]) {
                             Ok(command) => ClientInput::Request(command),
                             Err(e) => {
-                                if self.complaints.allow(Instant::now()) {
+                                if self.complaints.allow(Moment::now()) {
                                     warn!("control client {id}: {e}");
                                 }
                                 self.reply(id, &Reply::Failed(e));
@@ -409,7 +411,7 @@ impl ControlServer {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     if client.output.len() > MAX_REPLY_BACKLOG {
-                        if self.complaints.allow(Instant::now()) {
+                        if self.complaints.allow(Moment::now()) {
                             warn!("control client {id} does not read its reply; disconnecting it");
                         }
                         self.clients.remove(&id);
@@ -430,7 +432,7 @@ impl ControlServer {
     }
 
     /// Disconnects clients that did not send a whole request in time.
-    pub fn expire(&mut self, now: Instant) {
+    pub fn expire(&mut self, now: Moment) {
         self.clients.retain(|id, client| {
             let late = !client.answered_or_busy && now.saturating_duration_since(client.opened) >= REQUEST_DEADLINE;
             if late && self.complaints.allow(now) {
@@ -443,7 +445,7 @@ impl ControlServer {
         });
     }
 
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub fn next_deadline(&self) -> Option<Moment> {
         self.clients
             .values()
             .filter(|c| !c.answered_or_busy)
@@ -453,7 +455,7 @@ impl ControlServer {
 
     /// What this server holds, for the binary that takes over: the
     /// listener, and each client with what it sent and what waits for it.
-    pub fn export(&self, now: Instant) -> ControlState {
+    pub fn export(&self, now: Moment) -> ControlState {
         let mut clients: Vec<ClientState> = self
             .clients
             .iter()
@@ -481,7 +483,7 @@ impl ControlServer {
 
     /// The server `state` describes, on the fds it names, which were
     /// checked ([`crate::upgrade::state::check_fds`]) and are taken here.
-    pub fn adopt(state: ControlState, then: Instant) -> ControlServer {
+    pub fn adopt(state: ControlState, then: Moment) -> ControlServer {
         // SAFETY: the fds were handed over for this, checked to be open and
         // the same inodes, and each is owned by exactly one adopter.
         let take = |fd: RawFd| unsafe { OwnedFd::from_raw_fd(fd) };
@@ -620,12 +622,12 @@ mod tests {
 
     /// Accepts the one client that connected.
     fn accept_one(server: &mut ControlServer) -> u64 {
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Moment::now() + Duration::from_secs(5);
         loop {
-            if let [id] = server.accept(Instant::now())[..] {
+            if let [id] = server.accept(Moment::now())[..] {
                 return id;
             }
-            assert!(Instant::now() < deadline, "no client");
+            assert!(Moment::now() < deadline, "no client");
             std::thread::sleep(Duration::from_millis(5));
         }
     }

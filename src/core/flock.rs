@@ -2,7 +2,9 @@
 //! policies that decide what follows. Each policy lives in a module of its
 //! own (`restart`, `health`, `reload`, `status`) with the deadline it needs.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::clock::Moment;
 
 use log::{debug, info, warn};
 use nix::sys::signal::Signal;
@@ -59,14 +61,14 @@ pub struct Flock {
     pub(super) worker_lines: RateLimit,
     /// Since when fewer than `min_ready` workers serve, and the unrequested
     /// exits since: a long enough stretch with any is a crash loop too.
-    pub(super) unhealthy: Option<(Instant, u32)>,
+    pub(super) unhealthy: Option<(Moment, u32)>,
     /// When workers not known to serve yet were last looked at.
-    pub(super) last_look: Option<Instant>,
+    pub(super) last_look: Option<Moment>,
 }
 
 impl Flock {
     /// A flock of `policy.workers` workers, none started yet, that will run `command`.
-    pub fn new(policy: Policy, command: CommandId, now: Instant) -> Flock {
+    pub fn new(policy: Policy, command: CommandId, now: Moment) -> Flock {
         let desired = clamp_workers(policy.workers);
         Flock {
             desired,
@@ -147,7 +149,7 @@ impl Flock {
     /// reconciles the table with what is desired, once. No deadline is
     /// judged before all that was pending was applied: a `READY=1` that
     /// waited in its socket while the loop was late was on time.
-    pub fn handle_pass(&mut self, now: Instant, events: Vec<Event>) -> Vec<Action> {
+    pub fn handle_pass(&mut self, now: Moment, events: Vec<Event>) -> Vec<Action> {
         let mut actions = Vec::new();
         self.guard_against_stalls(now);
         self.spawned_this_pass = 0;
@@ -160,20 +162,20 @@ impl Flock {
     }
 
     /// A pass of one event (as [`Flock::handle_pass`]).
-    pub fn handle(&mut self, now: Instant, event: Event) -> Vec<Action> {
+    pub fn handle(&mut self, now: Moment, event: Event) -> Vec<Action> {
         self.handle_pass(now, vec![event])
     }
 
     /// What an action of this pass led to (a spawn's outcome, a
     /// measurement): applied and reconciled within the same pass.
-    pub fn follow_up(&mut self, now: Instant, event: Event) -> Vec<Action> {
+    pub fn follow_up(&mut self, now: Moment, event: Event) -> Vec<Action> {
         let mut actions = Vec::new();
         self.apply(now, event, &mut actions);
         self.reconcile(now, &mut actions);
         actions
     }
 
-    fn apply(&mut self, now: Instant, event: Event, actions: &mut Vec<Action>) {
+    fn apply(&mut self, now: Moment, event: Event, actions: &mut Vec<Action>) {
         match event {
             Event::Tick => {}
             Event::Spawned { order, pid, at } => self.on_spawned(now, at, order, pid, actions),
@@ -198,7 +200,7 @@ impl Flock {
 
     /// The earliest time at which `handle(Tick)` has something to do: the
     /// nearest of the deadlines each policy keeps.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub fn next_deadline(&self) -> Option<Moment> {
         let mut deadlines = vec![self.stop_deadline(), self.watchdog_deadline()];
         if self.is_running() {
             deadlines.extend([
@@ -218,7 +220,7 @@ impl Flock {
         deadlines.into_iter().flatten().min()
     }
 
-    fn reconcile(&mut self, now: Instant, actions: &mut Vec<Action>) {
+    fn reconcile(&mut self, now: Moment, actions: &mut Vec<Action>) {
         self.escalate_stops(now, actions);
         if self.is_running() {
             self.promote_ready(now);
@@ -265,7 +267,7 @@ impl Flock {
         self.ping_watchdog(now, actions);
     }
 
-    fn on_spawned(&mut self, now: Instant, at: Instant, order: SpawnOrder, pid: Pid, actions: &mut Vec<Action>) {
+    fn on_spawned(&mut self, now: Moment, at: Moment, order: SpawnOrder, pid: Pid, actions: &mut Vec<Action>) {
         self.slot_mut(order.slot, now).spawning = false;
         debug!(
             "worker {} (pid {pid}) started, generation {}",
@@ -300,7 +302,7 @@ impl Flock {
         self.workers.push(worker);
     }
 
-    fn on_exit(&mut self, now: Instant, pid: Pid, status: ExitStatus, actions: &mut Vec<Action>) {
+    fn on_exit(&mut self, now: Moment, pid: Pid, status: ExitStatus, actions: &mut Vec<Action>) {
         let Some(index) = self.workers.iter().position(|w| w.pid == pid) else {
             // Orphaned descendants of workers are re-parented to us (we are a
             // child subreaper) and reaped here.
@@ -331,7 +333,7 @@ impl Flock {
 
     /// A worker failed. A new-generation worker that fails before it is ready
     /// aborts the reload; anything else is a crash to back off from.
-    pub(super) fn on_worker_failed(&mut self, now: Instant, worker: &Worker, actions: &mut Vec<Action>, what: &str) {
+    pub(super) fn on_worker_failed(&mut self, now: Moment, worker: &Worker, actions: &mut Vec<Action>, what: &str) {
         match &self.rollout {
             Some(rollout) if worker.is_starting() && worker.generation == rollout.generation => {
                 self.abort_reload(now, what, actions);
@@ -340,7 +342,7 @@ impl Flock {
         }
     }
 
-    fn on_request(&mut self, now: Instant, request: Request, actions: &mut Vec<Action>) {
+    fn on_request(&mut self, now: Moment, request: Request, actions: &mut Vec<Action>) {
         if !self.is_running() {
             match request {
                 Request::Stop => self.kill_all_now(now, actions),
@@ -377,7 +379,7 @@ impl Flock {
     }
 
     /// A second stop request: SIGKILL for whoever is still there.
-    fn kill_all_now(&mut self, now: Instant, actions: &mut Vec<Action>) {
+    fn kill_all_now(&mut self, now: Moment, actions: &mut Vec<Action>) {
         warn!(
             "second stop request: killing the remaining {} workers now",
             self.workers.len()
@@ -406,7 +408,7 @@ impl Flock {
         }
     }
 
-    pub(super) fn begin_shutdown(&mut self, now: Instant, code: i32, reason: String, actions: &mut Vec<Action>) {
+    pub(super) fn begin_shutdown(&mut self, now: Moment, code: i32, reason: String, actions: &mut Vec<Action>) {
         if let Some(rollout) = self.rollout.take() {
             let message = format!(
                 "reload to generation {} interrupted: the supervisor is stopping",
@@ -447,7 +449,7 @@ impl Flock {
 
     /// The queue of a draining worker is empty: its stop signal goes now,
     /// and its stop timeout runs from here.
-    fn on_drained(&mut self, now: Instant, pid: Pid, actions: &mut Vec<Action>) {
+    fn on_drained(&mut self, now: Moment, pid: Pid, actions: &mut Vec<Action>) {
         let signal = self.policy.stop_signal;
         if let Some(worker) = self.workers.iter_mut().find(|w| w.pid == pid && w.draining) {
             debug!(
@@ -465,7 +467,7 @@ impl Flock {
 
     /// SIGKILL for workers still there a stop timeout after their stop
     /// signal; the stop signal for those whose queue did not empty in time.
-    fn escalate_stops(&mut self, now: Instant, actions: &mut Vec<Action>) {
+    fn escalate_stops(&mut self, now: Moment, actions: &mut Vec<Action>) {
         let (limit, signal) = (self.drain_limit(), self.policy.stop_signal);
         for worker in self.workers.iter_mut().filter(|w| w.draining) {
             if let WorkerState::Stopping { since, .. } = worker.state
@@ -507,7 +509,7 @@ impl Flock {
     }
 
     /// When a stopping worker that has not been killed yet gets SIGKILL.
-    pub(super) fn stop_deadline(&self) -> Option<Instant> {
+    pub(super) fn stop_deadline(&self) -> Option<Moment> {
         self.workers
             .iter()
             .filter_map(|w| match w.state {
@@ -520,13 +522,13 @@ impl Flock {
             .min()
     }
 
-    pub(super) fn slot_mut(&mut self, slot: usize, now: Instant) -> &mut Slot {
+    pub(super) fn slot_mut(&mut self, slot: usize, now: Moment) -> &mut Slot {
         self.ensure_slots(slot + 1, now);
         &mut self.slots[slot]
     }
 
     /// At least `count` slots exist (a scale-up or a reload may add some).
-    pub(super) fn ensure_slots(&mut self, count: usize, now: Instant) {
+    pub(super) fn ensure_slots(&mut self, count: usize, now: Moment) {
         let count = count.max(self.slots.len());
         self.slots.resize_with(count, || Slot::fresh(now));
     }
@@ -545,7 +547,7 @@ impl Flock {
 /// send them to: the signal goes at once.
 pub(super) fn stop_gracefully(
     worker: &mut Worker,
-    now: Instant,
+    now: Moment,
     cause: StopCause,
     signal: Signal,
     actions: &mut Vec<Action>,
@@ -573,7 +575,7 @@ pub(super) fn stop_gracefully(
 pub const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 
 /// The stop signal a drain held back, sent now.
-fn send_held_stop(worker: &mut Worker, now: Instant, signal: Signal, actions: &mut Vec<Action>) {
+fn send_held_stop(worker: &mut Worker, now: Moment, signal: Signal, actions: &mut Vec<Action>) {
     if let WorkerState::Stopping { cause, killed, .. } = worker.state {
         worker.state = WorkerState::Stopping {
             since: now,

@@ -2,7 +2,7 @@
 //! what workers say, memory, the stall guard, and the watchdog relay to
 //! systemd.
 
-use std::time::Instant;
+use crate::clock::Moment;
 
 use log::{debug, error, info, warn};
 
@@ -34,19 +34,19 @@ pub const LISTENER_CHECK: std::time::Duration = std::time::Duration::from_secs(1
 /// systemd's watchdog.
 #[derive(Debug, Clone)]
 pub(super) struct Timers {
-    pub next_ping: Instant,
-    pub next_measure: Instant,
-    pub next_watchdog: Instant,
-    pub next_listener_check: Instant,
+    pub next_ping: Moment,
+    pub next_measure: Moment,
+    pub next_watchdog: Moment,
+    pub next_listener_check: Moment,
     /// When the loop last ran, for the stall guard.
-    pub last_pass: Instant,
+    pub last_pass: Moment,
     pub withholding_watchdog: bool,
 }
 
 impl Timers {
     /// Pinging or measuring a process that has just exec'd tells nothing:
     /// the first of each comes one interval in.
-    pub fn new(policy: &Policy, now: Instant) -> Timers {
+    pub fn new(policy: &Policy, now: Moment) -> Timers {
         Timers {
             next_ping: now + policy.heartbeat.map_or(std::time::Duration::ZERO, |h| h.interval),
             next_measure: now + policy.memory_interval,
@@ -86,7 +86,7 @@ impl Flock {
     }
 
     /// With `readiness = "none"`, a worker up for `ready_delay` is ready.
-    pub(super) fn promote_ready(&mut self, now: Instant) {
+    pub(super) fn promote_ready(&mut self, now: Moment) {
         if self.policy.readiness != Readiness::None {
             return;
         }
@@ -104,7 +104,7 @@ impl Flock {
     }
 
     /// A worker that has not said it is ready within `ready_timeout` failed to start.
-    pub(super) fn kill_unready(&mut self, now: Instant, actions: &mut Vec<Action>) {
+    pub(super) fn kill_unready(&mut self, now: Moment, actions: &mut Vec<Action>) {
         if self.policy.readiness == Readiness::None {
             return;
         }
@@ -124,7 +124,7 @@ impl Flock {
     /// A worker still not ready a while after its start is told, once, what
     /// sheepdog waits for, long before `ready_timeout` kills it: an app that
     /// never says it (pm2's `wait_ready` off) wants `readiness = "none"`.
-    pub(super) fn hint_unready(&mut self, now: Instant) {
+    pub(super) fn hint_unready(&mut self, now: Moment) {
         let Some(after) = self.ready_hint_after() else { return };
         let waits_for = match self.policy.readiness {
             Readiness::NodeIpc => "process.send('ready') over its IPC channel",
@@ -157,14 +157,14 @@ impl Flock {
 
     /// [`Flock::condemn`] by pid, if it is still there (a crash loop's
     /// shutdown may have changed the table meanwhile).
-    fn condemn_pid(&mut self, now: Instant, pid: Pid, failure: Failure, why: &str, actions: &mut Vec<Action>) {
+    fn condemn_pid(&mut self, now: Moment, pid: Pid, failure: Failure, why: &str, actions: &mut Vec<Action>) {
         if let Some(index) = self.workers.iter().position(|w| w.pid == pid && !w.is_stopping()) {
             self.condemn(now, index, failure, why, actions);
         }
     }
 
     /// When a starting worker becomes ready by delay, or is out of time to say so.
-    pub(super) fn readiness_deadline(&self) -> Option<Instant> {
+    pub(super) fn readiness_deadline(&self) -> Option<Moment> {
         let wait = match self.policy.readiness {
             Readiness::None => self.policy.ready_delay,
             _ => self.policy.ready_timeout,
@@ -181,7 +181,7 @@ impl Flock {
     }
 
     /// A ready worker silent for longer than the heartbeat timeout is hung.
-    pub(super) fn kill_hung(&mut self, now: Instant, actions: &mut Vec<Action>) {
+    pub(super) fn kill_hung(&mut self, now: Moment, actions: &mut Vec<Action>) {
         let Some(heartbeat) = self.policy.heartbeat else { return };
         let silent: Vec<(Pid, String)> = self
             .workers
@@ -196,7 +196,7 @@ impl Flock {
     }
 
     /// When the quietest ready worker is out of heartbeats.
-    pub(super) fn heartbeat_deadline(&self) -> Option<Instant> {
+    pub(super) fn heartbeat_deadline(&self) -> Option<Moment> {
         let heartbeat = self.policy.heartbeat?;
         self.workers
             .iter()
@@ -209,7 +209,7 @@ impl Flock {
     /// treated as hung) and counts it like a crash.
     pub(super) fn condemn(
         &mut self,
-        now: Instant,
+        now: Moment,
         index: usize,
         failure: Failure,
         why: &str,
@@ -237,7 +237,7 @@ impl Flock {
     /// that worker's hung deadline later, so no decision can follow from it
     /// before `next_deadline` (which stays a valid time to wake). False when
     /// `pid` is no worker: then the message takes the usual way (`handle`).
-    pub fn note_heartbeat(&mut self, now: Instant, pid: Pid) -> bool {
+    pub fn note_heartbeat(&mut self, now: Moment, pid: Pid) -> bool {
         match self.workers.iter_mut().find(|w| w.pid == pid) {
             Some(worker) => {
                 worker.last_heartbeat = now;
@@ -247,7 +247,7 @@ impl Flock {
         }
     }
 
-    pub(super) fn on_message(&mut self, now: Instant, pid: Pid, message: WorkerMessage, actions: &mut Vec<Action>) {
+    pub(super) fn on_message(&mut self, now: Moment, pid: Pid, message: WorkerMessage, actions: &mut Vec<Action>) {
         let Some(index) = self.workers.iter().position(|w| w.pid == pid) else {
             debug!("message from pid {pid}, which is no longer a worker: {message:?}");
             return;
@@ -383,7 +383,7 @@ impl Flock {
     }
 
     /// Node IPC heartbeats: a 'ping' every interval; any message back counts.
-    pub(super) fn ping_workers(&mut self, now: Instant, actions: &mut Vec<Action>) {
+    pub(super) fn ping_workers(&mut self, now: Moment, actions: &mut Vec<Action>) {
         let Some(interval) = self.ping_interval() else { return };
         if now < self.timers.next_ping {
             return;
@@ -404,13 +404,13 @@ impl Flock {
         (self.policy.channel == Channel::NodeIpc).then_some(heartbeat.interval)
     }
 
-    pub(super) fn ping_deadline(&self) -> Option<Instant> {
+    pub(super) fn ping_deadline(&self) -> Option<Moment> {
         self.ping_interval().map(|_| self.timers.next_ping)
     }
 
     /// Every memory interval: the memory of every live worker, and, for
     /// the young ready ones, whether they listen on a port of their own.
-    pub(super) fn measure(&mut self, now: Instant, actions: &mut Vec<Action>) {
+    pub(super) fn measure(&mut self, now: Moment, actions: &mut Vec<Action>) {
         if now < self.timers.next_measure {
             return;
         }
@@ -452,7 +452,7 @@ impl Flock {
 
     /// Ready workers not known to serve the flock yet: looked at now (the
     /// first time at once, then every `RELOOK`).
-    pub(super) fn inspect_new(&mut self, now: Instant, actions: &mut Vec<Action>) {
+    pub(super) fn inspect_new(&mut self, now: Moment, actions: &mut Vec<Action>) {
         let due = self.last_look.is_none_or(|at| now >= at + RELOOK);
         let pids: Vec<Pid> = self
             .workers
@@ -470,7 +470,7 @@ impl Flock {
     }
 
     /// When a ready worker not known to serve yet is looked at again.
-    pub(super) fn relook_deadline(&self) -> Option<Instant> {
+    pub(super) fn relook_deadline(&self) -> Option<Moment> {
         let waiting = self.workers.iter().any(|w| w.is_ready() && !w.inspected);
         waiting.then(|| self.last_look.map_or(self.timers.last_pass, |at| at + RELOOK))
     }
@@ -482,7 +482,7 @@ impl Flock {
         self.policy.ready_delay.max(MIN_SIGN_GRACE)
     }
 
-    pub(super) fn on_inspected(&mut self, now: Instant, found: Vec<(Pid, Inspection)>, actions: &mut Vec<Action>) {
+    pub(super) fn on_inspected(&mut self, now: Moment, found: Vec<(Pid, Inspection)>, actions: &mut Vec<Action>) {
         let rollout = self.rollout.as_ref().map(|r| r.generation);
         let by_delay = self.policy.readiness == Readiness::None;
         let grace = self.sign_grace();
@@ -540,7 +540,7 @@ impl Flock {
     }
 
     /// Every second: whether the shared listeners still listen.
-    pub(super) fn check_listeners(&mut self, now: Instant, actions: &mut Vec<Action>) {
+    pub(super) fn check_listeners(&mut self, now: Moment, actions: &mut Vec<Action>) {
         let Some(interval) = self.policy.listener_check else {
             return;
         };
@@ -551,7 +551,7 @@ impl Flock {
         actions.push(Action::CheckListeners);
     }
 
-    pub(super) fn listener_check_deadline(&self) -> Option<Instant> {
+    pub(super) fn listener_check_deadline(&self) -> Option<Moment> {
         self.policy.listener_check.map(|_| self.timers.next_listener_check)
     }
 
@@ -561,7 +561,7 @@ impl Flock {
     /// (systemd's Restart= then decides).
     pub(super) fn on_listeners_checked(
         &mut self,
-        now: Instant,
+        now: Moment,
         recovered: Vec<String>,
         lost: Vec<String>,
         actions: &mut Vec<Action>,
@@ -581,14 +581,14 @@ impl Flock {
         }
     }
 
-    pub(super) fn measure_deadline(&self) -> Option<Instant> {
+    pub(super) fn measure_deadline(&self) -> Option<Moment> {
         (!self.workers.is_empty()).then_some(self.timers.next_measure)
     }
 
     /// If the loop itself did not run for longer than a heartbeat timeout (the
     /// supervisor was SIGSTOPped or starved), the silence is ours, not the
     /// workers': give every worker a fresh timeout rather than killing all.
-    pub(super) fn guard_against_stalls(&mut self, now: Instant) {
+    pub(super) fn guard_against_stalls(&mut self, now: Moment) {
         let gap = now.saturating_duration_since(self.timers.last_pass);
         self.timers.last_pass = now;
         let Some(heartbeat) = self.policy.heartbeat else { return };
@@ -605,7 +605,7 @@ impl Flock {
 
     /// With heartbeats, the loop wakes at least every interval, so that a
     /// long silence of the loop can only mean the supervisor was stalled.
-    pub(super) fn stall_guard_deadline(&self) -> Option<Instant> {
+    pub(super) fn stall_guard_deadline(&self) -> Option<Moment> {
         self.policy.heartbeat.map(|h| self.timers.last_pass + h.interval)
     }
 
@@ -614,7 +614,7 @@ impl Flock {
     /// `Restart=on-watchdog` takes over a flock sheepdog cannot heal. Before
     /// READY (TimeoutStartSec governs) and while stopping (TimeoutStopSec
     /// does) the pings go on.
-    pub(super) fn ping_watchdog(&mut self, now: Instant, actions: &mut Vec<Action>) {
+    pub(super) fn ping_watchdog(&mut self, now: Moment, actions: &mut Vec<Action>) {
         let Some(interval) = self.policy.watchdog else { return };
         if now < self.timers.next_watchdog {
             return;
@@ -638,7 +638,7 @@ impl Flock {
         }
     }
 
-    pub(super) fn watchdog_deadline(&self) -> Option<Instant> {
+    pub(super) fn watchdog_deadline(&self) -> Option<Moment> {
         self.policy.watchdog.map(|_| self.timers.next_watchdog)
     }
 }

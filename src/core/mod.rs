@@ -2,9 +2,10 @@
 //!
 //! [`Flock`] performs no syscalls and reads no clock. The shell feeds it
 //! events (a worker exited or spoke, a request arrived, a spawn succeeded,
-//! memory was measured, time passed) together with the current monotonic
-//! time, and performs the actions it returns, in order. Time is a value, so
-//! every policy is tested with a fake clock, instantly and without processes.
+//! memory was measured, time passed) together with the current time, a
+//! [`Moment`](crate::clock::Moment) (nanoseconds of CLOCK_MONOTONIC), and
+//! performs the actions it returns, in order. Time is a number, so every
+//! policy is tested with a fake clock, instantly and without processes.
 //!
 //! - [`model`]: events, actions, the policy, the worker records.
 //! - `flock`: the table, the dispatch of events, stopping.
@@ -30,7 +31,7 @@ pub mod snapshot;
 mod status;
 pub mod tally;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use flock::Flock;
 pub use model::*;

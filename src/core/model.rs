@@ -2,7 +2,9 @@
 //! (actions), the policy it applies, and the records of the worker table.
 
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::clock::Moment;
 
 use nix::sys::signal::Signal;
 
@@ -81,7 +83,7 @@ pub enum Event {
     Spawned {
         order: SpawnOrder,
         pid: Pid,
-        at: Instant,
+        at: Moment,
     },
     /// The shell could not fork it.
     SpawnFailed {
@@ -335,14 +337,14 @@ pub enum StopCause {
 pub enum WorkerState {
     Starting,
     Ready {
-        since: Instant,
+        since: Moment,
         /// Being replaced, replacement first; serving until then.
         retiring: Option<Retire>,
     },
     /// On its way out since `since`: SIGKILL follows after the stop timeout
     /// unless `killed` says it was already sent.
     Stopping {
-        since: Instant,
+        since: Moment,
         cause: StopCause,
         killed: bool,
     },
@@ -353,15 +355,15 @@ pub struct Worker {
     pub slot: usize,
     pub pid: Pid,
     pub generation: u32,
-    pub started_at: Instant,
+    pub started_at: Moment,
     pub state: WorkerState,
-    pub last_heartbeat: Instant,
+    pub last_heartbeat: Moment,
     /// Its process tree's memory, as last measured.
     pub memory: Option<u64>,
     /// The last STATUS= it sent.
     pub status: Option<String>,
     /// When it is due to be recycled by age (`max_age`), if it ever is.
-    pub recycle_at: Option<Instant>,
+    pub recycle_at: Option<Moment>,
     /// Ports it listens on itself instead of the socket sheepdog passed.
     pub listens_itself: Vec<String>,
     /// How many times it was looked at for such ports.

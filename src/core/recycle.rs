@@ -10,7 +10,9 @@
 //! - each replacement is started first and within `max_surge`, on the same
 //!   path as memory recycling, and counted as a recycle, not a crash.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::clock::Moment;
 
 use log::info;
 
@@ -20,7 +22,7 @@ use super::model::*;
 /// The last recycle begun, for the spacing between recycles.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Recycling {
-    pub last_begun: Option<Instant>,
+    pub last_begun: Option<Moment>,
     /// Workers recycled so far.
     pub count: u32,
 }
@@ -38,7 +40,7 @@ fn draw(seed: u64) -> f64 {
 impl Flock {
     /// When a worker started at `now` is due: `max_age` plus its own share
     /// of the jitter, drawn once, here.
-    pub(super) fn recycle_at(&self, pid: Pid, slot: usize, generation: u32, now: Instant) -> Option<Instant> {
+    pub(super) fn recycle_at(&self, pid: Pid, slot: usize, generation: u32, now: Moment) -> Option<Moment> {
         let max_age = self.policy.recycle.max_age?;
         // pid, slot and generation (the low 16 bits of each of the last two)
         // in fields of their own.
@@ -54,7 +56,7 @@ impl Flock {
     }
 
     /// When the next recycle may begin, and whose: the lowest slot due.
-    fn next_recycle(&self) -> Option<(Instant, usize)> {
+    fn next_recycle(&self) -> Option<(Moment, usize)> {
         let spacing = self.recycle_spacing()?;
         let not_before = self.recycling.last_begun.map(|last| last + spacing);
         self.workers
@@ -67,7 +69,7 @@ impl Flock {
     }
 
     /// Marks the worker whose time has come for replacement, one per pass.
-    pub(super) fn recycle_aged(&mut self, now: Instant) {
+    pub(super) fn recycle_aged(&mut self, now: Moment) {
         let Some((at, index)) = self.next_recycle() else { return };
         if at > now {
             return;
@@ -89,7 +91,7 @@ impl Flock {
         }
     }
 
-    pub(super) fn recycle_deadline(&self) -> Option<Instant> {
+    pub(super) fn recycle_deadline(&self) -> Option<Moment> {
         self.next_recycle().map(|(at, _)| at)
     }
 

@@ -2,7 +2,7 @@
 //! each old worker stopped only once its replacement is ready; a new worker
 //! that fails to start aborts the roll and the old generation comes back.
 
-use std::time::Instant;
+use crate::clock::Moment;
 
 use log::{error, info, warn};
 
@@ -17,7 +17,7 @@ pub(super) struct Rollout {
     pub ticket: u64,
     pub generation: u32,
     pub from_generation: u32,
-    pub started: Instant,
+    pub started: Moment,
     /// What to go back to if the new generation fails to start.
     pub previous: Policy,
     pub previous_desired: usize,
@@ -38,7 +38,7 @@ impl Flock {
     /// Starts rolling the flock onto a new generation running `command` under `policy`.
     pub(super) fn begin_reload(
         &mut self,
-        now: Instant,
+        now: Moment,
         ticket: u64,
         policy: Policy,
         command: CommandId,
@@ -164,7 +164,7 @@ impl Flock {
     /// The new generation failed to start: go back to the old one. Workers of
     /// the new generation still starting are stopped; ready ones are replaced
     /// by old-generation workers slot by slot, like any reload.
-    pub(super) fn abort_reload(&mut self, now: Instant, what: &str, actions: &mut Vec<Action>) {
+    pub(super) fn abort_reload(&mut self, now: Moment, what: &str, actions: &mut Vec<Action>) {
         let Some(rollout) = self.rollout.take() else { return };
         let message = format!(
             "reload to generation {} failed: {what}; generation {} keeps serving",
@@ -206,7 +206,7 @@ impl Flock {
 
     /// The reload is done once every desired slot has a ready worker of the
     /// new generation and every old worker has been told to stop.
-    pub(super) fn finish_reload_if_done(&mut self, now: Instant, actions: &mut Vec<Action>) {
+    pub(super) fn finish_reload_if_done(&mut self, now: Moment, actions: &mut Vec<Action>) {
         let Some(rollout) = &self.rollout else { return };
         let generation = rollout.generation;
         let old_serving = self
@@ -239,7 +239,7 @@ impl Flock {
     }
 
     /// A retiring worker is stopped only once a ready replacement serves its slot.
-    pub(super) fn stop_replaced(&mut self, now: Instant, actions: &mut Vec<Action>) {
+    pub(super) fn stop_replaced(&mut self, now: Moment, actions: &mut Vec<Action>) {
         let replacements: Vec<(usize, Pid)> = self
             .workers
             .iter()

@@ -3,7 +3,9 @@
 //! replacements within the surge).
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::clock::Moment;
 
 use log::{debug, error, info, warn};
 
@@ -40,7 +42,7 @@ pub(super) struct LoadGate {
     /// A look was asked for in this pass and not answered yet.
     asked: bool,
     /// The machine was busy: nothing past the floor starts before this.
-    hold_until: Option<Instant>,
+    hold_until: Option<Moment>,
 }
 
 impl LoadGate {
@@ -50,7 +52,7 @@ impl LoadGate {
     }
 
     /// `running`: how many starting workers were running on a CPU.
-    pub fn sampled(&mut self, now: Instant, running: usize, cpus: usize) {
+    pub fn sampled(&mut self, now: Moment, running: usize, cpus: usize) {
         self.asked = false;
         if running >= cpus.max(1) {
             self.allowance = 0;
@@ -63,7 +65,7 @@ impl LoadGate {
 
     /// Whether one more worker may start now, `starting` being under way;
     /// asks for a look at the load when it needs one.
-    pub fn admit(&mut self, now: Instant, starting: usize, cpus: usize, actions: &mut Vec<Action>) -> bool {
+    pub fn admit(&mut self, now: Moment, starting: usize, cpus: usize, actions: &mut Vec<Action>) -> bool {
         if starting < cpus.max(2) {
             return true;
         }
@@ -82,7 +84,7 @@ impl LoadGate {
     }
 
     /// When the load is looked at again, after a busy look.
-    pub fn hold_until(&self) -> Option<Instant> {
+    pub fn hold_until(&self) -> Option<Moment> {
         self.hold_until
     }
 }
@@ -92,7 +94,7 @@ impl LoadGate {
 #[derive(Debug, Clone)]
 pub(super) struct Slot {
     /// When the slot may be filled again (now for a fresh slot, later after a crash).
-    pub next_spawn: Instant,
+    pub next_spawn: Moment,
     /// A spawn was ordered and its outcome is not known yet.
     pub spawning: bool,
     /// Unrequested exits in a row: the exponent of the backoff.
@@ -103,7 +105,7 @@ pub(super) struct Slot {
 }
 
 impl Slot {
-    pub fn fresh(now: Instant) -> Slot {
+    pub fn fresh(now: Moment) -> Slot {
         Slot {
             next_spawn: now,
             spawning: false,
@@ -118,7 +120,7 @@ impl Slot {
 #[derive(Debug, Clone, Default)]
 pub(super) struct RestartHistory {
     /// Those within the restart window, oldest first.
-    pub recent: VecDeque<Instant>,
+    pub recent: VecDeque<Moment>,
     pub total: u32,
 }
 
@@ -129,12 +131,12 @@ pub(super) struct SpawnBudget {
     pub tokens: f64,
     pub capacity: f64,
     pub per_second: f64,
-    pub updated: Instant,
+    pub updated: Moment,
 }
 
 impl SpawnBudget {
     /// The first start may fork the whole flock at once.
-    pub fn new(workers: usize, max_spawn_rate: u32, now: Instant) -> SpawnBudget {
+    pub fn new(workers: usize, max_spawn_rate: u32, now: Moment) -> SpawnBudget {
         let per_second = max_spawn_rate.max(1) as f64;
         let capacity = (workers as f64).max(per_second);
         SpawnBudget {
@@ -145,13 +147,13 @@ impl SpawnBudget {
         }
     }
 
-    pub fn refill(&mut self, now: Instant) {
+    pub fn refill(&mut self, now: Moment) {
         let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.per_second).min(self.capacity);
         self.updated = now;
     }
 
-    pub fn next_token_at(&self) -> Instant {
+    pub fn next_token_at(&self) -> Moment {
         let missing = (1.0 - self.tokens).max(0.0);
         self.updated + Duration::from_secs_f64(missing / self.per_second)
     }
@@ -183,7 +185,7 @@ struct Occupancy {
 
 impl Flock {
     /// An unrequested end of a worker: back off, and break a crash loop.
-    pub(super) fn on_failure(&mut self, now: Instant, slot: usize, actions: &mut Vec<Action>, what: &str) {
+    pub(super) fn on_failure(&mut self, now: Moment, slot: usize, actions: &mut Vec<Action>, what: &str) {
         if !self.is_running() {
             return;
         }
@@ -259,7 +261,7 @@ impl Flock {
 
     /// Below `min_ready` for [`Flock::unhealthy_limit`] with failures
     /// meanwhile: stop the flock and exit 1, as for any crash loop.
-    pub(super) fn break_long_unhealth(&mut self, now: Instant, actions: &mut Vec<Action>) {
+    pub(super) fn break_long_unhealth(&mut self, now: Moment, actions: &mut Vec<Action>) {
         if self.is_healthy() {
             self.unhealthy = None;
             return;
@@ -282,14 +284,14 @@ impl Flock {
     }
 
     /// When a stretch below `min_ready` with failures becomes a crash loop.
-    pub(super) fn unhealthy_deadline(&self) -> Option<Instant> {
+    pub(super) fn unhealthy_deadline(&self) -> Option<Moment> {
         let (since, failures) = self.unhealthy?;
         (failures > 0).then(|| since + self.unhealthy_limit())
     }
 
     /// The desired slots with no live worker and none on its way, and when
     /// each will be filled (not before the spawn budget allows).
-    pub fn waiting_slots(&self) -> Vec<(usize, Instant)> {
+    pub fn waiting_slots(&self) -> Vec<(usize, Moment)> {
         let Occupancy { occupied, .. } = self.occupancy();
         let token = self.budget.next_token_at();
         (0..self.desired)
@@ -301,7 +303,7 @@ impl Flock {
     }
 
     /// A worker ready for `backoff_reset` clears its slot's backoff.
-    pub(super) fn reset_backoffs(&mut self, now: Instant) {
+    pub(super) fn reset_backoffs(&mut self, now: Moment) {
         let reset_after = self.policy.restart.backoff_reset;
         for worker in &self.workers {
             if let WorkerState::Ready { since, .. } = worker.state
@@ -314,7 +316,7 @@ impl Flock {
     }
 
     /// When a ready worker will have cleared its slot's backoff.
-    pub(super) fn backoff_reset_deadline(&self) -> Option<Instant> {
+    pub(super) fn backoff_reset_deadline(&self) -> Option<Moment> {
         self.workers
             .iter()
             .filter_map(|w| match w.state {
@@ -355,7 +357,7 @@ impl Flock {
     /// Starts workers for empty slots first, then replacements for slots
     /// whose worker is retiring (reload, memory), those within `max_surge`:
     /// at most `desired + max_surge` workers run at once.
-    pub(super) fn fill_slots(&mut self, now: Instant, actions: &mut Vec<Action>) {
+    pub(super) fn fill_slots(&mut self, now: Moment, actions: &mut Vec<Action>) {
         self.budget.refill(now);
         // A reload may have raised the count: every desired slot exists.
         self.ensure_slots(self.desired, now);
@@ -414,7 +416,7 @@ impl Flock {
     /// replacement held back by the surge waits for a worker to become
     /// ready or to exit, which are events, not deadlines); and never before
     /// the spawn budget has a token.
-    pub(super) fn spawn_deadline(&self) -> Option<Instant> {
+    pub(super) fn spawn_deadline(&self) -> Option<Moment> {
         let Occupancy {
             filled,
             occupied,
@@ -439,7 +441,7 @@ impl Flock {
     }
 
     /// Stops the workers of slots above the desired count (after a scale-down).
-    pub(super) fn retire_surplus(&mut self, now: Instant, actions: &mut Vec<Action>) {
+    pub(super) fn retire_surplus(&mut self, now: Moment, actions: &mut Vec<Action>) {
         let signal = self.policy.stop_signal;
         for worker in &mut self.workers {
             if worker.slot >= self.desired && !worker.is_stopping() {
@@ -455,7 +457,7 @@ impl Flock {
     }
 
     /// SIGTTIN: one worker more.
-    pub(super) fn scale_up(&mut self, now: Instant) {
+    pub(super) fn scale_up(&mut self, now: Moment) {
         if self.desired >= MAX_WORKERS as usize {
             warn!("already at the maximum of {MAX_WORKERS} workers");
             return;
@@ -475,7 +477,7 @@ impl Flock {
     }
 
     /// `sheepdog scale N`.
-    pub(super) fn scale_to(&mut self, now: Instant, workers: usize) {
+    pub(super) fn scale_to(&mut self, now: Moment, workers: usize) {
         let workers = clamp_workers(workers);
         if workers != self.desired {
             info!("scaling from {} to {workers} workers", self.desired);
@@ -486,7 +488,7 @@ impl Flock {
 
     /// Makes slots up to `workers` fillable now (a slot still in backoff from
     /// an earlier life keeps it).
-    fn open_slots(&mut self, now: Instant, workers: usize) {
+    fn open_slots(&mut self, now: Moment, workers: usize) {
         for slot in self.desired..workers {
             let state = self.slot_mut(slot, now);
             state.next_spawn = state.next_spawn.max(now);

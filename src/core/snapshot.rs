@@ -16,7 +16,9 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::str::FromStr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::clock::Moment;
 
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
@@ -238,51 +240,44 @@ pub struct TallyState {
 
 /// Time points relative to the snapshot, one way and back.
 struct Clock {
-    now: Instant,
+    now: Moment,
 }
 
 impl Clock {
-    fn at(&self, instant: Instant) -> At {
-        let (offset, sign) = match instant.checked_duration_since(self.now) {
-            Some(after) => (after, 1),
-            None => (self.now.duration_since(instant), -1),
-        };
-        sign * i64::try_from(offset.min(MAX_OFFSET).as_nanos()).unwrap_or(i64::MAX)
+    fn at(&self, moment: Moment) -> At {
+        let bound = i64::try_from(MAX_OFFSET.as_nanos()).unwrap_or(i64::MAX);
+        moment.offset_from(self.now).clamp(-bound, bound)
     }
 
-    fn instant(&self, at: At, what: &str) -> Result<Instant, String> {
-        let offset = Duration::from_nanos(at.unsigned_abs());
-        if offset > MAX_OFFSET {
+    fn instant(&self, at: At, what: &str) -> Result<Moment, String> {
+        if Duration::from_nanos(at.unsigned_abs()) > MAX_OFFSET {
             return Err(format!("{what}: {at} ns from the snapshot is out of range"));
         }
-        let instant = if at >= 0 {
-            self.now.checked_add(offset)
-        } else {
-            self.now.checked_sub(offset)
-        };
-        instant.ok_or_else(|| format!("{what}: {at} ns from the snapshot is not a time this clock has"))
+        self.now
+            .offset_by(at)
+            .ok_or_else(|| format!("{what}: {at} ns from the snapshot is not a time this clock has"))
     }
 
-    fn maybe(&self, at: Option<At>, what: &str) -> Result<Option<Instant>, String> {
+    fn maybe(&self, at: Option<At>, what: &str) -> Result<Option<Moment>, String> {
         at.map(|at| self.instant(at, what)).transpose()
     }
 }
 
 /// `instant` as a time point relative to `now`.
-pub fn relative(now: Instant, instant: Instant) -> At {
+pub fn relative(now: Moment, instant: Moment) -> At {
     Clock { now }.at(instant)
 }
 
 /// The instant of this clock `at` from `then`, or `then` itself for one out
 /// of range: for what only orders or ages (a client's connection time).
-pub fn instant_near(then: Instant, at: At) -> Instant {
+pub fn instant_near(then: Moment, at: At) -> Moment {
     Clock { now: then }.instant(at, "").unwrap_or(then)
 }
 
 impl Flock {
     /// The flock as data, its time points relative to `now`. A stopping
     /// flock has nothing to hand over: it is on its way out.
-    pub fn snapshot(&self, now: Instant) -> Result<FlockState, String> {
+    pub fn snapshot(&self, now: Moment) -> Result<FlockState, String> {
         if self.phase != Phase::Running {
             return Err("the supervisor is stopping".into());
         }
@@ -348,7 +343,7 @@ impl Flock {
 
     /// The flock `state` describes, its time points taken from `then`: the
     /// instant of this clock that is the moment of the snapshot.
-    pub fn restore(state: FlockState, then: Instant) -> Result<Flock, String> {
+    pub fn restore(state: FlockState, then: Moment) -> Result<Flock, String> {
         let clock = Clock { now: then };
         let most = MAX_WORKERS as usize;
         if state.generation == 0 || state.newest_generation < state.generation {

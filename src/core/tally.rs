@@ -2,7 +2,9 @@
 //! went and how long they took, crash-loop exits, and the listen queues the
 //! shell samples. `sheepdog status`, `/metrics` and `/readyz` read it.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::clock::Moment;
 
 use log::{info, warn};
 
@@ -262,7 +264,7 @@ impl Flock {
     }
 
     /// Counts a worker that left the table, and remembers it for its slot.
-    pub(super) fn count_end(&mut self, worker: &Worker, status: ExitStatus, now: Instant) {
+    pub(super) fn count_end(&mut self, worker: &Worker, status: ExitStatus, now: Moment) {
         if let Some(cause) = Cause::of_exit(worker.state, status) {
             self.tally.count_end(cause);
             self.slot_mut(worker.slot, now).last_end = Some(cause);
@@ -271,7 +273,7 @@ impl Flock {
 
     /// A new sample of the listen queues: a queue that stays full means the
     /// workers cannot keep up, and new connections are being refused.
-    pub(super) fn on_queues_sampled(&mut self, now: Instant, queues: Vec<ListenQueue>) {
+    pub(super) fn on_queues_sampled(&mut self, now: Moment, queues: Vec<ListenQueue>) {
         let full: Vec<String> = queues
             .iter()
             .filter(|q| q.is_full())

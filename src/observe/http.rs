@@ -14,7 +14,9 @@ use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::clock::Moment;
 
 use log::{debug, warn};
 
@@ -114,7 +116,7 @@ struct Client {
     stream: Stream,
     input: Vec<u8>,
     output: Vec<u8>,
-    opened: Instant,
+    opened: Moment,
     /// A whole request was read (or refused): nothing more is read.
     answered: bool,
     /// HEAD: the reply's headers only.
@@ -205,7 +207,7 @@ impl HttpServer {
 
     /// Accepts pending connections (a budget per pass); returns the new
     /// clients to watch and read.
-    pub fn accept(&mut self, now: Instant) -> Vec<u64> {
+    pub fn accept(&mut self, now: Moment) -> Vec<u64> {
         let mut added = Vec::new();
         for _ in 0..MAX_ACCEPTS_PER_PASS {
             let stream = match self.accept_one() {
@@ -378,7 +380,7 @@ impl HttpServer {
 
     /// Drops clients out of time: no whole request within 5 s (told 408
     /// if it can take it), or a reply not read within 10 s.
-    pub fn expire(&mut self, now: Instant) {
+    pub fn expire(&mut self, now: Moment) {
         let late: Vec<(u64, bool)> = self
             .clients
             .iter()
@@ -414,7 +416,7 @@ impl HttpServer {
         }
     }
 
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub fn next_deadline(&self) -> Option<Moment> {
         self.clients
             .values()
             .map(|c| {
@@ -428,7 +430,7 @@ impl HttpServer {
     }
 
     /// What this server holds, for the binary that takes over.
-    pub fn export(&self, now: Instant) -> HttpState {
+    pub fn export(&self, now: Moment) -> HttpState {
         let (listener, unix) = match &self.endpoint {
             Endpoint::Tcp(l) => (FdRecord::of(l.as_fd()), None),
             Endpoint::Unix(l, path, (dev, ino)) => (FdRecord::of(l.as_fd()), Some((Bytes::path(path), *dev, *ino))),
@@ -459,7 +461,7 @@ impl HttpServer {
 
     /// The server `state` describes, on the fds it names, which were
     /// checked ([`crate::upgrade::state::check_fds`]) and are taken here.
-    pub fn adopt(state: HttpState, then: Instant) -> HttpServer {
+    pub fn adopt(state: HttpState, then: Moment) -> HttpServer {
         // SAFETY: the fds were handed over for this, checked to be open and
         // the same inodes, and each is owned by exactly one adopter.
         let take = |fd: RawFd| unsafe { OwnedFd::from_raw_fd(fd) };

@@ -12,7 +12,9 @@ use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::clock::Moment;
 
 use log::{debug, error, warn};
 use nix::errno::Errno;
@@ -81,7 +83,7 @@ pub struct Os {
     /// The workers' output pipes, outside journald.
     outputs: Option<Outputs>,
     /// Output pipes left unread until then (a worker that floods).
-    throttled: Vec<(Pid, Instant)>,
+    throttled: Vec<(Pid, Moment)>,
     memory: MemoryMeter,
     notifier: Notifier,
     /// Exec reports of workers just forked, read once their pipe is readable.
@@ -106,7 +108,7 @@ pub struct Os {
     /// What epoll_wait fills (allocated once).
     events: Vec<EpollEvent>,
     /// When the last epoll_wait returned.
-    woke: Option<Instant>,
+    woke: Option<Moment>,
     /// The binary the last probe opened: what a hand-over execs.
     successor: Option<probe::Opened>,
     /// The guard of the hand-over that made this system, until the first
@@ -199,7 +201,7 @@ impl Os {
     /// can be: every fd is checked first, and what can fail (the new
     /// epoll, signal pipes and handlers) is made before any fd is owned;
     /// an error leaves every handed-over fd open, for a hand-back.
-    pub fn adopt(state: OsState, then: Instant) -> Result<Os, String> {
+    pub fn adopt(state: OsState, then: Moment) -> Result<Os, String> {
         let fds = state.fds();
         check_fds(&fds)?;
         let channel = Channel::named(&state.links.channel)
@@ -385,7 +387,7 @@ impl Os {
     /// Passes on what a worker wrote; its pipe is closed (and so leaves
     /// the epoll) once every writer has closed its end. One that floods is
     /// left out of the epoll until its next window.
-    fn read_output(&mut self, pid: Pid, now: Instant) {
+    fn read_output(&mut self, pid: Pid, now: Moment) {
         let Some(outputs) = &mut self.outputs else { return };
         if let crate::worker::output::Read::Throttled(until) = outputs.read(pid, now)
             && let Some(fd) = outputs.fd(pid)
@@ -398,7 +400,7 @@ impl Os {
     }
 
     /// Watches again the output pipes whose window has come.
-    fn resume_outputs(&mut self, now: Instant) {
+    fn resume_outputs(&mut self, now: Moment) {
         let Some(outputs) = &self.outputs else { return };
         let (due, later): (Vec<_>, Vec<_>) = self.throttled.drain(..).partition(|(_, at)| *at <= now);
         self.throttled = later;
@@ -410,7 +412,7 @@ impl Os {
         }
     }
 
-    fn export(&self, now: Instant, pending_signals: Vec<i32>, signal_mask: Vec<i32>) -> OsState {
+    fn export(&self, now: Moment, pending_signals: Vec<i32>, signal_mask: Vec<i32>) -> OsState {
         let (log_pending, log_dropped) = crate::logging::pending();
         let mut exec_reports: Vec<_> = self.exec_reports.iter().map(|(pid, r)| r.export(*pid)).collect();
         exec_reports.sort_by_key(|r| r.pid);
@@ -451,7 +453,7 @@ impl Os {
         taken
     }
 
-    fn epoll_wait(&mut self, now: Instant, deadline: Option<Instant>) -> Result<Ready, Errno> {
+    fn epoll_wait(&mut self, now: Moment, deadline: Option<Moment>) -> Result<Ready, Errno> {
         let retry = self.notifier.has_pending().then(|| now + NOTIFY_RETRY);
         let log_retry = crate::logging::has_pending().then(|| now + crate::logging::RETRY);
         let http = self.http.as_ref().and_then(HttpServer::next_deadline);
@@ -480,7 +482,7 @@ impl Os {
         // before any deadline is judged, however long the supervisor was
         // stopped or starved anywhere in between (even inside the first
         // epoll_wait, after it had collected its events).
-        self.woke = Some(Instant::now());
+        self.woke = Some(Moment::now());
         // Room for every fd that can be ready at once (level-triggered: what
         // the sleep saw is still ready).
         let count = loop {
@@ -525,7 +527,7 @@ impl Os {
         }
     }
 
-    fn accept_clients(&mut self, now: Instant) {
+    fn accept_clients(&mut self, now: Moment) {
         for client in self.control.accept(now) {
             if let Some(fd) = self.control.client_fd(client)
                 && let Err(e) = self
@@ -548,7 +550,7 @@ impl Os {
 
     /// Accepts HTTP clients and reads each at once: a probe's request is
     /// usually there with its connection.
-    fn accept_http(&mut self, now: Instant, inputs: &mut Vec<Input>) {
+    fn accept_http(&mut self, now: Moment, inputs: &mut Vec<Input>) {
         let Some(http) = &mut self.http else { return };
         let added = http.accept(now);
         for client in added {
@@ -680,7 +682,7 @@ impl Os {
                 )),
             };
             if let Some(line) = line
-                && self.orphan_lines.allow(Instant::now())
+                && self.orphan_lines.allow(Moment::now())
             {
                 warn!("{line}");
             }
@@ -717,7 +719,7 @@ impl Os {
             let status = match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(_, code)) => ExitStatus::Code(code),
                 Ok(WaitStatus::Signaled(_, Signal::SIGKILL, _))
-                    if self.workers.contains(&pid.as_raw()) && self.oom.claim(Instant::now()) =>
+                    if self.workers.contains(&pid.as_raw()) && self.oom.claim(Moment::now()) =>
                 {
                     ExitStatus::OomKilled
                 }
@@ -747,28 +749,28 @@ impl Os {
 }
 
 impl System for Os {
-    fn now(&self) -> Instant {
-        Instant::now()
+    fn now(&self) -> Moment {
+        Moment::now()
     }
 
-    fn waited_at(&self) -> Instant {
-        self.woke.unwrap_or_else(Instant::now)
+    fn waited_at(&self) -> Moment {
+        self.woke.unwrap_or_else(Moment::now)
     }
 
-    fn wait(&mut self, deadline: Option<Instant>) -> Result<Vec<Input>, String> {
+    fn wait(&mut self, deadline: Option<Moment>) -> Result<Vec<Input>, String> {
         self.notifier.flush();
         crate::logging::flush();
-        self.resume_outputs(Instant::now());
+        self.resume_outputs(Moment::now());
         // Carried signals are handled now: a look at the fds, no sleep.
         let deadline = if self.carried.is_empty() {
-            let drains = self.queues.next_check(Instant::now());
+            let drains = self.queues.next_check(Moment::now());
             let resumes = self.throttled.iter().map(|(_, at)| *at).min();
             deadline.into_iter().chain(drains).chain(resumes).min()
         } else {
-            Some(Instant::now())
+            Some(Moment::now())
         };
         let ready = self
-            .epoll_wait(Instant::now(), deadline)
+            .epoll_wait(Moment::now(), deadline)
             .map_err(|e| format!("epoll_wait failed: {}", e.desc()))?;
         let mut inputs = Vec::new();
         if ready.signals || !self.carried.is_empty() {
@@ -780,7 +782,7 @@ impl System for Os {
                 inputs.extend(sent[..n].iter().map(|signal| Input::Signal(i32::from(*signal))));
             }
         }
-        let now = Instant::now();
+        let now = Moment::now();
         if ready.control {
             self.accept_clients(now);
         }
@@ -973,7 +975,7 @@ impl System for Os {
                  listen(2) on it again (Node's server.listen({{fd: 3}}) does, with 511, unless given a backlog); \
                  gave it back {restored}"
             );
-            if self.backlog_lines.allow(Instant::now()) {
+            if self.backlog_lines.allow(Moment::now()) {
                 warn!("{line}");
             } else {
                 debug!("{line}");
@@ -996,7 +998,7 @@ impl System for Os {
     }
 
     fn steer(&mut self, open: &[Pid], live: &[Pid]) {
-        self.queues.publish(&self.listeners, open, live, Instant::now());
+        self.queues.publish(&self.listeners, open, live, Moment::now());
     }
 
     fn reserve_queues(&mut self, workers: usize) {
@@ -1041,10 +1043,6 @@ impl System for Os {
         self.watch_http_output(client);
     }
 
-    fn monotonic_ns(&self) -> u64 {
-        crate::upgrade::monotonic_ns()
-    }
-
     fn upgrade_path(&self) -> Option<PathBuf> {
         self.exe.clone()
     }
@@ -1066,7 +1064,7 @@ impl System for Os {
     /// execs the binary the probe opened. On failure everything is put back
     /// as it was (the guard, released, goes) and the caught signals are
     /// handled at the next wait.
-    fn hand_over(&mut self, state: SupervisorState, successor: &Successor, now: Instant, taken_at_ns: u64) -> String {
+    fn hand_over(&mut self, state: SupervisorState, successor: &Successor, now: Moment, taken_at_ns: u64) -> String {
         let Some(file) = self.successor.take() else {
             return "the new binary was not probed".into();
         };
@@ -1118,9 +1116,9 @@ impl System for Os {
     }
 
     fn finish(&mut self) {
-        let deadline = Instant::now() + FINAL_FLUSH;
+        let deadline = Moment::now() + FINAL_FLUSH;
         self.notifier.flush();
-        while self.notifier.has_pending() && Instant::now() < deadline {
+        while self.notifier.has_pending() && Moment::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
             self.notifier.flush();
         }

@@ -8,7 +8,9 @@
 //! read the config again.
 
 use std::collections::{HashMap, VecDeque};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::clock::Moment;
 
 use log::{error, info, warn};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGTTIN, SIGTTOU, SIGUSR1, SIGUSR2};
@@ -64,14 +66,14 @@ pub struct Supervisor<S: System> {
     /// The app's name and its config's absolute path, for `sheepdog status`.
     name: String,
     config_path: Option<String>,
-    started: Instant,
+    started: Moment,
     next_ticket: u64,
     /// Control clients waiting for the outcome of the reload with this ticket.
     reload_waiters: HashMap<u64, ClientId>,
     /// Signals of no meaning, logged at most 20 per 10 s.
     ignored_signals: RateLimit,
     /// The core's next deadline, as of the last full pass.
-    deadline: Option<Instant>,
+    deadline: Option<Moment>,
     /// `log_level` at start (what a binary taking over logs at).
     log_level: Option<LogLevel>,
     /// A control client asked for an in-place upgrade: done once the pass
@@ -137,7 +139,7 @@ impl<S: System> Supervisor<S> {
     /// else gives what makes the supervisor once its system is there.
     pub fn prepare(
         state: SupervisorState,
-        then: Instant,
+        then: Moment,
         from_version: String,
         taken_at_ns: u64,
         refused: Option<String>,
@@ -319,7 +321,7 @@ impl<S: System> Supervisor<S> {
             return refuse(self, why);
         }
         let now = self.system.now();
-        let taken_at_ns = self.system.monotonic_ns();
+        let taken_at_ns = now.as_nanos();
         let state = match self.export(now, client) {
             Ok(state) => state,
             Err(why) => return refuse(self, why),
@@ -340,8 +342,10 @@ impl<S: System> Supervisor<S> {
     /// After the first pass of a binary that took over: the log line, and
     /// the answer to the client that asked.
     fn say_took_over(&mut self, took_over: TookOver) {
-        let blind_ns = self.system.monotonic_ns().saturating_sub(took_over.taken_at_ns);
-        let blind = Duration::from_nanos(blind_ns);
+        let blind = self
+            .system
+            .now()
+            .saturating_duration_since(Moment::from_nanos(took_over.taken_at_ns));
         let version = crate::build::version();
         let workers = self.flock.workers().len();
         let reply = match &took_over.refused {
@@ -371,7 +375,7 @@ impl<S: System> Supervisor<S> {
     }
 
     /// Everything the shell and the core hold, as data, relative to `now`.
-    fn export(&self, now: Instant, requester: ClientId) -> Result<SupervisorState, String> {
+    fn export(&self, now: Moment, requester: ClientId) -> Result<SupervisorState, String> {
         let mut commands: Vec<(CommandId, CommandState)> = self
             .commands
             .iter()
@@ -408,7 +412,7 @@ impl<S: System> Supervisor<S> {
     /// before the deadline already known; a full pass (every policy over
     /// every worker) for each would make 256 workers beating once a second
     /// cost 256 passes over 256 workers every second.
-    fn heartbeats_alone(&mut self, now: Instant, inputs: &[Input]) -> bool {
+    fn heartbeats_alone(&mut self, now: Moment, inputs: &[Input]) -> bool {
         let before_deadline = self.deadline.is_some_and(|deadline| now < deadline);
         let heartbeats = |input: &Input| {
             matches!(
@@ -585,7 +589,7 @@ impl<S: System> Supervisor<S> {
     }
 
     /// Performs one action; its follow-up events' actions join the queue.
-    fn perform(&mut self, now: Instant, action: Action, queue: &mut VecDeque<Action>) -> Option<i32> {
+    fn perform(&mut self, now: Moment, action: Action, queue: &mut VecDeque<Action>) -> Option<i32> {
         match action {
             Action::Spawn(order) => {
                 // The queues know who is on the way out before the new

@@ -4,7 +4,7 @@
 //! supervisor can be driven by a recording fake in tests and by [`Os`](super::os::Os)
 //! for real.
 
-use std::time::Instant;
+use crate::clock::Moment;
 
 use nix::sys::signal::Signal;
 
@@ -68,17 +68,17 @@ pub struct OwnUsage {
 
 pub trait System {
     /// The monotonic clock.
-    fn now(&self) -> Instant;
+    fn now(&self) -> Moment;
     /// When the last wait's inputs began to be read: a pass judges every
     /// deadline at this time, so that a stall while it reads or acts (the
     /// supervisor stopped, starved) punishes no worker whose word arrived
     /// meanwhile; the next pass reads it.
-    fn waited_at(&self) -> Instant {
+    fn waited_at(&self) -> Moment {
         self.now()
     }
     /// Sleeps until something happens or `deadline` passes (never, if None),
     /// and returns what happened.
-    fn wait(&mut self, deadline: Option<Instant>) -> Result<Vec<Input>, String>;
+    fn wait(&mut self, deadline: Option<Moment>) -> Result<Vec<Input>, String>;
     /// Forks and execs the worker `order` asks for, with `command`.
     fn spawn(&mut self, order: &SpawnOrder, command: &WorkerCommand) -> Result<Pid, String>;
     /// Signals a worker's process group.
@@ -141,9 +141,6 @@ pub trait System {
     fn reply(&mut self, client: ClientId, reply: &Reply);
     /// Answers an HTTP client (and closes its connection once written).
     fn respond(&mut self, client: ClientId, response: &HttpResponse);
-    /// CLOCK_MONOTONIC now, in nanoseconds: the clock a hand-over's time
-    /// points are measured against, the same on both sides of the exec.
-    fn monotonic_ns(&self) -> u64;
     /// The path an upgrade execs: where sheepdog was started from.
     fn upgrade_path(&self) -> Option<std::path::PathBuf>;
     /// Asks the binary installed at sheepdog's path what it is (bounded).
@@ -152,7 +149,7 @@ pub trait System {
     /// `state` (its time points relative to `now`, which is `taken_at_ns`
     /// on the monotonic clock) and what the system itself holds. Returns
     /// only if it could not, with why; then nothing has changed.
-    fn hand_over(&mut self, state: SupervisorState, successor: &Successor, now: Instant, taken_at_ns: u64) -> String;
+    fn hand_over(&mut self, state: SupervisorState, successor: &Successor, now: Moment, taken_at_ns: u64) -> String;
     /// The flock is taken over (the first pass of a binary a hand-over
     /// started is done): the guard that would kill a hung one is released.
     fn settled(&mut self) {}

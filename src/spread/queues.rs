@@ -12,7 +12,9 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::os::fd::RawFd;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::clock::Moment;
 
 use log::{debug, info, warn};
 
@@ -103,7 +105,7 @@ pub struct Queues {
     /// Open queues, as last published.
     open: BTreeSet<usize>,
     /// When each queue not open was closed (absent: never open).
-    closed_at: HashMap<usize, Instant>,
+    closed_at: HashMap<usize, Moment>,
     /// The steering in use, for status: "round-robin", "random", "shared".
     pub mode: &'static str,
 }
@@ -353,7 +355,7 @@ impl Queues {
     /// Steers new connections to the queues of `open` (workers that may
     /// take them); with none, to those of `live` (still starting: they
     /// will), rather than to a queue no worker will take from.
-    pub fn publish(&mut self, listeners: &Listeners, open: &[Pid], live: &[Pid], now: Instant) {
+    pub fn publish(&mut self, listeners: &Listeners, open: &[Pid], live: &[Pid], now: Moment) {
         if !self.steered() {
             return;
         }
@@ -373,7 +375,7 @@ impl Queues {
     }
 
     /// Steers new connections to `wanted` (queue numbers) alone.
-    fn open_only(&mut self, listeners: &Listeners, wanted: BTreeSet<usize>, now: Instant) {
+    fn open_only(&mut self, listeners: &Listeners, wanted: BTreeSet<usize>, now: Moment) {
         for closed in self.open.difference(&wanted) {
             self.closed_at.insert(*closed, now);
         }
@@ -404,7 +406,7 @@ impl Queues {
     pub fn reserve(&mut self, listeners: &Listeners, workers: usize) {
         if self.steered() {
             let lowest = (0..workers.clamp(1, self.width())).collect();
-            self.open_only(listeners, lowest, Instant::now());
+            self.open_only(listeners, lowest, Moment::now());
         }
     }
 
@@ -426,7 +428,7 @@ impl Queues {
     }
 
     /// The draining workers whose queue is closed, settled and empty.
-    pub fn drained(&mut self, listeners: &Listeners, now: Instant) -> Vec<Pid> {
+    pub fn drained(&mut self, listeners: &Listeners, now: Moment) -> Vec<Pid> {
         let mut done = Vec::new();
         for pid in &self.draining {
             let Some(queue) = self.assigned.get(pid) else {
@@ -453,7 +455,7 @@ impl Queues {
     }
 
     /// When draining queues should be looked at next.
-    pub fn next_check(&self, now: Instant) -> Option<Instant> {
+    pub fn next_check(&self, now: Moment) -> Option<Moment> {
         (!self.draining.is_empty()).then_some(now + DRAIN_POLL)
     }
 
@@ -637,7 +639,7 @@ mod tests {
         let (mut listeners, mut queues) = flock_of(3);
         queues.record(100, 0);
         queues.record(101, 1);
-        queues.publish(&listeners, &[101], &[100, 101], Instant::now());
+        queues.publish(&listeners, &[101], &[100, 101], Moment::now());
         // Connections steered to worker 101's queue, which then dies.
         let waiting: Vec<TcpStream> = (0..2)
             .map(|_| TcpStream::connect(address(&listeners)).unwrap())
@@ -655,7 +657,7 @@ mod tests {
         let (listeners, mut queues) = flock_of(3);
         queues.record(100, 0);
         queues.record(101, 1);
-        let t0 = Instant::now();
+        let t0 = Moment::now();
         queues.publish(&listeners, &[100, 101], &[100, 101], t0);
         let waiting = TcpStream::connect(address(&listeners)).unwrap();
         let other = TcpStream::connect(address(&listeners)).unwrap();
@@ -698,7 +700,7 @@ mod tests {
         nix::sys::socket::shutdown(socket.raw_fd(), nix::sys::socket::Shutdown::Read).unwrap();
         nix::sys::socket::listen(&socket.borrow(), nix::sys::socket::Backlog::new(16).unwrap()).unwrap();
         queues.rejoined(queues.groups[0].member(0));
-        queues.publish(&listeners, &[100], &[100], Instant::now());
+        queues.publish(&listeners, &[100], &[100], Moment::now());
         let connections: Vec<TcpStream> = (0..3)
             .map(|_| TcpStream::connect(address(&listeners)).unwrap())
             .collect();
@@ -721,7 +723,7 @@ mod leaving {
         queues.record(100, 0);
         queues.record(101, 1);
         // 100 said STOPPING=1: no longer live, and sheepdog does not drain it.
-        queues.publish(&listeners, &[101], &[101], Instant::now());
+        queues.publish(&listeners, &[101], &[101], Moment::now());
         assert_eq!(
             queues.pick(&mut listeners),
             0,
@@ -730,7 +732,7 @@ mod leaving {
         queues.record(102, 0);
         // One sheepdog drains is not given away: its queue must empty first.
         assert!(!queues.drain(101));
-        queues.publish(&listeners, &[102], &[102], Instant::now());
+        queues.publish(&listeners, &[102], &[102], Moment::now());
         assert_eq!(queues.pick(&mut listeners), 2);
     }
 
@@ -742,7 +744,7 @@ mod leaving {
         let mut queues = Queues::new(&listeners, Spread::RoundRobin, false);
         queues.record(100, 0);
         queues.record(101, 1);
-        let t0 = Instant::now();
+        let t0 = Moment::now();
         queues.publish(&listeners, &[100, 101], &[100, 101], t0);
         assert!(!queues.drain(100));
         queues.publish(&listeners, &[101], &[101], t0);

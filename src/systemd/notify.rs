@@ -106,7 +106,7 @@ impl Notifier {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => {
                     self.refused += 1;
-                    if self.refusals.allow(std::time::Instant::now()) {
+                    if self.refusals.allow(crate::clock::Moment::now()) {
                         log::warn!(
                             "cannot notify systemd ({text:?}): {e}; {} message{} refused so far (said once a minute)",
                             self.refused,

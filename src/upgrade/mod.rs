@@ -44,13 +44,6 @@ pub const ENV_REFUSED: &str = "SHEEPDOG_UPGRADE_REFUSED";
 /// waits with it).
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// CLOCK_MONOTONIC in nanoseconds: the same clock before and after exec.
-pub fn monotonic_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
-        .unwrap_or(0)
-}
-
 /// The path this process was started from: what an upgrade execs (the
 /// binary installed there by then). That is the path it was invoked by
 /// (`argv[0]`, through PATH if bare) when it is this very file, so that an

@@ -15,7 +15,9 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::clock::Moment;
 
 use log::{debug, warn};
 use nix::errno::Errno;
@@ -242,7 +244,7 @@ impl Links {
     }
 
     /// Reads what worker `pid` sent.
-    pub fn read(&mut self, pid: Pid, now: Instant) -> Vec<WorkerMessage> {
+    pub fn read(&mut self, pid: Pid, now: Moment) -> Vec<WorkerMessage> {
         let slot = self.slots.get(&pid).copied().unwrap_or(usize::MAX);
         let own_uid = self.own_uid;
         let Some(link) = self.by_pid.get_mut(&pid) else {
@@ -663,7 +665,7 @@ impl Default for DropLog {
 }
 
 impl DropLog {
-    fn dropped(&mut self, now: Instant, slot: usize, pid: Pid, why: &str) {
+    fn dropped(&mut self, now: Moment, slot: usize, pid: Pid, why: &str) {
         if self.0.allow(now) {
             warn!("dropped a message for worker {slot} (pid {pid}): {why}");
         }

@@ -9,7 +9,9 @@
 //! `kill -9` within seconds of another process's OOM kill is taken for one.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::clock::Moment;
 
 use log::warn;
 
@@ -24,7 +26,7 @@ pub struct OomWatch {
     cgroup_seen: Option<u64>,
     machine_seen: Option<u64>,
     /// Kills counted and not matched to a worker's death yet.
-    credits: Vec<Instant>,
+    credits: Vec<Moment>,
     lines: RateLimit,
 }
 
@@ -41,7 +43,7 @@ impl OomWatch {
     }
 
     /// Reads the counts; each rise is a kill to match with a death.
-    fn look(&mut self, now: Instant) {
+    fn look(&mut self, now: Moment) {
         self.credits.retain(|at| now.saturating_duration_since(*at) < CREDIT);
         let cgroup_now = self.cgroup.as_ref().and_then(|path| read_oom_kills(path));
         let machine_now = read_oom_kills(std::path::Path::new("/proc/vmstat"));
@@ -69,7 +71,7 @@ impl OomWatch {
 
     /// Whether a worker just reaped dead of a SIGKILL was killed by the
     /// OOM killer (a kill counted recently that no other death claimed).
-    pub fn claim(&mut self, now: Instant) -> bool {
+    pub fn claim(&mut self, now: Moment) -> bool {
         self.look(now);
         self.credits.pop().is_some()
     }
@@ -144,7 +146,7 @@ mod tests {
             credits: Vec::new(),
             lines: RateLimit::new(5, Duration::from_secs(60)),
         };
-        let t0 = Instant::now();
+        let t0 = Moment::now();
         watch.credits.push(t0);
         assert!(watch.claim(t0 + Duration::from_secs(1)));
         assert!(!watch.claim(t0 + Duration::from_secs(1)), "claimed already");

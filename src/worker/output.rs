@@ -18,6 +18,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::clock::Moment;
 use crate::core::Pid;
 use crate::upgrade::state::FdRecord;
 
@@ -46,7 +47,7 @@ struct Output {
     slot: usize,
     partial: Vec<u8>,
     /// The window's start and what was read in it.
-    window: (std::time::Instant, usize),
+    window: (Moment, usize),
 }
 
 /// What a read of a worker's pipe came to.
@@ -55,7 +56,7 @@ pub enum Read {
     /// Read all there was; more may come.
     Open,
     /// Its window's share is read: leave the pipe unread until then.
-    Throttled(std::time::Instant),
+    Throttled(Moment),
     /// Every writer closed it: it is dropped.
     Closed,
 }
@@ -105,7 +106,7 @@ impl Outputs {
                 pipe: std::fs::File::from(read),
                 slot,
                 partial: Vec::new(),
-                window: (std::time::Instant::now(), 0),
+                window: (Moment::now(), 0),
             },
         );
     }
@@ -117,7 +118,7 @@ impl Outputs {
     /// Reads what the worker wrote (its window's share at most) and passes
     /// each whole line on. Once every writer has closed the pipe (the worker
     /// and all it started are gone) it is dropped, after its last partial line.
-    pub fn read(&mut self, pid: Pid, now: std::time::Instant) -> Read {
+    pub fn read(&mut self, pid: Pid, now: Moment) -> Read {
         let Some(output) = self.by_pid.get_mut(&pid) else {
             return Read::Closed;
         };
@@ -274,7 +275,7 @@ mod tests {
             writer.write_all(b"y\n").unwrap();
         }
         // A window after it was attached: a window of its own begins.
-        let t0 = std::time::Instant::now() + WINDOW;
+        let t0 = Moment::now() + WINDOW;
         assert_eq!(outputs.read(9, t0), Read::Throttled(t0 + WINDOW));
         assert_eq!(outputs.last_seq(), (BYTES_PER_WINDOW / 2) as u64, "a window's share");
         assert_eq!(
@@ -293,7 +294,7 @@ mod tests {
         outputs.attach(41, 1, read);
         let mut writer = std::fs::File::from(write);
         writer.write_all(b"one\r\ntwo\nthr").unwrap();
-        assert_eq!(outputs.read(41, std::time::Instant::now()), Read::Open);
+        assert_eq!(outputs.read(41, Moment::now()), Read::Open);
         let lines = outputs.recent(10, None, None);
         assert_eq!(
             lines.iter().map(|l| l.line.as_str()).collect::<Vec<_>>(),
@@ -301,7 +302,7 @@ mod tests {
         );
         assert_eq!((lines[0].slot, lines[0].pid, lines[0].seq), (1, 41, 1));
         drop(writer);
-        assert_eq!(outputs.read(41, std::time::Instant::now()), Read::Closed);
+        assert_eq!(outputs.read(41, Moment::now()), Read::Closed);
         assert_eq!(
             outputs.recent(10, None, Some(2))[0].line,
             "thr",
@@ -319,9 +320,9 @@ mod tests {
         outputs.attach(7, 0, read);
         let mut writer = std::fs::File::from(write);
         writer.write_all(&vec![b'x'; MAX_LINE + 10]).unwrap();
-        outputs.read(7, std::time::Instant::now());
+        outputs.read(7, Moment::now());
         assert_eq!(outputs.recent(10, None, None)[0].line.len(), MAX_LINE);
-        let mut now = std::time::Instant::now();
+        let mut now = Moment::now();
         for i in 0..KEPT_LINES + 5 {
             writeln!(writer, "{i}").unwrap();
             if i % 1000 == 0 {

@@ -13,7 +13,9 @@ mod snapshot;
 mod tally;
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::clock::Moment;
 
 use nix::sys::signal::Signal;
 
@@ -112,10 +114,13 @@ fn logged(needle: &str) -> Vec<String> {
 
 /// A flock driven by a fake clock, with a fake pid allocator standing in
 /// for fork.
+/// The fake clock's start: any number does (a machine up for 1,000 s).
+pub const T0: Moment = Moment::from_nanos(1_000_000_000_000);
+
 struct Harness {
     flock: Flock,
-    t0: Instant,
-    now: Instant,
+    t0: Moment,
+    now: Moment,
     next_pid: Pid,
     log: Vec<Action>,
     /// Starting workers running on a CPU, as a look at the load finds them.
@@ -131,7 +136,7 @@ struct Harness {
 impl Harness {
     fn new(policy: Policy) -> Harness {
         captured::install();
-        let t0 = Instant::now();
+        let t0 = T0;
         Harness {
             flock: Flock::new(policy, FIRST_COMMAND, t0),
             t0,

@@ -197,7 +197,7 @@ fn a_state_that_cannot_be_is_refused_not_restored() {
         ("zero", Box::new(|s| s.policy.memory_interval = Duration::ZERO)),
         ("spawn budget", Box::new(|s| s.budget.tokens = f64::NAN)),
         // A watchdog of u64::MAX seconds once passed, and the first pass
-        // panicked on the overflow of an Instant.
+        // panicked on the overflow of an Moment.
         (
             "watchdog of 18446744073709551615s cannot be",
             Box::new(|s| s.policy.watchdog = Some(Duration::from_secs(u64::MAX))),

@@ -3,7 +3,9 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::clock::Moment;
 
 use nix::sys::signal::Signal;
 use signal_hook::consts::{SIGHUP, SIGTERM};
@@ -42,9 +44,7 @@ enum Effect {
 
 /// A system that records every effect and forks nothing.
 struct Fake {
-    /// Where its monotonic clock starts.
-    epoch: Instant,
-    now: Instant,
+    now: Moment,
     next_pid: Pid,
     effects: Vec<Effect>,
     memory: HashMap<Pid, u64>,
@@ -59,13 +59,12 @@ struct Fake {
     /// What the binary at sheepdog's path says it is, when probed.
     successor: Result<Successor, String>,
     /// What the last hand-over was given (it never execs: it fails, saying so).
-    handed: Option<(SupervisorState, Instant, u64)>,
+    handed: Option<(SupervisorState, Moment, u64)>,
 }
 
 impl Fake {
-    fn new(t0: Instant) -> Fake {
+    fn new(t0: Moment) -> Fake {
         Fake {
-            epoch: t0,
             now: t0,
             next_pid: 100,
             effects: Vec::new(),
@@ -86,11 +85,11 @@ impl Fake {
 }
 
 impl System for Fake {
-    fn now(&self) -> Instant {
+    fn now(&self) -> Moment {
         self.now
     }
 
-    fn wait(&mut self, _deadline: Option<Instant>) -> Result<Vec<Input>, String> {
+    fn wait(&mut self, _deadline: Option<Moment>) -> Result<Vec<Input>, String> {
         Err("the fake does not wait: tests drive the passes".into())
     }
 
@@ -183,11 +182,6 @@ impl System for Fake {
         self.effects.push(Effect::Finish);
     }
 
-    fn monotonic_ns(&self) -> u64 {
-        // Any clock will do that runs with `now`.
-        1_000_000_000_000 + self.now.saturating_duration_since(self.epoch).as_nanos() as u64
-    }
-
     fn upgrade_path(&self) -> Option<PathBuf> {
         Some("/usr/bin/sheepdog".into())
     }
@@ -197,7 +191,7 @@ impl System for Fake {
         self.successor.clone()
     }
 
-    fn hand_over(&mut self, state: SupervisorState, _successor: &Successor, now: Instant, taken_at_ns: u64) -> String {
+    fn hand_over(&mut self, state: SupervisorState, _successor: &Successor, now: Moment, taken_at_ns: u64) -> String {
         self.effects.push(Effect::HandOver);
         self.handed = Some((state, now, taken_at_ns));
         "the fake does not exec".into()
@@ -207,7 +201,7 @@ impl System for Fake {
 struct Harness {
     supervisor: Supervisor<Fake>,
     config: PathBuf,
-    t0: Instant,
+    t0: Moment,
     _dir: tempfile::TempDir,
 }
 
@@ -231,7 +225,7 @@ impl Harness {
             control_socket: settings.control_socket.clone(),
             http: settings.http.clone(),
         };
-        let t0 = Instant::now();
+        let t0 = crate::core::tests::T0;
         let fake = Fake::new(t0);
         Harness {
             supervisor: Supervisor::new(&settings, source, context, command, fake),

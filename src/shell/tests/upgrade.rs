@@ -27,21 +27,21 @@ fn failure_to(effects: &[Effect], client: ClientId) -> String {
 }
 
 /// The state the last hand-over was given, and its moment.
-fn handed(h: &mut Harness) -> (SupervisorState, Instant, u64) {
+fn handed(h: &mut Harness) -> (SupervisorState, Moment, u64) {
     h.supervisor.system_mut().handed.take().expect("a hand-over")
 }
 
 /// The supervisor a new binary makes of `state`, its clock `gap` later.
 fn take_over(
     h: &Harness,
-    (state, now, taken_at_ns): (SupervisorState, Instant, u64),
+    (state, now, taken_at_ns): (SupervisorState, Moment, u64),
     gap: Duration,
 ) -> Supervisor<Fake> {
     let mut fake = Fake::new(h.t0);
     fake.now = now + gap;
     fake.next_pid = 500;
     // As the new binary reckons it: the moment of the snapshot on its clock.
-    let then = fake.now - Duration::from_nanos(fake.monotonic_ns() - taken_at_ns);
+    let then = Moment::from_nanos(taken_at_ns);
     assert_eq!(then, now);
     let prepared = Supervisor::<Fake>::prepare(state, then, "0.0.1".into(), taken_at_ns, None);
     prepared.expect("the state is taken")(fake)
@@ -300,7 +300,7 @@ fn the_states_written_by_release_0_1_0_are_taken_whole() {
         assert_eq!(handover.os.links.channel, name, "{name}");
         assert_eq!(handover.os.workers.len(), 2, "{name}");
         assert!(handover.os.outputs.is_none(), "0.1.0 had no output pipes: {name}");
-        let t0 = Instant::now();
+        let t0 = crate::core::tests::T0;
         let prepared = Supervisor::<Fake>::prepare(handover.supervisor, t0, "0.1.0".into(), handover.taken_at_ns, None)
             .unwrap_or_else(|why| panic!("{name}: {why}"));
         let supervisor = prepared(Fake::new(t0));

@@ -1,0 +1,146 @@
+//! Time as a number: a [`Moment`] is nanoseconds of `CLOCK_MONOTONIC`.
+//!
+//! The core keeps every deadline as one. Unlike `std::time::Instant` it is
+//! plain data: it can be written down, compared with a number read back
+//! from another process, and a test makes one from any value. The clock is
+//! the same on both sides of an `execve`, so a moment an old binary wrote
+//! is a moment of the new one. Its arithmetic saturates instead of
+//! panicking: a deadline past the end of time is simply never reached.
+
+use std::fmt;
+use std::ops::{Add, AddAssign, Sub};
+use std::time::Duration;
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Moment(u64);
+
+impl Moment {
+    pub const fn from_nanos(nanos: u64) -> Moment {
+        Moment(nanos)
+    }
+
+    pub const fn as_nanos(self) -> u64 {
+        self.0
+    }
+
+    /// The clock now: the shell's to read, never the core's.
+    pub fn now() -> Moment {
+        // CLOCK_MONOTONIC cannot fail on Linux with a valid clock id; a
+        // zero moment would only make every deadline look due.
+        nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+            .map(|t| Moment(nanos(Duration::from(t))))
+            .unwrap_or_default()
+    }
+
+    /// How long after `earlier` this is; zero when it is not after it.
+    pub fn saturating_duration_since(self, earlier: Moment) -> Duration {
+        Duration::from_nanos(self.0.saturating_sub(earlier.0))
+    }
+
+    /// How long after `earlier` this is, if it is not before it.
+    pub fn checked_duration_since(self, earlier: Moment) -> Option<Duration> {
+        self.0.checked_sub(earlier.0).map(Duration::from_nanos)
+    }
+
+    pub fn checked_add(self, span: Duration) -> Option<Moment> {
+        self.0.checked_add(u64::try_from(span.as_nanos()).ok()?).map(Moment)
+    }
+
+    pub fn checked_sub(self, span: Duration) -> Option<Moment> {
+        self.0.checked_sub(u64::try_from(span.as_nanos()).ok()?).map(Moment)
+    }
+
+    /// Signed nanoseconds from `origin` to this moment.
+    pub fn offset_from(self, origin: Moment) -> i64 {
+        let signed = i128::from(self.0) - i128::from(origin.0);
+        signed.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
+    }
+
+    /// The moment `offset` nanoseconds from this one, if the clock has it.
+    pub fn offset_by(self, offset: i64) -> Option<Moment> {
+        if offset >= 0 {
+            self.0.checked_add(offset.unsigned_abs()).map(Moment)
+        } else {
+            self.0.checked_sub(offset.unsigned_abs()).map(Moment)
+        }
+    }
+}
+
+fn nanos(span: Duration) -> u64 {
+    u64::try_from(span.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl Add<Duration> for Moment {
+    type Output = Moment;
+
+    fn add(self, span: Duration) -> Moment {
+        Moment(self.0.saturating_add(nanos(span)))
+    }
+}
+
+impl AddAssign<Duration> for Moment {
+    fn add_assign(&mut self, span: Duration) {
+        *self = *self + span;
+    }
+}
+
+impl Sub<Duration> for Moment {
+    type Output = Moment;
+
+    fn sub(self, span: Duration) -> Moment {
+        Moment(self.0.saturating_sub(nanos(span)))
+    }
+}
+
+impl Sub<Moment> for Moment {
+    type Output = Duration;
+
+    fn sub(self, earlier: Moment) -> Duration {
+        self.saturating_duration_since(earlier)
+    }
+}
+
+impl fmt::Debug for Moment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{:09}s", self.0 / 1_000_000_000, self.0 % 1_000_000_000)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arithmetic_saturates_at_both_ends_of_the_clock() {
+        let start = Moment::from_nanos(5);
+        assert_eq!(start - Duration::from_nanos(9), Moment::from_nanos(0));
+        assert_eq!(
+            Moment::from_nanos(u64::MAX - 1) + Duration::MAX,
+            Moment::from_nanos(u64::MAX)
+        );
+        assert_eq!(start.checked_sub(Duration::from_nanos(6)), None);
+        assert_eq!(start.saturating_duration_since(Moment::from_nanos(7)), Duration::ZERO);
+        assert_eq!(
+            start.checked_duration_since(Moment::from_nanos(2)),
+            Some(Duration::from_nanos(3))
+        );
+    }
+
+    #[test]
+    fn an_offset_goes_there_and_back() {
+        let origin = Moment::from_nanos(1_000);
+        for moment in [Moment::from_nanos(0), origin, Moment::from_nanos(u64::MAX / 2)] {
+            assert_eq!(origin.offset_by(moment.offset_from(origin)), Some(moment));
+        }
+        assert_eq!(origin.offset_by(-1_001), None);
+    }
+
+    #[test]
+    fn the_clock_reads_forward() {
+        let before = Moment::now();
+        std::thread::sleep(Duration::from_millis(1));
+        let after = Moment::now();
+        assert!(before.as_nanos() > 0);
+        assert!(after.saturating_duration_since(before) >= Duration::from_millis(1));
+    }
+}
