@@ -294,8 +294,6 @@ fn take_over(inherited: Inherited, journal: bool) -> ExitCode {
         .and_then(crate::config::LogLevel::named);
     logging::init(level.map(|l| l.filter()), journal);
     logging::resume(handover.os.log_pending.as_bytes(), handover.os.log_dropped);
-    // The clock is the same on both sides of the exec.
-    let then = crate::clock::Moment::from_nanos(handover.taken_at_ns);
     // A wrapper that forks the new binary instead of exec'ing it would run
     // it in another process: it is not the workers' parent, and may not
     // take them over.
@@ -316,14 +314,14 @@ fn take_over(inherited: Inherited, journal: bool) -> ExitCode {
     // Whatever goes wrong while the state is read is a hand-back, a panic too.
     let prepared = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         failpoint(&inherited)?;
-        Supervisor::<Os>::prepare(supervisor, then, from_version, taken_at_ns, refused)
+        Supervisor::<Os>::prepare(supervisor, from_version, taken_at_ns, refused)
     }))
     .unwrap_or_else(|_| Err("it panicked while reading the state".into()));
     let prepared = match prepared {
         Ok(prepared) => prepared,
         Err(why) => return hand_back(&inherited, &why),
     };
-    let mut os = match Os::adopt(os, then) {
+    let mut os = match Os::adopt(os) {
         Ok(os) => os,
         Err(why) => return hand_back(&inherited, &why),
     };

@@ -12,12 +12,17 @@ use std::sync::OnceLock;
 
 /// The hand-over state format this code writes and reads.
 ///
-/// The rule for a change of the state (any struct in `upgrade::state`,
-/// `core::snapshot` and what they hold): a field added gets
-/// `#[serde(default)]` and a default that means "as a build before it did";
-/// a field removed is left readable (the newer reader ignores unknown
-/// fields, serde's default); anything else (a type or a meaning changed)
-/// raises this number, and an older state is then refused and handed back.
+/// The state is the supervisor's own records, as serde writes them: the
+/// core's (`core::Flock` and everything it holds) and the shell's parts
+/// named in `upgrade::state`. The rule for a change of any of them: a field
+/// added gets `#[serde(default)]` and a default that means "as a build
+/// before it did" (or `#[serde(skip)]` when it is not state at all); a
+/// field removed is left readable (unknown fields are ignored, serde's
+/// default, so a field a newer build wrote and this one lacks costs
+/// nothing); a field renamed keeps its old name (`#[serde(rename)]`);
+/// anything else (a type or a meaning changed) raises this number, and an
+/// older state is then refused and handed back. Time points are written
+/// relative to the moment the state was taken (`clock::relative_to`).
 /// The states 0.1.0 wrote (tests/fixtures/state, made by its capture.sh)
 /// must decode: `the_states_written_by_release_0_1_0_are_taken_whole` fails
 /// for a field added without a default.

@@ -6,10 +6,39 @@
 //! the same on both sides of an `execve`, so a moment an old binary wrote
 //! is a moment of the new one. Its arithmetic saturates instead of
 //! panicking: a deadline past the end of time is simply never reached.
+//!
+//! Written down (serde), a moment is its number. In the in-place upgrade's
+//! state it is written relative to the moment the state was taken (signed
+//! nanoseconds, as state format 1 has it since release 0.1.0): the hand-over
+//! encodes and decodes inside [`relative_to`], which sets that origin.
 
+use std::cell::Cell;
 use std::fmt;
 use std::ops::{Add, AddAssign, Sub};
 use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The farthest a moment written relative to an origin may lie from it,
+/// either way: no deadline is further, and nothing read can overflow.
+pub const MAX_OFFSET: Duration = Duration::from_secs(10 * 366 * 24 * 3600);
+
+thread_local! {
+    static ORIGIN: Cell<Option<Moment>> = const { Cell::new(None) };
+}
+
+/// Runs `f` (an encode or a decode) with every moment written, or read, as
+/// signed nanoseconds from `origin`.
+pub fn relative_to<T>(origin: Moment, f: impl FnOnce() -> T) -> T {
+    struct Restore(Option<Moment>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            ORIGIN.with(|o| o.set(self.0));
+        }
+    }
+    let _restore = Restore(ORIGIN.with(|o| o.replace(Some(origin))));
+    f()
+}
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Moment(u64);
@@ -100,6 +129,38 @@ impl Sub<Moment> for Moment {
     }
 }
 
+impl Serialize for Moment {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match ORIGIN.with(Cell::get) {
+            Some(origin) => {
+                let bound = i64::try_from(MAX_OFFSET.as_nanos()).unwrap_or(i64::MAX);
+                serializer.serialize_i64(self.offset_from(origin).clamp(-bound, bound))
+            }
+            None => serializer.serialize_u64(self.0),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Moment {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Moment, D::Error> {
+        use serde::de::Error;
+        let Some(origin) = ORIGIN.with(Cell::get) else {
+            return u64::deserialize(deserializer).map(Moment);
+        };
+        let offset = i64::deserialize(deserializer)?;
+        if Duration::from_nanos(offset.unsigned_abs()) > MAX_OFFSET {
+            return Err(D::Error::custom(format!(
+                "a time point {offset} ns from the snapshot is out of range"
+            )));
+        }
+        origin.offset_by(offset).ok_or_else(|| {
+            D::Error::custom(format!(
+                "a time point {offset} ns from the snapshot is not a time this clock has"
+            ))
+        })
+    }
+}
+
 impl fmt::Debug for Moment {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}.{:09}s", self.0 / 1_000_000_000, self.0 % 1_000_000_000)
@@ -133,6 +194,26 @@ mod tests {
             assert_eq!(origin.offset_by(moment.offset_from(origin)), Some(moment));
         }
         assert_eq!(origin.offset_by(-1_001), None);
+    }
+
+    #[test]
+    fn written_down_a_moment_is_its_number_or_its_offset_from_the_origin() {
+        let moment = Moment::from_nanos(7_000);
+        assert_eq!(serde_json::to_string(&moment).unwrap(), "7000");
+        let origin = Moment::from_nanos(10_000);
+        let text = relative_to(origin, || serde_json::to_string(&moment).unwrap());
+        assert_eq!(text, "-3000");
+        let read: Moment = relative_to(Moment::from_nanos(20_000), || serde_json::from_str(&text).unwrap());
+        assert_eq!(read, Moment::from_nanos(17_000));
+        let far = relative_to(origin, || serde_json::from_str::<Moment>(&i64::MAX.to_string()));
+        assert!(far.unwrap_err().to_string().contains("out of range"));
+        let before = relative_to(origin, || serde_json::from_str::<Moment>("-10001"));
+        assert!(before.unwrap_err().to_string().contains("not a time this clock has"));
+        assert_eq!(
+            serde_json::from_str::<Moment>("5").unwrap(),
+            Moment::from_nanos(5),
+            "origin restored"
+        );
     }
 
     #[test]

@@ -36,7 +36,7 @@
 //!   Prometheus `/metrics`, served by the same loop ([`observe::http`]).
 //! - [`upgrade`] is the in-place upgrade (`sheepdog upgrade`): the state
 //!   one binary hands the next under the same pid (the core's
-//!   [`core::snapshot`], the shell's commands and fds), the probe of the new
+//!   [`core::Flock`] itself, the shell's commands and fds), the probe of the new
 //!   binary, the exec and the hand-back.
 //! - [`config`] is the config file: its schema, values, named defaults and
 //!   default paths, and `sheepdog check`'s printout.

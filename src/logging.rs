@@ -293,7 +293,7 @@ pub fn priority(level: Level) -> u8 {
 /// again and again (a worker, a client, an operator's signals) must not
 /// flood the log. The count of what was held back is told when the next
 /// window opens.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RateLimit {
     burst: u32,
     window: Duration,

@@ -9,7 +9,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The most workers one sheepdog will run, whatever the config or SIGTTIN say.
 pub const MAX_WORKERS: u32 = 4096;
@@ -17,7 +17,7 @@ pub const MAX_WORKERS: u32 = 4096;
 /// How a worker's memory is counted: PSS shares each page among the processes
 /// mapping it (so pages shared after fork are not counted N times); RSS counts
 /// every resident page of every process in the tree.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MemoryMeasure {
     Pss,
@@ -34,7 +34,7 @@ impl fmt::Display for MemoryMeasure {
 }
 
 /// Heartbeats: a ready worker silent for longer than `timeout` is hung.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeartbeatPolicy {
     /// How often sheepdog pings node-ipc workers.
     pub interval: Duration,
@@ -281,7 +281,7 @@ impl std::str::FromStr for Spread {
 }
 
 /// How a worker tells sheepdog it is ready and alive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Readiness {
     /// The sd_notify protocol on a socket of sheepdog's (`NOTIFY_SOCKET`).
@@ -317,7 +317,7 @@ impl Readiness {
 /// "I am leaving": the readiness protocol's by default; with `readiness =
 /// "none"`, a channel of its own for heartbeats (classic cluster workers
 /// answer pings but never say they are ready).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Channel {
     /// sd_notify datagrams on a socket of sheepdog's (`NOTIFY_SOCKET`).
@@ -429,7 +429,7 @@ impl LogLevel {
 
 /// Restart policy: backoff per slot, crash-loop breaker for the flock, and a
 /// bound on spawns per second whatever the workers do.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RestartPolicy {
     pub max_restarts: u32,
     pub window: Duration,
@@ -445,8 +445,10 @@ pub struct RestartPolicy {
 
 /// Recycling by age: each worker is replaced, replacement first, once it
 /// has run `max_age` plus its share of `jitter` (drawn once per worker).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct RecyclePolicy {
     pub max_age: Option<Duration>,
+    /// Named for where it sits in the hand-over's policy, beside `max_age`.
+    #[serde(rename = "max_age_jitter")]
     pub jitter: Duration,
 }

@@ -22,7 +22,6 @@ use log::{debug, warn};
 use nix::sys::socket::{self, sockopt};
 
 use super::protocol::{Command, Reply, parse_request};
-use crate::core::snapshot::{instant_near, relative};
 use crate::error::Error;
 use crate::logging::RateLimit;
 use crate::upgrade::state::{Bytes, ClientState, ControlState, FdRecord};
@@ -455,7 +454,7 @@ impl ControlServer {
 
     /// What this server holds, for the binary that takes over: the
     /// listener, and each client with what it sent and what waits for it.
-    pub fn export(&self, now: Moment) -> ControlState {
+    pub fn export(&self) -> ControlState {
         let mut clients: Vec<ClientState> = self
             .clients
             .iter()
@@ -464,7 +463,7 @@ impl ControlServer {
                 fd: FdRecord::of(c.stream.as_fd()),
                 input: Bytes::new(&c.input),
                 output: Bytes::new(&c.output),
-                opened: relative(now, c.opened),
+                opened: c.opened,
                 answered: c.answered_or_busy,
                 closing: c.closing,
                 after_request: c.after_request,
@@ -483,7 +482,7 @@ impl ControlServer {
 
     /// The server `state` describes, on the fds it names, which were
     /// checked ([`crate::upgrade::state::check_fds`]) and are taken here.
-    pub fn adopt(state: ControlState, then: Moment) -> ControlServer {
+    pub fn adopt(state: ControlState) -> ControlServer {
         // SAFETY: the fds were handed over for this, checked to be open and
         // the same inodes, and each is owned by exactly one adopter.
         let take = |fd: RawFd| unsafe { OwnedFd::from_raw_fd(fd) };
@@ -495,7 +494,7 @@ impl ControlServer {
                     stream: UnixStream::from(take(c.fd.fd)),
                     input: c.input.into_vec(),
                     output: c.output.into_vec(),
-                    opened: instant_near(then, c.opened),
+                    opened: c.opened,
                     answered_or_busy: c.answered,
                     closing: c.closing,
                     after_request: c.after_request,

@@ -8,6 +8,7 @@ use crate::clock::Moment;
 
 use log::{debug, info, warn};
 use nix::sys::signal::Signal;
+use serde::{Deserialize, Serialize};
 
 use super::health::Timers;
 use super::model::*;
@@ -19,8 +20,9 @@ use crate::config::MAX_WORKERS;
 use crate::logging::RateLimit;
 use crate::units::format_duration;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub(super) enum Phase {
+    #[default]
     Running,
     /// `exit_given`: the Exit action is given once, though more events
     /// may be handled in the same pass of the loop.
@@ -31,6 +33,10 @@ pub(super) enum Phase {
     },
 }
 
+/// The flock is its own state: the in-place upgrade writes it as it is and
+/// the next binary reads it back (then [`Flock::validate`]s it). What a pass
+/// or a stop keeps only for itself is not written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Flock {
     pub(super) policy: Policy,
     pub(super) desired: usize,
@@ -43,26 +49,35 @@ pub struct Flock {
     pub(super) last_reload: Option<ReloadOutcome>,
     pub(super) workers: Vec<Worker>,
     pub(super) slots: Vec<Slot>,
+    #[serde(flatten)]
     pub(super) history: RestartHistory,
     pub(super) budget: SpawnBudget,
     pub(super) timers: Timers,
     pub(super) recycling: Recycling,
+    /// Only a running flock is handed over.
+    #[serde(skip)]
     pub(super) phase: Phase,
     pub(super) announced_ready: bool,
     pub(super) last_status: String,
     pub(super) tally: Tally,
     /// What the shell adds to STATUS (which sheepdog, since an upgrade).
+    #[serde(skip)]
     pub(super) note: Option<String>,
     /// Workers ordered in this pass, at most `SPAWNS_PER_PASS`.
+    #[serde(skip)]
     pub(super) spawned_this_pass: usize,
     /// Paces a start past a CPU's worth of starting workers.
+    #[serde(skip)]
     pub(super) load: LoadGate,
     /// Lines a worker can set off again and again (ERRNO=): 5 per 10 s.
+    #[serde(skip, default = "worker_lines")]
     pub(super) worker_lines: RateLimit,
     /// Since when fewer than `min_ready` workers serve, and the unrequested
     /// exits since: a long enough stretch with any is a crash loop too.
+    #[serde(default)]
     pub(super) unhealthy: Option<(Moment, u32)>,
     /// When workers not known to serve yet were last looked at.
+    #[serde(skip)]
     pub(super) last_look: Option<Moment>,
 }
 

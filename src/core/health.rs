@@ -3,6 +3,7 @@
 //! systemd.
 
 use crate::clock::Moment;
+use serde::{Deserialize, Serialize};
 
 use log::{debug, error, info, warn};
 
@@ -32,7 +33,7 @@ pub const LISTENER_CHECK: std::time::Duration = std::time::Duration::from_secs(1
 
 /// Periodic duties: pinging node-ipc workers, measuring memory, and pinging
 /// systemd's watchdog.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(super) struct Timers {
     pub next_ping: Moment,
     pub next_measure: Moment,

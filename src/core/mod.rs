@@ -15,8 +15,8 @@
 //! - `recycle`: replacing workers by age (`max_age`).
 //! - `status`: the STATUS= line.
 //! - `tally`: what the flock went through, counted (for status and metrics).
-//! - [`snapshot`]: the flock as data, handed to the next binary on an
-//!   in-place upgrade and restored there.
+//! - `validate`: the flock is its own state (serde), handed to the next
+//!   binary on an in-place upgrade; what that binary reads is checked there.
 //!
 //! Each policy keeps its own deadline; [`Flock::next_deadline`] is the
 //! nearest of them, and the shell sleeps until then.
@@ -27,14 +27,13 @@ pub mod model;
 mod recycle;
 mod reload;
 mod restart;
-pub mod snapshot;
 mod status;
 pub mod tally;
 #[cfg(test)]
 pub(crate) mod tests;
+mod validate;
 
 pub use flock::Flock;
 pub use model::*;
 pub use reload::ReloadOutcome;
-pub use snapshot::FlockState;
 pub use tally::{Cause, ListenQueue, Tally};

@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::clock::Moment;
 
 use nix::sys::signal::Signal;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{Channel, HeartbeatPolicy, MemoryMeasure, Readiness, RecyclePolicy, RestartPolicy, Settings};
 use crate::worker::channel::WorkerMessage;
@@ -212,7 +213,7 @@ pub enum Action {
 }
 
 /// The policy the core applies; a projection of `Settings`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Policy {
     pub workers: usize,
     pub min_ready: usize,
@@ -229,10 +230,13 @@ pub struct Policy {
     pub max_surge: usize,
     /// The CPUs sheepdog may use: past this many workers starting at once,
     /// more start only while the machine has CPU to spare.
+    #[serde(default = "usable_cpus")]
     pub cpus: usize,
+    #[serde(with = "signal_name")]
     pub stop_signal: Signal,
     pub stop_timeout: Duration,
     pub restart: RestartPolicy,
+    #[serde(flatten)]
     pub recycle: RecyclePolicy,
     /// systemd's WATCHDOG_USEC for sheepdog itself, when set.
     pub watchdog: Option<Duration>,
@@ -267,6 +271,23 @@ impl Policy {
     }
 }
 
+/// A signal written by its name ("SIGTERM").
+mod signal_name {
+    use std::str::FromStr;
+
+    use nix::sys::signal::Signal;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(signal: &Signal, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(signal.as_str())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Signal, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        Signal::from_str(&name).map_err(|_| serde::de::Error::custom(format!("stop signal {name:?} is not a signal")))
+    }
+}
+
 /// The CPUs this process may use (its affinity and cgroup quota), for
 /// pacing a start: see `Flock`'s load gate.
 pub fn usable_cpus() -> usize {
@@ -275,7 +296,8 @@ pub fn usable_cpus() -> usize {
 
 /// Why a ready worker is being replaced, replacement first: it keeps
 /// serving until a ready worker of its slot takes over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Retire {
     /// A reload rolls its slot onto the new generation.
     Reload,
@@ -302,7 +324,8 @@ impl fmt::Display for Retire {
 }
 
 /// A failure sheepdog kills a worker for (with SIGKILL), counted as a crash.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Failure {
     /// A ready worker stopped heartbeating.
     Hung,
@@ -316,7 +339,8 @@ pub enum Failure {
 }
 
 /// Why a worker is on its way out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum StopCause {
     /// The supervisor is stopping.
     Shutdown,
@@ -333,7 +357,8 @@ pub enum StopCause {
     Failed(Failure),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "is")]
 pub enum WorkerState {
     Starting,
     Ready {
@@ -350,7 +375,9 @@ pub enum WorkerState {
     },
 }
 
-#[derive(Debug, Clone)]
+/// A row of the worker table; handed over as it is (fields added after
+/// state format 1 carry a default, see `build::STATE_FORMAT`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Worker {
     pub slot: usize,
     pub pid: Pid,
@@ -369,14 +396,22 @@ pub struct Worker {
     /// How many times it was looked at for such ports.
     pub inspections: u32,
     /// It was looked at since it became ready: only then can it count as
-    /// serving the passed socket.
+    /// serving the passed socket. (Absent from a state before it: a worker
+    /// the binary before already judged is taken as looked at.)
+    #[serde(default = "looked_at")]
     pub inspected: bool,
     /// Stopping, its stop signal held back until no new connection can
     /// reach it and its accept queue is empty (`Action::Drain`).
+    #[serde(default)]
     pub draining: bool,
     /// Told, while it starts, what it has not said yet (not handed over: at
     /// worst said again by the next binary).
+    #[serde(skip)]
     pub ready_hinted: bool,
+}
+
+fn looked_at() -> bool {
+    true
 }
 
 impl Worker {

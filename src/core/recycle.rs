@@ -13,6 +13,7 @@
 use std::time::Duration;
 
 use crate::clock::Moment;
+use serde::{Deserialize, Serialize};
 
 use log::info;
 
@@ -20,7 +21,7 @@ use super::flock::{Flock, seconds};
 use super::model::*;
 
 /// The last recycle begun, for the spacing between recycles.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub(super) struct Recycling {
     pub last_begun: Option<Moment>,
     /// Workers recycled so far.

@@ -3,6 +3,7 @@
 //! that fails to start aborts the roll and the old generation comes back.
 
 use crate::clock::Moment;
+use serde::{Deserialize, Serialize};
 
 use log::{error, info, warn};
 
@@ -12,7 +13,7 @@ use super::tally::ReloadResult;
 
 /// A rolling reload in progress: workers of older generations are replaced
 /// slot by slot by workers of `generation`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(super) struct Rollout {
     pub ticket: u64,
     pub generation: u32,
@@ -25,7 +26,7 @@ pub(super) struct Rollout {
 }
 
 /// How the last reload ended, for STATUS and `sheepdog status`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReloadOutcome {
     /// The generation it rolled to (or tried to); None for a reload refused
     /// before any generation began.

@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use crate::clock::Moment;
+use serde::{Deserialize, Serialize};
 
 use log::{debug, error, info, warn};
 
@@ -35,7 +36,7 @@ pub(super) const LOAD_RETRY: Duration = Duration::from_millis(20);
 /// database, a cache) leave the CPUs idle and start all at once; so do
 /// workers on a machine busy with other work (a permanently busy machine
 /// would otherwise hold a large flock at the floor).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub(super) struct LoadGate {
     /// Spawns the last look allows, in this pass.
     allowance: usize,
@@ -91,7 +92,7 @@ impl LoadGate {
 
 /// A slot is a stable worker identity (`SHEEPDOG_WORKER_ID`) that outlives the
 /// processes filling it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(super) struct Slot {
     /// When the slot may be filled again (now for a fresh slot, later after a crash).
     pub next_spawn: Moment,
@@ -100,7 +101,9 @@ pub(super) struct Slot {
     /// Unrequested exits in a row: the exponent of the backoff.
     pub failures: u32,
     pub restarts: u32,
-    /// Why its last worker ended, if one did.
+    /// Why its last worker ended, if one did (by its label; one this build
+    /// does not know is read as none).
+    #[serde(with = "super::tally::maybe_cause")]
     pub last_end: Option<super::tally::Cause>,
 }
 
@@ -117,16 +120,18 @@ impl Slot {
 }
 
 /// Unrequested exits across the flock.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub(super) struct RestartHistory {
     /// Those within the restart window, oldest first.
+    #[serde(rename = "recent_restarts")]
     pub recent: VecDeque<Moment>,
+    #[serde(rename = "total_restarts")]
     pub total: u32,
 }
 
 /// Spawns are rationed by a token bucket, so that no combination of crashing
 /// workers and scaling requests turns into a fork storm.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(super) struct SpawnBudget {
     pub tokens: f64,
     pub capacity: f64,

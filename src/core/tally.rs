@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use crate::clock::Moment;
 
+use std::collections::BTreeMap;
+
 use log::{info, warn};
+use serde::{Deserialize, Serialize};
 
 use super::flock::Flock;
 use super::model::*;
@@ -182,7 +185,8 @@ impl ListenQueue {
 /// A queue full for this many samples in a row (a second apart) is warned of.
 const FULL_SAMPLES: u32 = 3;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(into = "TallyState", from = "TallyState")]
 pub struct Tally {
     /// Workers ended, by cause, in the order of [`Cause::ALL`].
     ended: [u64; Cause::ALL.len()],
@@ -197,6 +201,108 @@ pub struct Tally {
     /// Samples in a row with some queue full.
     full_streak: u32,
     full_warnings: RateLimit,
+}
+
+/// The tally as the hand-over writes it: counts by cause label and by
+/// bucket bound, so that a build with other causes or buckets takes what it
+/// knows (a histogram is only comparable bucket by bucket).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct TallyState {
+    ended: BTreeMap<String, u64>,
+    reloads_ok: u64,
+    reloads_failed: u64,
+    reloads_refused: u64,
+    /// Upper bounds and cumulative counts of the reload-duration histogram.
+    reload_buckets: Vec<(f64, u64)>,
+    reload_count: u64,
+    reload_sum: f64,
+    crash_loops: u64,
+    queues: Vec<(String, u32, u32)>,
+}
+
+impl From<Tally> for TallyState {
+    fn from(tally: Tally) -> TallyState {
+        TallyState {
+            ended: tally
+                .ended_by_cause()
+                .map(|(cause, n)| (cause.label().to_string(), n))
+                .collect(),
+            reloads_ok: tally.reloads_ok,
+            reloads_failed: tally.reloads_failed,
+            reloads_refused: tally.reloads_refused,
+            reload_buckets: RELOAD_BUCKETS
+                .iter()
+                .copied()
+                .zip(tally.reload_seconds.buckets.iter().copied())
+                .collect(),
+            reload_count: tally.reload_seconds.count,
+            reload_sum: tally.reload_seconds.sum,
+            crash_loops: tally.crash_loops,
+            queues: tally
+                .queues
+                .into_iter()
+                .map(|q| (q.address, q.queued, q.backlog))
+                .collect(),
+        }
+    }
+}
+
+impl From<TallyState> for Tally {
+    fn from(state: TallyState) -> Tally {
+        let mut tally = Tally::default();
+        for (label, count) in &state.ended {
+            if let Some(index) = Cause::ALL.iter().position(|c| c.label() == label) {
+                tally.ended[index] = *count;
+            }
+        }
+        tally.reloads_ok = state.reloads_ok;
+        tally.reloads_failed = state.reloads_failed;
+        tally.reloads_refused = state.reloads_refused;
+        let histogram = &mut tally.reload_seconds;
+        for (bucket, bound) in histogram.buckets.iter_mut().zip(RELOAD_BUCKETS) {
+            if let Some((_, count)) = state.reload_buckets.iter().find(|(b, _)| *b == bound) {
+                *bucket = *count;
+            }
+        }
+        histogram.count = state.reload_count;
+        histogram.sum = if state.reload_sum.is_finite() {
+            state.reload_sum
+        } else {
+            0.0
+        };
+        tally.crash_loops = state.crash_loops;
+        tally.queues = state
+            .queues
+            .into_iter()
+            .map(|(address, queued, backlog)| ListenQueue {
+                queue: None,
+                address,
+                queued,
+                backlog,
+            })
+            .collect();
+        tally
+    }
+}
+
+/// A cause written by its label ("crash"); one this build does not know is
+/// read as none.
+pub(super) mod maybe_cause {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::Cause;
+
+    pub fn serialize<S: Serializer>(cause: &Option<Cause>, serializer: S) -> Result<S::Ok, S::Error> {
+        match cause {
+            Some(cause) => serializer.serialize_some(cause.label()),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Cause>, D::Error> {
+        let label = Option::<String>::deserialize(deserializer)?;
+        Ok(label.and_then(|label| Cause::ALL.into_iter().find(|c| c.label() == label)))
+    }
 }
 
 impl Default for Tally {
@@ -230,13 +336,6 @@ impl Tally {
     fn count_end(&mut self, cause: Cause) {
         if let Some(index) = Cause::ALL.iter().position(|c| *c == cause) {
             self.ended[index] += 1;
-        }
-    }
-
-    /// The count of `cause`, as a snapshot had it.
-    pub(super) fn set_ended(&mut self, cause: Cause, count: u64) {
-        if let Some(index) = Cause::ALL.iter().position(|c| *c == cause) {
-            self.ended[index] = count;
         }
     }
 

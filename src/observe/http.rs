@@ -21,7 +21,6 @@ use crate::clock::Moment;
 use log::{debug, warn};
 
 use crate::config::ListenAddr;
-use crate::core::snapshot::{instant_near, relative};
 use crate::error::Error;
 use crate::logging::RateLimit;
 use crate::upgrade::state::{Bytes, FdRecord, HttpClientState, HttpState};
@@ -430,7 +429,7 @@ impl HttpServer {
     }
 
     /// What this server holds, for the binary that takes over.
-    pub fn export(&self, now: Moment) -> HttpState {
+    pub fn export(&self) -> HttpState {
         let (listener, unix) = match &self.endpoint {
             Endpoint::Tcp(l) => (FdRecord::of(l.as_fd()), None),
             Endpoint::Unix(l, path, (dev, ino)) => (FdRecord::of(l.as_fd()), Some((Bytes::path(path), *dev, *ino))),
@@ -444,7 +443,7 @@ impl HttpServer {
                 unix: matches!(c.stream, Stream::Unix(_)),
                 input: Bytes::new(&c.input),
                 output: Bytes::new(&c.output),
-                opened: relative(now, c.opened),
+                opened: c.opened,
                 answered: c.answered,
                 head_only: c.head_only,
             })
@@ -461,7 +460,7 @@ impl HttpServer {
 
     /// The server `state` describes, on the fds it names, which were
     /// checked ([`crate::upgrade::state::check_fds`]) and are taken here.
-    pub fn adopt(state: HttpState, then: Moment) -> HttpServer {
+    pub fn adopt(state: HttpState) -> HttpServer {
         // SAFETY: the fds were handed over for this, checked to be open and
         // the same inodes, and each is owned by exactly one adopter.
         let take = |fd: RawFd| unsafe { OwnedFd::from_raw_fd(fd) };
@@ -484,7 +483,7 @@ impl HttpServer {
                     stream,
                     input: c.input.into_vec(),
                     output: c.output.into_vec(),
-                    opened: instant_near(then, c.opened),
+                    opened: c.opened,
                     answered: c.answered,
                     head_only: c.head_only,
                 };

@@ -201,7 +201,7 @@ impl Os {
     /// can be: every fd is checked first, and what can fail (the new
     /// epoll, signal pipes and handlers) is made before any fd is owned;
     /// an error leaves every handed-over fd open, for a hand-back.
-    pub fn adopt(state: OsState, then: Moment) -> Result<Os, String> {
+    pub fn adopt(state: OsState) -> Result<Os, String> {
         let fds = state.fds();
         check_fds(&fds)?;
         let channel = Channel::named(&state.links.channel)
@@ -222,8 +222,8 @@ impl Os {
             // From a build before queues: one socket per address.
             None => Queues::new(&listeners, crate::config::Spread::RoundRobin, state.inherited),
         };
-        let control = ControlServer::adopt(state.control, then);
-        let http = state.http.map(|h| HttpServer::adopt(h, then));
+        let control = ControlServer::adopt(state.control);
+        let http = state.http.map(HttpServer::adopt);
         let links = Links::adopt(state.links, channel);
         let exe = (!state.exe.as_bytes().is_empty()).then(|| state.exe.to_path());
         let mut os = Os::assemble(plumbing, listeners, queues, control, http, links, exe);
@@ -412,7 +412,7 @@ impl Os {
         }
     }
 
-    fn export(&self, now: Moment, pending_signals: Vec<i32>, signal_mask: Vec<i32>) -> OsState {
+    fn export(&self, pending_signals: Vec<i32>, signal_mask: Vec<i32>) -> OsState {
         let (log_pending, log_dropped) = crate::logging::pending();
         let mut exec_reports: Vec<_> = self.exec_reports.iter().map(|(pid, r)| r.export(*pid)).collect();
         exec_reports.sort_by_key(|r| r.pid);
@@ -424,8 +424,8 @@ impl Os {
             exe: self.exe.as_deref().map_or(Bytes::new(b""), Bytes::path),
             listeners: self.listeners.export(),
             inherited: self.listeners.inherited,
-            control: self.control.export(now),
-            http: self.http.as_ref().map(|h| h.export(now)),
+            control: self.control.export(),
+            http: self.http.as_ref().map(|h| h.export()),
             links: self.links.export(),
             exec_reports,
             workers,
@@ -1064,7 +1064,7 @@ impl System for Os {
     /// execs the binary the probe opened. On failure everything is put back
     /// as it was (the guard, released, goes) and the caught signals are
     /// handled at the next wait.
-    fn hand_over(&mut self, state: SupervisorState, successor: &Successor, now: Moment, taken_at_ns: u64) -> String {
+    fn hand_over(&mut self, state: SupervisorState, successor: &Successor, taken_at: Moment) -> String {
         let Some(file) = self.successor.take() else {
             return "the new binary was not probed".into();
         };
@@ -1072,12 +1072,12 @@ impl System for Os {
         crate::logging::flush();
         let mask = handover::block_signals();
         let signals = self.take_signals();
-        let os = self.export(now, signals.clone(), handover::mask_numbers(&mask));
+        let os = self.export(signals.clone(), handover::mask_numbers(&mask));
         let mut fds: Vec<RawFd> = os.fds().iter().map(|r| r.fd).collect();
         let whole = HandOver {
             format: crate::build::current().state_format,
             from_version: crate::build::version().to_string(),
-            taken_at_ns,
+            taken_at_ns: taken_at.as_nanos(),
             pid: Some(std::process::id()),
             supervisor: state,
             os,

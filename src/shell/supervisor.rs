@@ -23,7 +23,6 @@ use crate::control::protocol::{
     UpgradeStatus, WaitingSlot, WorkerStatus,
 };
 use crate::control::view;
-use crate::core::snapshot::{instant_near, relative};
 use crate::core::tally::RELOAD_BUCKETS;
 use crate::core::{Action, CommandId, Event, Flock, Pid, Policy, Request, Worker, WorkerState};
 use crate::error::ExitClass;
@@ -139,12 +138,11 @@ impl<S: System> Supervisor<S> {
     /// else gives what makes the supervisor once its system is there.
     pub fn prepare(
         state: SupervisorState,
-        then: Moment,
         from_version: String,
         taken_at_ns: u64,
         refused: Option<String>,
     ) -> Result<impl FnOnce(S) -> Supervisor<S>, String> {
-        let flock = Flock::restore(state.flock, then)?;
+        let flock = state.flock.validate()?;
         let mut commands = HashMap::new();
         for (id, command) in state.commands {
             commands.insert(id, WorkerCommand::adopt(command).map_err(|e| e.to_string())?);
@@ -175,7 +173,7 @@ impl<S: System> Supervisor<S> {
                 source,
                 name: state.name,
                 config_path: state.config_path,
-                started: instant_near(then, state.started),
+                started: state.started,
                 next_ticket: state.next_ticket,
                 reload_waiters: state.reload_waiters.into_iter().collect(),
                 ignored_signals: RateLimit::new(20, Duration::from_secs(10)),
@@ -321,8 +319,7 @@ impl<S: System> Supervisor<S> {
             return refuse(self, why);
         }
         let now = self.system.now();
-        let taken_at_ns = now.as_nanos();
-        let state = match self.export(now, client) {
+        let state = match self.export(client) {
             Ok(state) => state,
             Err(why) => return refuse(self, why),
         };
@@ -332,7 +329,7 @@ impl<S: System> Supervisor<S> {
             successor.version,
             successor.path.display()
         );
-        let why = self.system.hand_over(state, &successor, now, taken_at_ns);
+        let why = self.system.hand_over(state, &successor, now);
         refuse(
             self,
             format!("the hand-over to {} failed: {why}", successor.path.display()),
@@ -375,7 +372,7 @@ impl<S: System> Supervisor<S> {
     }
 
     /// Everything the shell and the core hold, as data, relative to `now`.
-    fn export(&self, now: Moment, requester: ClientId) -> Result<SupervisorState, String> {
+    fn export(&self, requester: ClientId) -> Result<SupervisorState, String> {
         let mut commands: Vec<(CommandId, CommandState)> = self
             .commands
             .iter()
@@ -385,7 +382,7 @@ impl<S: System> Supervisor<S> {
         let mut reload_waiters: Vec<(u64, ClientId)> = self.reload_waiters.iter().map(|(t, c)| (*t, *c)).collect();
         reload_waiters.sort_unstable();
         Ok(SupervisorState {
-            flock: self.flock.snapshot(now)?,
+            flock: self.flock.to_hand_over()?,
             commands,
             next_command: self.next_command,
             context: ContextState {
@@ -397,7 +394,7 @@ impl<S: System> Supervisor<S> {
             source: export_source(&self.source),
             name: self.name.clone(),
             config_path: self.config_path.clone(),
-            started: relative(now, self.started),
+            started: self.started,
             next_ticket: self.next_ticket,
             reload_waiters,
             log_level: self.log_level.map(|l| l.to_string()),

@@ -146,10 +146,10 @@ pub trait System {
     /// Asks the binary installed at sheepdog's path what it is (bounded).
     fn probe_successor(&mut self) -> Result<Successor, String>;
     /// Hands the flock over to `successor` under the same pid, with
-    /// `state` (its time points relative to `now`, which is `taken_at_ns`
-    /// on the monotonic clock) and what the system itself holds. Returns
+    /// `state` (its time points written relative to `taken_at`) and what
+    /// the system itself holds. Returns
     /// only if it could not, with why; then nothing has changed.
-    fn hand_over(&mut self, state: SupervisorState, successor: &Successor, now: Moment, taken_at_ns: u64) -> String;
+    fn hand_over(&mut self, state: SupervisorState, successor: &Successor, taken_at: Moment) -> String;
     /// The flock is taken over (the first pass of a binary a hand-over
     /// started is done): the guard that would kill a hung one is released.
     fn settled(&mut self) {}

@@ -12,7 +12,7 @@
 //!    is refused there, and nothing changes.
 //! 2. It blocks every signal (they stay pending across exec), takes those
 //!    already caught, and writes its whole state ([`state::HandOver`]: the
-//!    core's snapshot, the shell's commands and clients, every fd with its
+//!    core's flock as it is, the shell's commands and clients, every fd with its
 //!    inode) into a memfd. Every fd it names loses close-on-exec.
 //! 3. It execs the binary at its path with its own argv, and the memfd and
 //!    an fd onto its own (old) executable named in `SHEEPDOG_UPGRADE`. If

@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::snapshot::At;
-use crate::core::{CommandId, FlockState, Pid};
+use crate::clock::{Moment, relative_to};
+use crate::core::{CommandId, Flock, Pid};
 
 /// The most state a reader takes: 4096 workers with their channels fill a
 /// few MiB.
@@ -130,6 +130,10 @@ pub struct Header {
     pub format: u32,
     /// The version of the binary that wrote it.
     pub from_version: String,
+    /// The origin of the state's time points (absent: the header alone
+    /// tells the format, and a state without it does not parse).
+    #[serde(default)]
+    pub taken_at_ns: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -137,7 +141,7 @@ pub struct HandOver {
     pub format: u32,
     pub from_version: String,
     /// CLOCK_MONOTONIC, in nanoseconds, when the old binary handled its
-    /// last event: every `At` in the state is relative to it.
+    /// last event: every time point in the state is written relative to it.
     pub taken_at_ns: u64,
     /// The supervisor's pid: a binary in another process (a wrapper that
     /// forks instead of exec'ing) must not take over workers it is not the
@@ -151,7 +155,7 @@ pub struct HandOver {
 /// The supervisor's own part: the flock, and what the shell keeps beside it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SupervisorState {
-    pub flock: FlockState,
+    pub flock: Flock,
     pub commands: Vec<(CommandId, CommandState)>,
     pub next_command: CommandId,
     pub context: ContextState,
@@ -159,7 +163,7 @@ pub struct SupervisorState {
     pub name: String,
     pub config_path: Option<String>,
     /// When the supervisor first started (its uptime goes on).
-    pub started: At,
+    pub started: Moment,
     pub next_ticket: u64,
     /// Control clients waiting for a reload's outcome, by ticket.
     pub reload_waiters: Vec<(u64, u64)>,
@@ -298,7 +302,7 @@ pub struct ClientState {
     pub fd: FdRecord,
     pub input: Bytes,
     pub output: Bytes,
-    pub opened: At,
+    pub opened: Moment,
     pub answered: bool,
     pub closing: bool,
     pub after_request: usize,
@@ -321,7 +325,7 @@ pub struct HttpClientState {
     pub unix: bool,
     pub input: Bytes,
     pub output: Bytes,
-    pub opened: At,
+    pub opened: Moment,
     pub answered: bool,
     pub head_only: bool,
 }
@@ -395,7 +399,7 @@ impl OsState {
 
 impl HandOver {
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+        relative_to(Moment::from_nanos(self.taken_at_ns), || serde_json::to_vec(self)).unwrap_or_default()
     }
 
     /// Reads a hand-over of `format`: the header first, so that another
@@ -412,7 +416,8 @@ impl HandOver {
                 header.format, header.from_version
             ));
         }
-        serde_json::from_slice(bytes).map_err(|e| format!("the state of format {format} does not parse: {e}"))
+        relative_to(Moment::from_nanos(header.taken_at_ns), || serde_json::from_slice(bytes))
+            .map_err(|e| format!("the state of format {format} does not parse: {e}"))
     }
 }
 

@@ -107,9 +107,9 @@ fn a_worker_that_never_took_connections_is_signalled_at_once() {
 #[test]
 fn a_drain_survives_a_hand_over_and_still_ends_in_the_stop_signal() {
     let (h, old) = draining_slot_0(1);
-    let state = h.flock.snapshot(h.now).unwrap();
+    let state = super::snapshot::state_of(&h.flock, h.now).unwrap();
     let json = serde_json::to_string(&state).unwrap();
-    let mut restored = Flock::restore(serde_json::from_str(&json).unwrap(), h.now).unwrap();
+    let mut restored = super::snapshot::restore(serde_json::from_str(&json).unwrap(), h.now).unwrap();
     assert!(restored.workers().iter().any(|w| w.pid == old && w.draining));
     let actions = restored.handle(h.now, Event::Drained { pid: old });
     assert!(actions.contains(&Action::Signal {

@@ -1,9 +1,22 @@
-//! The flock as data: a flock restored from its snapshot (through JSON, as
+//! The flock as data: a flock restored from its state (through JSON, as
 //! the upgrade hands it over) behaves as the original would have, with every
 //! time point shifted by the hand-over.
 
 use super::*;
-use crate::core::snapshot::{FlockState, StateRecord};
+use crate::clock::relative_to;
+use serde_json::Value;
+
+/// The flock's state as the hand-over writes it, time points relative to `now`.
+pub(super) fn state_of(flock: &Flock, now: Moment) -> Result<Value, String> {
+    let flock = flock.to_hand_over()?;
+    Ok(relative_to(now, || serde_json::to_value(&flock)).unwrap())
+}
+
+/// The flock `state` describes, its time points read relative to `now`.
+pub(super) fn restore(state: Value, now: Moment) -> Result<Flock, String> {
+    let flock: Flock = relative_to(now, || serde_json::from_value(state)).map_err(|e| e.to_string())?;
+    flock.validate()
+}
 
 /// The hand-over's gap: the restored flock's clock reads this much later.
 const GAP: Duration = Duration::from_millis(37);
@@ -44,13 +57,13 @@ fn busy() -> Harness {
 
 /// The twin of `h` restored from its snapshot, its clock `GAP` later.
 fn twin(h: &Harness) -> Harness {
-    let state = h.flock.snapshot(h.now).expect("a running flock has a snapshot");
+    let state = state_of(&h.flock, h.now).expect("a running flock has a state");
     let json = serde_json::to_string(&state).unwrap();
-    let read: FlockState = serde_json::from_str(&json).unwrap();
+    let read: Value = serde_json::from_str(&json).unwrap();
     assert_eq!(read, state, "the state survives JSON unchanged");
     let now = h.now + GAP;
     Harness {
-        flock: Flock::restore(read, now).expect("the snapshot restores"),
+        flock: restore(read, now).expect("the state restores"),
         t0: h.t0 + GAP,
         now,
         next_pid: h.next_pid,
@@ -102,8 +115,8 @@ fn a_restored_flock_acts_as_the_original_would_have() {
     let mut original = busy();
     let mut restored = twin(&original);
     assert_eq!(
-        restored.flock.snapshot(restored.now),
-        original.flock.snapshot(original.now),
+        state_of(&restored.flock, restored.now),
+        state_of(&original.flock, original.now),
         "restoring is the inverse of the snapshot"
     );
     assert_eq!(restored.flock.status_line(), original.flock.status_line());
@@ -128,8 +141,8 @@ fn a_restored_flock_acts_as_the_original_would_have() {
         after.extend(b);
     }
     assert_eq!(
-        restored.flock.snapshot(restored.now),
-        original.flock.snapshot(original.now)
+        state_of(&restored.flock, restored.now),
+        state_of(&original.flock, original.now)
     );
     // The world was eventful enough to tell: the hung worker was killed,
     // the reload ended, and workers were recycled by age.
@@ -149,23 +162,29 @@ fn a_restored_flock_acts_as_the_original_would_have() {
 #[test]
 fn time_points_are_relative_to_the_snapshot() {
     let h = busy();
-    let state = h.flock.snapshot(h.now).unwrap();
-    let slot0 = &state.slots[0];
-    assert_eq!((slot0.restarts, slot0.failures), (2, 2));
-    assert_eq!(slot0.last_end.as_deref(), Some("crash"));
-    assert!(state.rollout.is_some());
-    assert!(state.timers.next_watchdog > 0 && state.timers.last_pass <= 0);
-    for worker in &state.workers {
-        assert!(worker.started_at <= 0, "started before the snapshot");
-        if let StateRecord::Ready { since, .. } = worker.state {
-            assert!(since <= 0 && since >= worker.started_at);
+    let state = state_of(&h.flock, h.now).unwrap();
+    let slot0 = &state["slots"][0];
+    assert_eq!(
+        (&slot0["restarts"], &slot0["failures"]),
+        (&Value::from(2), &Value::from(2))
+    );
+    assert_eq!(slot0["last_end"], "crash");
+    assert!(state["rollout"].is_object());
+    let at = |v: &Value| v.as_i64().expect("a time point is a signed number");
+    assert!(at(&state["timers"]["next_watchdog"]) > 0 && at(&state["timers"]["last_pass"]) <= 0);
+    let workers = state["workers"].as_array().unwrap();
+    for worker in workers {
+        let started_at = at(&worker["started_at"]);
+        assert!(started_at <= 0, "started before the snapshot");
+        if worker["state"]["is"] == "ready" {
+            let since = at(&worker["state"]["since"]);
+            assert!(since <= 0 && since >= started_at);
         }
     }
     assert!(
-        state
-            .workers
+        workers
             .iter()
-            .any(|w| matches!(w.state, StateRecord::Ready { retiring: Some(_), .. })),
+            .any(|w| w["state"]["is"] == "ready" && !w["state"]["retiring"].is_null()),
         "the fat worker and the reload's old ones are retiring"
     );
 }
@@ -174,51 +193,63 @@ fn time_points_are_relative_to_the_snapshot() {
 fn a_stopping_flock_has_no_snapshot() {
     let mut h = Harness::ready(policy(2));
     h.feed(Event::Request(Request::Stop));
-    assert_eq!(h.flock.snapshot(h.now).unwrap_err(), "the supervisor is stopping");
+    assert_eq!(state_of(&h.flock, h.now).unwrap_err(), "the supervisor is stopping");
 }
 
 #[test]
 fn a_state_that_cannot_be_is_refused_not_restored() {
     let h = busy();
-    let good = h.flock.snapshot(h.now).unwrap();
-    type Breakage = Box<dyn Fn(&mut FlockState)>;
+    let good = state_of(&h.flock, h.now).unwrap();
+    let duration = |d: Duration| serde_json::to_value(d).unwrap();
+    type Breakage = Box<dyn Fn(&mut Value)>;
     let cases: Vec<(&str, Breakage)> = vec![
-        ("generation 0", Box::new(|s| s.generation = 0)),
-        ("workers desired", Box::new(|s| s.desired = 0)),
-        ("out of range", Box::new(|s| s.workers[0].started_at = i64::MIN)),
-        ("out of range", Box::new(|s| s.timers.next_ping = i64::MAX)),
-        ("twice", Box::new(|s| s.workers[1].pid = s.workers[0].pid)),
-        ("pid of 0 or 1", Box::new(|s| s.workers[0].pid = 1)),
+        ("generation 0", Box::new(|s| s["generation"] = 0.into())),
+        ("workers desired", Box::new(|s| s["desired"] = 0.into())),
         (
-            "readiness \"carrier-pigeon\"",
-            Box::new(|s| s.policy.readiness = "carrier-pigeon".into()),
+            "out of range",
+            Box::new(|s| s["workers"][0]["started_at"] = i64::MIN.into()),
         ),
-        ("not a signal", Box::new(|s| s.policy.stop_signal = "SIGNOPE".into())),
-        ("zero", Box::new(|s| s.policy.memory_interval = Duration::ZERO)),
-        ("spawn budget", Box::new(|s| s.budget.tokens = f64::NAN)),
+        ("out of range", Box::new(|s| s["timers"]["next_ping"] = i64::MAX.into())),
+        (
+            "twice",
+            Box::new(|s| s["workers"][1]["pid"] = s["workers"][0]["pid"].clone()),
+        ),
+        ("pid of 0 or 1", Box::new(|s| s["workers"][0]["pid"] = 1.into())),
+        (
+            "unknown variant `carrier-pigeon`",
+            Box::new(|s| s["policy"]["readiness"] = "carrier-pigeon".into()),
+        ),
+        (
+            "not a signal",
+            Box::new(|s| s["policy"]["stop_signal"] = "SIGNOPE".into()),
+        ),
+        (
+            "zero",
+            Box::new(move |s| s["policy"]["memory_interval"] = duration(Duration::ZERO)),
+        ),
+        ("spawn budget", Box::new(|s| s["budget"]["tokens"] = (-1.0).into())),
         // A watchdog of u64::MAX seconds once passed, and the first pass
-        // panicked on the overflow of an Moment.
+        // panicked on the overflow of an Instant.
         (
             "watchdog of 18446744073709551615s cannot be",
-            Box::new(|s| s.policy.watchdog = Some(Duration::from_secs(u64::MAX))),
+            Box::new(move |s| s["policy"]["watchdog"] = duration(Duration::from_secs(u64::MAX))),
         ),
-        ("stop_timeout of", Box::new(|s| s.policy.stop_timeout = Duration::MAX)),
+        (
+            "stop_timeout of",
+            Box::new(move |s| s["policy"]["stop_timeout"] = duration(Duration::MAX)),
+        ),
         (
             "heartbeat timeout of",
-            Box::new(|s| {
-                if let Some(h) = &mut s.policy.heartbeat {
-                    h.timeout = Duration::from_secs(1 << 40);
-                }
-            }),
+            Box::new(move |s| s["policy"]["heartbeat"]["timeout"] = duration(Duration::from_secs(1 << 40))),
         ),
     ];
     for (says, break_it) in cases {
         let mut state = good.clone();
         break_it(&mut state);
-        let error = Flock::restore(state, h.now).err().expect("refused");
+        let error = restore(state, h.now).expect_err("refused");
         assert!(error.contains(says), "{says}: {error}");
     }
-    assert!(Flock::restore(good, h.now).is_ok());
+    assert!(restore(good, h.now).is_ok());
 }
 
 #[test]
@@ -239,7 +270,7 @@ fn every_field_survives_the_round_trip() {
         message: "refused".into(),
     });
     let copy = twin(&h);
-    assert_eq!(copy.flock.snapshot(copy.now), h.flock.snapshot(h.now));
+    assert_eq!(state_of(&copy.flock, copy.now), state_of(&h.flock, h.now));
     assert_eq!(copy.flock.recycled(), 3);
     assert_eq!(copy.flock.tally().crash_loops, 1);
 }

@@ -59,7 +59,7 @@ struct Fake {
     /// What the binary at sheepdog's path says it is, when probed.
     successor: Result<Successor, String>,
     /// What the last hand-over was given (it never execs: it fails, saying so).
-    handed: Option<(SupervisorState, Moment, u64)>,
+    handed: Option<(SupervisorState, Moment)>,
 }
 
 impl Fake {
@@ -191,9 +191,9 @@ impl System for Fake {
         self.successor.clone()
     }
 
-    fn hand_over(&mut self, state: SupervisorState, _successor: &Successor, now: Moment, taken_at_ns: u64) -> String {
+    fn hand_over(&mut self, state: SupervisorState, _successor: &Successor, taken_at: Moment) -> String {
         self.effects.push(Effect::HandOver);
-        self.handed = Some((state, now, taken_at_ns));
+        self.handed = Some((state, taken_at));
         "the fake does not exec".into()
     }
 }

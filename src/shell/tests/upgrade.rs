@@ -27,23 +27,16 @@ fn failure_to(effects: &[Effect], client: ClientId) -> String {
 }
 
 /// The state the last hand-over was given, and its moment.
-fn handed(h: &mut Harness) -> (SupervisorState, Moment, u64) {
+fn handed(h: &mut Harness) -> (SupervisorState, Moment) {
     h.supervisor.system_mut().handed.take().expect("a hand-over")
 }
 
 /// The supervisor a new binary makes of `state`, its clock `gap` later.
-fn take_over(
-    h: &Harness,
-    (state, now, taken_at_ns): (SupervisorState, Moment, u64),
-    gap: Duration,
-) -> Supervisor<Fake> {
+fn take_over(h: &Harness, (state, now): (SupervisorState, Moment), gap: Duration) -> Supervisor<Fake> {
     let mut fake = Fake::new(h.t0);
     fake.now = now + gap;
     fake.next_pid = 500;
-    // As the new binary reckons it: the moment of the snapshot on its clock.
-    let then = Moment::from_nanos(taken_at_ns);
-    assert_eq!(then, now);
-    let prepared = Supervisor::<Fake>::prepare(state, then, "0.0.1".into(), taken_at_ns, None);
+    let prepared = Supervisor::<Fake>::prepare(state, "0.0.1".into(), now.as_nanos(), None);
     prepared.expect("the state is taken")(fake)
 }
 
@@ -187,11 +180,11 @@ fn one_upgrade_at_a_time() {
 fn a_state_handed_back_is_carried_on_and_the_client_told_why() {
     let mut h = Harness::serving("[\"true\", \"one\"]", "");
     h.pass_at(2000 * MS, vec![ask(Command::Upgrade, REQUESTER)]);
-    let (state, now, taken_at_ns) = handed(&mut h);
+    let (state, now) = handed(&mut h);
     let mut fake = Fake::new(h.t0);
     fake.now = now + 20 * MS;
     let why = Some("sheepdog 9.9.9 cannot take the flock over: an fd is not what the state says".into());
-    let prepared = Supervisor::<Fake>::prepare(state, now, "0.1.0".into(), taken_at_ns, why);
+    let prepared = Supervisor::<Fake>::prepare(state, "0.1.0".into(), now.as_nanos(), why);
     let mut back = prepared.unwrap()(fake);
     back.pass(vec![]);
     let why = failure_to(&back.system().effects, REQUESTER);
@@ -255,7 +248,7 @@ fn the_state_reads_back_whole_and_anything_less_is_refused() {
     use crate::upgrade::state::HandOver;
     let mut h = Harness::serving("[\"true\", \"one\"]", "");
     h.pass_at(2000 * MS, vec![ask(Command::Upgrade, REQUESTER)]);
-    let (state, _, _) = handed(&mut h);
+    let (state, _) = handed(&mut h);
     let whole = framed(state);
     let bytes = whole.encode();
     let format = crate::build::STATE_FORMAT;
@@ -301,7 +294,7 @@ fn the_states_written_by_release_0_1_0_are_taken_whole() {
         assert_eq!(handover.os.workers.len(), 2, "{name}");
         assert!(handover.os.outputs.is_none(), "0.1.0 had no output pipes: {name}");
         let t0 = crate::core::tests::T0;
-        let prepared = Supervisor::<Fake>::prepare(handover.supervisor, t0, "0.1.0".into(), handover.taken_at_ns, None)
+        let prepared = Supervisor::<Fake>::prepare(handover.supervisor, "0.1.0".into(), handover.taken_at_ns, None)
             .unwrap_or_else(|why| panic!("{name}: {why}"));
         let supervisor = prepared(Fake::new(t0));
         let flock = supervisor.flock();
