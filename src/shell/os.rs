@@ -1131,6 +1131,9 @@ impl System for Os {
         // Nothing a worker started outlives the flock, not even what left
         // its process group: it would keep the port from the next sheepdog.
         self.sweep_orphans(true);
+        if let Some(outputs) = &mut self.outputs {
+            outputs.read_rest(Moment::now());
+        }
         self.links.cleanup();
         self.control.cleanup();
         if let Some(http) = &mut self.http {

@@ -172,6 +172,23 @@ impl Outputs {
         outcome
     }
 
+    /// At the supervisor's exit: what every pipe still holds is passed on
+    /// (a worker's last lines, written as it stopped, would otherwise be
+    /// lost), up to a bound per pipe rather than the throttle's share.
+    pub fn read_rest(&mut self, now: Moment) {
+        const WINDOWS_AT_EXIT: usize = 16;
+        for pid in self.pids() {
+            for _ in 0..WINDOWS_AT_EXIT {
+                if let Some(output) = self.by_pid.get_mut(&pid) {
+                    output.window = (now, 0);
+                }
+                if !matches!(self.read(pid, now), Read::Throttled(_)) {
+                    break;
+                }
+            }
+        }
+    }
+
     /// Passes a worker's lines on in one write to the outlet, and keeps them.
     fn pass_on(&mut self, slot: usize, pid: Pid, lines: &[Vec<u8>]) {
         if lines.is_empty() {
@@ -334,5 +351,26 @@ mod tests {
         outputs.read(7, now);
         assert_eq!(outputs.recent(usize::MAX, None, None).len(), KEPT_LINES);
         assert_eq!(outputs.last_seq(), (KEPT_LINES + 6) as u64);
+    }
+
+    #[test]
+    fn at_exit_what_a_pipe_holds_is_passed_on_whatever_the_throttle() {
+        let mut outputs = Outputs::new("app");
+        let (read, write) = Outputs::pipe().unwrap();
+        outputs.attach(5, 2, read);
+        let mut writer = std::fs::File::from(write);
+        for _ in 0..BYTES_PER_WINDOW / 2 {
+            writer.write_all(b"y\n").unwrap();
+        }
+        writer.write_all(b"graceful stop done\n").unwrap();
+        drop(writer);
+        let now = Moment::now();
+        assert!(
+            matches!(outputs.read(5, now), Read::Throttled(_)),
+            "a flood is throttled"
+        );
+        outputs.read_rest(now);
+        assert_eq!(outputs.recent(1, None, None)[0].line, "graceful stop done");
+        assert!(outputs.pids().is_empty(), "read to its end");
     }
 }
