@@ -95,6 +95,14 @@ impl Moment {
     }
 }
 
+/// Milliseconds since the epoch, now: the wall clock, for what a person
+/// reads (when the last upgrade was), never for a deadline.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 fn nanos(span: Duration) -> u64 {
     u64::try_from(span.as_nanos()).unwrap_or(u64::MAX)
 }

@@ -67,6 +67,7 @@ pub mod spread;
 pub mod systemd;
 pub mod text;
 pub mod upgrade;
+pub mod wire;
 pub mod worker;
 
 /// Human units ("500ms", "700MiB"), used across the crate.

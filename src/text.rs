@@ -99,6 +99,19 @@ pub fn civil_date(days: u64) -> (i64, i64, i64) {
     (yoe + era * 400 + i64::from(month <= 2), month, day)
 }
 
+/// "14:02:11 UTC on 2026-12-05", from milliseconds since the epoch.
+pub fn format_utc(unix_ms: u64) -> String {
+    let seconds = unix_ms / 1000;
+    let (days, of_day) = (seconds / 86_400, seconds % 86_400);
+    let (year, month, day) = civil_date(days);
+    format!(
+        "{:02}:{:02}:{:02} UTC on {year}-{month:02}-{day:02}",
+        of_day / 3600,
+        of_day % 3600 / 60,
+        of_day % 60
+    )
+}
+
 /// Seconds since the epoch as `2026-12-07T02:33:00.104Z` (UTC).
 pub fn utc(seconds: f64) -> String {
     let total_ms = (seconds.max(0.0) * 1000.0).round() as u64;
@@ -115,6 +128,15 @@ pub fn utc(seconds: f64) -> String {
 
 #[cfg(test)]
 mod utc_tests {
+    #[test]
+    fn wall_clock_times_read_as_utc() {
+        use super::format_utc;
+        assert_eq!(format_utc(0), "00:00:00 UTC on 1970-01-01");
+        // `date -u -d @1796479331` says Sat Dec 5 14:02:11 UTC 2026.
+        assert_eq!(format_utc(1_796_479_331_250), "14:02:11 UTC on 2026-12-05");
+        assert_eq!(format_utc(951_782_400_000), "00:00:00 UTC on 2000-02-29");
+    }
+
     #[test]
     fn utc_times_are_iso_8601() {
         assert_eq!(super::utc(0.0), "1970-01-01T00:00:00.000Z");

@@ -24,7 +24,9 @@ use nix::sys::socket::{self, sockopt};
 use super::protocol::{Command, Reply, parse_request};
 use crate::error::Error;
 use crate::logging::RateLimit;
-use crate::upgrade::state::{Bytes, ClientState, ControlState, FdRecord};
+use serde::{Deserialize, Serialize};
+
+use crate::wire::{Bytes, FdRecord};
 const MAX_REQUEST: usize = 64 * 1024;
 /// What a client may send after its request (a stray newline, say) before
 /// it is disconnected: a reload waiter streaming bytes would otherwise keep
@@ -481,7 +483,7 @@ impl ControlServer {
     }
 
     /// The server `state` describes, on the fds it names, which were
-    /// checked ([`crate::upgrade::state::check_fds`]) and are taken here.
+    /// checked (by the reader of the hand-over) and are taken here.
     pub fn adopt(state: ControlState) -> ControlServer {
         // SAFETY: the fds were handed over for this, checked to be open and
         // the same inodes, and each is owned by exactly one adopter.
@@ -607,6 +609,30 @@ fn bind_socket(path: &Path) -> Result<UnixListener, BindError> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(describe)?;
     listener.set_nonblocking(true).map_err(describe)?;
     Ok(listener)
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ControlState {
+    pub listener: FdRecord,
+    pub path: Bytes,
+    pub identity: (u64, u64),
+    pub clients: Vec<ClientState>,
+    pub next_client: u64,
+    /// A private directory made for the socket (absent from a build before it).
+    #[serde(default)]
+    pub made_dir: Option<Bytes>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClientState {
+    pub id: u64,
+    pub fd: FdRecord,
+    pub input: Bytes,
+    pub output: Bytes,
+    pub opened: Moment,
+    pub answered: bool,
+    pub closing: bool,
+    pub after_request: usize,
 }
 
 #[cfg(test)]

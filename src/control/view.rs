@@ -18,14 +18,14 @@ pub fn render(report: &StatusReport) -> String {
         sup.restarts,
     );
     if let Some(upgraded) = &sup.upgraded {
-        let ago = (crate::upgrade::unix_ms() as f64 / 1000.0 - upgraded.at_unix_s).max(0.0);
+        let ago = (crate::clock::unix_ms() as f64 / 1000.0 - upgraded.at_unix_s).max(0.0);
         let blind = upgraded
             .blind_ms
             .map_or(String::new(), |ms| format!(", events unhandled for {ms:.1} ms"));
         out += &format!(
             "upgraded in place from {} at {} ({} ago{blind}); {} upgrade{} since start\n",
             upgraded.from,
-            crate::upgrade::format_utc((upgraded.at_unix_s * 1000.0) as u64),
+            crate::text::format_utc((upgraded.at_unix_s * 1000.0) as u64),
             age(Some(ago)),
             upgraded.count,
             if upgraded.count == 1 { "" } else { "s" }
@@ -395,7 +395,7 @@ mod tests {
     fn an_upgraded_supervisor_says_from_what_and_when() {
         let mut sup = supervisor("myapp", 42, 3725.0, None);
         sup["version"] = "0.2.0".into();
-        let an_hour_ago = crate::upgrade::unix_ms() as f64 / 1000.0 - 3600.0;
+        let an_hour_ago = crate::clock::unix_ms() as f64 / 1000.0 - 3600.0;
         sup["upgraded"] = serde_json::json!({"count": 2, "from": "0.1.0", "at_unix_s": an_hour_ago, "blind_ms": 3.42});
         let text = render(&report(
             serde_json::json!({"v": 1, "ok": true, "supervisor": sup, "workers": []}),

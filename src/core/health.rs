@@ -11,7 +11,6 @@ use super::flock::{Flock, seconds, sigkill};
 use super::model::*;
 use crate::config::{Channel, Readiness};
 use crate::units::{format_duration, format_size};
-use crate::worker::channel::WorkerMessage;
 
 /// How long after its start a worker is looked at for ports of its own:
 /// when 1 s old, then 2, 4, 8, 16 and 32 s (at the memory check after each),

@@ -10,7 +10,6 @@ use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Channel, HeartbeatPolicy, MemoryMeasure, Readiness, RecyclePolicy, RestartPolicy, Settings};
-use crate::worker::channel::WorkerMessage;
 
 pub type Pid = i32;
 
@@ -210,6 +209,25 @@ pub enum Action {
         code: i32,
         reason: String,
     },
+}
+
+/// What a worker said, over whichever channel it has (the shell parses
+/// sd_notify datagrams and Node IPC lines into these).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkerMessage {
+    /// `READY=1`, or `'ready'` over IPC.
+    Ready,
+    /// `WATCHDOG=1`, or any other IPC message (the reply to a ping).
+    Heartbeat,
+    /// `WATCHDOG=trigger`: the worker asks to be treated as hung.
+    WatchdogTrigger,
+    /// `STOPPING=1`, `'stopping'` or `{act: 'suicide'}`: it is leaving; start
+    /// its replacement now.
+    Stopping,
+    Status(String),
+    Errno(i32),
+    /// The worker closed its Node IPC channel.
+    ChannelClosed,
 }
 
 /// The policy the core applies; a projection of `Settings`.

@@ -23,7 +23,9 @@ use log::{debug, warn};
 use crate::config::ListenAddr;
 use crate::error::Error;
 use crate::logging::RateLimit;
-use crate::upgrade::state::{Bytes, FdRecord, HttpClientState, HttpState};
+use serde::{Deserialize, Serialize};
+
+use crate::wire::{Bytes, FdRecord};
 
 const MAX_HEAD: usize = 8 * 1024;
 const MAX_HEADERS: usize = 32;
@@ -459,7 +461,7 @@ impl HttpServer {
     }
 
     /// The server `state` describes, on the fds it names, which were
-    /// checked ([`crate::upgrade::state::check_fds`]) and are taken here.
+    /// checked (by the reader of the hand-over) and are taken here.
     pub fn adopt(state: HttpState) -> HttpServer {
         // SAFETY: the fds were handed over for this, checked to be open and
         // the same inodes, and each is owned by exactly one adopter.
@@ -583,6 +585,28 @@ fn encode(response: &HttpResponse, head_only: bool) -> Vec<u8> {
         out.extend_from_slice(response.body.as_bytes());
     }
     out
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HttpState {
+    pub listener: FdRecord,
+    /// A unix endpoint's socket file: path, device, inode.
+    pub unix: Option<(Bytes, u64, u64)>,
+    pub address: String,
+    pub clients: Vec<HttpClientState>,
+    pub next_client: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HttpClientState {
+    pub id: u64,
+    pub fd: FdRecord,
+    pub unix: bool,
+    pub input: Bytes,
+    pub output: Bytes,
+    pub opened: Moment,
+    pub answered: bool,
+    pub head_only: bool,
 }
 
 #[cfg(test)]

@@ -156,7 +156,7 @@ impl<S: System> Supervisor<S> {
         if refused.is_none() {
             upgrades.count += 1;
             upgrades.from = Some(from_version.clone());
-            upgrades.at_unix_ms = Some(crate::upgrade::unix_ms());
+            upgrades.at_unix_ms = Some(crate::clock::unix_ms());
         }
         Ok(move |system: S| {
             let mut supervisor = Supervisor {
@@ -199,7 +199,7 @@ impl<S: System> Supervisor<S> {
             (Some(from), Some(at)) => Some(format!(
                 "sheepdog {}, upgraded from {from} at {}",
                 crate::build::version(),
-                crate::upgrade::format_utc(at)
+                crate::text::format_utc(at)
             )),
             _ => None,
         };

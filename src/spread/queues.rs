@@ -22,7 +22,9 @@ use super::bpf::{self, RoundRobin};
 use crate::config::Spread;
 use crate::core::Pid;
 use crate::systemd::sockets::Listeners;
-use crate::upgrade::state::{FdRecord, GroupState, SpreadState};
+use serde::{Deserialize, Serialize};
+
+use crate::wire::FdRecord;
 
 /// How long a queue must have been closed before it can count as empty: a
 /// connection steered to it just before (its handshake under way) lands in
@@ -599,6 +601,34 @@ impl Queues {
             mode,
         })
     }
+}
+
+/// The queues of the flock (`spread::queues`), for the binary that takes over.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpreadState {
+    pub groups: Vec<GroupState>,
+    /// Which queue each worker accepts from.
+    pub assigned: Vec<(Pid, usize)>,
+    /// What the steering had counted for a worker's queue when it was given it.
+    #[serde(default)]
+    pub steered_before: Vec<(Pid, u64)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupState {
+    /// Queue `q`'s socket: an index into `OsState::listeners`.
+    pub members: Vec<usize>,
+    /// The queues in the kernel's group order.
+    #[serde(default)]
+    pub order: Vec<usize>,
+    /// "round-robin", "random" or "shared".
+    pub steering: String,
+    pub growable: bool,
+    /// The round robin's map and program.
+    pub map: Option<FdRecord>,
+    pub program: Option<FdRecord>,
+    /// The map's layout version.
+    pub layout: u32,
 }
 
 #[cfg(test)]

@@ -21,7 +21,9 @@ use nix::sys::socket::{
 use crate::config::ListenAddr;
 use crate::core::ListenQueue;
 use crate::error::Error;
-use crate::upgrade::state::{Bytes, FdRecord, ListenerState};
+use serde::{Deserialize, Serialize};
+
+use crate::wire::{Bytes, FdRecord};
 
 #[derive(Debug)]
 pub struct Listener {
@@ -382,7 +384,7 @@ impl Listeners {
     }
 
     /// The listeners `state` describes, on the fds it names, which were
-    /// checked ([`crate::upgrade::state::check_fds`]) and are taken here.
+    /// checked (by the reader of the hand-over) and are taken here.
     pub fn adopt(state: Vec<ListenerState>, inherited: bool) -> Listeners {
         let sockets = state
             .into_iter()
@@ -675,6 +677,18 @@ fn socket_is_live(path: &Path) -> Result<bool, Errno> {
         Err(Errno::ECONNREFUSED) => Ok(false),
         Err(e) => Err(e),
     }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ListenerState {
+    pub fd: FdRecord,
+    pub name: Option<String>,
+    pub address: String,
+    /// A socket file sheepdog bound: path, device, inode.
+    pub owned_path: Option<(Bytes, u64, u64)>,
+    /// The backlog it is given back (absent from a build before it).
+    #[serde(default)]
+    pub backlog: Option<u32>,
 }
 
 #[cfg(test)]

@@ -37,7 +37,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// Where a binary taking over finds its state: `state=FD,exe=FD`.
-pub const ENV: &str = "SHEEPDOG_UPGRADE";
+pub const ENV: &str = crate::wire::STATE_ENV;
 /// Set by a new binary handing the state back: why it could not take it.
 pub const ENV_REFUSED: &str = "SHEEPDOG_UPGRADE_REFUSED";
 /// The longest the supervisor waits for a new binary's probe (its loop
@@ -74,37 +74,9 @@ pub fn own_path() -> Option<PathBuf> {
     Some(invoked.filter(same).unwrap_or(exe))
 }
 
-/// "14:02:11 UTC on 2026-12-05", from milliseconds since the epoch.
-pub fn format_utc(unix_ms: u64) -> String {
-    let seconds = unix_ms / 1000;
-    let (days, of_day) = (seconds / 86_400, seconds % 86_400);
-    let (year, month, day) = crate::text::civil_date(days);
-    format!(
-        "{:02}:{:02}:{:02} UTC on {year}-{month:02}-{day:02}",
-        of_day / 3600,
-        of_day % 3600 / 60,
-        of_day % 60
-    )
-}
-
-/// Milliseconds since the epoch, now.
-pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn wall_clock_times_read_as_utc() {
-        assert_eq!(format_utc(0), "00:00:00 UTC on 1970-01-01");
-        // `date -u -d @1796479331` says Sat Dec 5 14:02:11 UTC 2026.
-        assert_eq!(format_utc(1_796_479_331_250), "14:02:11 UTC on 2026-12-05");
-        assert_eq!(format_utc(951_782_400_000), "00:00:00 UTC on 2000-02-29");
-    }
 
     #[test]
     fn the_own_path_is_the_test_binary() {

@@ -13,116 +13,24 @@
 //! taking any: a state that does not match the fds the process holds is
 //! refused whole, with nothing taken.
 
-use std::ffi::{OsStr, OsString};
 use std::os::fd::{BorrowedFd, RawFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::clock::{Moment, relative_to};
+pub use crate::control::server::{ClientState, ControlState};
 use crate::core::{CommandId, Flock, Pid};
+pub use crate::observe::http::{HttpClientState, HttpState};
+pub use crate::spread::queues::{GroupState, SpreadState};
+pub use crate::systemd::sockets::ListenerState;
+pub use crate::wire::{Bytes, FdRecord};
+pub use crate::worker::links::{LinkChannel, LinkState, LinksState};
+pub use crate::worker::spawn::{CommandState, ExecReportState};
 
 /// The most state a reader takes: 4096 workers with their channels fill a
 /// few MiB.
 pub const MAX_STATE: usize = 256 << 20;
-
-/// Bytes that are usually text (paths, environment entries): a string when
-/// they are UTF-8, an array of numbers otherwise.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum Bytes {
-    Text(String),
-    Raw(Vec<u8>),
-}
-
-impl Bytes {
-    pub fn new(bytes: &[u8]) -> Bytes {
-        match std::str::from_utf8(bytes) {
-            Ok(text) => Bytes::Text(text.to_string()),
-            Err(_) => Bytes::Raw(bytes.to_vec()),
-        }
-    }
-
-    pub fn path(path: &Path) -> Bytes {
-        Bytes::new(path.as_os_str().as_bytes())
-    }
-
-    pub fn as_bytes(&self) -> &[u8] {
-        match self {
-            Bytes::Text(text) => text.as_bytes(),
-            Bytes::Raw(raw) => raw,
-        }
-    }
-
-    pub fn into_vec(self) -> Vec<u8> {
-        match self {
-            Bytes::Text(text) => text.into_bytes(),
-            Bytes::Raw(raw) => raw,
-        }
-    }
-
-    pub fn to_path(&self) -> PathBuf {
-        PathBuf::from(OsStr::from_bytes(self.as_bytes()))
-    }
-
-    pub fn to_os_string(&self) -> OsString {
-        OsString::from_vec(self.as_bytes().to_vec())
-    }
-}
-
-/// An fd handed over, with the inode it must still be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FdRecord {
-    pub fd: RawFd,
-    pub inode: u64,
-}
-
-impl FdRecord {
-    /// The record of an open fd (its inode read now).
-    pub fn of(fd: BorrowedFd<'_>) -> FdRecord {
-        use std::os::fd::AsRawFd;
-        FdRecord {
-            fd: fd.as_raw_fd(),
-            inode: nix::sys::stat::fstat(fd).map_or(0, |s| s.st_ino),
-        }
-    }
-
-    /// The record of an fd this process holds open.
-    pub fn of_raw(fd: std::os::fd::RawFd) -> FdRecord {
-        // SAFETY: only borrowed for the fstat, by a caller that holds it open.
-        FdRecord::of(unsafe { BorrowedFd::borrow_raw(fd) })
-    }
-}
-
-/// The queues of the flock (`spread::queues`), for the binary that takes over.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SpreadState {
-    pub groups: Vec<GroupState>,
-    /// Which queue each worker accepts from.
-    pub assigned: Vec<(Pid, usize)>,
-    /// What the steering had counted for a worker's queue when it was given it.
-    #[serde(default)]
-    pub steered_before: Vec<(Pid, u64)>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct GroupState {
-    /// Queue `q`'s socket: an index into `OsState::listeners`.
-    pub members: Vec<usize>,
-    /// The queues in the kernel's group order.
-    #[serde(default)]
-    pub order: Vec<usize>,
-    /// "round-robin", "random" or "shared".
-    pub steering: String,
-    pub growable: bool,
-    /// The round robin's map and program.
-    pub map: Option<FdRecord>,
-    pub program: Option<FdRecord>,
-    /// The map's layout version.
-    pub layout: u32,
-}
 
 /// The first thing read: which format follows, and from which build.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -183,23 +91,6 @@ pub struct UpgradesState {
     pub at_unix_ms: Option<u64>,
     /// How long the last one left events unhandled.
     pub blind: Option<Duration>,
-}
-
-/// A worker command (`worker::spawn::WorkerCommand`), prepared.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CommandState {
-    pub argv: Vec<Bytes>,
-    pub env: Vec<Bytes>,
-    pub path_var: Bytes,
-    pub working_directory: Option<Bytes>,
-    pub listeners: Vec<RawFd>,
-    pub fdnames: Option<String>,
-    /// The app's name, when workers get journal streams of their own.
-    pub journal: Option<String>,
-    pub fd_limit: Option<(u64, u64)>,
-    /// Node workers are cluster workers (absent from a build before it).
-    #[serde(default)]
-    pub node_cluster: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -270,106 +161,6 @@ pub struct OsState {
 pub struct OutputsState {
     pub name: String,
     pub pipes: Vec<crate::worker::output::OutputState>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ListenerState {
-    pub fd: FdRecord,
-    pub name: Option<String>,
-    pub address: String,
-    /// A socket file sheepdog bound: path, device, inode.
-    pub owned_path: Option<(Bytes, u64, u64)>,
-    /// The backlog it is given back (absent from a build before it).
-    #[serde(default)]
-    pub backlog: Option<u32>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ControlState {
-    pub listener: FdRecord,
-    pub path: Bytes,
-    pub identity: (u64, u64),
-    pub clients: Vec<ClientState>,
-    pub next_client: u64,
-    /// A private directory made for the socket (absent from a build before it).
-    #[serde(default)]
-    pub made_dir: Option<Bytes>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ClientState {
-    pub id: u64,
-    pub fd: FdRecord,
-    pub input: Bytes,
-    pub output: Bytes,
-    pub opened: Moment,
-    pub answered: bool,
-    pub closing: bool,
-    pub after_request: usize,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct HttpState {
-    pub listener: FdRecord,
-    /// A unix endpoint's socket file: path, device, inode.
-    pub unix: Option<(Bytes, u64, u64)>,
-    pub address: String,
-    pub clients: Vec<HttpClientState>,
-    pub next_client: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct HttpClientState {
-    pub id: u64,
-    pub fd: FdRecord,
-    pub unix: bool,
-    pub input: Bytes,
-    pub output: Bytes,
-    pub opened: Moment,
-    pub answered: bool,
-    pub head_only: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LinksState {
-    pub channel: String,
-    pub dir: Option<Bytes>,
-    pub channel_fd: RawFd,
-    pub sequence: u64,
-    pub links: Vec<LinkState>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LinkState {
-    pub pid: Pid,
-    pub slot: usize,
-    pub channel: LinkChannel,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum LinkChannel {
-    Notify {
-        sockets: Vec<FdRecord>,
-        path: Bytes,
-    },
-    NodeIpc {
-        stream: FdRecord,
-        /// A line begun and not ended yet, and whether it is being dropped.
-        partial: Bytes,
-        discarding: bool,
-        outbox: Bytes,
-        open: bool,
-    },
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ExecReportState {
-    pub pid: Pid,
-    pub pipe: FdRecord,
-    pub slot: usize,
-    pub program: String,
-    pub working_directory: Option<Bytes>,
 }
 
 impl OsState {

@@ -7,22 +7,7 @@ pub const MAX_DATAGRAM: usize = 4096;
 /// The longest Node IPC line accepted.
 pub const MAX_IPC_LINE: usize = 64 * 1024;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WorkerMessage {
-    /// `READY=1`, or `'ready'` over IPC.
-    Ready,
-    /// `WATCHDOG=1`, or any other IPC message (the reply to a ping).
-    Heartbeat,
-    /// `WATCHDOG=trigger`: the worker asks to be treated as hung.
-    WatchdogTrigger,
-    /// `STOPPING=1`, `'stopping'` or `{act: 'suicide'}`: it is leaving; start
-    /// its replacement now.
-    Stopping,
-    Status(String),
-    Errno(i32),
-    /// The worker closed its Node IPC channel.
-    ChannelClosed,
-}
+pub use crate::core::WorkerMessage;
 
 /// What one notify datagram said, and the assignments in it that were
 /// ignored (with why, for the log).

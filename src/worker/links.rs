@@ -28,7 +28,9 @@ use super::spawn::WorkerExtras;
 use crate::config::{Channel, HeartbeatPolicy};
 use crate::core::Pid;
 use crate::logging::RateLimit;
-use crate::upgrade::state::{Bytes, FdRecord, LinkChannel, LinkState, LinksState};
+use serde::{Deserialize, Serialize};
+
+use crate::wire::{Bytes, FdRecord};
 
 /// The most a single worker may make the loop read in one pass, so that one
 /// flooding worker cannot starve the others.
@@ -398,7 +400,7 @@ impl Links {
     }
 
     /// The channels `state` describes, of `channel`, on the fds it names,
-    /// which were checked ([`crate::upgrade::state::check_fds`]) and are taken here.
+    /// which were checked (by the reader of the hand-over) and are taken here.
     pub fn adopt(state: LinksState, channel: Channel) -> Links {
         // SAFETY: handed over for this, checked to be open and the same
         // inodes, and each owned by exactly one link.
@@ -670,6 +672,39 @@ impl DropLog {
             warn!("dropped a message for worker {slot} (pid {pid}): {why}");
         }
     }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LinksState {
+    pub channel: String,
+    pub dir: Option<Bytes>,
+    pub channel_fd: RawFd,
+    pub sequence: u64,
+    pub links: Vec<LinkState>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LinkState {
+    pub pid: Pid,
+    pub slot: usize,
+    pub channel: LinkChannel,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LinkChannel {
+    Notify {
+        sockets: Vec<FdRecord>,
+        path: Bytes,
+    },
+    NodeIpc {
+        stream: FdRecord,
+        /// A line begun and not ended yet, and whether it is being dropped.
+        partial: Bytes,
+        discarding: bool,
+        outbox: Bytes,
+        open: bool,
+    },
 }
 
 #[cfg(test)]

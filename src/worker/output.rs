@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::Moment;
 use crate::core::Pid;
-use crate::upgrade::state::FdRecord;
+use crate::wire::FdRecord;
 
 /// The lines kept for `sheepdog logs`, across the flock.
 pub const KEPT_LINES: usize = 2000;

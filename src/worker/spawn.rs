@@ -21,14 +21,16 @@ use crate::config::{Settings, find_program};
 use crate::core::Pid;
 use crate::error::Error;
 use crate::limits::FdLimit;
-use crate::upgrade::state::{Bytes, CommandState, ExecReportState, FdRecord};
+use serde::{Deserialize, Serialize};
+
+use crate::wire::{Bytes, FdRecord};
 
 /// Variables meant for sheepdog alone (a worker talks to sheepdog, and
 /// sheepdog talks to systemd), and those it sets for each worker itself: an
 /// inherited copy would come first, and getenv(3) takes the first.
 fn scrubbed(name: &OsStr) -> bool {
     // How a binary taking over in place finds its state: for sheepdog alone.
-    name == OsStr::new(crate::upgrade::ENV)
+    name == OsStr::new(crate::wire::STATE_ENV)
         // Node's cluster worker id: what makes a cluster master run as a worker.
         || name == OsStr::new("NODE_UNIQUE_ID")
         // JOURNAL_STREAM stays: it is sheepdog's stream, which a worker inherits
@@ -505,7 +507,7 @@ impl ExecReport {
     }
 
     /// The report `state` describes, on its pipe, which was checked
-    /// ([`crate::upgrade::state::check_fds`]) and is taken here.
+    /// (by the reader of the hand-over) and is taken here.
     pub fn adopt(state: ExecReportState) -> ExecReport {
         ExecReport {
             // SAFETY: handed over for this, checked to be open and the same
@@ -765,6 +767,32 @@ unsafe fn write_decimal(out: *mut u8, mut value: u64) -> usize {
     // SAFETY: len ≤ 20, the NUL's place within the caller's promise.
     unsafe { *out.add(len) = 0 };
     len
+}
+
+/// A worker command (`worker::spawn::WorkerCommand`), prepared.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandState {
+    pub argv: Vec<Bytes>,
+    pub env: Vec<Bytes>,
+    pub path_var: Bytes,
+    pub working_directory: Option<Bytes>,
+    pub listeners: Vec<RawFd>,
+    pub fdnames: Option<String>,
+    /// The app's name, when workers get journal streams of their own.
+    pub journal: Option<String>,
+    pub fd_limit: Option<(u64, u64)>,
+    /// Node workers are cluster workers (absent from a build before it).
+    #[serde(default)]
+    pub node_cluster: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecReportState {
+    pub pid: Pid,
+    pub pipe: FdRecord,
+    pub slot: usize,
+    pub program: String,
+    pub working_directory: Option<Bytes>,
 }
 
 #[cfg(test)]

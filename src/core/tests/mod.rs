@@ -22,7 +22,6 @@ use nix::sys::signal::Signal;
 use super::restart::backoff;
 use super::*;
 use crate::config::{Channel, HeartbeatPolicy, MAX_WORKERS, MemoryMeasure, Readiness, RecyclePolicy, RestartPolicy};
-use crate::worker::channel::WorkerMessage;
 
 const MS: Duration = Duration::from_millis(1);
 /// More passes than any test needs: a loop that reaches it is stuck.
