@@ -181,11 +181,13 @@ impl Flock {
         self.handle_pass(now, vec![event])
     }
 
-    /// What an action of this pass led to (a spawn's outcome, a
-    /// measurement): applied and reconciled within the same pass.
-    pub fn follow_up(&mut self, now: Moment, event: Event) -> Vec<Action> {
+    /// What the actions of this pass led to (spawns' outcomes, the memory
+    /// measured): all applied, then reconciled once, within the same pass.
+    pub fn follow_up(&mut self, now: Moment, events: Vec<Event>) -> Vec<Action> {
         let mut actions = Vec::new();
-        self.apply(now, event, &mut actions);
+        for event in events {
+            self.apply(now, event, &mut actions);
+        }
         self.reconcile(now, &mut actions);
         actions
     }

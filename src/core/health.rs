@@ -233,20 +233,6 @@ impl Flock {
         );
     }
 
-    /// A heartbeat from a worker, recorded and nothing else: it only moves
-    /// that worker's hung deadline later, so no decision can follow from it
-    /// before `next_deadline` (which stays a valid time to wake). False when
-    /// `pid` is no worker: then the message takes the usual way (`handle`).
-    pub fn note_heartbeat(&mut self, now: Moment, pid: Pid) -> bool {
-        match self.workers.iter_mut().find(|w| w.pid == pid) {
-            Some(worker) => {
-                worker.last_heartbeat = now;
-                true
-            }
-            None => false,
-        }
-    }
-
     pub(super) fn on_message(&mut self, now: Moment, pid: Pid, message: WorkerMessage, actions: &mut Vec<Action>) {
         let Some(index) = self.workers.iter().position(|w| w.pid == pid) else {
             debug!("message from pid {pid}, which is no longer a worker: {message:?}");

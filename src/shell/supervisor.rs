@@ -7,7 +7,7 @@
 //! word), the control clients waiting for a reload's outcome, and how to
 //! read the config again.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::clock::Moment;
@@ -31,7 +31,6 @@ use crate::logging::RateLimit;
 use crate::observe::http::HttpResponse;
 use crate::observe::metrics;
 use crate::upgrade::state::{Bytes, CommandState, ContextState, SourceState, SupervisorState, UpgradesState};
-use crate::worker::channel::WorkerMessage;
 use crate::worker::spawn::{CommandContext, WorkerCommand};
 
 /// The command the flock starts with.
@@ -246,15 +245,22 @@ impl<S: System> Supervisor<S> {
     /// is gone, with the system's last words said.
     pub fn pass(&mut self, inputs: Vec<Input>) -> Option<i32> {
         let now = self.system.waited_at();
-        if self.heartbeats_alone(now, &inputs) {
-            return None;
-        }
         let mut events: Vec<Event> = inputs.into_iter().filter_map(|input| self.translate(input)).collect();
         events.push(Event::Tick);
-        let mut actions = VecDeque::from(self.flock.handle_pass(now, events));
+        let mut actions = self.flock.handle_pass(now, events);
         let mut exit = None;
-        while let Some(action) = actions.pop_front() {
-            exit = exit.or(self.perform(now, action, &mut actions));
+        // The actions' outcomes (a fork's pid, the memory measured) go back
+        // to the core together, and it reconciles once for them all.
+        while !actions.is_empty() {
+            let mut outcomes = Vec::new();
+            for action in actions {
+                exit = exit.or(self.perform(now, action, &mut outcomes));
+            }
+            actions = if outcomes.is_empty() {
+                Vec::new()
+            } else {
+                self.flock.follow_up(now, outcomes)
+            };
         }
         self.steer();
         // One STATUS= for the whole pass, the last word before an exit too.
@@ -400,34 +406,6 @@ impl<S: System> Supervisor<S> {
             log_level: self.log_level.map(|l| l.to_string()),
             upgrades: self.upgrades.clone(),
             requester: Some(requester),
-        })
-    }
-
-    /// A wake-up for nothing but heartbeats from workers, before any
-    /// deadline: each is recorded, and the pass ends there. A heartbeat only
-    /// moves its worker's hung deadline later, so nothing can follow from it
-    /// before the deadline already known; a full pass (every policy over
-    /// every worker) for each would make 256 workers beating once a second
-    /// cost 256 passes over 256 workers every second.
-    fn heartbeats_alone(&mut self, now: Moment, inputs: &[Input]) -> bool {
-        let before_deadline = self.deadline.is_some_and(|deadline| now < deadline);
-        let heartbeats = |input: &Input| {
-            matches!(
-                input,
-                Input::Message {
-                    message: WorkerMessage::Heartbeat,
-                    ..
-                }
-            )
-        };
-        if !before_deadline || inputs.is_empty() || !inputs.iter().all(heartbeats) {
-            return false;
-        }
-        // A pid that is no worker takes the usual way (recording the
-        // others twice is harmless).
-        inputs.iter().all(|input| match input {
-            Input::Message { pid, .. } => self.flock.note_heartbeat(now, *pid),
-            _ => false,
         })
     }
 
@@ -585,8 +563,8 @@ impl<S: System> Supervisor<S> {
         })
     }
 
-    /// Performs one action; its follow-up events' actions join the queue.
-    fn perform(&mut self, now: Moment, action: Action, queue: &mut VecDeque<Action>) -> Option<i32> {
+    /// Performs one action; what it led to joins `outcomes`, for the core.
+    fn perform(&mut self, now: Moment, action: Action, outcomes: &mut Vec<Event>) -> Option<i32> {
         match action {
             Action::Spawn(order) => {
                 // The queues know who is on the way out before the new
@@ -611,23 +589,22 @@ impl<S: System> Supervisor<S> {
                     },
                     Err(reason) => Event::SpawnFailed { order, reason },
                 };
-                queue.extend(self.flock.follow_up(now, event));
+                outcomes.push(event);
             }
             Action::Signal { pid, signal } => self.system.signal(pid, signal),
             Action::Drain { pid } => {
                 if self.system.drain(pid) {
-                    queue.extend(self.flock.follow_up(now, Event::Drained { pid }));
+                    outcomes.push(Event::Drained { pid });
                 }
             }
             Action::Ping { pid, message } => self.system.ping(pid, &message),
             Action::Measure { pids, how, limit } => {
-                for (pid, bytes) in self.system.measure(&pids, how, limit) {
-                    queue.extend(self.flock.follow_up(now, Event::Measured { pid, bytes }));
-                }
+                let measured = self.system.measure(&pids, how, limit);
+                outcomes.extend(measured.into_iter().map(|(pid, bytes)| Event::Measured { pid, bytes }));
             }
             Action::Inspect { pids } => {
                 let found = self.system.inspect(&pids);
-                queue.extend(self.flock.follow_up(now, Event::Inspected(found)));
+                outcomes.push(Event::Inspected(found));
             }
             Action::SampleLoad => {
                 let starting: Vec<Pid> = self
@@ -638,12 +615,12 @@ impl<S: System> Supervisor<S> {
                     .map(|w| w.pid)
                     .collect();
                 let runnable = self.system.runnable(&starting);
-                queue.extend(self.flock.follow_up(now, Event::LoadSampled { runnable }));
+                outcomes.push(Event::LoadSampled { runnable });
             }
             Action::CheckListeners => {
                 let (mut recovered, mut lost) = (Vec::new(), Vec::new());
                 let queues = self.system.listen_queues();
-                queue.extend(self.flock.follow_up(now, Event::QueuesSampled(queues)));
+                outcomes.push(Event::QueuesSampled(queues));
                 for fault in self.system.check_listeners() {
                     match fault {
                         ListenerFault::Recovered(what) => recovered.push(what),
@@ -651,7 +628,7 @@ impl<S: System> Supervisor<S> {
                     }
                 }
                 if !recovered.is_empty() || !lost.is_empty() {
-                    queue.extend(self.flock.follow_up(now, Event::ListenersChecked { recovered, lost }));
+                    outcomes.push(Event::ListenersChecked { recovered, lost });
                 }
             }
             Action::Notify(message) => self.system.notify(&message),

@@ -60,28 +60,6 @@ fn a_hung_worker_is_killed_after_the_heartbeat_timeout_and_replaced() {
 }
 
 #[test]
-fn heartbeats_noted_alone_between_deadlines_decide_the_same_as_full_passes() {
-    // The shell's fast way: a heartbeat recorded with note_heartbeat, the
-    // flock's full pass run only at the deadlines it gave before.
-    let mut h = Harness::ready(notify_policy(2));
-    let (a, b) = (h.pid_of(0), h.pid_of(1));
-    for t in (300u32..=4800).step_by(300) {
-        // Ticks only at the deadlines, as the loop would wake for them.
-        h.run_until(t * MS);
-        assert!(h.flock.note_heartbeat(h.now, a), "a is a worker");
-        if t < 3000 {
-            assert!(signals(&h.log).is_empty(), "nobody is killed before the timeout");
-        }
-    }
-    assert_eq!(
-        signals(&h.log),
-        vec![(b, Signal::SIGKILL)],
-        "only the silent one is hung"
-    );
-    assert!(!h.flock.note_heartbeat(h.now, 99_999), "no such worker: the usual way");
-}
-
-#[test]
 fn a_stalled_supervisor_spares_its_workers_once() {
     let mut h = Harness::ready(notify_policy(1));
     // The loop itself did not run for 10 s (SIGSTOPped): no mass murder.

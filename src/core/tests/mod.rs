@@ -12,7 +12,6 @@ mod restart;
 mod snapshot;
 mod tally;
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use crate::clock::Moment;
@@ -157,8 +156,26 @@ impl Harness {
     /// Feeds what one pass of the loop read, as the shell does.
     fn feed_pass(&mut self, events: Vec<Event>) -> Vec<Action> {
         let mut taken = Vec::new();
-        let mut queue = VecDeque::from(self.flock.handle_pass(self.now, events));
-        while let Some(action) = queue.pop_front() {
+        let mut actions = self.flock.handle_pass(self.now, events);
+        while !actions.is_empty() {
+            let outcomes = self.perform(actions, &mut taken);
+            actions = if outcomes.is_empty() {
+                Vec::new()
+            } else {
+                self.flock.follow_up(self.now, outcomes)
+            };
+        }
+        // Each event is a pass of its own here; the shell asks once per pass.
+        taken.extend(self.flock.status_update());
+        self.log.extend(taken.clone());
+        taken
+    }
+
+    /// Performs `actions` as the shell would, into `taken`; returns what
+    /// they led to, for the core.
+    fn perform(&mut self, actions: Vec<Action>, taken: &mut Vec<Action>) -> Vec<Event> {
+        let mut outcomes = Vec::new();
+        for action in actions {
             assert!(taken.len() < MAX_PASSES, "one event set off endless actions");
             if let Action::Inspect { pids } = &action {
                 let found = pids
@@ -169,35 +186,29 @@ impl Harness {
                         None => (*pid, Inspection::Serves),
                     })
                     .collect();
-                queue.extend(self.flock.follow_up(self.now, Event::Inspected(found)));
+                outcomes.push(Event::Inspected(found));
             }
             if let Action::Drain { pid } = action
                 && self.drains_at_once
             {
-                queue.extend(self.flock.follow_up(self.now, Event::Drained { pid }));
+                outcomes.push(Event::Drained { pid });
             }
             if action == Action::SampleLoad {
                 let runnable = self.runnable;
-                queue.extend(self.flock.follow_up(self.now, Event::LoadSampled { runnable }));
+                outcomes.push(Event::LoadSampled { runnable });
             }
             if let Action::Spawn(order) = action {
                 self.next_pid += 1;
                 assert!(self.next_pid < FIRST_PID + MOST_SPAWNS, "forks without end");
-                queue.extend(self.flock.follow_up(
-                    self.now,
-                    Event::Spawned {
-                        order,
-                        pid: self.next_pid,
-                        at: self.now,
-                    },
-                ));
+                outcomes.push(Event::Spawned {
+                    order,
+                    pid: self.next_pid,
+                    at: self.now,
+                });
             }
             taken.push(action);
         }
-        // Each event is a pass of its own here; the shell asks once per pass.
-        taken.extend(self.flock.status_update());
-        self.log.extend(taken.clone());
-        taken
+        outcomes
     }
 
     /// A harness whose flock is started and every worker ready.
