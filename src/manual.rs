@@ -1,8 +1,10 @@
 //! The manual pages, `sheepdog(1)` and `sheepdog.toml(5)`: hand-written
-//! roff, with the keys of the config filled in from [`schema::KEYS`], so
-//! that the page and the README's table cannot drift apart.
+//! roff, with the keys of the config filled in from [`schema::KEYS`] and
+//! the signals from [`signals::TABLE`], so that the pages and the tables of
+//! `docs/` cannot drift apart.
 
 use crate::config::schema::KEYS;
+use crate::shell::signals;
 
 /// The pages sheepdog ships, by file name.
 pub const PAGES: [&str; 2] = ["sheepdog.1", "sheepdog.toml.5"];
@@ -18,7 +20,8 @@ pub fn page(page: &str) -> Option<String> {
         template
             .replace("@VERSION@", crate::build::version())
             .replace("@DATE@", RELEASE_DATE)
-            .replace("@KEYS@", &keys()),
+            .replace("@KEYS@", &keys())
+            .replace("@SIGNALS@", &signal_table()),
     )
 }
 
@@ -48,6 +51,23 @@ fn keys() -> String {
             roff(name),
             wrap(&sentence(&inline(key.meaning))),
             wrap(&format!("Default: {default}."))
+        );
+    }
+    out
+}
+
+/// The signal table, a tagged paragraph per row.
+fn signal_table() -> String {
+    let mut out = String::new();
+    for row in signals::TABLE {
+        let mut names: Vec<String> = row.signals.iter().map(|n| roff(n)).collect();
+        if row.real_time {
+            names.push("real\\-time signals".into());
+        }
+        out += &format!(
+            ".TP\n.B {}\n{}\n",
+            names.join(", "),
+            wrap(&sentence(&inline(row.effect)))
         );
     }
     out
@@ -107,7 +127,7 @@ fn inline(markdown: &str) -> String {
             && let Some((text, after)) = link.split_once("](")
             && let Some((_, after)) = after.split_once(')')
         {
-            out += &format!("{} in the README", roff(text));
+            out += &format!("{} in the documentation", roff(text));
             rest = after;
         } else {
             let first = rest.chars().next().map_or(1, char::len_utf8);
@@ -144,7 +164,7 @@ mod tests {
             assert!(page.contains(&format!(".B {}\n", roff(name))), "{} is missing", key.key);
         }
         for name in PAGES {
-            for placeholder in ["@VERSION@", "@DATE@", "@KEYS@"] {
+            for placeholder in ["@VERSION@", "@DATE@", "@KEYS@", "@SIGNALS@"] {
                 assert!(!page_text(name).contains(placeholder), "{name} has {placeholder} left");
             }
         }
@@ -160,7 +180,7 @@ mod tests {
     fn markdown_becomes_roff() {
         assert_eq!(
             inline("`\"5s\"` (see [Memory](#memory)) — 3 × `interval`"),
-            "\\fB\\(dq5s\\(dq\\fR (see Memory in the README) \\(em 3 \\(mu \\fBinterval\\fR"
+            "\\fB\\(dq5s\\(dq\\fR (see Memory in the documentation) \\(em 3 \\(mu \\fBinterval\\fR"
         );
         assert_eq!(inline("node-ipc"), "node\\-ipc");
         assert_eq!(sentence("how often"), "How often.");

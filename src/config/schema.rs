@@ -1,5 +1,5 @@
 //! Every key of the config file, its default and its meaning, written once:
-//! the README's table and `sheepdog.toml(5)` show this, and tests hold both
+//! docs/configuration.md's table and `sheepdog.toml(5)` show this, and tests hold both
 //! (and the defaults in `defaults`) to it.
 
 /// One key of the config file. Texts are Markdown (code in backticks).
@@ -39,7 +39,7 @@ pub const KEYS: &[Key] = &[
     Key {
         key: "node",
         default: "`\"auto\"`",
-        meaning: "the Node kit, for a command whose program is `node` (or `npm`, `npx`, `yarn`, `pnpm`, `tsx`, `ts-node`) with `\"auto\"`, for any with `\"on\"`, for none with `\"off\"`: sheepdog's preload in `NODE_OPTIONS` (`listen(3000)` takes the passed socket, SIGTERM runs an app's SIGINT handler when it has no other), an IPC channel with `readiness = \"none\"` (`process.send` is there) and `NODE_UNIQUE_ID` (a cluster master runs its worker branch); without `listen` and outside systemd, the app's own port, found by starting it once; see [Coming from pm2](#coming-from-pm2)",
+        meaning: "the Node kit, for a command whose program is `node` (or `npm`, `npx`, `yarn`, `pnpm`, `tsx`, `ts-node`) with `\"auto\"`, for any with `\"on\"`, for none with `\"off\"`: sheepdog's preload in `NODE_OPTIONS` (`listen(3000)` takes the passed socket, SIGTERM runs an app's SIGINT handler when it has no other), an IPC channel with `readiness = \"none\"` (`process.send` is there) and `NODE_UNIQUE_ID` (a cluster master runs its worker branch); without `listen` and outside systemd, the app's own port, found by starting it once; see [Coming from pm2](../README.md#coming-from-pm2)",
     },
     Key {
         key: "working_directory",
@@ -109,7 +109,7 @@ pub const KEYS: &[Key] = &[
     Key {
         key: "max_spawn_rate",
         default: "`20`",
-        meaning: "spawns per second, whatever the workers do, 1–1000 (the first start is not rationed by it, but paced by the machine's load: see [What sheepdog does](#what-sheepdog-does))",
+        meaning: "spawns per second, whatever the workers do, 1–1000 (the first start is not rationed by it, but paced by the machine's load: see [What sheepdog does](operations.md#what-sheepdog-does))",
     },
     Key {
         key: "min_uptime",
@@ -128,7 +128,7 @@ pub const KEYS: &[Key] = &[
     },
     Key {
         key: "control_socket",
-        default: "see [Control socket](#the-control-socket)",
+        default: "see [Control socket](operations.md#the-control-socket)",
         meaning: "where `sheepdog status`, `reload` and `scale` reach this sheepdog; relative to the config file",
     },
     Key {
@@ -179,11 +179,11 @@ pub const KEYS: &[Key] = &[
     Key {
         key: "http.listen",
         default: "none (off)",
-        meaning: "serve `/healthz`, `/readyz` and `/metrics` here, from the supervisor itself: `\"127.0.0.1:9101\"` or `\"unix:/path\"`; see [Health and metrics over HTTP](#health-and-metrics-over-http)",
+        meaning: "serve `/healthz`, `/readyz` and `/metrics` here, from the supervisor itself: `\"127.0.0.1:9101\"` or `\"unix:/path\"`; see [Health and metrics over HTTP](operations.md#health-and-metrics-over-http)",
     },
 ];
 
-/// How the README's table names a key: `` `workers` ``, `` `[env]` ``,
+/// How the table of docs/configuration.md names a key: `` `workers` ``, `` `[env]` ``,
 /// `` `[heartbeat]` `interval` ``.
 pub fn readme_key(key: &str) -> String {
     match key.split_once('.') {
@@ -210,7 +210,7 @@ mod tests {
 
     #[test]
     fn the_readme_table_is_the_schema() {
-        let readme = include_str!("../../README.md");
+        let readme = include_str!("../../docs/configuration.md");
         let rows: Vec<Vec<String>> = readme
             .lines()
             .skip_while(|l| !l.starts_with("| key | default | meaning |"))
@@ -224,7 +224,7 @@ mod tests {
             .collect();
         assert_eq!(
             rows, schema,
-            "README.md's configuration table and config::schema::KEYS differ"
+            "docs/configuration.md's table and config::schema::KEYS differ"
         );
     }
 

@@ -371,13 +371,13 @@ mod tests {
 
     #[test]
     fn the_readme_explains_every_metric() {
-        let readme = include_str!("../../README.md");
+        let readme = include_str!("../../docs/operations.md");
         for line in render(&report()).lines() {
             if let Some(rest) = line.strip_prefix("# TYPE ") {
                 let mut parts = rest.split(' ');
                 let (name, kind) = (parts.next().unwrap(), parts.next().unwrap());
                 let row = format!("| `{name}` | {kind} | ");
-                assert!(readme.contains(&row), "README.md has no row {row:?}");
+                assert!(readme.contains(&row), "docs/operations.md has no row {row:?}");
             }
         }
     }

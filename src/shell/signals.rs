@@ -1,66 +1,207 @@
 //! Every signal sheepdog can be sent has a meaning, or is ignored with a log
-//! line: none takes the flock down by its default action.
-//!
-//! | signal | meaning |
-//! |---|---|
-//! | SIGTERM, SIGINT, SIGQUIT | stop gracefully (SIGQUIT as nginx and unicorn) |
-//! | SIGHUP, SIGUSR2 | reload (SIGUSR2 as Node masters and unicorn) |
-//! | SIGUSR1 | write the flock's status to the log |
-//! | SIGTTIN, SIGTTOU | one worker more, one less |
-//! | SIGCHLD | reap |
-//! | SIGSEGV, SIGBUS, SIGILL, SIGFPE | raised by the CPU: a real fault, fatal (core dump); sent by someone: ignored |
-//! | SIGPIPE | ignored (a write to a closed pipe or socket fails with EPIPE instead) |
-//! | SIGWINCH, SIGURG, SIGCONT | their default: nothing |
-//! | SIGKILL, SIGSTOP | cannot be caught (a stopped sheepdog is noticed by the stall guard) |
-//! | any other (SIGALRM, SIGXFSZ, SIGABRT, SIGTSTP, real-time signals…) | ignored, with a log line |
+//! line: none takes the flock down by its default action. [`TABLE`] is the
+//! one place that says which: the loop's handlers, the dispatch of a signal
+//! received, `docs/operations.md`'s table and `sheepdog(1)`'s SIGNALS are
+//! all made from it (tests hold the last two to it).
 
 use std::os::fd::RawFd;
+use std::str::FromStr;
 
 use nix::sys::signal::Signal;
-use signal_hook::consts::*;
 
 use crate::error::Error;
 
+/// What a signal means to sheepdog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Meaning {
+    /// Stop gracefully (a second one kills what is left).
+    Stop,
+    /// Read the config again and roll onto it.
+    Reload,
+    /// Write the flock's status to the log.
+    LogStatus,
+    /// One worker more.
+    OneMore,
+    /// One worker less.
+    OneLess,
+    /// A worker changed state: reap it.
+    Reap,
+    /// Raised by the CPU: fatal (core dump); sent by someone: ignored.
+    Fault,
+    /// Caught, and ignored with a log line (their default would end or
+    /// stop the supervisor).
+    Ignored,
+    /// Left to a default that does nothing to a running process (SIGPIPE
+    /// is ignored: a write fails with EPIPE instead).
+    Harmless,
+    /// Cannot be caught.
+    Uncatchable,
+}
+
+impl Meaning {
+    /// Delivered to the loop through the self-pipe.
+    fn reaches_the_loop(self) -> bool {
+        !matches!(self, Meaning::Fault | Meaning::Harmless | Meaning::Uncatchable)
+    }
+}
+
+/// A row of the signal table: signals of one meaning, and what an operator
+/// reads of them (Markdown, with `code`).
+pub struct Row {
+    pub signals: &'static [&'static str],
+    /// The real-time signals (SIGRTMIN…SIGRTMAX) belong to this row too.
+    pub real_time: bool,
+    pub meaning: Meaning,
+    pub effect: &'static str,
+}
+
+pub const TABLE: &[Row] = &[
+    Row {
+        signals: &["SIGTERM", "SIGINT", "SIGQUIT"],
+        real_time: false,
+        meaning: Meaning::Stop,
+        effect: "`STOPPING=1`; the stop signal to every worker (those already leaving on their own too; not those \
+                 sheepdog already stopped); SIGKILL to those still there after `stop_timeout`; exit 0. A second one \
+                 kills the rest at once. `SIGQUIT` stops gracefully, as in nginx and unicorn.",
+    },
+    Row {
+        signals: &["SIGHUP", "SIGUSR2"],
+        real_time: false,
+        meaning: Meaning::Reload,
+        effect: "re-read the config and roll onto it, like `sheepdog reload`; `SIGUSR2` is the hot restart that \
+                 operators of Node masters and unicorn reach for.",
+    },
+    Row {
+        signals: &["SIGUSR1"],
+        real_time: false,
+        meaning: Meaning::LogStatus,
+        effect: "write the flock's status (the `sheepdog status` table) to the log.",
+    },
+    Row {
+        signals: &["SIGTTIN"],
+        real_time: false,
+        meaning: Meaning::OneMore,
+        effect: "one worker more (never past the maximum).",
+    },
+    Row {
+        signals: &["SIGTTOU"],
+        real_time: false,
+        meaning: Meaning::OneLess,
+        effect: "one worker less (the highest slot is retired gracefully; never below 1).",
+    },
+    Row {
+        signals: &["SIGCHLD"],
+        real_time: false,
+        meaning: Meaning::Reap,
+        effect: "reaps workers.",
+    },
+    Row {
+        signals: &["SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE"],
+        real_time: false,
+        meaning: Meaning::Fault,
+        effect: "raised by the CPU, a real fault: fatal, with a core dump (the workers die with sheepdog); sent by \
+                 someone (`kill -SEGV`): ignored with a log line.",
+    },
+    Row {
+        signals: &[
+            "SIGALRM",
+            "SIGVTALRM",
+            "SIGPROF",
+            "SIGIO",
+            "SIGPWR",
+            "SIGSTKFLT",
+            "SIGXCPU",
+            "SIGXFSZ",
+            "SIGTRAP",
+            "SIGABRT",
+            "SIGSYS",
+            "SIGTSTP",
+        ],
+        real_time: true,
+        meaning: Meaning::Ignored,
+        effect: "ignored, with a log line (`SIGTSTP`, ^Z, would freeze supervision; `SIGXFSZ` would kill sheepdog \
+                 when a log file reaches its size limit).",
+    },
+    Row {
+        signals: &["SIGPIPE"],
+        real_time: false,
+        meaning: Meaning::Harmless,
+        effect: "ignored: a write to a closed pipe or socket fails instead.",
+    },
+    Row {
+        signals: &["SIGWINCH", "SIGURG", "SIGCONT"],
+        real_time: false,
+        meaning: Meaning::Harmless,
+        effect: "their defaults, which do nothing to a running process.",
+    },
+    Row {
+        signals: &["SIGKILL", "SIGSTOP"],
+        real_time: false,
+        meaning: Meaning::Uncatchable,
+        effect: "cannot be caught. A SIGKILLed sheepdog takes its workers with it (`PR_SET_PDEATHSIG`); a stopped \
+                 one, once continued, spares the workers' heartbeats for one timeout rather than killing them all.",
+    },
+];
+
+fn number(name: &str) -> i32 {
+    match name {
+        // Linux-only signals nix names differently or not at all.
+        "SIGPWR" => libc::SIGPWR,
+        "SIGSTKFLT" => libc::SIGSTKFLT,
+        _ => Signal::from_str(name).map_or(0, |s| s as i32),
+    }
+}
+
+/// What `signal` means to sheepdog.
+pub fn meaning(signal: i32) -> Meaning {
+    let real_time = (libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&signal);
+    TABLE
+        .iter()
+        .find(|row| (real_time && row.real_time) || row.signals.iter().any(|name| number(name) == signal))
+        .map_or(Meaning::Ignored, |row| row.meaning)
+}
+
 /// Signals delivered through signal-hook's self-pipe.
 pub fn handled() -> Vec<i32> {
-    let mut signals = vec![
-        SIGCHLD,
-        SIGTERM,
-        SIGINT,
-        SIGQUIT,
-        SIGHUP,
-        SIGUSR1,
-        SIGUSR2,
-        SIGTTIN,
-        SIGTTOU,
-        // Fatal by default, meaningless to sheepdog: ignored, with a log line.
-        SIGALRM,
-        SIGVTALRM,
-        SIGPROF,
-        SIGIO,
-        libc::SIGPWR,
-        libc::SIGSTKFLT,
-        SIGXCPU,
-        SIGXFSZ,
-        SIGTRAP,
-        SIGABRT,
-        SIGSYS,
-        // Would stop the supervisor (^Z): ignored, with a log line.
-        SIGTSTP,
-    ];
-    signals.extend(libc::SIGRTMIN()..=libc::SIGRTMAX());
+    let mut signals = Vec::new();
+    for row in TABLE.iter().filter(|row| row.meaning.reaches_the_loop()) {
+        signals.extend(row.signals.iter().map(|name| number(name)));
+        if row.real_time {
+            signals.extend(libc::SIGRTMIN()..=libc::SIGRTMAX());
+        }
+    }
     signals
 }
 
+/// The table as Markdown rows (`| signal | effect |`), for the docs.
+pub fn markdown_rows() -> Vec<String> {
+    TABLE
+        .iter()
+        .map(|row| {
+            let mut names: Vec<String> = row.signals.iter().map(|n| format!("`{n}`")).collect();
+            if row.real_time {
+                names.push("real-time signals".into());
+            }
+            format!("| {} | {} |", names.join(", "), row.effect)
+        })
+        .collect()
+}
+
 /// The signals a CPU fault raises.
-pub const FAULTS: [i32; 4] = [SIGSEGV, SIGBUS, SIGILL, SIGFPE];
+fn faults() -> Vec<i32> {
+    TABLE
+        .iter()
+        .filter(|row| row.meaning == Meaning::Fault)
+        .flat_map(|row| row.signals.iter().map(|name| number(name)))
+        .collect()
+}
 
 /// Handles the fault signals: one raised by the CPU (a real fault) keeps its
 /// default action and ends the process with a core dump; one sent by
 /// someone (`kill -SEGV`) is written to `pipe` as its number, for the loop
 /// to log and ignore.
 pub fn watch_faults(pipe: RawFd) -> Result<(), Error> {
-    for signal in FAULTS {
+    for signal in faults() {
         let action = move |info: &libc::siginfo_t| {
             if info.si_code > 0 {
                 // si_code > 0: the kernel raised it for a fault.
@@ -94,20 +235,26 @@ pub fn name(signal: i32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use signal_hook::consts::*;
 
     #[test]
-    fn every_signal_from_1_to_31_is_decided() {
-        let handled = handled();
-        let defaults_harmless = [SIGWINCH, SIGURG, SIGCONT, SIGPIPE];
-        let uncatchable = [SIGKILL, SIGSTOP];
+    fn every_signal_from_1_to_31_is_in_the_table_once() {
         for signal in 1..=31 {
-            let decided = handled.contains(&signal)
-                || FAULTS.contains(&signal)
-                || defaults_harmless.contains(&signal)
-                || uncatchable.contains(&signal);
-            assert!(decided, "{} has no decision", name(signal));
+            let rows = TABLE
+                .iter()
+                .filter(|row| row.signals.iter().any(|name| number(name) == signal))
+                .count();
+            assert_eq!(rows, 1, "{} is in {rows} rows", name(signal));
         }
+        let names = TABLE.iter().flat_map(|row| row.signals.iter());
+        assert!(names.clone().all(|name| number(name) > 0), "every name is a signal");
+        let handled = handled();
         assert!(handled.contains(&libc::SIGRTMAX()), "real-time signals too");
+        assert!(handled.contains(&SIGTSTP) && handled.contains(&SIGCHLD));
+        assert!(!handled.contains(&SIGSEGV) && !handled.contains(&SIGPIPE) && !handled.contains(&SIGKILL));
+        assert_eq!(meaning(SIGUSR2), Meaning::Reload);
+        assert_eq!(meaning(libc::SIGRTMIN() + 3), Meaning::Ignored);
+        assert_eq!(faults(), [SIGSEGV, SIGBUS, SIGILL, SIGFPE]);
     }
 
     /// Run in a child process by the test below: a sent SIGSEGV is

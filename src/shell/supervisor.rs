@@ -13,9 +13,8 @@ use std::time::Duration;
 use crate::clock::Moment;
 
 use log::{error, info, warn};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGTTIN, SIGTTOU, SIGUSR1, SIGUSR2};
 
-use super::signals;
+use super::signals::{self, Meaning};
 use super::system::{ClientId, Input, ListenerFault, System};
 use crate::config::{ListenAddr, LogLevel, Overrides, Settings, WorkerCount};
 use crate::control::protocol::{
@@ -409,37 +408,42 @@ impl<S: System> Supervisor<S> {
         })
     }
 
-    /// The core's view of an input, if it has one; control requests that
-    /// need no decision are answered here.
-    fn translate(&mut self, input: Input) -> Option<Event> {
-        match input {
-            Input::Signal(signal @ (SIGTERM | SIGINT | SIGQUIT)) => {
-                info!("received {}", signals::name(signal));
+    /// What a signal received means (`signals::TABLE`).
+    fn on_signal(&mut self, signal: i32) -> Option<Event> {
+        let name = signals::name(signal);
+        match signals::meaning(signal) {
+            Meaning::Stop => {
+                info!("received {name}");
                 Some(Event::Request(Request::Stop))
             }
-            Input::Signal(SIGTTIN) => Some(Event::Request(Request::ScaleUp)),
-            Input::Signal(SIGTTOU) => Some(Event::Request(Request::ScaleDown)),
-            Input::Signal(signal @ (SIGHUP | SIGUSR2)) => {
-                info!("received {}: reloading", signals::name(signal));
+            Meaning::OneMore => Some(Event::Request(Request::ScaleUp)),
+            Meaning::OneLess => Some(Event::Request(Request::ScaleDown)),
+            Meaning::Reload => {
+                info!("received {name}: reloading");
                 Some(self.reload_request(0))
             }
-            Input::Signal(SIGUSR1) => {
-                info!("received SIGUSR1: the flock now");
+            Meaning::LogStatus => {
+                info!("received {name}: the flock now");
                 for line in view::render(&self.status_report()).lines().filter(|l| !l.is_empty()) {
                     info!("  {line}");
                 }
                 None
             }
-            Input::Signal(other) => {
+            Meaning::Reap | Meaning::Fault | Meaning::Ignored | Meaning::Harmless | Meaning::Uncatchable => {
                 let now = self.system.now();
                 if self.ignored_signals.allow(now) {
-                    warn!(
-                        "received {}: ignored (it means nothing to sheepdog; see `man sheepdog`)",
-                        signals::name(other)
-                    );
+                    warn!("received {name}: ignored (it means nothing to sheepdog; see `man sheepdog`)");
                 }
                 None
             }
+        }
+    }
+
+    /// The core's view of an input, if it has one; control requests that
+    /// need no decision are answered here.
+    fn translate(&mut self, input: Input) -> Option<Event> {
+        match input {
+            Input::Signal(signal) => self.on_signal(signal),
             Input::Http { client, request } => {
                 let response = self.answer_http(&request.path);
                 self.system.respond(client, &response);

@@ -132,7 +132,7 @@ impl Queues {
                         "{}: systemd passed one socket, so all workers share one accept queue and the \
                          kernel's accept race picks who works (keep-alive connections stay with the \
                          winners); for a queue per worker, give the socket unit ReusePort=yes and the \
-                         line ListenStream={} once per worker and once more (see README, Spreading \
+                         line ListenStream={} once per worker and once more (see docs/configuration.md, Spreading \
                          connections)",
                         first.address, first.address
                     );
@@ -141,7 +141,7 @@ impl Queues {
                     // from it keeps its socket).
                     info!(
                         "{}: one accept queue shared by all workers, as the sheepdog that bound it made it; \
-                         restart sheepdog for a queue per worker (see README, Spreading connections)",
+                         restart sheepdog for a queue per worker (see docs/configuration.md, Spreading connections)",
                         first.address
                     );
                 }
