@@ -20,9 +20,8 @@ use log::{debug, error, warn};
 use nix::errno::Errno;
 use nix::poll::PollTimeout;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
-use nix::sys::signal::{Signal, kill};
+use nix::sys::signal::Signal;
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
-use nix::unistd::Pid as NixPid;
 use signal_hook::consts::SIGCHLD;
 use signal_hook::iterator::backend::SignalDelivery;
 use signal_hook::iterator::exfiltrator::SignalOnly;
@@ -42,10 +41,11 @@ use crate::systemd::sockets::Listeners;
 use crate::upgrade::handover;
 use crate::upgrade::probe::{self, Successor};
 use crate::upgrade::state::{Bytes, HandOver, OsState, SupervisorState, check_fds};
+use crate::worker::containment::{Containment, ProcessGroups};
 use crate::worker::links::Links;
 use crate::worker::oom::OomWatch;
 use crate::worker::output::Outputs;
-use crate::worker::proc_stats::{self, MemoryMeter};
+use crate::worker::proc_stats;
 use crate::worker::sock_diag;
 use crate::worker::spawn::{ExecReport, WorkerCommand, channel_fd_number};
 
@@ -84,7 +84,8 @@ pub struct Os {
     outputs: Option<Outputs>,
     /// Output pipes left unread until then (a worker that floods).
     throttled: Vec<(Pid, Moment)>,
-    memory: MemoryMeter,
+    /// How each worker's processes are kept together, measured and killed.
+    containment: Box<dyn Containment>,
     notifier: Notifier,
     /// Exec reports of workers just forked, read once their pipe is readable.
     exec_reports: HashMap<Pid, ExecReport>,
@@ -97,9 +98,6 @@ pub struct Os {
     /// and write end.
     faults: (UnixStream, UnixStream),
     epoll: Epoll,
-    /// Escaped processes already killed, until they are reaped.
-    swept: HashSet<Pid>,
-    orphan_lines: RateLimit,
     /// The path sheepdog was started from: what an upgrade execs.
     exe: Option<PathBuf>,
     /// Signals taken for a hand-over that did not happen, or handed over
@@ -234,7 +232,7 @@ impl Os {
             .map(|r| (r.pid, ExecReport::adopt(r)))
             .collect();
         os.workers = state.workers.into_iter().collect();
-        os.swept = state.swept.into_iter().collect();
+        os.containment = Box::new(ProcessGroups::new(state.swept));
         os.notifier.resume(state.notify_outbox);
         // What was caught before the exec, and a reap for what ended during it.
         os.carried = state.pending_signals;
@@ -279,15 +277,13 @@ impl Os {
             links,
             outputs: None,
             throttled: Vec::new(),
-            memory: MemoryMeter::new(),
+            containment: Box::new(ProcessGroups::new(Vec::new())),
             notifier: Notifier::from_env(),
             exec_reports: HashMap::new(),
             workers: HashSet::new(),
             signals: plumbing.signals,
             faults: plumbing.faults,
             epoll: plumbing.epoll,
-            swept: HashSet::new(),
-            orphan_lines: RateLimit::new(5, Duration::from_secs(10)),
             exe,
             carried: Vec::new(),
             events: vec![EpollEvent::empty(); EVENTS_PER_WAIT],
@@ -418,8 +414,7 @@ impl Os {
         exec_reports.sort_by_key(|r| r.pid);
         let mut workers: Vec<Pid> = self.workers.iter().copied().collect();
         workers.sort_unstable();
-        let mut swept: Vec<Pid> = self.swept.iter().copied().collect();
-        swept.sort_unstable();
+        let swept = self.containment.export();
         OsState {
             exe: self.exe.as_deref().map_or(Bytes::new(b""), Bytes::path),
             listeners: self.listeners.export(),
@@ -640,55 +635,11 @@ impl Os {
         }
     }
 
-    /// Kills what escaped a worker's process group and outlived it: a
-    /// re-parented child of ours started under no live worker (or, at
-    /// exit, any). Its own group goes with it (a `setsid` daemon leads one).
+    /// Kills what escaped a worker's container and outlived it (or, at
+    /// exit, everything of every worker's).
     fn sweep_orphans(&mut self, all: bool) {
         let guard = self.guard.as_ref().map(|g| g.pid);
-        for (orphan, owner) in proc_stats::orphans(&self.workers) {
-            if Some(orphan) == guard || !all && owner.is_some_and(|w| self.workers.contains(&w)) {
-                continue;
-            }
-            if !self.swept.insert(orphan) {
-                continue;
-            }
-            let name = proc_stats::command_name(orphan);
-            let line = match (owner, proc_stats::process_group(orphan)) {
-                // Still in its dead worker's group, which was just killed:
-                // it is on its way out, as every process of that group is.
-                (Some(worker), Some(group)) if group == worker => {
-                    debug!("pid {orphan} ({name}), of worker pid {worker}'s process group, outlived it: killing it");
-                    None
-                }
-                (Some(worker), _) => Some(format!(
-                    "pid {orphan} ({name}) was started by worker pid {worker}, left its process group and outlived it: killing it"
-                )),
-                // Its environment could not be read because it was dying
-                // (killed with its worker's group between the two reads), or
-                // in an exec (a fork of the worker's shell a moment old): a
-                // process of a group whose leader is dead, the group sheepdog
-                // just killed with its worker, is on its way out too.
-                (None, group)
-                    if proc_stats::is_zombie(orphan)
-                        || group
-                            .is_some_and(|g| g != orphan && !self.workers.contains(&g) && proc_stats::is_zombie(g)) =>
-                {
-                    debug!("pid {orphan} ({name}) of a dead worker's group outlived it: killing it");
-                    None
-                }
-                (None, _) => Some(format!(
-                    "pid {orphan} ({name}) was handed to sheepdog (its parent died; sheepdog is the child subreaper, or \
-                     PID 1) and no worker started it (its environment names none): killing it"
-                )),
-            };
-            if let Some(line) = line
-                && self.orphan_lines.allow(Moment::now())
-            {
-                warn!("{line}");
-            }
-            let _ = kill(NixPid::from_raw(-orphan), Signal::SIGKILL);
-            let _ = kill(NixPid::from_raw(orphan), Signal::SIGKILL);
-        }
+        self.containment.sweep(&self.workers, guard, all);
     }
 
     fn reap_all(&mut self, inputs: &mut Vec<Input>) {
@@ -710,11 +661,7 @@ impl Os {
                 }
             };
             if self.workers.contains(&pid.as_raw()) {
-                match kill(NixPid::from_raw(-pid.as_raw()), Signal::SIGKILL) {
-                    Ok(()) => log::trace!("swept the process group of pid {pid}"),
-                    Err(Errno::ESRCH) | Err(Errno::EPERM) => {}
-                    Err(e) => warn!("cannot sweep the process group of pid {pid}: {}", e.desc()),
-                }
+                self.containment.kill_all(pid.as_raw());
             }
             let status = match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(_, code)) => ExitStatus::Code(code),
@@ -736,12 +683,11 @@ impl Os {
             };
             let pid = pid.as_raw();
             self.workers.remove(&pid);
-            self.swept.remove(&pid);
+            self.containment.forget(pid);
             // The exec report may still be unread if exec failed at once.
             self.read_exec_report(pid);
             self.unwatch_link(pid);
             self.links.detach(pid);
-            self.memory.forget(pid);
             self.queues.forget(pid);
             inputs.push(Input::Exited { pid, status });
         }
@@ -833,6 +779,7 @@ impl System for Os {
             self.passed_inodes = self.listeners.inodes();
         }
         prepared.extras.listeners = Some(self.queues.fds(&self.listeners, queue));
+        prepared.extras.enter = Some(self.containment.enter());
         let (pid, report) = command
             .spawn(order.slot, order.generation, &prepared.extras)
             .map_err(|e| e.to_string())?;
@@ -865,14 +812,9 @@ impl System for Os {
         Ok(pid)
     }
 
-    /// Signals a worker's process group (so a wrapper such as `sh -c` or `npm
-    /// start` does not swallow the signal), or the worker alone if it left its group.
+    /// Signals every process of a worker's container.
     fn signal(&mut self, pid: Pid, signal: Signal) {
-        let result = match kill(NixPid::from_raw(-pid), signal) {
-            Err(Errno::ESRCH) => kill(NixPid::from_raw(pid), signal),
-            other => other,
-        };
-        match result {
+        match self.containment.signal(pid, signal) {
             Ok(()) => debug!("sent {} to worker pid {pid}", signal.as_str()),
             Err(Errno::ESRCH) => debug!("worker pid {pid} already gone; {} not sent", signal.as_str()),
             Err(e) => warn!("cannot send {} to worker pid {pid}: {}", signal.as_str(), e.desc()),
@@ -899,27 +841,14 @@ impl System for Os {
     }
 
     fn measure(&mut self, pids: &[Pid], how: MemoryMeasure, limit: Option<u64>) -> Vec<(Pid, u64)> {
-        self.memory.next_round();
-        // Processes that escaped a worker's group count for its memory.
-        let mut escaped: HashMap<Pid, Vec<Pid>> = HashMap::new();
-        for (orphan, owner) in proc_stats::orphans(&self.workers) {
-            if let Some(owner) = owner {
-                escaped.entry(owner).or_default().push(orphan);
-            }
-        }
-        pids.iter()
-            .filter_map(|&pid| {
-                let theirs = escaped.get(&pid).map_or(&[][..], Vec::as_slice);
-                self.memory.measure(pid, theirs, how, limit).map(|bytes| (pid, bytes))
-            })
-            .collect()
+        self.containment.memory(&self.workers, pids, how, limit)
     }
 
     fn workers_usage(&self, pids: &[Pid]) -> Vec<WorkerUsage> {
         let uptime = proc_stats::uptime();
         pids.iter()
             .map(|&pid| {
-                let (rss_bytes, pss_bytes) = self.memory.last(pid);
+                let (rss_bytes, pss_bytes) = self.containment.last_memory(pid);
                 // Without memory checks nothing measured the tree: read it now.
                 let rss_bytes = rss_bytes.or_else(|| proc_stats::tree_rss(pid));
                 let (cpu_seconds, cpu_percent) = proc_stats::cpu_usage(pid, uptime);

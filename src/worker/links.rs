@@ -148,8 +148,7 @@ impl Links {
                     ],
                     channel_fd: Some(theirs.as_raw_fd()),
                     watchdog_pid: false,
-                    listeners: None,
-                    output: None,
+                    ..WorkerExtras::default()
                 };
                 let link = Link::NodeIpc {
                     stream: ours,

@@ -5,6 +5,7 @@
 //! the kernel's OOM killer (`oom`).
 
 pub mod channel;
+pub mod containment;
 pub mod links;
 pub mod oom;
 pub mod output;

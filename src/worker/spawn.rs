@@ -23,6 +23,7 @@ use crate::error::Error;
 use crate::limits::FdLimit;
 use serde::{Deserialize, Serialize};
 
+use super::containment::ChildEntry;
 use crate::wire::{Bytes, FdRecord};
 
 /// Variables meant for sheepdog alone (a worker talks to sheepdog, and
@@ -94,6 +95,8 @@ pub struct WorkerExtras {
     /// Its own queues, one per listening address, in place of the
     /// command's (as many, in the same order).
     pub listeners: Option<Vec<RawFd>>,
+    /// How it enters a container of its own (`Containment::enter`).
+    pub enter: Option<ChildEntry>,
 }
 
 /// journald's stream socket, which `systemd-cat` and systemd itself connect
@@ -446,6 +449,7 @@ impl WorkerCommand {
                 rlim_cur: limit.soft,
                 rlim_max: limit.hard,
             }),
+            enter: extras.enter,
         };
 
         // Signals stay blocked across fork, so that no handler of sheepdog's
@@ -574,6 +578,7 @@ struct ChildPlan<'a> {
     max_signal: libc::c_int,
     /// The fd limit the worker gets (sheepdog's own, before it raised it).
     fd_limit: Option<libc::rlimit>,
+    enter: Option<ChildEntry>,
 }
 
 impl ChildPlan<'_> {
@@ -603,9 +608,11 @@ impl ChildPlan<'_> {
             libc::sigemptyset(&mut empty);
             libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
 
-            // Its own process group: a `kill(0, …)` in one worker cannot hit
-            // the others, and sheepdog can signal a worker's whole group.
-            libc::setpgid(0, 0);
+            // A container of its own (a process group today): what it
+            // starts is signalled, measured and killed with it.
+            if let Some(enter) = self.enter {
+                enter();
+            }
             // Dies with sheepdog, even by SIGKILL. Re-check the parent to close
             // the race where sheepdog died before the prctl.
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
