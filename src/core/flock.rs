@@ -79,6 +79,13 @@ pub struct Flock {
     /// When workers not known to serve yet were last looked at.
     #[serde(skip)]
     pub(super) last_look: Option<Moment>,
+    /// The nearest deadline as the last full pass left it; until then a
+    /// pass of heartbeats alone decides nothing (see `is_quiet`).
+    #[serde(skip)]
+    pub(super) due: Option<Moment>,
+    /// The last pass was quiet: nothing was reconciled, nothing changed.
+    #[serde(skip)]
+    pub(super) quiet: bool,
 }
 
 impl Flock {
@@ -108,6 +115,8 @@ impl Flock {
             worker_lines: worker_lines(),
             unhealthy: None,
             last_look: None,
+            due: None,
+            quiet: false,
             policy,
         }
     }
@@ -166,14 +175,47 @@ impl Flock {
     /// waited in its socket while the loop was late was on time.
     pub fn handle_pass(&mut self, now: Moment, events: Vec<Event>) -> Vec<Action> {
         let mut actions = Vec::new();
+        self.quiet = self.is_quiet(now, &events);
         self.guard_against_stalls(now);
+        if self.quiet {
+            // Each heartbeat moves its worker's hung deadline later: nothing
+            // can follow from them before the deadline already known, so a
+            // flock of 256 beating workers costs no pass over the flock per beat.
+            for event in events {
+                self.apply(now, event, &mut actions);
+            }
+            return actions;
+        }
         self.spawned_this_pass = 0;
         self.load.new_pass();
         for event in events {
             self.apply(now, event, &mut actions);
         }
         self.reconcile(now, &mut actions);
+        self.due = self.next_deadline();
         actions
+    }
+
+    /// Whether a pass of `events` at `now` can decide nothing: only
+    /// heartbeats from workers that are serving, and the tick, before the
+    /// nearest deadline the last full pass left.
+    fn is_quiet(&self, now: Moment, events: &[Event]) -> bool {
+        self.due.is_some_and(|due| now < due)
+            && self.is_running()
+            && events.iter().all(|event| match event {
+                Event::Tick => true,
+                Event::Message {
+                    pid,
+                    message: WorkerMessage::Heartbeat,
+                } => self.workers.iter().any(|w| w.pid == *pid && w.serves_for_good()),
+                _ => false,
+            })
+    }
+
+    /// The last pass decided nothing (heartbeats alone before any deadline):
+    /// the shell has nothing to publish after it either.
+    pub fn was_quiet(&self) -> bool {
+        self.quiet
     }
 
     /// A pass of one event (as [`Flock::handle_pass`]).
@@ -189,6 +231,7 @@ impl Flock {
             self.apply(now, event, &mut actions);
         }
         self.reconcile(now, &mut actions);
+        self.due = self.next_deadline();
         actions
     }
 

@@ -31,6 +31,8 @@ impl Flock {
             load: Default::default(),
             worker_lines: super::flock::worker_lines(),
             last_look: None,
+            due: None,
+            quiet: false,
             ..self.clone()
         })
     }

@@ -247,6 +247,10 @@ impl<S: System> Supervisor<S> {
         let mut events: Vec<Event> = inputs.into_iter().filter_map(|input| self.translate(input)).collect();
         events.push(Event::Tick);
         let mut actions = self.flock.handle_pass(now, events);
+        // A quiet pass changed nothing the workers' steering or STATUS= show.
+        if self.flock.was_quiet() && self.upgrade_requested.is_none() && self.took_over.is_none() {
+            return None;
+        }
         let mut exit = None;
         // The actions' outcomes (a fork's pid, the memory measured) go back
         // to the core together, and it reconciles once for them all.

@@ -60,6 +60,38 @@ fn a_hung_worker_is_killed_after_the_heartbeat_timeout_and_replaced() {
 }
 
 #[test]
+fn heartbeats_alone_before_any_deadline_are_recorded_without_a_pass_and_decide_the_same() {
+    let mut h = Harness::ready(notify_policy(2));
+    let (a, b) = (h.pid_of(0), h.pid_of(1));
+    let mut quiet = 0;
+    for t in (300u32..=4800).step_by(300) {
+        // Ticks only at the deadlines, as the loop would wake for them.
+        h.run_until(t * MS);
+        let quiet_before = h.flock.next_deadline().is_some_and(|due| h.now < due);
+        h.say(a, WorkerMessage::Heartbeat);
+        assert_eq!(h.flock.was_quiet(), quiet_before, "at {t} ms");
+        quiet += usize::from(quiet_before);
+        let worker = h.flock.workers().iter().find(|w| w.pid == a).unwrap();
+        assert_eq!(worker.last_heartbeat, h.now, "recorded either way");
+        if t < 3000 {
+            assert!(signals(&h.log).is_empty(), "nobody is killed before the timeout");
+        }
+    }
+    assert_eq!(
+        signals(&h.log),
+        vec![(b, Signal::SIGKILL)],
+        "only the silent one is hung"
+    );
+    assert!(quiet > 5, "{quiet} quiet passes of 16");
+    // Anything but a heartbeat of a serving worker is a full pass.
+    h.now += MS;
+    h.say(99_999, WorkerMessage::Heartbeat);
+    assert!(!h.flock.was_quiet(), "no such worker");
+    h.feed(Event::Request(Request::ScaleUp));
+    assert!(!h.flock.was_quiet());
+}
+
+#[test]
 fn a_stalled_supervisor_spares_its_workers_once() {
     let mut h = Harness::ready(notify_policy(1));
     // The loop itself did not run for 10 s (SIGSTOPped): no mass murder.
