@@ -394,13 +394,52 @@ pub struct LastReload {
     pub message: String,
 }
 
+/// Where a worker is in its life, as `status` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerPhase {
+    Starting,
+    Ready,
+    /// Ready, its replacement on the way.
+    Retiring,
+    Stopping,
+    /// A state a newer sheepdog named and this client does not know.
+    #[serde(other)]
+    Other,
+}
+
+impl WorkerPhase {
+    /// Every phase a worker of this build can be in.
+    pub const ALL: [WorkerPhase; 4] = [
+        WorkerPhase::Starting,
+        WorkerPhase::Ready,
+        WorkerPhase::Retiring,
+        WorkerPhase::Stopping,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerPhase::Starting => "starting",
+            WorkerPhase::Ready => "ready",
+            WorkerPhase::Retiring => "retiring",
+            WorkerPhase::Stopping => "stopping",
+            WorkerPhase::Other => "?",
+        }
+    }
+}
+
+impl std::fmt::Display for WorkerPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkerStatus {
     pub slot: usize,
     pub pid: i32,
     pub generation: u32,
-    /// `starting`, `ready`, `retiring` (ready, its replacement on the way) or `stopping`.
-    pub state: String,
+    pub state: WorkerPhase,
     pub uptime_s: f64,
     pub restarts: u32,
     pub memory_bytes: Option<u64>,
@@ -440,6 +479,19 @@ pub struct WorkerStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_worker_state_is_a_word_and_one_this_client_does_not_know_is_kept_apart() {
+        for phase in WorkerPhase::ALL {
+            let json = serde_json::to_string(&phase).unwrap();
+            assert_eq!(json, format!("\"{phase}\""));
+            assert_eq!(serde_json::from_str::<WorkerPhase>(&json).unwrap(), phase);
+        }
+        assert_eq!(
+            serde_json::from_str::<WorkerPhase>("\"hibernating\"").unwrap(),
+            WorkerPhase::Other
+        );
+    }
 
     #[test]
     fn requests_are_versioned_json_lines() {
@@ -568,7 +620,7 @@ mod tests {
                 slot: 0,
                 pid: 100,
                 generation: 2,
-                state: "ready".into(),
+                state: WorkerPhase::Ready,
                 uptime_s: 1.0,
                 restarts: 0,
                 memory_bytes: None,

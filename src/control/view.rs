@@ -150,7 +150,7 @@ pub fn render(report: &StatusReport) -> String {
                 worker.slot.to_string(),
                 worker.pid.to_string(),
                 worker.generation.to_string(),
-                worker.state.clone(),
+                worker.state.to_string(),
                 age(Some(worker.uptime_s)),
                 worker.restarts.to_string(),
                 worker.memory_bytes.map_or("-".into(), format_size),

@@ -6,12 +6,9 @@
 
 use std::fmt::Write;
 
-use crate::control::protocol::StatusReport;
+use crate::control::protocol::{StatusReport, WorkerPhase};
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-/// The worker states, each a series of the `sheepdog_worker_state` state set.
-pub const STATES: [&str; 4] = ["starting", "ready", "retiring", "stopping"];
 
 struct Out(String);
 
@@ -302,9 +299,9 @@ fn worker_families(out: &mut Out, report: &StatusReport) {
         "1 for a worker's state (starting, ready, retiring, stopping), 0 for the others.",
     );
     for (worker, l) in report.workers.iter().zip(&labels) {
-        for state in STATES {
+        for state in WorkerPhase::ALL {
             let mut labels = with(l);
-            labels.push(("state", state.to_string()));
+            labels.push(("state", state.as_str().to_string()));
             let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
             out.sample(
                 "sheepdog_worker_state",

@@ -19,7 +19,7 @@ use super::system::{ClientId, Input, ListenerFault, System};
 use crate::config::{ListenAddr, LogLevel, Overrides, Settings, WorkerCount};
 use crate::control::protocol::{
     Command, HistogramStatus, LastReload, QueueStatus, ReloadCounts, Reply, StatusReport, SupervisorStatus,
-    UpgradeStatus, WaitingSlot, WorkerStatus,
+    UpgradeStatus, WaitingSlot, WorkerPhase, WorkerStatus,
 };
 use crate::control::view;
 use crate::core::tally::RELOAD_BUCKETS;
@@ -731,12 +731,11 @@ impl<S: System> Supervisor<S> {
                 pid: w.pid,
                 generation: w.generation,
                 state: match w.state {
-                    WorkerState::Starting => "starting",
-                    WorkerState::Ready { retiring: Some(_), .. } => "retiring",
-                    WorkerState::Ready { .. } => "ready",
-                    WorkerState::Stopping { .. } => "stopping",
-                }
-                .into(),
+                    WorkerState::Starting => WorkerPhase::Starting,
+                    WorkerState::Ready { retiring: Some(_), .. } => WorkerPhase::Retiring,
+                    WorkerState::Ready { .. } => WorkerPhase::Ready,
+                    WorkerState::Stopping { .. } => WorkerPhase::Stopping,
+                },
                 uptime_s: now.saturating_duration_since(w.started_at).as_secs_f64(),
                 restarts: flock.slot_restarts(w.slot),
                 memory_bytes: w.memory,

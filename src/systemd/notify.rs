@@ -21,7 +21,7 @@ use crate::logging::RateLimit;
 /// READY=1 are merged away, so the outbox stays bounded and its last word stands.
 pub struct Notifier {
     target: Option<(UnixDatagram, SocketAddr)>,
-    outbox: VecDeque<String>,
+    outbox: VecDeque<Outgoing>,
     /// Superseded state changes merged away, not logged yet.
     merged: u64,
     /// Messages systemd's socket refused (it is gone, or not a socket),
@@ -30,6 +30,46 @@ pub struct Notifier {
     /// A socket that refuses refuses every STATUS= and ping: said once a
     /// minute at most.
     refusals: RateLimit,
+}
+
+/// A datagram waiting for systemd, with what it is.
+struct Outgoing {
+    kind: Kind,
+    datagram: String,
+}
+
+/// What a datagram says, for merging the outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Ready,
+    Reloading,
+    Stopping,
+    Watchdog,
+    Status,
+}
+
+impl Kind {
+    fn of(message: &Upward) -> Kind {
+        match message {
+            Upward::Ready => Kind::Ready,
+            Upward::Reloading => Kind::Reloading,
+            Upward::Stopping => Kind::Stopping,
+            Upward::Watchdog => Kind::Watchdog,
+            Upward::Status(_) => Kind::Status,
+        }
+    }
+
+    /// What a datagram the binary before wrote says (read once, at the
+    /// hand-over): by its first assignment.
+    fn of_datagram(datagram: &str) -> Kind {
+        match datagram.split(['\n', '=']).next() {
+            Some("READY") => Kind::Ready,
+            Some("RELOADING") => Kind::Reloading,
+            Some("STOPPING") => Kind::Stopping,
+            Some("WATCHDOG") => Kind::Watchdog,
+            _ => Kind::Status,
+        }
+    }
 }
 
 /// State changes waiting beyond this many means the receiver is gone.
@@ -64,12 +104,16 @@ impl Notifier {
         if self.target.is_none() {
             return;
         }
-        match message {
-            Upward::Status(_) => self.outbox.retain(|m| !m.starts_with("STATUS=")),
-            Upward::Watchdog if self.outbox.iter().any(|m| m == "WATCHDOG=1") => return,
+        let kind = Kind::of(message);
+        match kind {
+            Kind::Status => self.outbox.retain(|m| m.kind != Kind::Status),
+            Kind::Watchdog if self.outbox.iter().any(|m| m.kind == Kind::Watchdog) => return,
             _ => {}
         }
-        self.outbox.push_back(format_message(message));
+        self.outbox.push_back(Outgoing {
+            kind,
+            datagram: format_message(message),
+        });
         self.merge_superseded();
         self.flush();
     }
@@ -78,11 +122,11 @@ impl Notifier {
     /// oldest READY=1 or RELOADING=1 that a later READY=1 supersedes.
     fn merge_superseded(&mut self) {
         while self.outbox.len() > MAX_STATE_CHANGES {
-            let last_ready = self.outbox.iter().rposition(|m| m == "READY=1");
+            let last_ready = self.outbox.iter().rposition(|m| m.kind == Kind::Ready);
             let oldest = self
                 .outbox
                 .iter()
-                .position(|m| m == "READY=1" || m.starts_with("RELOADING=1"))
+                .position(|m| matches!(m.kind, Kind::Ready | Kind::Reloading))
                 .filter(|i| last_ready.is_some_and(|last| *i < last));
             let Some(index) = oldest else { return };
             self.outbox.remove(index);
@@ -93,7 +137,7 @@ impl Notifier {
     /// Sends what waits in the outbox, as far as the receiver takes it.
     pub fn flush(&mut self) {
         let Some((socket, address)) = &self.target else { return };
-        while let Some(text) = self.outbox.front() {
+        while let Some(Outgoing { datagram: text, .. }) = self.outbox.front() {
             match socket.send_to_addr(text.as_bytes(), address) {
                 Ok(_) if self.refused > 0 => {
                     log::info!(
@@ -129,7 +173,7 @@ impl Notifier {
     /// What waits for systemd to read, as a copy: for the binary that takes
     /// over in place.
     pub fn pending(&self) -> Vec<String> {
-        self.outbox.iter().cloned().collect()
+        self.outbox.iter().map(|m| m.datagram.clone()).collect()
     }
 
     /// Takes over what the binary before this one had not sent yet, ahead
@@ -138,8 +182,11 @@ impl Notifier {
         if self.target.is_none() {
             return;
         }
-        for message in outbox.into_iter().rev() {
-            self.outbox.push_front(message);
+        for datagram in outbox.into_iter().rev() {
+            self.outbox.push_front(Outgoing {
+                kind: Kind::of_datagram(&datagram),
+                datagram,
+            });
         }
         self.merge_superseded();
     }
@@ -252,6 +299,23 @@ pub fn stderr_is_journal() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_datagram_handed_over_is_read_as_what_it_was() {
+        for message in [
+            Upward::Ready,
+            Upward::Reloading,
+            Upward::Stopping,
+            Upward::Watchdog,
+            Upward::Status("READY=1 is no state here".into()),
+        ] {
+            assert_eq!(
+                Kind::of_datagram(&format_message(&message)),
+                Kind::of(&message),
+                "{message:?}"
+            );
+        }
+    }
 
     #[test]
     fn the_watchdog_settings_from_the_environment_are_validated() {

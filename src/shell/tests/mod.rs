@@ -426,7 +426,7 @@ fn control_requests_are_answered_from_the_flock() {
         report
             .workers
             .iter()
-            .all(|w| w.state == "ready" && w.cpu_percent == Some(1.5))
+            .all(|w| w.state == crate::control::protocol::WorkerPhase::Ready && w.cpu_percent == Some(1.5))
     );
     assert_eq!(report.workers[0].uptime_s, 1.5);
 
