@@ -48,6 +48,7 @@
 pub mod app;
 pub mod build;
 pub mod cli;
+pub mod clients;
 pub mod clock;
 pub mod config;
 pub mod control;

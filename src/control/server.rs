@@ -8,8 +8,7 @@
 //! and a reply a client does not read is dropped with the client. `reload`
 //! replies when the reload has ended.
 
-use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -22,8 +21,8 @@ use log::{debug, warn};
 use nix::sys::socket::{self, sockopt};
 
 use super::protocol::{Command, Reply, parse_request};
+use crate::clients::{Client, Clients, Limits};
 use crate::error::Error;
-use crate::logging::RateLimit;
 use serde::{Deserialize, Serialize};
 
 use crate::wire::{Bytes, FdRecord};
@@ -39,17 +38,16 @@ const MAX_CLIENTS: usize = 64;
 const MAX_ACCEPTS_PER_PASS: usize = 64;
 const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
 
-struct Client {
-    stream: UnixStream,
-    input: Vec<u8>,
-    output: Vec<u8>,
-    opened: Moment,
-    /// A whole request was read: no more input, no deadline.
-    answered_or_busy: bool,
-    /// Close once `output` is written.
-    closing: bool,
-    /// Bytes sent after the request.
-    after_request: usize,
+fn limits() -> Limits {
+    Limits {
+        name: "control socket",
+        client: "control client",
+        max_clients: MAX_CLIENTS,
+        accepts_per_pass: MAX_ACCEPTS_PER_PASS,
+        request_deadline: REQUEST_DEADLINE,
+        reply_deadline: None,
+        max_backlog: MAX_REPLY_BACKLOG,
+    }
 }
 
 pub struct ControlServer {
@@ -58,15 +56,8 @@ pub struct ControlServer {
     /// it is still the one bound here.
     path: PathBuf,
     identity: (u64, u64),
-    clients: HashMap<u64, Client>,
-    next_client: u64,
+    clients: Clients<UnixStream, ()>,
     own_uid: u32,
-    /// An fd held in reserve (/dev/null): out of fds, it is closed to accept
-    /// and refuse a connection that would otherwise wake the loop again and
-    /// again, then opened again.
-    reserve: Option<std::fs::File>,
-    /// What clients can trigger again and again is logged at a bounded rate.
-    complaints: RateLimit,
     /// A private directory made for the socket when the default one was
     /// not ours: removed on exit with the socket.
     made_dir: Option<PathBuf>,
@@ -133,11 +124,8 @@ impl ControlServer {
                     listener,
                     path: path.to_path_buf(),
                     identity: (meta.dev(), meta.ino()),
-                    clients: HashMap::new(),
-                    next_client: 1,
+                    clients: Clients::new(limits(), 1, Vec::new()),
                     own_uid: nix::unistd::getuid().as_raw(),
-                    reserve: open_reserve(),
-                    complaints: RateLimit::new(5, Duration::from_secs(10)),
                     made_dir: None,
                 })
             }
@@ -159,7 +147,7 @@ impl ControlServer {
                     return false;
                 };
                 // Anyone who may delete the file can repeat this: bounded.
-                if self.complaints.allow(Moment::now()) {
+                if self.clients.complaints.allow(Moment::now()) {
                     warn!("the control socket {} was removed; bound it again", self.path.display());
                 }
                 self.listener = listener;
@@ -168,7 +156,7 @@ impl ControlServer {
             }
             Err(BindError::Live) => false,
             Err(BindError::Dir(e)) => {
-                if self.complaints.allow(Moment::now()) {
+                if self.clients.complaints.allow(Moment::now()) {
                     warn!(
                         "the control socket {} was removed and cannot be bound again: {e}",
                         self.path.display()
@@ -177,7 +165,7 @@ impl ControlServer {
                 false
             }
             Err(BindError::Other(e)) => {
-                if self.complaints.allow(Moment::now()) {
+                if self.clients.complaints.allow(Moment::now()) {
                     warn!(
                         "the control socket {} was removed and cannot be bound again: {e}",
                         self.path.display()
@@ -198,191 +186,85 @@ impl ControlServer {
     }
 
     pub fn client_fd(&self, client: u64) -> Option<BorrowedFd<'_>> {
-        self.clients.get(&client).map(|c| c.stream.as_fd())
+        self.clients.fd(client)
     }
 
-    /// Accepts the pending connections (up to a budget per pass); returns
-    /// the new clients to watch. Out of fds (EMFILE, ENFILE), the client idle
-    /// longest makes room, or the connection is taken with the reserve fd
-    /// and refused, so that an fd shortage never spins the loop.
+    /// Accepts the pending connections (up to a budget per pass) of root or
+    /// sheepdog's own uid; returns the new clients to watch.
     pub fn accept(&mut self, now: Moment) -> Vec<u64> {
-        let mut added = Vec::new();
-        for _ in 0..MAX_ACCEPTS_PER_PASS {
-            let stream = match self.listener.accept() {
-                Ok((stream, _)) => stream,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
-                    if self.complaints.allow(now) {
-                        warn!("control socket: cannot accept a client: {e}");
-                    }
-                    if self.evict_oldest_idle(now, "out of file descriptors") || self.refuse_with_reserve(now) {
-                        continue;
-                    }
-                    break;
+        let own_uid = self.own_uid;
+        let listener = &self.listener;
+        self.clients.accept(
+            now,
+            || listener.accept().map(|(stream, _)| stream),
+            |stream| {
+                let credentials =
+                    socket::getsockopt(stream, sockopt::PeerCredentials).map_err(|e| e.desc().to_string())?;
+                if credentials.uid() != 0 && credentials.uid() != own_uid {
+                    return Err(format!(
+                        "refused pid {} of uid {}: only root or uid {own_uid} may control sheepdog",
+                        credentials.pid(),
+                        credentials.uid(),
+                    ));
                 }
-                Err(e) => {
-                    if self.complaints.allow(now) {
-                        warn!("control socket: accept failed: {e}");
-                    }
-                    break;
-                }
-            };
-            if let Err(refusal) = self.admit(&stream, now) {
-                if self.complaints.allow(now) {
-                    warn!("control socket: {refusal}");
-                }
-                refuse(stream, refusal);
-                continue;
-            }
-            let id = self.next_client;
-            self.next_client += 1;
-            let client = Client {
-                stream,
-                input: Vec::new(),
-                output: Vec::new(),
-                opened: now,
-                answered_or_busy: false,
-                closing: false,
-                after_request: 0,
-            };
-            self.clients.insert(id, client);
-            added.push(id);
-        }
-        if self.reserve.is_none() {
-            self.reserve = open_reserve();
-        }
-        added
-    }
-
-    /// Out of fds with no idle client to disconnect: frees the reserve fd to
-    /// accept one connection and refuse it. False when there is no reserve
-    /// or the accept still fails.
-    fn refuse_with_reserve(&mut self, now: Moment) -> bool {
-        if self.reserve.take().is_none() {
-            return false;
-        }
-        let taken = match self.listener.accept() {
-            Ok((stream, _)) => {
-                refuse(stream, "sheepdog is out of file descriptors; try again later".into());
-                true
-            }
-            Err(e) => {
-                if self.complaints.allow(now) {
-                    warn!("control socket: cannot accept a client even with the reserve fd: {e}");
-                }
-                false
-            }
-        };
-        self.reserve = open_reserve();
-        taken
-    }
-
-    fn admit(&mut self, stream: &UnixStream, now: Moment) -> Result<(), String> {
-        stream.set_nonblocking(true).map_err(|e| e.to_string())?;
-        let credentials = socket::getsockopt(stream, sockopt::PeerCredentials).map_err(|e| e.desc().to_string())?;
-        if credentials.uid() != 0 && credentials.uid() != self.own_uid {
-            return Err(format!(
-                "refused pid {} of uid {}: only root or uid {} may control sheepdog",
-                credentials.pid(),
-                credentials.uid(),
-                self.own_uid
-            ));
-        }
-        if self.clients.len() >= MAX_CLIENTS
-            && !self.evict_oldest_idle(now, &format!("{MAX_CLIENTS} clients connected"))
-        {
-            return Err(format!(
-                "refused pid {}: {MAX_CLIENTS} clients are already waiting for replies",
-                credentials.pid()
-            ));
-        }
-        Ok(())
-    }
-
-    /// Makes room for a new client by disconnecting the one that has been
-    /// connected longest without sending a request, so that idle connections
-    /// can never shut an operator's `sheepdog status` out.
-    fn evict_oldest_idle(&mut self, now: Moment, why: &str) -> bool {
-        let oldest = self
-            .clients
-            .iter()
-            .filter(|(_, c)| !c.answered_or_busy)
-            .min_by_key(|(id, c)| (c.opened, **id))
-            .map(|(id, _)| *id);
-        match oldest {
-            Some(id) => {
-                if self.complaints.allow(now) {
-                    warn!("control socket: {why}; disconnecting idle client {id} to admit another");
-                }
-                self.clients.remove(&id);
-                true
-            }
-            None => false,
-        }
+                Ok(())
+            },
+            refuse,
+        )
     }
 
     /// Reads what a client sent: its request once a whole line arrived.
     pub fn read(&mut self, id: u64) -> ClientInput {
-        let Some(client) = self.clients.get_mut(&id) else {
+        let whole = |c: &Client<UnixStream, ()>| {
+            if c.answered {
+                c.ignored > MAX_AFTER_REQUEST
+            } else {
+                c.input.contains(&b'\n') || c.input.len() > MAX_REQUEST
+            }
+        };
+        if !self.clients.read(id, whole) {
+            // Gone: a reload waiter that hangs up just stops waiting.
+            return ClientInput::Gone;
+        }
+        let Some(client) = self.clients.get_mut(id) else {
             return ClientInput::Gone;
         };
-        let mut buffer = [0u8; 8192];
-        loop {
-            match client.stream.read(&mut buffer) {
-                Ok(0) => {
-                    // Gone: a reload waiter that hangs up just stops waiting.
-                    self.clients.remove(&id);
-                    return ClientInput::Gone;
+        if client.answered {
+            if client.ignored > MAX_AFTER_REQUEST {
+                if self.clients.complaints.allow(Moment::now()) {
+                    warn!(
+                        "control client {id} sent over {MAX_AFTER_REQUEST} bytes after its request; disconnecting it"
+                    );
                 }
-                Ok(n) if client.answered_or_busy => {
-                    client.after_request += n;
-                    if client.after_request > MAX_AFTER_REQUEST {
-                        if self.complaints.allow(Moment::now()) {
-                            warn!(
-                                "control client {id} sent over {MAX_AFTER_REQUEST} bytes after its request; disconnecting it"
-                            );
-                        }
-                        self.clients.remove(&id);
-                        return ClientInput::Gone;
-                    }
-                    debug!("control client {id}: ignoring {n} more bytes");
+                self.clients.remove(id);
+                return ClientInput::Gone;
+            }
+            return ClientInput::Pending;
+        }
+        let newline = client.input.iter().position(|b| *b == b'\n');
+        // The limit is on the request itself, newline or not yet.
+        if newline.unwrap_or(client.input.len()) > MAX_REQUEST {
+            let message = format!("request longer than {MAX_REQUEST} bytes");
+            client.input = Vec::new();
+            if self.clients.complaints.allow(Moment::now()) {
+                warn!("control client {id}: {message}; disconnecting it");
+            }
+            self.reply(id, &Reply::Failed(message));
+            return ClientInput::Pending;
+        }
+        let Some(end) = newline else {
+            return ClientInput::Pending;
+        };
+        client.answered = true;
+        let line = std::mem::take(&mut client.input);
+        match parse_request(&line[..end]) {
+            Ok(command) => ClientInput::Request(command),
+            Err(e) => {
+                if self.clients.complaints.allow(Moment::now()) {
+                    warn!("control client {id}: {e}");
                 }
-                Ok(n) => {
-                    client.input.extend_from_slice(&buffer[..n]);
-                    let newline = client.input.iter().position(|b| *b == b'\n');
-                    // The limit is on the request itself, newline or not yet.
-                    if newline.unwrap_or(client.input.len()) > MAX_REQUEST {
-                        let message = format!("request longer than {MAX_REQUEST} bytes");
-                        if self.complaints.allow(Moment::now()) {
-                            warn!("control client {id}: {message}; disconnecting it");
-                        }
-                        client.answered_or_busy = true;
-                        client.input = Vec::new();
-                        self.reply(id, &Reply::Failed(message));
-                        return ClientInput::Pending;
-                    }
-                    if let Some(end) = newline {
-                        client.answered_or_busy = true;
-                        let line = std::mem::take(&mut client.input);
-                        return match parse_request(&line[..end]) {
-                            Ok(command) => ClientInput::Request(command),
-                            Err(e) => {
-                                if self.complaints.allow(Moment::now()) {
-                                    warn!("control client {id}: {e}");
-                                }
-                                self.reply(id, &Reply::Failed(e));
-                                ClientInput::Pending
-                            }
-                        };
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return ClientInput::Pending,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) => {
-                    self.clients.remove(&id);
-                    return ClientInput::Gone;
-                }
+                self.reply(id, &Reply::Failed(e));
+                ClientInput::Pending
             }
         }
     }
@@ -390,94 +272,42 @@ impl ControlServer {
     /// Sends `reply` and closes the connection once it is written. Returns
     /// true when the reply could not be written at once (watch for writability).
     pub fn reply(&mut self, id: u64, reply: &Reply) -> bool {
-        let Some(client) = self.clients.get_mut(&id) else {
-            return false;
-        };
-        client.output.extend_from_slice(reply.encode().as_bytes());
-        client.output.push(b'\n');
-        client.closing = true;
-        self.flush(id)
+        self.clients.send(id, format!("{}\n", reply.encode()).as_bytes())
     }
 
     /// Writes pending output; true if some is left (the client reads slowly).
     pub fn flush(&mut self, id: u64) -> bool {
-        let Some(client) = self.clients.get_mut(&id) else {
-            return false;
-        };
-        while !client.output.is_empty() {
-            match client.stream.write(&client.output) {
-                Ok(n) => {
-                    client.output.drain(..n);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if client.output.len() > MAX_REPLY_BACKLOG {
-                        if self.complaints.allow(Moment::now()) {
-                            warn!("control client {id} does not read its reply; disconnecting it");
-                        }
-                        self.clients.remove(&id);
-                        return false;
-                    }
-                    return true;
-                }
-                Err(_) => {
-                    self.clients.remove(&id);
-                    return false;
-                }
-            }
-        }
-        if client.closing {
-            self.clients.remove(&id);
-        }
-        false
+        self.clients.flush(id)
     }
 
     /// Disconnects clients that did not send a whole request in time.
     pub fn expire(&mut self, now: Moment) {
-        self.clients.retain(|id, client| {
-            let late = !client.answered_or_busy && now.saturating_duration_since(client.opened) >= REQUEST_DEADLINE;
-            if late && self.complaints.allow(now) {
-                warn!(
-                    "control client {id} sent no request within {}s; disconnecting it",
-                    REQUEST_DEADLINE.as_secs()
-                );
-            }
-            !late
-        });
+        self.clients.expire(now, None, true);
     }
 
     pub fn next_deadline(&self) -> Option<Moment> {
-        self.clients
-            .values()
-            .filter(|c| !c.answered_or_busy)
-            .map(|c| c.opened + REQUEST_DEADLINE)
-            .min()
+        self.clients.next_deadline()
     }
 
     /// What this server holds, for the binary that takes over: the
     /// listener, and each client with what it sent and what waits for it.
     pub fn export(&self) -> ControlState {
-        let mut clients: Vec<ClientState> = self
-            .clients
-            .iter()
-            .map(|(id, c)| ClientState {
-                id: *id,
-                fd: FdRecord::of(c.stream.as_fd()),
-                input: Bytes::new(&c.input),
-                output: Bytes::new(&c.output),
-                opened: c.opened,
-                answered: c.answered_or_busy,
-                closing: c.closing,
-                after_request: c.after_request,
-            })
-            .collect();
-        clients.sort_by_key(|c| c.id);
+        let clients = self.clients.export(|id, c| ClientState {
+            id,
+            fd: FdRecord::of(c.stream.as_fd()),
+            input: Bytes::new(&c.input),
+            output: Bytes::new(&c.output),
+            opened: c.opened,
+            answered: c.answered,
+            closing: c.closing,
+            after_request: c.ignored,
+        });
         ControlState {
             listener: FdRecord::of(self.listener.as_fd()),
             path: Bytes::path(&self.path),
             identity: self.identity,
             clients,
-            next_client: self.next_client,
+            next_client: self.clients.next_id(),
             made_dir: self.made_dir.as_deref().map(Bytes::path),
         }
     }
@@ -497,9 +327,10 @@ impl ControlServer {
                     input: c.input.into_vec(),
                     output: c.output.into_vec(),
                     opened: c.opened,
-                    answered_or_busy: c.answered,
+                    answered: c.answered,
                     closing: c.closing,
-                    after_request: c.after_request,
+                    ignored: c.after_request,
+                    extra: (),
                 };
                 (c.id, client)
             })
@@ -508,23 +339,20 @@ impl ControlServer {
             listener: UnixListener::from(take(state.listener.fd)),
             path: state.path.to_path(),
             identity: state.identity,
-            clients,
-            next_client: state.next_client,
+            clients: Clients::new(limits(), state.next_client, clients),
             own_uid: nix::unistd::getuid().as_raw(),
-            reserve: open_reserve(),
-            complaints: RateLimit::new(5, Duration::from_secs(10)),
             made_dir: state.made_dir.map(|d| d.to_path()),
         }
     }
 
     /// Whether client `id` waits to write a reply (watch it for writability).
     pub fn is_writing(&self, id: u64) -> bool {
-        self.clients.get(&id).is_some_and(|c| !c.output.is_empty())
+        self.clients.is_writing(id)
     }
 
     /// The clients connected now.
     pub fn client_ids(&self) -> Vec<u64> {
-        self.clients.keys().copied().collect()
+        self.clients.ids()
     }
 
     /// Removes the socket file (on exit), if it is still the one bound here:
@@ -556,10 +384,6 @@ impl ControlServer {
 fn refuse(mut stream: UnixStream, why: String) {
     let _ = stream.set_nonblocking(true);
     let _ = stream.write_all(format!("{}\n", Reply::Failed(why).encode()).as_bytes());
-}
-
-fn open_reserve() -> Option<std::fs::File> {
-    std::fs::File::open("/dev/null").ok()
 }
 
 enum BindError {

@@ -223,13 +223,18 @@ impl Flock {
         self.handle_pass(now, vec![event])
     }
 
-    /// What the actions of this pass led to (spawns' outcomes, the memory
-    /// measured): all applied, then reconciled once, within the same pass.
-    pub fn follow_up(&mut self, now: Moment, events: Vec<Event>) -> Vec<Action> {
+    /// What an action of this pass led to (a fork's pid, the memory
+    /// measured), recorded at once, so that the table is current for the
+    /// next action; nothing is reconciled until [`Flock::settle`].
+    pub fn outcome(&mut self, now: Moment, event: Event) -> Vec<Action> {
         let mut actions = Vec::new();
-        for event in events {
-            self.apply(now, event, &mut actions);
-        }
+        self.apply(now, event, &mut actions);
+        actions
+    }
+
+    /// After the outcomes of a round of actions: one reconcile for them all.
+    pub fn settle(&mut self, now: Moment) -> Vec<Action> {
+        let mut actions = Vec::new();
         self.reconcile(now, &mut actions);
         self.due = self.next_deadline();
         actions

@@ -7,7 +7,6 @@
 //! one), a reply not read within 10 s is dropped with its client, and out of
 //! fds a connection is taken with a reserve fd and closed.
 
-use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -18,11 +17,11 @@ use std::time::Duration;
 
 use crate::clock::Moment;
 
-use log::{debug, warn};
+use log::warn;
 
+use crate::clients::{Client, Clients, Conn, Limits};
 use crate::config::ListenAddr;
 use crate::error::Error;
-use crate::logging::RateLimit;
 use serde::{Deserialize, Serialize};
 
 use crate::wire::{Bytes, FdRecord};
@@ -81,14 +80,16 @@ enum Stream {
     Unix(UnixStream),
 }
 
-impl Stream {
+impl Read for Stream {
     fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
         match self {
             Stream::Tcp(s) => s.read(buffer),
             Stream::Unix(s) => s.read(buffer),
         }
     }
+}
 
+impl Write for Stream {
     fn write(&mut self, buffer: &[u8]) -> std::io::Result<usize> {
         match self {
             Stream::Tcp(s) => s.write(buffer),
@@ -96,10 +97,25 @@ impl Stream {
         }
     }
 
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl AsFd for Stream {
     fn as_fd(&self) -> BorrowedFd<'_> {
         match self {
             Stream::Tcp(s) => s.as_fd(),
             Stream::Unix(s) => s.as_fd(),
+        }
+    }
+}
+
+impl Conn for Stream {
+    fn set_nonblocking(&self) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_nonblocking(true),
+            Stream::Unix(s) => s.set_nonblocking(true),
         }
     }
 
@@ -113,27 +129,30 @@ impl Stream {
     }
 }
 
-struct Client {
-    stream: Stream,
-    input: Vec<u8>,
-    output: Vec<u8>,
-    opened: Moment,
-    /// A whole request was read (or refused): nothing more is read.
-    answered: bool,
+/// What the server keeps of a client beside what every client has.
+#[derive(Default)]
+struct Asked {
     /// HEAD: the reply's headers only.
     head_only: bool,
+}
+
+fn limits() -> Limits {
+    Limits {
+        name: "http",
+        client: "http client",
+        max_clients: MAX_CLIENTS,
+        accepts_per_pass: MAX_ACCEPTS_PER_PASS,
+        request_deadline: REQUEST_DEADLINE,
+        reply_deadline: Some(CLIENT_DEADLINE),
+        max_backlog: 16 << 20,
+    }
 }
 
 pub struct HttpServer {
     endpoint: Endpoint,
     /// What it listens on, for logs.
     pub address: String,
-    clients: HashMap<u64, Client>,
-    next_client: u64,
-    /// An fd held in reserve: out of fds, it is closed to take a connection
-    /// and close it, rather than leave it to wake the loop again and again.
-    reserve: Option<std::fs::File>,
-    complaints: RateLimit,
+    clients: Clients<Stream, Asked>,
 }
 
 impl HttpServer {
@@ -172,10 +191,7 @@ impl HttpServer {
         Ok(HttpServer {
             endpoint,
             address,
-            clients: HashMap::new(),
-            next_client: 1,
-            reserve: std::fs::File::open("/dev/null").ok(),
-            complaints: RateLimit::new(5, Duration::from_secs(10)),
+            clients: Clients::new(limits(), 1, Vec::new()),
         })
     }
 
@@ -187,7 +203,7 @@ impl HttpServer {
     }
 
     pub fn client_fd(&self, client: u64) -> Option<BorrowedFd<'_>> {
-        self.clients.get(&client).map(|c| c.stream.as_fd())
+        self.clients.fd(client)
     }
 
     pub fn clients(&self) -> usize {
@@ -196,146 +212,66 @@ impl HttpServer {
 
     /// A reply is waiting for the client to read it.
     pub fn is_writing(&self, client: u64) -> bool {
-        self.clients.get(&client).is_some_and(|c| !c.output.is_empty())
-    }
-
-    fn accept_one(&self) -> std::io::Result<Stream> {
-        match &self.endpoint {
-            Endpoint::Tcp(l) => l.accept().map(|(s, _)| Stream::Tcp(s)),
-            Endpoint::Unix(l, ..) => l.accept().map(|(s, _)| Stream::Unix(s)),
-        }
+        self.clients.is_writing(client)
     }
 
     /// Accepts pending connections (a budget per pass); returns the new
     /// clients to watch and read.
     pub fn accept(&mut self, now: Moment) -> Vec<u64> {
-        let mut added = Vec::new();
-        for _ in 0..MAX_ACCEPTS_PER_PASS {
-            let stream = match self.accept_one() {
-                Ok(stream) => stream,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
-                    if self.complaints.allow(now) {
-                        warn!("http: cannot accept a client: {e}");
-                    }
-                    if self.evict_oldest_idle() || self.refuse_with_reserve() {
-                        continue;
-                    }
-                    break;
-                }
-                Err(e) => {
-                    if self.complaints.allow(now) {
-                        warn!("http: accept failed: {e}");
-                    }
-                    break;
-                }
-            };
-            let nonblocking = match &stream {
-                Stream::Tcp(s) => s.set_nonblocking(true),
-                Stream::Unix(s) => s.set_nonblocking(true),
-            };
-            if nonblocking.is_err() {
-                continue;
-            }
-            if self.clients.len() >= MAX_CLIENTS && !self.evict_oldest_idle() {
+        let endpoint = &self.endpoint;
+        let take = || match endpoint {
+            Endpoint::Tcp(l) => l.accept().map(|(s, _)| Stream::Tcp(s)),
+            Endpoint::Unix(l, ..) => l.accept().map(|(s, _)| Stream::Unix(s)),
+        };
+        self.clients.accept(
+            now,
+            take,
+            |_| Ok(()),
+            |mut stream, _| {
                 // Every client is being answered: this one is told to retry.
-                let mut stream = stream;
                 let _ = stream.write(&encode(&HttpResponse::text(503, "busy; try again\n"), false));
-                continue;
-            }
-            let id = self.next_client;
-            self.next_client += 1;
-            self.clients.insert(
-                id,
-                Client {
-                    stream,
-                    input: Vec::new(),
-                    output: Vec::new(),
-                    opened: now,
-                    answered: false,
-                    head_only: false,
-                },
-            );
-            added.push(id);
-        }
-        if self.reserve.is_none() {
-            self.reserve = std::fs::File::open("/dev/null").ok();
-        }
-        added
-    }
-
-    fn refuse_with_reserve(&mut self) -> bool {
-        if self.reserve.take().is_none() {
-            return false;
-        }
-        let taken = self.accept_one().is_ok();
-        self.reserve = std::fs::File::open("/dev/null").ok();
-        taken
-    }
-
-    /// Disconnects the client connected longest without a whole request.
-    fn evict_oldest_idle(&mut self) -> bool {
-        let oldest = self
-            .clients
-            .iter()
-            .filter(|(_, c)| !c.answered)
-            .min_by_key(|(id, c)| (c.opened, **id))
-            .map(|(id, _)| *id);
-        oldest.is_some_and(|id| self.clients.remove(&id).is_some())
+            },
+        )
     }
 
     /// Reads what a client sent: its request once the head is whole. A
     /// malformed, oversized or non-GET request is answered here.
     pub fn read(&mut self, id: u64) -> HttpInput {
-        let Some(client) = self.clients.get_mut(&id) else {
+        // A body or a pipelined request is not read: the reply ends the connection.
+        let whole = |c: &Client<Stream, Asked>| {
+            c.answered || c.input.len() > MAX_HEAD || c.input.windows(4).any(|w| w == b"\r\n\r\n")
+        };
+        if !self.clients.read(id, whole) {
+            return HttpInput::Gone;
+        }
+        let Some(client) = self.clients.get_mut(id) else {
             return HttpInput::Gone;
         };
-        if client.answered {
-            // A body or a pipelined request: not read; the reply ends the connection.
+        if client.answered || client.input.is_empty() {
             return HttpInput::Pending;
         }
-        let mut buffer = [0u8; 4096];
-        loop {
-            match client.stream.read(&mut buffer) {
-                Ok(0) => {
-                    self.clients.remove(&id);
-                    return HttpInput::Gone;
-                }
-                Ok(n) => {
-                    client.input.extend_from_slice(&buffer[..n]);
-                    match parse(&client.input) {
-                        Parsed::Partial if client.input.len() <= MAX_HEAD => continue,
-                        Parsed::Partial | Parsed::TooLarge => {
-                            let message = format!("request head over {MAX_HEAD} bytes\n");
-                            return self.refuse(id, HttpResponse::text(431, message));
-                        }
-                        Parsed::Bad(why) => return self.refuse(id, HttpResponse::text(400, format!("{why}\n"))),
-                        Parsed::Method(method) => {
-                            let response = HttpResponse::text(405, format!("{method} is not served here: GET only\n"));
-                            return self.refuse(id, response);
-                        }
-                        Parsed::Get { path, head_only } => {
-                            client.answered = true;
-                            client.head_only = head_only;
-                            client.input = Vec::new();
-                            return HttpInput::Request(HttpRequest { path });
-                        }
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return HttpInput::Pending,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) => {
-                    self.clients.remove(&id);
-                    return HttpInput::Gone;
-                }
+        match parse(&client.input) {
+            Parsed::Partial if client.input.len() <= MAX_HEAD => HttpInput::Pending,
+            Parsed::Partial | Parsed::TooLarge => {
+                let message = format!("request head over {MAX_HEAD} bytes\n");
+                self.refuse(id, HttpResponse::text(431, message))
+            }
+            Parsed::Bad(why) => self.refuse(id, HttpResponse::text(400, format!("{why}\n"))),
+            Parsed::Method(method) => {
+                let response = HttpResponse::text(405, format!("{method} is not served here: GET only\n"));
+                self.refuse(id, response)
+            }
+            Parsed::Get { path, head_only } => {
+                client.answered = true;
+                client.extra.head_only = head_only;
+                client.input = Vec::new();
+                HttpInput::Request(HttpRequest { path })
             }
         }
     }
 
     fn refuse(&mut self, id: u64, response: HttpResponse) -> HttpInput {
-        if let Some(client) = self.clients.get_mut(&id) {
-            client.answered = true;
+        if let Some(client) = self.clients.get_mut(id) {
             client.input = Vec::new();
         }
         self.respond(id, &response);
@@ -345,89 +281,27 @@ impl HttpServer {
     /// Sends the response and closes the connection once it is written.
     /// True when some could not be written yet (watch for writability).
     pub fn respond(&mut self, id: u64, response: &HttpResponse) -> bool {
-        let Some(client) = self.clients.get_mut(&id) else {
+        let Some(client) = self.clients.get_mut(id) else {
             return false;
         };
-        client.answered = true;
-        client.output = encode(response, client.head_only);
-        self.flush(id)
+        let bytes = encode(response, client.extra.head_only);
+        self.clients.send(id, &bytes)
     }
 
     /// Writes pending output; true if some is left.
     pub fn flush(&mut self, id: u64) -> bool {
-        let Some(client) = self.clients.get_mut(&id) else {
-            return false;
-        };
-        let mut written = 0;
-        while written < client.output.len() {
-            match client.stream.write(&client.output[written..]) {
-                Ok(0) => break,
-                Ok(n) => written += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    client.output.drain(..written);
-                    return true;
-                }
-                Err(_) => {
-                    self.clients.remove(&id);
-                    return false;
-                }
-            }
-        }
-        client.stream.finish();
-        self.clients.remove(&id);
-        false
+        self.clients.flush(id)
     }
 
     /// Drops clients out of time: no whole request within 5 s (told 408
     /// if it can take it), or a reply not read within 10 s.
     pub fn expire(&mut self, now: Moment) {
-        let late: Vec<(u64, bool)> = self
-            .clients
-            .iter()
-            .filter_map(|(id, c)| {
-                let age = now.saturating_duration_since(c.opened);
-                if !c.answered && age >= REQUEST_DEADLINE {
-                    Some((*id, true))
-                } else {
-                    (age >= CLIENT_DEADLINE).then_some((*id, false))
-                }
-            })
-            .collect();
-        for (id, silent) in late {
-            if silent {
-                debug!(
-                    "http client {id} sent no whole request within {}s",
-                    REQUEST_DEADLINE.as_secs()
-                );
-                if let Some(mut client) = self.clients.remove(&id) {
-                    let _ = client
-                        .stream
-                        .write(&encode(&HttpResponse::text(408, "request timeout\n"), false));
-                }
-            } else {
-                if self.complaints.allow(now) {
-                    warn!(
-                        "http client {id} did not read its reply within {}s; disconnecting it",
-                        CLIENT_DEADLINE.as_secs()
-                    );
-                }
-                self.clients.remove(&id);
-            }
-        }
+        let timeout = encode(&HttpResponse::text(408, "request timeout\n"), false);
+        self.clients.expire(now, Some(&timeout), false);
     }
 
     pub fn next_deadline(&self) -> Option<Moment> {
-        self.clients
-            .values()
-            .map(|c| {
-                if c.answered {
-                    c.opened + CLIENT_DEADLINE
-                } else {
-                    c.opened + REQUEST_DEADLINE
-                }
-            })
-            .min()
+        self.clients.next_deadline()
     }
 
     /// What this server holds, for the binary that takes over.
@@ -436,27 +310,22 @@ impl HttpServer {
             Endpoint::Tcp(l) => (FdRecord::of(l.as_fd()), None),
             Endpoint::Unix(l, path, (dev, ino)) => (FdRecord::of(l.as_fd()), Some((Bytes::path(path), *dev, *ino))),
         };
-        let mut clients: Vec<HttpClientState> = self
-            .clients
-            .iter()
-            .map(|(id, c)| HttpClientState {
-                id: *id,
-                fd: FdRecord::of(c.stream.as_fd()),
-                unix: matches!(c.stream, Stream::Unix(_)),
-                input: Bytes::new(&c.input),
-                output: Bytes::new(&c.output),
-                opened: c.opened,
-                answered: c.answered,
-                head_only: c.head_only,
-            })
-            .collect();
-        clients.sort_by_key(|c| c.id);
+        let clients = self.clients.export(|id, c| HttpClientState {
+            id,
+            fd: FdRecord::of(c.stream.as_fd()),
+            unix: matches!(c.stream, Stream::Unix(_)),
+            input: Bytes::new(&c.input),
+            output: Bytes::new(&c.output),
+            opened: c.opened,
+            answered: c.answered,
+            head_only: c.extra.head_only,
+        });
         HttpState {
             listener,
             unix,
             address: self.address.clone(),
             clients,
-            next_client: self.next_client,
+            next_client: self.clients.next_id(),
         }
     }
 
@@ -487,7 +356,10 @@ impl HttpServer {
                     output: c.output.into_vec(),
                     opened: c.opened,
                     answered: c.answered,
-                    head_only: c.head_only,
+                    // A response is only ever queued to be sent and closed.
+                    closing: c.answered,
+                    ignored: 0,
+                    extra: Asked { head_only: c.head_only },
                 };
                 (c.id, client)
             })
@@ -495,16 +367,13 @@ impl HttpServer {
         HttpServer {
             endpoint,
             address: state.address,
-            clients,
-            next_client: state.next_client,
-            reserve: std::fs::File::open("/dev/null").ok(),
-            complaints: RateLimit::new(5, Duration::from_secs(10)),
+            clients: Clients::new(limits(), state.next_client, clients),
         }
     }
 
     /// The clients connected now.
     pub fn client_ids(&self) -> Vec<u64> {
-        self.clients.keys().copied().collect()
+        self.clients.ids()
     }
 
     /// Removes a unix socket file on exit, if it is still the one bound here.

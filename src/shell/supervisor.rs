@@ -252,18 +252,23 @@ impl<S: System> Supervisor<S> {
             return None;
         }
         let mut exit = None;
-        // The actions' outcomes (a fork's pid, the memory measured) go back
-        // to the core together, and it reconciles once for them all.
+        // Each action's outcome (a fork's pid, the memory measured) goes
+        // back to the core at once; it reconciles once for the whole round.
         while !actions.is_empty() {
-            let mut outcomes = Vec::new();
+            let mut next = Vec::new();
+            let mut settle = false;
             for action in actions {
+                let mut outcomes = Vec::new();
                 exit = exit.or(self.perform(now, action, &mut outcomes));
+                for event in outcomes {
+                    settle = true;
+                    next.extend(self.flock.outcome(now, event));
+                }
             }
-            actions = if outcomes.is_empty() {
-                Vec::new()
-            } else {
-                self.flock.follow_up(now, outcomes)
-            };
+            if settle {
+                next.extend(self.flock.settle(now));
+            }
+            actions = next;
         }
         self.steer();
         // One STATUS= for the whole pass, the last word before an exit too.

@@ -158,12 +158,18 @@ impl Harness {
         let mut taken = Vec::new();
         let mut actions = self.flock.handle_pass(self.now, events);
         while !actions.is_empty() {
-            let outcomes = self.perform(actions, &mut taken);
-            actions = if outcomes.is_empty() {
-                Vec::new()
-            } else {
-                self.flock.follow_up(self.now, outcomes)
-            };
+            let mut next = Vec::new();
+            let mut settle = false;
+            for action in actions {
+                for event in self.perform(vec![action], &mut taken) {
+                    settle = true;
+                    next.extend(self.flock.outcome(self.now, event));
+                }
+            }
+            if settle {
+                next.extend(self.flock.settle(self.now));
+            }
+            actions = next;
         }
         // Each event is a pass of its own here; the shell asks once per pass.
         taken.extend(self.flock.status_update());
