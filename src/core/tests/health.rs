@@ -68,7 +68,12 @@ fn heartbeats_alone_before_any_deadline_are_recorded_without_a_pass_and_decide_t
         // Ticks only at the deadlines, as the loop would wake for them.
         h.run_until(t * MS);
         let quiet_before = h.flock.next_deadline().is_some_and(|due| h.now < due);
-        h.say(a, WorkerMessage::Heartbeat);
+        // As the shell feeds a pass: what it read, and the tick.
+        let heartbeat = Event::Message {
+            pid: a,
+            message: WorkerMessage::Heartbeat,
+        };
+        h.feed_pass(vec![heartbeat, Event::Tick]);
         assert_eq!(h.flock.was_quiet(), quiet_before, "at {t} ms");
         quiet += usize::from(quiet_before);
         let worker = h.flock.workers().iter().find(|w| w.pid == a).unwrap();
