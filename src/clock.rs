@@ -180,6 +180,8 @@ mod tests {
             Moment::from_nanos(u64::MAX)
         );
         assert_eq!(start.saturating_duration_since(Moment::from_nanos(7)), Duration::ZERO);
+        assert_eq!(start - Duration::from_nanos(2), Moment::from_nanos(3));
+        assert_eq!(format!("{:?}", Moment::from_nanos(1_000_000_005)), "1.000000005s");
         assert_eq!(
             start.checked_duration_since(Moment::from_nanos(2)),
             Some(Duration::from_nanos(3))
@@ -213,6 +215,21 @@ mod tests {
             Moment::from_nanos(5),
             "origin restored"
         );
+        // Ten years either way is the bound, itself included: nine read
+        // back, eleven do not.
+        let bound = MAX_OFFSET.as_nanos() as i64;
+        let far_origin = Moment::from_nanos(2 * bound as u64);
+        for (offset, ok) in [(bound, true), (-bound, true), (bound + 1, false), (-bound - 1, false)] {
+            let read = relative_to(far_origin, || serde_json::from_str::<Moment>(&offset.to_string()));
+            assert_eq!(read.is_ok(), ok, "{offset} ns");
+        }
+        let year: i64 = 366 * 24 * 3600 * 1_000_000_000;
+        for (years, ok) in [(9, true), (-9, true), (11, false)] {
+            let read = relative_to(far_origin, || {
+                serde_json::from_str::<Moment>(&(years * year).to_string())
+            });
+            assert_eq!(read.is_ok(), ok, "{years} years");
+        }
     }
 
     #[test]
