@@ -66,16 +66,17 @@ pub struct Limits {
     /// "control client", "http client".
     pub client: &'static str,
     pub max_clients: usize,
-    /// Connections accepted in one pass at most: a flood of them waits for
-    /// the next pass rather than holding the loop.
-    pub accepts_per_pass: usize,
     /// A client without a whole request by then is dropped.
     pub request_deadline: Duration,
     /// A client that has not read its reply by then is dropped.
     pub reply_deadline: Option<Duration>,
-    /// A reply that waits for a reader this long is given up.
-    pub max_backlog: usize,
 }
+
+/// Connections accepted in one pass at most: a flood of them waits for the
+/// next pass rather than holding the loop.
+const ACCEPTS_PER_PASS: usize = 64;
+/// A reply that waits this long for its reader is given up, with the client.
+const MAX_BACKLOG: usize = 16 << 20;
 
 /// What a new connection is told when it is not admitted.
 pub type Refuse<S> = fn(S, String);
@@ -113,7 +114,7 @@ impl<S: Conn, E: Default> Clients<S, E> {
         refuse: Refuse<S>,
     ) -> Vec<u64> {
         let mut added = Vec::new();
-        for _ in 0..self.limits.accepts_per_pass {
+        for _ in 0..ACCEPTS_PER_PASS {
             let stream = match take() {
                 Ok(stream) => stream,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
@@ -280,7 +281,7 @@ impl<S: Conn, E: Default> Clients<S, E> {
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if client.output.len() > self.limits.max_backlog {
+                    if client.output.len() > MAX_BACKLOG {
                         if self.complaints.allow(Moment::now()) {
                             warn!("{} {id} does not read its reply; disconnecting it", self.limits.client);
                         }

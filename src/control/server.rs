@@ -31,11 +31,7 @@ const MAX_REQUEST: usize = 64 * 1024;
 /// it is disconnected: a reload waiter streaming bytes would otherwise keep
 /// the loop reading and discarding.
 const MAX_AFTER_REQUEST: usize = 4096;
-const MAX_REPLY_BACKLOG: usize = 16 * 1024 * 1024;
 const MAX_CLIENTS: usize = 64;
-/// Connections accepted in one pass at most: a flood of them waits for the
-/// next pass rather than holding the loop.
-const MAX_ACCEPTS_PER_PASS: usize = 64;
 const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
 
 fn limits() -> Limits {
@@ -43,10 +39,8 @@ fn limits() -> Limits {
         name: "control socket",
         client: "control client",
         max_clients: MAX_CLIENTS,
-        accepts_per_pass: MAX_ACCEPTS_PER_PASS,
         request_deadline: REQUEST_DEADLINE,
         reply_deadline: None,
-        max_backlog: MAX_REPLY_BACKLOG,
     }
 }
 
@@ -56,7 +50,8 @@ pub struct ControlServer {
     /// it is still the one bound here.
     path: PathBuf,
     identity: (u64, u64),
-    clients: Clients<UnixStream, ()>,
+    /// Its clients (the loop watches and flushes them).
+    pub clients: Clients<UnixStream, ()>,
     own_uid: u32,
     /// A private directory made for the socket when the default one was
     /// not ours: removed on exit with the socket.
@@ -185,10 +180,6 @@ impl ControlServer {
         self.listener.as_fd()
     }
 
-    pub fn client_fd(&self, client: u64) -> Option<BorrowedFd<'_>> {
-        self.clients.fd(client)
-    }
-
     /// Accepts the pending connections (up to a budget per pass) of root or
     /// sheepdog's own uid; returns the new clients to watch.
     pub fn accept(&mut self, now: Moment) -> Vec<u64> {
@@ -275,18 +266,9 @@ impl ControlServer {
         self.clients.send(id, format!("{}\n", reply.encode()).as_bytes())
     }
 
-    /// Writes pending output; true if some is left (the client reads slowly).
-    pub fn flush(&mut self, id: u64) -> bool {
-        self.clients.flush(id)
-    }
-
     /// Disconnects clients that did not send a whole request in time.
     pub fn expire(&mut self, now: Moment) {
         self.clients.expire(now, None, true);
-    }
-
-    pub fn next_deadline(&self) -> Option<Moment> {
-        self.clients.next_deadline()
     }
 
     /// What this server holds, for the binary that takes over: the
@@ -343,16 +325,6 @@ impl ControlServer {
             own_uid: nix::unistd::getuid().as_raw(),
             made_dir: state.made_dir.map(|d| d.to_path()),
         }
-    }
-
-    /// Whether client `id` waits to write a reply (watch it for writability).
-    pub fn is_writing(&self, id: u64) -> bool {
-        self.clients.is_writing(id)
-    }
-
-    /// The clients connected now.
-    pub fn client_ids(&self) -> Vec<u64> {
-        self.clients.ids()
     }
 
     /// Removes the socket file (on exit), if it is still the one bound here:
@@ -495,6 +467,6 @@ mod tests {
         let junk = vec![b'x'; 64 * 1024];
         let _ = client.write(&junk);
         assert_eq!(server.read(id), ClientInput::Gone);
-        assert!(server.client_fd(id).is_none());
+        assert!(server.clients.fd(id).is_none());
     }
 }

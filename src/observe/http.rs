@@ -29,7 +29,6 @@ use crate::wire::{Bytes, FdRecord};
 const MAX_HEAD: usize = 8 * 1024;
 const MAX_HEADERS: usize = 32;
 const MAX_CLIENTS: usize = 128;
-const MAX_ACCEPTS_PER_PASS: usize = 64;
 const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
 /// From connection to the last byte of the reply.
 const CLIENT_DEADLINE: Duration = Duration::from_secs(10);
@@ -75,7 +74,7 @@ enum Endpoint {
     Unix(UnixListener, PathBuf, (u64, u64)),
 }
 
-enum Stream {
+pub enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
 }
@@ -131,7 +130,7 @@ impl Conn for Stream {
 
 /// What the server keeps of a client beside what every client has.
 #[derive(Default)]
-struct Asked {
+pub struct Asked {
     /// HEAD: the reply's headers only.
     head_only: bool,
 }
@@ -141,10 +140,8 @@ fn limits() -> Limits {
         name: "http",
         client: "http client",
         max_clients: MAX_CLIENTS,
-        accepts_per_pass: MAX_ACCEPTS_PER_PASS,
         request_deadline: REQUEST_DEADLINE,
         reply_deadline: Some(CLIENT_DEADLINE),
-        max_backlog: 16 << 20,
     }
 }
 
@@ -152,7 +149,8 @@ pub struct HttpServer {
     endpoint: Endpoint,
     /// What it listens on, for logs.
     pub address: String,
-    clients: Clients<Stream, Asked>,
+    /// Its clients (the loop watches and flushes them).
+    pub clients: Clients<Stream, Asked>,
 }
 
 impl HttpServer {
@@ -200,19 +198,6 @@ impl HttpServer {
             Endpoint::Tcp(l) => l.as_fd(),
             Endpoint::Unix(l, ..) => l.as_fd(),
         }
-    }
-
-    pub fn client_fd(&self, client: u64) -> Option<BorrowedFd<'_>> {
-        self.clients.fd(client)
-    }
-
-    pub fn clients(&self) -> usize {
-        self.clients.len()
-    }
-
-    /// A reply is waiting for the client to read it.
-    pub fn is_writing(&self, client: u64) -> bool {
-        self.clients.is_writing(client)
     }
 
     /// Accepts pending connections (a budget per pass); returns the new
@@ -288,20 +273,11 @@ impl HttpServer {
         self.clients.send(id, &bytes)
     }
 
-    /// Writes pending output; true if some is left.
-    pub fn flush(&mut self, id: u64) -> bool {
-        self.clients.flush(id)
-    }
-
     /// Drops clients out of time: no whole request within 5 s (told 408
     /// if it can take it), or a reply not read within 10 s.
     pub fn expire(&mut self, now: Moment) {
         let timeout = encode(&HttpResponse::text(408, "request timeout\n"), false);
         self.clients.expire(now, Some(&timeout), false);
-    }
-
-    pub fn next_deadline(&self) -> Option<Moment> {
-        self.clients.next_deadline()
     }
 
     /// What this server holds, for the binary that takes over.
@@ -369,11 +345,6 @@ impl HttpServer {
             address: state.address,
             clients: Clients::new(limits(), state.next_client, clients),
         }
-    }
-
-    /// The clients connected now.
-    pub fn client_ids(&self) -> Vec<u64> {
-        self.clients.ids()
     }
 
     /// Removes a unix socket file on exit, if it is still the one bound here.

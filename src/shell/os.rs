@@ -323,9 +323,9 @@ impl Os {
                 warn!("cannot watch {what}: {}", e.desc());
             }
         };
-        for client in self.control.client_ids() {
-            if let Some(fd) = self.control.client_fd(client) {
-                let flags = if self.control.is_writing(client) {
+        for client in self.control.clients.ids() {
+            if let Some(fd) = self.control.clients.fd(client) {
+                let flags = if self.control.clients.is_writing(client) {
                     EpollFlags::EPOLLOUT
                 } else {
                     input
@@ -334,9 +334,9 @@ impl Os {
             }
         }
         if let Some(http) = &self.http {
-            for client in http.client_ids() {
-                if let Some(fd) = http.client_fd(client) {
-                    let flags = if http.is_writing(client) {
+            for client in http.clients.ids() {
+                if let Some(fd) = http.clients.fd(client) {
+                    let flags = if http.clients.is_writing(client) {
                         EpollFlags::EPOLLOUT
                     } else {
                         input
@@ -451,8 +451,8 @@ impl Os {
     fn epoll_wait(&mut self, now: Moment, deadline: Option<Moment>) -> Result<Ready, Errno> {
         let retry = self.notifier.has_pending().then(|| now + NOTIFY_RETRY);
         let log_retry = crate::logging::has_pending().then(|| now + crate::logging::RETRY);
-        let http = self.http.as_ref().and_then(HttpServer::next_deadline);
-        let timeout = match [deadline, retry, log_retry, self.control.next_deadline(), http]
+        let http = self.http.as_ref().and_then(|h| h.clients.next_deadline());
+        let timeout = match [deadline, retry, log_retry, self.control.clients.next_deadline(), http]
             .into_iter()
             .flatten()
             .min()
@@ -524,7 +524,7 @@ impl Os {
 
     fn accept_clients(&mut self, now: Moment) {
         for client in self.control.accept(now) {
-            if let Some(fd) = self.control.client_fd(client)
+            if let Some(fd) = self.control.clients.fd(client)
                 && let Err(e) = self
                     .epoll
                     .add(fd, EpollEvent::new(EpollFlags::EPOLLIN, TAG_CLIENT | client))
@@ -537,7 +537,7 @@ impl Os {
     /// Reads a control client's request, or writes the rest of its reply.
     fn serve_client(&mut self, client: ClientId, writable: bool, inputs: &mut Vec<Input>) {
         if writable {
-            self.control.flush(client);
+            self.control.clients.flush(client);
         } else if let ClientInput::Request(command) = self.control.read(client) {
             inputs.push(Input::Control { client, command });
         }
@@ -549,7 +549,7 @@ impl Os {
         let Some(http) = &mut self.http else { return };
         let added = http.accept(now);
         for client in added {
-            if let Some(fd) = self.http.as_ref().and_then(|h| h.client_fd(client))
+            if let Some(fd) = self.http.as_ref().and_then(|h| h.clients.fd(client))
                 && let Err(e) = self
                     .epoll
                     .add(fd, EpollEvent::new(EpollFlags::EPOLLIN, TAG_HTTP_CLIENT | client))
@@ -564,7 +564,7 @@ impl Os {
     fn serve_http(&mut self, client: ClientId, writable: bool, inputs: &mut Vec<Input>) {
         let Some(http) = &mut self.http else { return };
         if writable {
-            http.flush(client);
+            http.clients.flush(client);
         } else if let HttpInput::Request(request) = http.read(client) {
             inputs.push(Input::Http { client, request });
         }
@@ -575,8 +575,8 @@ impl Os {
     /// stop reading it (what it sends now is not looked at).
     fn watch_http_output(&self, client: ClientId) {
         if let Some(http) = &self.http
-            && http.is_writing(client)
-            && let Some(fd) = http.client_fd(client)
+            && http.clients.is_writing(client)
+            && let Some(fd) = http.clients.fd(client)
         {
             let _ = self
                 .epoll
@@ -957,7 +957,7 @@ impl System for Os {
     /// Sends a reply; watches the client for writability if it reads slowly.
     fn reply(&mut self, client: ClientId, reply: &Reply) {
         if self.control.reply(client, reply)
-            && let Some(fd) = self.control.client_fd(client)
+            && let Some(fd) = self.control.clients.fd(client)
         {
             let _ = self
                 .epoll
