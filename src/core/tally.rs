@@ -434,3 +434,21 @@ impl Flock {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ListenQueue;
+
+    #[test]
+    fn a_queue_is_full_at_its_backlog_and_one_without_a_backlog_never_is() {
+        let queue = |queued, backlog| ListenQueue {
+            address: "127.0.0.1:8080".into(),
+            queued,
+            backlog,
+            queue: None,
+        };
+        assert!(queue(5, 5).is_full());
+        assert!(!queue(4, 5).is_full());
+        assert!(!queue(0, 0).is_full());
+    }
+}

@@ -117,3 +117,14 @@ fn a_drain_survives_a_hand_over_and_still_ends_in_the_stop_signal() {
         signal: Signal::SIGTERM
     }));
 }
+
+#[test]
+fn a_draining_worker_is_due_for_its_stop_signal_at_the_drain_limit_not_its_stop_timeout() {
+    let (h, old) = draining_slot_0(1);
+    let since = match h.flock.workers().iter().find(|w| w.pid == old).unwrap().state {
+        WorkerState::Stopping { since, .. } => since,
+        other => panic!("{other:?}"),
+    };
+    let limit = crate::core::flock::DRAIN_LIMIT.min(reload_policy(1).stop_timeout);
+    assert_eq!(h.flock.stop_deadline(), Some(since + limit));
+}

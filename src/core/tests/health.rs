@@ -88,6 +88,14 @@ fn heartbeats_alone_before_any_deadline_are_recorded_without_a_pass_and_decide_t
         "only the silent one is hung"
     );
     assert!(quiet > 5, "{quiet} quiet passes of 16");
+    // At the deadline itself the pass is a full one.
+    h.now = h.flock.next_deadline().unwrap();
+    let heartbeat = Event::Message {
+        pid: a,
+        message: WorkerMessage::Heartbeat,
+    };
+    h.feed_pass(vec![heartbeat, Event::Tick]);
+    assert!(!h.flock.was_quiet(), "due now");
     // Anything but a heartbeat of a serving worker is a full pass.
     h.now += MS;
     h.say(99_999, WorkerMessage::Heartbeat);

@@ -260,6 +260,8 @@ fn every_field_survives_the_round_trip() {
     h.flock.recycling.count = 3;
     h.flock.recycling.last_begun = Some(h.now - 2 * MS);
     h.flock.tally.crash_loops = 1;
+    // A reload of 2.5 s counted: some buckets hold it, the lower ones not.
+    h.flock.tally.reload_seconds.observe(2.5);
     h.flock.tally.reloads_refused = 4;
     h.flock.workers[0].status = Some("busy".into());
     h.flock.workers[0].listens_itself = vec!["127.0.0.1:3000".into()];
