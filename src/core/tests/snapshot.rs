@@ -276,3 +276,85 @@ fn every_field_survives_the_round_trip() {
     assert_eq!(copy.flock.recycled(), 3);
     assert_eq!(copy.flock.tally().crash_loops, 1);
 }
+
+#[test]
+fn a_state_at_the_edge_of_what_can_be_is_taken_and_one_past_it_is_not() {
+    let h = busy();
+    let good = state_of(&h.flock, h.now).unwrap();
+    let most = crate::config::MAX_WORKERS as usize;
+    let duration = |d: Duration| serde_json::to_value(d).unwrap();
+    let copies = |v: &Value, n: usize| Value::Array(vec![v.clone(); n]);
+    type Edit = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(&str, bool, Edit)> = vec![
+        (
+            "a newer generation started",
+            true,
+            Box::new(|s| s["newest_generation"] = (s["generation"].as_u64().unwrap() + 3).into()),
+        ),
+        (
+            "2 x 4096 slots",
+            true,
+            Box::new(move |s| s["slots"] = copies(&s["slots"][0], 2 * most)),
+        ),
+        (
+            "one slot more",
+            false,
+            Box::new(move |s| s["slots"] = copies(&s["slots"][0], 2 * most + 1)),
+        ),
+        (
+            "4 x 4096 workers and one",
+            false,
+            Box::new(move |s| s["workers"] = copies(&s["workers"][0], 4 * most + 1)),
+        ),
+        (
+            "the highest slot",
+            true,
+            Box::new(move |s| s["workers"][0]["slot"] = (2 * most - 1).into()),
+        ),
+        (
+            "a slot past it",
+            false,
+            Box::new(move |s| s["workers"][0]["slot"] = (2 * most).into()),
+        ),
+        ("no token left", true, Box::new(|s| s["budget"]["tokens"] = 0.0.into())),
+        (
+            "one spawn a second",
+            true,
+            Box::new(|s| s["budget"]["per_second"] = 1.0.into()),
+        ),
+        (
+            "less than one a second",
+            false,
+            Box::new(|s| s["budget"]["per_second"] = 0.5.into()),
+        ),
+        (
+            "a stop timeout of the bound",
+            true,
+            Box::new(move |s| s["policy"]["stop_timeout"] = duration(crate::clock::MAX_OFFSET)),
+        ),
+    ];
+    for (what, taken, edit) in cases {
+        let mut state = good.clone();
+        edit(&mut state);
+        assert_eq!(restore(state, h.now).is_ok(), taken, "{what}");
+    }
+}
+
+#[test]
+fn a_flock_handed_over_carries_nothing_of_a_pass_of_its_own() {
+    let mut h = busy();
+    h.flock.set_note(Some("sheepdog 0.2.0".into()));
+    h.flock.spawned_this_pass = 3;
+    h.flock.quiet = true;
+    h.flock.worker_lines.allow(h.now);
+    h.flock.load.sampled(h.now, 9, 1);
+    h.flock.due = Some(h.now);
+    h.flock.last_look = Some(h.now);
+    let handed = h.flock.to_hand_over().unwrap();
+    assert_eq!(handed.note, None);
+    assert_eq!(handed.spawned_this_pass, 0);
+    assert!(!handed.quiet);
+    assert_eq!(handed.worker_lines, crate::core::flock::worker_lines());
+    assert_eq!(handed.load, Default::default());
+    assert_eq!((handed.due, handed.last_look), (None, None));
+}
