@@ -120,11 +120,18 @@ fn a_drain_survives_a_hand_over_and_still_ends_in_the_stop_signal() {
 
 #[test]
 fn a_draining_worker_is_due_for_its_stop_signal_at_the_drain_limit_not_its_stop_timeout() {
-    let (h, old) = draining_slot_0(1);
+    // A stop timeout longer than the drain's limit, so that the two differ.
+    let mut policy = reload_policy(1);
+    policy.stop_timeout = 30_000 * MS;
+    let mut h = Harness::ready(policy.clone());
+    h.drains_at_once = false;
+    let old = h.pid_of(0);
+    reload(&mut h, 1, policy);
+    let new = h.newest();
+    h.say(new, WorkerMessage::Ready);
     let since = match h.flock.workers().iter().find(|w| w.pid == old).unwrap().state {
         WorkerState::Stopping { since, .. } => since,
         other => panic!("{other:?}"),
     };
-    let limit = crate::core::flock::DRAIN_LIMIT.min(reload_policy(1).stop_timeout);
-    assert_eq!(h.flock.stop_deadline(), Some(since + limit));
+    assert_eq!(h.flock.stop_deadline(), Some(since + crate::core::flock::DRAIN_LIMIT));
 }

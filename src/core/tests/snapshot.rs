@@ -284,6 +284,16 @@ fn a_state_at_the_edge_of_what_can_be_is_taken_and_one_past_it_is_not() {
     let most = crate::config::MAX_WORKERS as usize;
     let duration = |d: Duration| serde_json::to_value(d).unwrap();
     let copies = |v: &Value, n: usize| Value::Array(vec![v.clone(); n]);
+    // Workers of their own pids, in slots that can be.
+    let distinct = move |v: &Value, n: usize| {
+        let workers = (0..n).map(|i| {
+            let mut worker = v.clone();
+            worker["pid"] = (i + 2).into();
+            worker["slot"] = (i % (2 * most)).into();
+            worker
+        });
+        Value::Array(workers.collect())
+    };
     type Edit = Box<dyn Fn(&mut Value)>;
     let cases: Vec<(&str, bool, Edit)> = vec![
         (
@@ -302,9 +312,14 @@ fn a_state_at_the_edge_of_what_can_be_is_taken_and_one_past_it_is_not() {
             Box::new(move |s| s["slots"] = copies(&s["slots"][0], 2 * most + 1)),
         ),
         (
+            "4 x 4096 workers",
+            true,
+            Box::new(move |s| s["workers"] = distinct(&s["workers"][0], 4 * most)),
+        ),
+        (
             "4 x 4096 workers and one",
             false,
-            Box::new(move |s| s["workers"] = copies(&s["workers"][0], 4 * most + 1)),
+            Box::new(move |s| s["workers"] = distinct(&s["workers"][0], 4 * most + 1)),
         ),
         (
             "the highest slot",
