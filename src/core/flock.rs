@@ -193,7 +193,18 @@ impl Flock {
         }
         self.reconcile(now, &mut actions);
         self.due = self.next_deadline();
+        self.unsignal_the_gone(&mut actions);
         actions
+    }
+
+    /// A signal decided earlier in a pass for a worker whose exit the same
+    /// pass then applied is not sent: the shell has reaped it, and its pid
+    /// may already be another process's.
+    fn unsignal_the_gone(&self, actions: &mut Vec<Action>) {
+        actions.retain(|action| match action {
+            Action::Signal { pid, .. } => self.workers.iter().any(|w| w.pid == *pid),
+            _ => true,
+        });
     }
 
     /// Whether a pass of `events` at `now` can decide nothing: only
@@ -229,6 +240,7 @@ impl Flock {
     pub fn outcome(&mut self, now: Moment, event: Event) -> Vec<Action> {
         let mut actions = Vec::new();
         self.apply(now, event, &mut actions);
+        self.unsignal_the_gone(&mut actions);
         actions
     }
 

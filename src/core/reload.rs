@@ -49,7 +49,7 @@ impl Flock {
             actions.push(Action::ReleaseCommand(command));
             return;
         }
-        actions.push(Action::Notify(Upward::Reloading));
+        self.notify_reloading(actions);
         let changed = if policy.readiness != self.policy.readiness {
             Some((
                 "readiness",
@@ -131,8 +131,16 @@ impl Flock {
     /// A reload whose config could not be used (the shell says why).
     pub(super) fn refuse_invalid_reload(&mut self, ticket: u64, reason: String, actions: &mut Vec<Action>) {
         if !self.refuse_during_rollout(ticket, actions) {
-            actions.push(Action::Notify(Upward::Reloading));
+            self.notify_reloading(actions);
             self.refuse_reload(ticket, reason, actions);
+        }
+    }
+
+    /// RELOADING=1, once the flock was announced ready: a reload during the
+    /// start leaves READY=1 to the start, sent when the minimum is ready.
+    fn notify_reloading(&self, actions: &mut Vec<Action>) {
+        if self.announced_ready {
+            actions.push(Action::Notify(Upward::Reloading));
         }
     }
 
@@ -158,7 +166,9 @@ impl Flock {
             ok,
             message: message.clone(),
         });
-        actions.push(Action::Notify(Upward::Ready));
+        if self.announced_ready {
+            actions.push(Action::Notify(Upward::Ready));
+        }
         actions.push(Action::ReloadFinished { ticket, ok, message });
     }
 

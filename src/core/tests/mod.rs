@@ -9,6 +9,7 @@ mod passes;
 mod recycle;
 mod reload;
 mod restart;
+mod sim;
 mod snapshot;
 mod tally;
 
