@@ -60,6 +60,8 @@ struct World {
     steps: u64,
     /// READY=1 was sent once: the flock started.
     started: bool,
+    /// In-place upgrades simulated.
+    handed_over: u64,
 }
 
 impl World {
@@ -79,6 +81,7 @@ impl World {
             policy,
             steps: 0,
             started: false,
+            handed_over: 0,
         }
     }
 
@@ -142,6 +145,11 @@ impl World {
             _ => {}
         }
         events.push(Event::Tick);
+        // Now and then the flock is handed over, as an in-place upgrade
+        // does: written as its state, read back, validated, carried on.
+        if self.rng.one_in(500) {
+            self.hand_over(seed);
+        }
         // SIM_TRACE=1 (with SIM_FIRST=seed SIM_SEEDS=1) prints the passes.
         let trace = std::env::var_os("SIM_TRACE").is_some();
         if trace {
@@ -175,6 +183,21 @@ impl World {
             actions = next;
         }
         self.check(seed);
+    }
+
+    /// The flock through the hand-over state and back, the new binary's
+    /// clock a few milliseconds on (the world waits for it).
+    fn hand_over(&mut self, seed: u64) {
+        if self.flock.is_shutting_down() {
+            return;
+        }
+        let state = super::snapshot::state_of(&self.flock, self.now)
+            .unwrap_or_else(|why| self.fail(seed, format!("no state to hand over: {why}")));
+        let json = serde_json::to_string(&state).unwrap();
+        let read = serde_json::from_str(&json).unwrap();
+        self.flock = super::snapshot::restore(read, self.now)
+            .unwrap_or_else(|why| self.fail(seed, format!("the state does not restore: {why}")));
+        self.handed_over += 1;
     }
 
     /// Performs one action as the world would take it; returns its outcome.
@@ -268,12 +291,13 @@ impl World {
     }
 }
 
-fn run(seed: u64, steps: u64) -> u64 {
+/// The steps run, and the hand-overs among them.
+fn run(seed: u64, steps: u64) -> (u64, u64) {
     let mut world = World::new(seed);
     for _ in 0..steps {
         world.step(seed);
     }
-    world.steps
+    (world.steps, world.handed_over)
 }
 
 #[test]
@@ -287,10 +311,13 @@ fn a_simulated_world_never_breaks_the_invariants() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let total: u64 = (first..first + seeds).map(|seed| run(seed, 50_000)).sum();
+    let runs: Vec<(u64, u64)> = (first..first + seeds).map(|seed| run(seed, 50_000)).collect();
+    let total: u64 = runs.iter().map(|r| r.0).sum();
+    let handed_over: u64 = runs.iter().map(|r| r.1).sum();
     println!(
-        "simulated {total} steps over {seeds} seeds in {:.1}s",
+        "simulated {total} steps over {seeds} seeds ({handed_over} in-place hand-overs) in {:.1}s",
         started.elapsed().as_secs_f64()
     );
+    assert!(handed_over > seeds * 50, "{handed_over} hand-overs");
     assert_eq!(total, seeds * 50_000);
 }
