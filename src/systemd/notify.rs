@@ -203,19 +203,15 @@ pub fn format_message(message: &Upward) -> String {
         Upward::Ready => "READY=1".into(),
         // Type=notify-reload needs MONOTONIC_USEC with RELOADING=1, or
         // `systemctl reload` waits for its whole timeout.
-        Upward::Reloading => format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()),
+        Upward::Reloading => format!(
+            "RELOADING=1\nMONOTONIC_USEC={}",
+            crate::clock::Moment::now().as_nanos() / 1000
+        ),
         Upward::Stopping => "STOPPING=1".into(),
         Upward::Watchdog => "WATCHDOG=1".into(),
         // A status is one line: a newline would start a new assignment.
         Upward::Status(status) => format!("STATUS={}", status.replace('\n', " ")),
     }
-}
-
-/// CLOCK_MONOTONIC in microseconds, as systemd reads MONOTONIC_USEC.
-fn monotonic_usec() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|t| t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1000)
-        .unwrap_or(0)
 }
 
 /// systemd's watchdog interval for sheepdog (WATCHDOG_USEC, when WATCHDOG_PID
