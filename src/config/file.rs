@@ -9,13 +9,16 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
+use toml::de::{DeTable, DeValue};
 
+use super::schema::KEYS;
 use super::units::{HumanDuration, HumanSize, MAX_DURATION, format_duration, format_size_exact};
 use super::values::*;
 use super::{Overrides, defaults};
 use crate::error::Error;
 
-/// The config file as written. Every key is optional; unknown keys are errors.
+/// The config file as written. Every key is optional; unknown keys are
+/// errors (`Source::parse` names them against schema::KEYS first).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct FileConfig {
@@ -133,49 +136,64 @@ impl Source<'_> {
 
     /// Parses the text as a config file.
     pub fn parse(&self) -> Result<FileConfig, Error> {
-        let deserializer = toml::de::Deserializer::parse(self.text)
+        let table = DeTable::parse(self.text)
             .map_err(|e| Error::config(format!("{}: {}", self.at(e.span()), e.message().trim())))?;
-        serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        self.refuse_unknown_keys(table.get_ref(), "")?;
+        serde_path_to_error::deserialize(toml::de::Deserializer::from(table)).map_err(|e| {
             // Spanned<T> shows up in the path as a private field: not a key.
             let path = e.path().to_string().replace(".$__serde_spanned_private_value", "");
             let inner = e.into_inner();
-            let at = self.at(inner.span());
-            let message = inner.message().trim().to_string();
-            match unknown_key(&message) {
-                Some((key, known)) => {
-                    // The path already ends with the unknown key itself.
-                    let full = if path == "." { key.clone() } else { path };
-                    let hint = match closest(&key, &known) {
-                        Some(like) => format!("did you mean `{like}`?"),
-                        None => format!("expected one of {}", known.join(", ")),
-                    };
-                    Error::config(format!("{at}: {full}: unknown key; {hint}"))
-                }
-                // Every value is under a key: the file's own errors (syntax,
-                // duplicate keys) were reported by the parse above.
-                None => Error::config(format!("{at}: {path}: {message}")),
-            }
+            // Every value is under a key: the file's own errors (syntax,
+            // duplicate keys) were reported by the parse above.
+            Error::config(format!("{}: {path}: {}", self.at(inner.span()), inner.message().trim()))
         })
+    }
+
+    /// Every key must be one of schema::KEYS, or a section of them (whose
+    /// keys are checked in turn): the first that is not is named at its
+    /// place, with the likeliest known key. (`deny_unknown_fields` stays
+    /// on the structs as a backstop.)
+    fn refuse_unknown_keys(&self, table: &DeTable, section: &str) -> Result<(), Error> {
+        let mut known: Vec<&str> = Vec::new();
+        for key in KEYS.iter().filter_map(|k| k.key.strip_prefix(section)) {
+            let name = key.split('.').next().unwrap_or(key);
+            if !known.contains(&name) {
+                known.push(name);
+            }
+        }
+        for (key, value) in table {
+            let name = key.get_ref().as_ref();
+            let full = format!("{section}{name}");
+            if KEYS.iter().any(|k| k.key == full) {
+                continue;
+            }
+            if known.contains(&name) {
+                if let DeValue::Table(inner) = value.get_ref() {
+                    self.refuse_unknown_keys(inner, &format!("{full}."))?;
+                }
+                continue; // not a table: serde says what it expected
+            }
+            let hint = match closest(name, &known) {
+                Some(like) => format!("did you mean `{like}`?"),
+                None => format!("expected one of {}", known.join(", ")),
+            };
+            return Err(Error::config(format!(
+                "{}: {full}: unknown key; {hint}",
+                self.at(Some(key.span()))
+            )));
+        }
+        Ok(())
     }
 }
 
-/// The key and the known keys in serde's "unknown field `x`, expected one
-/// of `a`, `b`" (or "expected `a`").
-fn unknown_key(message: &str) -> Option<(String, Vec<String>)> {
-    let rest = message.strip_prefix("unknown field `")?;
-    let (key, rest) = rest.split_once('`')?;
-    let known = rest.split('`').skip(1).step_by(2).map(str::to_string).collect();
-    Some((key.to_string(), known))
-}
-
 /// The known key a mistyped one most likely meant: at most two edits away.
-fn closest(key: &str, known: &[String]) -> Option<String> {
+fn closest<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
     known
         .iter()
-        .map(|k| (edit_distance(key, k), k))
+        .map(|k| (edit_distance(key, k), *k))
         .filter(|(distance, _)| *distance <= 2)
         .min_by_key(|(distance, _)| *distance)
-        .map(|(_, k)| k.clone())
+        .map(|(_, k)| k)
 }
 
 /// Levenshtein distance, for the few short names of a config.

@@ -240,6 +240,13 @@ fn health_sections_are_validated() {
     );
     let e = error("command = [\"x\"]\n[memory]\nlimmit = \"1GiB\"\n");
     assert_eq!(e, "app.toml:3:1: memory.limmit: unknown key; did you mean `limit`?");
+    // A misspelt section, and a key of a section written as a dotted key.
+    let e = error("command = [\"x\"]\n[hartbeat]\ninterval = \"1s\"\n");
+    assert_eq!(e, "app.toml:2:2: hartbeat: unknown key; did you mean `heartbeat`?");
+    let e = error("command = [\"x\"]\nhttp.lisen = \"127.0.0.1:9\"\n");
+    assert_eq!(e, "app.toml:2:6: http.lisen: unknown key; did you mean `listen`?");
+    // Below `env` every name is the user's.
+    assert!(parse("command = [\"x\"]\n[env]\nwokers = \"2\"\n").is_ok());
     assert!(error("command = [\"x\"]\nmax_surge = 0\n").contains("max_surge: must be at least 1"));
 }
 
