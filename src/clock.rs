@@ -66,11 +66,6 @@ impl Moment {
         Duration::from_nanos(self.0.saturating_sub(earlier.0))
     }
 
-    /// How long after `earlier` this is, if it is not before it.
-    pub fn checked_duration_since(self, earlier: Moment) -> Option<Duration> {
-        self.0.checked_sub(earlier.0).map(Duration::from_nanos)
-    }
-
     /// Signed nanoseconds from `origin` to this moment.
     pub fn offset_from(self, origin: Moment) -> i64 {
         let signed = i128::from(self.0) - i128::from(origin.0);
@@ -182,10 +177,6 @@ mod tests {
         assert_eq!(start.saturating_duration_since(Moment::from_nanos(7)), Duration::ZERO);
         assert_eq!(start - Duration::from_nanos(2), Moment::from_nanos(3));
         assert_eq!(format!("{:?}", Moment::from_nanos(1_000_000_005)), "1.000000005s");
-        assert_eq!(
-            start.checked_duration_since(Moment::from_nanos(2)),
-            Some(Duration::from_nanos(3))
-        );
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use std::fmt::Write;
 
-use crate::control::protocol::{StatusReport, WorkerPhase};
+use crate::control::protocol::{QueueStatus, StatusReport, WorkerPhase};
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -148,31 +148,29 @@ pub fn render(report: &StatusReport) -> String {
         out.sample("sheepdog_upgrade_blind_seconds", &[], blind / 1000.0);
     }
 
-    out.family(
-        "sheepdog_listen_queue_length",
-        "gauge",
-        "Connections in a listening socket's accept queue, waiting for a worker to accept them.",
-    );
-    for queue in &sup.listen_queues {
-        let number = queue.queue.map(|q| q.to_string());
-        out.sample(
+    type Value = fn(&QueueStatus) -> u32;
+    let queue_families: [(&str, &str, Value); 2] = [
+        (
             "sheepdog_listen_queue_length",
-            &queue_labels(&queue.address, number.as_deref()),
-            f64::from(queue.queued),
-        );
-    }
-    out.family(
-        "sheepdog_listen_queue_limit",
-        "gauge",
-        "A listening socket's backlog: at this queue length new connections are refused or dropped.",
-    );
-    for queue in &sup.listen_queues {
-        let number = queue.queue.map(|q| q.to_string());
-        out.sample(
+            "Connections in a listening socket's accept queue, waiting for a worker to accept them.",
+            |q| q.queued,
+        ),
+        (
             "sheepdog_listen_queue_limit",
-            &queue_labels(&queue.address, number.as_deref()),
-            f64::from(queue.backlog),
-        );
+            "A listening socket's backlog: at this queue length new connections are refused or dropped.",
+            |q| q.backlog,
+        ),
+    ];
+    for (name, help, value) in queue_families {
+        out.family(name, "gauge", help);
+        for queue in &sup.listen_queues {
+            let number = queue.queue.map(|q| q.to_string());
+            out.sample(
+                name,
+                &queue_labels(&queue.address, number.as_deref()),
+                f64::from(value(queue)),
+            );
+        }
     }
 
     worker_families(&mut out, report);

@@ -524,13 +524,14 @@ impl Os {
 
     fn accept_clients(&mut self, now: Moment) {
         for client in self.control.accept(now) {
-            if let Some(fd) = self.control.clients.fd(client)
-                && let Err(e) = self
-                    .epoll
-                    .add(fd, EpollEvent::new(EpollFlags::EPOLLIN, TAG_CLIENT | client))
-            {
-                warn!("cannot watch control client {client}: {}", e.desc());
-            }
+            self.watch_client(self.control.clients.fd(client), TAG_CLIENT, client);
+        }
+    }
+
+    fn watch_client(&self, fd: Option<BorrowedFd>, tag: u64, client: ClientId) {
+        let watch = EpollEvent::new(EpollFlags::EPOLLIN, tag | client);
+        if let Some(Err(e)) = fd.map(|fd| self.epoll.add(fd, watch)) {
+            warn!("cannot watch client {client}: {}", e.desc());
         }
     }
 
@@ -549,13 +550,11 @@ impl Os {
         let Some(http) = &mut self.http else { return };
         let added = http.accept(now);
         for client in added {
-            if let Some(fd) = self.http.as_ref().and_then(|h| h.clients.fd(client))
-                && let Err(e) = self
-                    .epoll
-                    .add(fd, EpollEvent::new(EpollFlags::EPOLLIN, TAG_HTTP_CLIENT | client))
-            {
-                warn!("cannot watch http client {client}: {}", e.desc());
-            }
+            self.watch_client(
+                self.http.as_ref().and_then(|h| h.clients.fd(client)),
+                TAG_HTTP_CLIENT,
+                client,
+            );
             self.serve_http(client, false, inputs);
         }
     }

@@ -203,10 +203,6 @@ impl Listeners {
         Some(names.join(":"))
     }
 
-    pub fn raw_fds(&self) -> Vec<RawFd> {
-        self.sockets.iter().map(|l| l.fd.as_raw_fd()).collect()
-    }
-
     /// The listeners that form one group (TCP sockets of one local address,
     /// in their order here, which is the order they listened in), groups in
     /// the order of their first socket: what a worker gets as fds 3…
