@@ -359,6 +359,13 @@ impl Flock {
         }
     }
 
+    /// Desired slots with no live worker and none on its way.
+    fn empty_slots_waiting(&self, occupied: &[bool]) -> usize {
+        (0..self.desired)
+            .filter(|&slot| !occupied[slot] && !self.slots[slot].spawning)
+            .count()
+    }
+
     /// Starts workers for empty slots first, then replacements for slots
     /// whose worker is retiring (reload, memory), those within `max_surge`:
     /// at most `desired + max_surge` workers run at once.
@@ -373,12 +380,15 @@ impl Flock {
             mut starting,
         } = self.occupancy();
         for replacing in [false, true] {
+            // An empty slot still backing off will be filled: the surge
+            // keeps its room, or it would run past `desired + max_surge`.
+            let waiting = self.empty_slots_waiting(&occupied);
             for slot in 0..self.desired {
                 let state = &self.slots[slot];
                 if filled[slot] || occupied[slot] != replacing || state.spawning || state.next_spawn > now {
                     continue;
                 }
-                if replacing && live.saturating_sub(self.desired) >= self.policy.max_surge {
+                if replacing && (live + waiting).saturating_sub(self.desired) >= self.policy.max_surge {
                     return;
                 }
                 if self.spawned_this_pass >= SPAWNS_PER_PASS {
@@ -433,7 +443,8 @@ impl Flock {
         let held = (starting >= self.policy.cpus.max(2))
             .then(|| self.load.hold_until())
             .flatten();
-        let surge_room = live.saturating_sub(self.desired) < self.policy.max_surge;
+        let surge_room =
+            (live + self.empty_slots_waiting(&occupied)).saturating_sub(self.desired) < self.policy.max_surge;
         (0..self.desired)
             .filter_map(|slot| {
                 let state = self.slots.get(slot)?;

@@ -74,6 +74,13 @@ mod captured {
 
     thread_local! {
         static LINES: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+        static MUTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    /// Keeps nothing this thread logs from now on (a simulation's millions
+    /// of passes would pile up their lines).
+    pub fn mute() {
+        MUTED.with(|m| m.set(true));
     }
 
     struct ThreadLog;
@@ -84,6 +91,9 @@ mod captured {
         }
 
         fn log(&self, record: &log::Record) {
+            if MUTED.with(std::cell::Cell::get) {
+                return;
+            }
             let line = format!("{} {}", record.level(), record.args());
             LINES.with(|lines| lines.borrow_mut().push(line));
         }

@@ -397,3 +397,37 @@ fn a_replaced_worker_is_logged_with_why() {
     assert_eq!(Retire::MemoryLimit.to_string(), "memory limit");
     assert_eq!(Retire::MaxAge.to_string(), "max age");
 }
+
+/// Found by the simulator (seed 57, in the roll back of a failed reload):
+/// a slot whose worker crashed and backs off is filled once its backoff
+/// ends, whatever else is being replaced meanwhile; replacements must leave
+/// it its room, or the flock runs past `desired + max_surge`.
+#[test]
+fn replacements_leave_room_for_a_slot_that_backs_off() {
+    let mut p = reload_policy(3);
+    p.memory_limit = Some(100 << 20);
+    let mut h = Harness::ready(p);
+    // Slot 2 crashes twice: the second time it backs off.
+    h.exit(h.pid_of(2), ExitStatus::Code(1));
+    h.exit(h.pid_of(2), ExitStatus::Code(1));
+    assert!(h.flock.workers().iter().all(|w| w.slot != 2), "slot 2 backs off");
+    // Slots 0 and 1 go over the memory limit: each is replaced, replacement first.
+    let mut all = Vec::new();
+    for slot in [0, 1] {
+        let pid = h.pid_of(slot);
+        all.extend(h.feed(Event::Measured { pid, bytes: 200 << 20 }));
+    }
+    assert_eq!(
+        spawns(&all),
+        vec![0],
+        "one replacement: the surge's other place is slot 2's"
+    );
+    let mut most = 0;
+    for _ in 0..30 {
+        let now = h.now - h.t0 + 100 * MS;
+        all.extend(h.at(now));
+        most = most.max(h.flock.workers().iter().filter(|w| !w.is_stopping()).count());
+    }
+    assert!(spawns(&all).contains(&2), "slot 2 filled after its backoff");
+    assert!(most <= 4, "{most} live workers, more than 3 + max_surge 1");
+}

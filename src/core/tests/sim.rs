@@ -1,19 +1,24 @@
 //! A deterministic simulation of a flock's world, fed to the real core: a
-//! seeded world of workers that boot fast or slow, crash at boot or later,
-//! hang, heartbeat, and obey (or ignore) their stop signal, with operator
-//! reloads and scales and stalls of the loop. Invariants are checked after
-//! every pass; a failure names its seed and step, and replays from the seed.
+//! seeded world of workers that boot fast, slow or never, crash at boot or
+//! later, hang, leave on their own, say odd things, grow in memory, and
+//! obey (or ignore) their stop signal; the operator's reloads (good, broken
+//! and refused), scales and in-place hand-overs; stalls of the loop. Every
+//! invariant of docs/reliability.md's "Invariants" is checked after every
+//! pass; a failure names its seed and step and replays from the seed
+//! (`SIM_FIRST=SEED SIM_SEEDS=1 SIM_TRACE=1`).
 //!
-//! This is the start of issue 27's simulator: the world and four of its
-//! invariants. It found two bugs on its first runs, each fixed since and
-//! replayed here by its seed: a stop signal for a worker whose exit the
-//! same pass applied (seed 0, step 1700: its pid could be another
-//! process's by then), and READY=1 at the end of a reload made during the
-//! start, with fewer than the minimum ready (seed 6, step 14).
+//! Bugs it found in the core, each fixed and replayed by its seed: a stop
+//! signal for a worker whose exit the same pass applied (seed 0, step 1700:
+//! its pid could be another process's by then), and READY=1 at the end of a
+//! reload made during the start, with fewer than the minimum ready (seed 6,
+//! step 14); replacements that took the room of a slot backing off, so that
+//! once it was filled the flock ran past `desired + max_surge` (seed 57,
+//! step 35850; `replacements_leave_room_for_a_slot_that_backs_off`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use super::*;
+use crate::core::flock::Phase;
 
 /// splitmix64: a small, seedable generator; the same seed, the same world.
 struct Rng(u64);
@@ -37,21 +42,66 @@ impl Rng {
     }
 }
 
+/// Commands from here on are broken reloads: their workers never get ready.
+const BROKEN: CommandId = 1_000_000;
+/// A worker's memory, and the limit a leaking one goes over.
+const LEAN: u64 = 50 << 20;
+const LIMIT: u64 = 100 << 20;
+/// The longest a reload may go unanswered (a rollout of four workers, each
+/// retried with backoff, takes seconds).
+const ANSWER_WITHIN: Duration = Duration::from_secs(600);
+/// The longest stall of the loop the world makes.
+const STALL: Duration = Duration::from_secs(9);
+
 /// What a worker process does in the world.
 #[derive(Debug, Clone, Copy)]
 struct Process {
+    command: CommandId,
+    spawned_at: Moment,
     /// When it says it is ready; None: never.
     ready_at: Option<Moment>,
     said_ready: bool,
-    /// It stopped heartbeating (hung) for good.
+    /// It stopped heartbeating (hung) for good. Until then it heartbeats in
+    /// every pass: whatever the loop's delays, it does what it should.
     hung: bool,
+    /// The core sent it a signal.
+    signalled: bool,
+    /// It said STOPPING=1 and leaves on its own.
+    leaving: bool,
+    memory: u64,
     /// When it exits, and how (its stop signal's end, a crash, SIGKILL).
     exits_at: Option<(Moment, ExitStatus)>,
 }
 
+/// A flock's actions as they matter outside it: what the restored twin of
+/// a hand-over must do exactly as the original does. (What a pass keeps
+/// for itself and the hand-over does not carry, as when workers were last
+/// looked at, may time a look differently.)
+fn outward(actions: &[Action]) -> Vec<Action> {
+    actions
+        .iter()
+        .filter(|a| {
+            matches!(
+                a,
+                Action::Spawn(_)
+                    | Action::Signal { .. }
+                    | Action::Drain { .. }
+                    | Action::ReloadFinished { .. }
+                    | Action::Exit { .. }
+                    | Action::Notify(Upward::Ready | Upward::Reloading | Upward::Stopping | Upward::Watchdog)
+            )
+        })
+        .cloned()
+        .collect()
+}
+
 struct World {
+    seed: u64,
     rng: Rng,
     flock: Flock,
+    /// The flock as it was before the last hand-over, fed the same passes:
+    /// the restored one must act as it does.
+    twin: Option<Flock>,
     now: Moment,
     next_pid: Pid,
     processes: BTreeMap<Pid, Process>,
@@ -60,20 +110,59 @@ struct World {
     steps: u64,
     /// READY=1 was sent once: the flock started.
     started: bool,
-    /// In-place upgrades simulated.
     handed_over: u64,
+    /// Reload requests not answered yet, and when each was asked.
+    unanswered: BTreeMap<u64, Moment>,
+    /// Unrequested ends as the world saw them, within the restart window.
+    failures: VecDeque<Moment>,
+    /// Since when each desired slot has had no live worker.
+    empty_since: BTreeMap<usize, Moment>,
+    /// Since when fewer than the minimum are ready, and the failures since.
+    unhealthy: Option<(Moment, usize)>,
+    /// Crash loops the flock exited for (each one starts a new flock).
+    crash_loops: u64,
+    shutting_down_since: Option<Moment>,
+}
+
+/// What one pass did, for the checks.
+#[derive(Default)]
+struct Pass {
+    actions: Vec<Action>,
+    /// Workers whose exit the world reported, whether the core had asked
+    /// for it, and their command.
+    exited: Vec<(Pid, bool, CommandId)>,
+    /// Reloads under way when the pass began: a worker of theirs that
+    /// fails before it is ready aborts its reload, and is no crash.
+    rolling: Vec<u64>,
+    exit: Option<(i32, String)>,
+    refused: Vec<u64>,
+    /// The flock was shutting down when the pass began.
+    was_shutting_down: bool,
 }
 
 impl World {
     fn new(seed: u64) -> World {
+        let mut rng = Rng(seed);
         let mut policy = notify_policy(3);
         policy.max_surge = 1;
         policy.ready_timeout = 4000 * MS;
         policy.stop_timeout = 2000 * MS;
-        policy.restart.max_restarts = 1_000_000;
+        policy.watchdog = Some(2000 * MS);
+        policy.memory_limit = Some(LIMIT);
+        policy.memory_interval = 1000 * MS;
+        // One seed in four breaks its crash loops by the book; the others
+        // never do, and run on.
+        policy.restart.max_restarts = if seed.is_multiple_of(4) {
+            2 + rng.below(8) as u32
+        } else {
+            1_000_000
+        };
+        policy.restart.window = Duration::from_secs(5 + rng.below(60));
         World {
-            rng: Rng(seed),
+            seed,
+            rng,
             flock: Flock::new(policy.clone(), FIRST_COMMAND, T0),
+            twin: None,
             now: T0,
             next_pid: FIRST_PID,
             processes: BTreeMap::new(),
@@ -82,142 +171,243 @@ impl World {
             steps: 0,
             started: false,
             handed_over: 0,
+            unanswered: BTreeMap::new(),
+            failures: VecDeque::new(),
+            empty_since: BTreeMap::new(),
+            unhealthy: None,
+            crash_loops: 0,
+            shutting_down_since: None,
         }
     }
 
-    fn fail(&self, seed: u64, why: String) -> ! {
-        panic!("seed {seed}, step {}: {why}", self.steps)
+    fn fail(&self, why: String) -> ! {
+        panic!(
+            "seed {}, step {}: {why}\nreplay: SIM_FIRST={} SIM_SEEDS=1 SIM_TRACE=1 cargo test --lib a_simulated_world",
+            self.seed, self.steps, self.seed
+        )
     }
 
     /// One step: time passes, the world acts, the core sees it in one pass.
-    fn step(&mut self, seed: u64) {
+    fn step(&mut self) {
         self.steps += 1;
         let gap = match self.rng.below(100) {
-            0 => 9_000 * MS, // the loop stalled
+            0 => STALL,
             1..=20 => Duration::ZERO,
             _ => Duration::from_millis(1 + self.rng.below(600)),
         };
         self.now += gap;
-        let mut events = Vec::new();
-        let pids: Vec<Pid> = self.processes.keys().copied().collect();
-        for pid in pids {
-            let now = self.now;
-            let process = self.processes.get_mut(&pid).unwrap();
-            if let Some((at, status)) = process.exits_at
-                && at <= now
-            {
-                self.processes.remove(&pid);
-                events.push(Event::Exited { pid, status });
-                continue;
-            }
-            if !process.said_ready && process.ready_at.is_some_and(|at| at <= now) {
-                process.said_ready = true;
-                events.push(Event::Message {
-                    pid,
-                    message: WorkerMessage::Ready,
-                });
-            } else if process.said_ready && !process.hung && self.rng.one_in(2) {
-                events.push(Event::Message {
-                    pid,
-                    message: WorkerMessage::Heartbeat,
-                });
-            }
-            if self.rng.one_in(2_000) {
-                process.hung = true;
-            }
-            if process.exits_at.is_none() && self.rng.one_in(1_000) {
-                process.exits_at = Some((now, ExitStatus::Code(1)));
-            }
-        }
-        match self.rng.below(400) {
-            0 => {
-                let mut policy = self.policy.clone();
-                policy.workers = 1 + self.rng.below(4) as usize;
-                let ticket = self.next_ticket;
-                self.next_ticket += 1;
-                events.push(Event::Request(Request::Reload {
-                    ticket,
-                    policy: Box::new(policy),
-                    command: 100 + ticket,
-                }));
-            }
-            1 => events.push(Event::Request(Request::Scale(1 + self.rng.below(4) as usize))),
-            _ => {}
-        }
-        events.push(Event::Tick);
+        let mut pass = Pass {
+            rolling: self.unanswered.keys().copied().collect(),
+            was_shutting_down: self.flock.is_shutting_down(),
+            ..Pass::default()
+        };
+        let events = self.world_events(&mut pass);
         // Now and then the flock is handed over, as an in-place upgrade
         // does: written as its state, read back, validated, carried on.
         if self.rng.one_in(500) {
-            self.hand_over(seed);
+            self.hand_over();
         }
-        // SIM_TRACE=1 (with SIM_FIRST=seed SIM_SEEDS=1) prints the passes.
         let trace = std::env::var_os("SIM_TRACE").is_some();
         if trace {
             eprintln!("step {} at {:?}: {events:?}", self.steps, self.now);
         }
+        let before: BTreeMap<Pid, WorkerState> = self.flock.workers().iter().map(|w| (w.pid, w.state)).collect();
+        let twin_actions = self
+            .twin
+            .as_mut()
+            .map(|twin| twin.handle_pass(self.now, events.clone()));
         let actions = self.flock.handle_pass(self.now, events);
-        if trace {
-            eprintln!("  -> {actions:?}");
+        self.compare_twin(&actions, twin_actions);
+        self.perform_all(actions, &mut pass);
+        if let Some(status) = self.flock.status_update() {
+            pass.actions.push(status);
         }
-        self.perform_all(seed, actions);
+        if let Some(twin) = &mut self.twin {
+            twin.status_update();
+        }
+        if trace {
+            eprintln!("  -> {:?}", pass.actions);
+        }
+        self.check(&pass, &before);
+        if pass.exit.is_some() {
+            // A crash loop ended the flock: systemd would start it again.
+            let seed = self.rng.next();
+            let steps = self.steps;
+            let (crash_loops, handed_over) = (self.crash_loops + 1, self.handed_over);
+            *self = World::new(seed);
+            (self.steps, self.crash_loops, self.handed_over) = (steps, crash_loops, handed_over);
+        }
     }
 
-    fn perform_all(&mut self, seed: u64, mut actions: Vec<Action>) {
+    /// What the workers and the operator did since the last pass.
+    fn world_events(&mut self, pass: &mut Pass) -> Vec<Event> {
+        let mut events = Vec::new();
+        let now = self.now;
+        let pids: Vec<Pid> = self.processes.keys().copied().collect();
+        for pid in pids {
+            let process = self.processes.get_mut(&pid).unwrap();
+            if let Some((at, status)) = process.exits_at
+                && at <= now
+            {
+                let (asked, command) = (process.signalled || process.leaving, process.command);
+                self.processes.remove(&pid);
+                pass.exited.push((pid, asked, command));
+                events.push(Event::Exited { pid, status });
+                continue;
+            }
+            let message = if !process.said_ready && process.ready_at.is_some_and(|at| at <= now) {
+                process.said_ready = true;
+                Some(WorkerMessage::Ready)
+            } else if process.said_ready && !process.hung {
+                Some(WorkerMessage::Heartbeat)
+            } else {
+                None
+            };
+            events.extend(message.map(|message| Event::Message { pid, message }));
+            match self.rng.below(6_000) {
+                0..=2 => process.hung = true,
+                3..=8 if process.exits_at.is_none() => process.exits_at = Some((now, ExitStatus::Code(1))),
+                9 if !process.leaving => {
+                    process.leaving = true;
+                    process.exits_at = Some((now + 300 * MS, ExitStatus::Code(0)));
+                    events.push(Event::Message {
+                        pid,
+                        message: WorkerMessage::Stopping,
+                    });
+                }
+                10 => process.memory = LIMIT + (LIMIT >> 1),
+                11 => events.push(Event::Message {
+                    pid,
+                    message: WorkerMessage::Status("\u{1b}[2J odd".into()),
+                }),
+                12 => events.push(Event::Message {
+                    pid,
+                    message: WorkerMessage::Errno(self.rng.below(200) as i32),
+                }),
+                13 => events.push(Event::Message {
+                    pid,
+                    message: WorkerMessage::ChannelClosed,
+                }),
+                _ => {}
+            }
+        }
+        match self.rng.below(500) {
+            0 | 1 => {
+                let mut policy = self.policy.clone();
+                policy.workers = 1 + self.rng.below(4) as usize;
+                policy.min_ready = policy.workers;
+                let ticket = self.next_ticket;
+                self.next_ticket += 1;
+                let broken = self.rng.one_in(3);
+                self.unanswered.insert(ticket, now);
+                events.push(Event::Request(Request::Reload {
+                    ticket,
+                    policy: Box::new(policy),
+                    command: if broken { BROKEN + ticket } else { 100 + ticket },
+                }));
+            }
+            2 => {
+                let ticket = self.next_ticket;
+                self.next_ticket += 1;
+                self.unanswered.insert(ticket, now);
+                pass.refused.push(ticket);
+                events.push(Event::Request(Request::ReloadRefused {
+                    ticket,
+                    reason: "app.toml:1:1: workers: bad".into(),
+                }));
+            }
+            3 => events.push(Event::Request(Request::Scale(1 + self.rng.below(4) as usize))),
+            4 => events.push(Event::Request(Request::ScaleUp)),
+            5 => events.push(Event::Request(Request::ScaleDown)),
+            _ => {}
+        }
+        events.push(Event::Tick);
+        events
+    }
+
+    fn perform_all(&mut self, mut actions: Vec<Action>, pass: &mut Pass) {
         let mut rounds = 0;
         while !actions.is_empty() {
             rounds += 1;
             if rounds > 100 {
-                self.fail(seed, "actions without end".into());
+                self.fail("actions without end".into());
             }
             let mut next = Vec::new();
+            let mut twin_next = Vec::new();
             let mut settle = false;
             for action in actions {
-                for event in self.perform(seed, action) {
+                pass.actions.push(action.clone());
+                for event in self.perform(action, pass) {
                     settle = true;
+                    if let Some(twin) = &mut self.twin {
+                        twin_next.extend(twin.outcome(self.now, event.clone()));
+                    }
                     next.extend(self.flock.outcome(self.now, event));
                 }
             }
             if settle {
                 next.extend(self.flock.settle(self.now));
+                if let Some(twin) = &mut self.twin {
+                    twin_next.extend(twin.settle(self.now));
+                }
             }
+            self.compare_twin(&next, self.twin.is_some().then_some(twin_next));
             actions = next;
         }
-        self.check(seed);
     }
 
-    /// The flock through the hand-over state and back, the new binary's
-    /// clock a few milliseconds on (the world waits for it).
-    fn hand_over(&mut self, seed: u64) {
+    /// The flock through the hand-over state and back; the flock before it
+    /// goes on beside as the twin the restored one must act as.
+    fn hand_over(&mut self) {
         if self.flock.is_shutting_down() {
             return;
         }
         let state = super::snapshot::state_of(&self.flock, self.now)
-            .unwrap_or_else(|why| self.fail(seed, format!("no state to hand over: {why}")));
+            .unwrap_or_else(|why| self.fail(format!("no state: {why}")));
         let json = serde_json::to_string(&state).unwrap();
         let read = serde_json::from_str(&json).unwrap();
-        self.flock = super::snapshot::restore(read, self.now)
-            .unwrap_or_else(|why| self.fail(seed, format!("the state does not restore: {why}")));
+        let restored = super::snapshot::restore(read, self.now)
+            .unwrap_or_else(|why| self.fail(format!("the state does not restore: {why}")));
+        self.twin = Some(std::mem::replace(&mut self.flock, restored));
         self.handed_over += 1;
     }
 
+    fn compare_twin(&self, actions: &[Action], twin: Option<Vec<Action>>) {
+        if let Some(twin) = twin
+            && outward(actions) != outward(&twin)
+        {
+            self.fail(format!(
+                "the flock restored from a hand-over acts unlike the original:\n  restored: {:?}\n  original: {:?}",
+                outward(actions),
+                outward(&twin)
+            ));
+        }
+    }
+
     /// Performs one action as the world would take it; returns its outcome.
-    fn perform(&mut self, seed: u64, action: Action) -> Vec<Event> {
+    fn perform(&mut self, action: Action, pass: &mut Pass) -> Vec<Event> {
         match action {
             Action::Spawn(order) => {
                 self.next_pid += 1;
                 let pid = self.next_pid;
                 let boot = match self.rng.below(10) {
+                    _ if order.command >= BROKEN => None,
                     0 => None,                                               // never ready
                     1 => Some(Duration::from_millis(self.rng.below(8_000))), // slow
                     _ => Some(Duration::from_millis(self.rng.below(300))),
                 };
-                let crash_at_boot = self.rng.one_in(20);
+                let crash_at_boot = self.rng.one_in(20) || (order.command >= BROKEN && self.rng.one_in(2));
                 self.processes.insert(
                     pid,
                     Process {
+                        command: order.command,
+                        spawned_at: self.now,
                         ready_at: boot.map(|b| self.now + b),
                         said_ready: false,
                         hung: false,
+                        signalled: false,
+                        leaving: false,
+                        memory: LEAN,
                         exits_at: crash_at_boot.then_some((self.now + 50 * MS, ExitStatus::Code(1))),
                     },
                 );
@@ -229,8 +419,9 @@ impl World {
             }
             Action::Signal { pid, signal } => {
                 let Some(process) = self.processes.get_mut(&pid) else {
-                    self.fail(seed, format!("{signal:?} sent to pid {pid}, which is no live worker"));
+                    self.fail(format!("{signal:?} sent to pid {pid}, which is no live worker"));
                 };
+                process.signalled = true;
                 let (at, status) = if signal == Signal::SIGKILL {
                     (self.now, ExitStatus::Signaled(Signal::SIGKILL))
                 } else if self.rng.one_in(10) {
@@ -251,73 +442,324 @@ impl World {
             Action::Drain { pid } => vec![Event::Drained { pid }],
             Action::Measure { pids, .. } => pids
                 .into_iter()
-                .map(|pid| Event::Measured { pid, bytes: 50 << 20 })
+                .map(|pid| Event::Measured {
+                    pid,
+                    bytes: self.processes.get(&pid).map_or(0, |p| p.memory),
+                })
                 .collect(),
             Action::Inspect { pids } => vec![Event::Inspected(
                 pids.into_iter().map(|pid| (pid, Inspection::Serves)).collect(),
             )],
             Action::SampleLoad => vec![Event::LoadSampled { runnable: 0 }],
             Action::CheckListeners => vec![Event::QueuesSampled(Vec::new())],
-            // The first READY=1 waits for the minimum ready; a later one ends
-            // a reload (systemd needs it whatever the count).
             Action::Notify(Upward::Ready) if !self.started => {
                 self.started = true;
-                let ready = self.flock.workers().iter().filter(|w| w.is_ready()).count();
-                if ready < self.flock.policy().min_ready.clamp(1, self.flock.desired()) {
-                    self.fail(seed, format!("READY=1 with {ready} workers ready"));
+                let ready = self.flock.ready_count();
+                if ready < self.min_ready() {
+                    self.fail(format!("READY=1 with {ready} workers ready"));
                 }
                 Vec::new()
             }
-            Action::Exit { code, reason } => self.fail(seed, format!("the flock exited ({code}): {reason}")),
-            Action::Ping { .. } | Action::Notify(_) | Action::ReloadFinished { .. } | Action::ReleaseCommand(_) => {
+            Action::ReloadFinished { ticket, ok, message } => {
+                if self.unanswered.remove(&ticket).is_none() {
+                    self.fail(format!("reload {ticket} answered twice, or never asked: {message}"));
+                }
+                if ok && self.flock.generation() > 1 && self.command_of(ticket) >= BROKEN {
+                    self.fail(format!("broken reload {ticket} said to succeed"));
+                }
                 Vec::new()
             }
+            Action::Exit { code, reason } => {
+                pass.exit = Some((code, reason));
+                Vec::new()
+            }
+            Action::Notify(Upward::Watchdog) => {
+                self.check_watchdog();
+                Vec::new()
+            }
+            Action::Ping { .. } | Action::Notify(_) | Action::ReleaseCommand(_) => Vec::new(),
         }
     }
 
+    /// The command a reload asked for, as the live workers of its
+    /// generation run it (BROKEN and up for a broken one).
+    fn command_of(&self, ticket: u64) -> CommandId {
+        let generation = self.flock.generation();
+        self.flock
+            .workers()
+            .iter()
+            .filter(|w| w.generation == generation)
+            .find_map(|w| self.processes.get(&w.pid).map(|p| p.command))
+            .filter(|c| *c == BROKEN + ticket || *c == 100 + ticket)
+            .unwrap_or(0)
+    }
+
+    fn min_ready(&self) -> usize {
+        self.flock.policy().min_ready.clamp(1, self.flock.desired())
+    }
+
     /// The invariants that hold after every pass.
-    fn check(&self, seed: u64) {
+    fn check(&mut self, pass: &Pass, before: &BTreeMap<Pid, WorkerState>) {
         let workers = self.flock.workers();
+        let running = !self.flock.is_shutting_down();
         // Every worker the core knows of is a process of the world.
         if let Some(w) = workers.iter().find(|w| !self.processes.contains_key(&w.pid)) {
-            self.fail(seed, format!("the core keeps pid {}, which exited", w.pid));
+            self.fail(format!("the core keeps pid {}, which exited", w.pid));
         }
         // Never more live workers than desired plus the surge.
         let live = workers.iter().filter(|w| !w.is_stopping()).count();
         let most = self.flock.desired() + self.flock.policy().max_surge;
         if live > most {
-            self.fail(seed, format!("{live} live workers, more than {most}"));
+            let table: Vec<String> = workers
+                .iter()
+                .map(|w| format!("slot {} pid {} gen {} {:?}", w.slot, w.pid, w.generation, w.state))
+                .collect();
+            self.fail(format!(
+                "{live} live workers, more than {most}:\n  {}",
+                table.join("\n  ")
+            ));
+        }
+        self.check_punishments(before);
+        self.check_reloads(pass);
+        if running {
+            self.check_slots();
+        }
+        self.check_crash_loops(pass, before);
+        if pass.was_shutting_down {
+            let since = *self.shutting_down_since.get_or_insert(self.now);
+            let bound = self.policy.stop_timeout + STALL + Duration::from_secs(1);
+            if pass.exit.is_none() && self.now - since > bound {
+                self.fail(format!("stopping for {:?}, and not exited", self.now - since));
+            }
+        }
+    }
+
+    /// No watchdog ping while the flock is unhealthy, once it started
+    /// (before READY=1 systemd's start timeout rules, while stopping its
+    /// stop timeout): at least the minimum ready, or on their way in slots
+    /// that never failed. Judged as the ping is sent, before what its pass
+    /// measures.
+    fn check_watchdog(&self) {
+        if !self.started || self.flock.is_shutting_down() {
+            return;
+        }
+        let slots = &self.flock.slots;
+        let fresh = self
+            .flock
+            .workers()
+            .iter()
+            .filter(|w| w.is_starting() && slots[w.slot].restarts == 0 && slots[w.slot].last_end.is_none())
+            .count();
+        if self.flock.ready_count() + fresh < self.min_ready() {
+            self.fail(format!("a watchdog ping with {} ready", self.flock.ready_count()));
+        }
+    }
+
+    /// A worker that did what it should in time is never stopped for a
+    /// failure, whatever the loop's delays: hung only if it hung, not ready
+    /// in time only if it was not, over the limit only if it was.
+    fn check_punishments(&self, before: &BTreeMap<Pid, WorkerState>) {
+        let ready_timeout = self.policy.ready_timeout;
+        for w in self.flock.workers() {
+            let process = &self.processes[&w.pid];
+            let was = before.get(&w.pid);
+            let punished = match w.state {
+                WorkerState::Stopping { cause, .. }
+                    if !was.is_some_and(|s| matches!(s, WorkerState::Stopping { .. })) =>
+                {
+                    cause
+                }
+                WorkerState::Ready {
+                    retiring: Some(Retire::MemoryLimit),
+                    ..
+                } => StopCause::Replaced(Retire::MemoryLimit),
+                _ => continue,
+            };
+            let unfair = match punished {
+                StopCause::Failed(Failure::Hung) => !process.hung,
+                StopCause::Failed(Failure::NotReadyInTime) => process
+                    .ready_at
+                    .is_some_and(|at| at <= process.spawned_at + ready_timeout),
+                StopCause::Replaced(Retire::MemoryLimit) => process.memory <= LIMIT,
+                _ => false,
+            };
+            if unfair {
+                self.fail(format!(
+                    "pid {} stopped as {punished:?}, which it did not deserve: {process:?}",
+                    w.pid
+                ));
+            }
+        }
+    }
+
+    /// Every reload is answered, once, in time; a refused one at once; a
+    /// failed one leaves none of its workers serving.
+    fn check_reloads(&self, pass: &Pass) {
+        for ticket in &pass.refused {
+            if self.unanswered.contains_key(ticket) {
+                self.fail(format!("refused reload {ticket} not answered in its pass"));
+            }
+        }
+        if pass.exit.is_some()
+            && let Some(ticket) = self.unanswered.keys().next()
+        {
+            self.fail(format!("the flock exited with reload {ticket} unanswered"));
+        }
+        if let Some((ticket, asked)) = self.unanswered.iter().next()
+            && self.now.saturating_duration_since(*asked) > ANSWER_WITHIN
+        {
+            self.fail(format!("reload {ticket} unanswered for {:?}", self.now - *asked));
+        }
+        for action in &pass.actions {
+            if let Action::ReloadFinished { ticket, ok: false, .. } = action
+                && let Some(w) = self.flock.workers().iter().find(|w| {
+                    !w.is_stopping() && self.processes.get(&w.pid).is_some_and(|p| p.command == BROKEN + ticket)
+                })
+            {
+                self.fail(format!("reload {ticket} failed, and its pid {} serves on", w.pid));
+            }
+        }
+    }
+
+    /// No desired slot waits longer than its backoff (plus a stall of the
+    /// loop) for a worker.
+    fn check_slots(&mut self) {
+        let bound = self.policy.restart.backoff_max + STALL + Duration::from_secs(1);
+        let desired = self.flock.desired();
+        self.empty_since.retain(|slot, _| *slot < desired);
+        for slot in 0..desired {
+            let filled = self.flock.workers().iter().any(|w| w.slot == slot && !w.is_stopping());
+            if filled {
+                self.empty_since.remove(&slot);
+                continue;
+            }
+            let since = *self.empty_since.entry(slot).or_insert(self.now);
+            if self.now - since > bound {
+                self.fail(format!("slot {slot} has waited {:?} for a worker", self.now - since));
+            }
+        }
+    }
+
+    /// The crash-loop exit comes exactly when the world's count of
+    /// unrequested ends passes `max_restarts` within the window, or after
+    /// five windows below the minimum with failures meanwhile; never else.
+    fn check_crash_loops(&mut self, pass: &Pass, before: &BTreeMap<Pid, WorkerState>) {
+        if pass.was_shutting_down {
+            return;
+        }
+        let was_stopping = |pid: &Pid| {
+            before
+                .get(pid)
+                .is_some_and(|s| matches!(s, WorkerState::Stopping { .. }))
+        };
+        // A worker of a reload under way that ends before it is ready fails
+        // the reload, not the flock.
+        let aborts = |pid: &Pid, command: CommandId| {
+            !before.get(pid).is_some_and(|s| matches!(s, WorkerState::Ready { .. }))
+                && pass.rolling.iter().any(|t| command == 100 + t || command == BROKEN + t)
+        };
+        let newly_failed = self
+            .flock
+            .workers()
+            .iter()
+            .filter(|w| {
+                matches!(
+                    w.state,
+                    WorkerState::Stopping {
+                        cause: StopCause::Failed(_),
+                        ..
+                    }
+                )
+            })
+            .filter(|w| !was_stopping(&w.pid) && !aborts(&w.pid, self.processes[&w.pid].command))
+            .count();
+        let unrequested = pass
+            .exited
+            .iter()
+            .filter(|(pid, asked, command)| !asked && !was_stopping(pid) && !aborts(pid, *command))
+            .count();
+        let failures = newly_failed + unrequested;
+        if failures > 0 && std::env::var_os("SIM_TRACE").is_some() {
+            eprintln!("  world: {newly_failed} stopped for a failure, {unrequested} unrequested exits");
+        }
+        let restart = &self.policy.restart;
+        for _ in 0..failures {
+            self.failures.push_back(self.now);
+        }
+        while self.failures.front().is_some_and(|t| self.now - *t > restart.window) {
+            self.failures.pop_front();
+        }
+        let too_many = failures > 0 && self.failures.len() > restart.max_restarts as usize;
+        // Below the minimum: since when, and with how many failures.
+        let healthy = self.flock.ready_count() >= self.min_ready();
+        let long_unhealthy = if healthy && pass.exit.is_none() {
+            self.unhealthy = None;
+            false
+        } else {
+            let (since, seen) = self.unhealthy.get_or_insert((self.now, 0));
+            *seen += failures;
+            *seen > 0 && self.now - *since >= restart.window.saturating_mul(5)
+        };
+        // The decision is the shutdown's start; the exit follows once the
+        // workers are gone.
+        let crash_loop = match &self.flock.phase {
+            Phase::ShuttingDown { reason, .. } => Some(reason.clone()),
+            Phase::Running => None,
+        };
+        match (&crash_loop, too_many || long_unhealthy) {
+            (Some(reason), false) => self.fail(format!(
+                "a crash loop with {} failures in the window (max {}): {reason}",
+                self.failures.len(),
+                restart.max_restarts
+            )),
+            (None, true) => self.fail(format!(
+                "no crash loop with {} failures in the window (max {}), unhealthy since {:?}",
+                self.failures.len(),
+                restart.max_restarts,
+                self.unhealthy
+            )),
+            _ => {}
+        }
+        if let Some(reason) = crash_loop
+            && !reason.starts_with("crash loop")
+        {
+            self.fail(format!("the flock stops: {reason}"));
         }
     }
 }
 
-/// The steps run, and the hand-overs among them.
-fn run(seed: u64, steps: u64) -> (u64, u64) {
+/// The steps run, the hand-overs and the crash loops among them.
+fn run(seed: u64, steps: u64) -> (u64, u64, u64) {
+    captured::mute();
     let mut world = World::new(seed);
-    for _ in 0..steps {
-        world.step(seed);
+    while world.steps < steps {
+        world.step();
     }
-    (world.steps, world.handed_over)
+    (world.steps, world.handed_over, world.crash_loops)
+}
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
 }
 
 #[test]
 fn a_simulated_world_never_breaks_the_invariants() {
     let started = std::time::Instant::now();
-    let seeds: u64 = std::env::var("SIM_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20);
-    let first: u64 = std::env::var("SIM_FIRST")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let runs: Vec<(u64, u64)> = (first..first + seeds).map(|seed| run(seed, 50_000)).collect();
+    let seeds = env_number("SIM_SEEDS", 20);
+    let first = env_number("SIM_FIRST", 0);
+    let steps = env_number("SIM_STEPS", 50_000);
+    let runs: Vec<(u64, u64, u64)> = (first..first + seeds).map(|seed| run(seed, steps)).collect();
     let total: u64 = runs.iter().map(|r| r.0).sum();
     let handed_over: u64 = runs.iter().map(|r| r.1).sum();
+    let crash_loops: u64 = runs.iter().map(|r| r.2).sum();
     println!(
-        "simulated {total} steps over {seeds} seeds ({handed_over} in-place hand-overs) in {:.1}s",
+        "simulated {total} steps over {seeds} seeds ({handed_over} in-place hand-overs, {crash_loops} crash loops) in \
+         {:.1}s",
         started.elapsed().as_secs_f64()
     );
-    assert!(handed_over > seeds * 50, "{handed_over} hand-overs");
-    assert_eq!(total, seeds * 50_000);
+    assert_eq!(total, seeds * steps);
+    if seeds >= 20 && steps >= 50_000 {
+        assert!(handed_over > seeds * 50, "{handed_over} hand-overs");
+        assert!(crash_loops > 0, "no crash loop in {total} steps");
+    }
 }
