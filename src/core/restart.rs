@@ -267,7 +267,12 @@ impl Flock {
     /// Below `min_ready` for [`Flock::unhealthy_limit`] with failures
     /// meanwhile: stop the flock and exit 1, as for any crash loop.
     pub(super) fn break_long_unhealth(&mut self, now: Moment, actions: &mut Vec<Action>) {
-        if self.is_healthy() {
+        // Counted by slot: a replacement ready beside the worker it replaces
+        // (stopped later in this pass) is no end of the stretch.
+        let mut served: Vec<usize> = self.workers.iter().filter(|w| w.serves()).map(|w| w.slot).collect();
+        served.sort_unstable();
+        served.dedup();
+        if served.len() >= self.policy.min_ready.clamp(1, self.desired) {
             self.unhealthy = None;
             return;
         }

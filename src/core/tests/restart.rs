@@ -418,3 +418,36 @@ fn a_healthy_flock_with_a_slot_that_keeps_failing_is_no_crash_loop() {
     assert!(!h.log.iter().any(|a| matches!(a, Action::Exit { .. })));
     assert_eq!(h.pid_of(0), serving);
 }
+
+/// Found by the simulator (seed 1529): a replacement that gets ready beside
+/// the worker it replaces (stopped in the same pass) made the flock look
+/// healthy for an instant, and the clock of a long stretch below
+/// `min_ready` started again: counted by slot, it does not.
+#[test]
+fn a_swap_within_a_pass_does_not_end_a_stretch_below_min_ready() {
+    let mut p = notify_policy(2);
+    p.heartbeat = None;
+    p.memory_limit = Some(100 << 20);
+    let mut h = Harness::ready(p);
+    h.exit(h.pid_of(1), ExitStatus::Code(1));
+    let (since, _) = h.flock.unhealthy.expect("below min_ready, with a failure");
+    h.at(Duration::from_secs(1));
+    let old = h.pid_of(0);
+    h.feed(Event::Measured {
+        pid: old,
+        bytes: 200 << 20,
+    });
+    let new = h
+        .flock
+        .workers()
+        .iter()
+        .find(|w| w.slot == 0 && w.is_starting())
+        .map(|w| w.pid)
+        .expect("slot 0's replacement starts");
+    h.say(new, WorkerMessage::Ready);
+    assert!(
+        h.flock.workers().iter().any(|w| w.pid == old && w.is_stopping()),
+        "the old one goes"
+    );
+    assert_eq!(h.flock.unhealthy.map(|u| u.0), Some(since), "the stretch goes on");
+}

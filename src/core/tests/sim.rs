@@ -13,7 +13,13 @@
 //! reload made during the start, with fewer than the minimum ready (seed 6,
 //! step 14); replacements that took the room of a slot backing off, so that
 //! once it was filled the flock ran past `desired + max_surge` (seed 57,
-//! step 35850; `replacements_leave_room_for_a_slot_that_backs_off`).
+//! step 35850; `replacements_leave_room_for_a_slot_that_backs_off`); a
+//! replacement ready beside the worker it replaces, counted twice for an
+//! instant, which started the clock of a long stretch below `min_ready`
+//! again, so that such a flock never broke as a crash loop (seed 1529, step
+//! 14448; `a_swap_within_a_pass_does_not_end_a_stretch_below_min_ready`).
+
+mod explore;
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -713,10 +719,11 @@ impl World {
                 restart.max_restarts
             )),
             (None, true) => self.fail(format!(
-                "no crash loop with {} failures in the window (max {}), unhealthy since {:?}",
+                "no crash loop with {} failures in the window (max {}), unhealthy since {:?} (the core: {:?})",
                 self.failures.len(),
                 restart.max_restarts,
-                self.unhealthy
+                self.unhealthy,
+                self.flock.unhealthy
             )),
             _ => {}
         }
