@@ -433,4 +433,71 @@ mod tests {
                 .contains("not an executable file")
         );
     }
+
+    #[test]
+    fn a_config_is_a_regular_file_of_at_most_1_mib_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("app.toml");
+        let text = " ".repeat(MAX_CONFIG as usize);
+        std::fs::write(&file, &text).unwrap();
+        assert_eq!(
+            read_config(&file).map(|t| t.len()).ok(),
+            Some(text.len()),
+            "exactly 1 MiB: read, whole"
+        );
+        std::fs::write(&file, format!("{text} ")).unwrap();
+        let e = read_config(&file).unwrap_err().to_string();
+        assert!(e.contains("1048577 bytes, over the 1024 KiB"), "{e}");
+        std::fs::write(&file, b"workers = \xff").unwrap();
+        assert!(read_config(&file).unwrap_err().to_string().contains("not UTF-8"));
+        let e = read_config(Path::new("/dev/null")).unwrap_err().to_string();
+        assert!(e.contains("it is a device, not a regular file"), "{e}");
+        let e = read_config(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("it is a directory"), "{e}");
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_waiting_for_a_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("app.toml");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = fifo.clone();
+        std::thread::spawn(move || tx.send(read_config(&path).map_err(|e| e.to_string())));
+        let read = rx.recv_timeout(std::time::Duration::from_secs(10));
+        if read.is_err() {
+            // Let the blocked open go before failing.
+            let _ = std::fs::OpenOptions::new().write(true).open(&fifo);
+        }
+        let e = read.expect("read_config waited on the FIFO").unwrap_err();
+        assert!(e.contains("it is a FIFO"), "{e}");
+    }
+
+    #[test]
+    fn only_private_directories_of_our_own_are_fallback_socket_dirs() {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let uid = nix::unistd::geteuid().as_raw();
+        let ours = fallback_socket_dir().unwrap();
+        let open = PathBuf::from(format!("{}-open", ours.display()));
+        std::fs::DirBuilder::new().mode(0o700).create(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o750)).unwrap();
+        let file = PathBuf::from(format!("{}-file", ours.display()));
+        std::fs::write(&file, "").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let theirs = PathBuf::from(format!("{}-theirs", ours.display()));
+        std::fs::DirBuilder::new().mode(0o700).create(&theirs).unwrap();
+        let chowned = uid == 0 && nix::unistd::chown(&theirs, Some(nix::unistd::Uid::from_raw(1)), None).is_ok();
+        let found = fallback_socket_dirs();
+        for path in [&open, &theirs] {
+            let _ = std::fs::remove_dir(path);
+        }
+        let _ = std::fs::remove_file(&file);
+        let _ = std::fs::remove_dir(&ours);
+        assert!(found.contains(&ours), "{found:?}");
+        assert!(!found.contains(&open), "group may read it: {found:?}");
+        assert!(!found.contains(&file), "not a directory: {found:?}");
+        if chowned {
+            assert!(!found.contains(&theirs), "another uid's: {found:?}");
+        }
+    }
 }
