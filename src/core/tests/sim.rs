@@ -2,7 +2,8 @@
 //! seeded world of workers that boot fast, slow or never, crash at boot or
 //! later, hang, leave on their own, say odd things, grow in memory, and
 //! obey (or ignore) their stop signal; the operator's reloads (good, broken
-//! and refused), scales and in-place hand-overs; stalls of the loop. Every
+//! and refused), scales, stops (and a second stop while stopping) and
+//! in-place hand-overs; stalls of the loop. Every
 //! invariant of docs/reliability.md's "Invariants" is checked after every
 //! pass; a failure names its seed and step and replays from the seed
 //! (`SIM_FIRST=SEED SIM_SEEDS=1 SIM_TRACE=1`).
@@ -128,6 +129,10 @@ struct World {
     /// Crash loops the flock exited for (each one starts a new flock).
     crash_loops: u64,
     shutting_down_since: Option<Moment>,
+    /// Stop requests made (SIGTERM; a second one kills what is left).
+    stops_asked: u32,
+    /// Flocks stopped by the operator, and exited.
+    stopped: u64,
 }
 
 /// What one pass did, for the checks.
@@ -144,6 +149,8 @@ struct Pass {
     refused: Vec<u64>,
     /// The flock was shutting down when the pass began.
     was_shutting_down: bool,
+    /// A second stop request is in this pass.
+    second_stop: bool,
 }
 
 impl World {
@@ -183,6 +190,8 @@ impl World {
             unhealthy: None,
             crash_loops: 0,
             shutting_down_since: None,
+            stops_asked: 0,
+            stopped: 0,
         }
     }
 
@@ -239,9 +248,11 @@ impl World {
             // A crash loop ended the flock: systemd would start it again.
             let seed = self.rng.next();
             let steps = self.steps;
-            let (crash_loops, handed_over) = (self.crash_loops + 1, self.handed_over);
+            let stopped = self.stops_asked > 0;
+            let (crash_loops, handed_over) = (self.crash_loops + u64::from(!stopped), self.handed_over);
+            let stops = self.stopped + u64::from(stopped);
             *self = World::new(seed);
-            (self.steps, self.crash_loops, self.handed_over) = (steps, crash_loops, handed_over);
+            (self.steps, self.crash_loops, self.handed_over, self.stopped) = (steps, crash_loops, handed_over, stops);
         }
     }
 
@@ -297,6 +308,11 @@ impl World {
                 _ => {}
             }
         }
+        if self.stops_asked == 1 && self.flock.is_shutting_down() && self.rng.one_in(8) {
+            self.stops_asked += 1;
+            pass.second_stop = true;
+            events.push(Event::Request(Request::Stop));
+        }
         match self.rng.below(500) {
             0 | 1 => {
                 let mut policy = self.policy.clone();
@@ -323,6 +339,12 @@ impl World {
                 }));
             }
             3 => events.push(Event::Request(Request::Scale(1 + self.rng.below(4) as usize))),
+            // Rarely the operator stops the flock (systemctl stop), and now
+            // and then asks again while it stops: then what is left is killed.
+            6 if self.stops_asked == 0 && self.rng.one_in(40) => {
+                self.stops_asked += 1;
+                events.push(Event::Request(Request::Stop));
+            }
             4 => events.push(Event::Request(Request::ScaleUp)),
             5 => events.push(Event::Request(Request::ScaleDown)),
             _ => {}
@@ -531,6 +553,19 @@ impl World {
             self.check_slots();
         }
         self.check_crash_loops(pass, before);
+        if pass.second_stop
+            && let Some(w) = workers_left(&self.flock)
+        {
+            self.fail(format!("a second stop request, and pid {} is not killed", w));
+        }
+        if let Some((code, reason)) = &pass.exit
+            && (self.stops_asked > 0) != (*code == 0)
+        {
+            self.fail(format!(
+                "exit {code} ({reason}) after {} stop requests",
+                self.stops_asked
+            ));
+        }
         if pass.was_shutting_down {
             let since = *self.shutting_down_since.get_or_insert(self.now);
             let bound = self.policy.stop_timeout + STALL + Duration::from_secs(1);
@@ -712,6 +747,9 @@ impl World {
             Phase::ShuttingDown { reason, .. } => Some(reason.clone()),
             Phase::Running => None,
         };
+        if self.stops_asked > 0 {
+            return;
+        }
         match (&crash_loop, too_many || long_unhealthy) {
             (Some(reason), false) => self.fail(format!(
                 "a crash loop with {} failures in the window (max {}): {reason}",
@@ -729,20 +767,30 @@ impl World {
         }
         if let Some(reason) = crash_loop
             && !reason.starts_with("crash loop")
+            && self.stops_asked == 0
         {
-            self.fail(format!("the flock stops: {reason}"));
+            self.fail(format!("the flock stops unasked: {reason}"));
         }
     }
 }
 
+/// A worker not yet sent SIGKILL.
+fn workers_left(flock: &Flock) -> Option<Pid> {
+    flock
+        .workers()
+        .iter()
+        .find(|w| !matches!(w.state, WorkerState::Stopping { killed: true, .. }))
+        .map(|w| w.pid)
+}
+
 /// The steps run, the hand-overs and the crash loops among them.
-fn run(seed: u64, steps: u64) -> (u64, u64, u64) {
+fn run(seed: u64, steps: u64) -> (u64, u64, u64, u64) {
     captured::mute();
     let mut world = World::new(seed);
     while world.steps < steps {
         world.step();
     }
-    (world.steps, world.handed_over, world.crash_loops)
+    (world.steps, world.handed_over, world.crash_loops, world.stopped)
 }
 
 fn env_number(name: &str, default: u64) -> u64 {
@@ -755,13 +803,14 @@ fn a_simulated_world_never_breaks_the_invariants() {
     let seeds = env_number("SIM_SEEDS", 20);
     let first = env_number("SIM_FIRST", 0);
     let steps = env_number("SIM_STEPS", 50_000);
-    let runs: Vec<(u64, u64, u64)> = (first..first + seeds).map(|seed| run(seed, steps)).collect();
+    let runs: Vec<(u64, u64, u64, u64)> = (first..first + seeds).map(|seed| run(seed, steps)).collect();
     let total: u64 = runs.iter().map(|r| r.0).sum();
     let handed_over: u64 = runs.iter().map(|r| r.1).sum();
     let crash_loops: u64 = runs.iter().map(|r| r.2).sum();
+    let stopped: u64 = runs.iter().map(|r| r.3).sum();
     println!(
-        "simulated {total} steps over {seeds} seeds ({handed_over} in-place hand-overs, {crash_loops} crash loops) in \
-         {:.1}s",
+        "simulated {total} steps over {seeds} seeds ({handed_over} in-place hand-overs, {crash_loops} crash loops, \
+         {stopped} stops) in {:.1}s",
         started.elapsed().as_secs_f64()
     );
     assert_eq!(total, seeds * steps);
