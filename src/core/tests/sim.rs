@@ -133,6 +133,8 @@ struct World {
     stops_asked: u32,
     /// Flocks stopped by the operator, and exited.
     stopped: u64,
+    /// Every command a worker was started with.
+    started_commands: std::collections::BTreeSet<CommandId>,
 }
 
 /// What one pass did, for the checks.
@@ -192,6 +194,7 @@ impl World {
             shutting_down_since: None,
             stops_asked: 0,
             stopped: 0,
+            started_commands: std::collections::BTreeSet::new(),
         }
     }
 
@@ -418,6 +421,7 @@ impl World {
             Action::Spawn(order) => {
                 self.next_pid += 1;
                 let pid = self.next_pid;
+                self.started_commands.insert(order.command);
                 let boot = match self.rng.below(10) {
                     _ if order.command >= BROKEN => None,
                     0 => None,                                               // never ready
@@ -549,6 +553,7 @@ impl World {
         }
         self.check_punishments(before);
         self.check_reloads(pass);
+        self.check_reload_blame(pass, before);
         if running {
             self.check_slots();
         }
@@ -658,6 +663,46 @@ impl World {
                 })
             {
                 self.fail(format!("reload {ticket} failed, and its pid {} serves on", w.pid));
+            }
+        }
+    }
+
+    /// A reload that started workers fails only for what one of them did
+    /// (exited, or was stopped for a failure) or because the flock stops.
+    fn check_reload_blame(&self, pass: &Pass, before: &BTreeMap<Pid, WorkerState>) {
+        for action in &pass.actions {
+            let Action::ReloadFinished {
+                ticket,
+                ok: false,
+                message,
+            } = action
+            else {
+                continue;
+            };
+            let commands = [100 + ticket, BROKEN + ticket];
+            if !commands.iter().any(|c| self.started_commands.contains(c)) || self.flock.is_shutting_down() {
+                continue;
+            }
+            let exited = pass.exited.iter().any(|(_, _, c)| commands.contains(c));
+            let failed = self.flock.workers().iter().any(|w| {
+                matches!(
+                    w.state,
+                    WorkerState::Stopping {
+                        cause: StopCause::Failed(_),
+                        ..
+                    }
+                ) && !before
+                    .get(&w.pid)
+                    .is_some_and(|s| matches!(s, WorkerState::Stopping { .. }))
+                    && self
+                        .processes
+                        .get(&w.pid)
+                        .is_some_and(|p| commands.contains(&p.command))
+            });
+            if !exited && !failed {
+                self.fail(format!(
+                    "reload {ticket} failed, though none of its workers did: {message}"
+                ));
             }
         }
     }
