@@ -135,6 +135,8 @@ struct World {
     stopped: u64,
     /// Every command a worker was started with.
     started_commands: std::collections::BTreeSet<CommandId>,
+    /// When the loop would wake next, as the last pass left it.
+    wake: Option<Moment>,
 }
 
 /// What one pass did, for the checks.
@@ -153,6 +155,8 @@ struct Pass {
     was_shutting_down: bool,
     /// A second stop request is in this pass.
     second_stop: bool,
+    /// The pass was set off by time alone (and heartbeats).
+    events_were_time_only: bool,
 }
 
 impl World {
@@ -195,6 +199,8 @@ impl World {
             stops_asked: 0,
             stopped: 0,
             started_commands: std::collections::BTreeSet::new(),
+            // The loop's first pass comes at once.
+            wake: Some(T0),
         }
     }
 
@@ -225,6 +231,16 @@ impl World {
         if self.rng.one_in(500) {
             self.hand_over();
         }
+        pass.events_were_time_only = events.iter().all(|e| {
+            matches!(
+                e,
+                Event::Tick
+                    | Event::Message {
+                        message: WorkerMessage::Heartbeat,
+                        ..
+                    }
+            )
+        });
         let trace = std::env::var_os("SIM_TRACE").is_some();
         if trace {
             eprintln!("step {} at {:?}: {events:?}", self.steps, self.now);
@@ -401,6 +417,8 @@ impl World {
             .unwrap_or_else(|why| self.fail(format!("the state does not restore: {why}")));
         self.twin = Some(std::mem::replace(&mut self.flock, restored));
         self.handed_over += 1;
+        // The new binary's loop runs a pass as soon as it has the flock.
+        self.wake = Some(self.now);
     }
 
     fn compare_twin(&self, actions: &[Action], twin: Option<Vec<Action>>) {
@@ -558,6 +576,7 @@ impl World {
             self.check_slots();
         }
         self.check_crash_loops(pass, before);
+        self.check_wake_and_kill(pass);
         if pass.second_stop
             && let Some(w) = workers_left(&self.flock)
         {
@@ -702,6 +721,40 @@ impl World {
             if !exited && !failed {
                 self.fail(format!(
                     "reload {ticket} failed, though none of its workers did: {message}"
+                ));
+            }
+        }
+    }
+
+    /// The loop is woken for everything the core must do: a pass that only
+    /// time (and heartbeats) set off acts only at or after the deadline the
+    /// pass before gave. And a worker not gone `stop_timeout` after its stop
+    /// signal is sent SIGKILL.
+    fn check_wake_and_kill(&mut self, pass: &Pass) {
+        let timed = pass.exited.is_empty() && pass.events_were_time_only;
+        let acted = pass
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::Spawn(_) | Action::Signal { .. } | Action::Drain { .. }));
+        if timed && acted && self.wake.is_none_or(|at| at > self.now) {
+            self.fail(format!(
+                "the core acted at {:?}, and would have woken at {:?}",
+                self.now, self.wake
+            ));
+        }
+        self.wake = self.flock.next_deadline();
+        let timeout = self.flock.policy().stop_timeout;
+        for w in self.flock.workers() {
+            if let WorkerState::Stopping {
+                since, killed: false, ..
+            } = w.state
+                && !w.draining
+                && self.now - since >= timeout
+            {
+                self.fail(format!(
+                    "pid {} was told to stop {:?} ago, and is not killed",
+                    w.pid,
+                    self.now - since
                 ));
             }
         }
