@@ -267,9 +267,15 @@ impl Flock {
     /// Below `min_ready` for [`Flock::unhealthy_limit`] with failures
     /// meanwhile: stop the flock and exit 1, as for any crash loop.
     pub(super) fn break_long_unhealth(&mut self, now: Moment, actions: &mut Vec<Action>) {
-        // Counted by slot: a replacement ready beside the worker it replaces
-        // (stopped later in this pass) is no end of the stretch.
-        let mut served: Vec<usize> = self.workers.iter().filter(|w| w.serves()).map(|w| w.slot).collect();
+        // Counted by desired slot: a replacement ready beside the worker it
+        // replaces, or a worker of a slot a scale-down retires (both stopped
+        // later in this pass), is no end of the stretch.
+        let mut served: Vec<usize> = self
+            .workers
+            .iter()
+            .filter(|w| w.serves() && w.slot < self.desired)
+            .map(|w| w.slot)
+            .collect();
         served.sort_unstable();
         served.dedup();
         if served.len() >= self.policy.min_ready.clamp(1, self.desired) {

@@ -451,3 +451,21 @@ fn a_swap_within_a_pass_does_not_end_a_stretch_below_min_ready() {
     );
     assert_eq!(h.flock.unhealthy.map(|u| u.0), Some(since), "the stretch goes on");
 }
+
+/// Found by the simulator: a scale-down that retires the one serving worker
+/// (the highest slot) counted it as serving for an instant, and the clock of
+/// a long stretch below `min_ready` started again.
+#[test]
+fn a_scale_down_does_not_end_a_stretch_below_min_ready() {
+    let mut p = notify_policy(2);
+    p.heartbeat = None;
+    let mut h = Harness::ready(p);
+    // Slot 0 fails and is not ready again: one of two serves.
+    h.exit(h.pid_of(0), ExitStatus::Code(1));
+    let (since, _) = h.flock.unhealthy.expect("below min_ready, with a failure");
+    h.at(Duration::from_secs(1));
+    // One worker less: slot 1, the serving one, is retired.
+    h.feed(Event::Request(Request::ScaleDown));
+    assert_eq!(h.flock.ready_count(), 0);
+    assert_eq!(h.flock.unhealthy.map(|u| u.0), Some(since), "the stretch goes on");
+}

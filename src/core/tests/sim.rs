@@ -1,6 +1,7 @@
 //! A deterministic simulation of a flock's world, fed to the real core: a
 //! seeded world of workers that boot fast, slow or never, crash at boot or
-//! later, hang, leave on their own, say odd things, grow in memory, and
+//! later, hang, leave on their own, say odd things, grow in memory, listen
+//! on a port of their own instead of the passed socket, and
 //! obey (or ignore) their stop signal; the operator's reloads (good, broken
 //! and refused), scales, stops (and a second stop while stopping) and
 //! in-place hand-overs; stalls of the loop. Every
@@ -18,7 +19,9 @@
 //! replacement ready beside the worker it replaces, counted twice for an
 //! instant, which started the clock of a long stretch below `min_ready`
 //! again, so that such a flock never broke as a crash loop (seed 1529, step
-//! 14448; `a_swap_within_a_pass_does_not_end_a_stretch_below_min_ready`).
+//! 14448; `a_swap_within_a_pass_does_not_end_a_stretch_below_min_ready`);
+//! the same clock started again by a scale-down retiring the one serving
+//! worker (`a_scale_down_does_not_end_a_stretch_below_min_ready`).
 
 mod explore;
 
@@ -76,6 +79,9 @@ struct Process {
     /// It said STOPPING=1 and leaves on its own.
     leaving: bool,
     memory: u64,
+    /// It listens on a port of its own instead of the passed socket
+    /// (`app.listen(3000)`): a look at it says so.
+    astray: bool,
     /// When it exits, and how (its stop signal's end, a crash, SIGKILL).
     exits_at: Option<(Moment, ExitStatus)>,
 }
@@ -379,6 +385,11 @@ impl World {
             if rounds > 100 {
                 self.fail("actions without end".into());
             }
+            // A ping is judged on the state that decided it, before any
+            // outcome of this round is applied.
+            if actions.contains(&Action::Notify(Upward::Watchdog)) {
+                self.check_watchdog();
+            }
             let mut next = Vec::new();
             let mut twin_next = Vec::new();
             let mut settle = false;
@@ -458,6 +469,7 @@ impl World {
                         signalled: false,
                         leaving: false,
                         memory: LEAN,
+                        astray: self.rng.one_in(40),
                         exits_at: crash_at_boot.then_some((self.now + 50 * MS, ExitStatus::Code(1))),
                     },
                 );
@@ -498,7 +510,12 @@ impl World {
                 })
                 .collect(),
             Action::Inspect { pids } => vec![Event::Inspected(
-                pids.into_iter().map(|pid| (pid, Inspection::Serves)).collect(),
+                pids.into_iter()
+                    .map(|pid| match self.processes.get(&pid) {
+                        Some(p) if p.astray => (pid, Inspection::Astray(vec!["0.0.0.0:3000".into()])),
+                        _ => (pid, Inspection::Serves),
+                    })
+                    .collect(),
             )],
             Action::SampleLoad => vec![Event::LoadSampled { runnable: 0 }],
             Action::CheckListeners => vec![Event::QueuesSampled(Vec::new())],
@@ -521,10 +538,6 @@ impl World {
             }
             Action::Exit { code, reason } => {
                 pass.exit = Some((code, reason));
-                Vec::new()
-            }
-            Action::Notify(Upward::Watchdog) => {
-                self.check_watchdog();
                 Vec::new()
             }
             Action::Ping { .. } | Action::Notify(_) | Action::ReleaseCommand(_) => Vec::new(),
@@ -555,6 +568,17 @@ impl World {
         // Every worker the core knows of is a process of the world.
         if let Some(w) = workers.iter().find(|w| !self.processes.contains_key(&w.pid)) {
             self.fail(format!("the core keeps pid {}, which exited", w.pid));
+        }
+        // A worker that listens on a port of its own never counts as serving.
+        let serving = workers
+            .iter()
+            .filter(|w| w.is_ready() && self.processes.get(&w.pid).is_some_and(|p| !p.astray))
+            .count();
+        if self.flock.ready_count() > serving {
+            self.fail(format!(
+                "{} counted ready, {serving} serve the passed socket",
+                self.flock.ready_count()
+            ));
         }
         // Never more live workers than desired plus the surge.
         let live = workers.iter().filter(|w| !w.is_stopping()).count();
@@ -602,8 +626,7 @@ impl World {
     /// No watchdog ping while the flock is unhealthy, once it started
     /// (before READY=1 systemd's start timeout rules, while stopping its
     /// stop timeout): at least the minimum ready, or on their way in slots
-    /// that never failed. Judged as the ping is sent, before what its pass
-    /// measures.
+    /// that never failed. Judged on the state that decided the ping.
     fn check_watchdog(&self) {
         if !self.started || self.flock.is_shutting_down() {
             return;
@@ -687,7 +710,8 @@ impl World {
     }
 
     /// A reload that started workers fails only for what one of them did
-    /// (exited, or was stopped for a failure) or because the flock stops.
+    /// (exited, was stopped for a failure, listens on a port of its own) or
+    /// because the flock stops.
     fn check_reload_blame(&self, pass: &Pass, before: &BTreeMap<Pid, WorkerState>) {
         for action in &pass.actions {
             let Action::ReloadFinished {
@@ -718,7 +742,11 @@ impl World {
                         .get(&w.pid)
                         .is_some_and(|p| commands.contains(&p.command))
             });
-            if !exited && !failed {
+            let astray = self
+                .processes
+                .values()
+                .any(|p| p.astray && commands.contains(&p.command));
+            if !exited && !failed && !astray {
                 self.fail(format!(
                     "reload {ticket} failed, though none of its workers did: {message}"
                 ));
