@@ -557,6 +557,21 @@ impl World {
             .unwrap_or(0)
     }
 
+    /// The core's workers, one line each, for a failure's message.
+    fn table(&self) -> Vec<String> {
+        self.flock
+            .workers()
+            .iter()
+            .map(|w| {
+                let astray = self.processes.get(&w.pid).is_some_and(|p| p.astray);
+                format!(
+                    "slot {} pid {} gen {} {:?} astray {astray}",
+                    w.slot, w.pid, w.generation, w.state
+                )
+            })
+            .collect()
+    }
+
     fn min_ready(&self) -> usize {
         self.flock.policy().min_ready.clamp(1, self.flock.desired())
     }
@@ -696,7 +711,12 @@ impl World {
         if let Some((ticket, asked)) = self.unanswered.iter().next()
             && self.now.saturating_duration_since(*asked) > ANSWER_WITHIN
         {
-            self.fail(format!("reload {ticket} unanswered for {:?}", self.now - *asked));
+            self.fail(format!(
+                "reload {ticket} unanswered for {:?}; desired {}, workers:\n  {}",
+                self.now - *asked,
+                self.flock.desired(),
+                self.table().join("\n  ")
+            ));
         }
         for action in &pass.actions {
             if let Action::ReloadFinished { ticket, ok: false, .. } = action
