@@ -327,6 +327,7 @@ impl Flock {
         }
         self.recycle_aged(now);
         self.retire_surplus(now, actions);
+        self.stop_astray_replacements(now, actions);
         self.stop_replaced(now, actions);
         self.fill_slots(now, actions);
         self.finish_reload_if_done(now, actions);

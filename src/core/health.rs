@@ -157,7 +157,14 @@ impl Flock {
 
     /// [`Flock::condemn`] by pid, if it is still there (a crash loop's
     /// shutdown may have changed the table meanwhile).
-    fn condemn_pid(&mut self, now: Moment, pid: Pid, failure: Failure, why: &str, actions: &mut Vec<Action>) {
+    pub(super) fn condemn_pid(
+        &mut self,
+        now: Moment,
+        pid: Pid,
+        failure: Failure,
+        why: &str,
+        actions: &mut Vec<Action>,
+    ) {
         if let Some(index) = self.workers.iter().position(|w| w.pid == pid && !w.is_stopping()) {
             self.condemn(now, index, failure, why, actions);
         }

@@ -250,6 +250,29 @@ impl Flock {
     }
 
     /// A retiring worker is stopped only once a ready replacement serves its slot.
+    /// A replacement found listening on a port of its own will never serve:
+    /// it is stopped as a failed start (its slot tried again after its
+    /// backoff) rather than kept beside the worker it was to replace, which
+    /// serves on, and would hold the surge's place for ever.
+    pub(super) fn stop_astray_replacements(&mut self, now: Moment, actions: &mut Vec<Action>) {
+        let astray: Vec<Pid> = self
+            .workers
+            .iter()
+            .filter(|w| w.serves_for_good() && w.inspected && !w.listens_itself.is_empty())
+            .filter(|w| {
+                self.workers
+                    .iter()
+                    .any(|old| old.slot == w.slot && old.pid != w.pid && old.retiring().is_some())
+            })
+            .map(|w| w.pid)
+            .collect();
+        for pid in astray {
+            let why = "listens on a port of its own, not on the socket sheepdog passed, beside the worker it was to \
+                       replace";
+            self.condemn_pid(now, pid, Failure::NotReadyInTime, why, actions);
+        }
+    }
+
     pub(super) fn stop_replaced(&mut self, now: Moment, actions: &mut Vec<Action>) {
         let replacements: Vec<(usize, Pid)> = self
             .workers

@@ -431,3 +431,40 @@ fn replacements_leave_room_for_a_slot_that_backs_off() {
     assert!(spawns(&all).contains(&2), "slot 2 filled after its backoff");
     assert!(most <= 4, "{most} live workers, more than 3 + max_surge 1");
 }
+
+/// Found by the simulator (seed 13307182063533607681): a replacement that
+/// listens on a port of its own never serves, so the worker it was to
+/// replace was kept beside it for good, and the two held the surge's place:
+/// a later reload could never start that slot's replacement and waited for
+/// ever. The astray replacement is stopped as a failed start instead.
+#[test]
+fn an_astray_replacement_is_stopped_and_the_worker_it_was_to_replace_serves_on() {
+    let mut p = reload_policy(2);
+    p.memory_limit = Some(100 << 20);
+    let mut h = Harness::ready(p);
+    let old = h.pid_of(0);
+    let actions = h.feed(Event::Measured {
+        pid: old,
+        bytes: 200 << 20,
+    });
+    assert_eq!(spawns(&actions), vec![0], "slot 0's replacement starts");
+    let new = h
+        .flock
+        .workers()
+        .iter()
+        .find(|w| w.is_starting())
+        .map(|w| w.pid)
+        .unwrap();
+    h.astray.insert(new, vec!["0.0.0.0:3000".into()]);
+    let actions = h.say(new, WorkerMessage::Ready);
+    assert!(signals(&actions).contains(&(new, Signal::SIGKILL)), "{actions:?}");
+    assert!(
+        !signals(&actions).iter().any(|(pid, _)| *pid == old),
+        "the old one serves on"
+    );
+    assert!(h.flock.workers().iter().any(|w| w.pid == old && w.is_ready()));
+    // Its slot is replaced again (after its backoff), within the surge.
+    let mut all = actions;
+    all.extend(h.run_until(Duration::from_secs(3)));
+    assert!(spawns(&all).contains(&0), "slot 0 tried again: {all:?}");
+}

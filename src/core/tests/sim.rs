@@ -21,7 +21,10 @@
 //! again, so that such a flock never broke as a crash loop (seed 1529, step
 //! 14448; `a_swap_within_a_pass_does_not_end_a_stretch_below_min_ready`);
 //! the same clock started again by a scale-down retiring the one serving
-//! worker (`a_scale_down_does_not_end_a_stretch_below_min_ready`).
+//! worker (`a_scale_down_does_not_end_a_stretch_below_min_ready`); an astray
+//! replacement kept beside the worker it was to replace, holding the surge's
+//! place so that a later reload waited for ever (seed 13307182063533607681;
+//! `an_astray_replacement_is_stopped_and_the_worker_it_was_to_replace_serves_on`).
 
 mod explore;
 
@@ -680,9 +683,14 @@ impl World {
             };
             let unfair = match punished {
                 StopCause::Failed(Failure::Hung) => !process.hung,
-                StopCause::Failed(Failure::NotReadyInTime) => process
-                    .ready_at
-                    .is_some_and(|at| at <= process.spawned_at + ready_timeout),
+                // One that listens on a port of its own never serves: not
+                // ready, whatever it says.
+                StopCause::Failed(Failure::NotReadyInTime) => {
+                    !process.astray
+                        && process
+                            .ready_at
+                            .is_some_and(|at| at <= process.spawned_at + ready_timeout)
+                }
                 StopCause::Replaced(Retire::MemoryLimit) => process.memory <= LIMIT,
                 _ => false,
             };
