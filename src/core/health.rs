@@ -59,7 +59,7 @@ impl Timers {
 }
 
 impl Flock {
-    fn min_ready(&self) -> usize {
+    pub(super) fn min_ready(&self) -> usize {
         self.policy.min_ready.clamp(1, self.desired)
     }
 

@@ -249,7 +249,6 @@ impl Flock {
         actions.push(Action::ReleaseCommand(rollout.previous_command));
     }
 
-    /// A retiring worker is stopped only once a ready replacement serves its slot.
     /// A replacement found listening on a port of its own will never serve:
     /// it is stopped as a failed start (its slot tried again after its
     /// backoff) rather than kept beside the worker it was to replace, which
@@ -273,6 +272,7 @@ impl Flock {
         }
     }
 
+    /// A retiring worker is stopped only once a ready replacement serves its slot.
     pub(super) fn stop_replaced(&mut self, now: Moment, actions: &mut Vec<Action>) {
         let replacements: Vec<(usize, Pid)> = self
             .workers

@@ -278,7 +278,7 @@ impl Flock {
             .collect();
         served.sort_unstable();
         served.dedup();
-        if served.len() >= self.policy.min_ready.clamp(1, self.desired) {
+        if served.len() >= self.min_ready() {
             self.unhealthy = None;
             return;
         }
