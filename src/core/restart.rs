@@ -318,11 +318,14 @@ impl Flock {
             .collect()
     }
 
-    /// A worker ready for `backoff_reset` clears its slot's backoff.
+    /// A worker ready for `backoff_reset` clears its slot's backoff, if it
+    /// started after the failures (at or after the slot's `next_spawn`): a
+    /// predecessor serving on while its replacements fail says nothing of
+    /// them.
     pub(super) fn reset_backoffs(&mut self, now: Moment) {
         let reset_after = self.policy.restart.backoff_reset;
         for worker in &self.workers {
-            if let WorkerState::Ready { since, .. } = worker.state
+            if let Some(since) = self.clears_backoff(worker)
                 && now.saturating_duration_since(since) >= reset_after
                 && let Some(slot) = self.slots.get_mut(worker.slot)
             {
@@ -335,13 +338,22 @@ impl Flock {
     pub(super) fn backoff_reset_deadline(&self) -> Option<Moment> {
         self.workers
             .iter()
-            .filter_map(|w| match w.state {
-                WorkerState::Ready { since, .. } if self.slots.get(w.slot).is_some_and(|s| s.failures > 0) => {
-                    Some(since + self.policy.restart.backoff_reset)
-                }
-                _ => None,
-            })
+            .filter_map(|w| self.clears_backoff(w))
+            .map(|since| since + self.policy.restart.backoff_reset)
             .min()
+    }
+
+    /// Since when `worker` has been ready, if it is one whose readiness
+    /// clears its slot's backoff: started since the slot's last failure,
+    /// which has some.
+    fn clears_backoff(&self, worker: &Worker) -> Option<Moment> {
+        let slot = self.slots.get(worker.slot)?;
+        match worker.state {
+            WorkerState::Ready { since, .. } if slot.failures > 0 && worker.started_at >= slot.next_spawn => {
+                Some(since)
+            }
+            _ => None,
+        }
     }
 
     fn occupancy(&self) -> Occupancy {

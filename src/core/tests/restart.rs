@@ -16,17 +16,13 @@ fn a_crashed_worker_is_replaced_in_its_slot_at_once_the_first_time() {
     assert_eq!(spawns(&h.at(2100 * MS)), vec![1]);
 }
 
-#[test]
-fn backoff_doubles_per_failure_up_to_the_cap_then_resets_after_a_stable_run() {
-    let mut p = policy(1);
-    p.restart.max_restarts = 100;
-    let mut h = Harness::new(p);
-    h.start();
+/// Crashes the worker `victim` names, `n` times in a row, in slot 0; the
+/// delay before each respawn in ms (0: at once), the clock moved to it.
+fn respawn_delays(h: &mut Harness, n: usize, victim: impl Fn(&Harness) -> Pid) -> Vec<u128> {
     let mut delays = Vec::new();
-    for _ in 0..7 {
+    for _ in 0..n {
         let crashed_at = h.now;
-        let actions = h.exit(h.pid_of(0), ExitStatus::Code(1));
-        if spawns(&actions).is_empty() {
+        if spawns(&h.exit(victim(h), ExitStatus::Code(1))).is_empty() {
             let respawn = h.flock.next_deadline().unwrap();
             delays.push((respawn - crashed_at).as_millis());
             h.now = respawn;
@@ -35,6 +31,16 @@ fn backoff_doubles_per_failure_up_to_the_cap_then_resets_after_a_stable_run() {
             delays.push(0);
         }
     }
+    delays
+}
+
+#[test]
+fn backoff_doubles_per_failure_up_to_the_cap_then_resets_after_a_stable_run() {
+    let mut p = policy(1);
+    p.restart.max_restarts = 100;
+    let mut h = Harness::new(p);
+    h.start();
+    let delays = respawn_delays(&mut h, 7, |h| h.pid_of(0));
     assert_eq!(delays, vec![0, 100, 200, 400, 800, 1000, 1000]);
 
     // Ready for backoff_reset (10 s): the next crash starts from the bottom again.
@@ -468,4 +474,28 @@ fn a_scale_down_does_not_end_a_stretch_below_min_ready() {
     h.feed(Event::Request(Request::ScaleDown));
     assert_eq!(h.flock.ready_count(), 0);
     assert_eq!(h.flock.unhealthy.map(|u| u.0), Some(since), "the stretch goes on");
+}
+
+/// Found by the simulator (seed 3650559709271155169): a worker replaced
+/// for its memory serves on while its replacements start; that it has been
+/// ready for long says nothing of them, and must not clear the slot's
+/// backoff. It did, in every pass: replacements that crashed at boot were
+/// started again at once, again and again.
+#[test]
+fn replacements_that_keep_failing_beside_their_predecessor_back_off() {
+    let mut p = policy(1);
+    p.memory_limit = Some(100 << 20);
+    p.restart.max_restarts = 100;
+    let mut h = Harness::serving(p);
+    // Ready for longer than backoff_reset (10 s), then over its limit.
+    h.at(Duration::from_secs(20));
+    let old = h.pid_of(0);
+    let spawned = spawns(&h.feed(Event::Measured {
+        pid: old,
+        bytes: 300 << 20,
+    }));
+    assert_eq!(spawned, vec![0], "its replacement first");
+    let delays = respawn_delays(&mut h, 4, |h| h.newest());
+    assert_eq!(delays, vec![0, 100, 200, 400]);
+    assert_eq!(h.pid_of(0), old, "the old worker serves on meanwhile");
 }
