@@ -274,16 +274,23 @@ impl Flock {
 
     /// A retiring worker is stopped only once a ready replacement serves its slot.
     pub(super) fn stop_replaced(&mut self, now: Moment, actions: &mut Vec<Action>) {
-        let replacements: Vec<(usize, Pid)> = self
+        // Who serves, and whether for good. A worker ready for good replaces
+        // any retiring one of its slot; one itself retiring replaces those
+        // started before it: a replacement ready as a reload began is marked
+        // for the reload too, and must still take over from the worker it
+        // replaced, or the two hold the room the new generation needs.
+        let serving: Vec<(usize, Pid, Moment, bool)> = self
             .workers
             .iter()
-            .filter(|w| w.serves_for_good() && w.serves())
-            .map(|w| (w.slot, w.pid))
+            .filter(|w| w.serves())
+            .map(|w| (w.slot, w.pid, w.started_at, w.serves_for_good()))
             .collect();
         let signal = self.policy.stop_signal;
         for worker in &mut self.workers {
             if let Some(reason) = worker.retiring()
-                && let Some((_, new)) = replacements.iter().find(|(slot, _)| *slot == worker.slot)
+                && let Some((_, new, ..)) = serving.iter().find(|(slot, pid, started, for_good)| {
+                    *slot == worker.slot && *pid != worker.pid && (*for_good || *started > worker.started_at)
+                })
             {
                 info!(
                     "worker {} (pid {}) replaced by pid {new} ({reason}); sending {}",

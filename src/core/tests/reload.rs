@@ -468,3 +468,41 @@ fn an_astray_replacement_is_stopped_and_the_worker_it_was_to_replace_serves_on()
     all.extend(h.run_until(Duration::from_secs(3)));
     assert!(spawns(&all).contains(&0), "slot 0 tried again: {all:?}");
 }
+
+/// Found by the simulator (seed 3650559709271155169): a replacement (here
+/// for a worker over its memory limit) ready in the same pass as a reload
+/// request. The reload marked both for replacement, so neither replaced the
+/// other: the two filled `desired + max_surge`, the new generation had no
+/// room to start, and the reload waited for ever.
+#[test]
+fn a_replacement_ready_as_a_reload_begins_takes_over_and_the_reload_completes() {
+    let mut p = reload_policy(1);
+    p.memory_limit = Some(100 << 20);
+    let mut h = Harness::ready(p.clone());
+    h.at(Duration::from_secs(5));
+    let fat = h.pid_of(0);
+    let spawned = spawns(&h.feed(Event::Measured {
+        pid: fat,
+        bytes: 300 << 20,
+    }));
+    assert_eq!(spawned, vec![0], "its replacement first");
+    let replacement = h.newest();
+    let actions = h.feed_pass(vec![
+        Event::Message {
+            pid: replacement,
+            message: WorkerMessage::Ready,
+        },
+        Event::Request(Request::Reload {
+            ticket: 1,
+            policy: Box::new(p),
+            command: command_of(1),
+        }),
+    ]);
+    assert!(
+        signals(&actions).contains(&(fat, Signal::SIGTERM)),
+        "the worker over its limit is stopped, replaced: {actions:?}"
+    );
+    let done = ready_one_by_one(&mut h, 1);
+    assert_eq!(finished(&done).map(|f| (f.0, f.1)), Some((1, true)), "{done:?}");
+    assert_eq!(h.flock.generation(), 2);
+}
