@@ -5,8 +5,9 @@
 //! - the jitter is drawn once per worker, when it starts (not again at every
 //!   check, which collapses the spread);
 //! - recycles begin one at a time, at least `max_age / workers` apart, the
-//!   lowest slot first: a flock started together is spread out on its first
-//!   round and stays spread;
+//!   one due longest first (then the lowest slot): a flock started together
+//!   is spread out on its first round and stays spread, and no slot is
+//!   passed over;
 //! - each replacement is started first and within `max_surge`, on the same
 //!   path as memory recycling, and counted as a recycle, not a crash.
 
@@ -56,7 +57,9 @@ impl Flock {
         Some(max_age / self.desired.max(1) as u32)
     }
 
-    /// When the next recycle may begin, and whose: the lowest slot due.
+    /// When the next recycle may begin, and whose: the one due longest,
+    /// then the lowest slot. (The lowest slot first among all those the
+    /// spacing held back passed a higher slot over, round after round.)
     fn next_recycle(&self) -> Option<(Moment, usize)> {
         let spacing = self.recycle_spacing()?;
         let not_before = self.recycling.last_begun.map(|last| last + spacing);
@@ -64,9 +67,12 @@ impl Flock {
             .iter()
             .enumerate()
             .filter(|(_, w)| w.serves_for_good())
-            .filter_map(|(index, w)| Some((w.recycle_at?.max(not_before.unwrap_or(w.started_at)), w.slot, index)))
-            .min_by_key(|(at, slot, _)| (*at, *slot))
-            .map(|(at, _, index)| (at, index))
+            .filter_map(|(index, w)| {
+                let due = w.recycle_at?;
+                Some((due.max(not_before.unwrap_or(w.started_at)), due, w.slot, index))
+            })
+            .min_by_key(|(at, due, slot, _)| (*at, *due, *slot))
+            .map(|(at, .., index)| (at, index))
     }
 
     /// Marks the worker whose time has come for replacement, one per pass.

@@ -114,3 +114,38 @@ fn each_worker_draws_its_own_jitter() {
         assert!(at >= now + Duration::from_secs(60) && at < now + Duration::from_secs(120));
     }
 }
+
+/// Found by the simulator (seed 3650559709271155169, 5 workers): when the
+/// spacing holds recycles back, several workers are due at the same moment;
+/// the lowest slot went first, and each slot's next worker came due again
+/// in time to pass the highest slot over, round after round. The one due
+/// longest goes first.
+#[test]
+fn the_worker_due_longest_is_recycled_first() {
+    // Three workers, 10 s each, recycles at least 3.33 s apart.
+    let mut h = Harness::serving(aging(3, Duration::from_secs(10), Duration::ZERO));
+    // Slot 0's worker crashes at 2 s: its replacement is due at 12 s,
+    // slots 1 and 2 at 10 s.
+    h.exit(h.pid_of(0), ExitStatus::Code(1));
+    h.at(3000 * MS);
+    let (slot_0, slot_2) = (h.pid_of(0), h.pid_of(2));
+    // At 10 s slot 1 is recycled; then slot 2 (due at 10 s) and slot 0
+    // (due at 12 s) wait for the spacing, to 13.33 s.
+    h.run_until(Duration::from_secs(13) + 400 * MS);
+    let retiring: Vec<(usize, Pid)> = h
+        .flock
+        .workers()
+        .iter()
+        .filter(|w| {
+            matches!(
+                w.state,
+                WorkerState::Ready {
+                    retiring: Some(Retire::MaxAge),
+                    ..
+                }
+            )
+        })
+        .map(|w| (w.slot, w.pid))
+        .collect();
+    assert_eq!(retiring, vec![(2, slot_2)], "slot 0 (pid {slot_0}) is due later");
+}
