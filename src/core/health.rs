@@ -603,7 +603,8 @@ impl Flock {
     }
 
     /// The watchdog relay: WATCHDOG=1 at half systemd's interval, but after
-    /// READY only while the flock is healthy, so that systemd's
+    /// READY only while the flock is healthy (or below min_ready for less
+    /// than `ready_timeout`), so that systemd's
     /// `Restart=on-watchdog` takes over a flock sheepdog cannot heal. Before
     /// READY (TimeoutStartSec governs) and while stopping (TimeoutStopSec
     /// does) the pings go on.
@@ -614,7 +615,13 @@ impl Flock {
         }
         self.timers.next_watchdog = now + interval / 2;
         let starting = !self.announced_ready;
-        if starting || self.is_shutting_down() || self.is_on_track() {
+        // A dip below min_ready is given a replacement's time to get ready:
+        // one ping withheld already makes systemd's watchdog fire, and a
+        // single crash must not restart the whole service.
+        let healing = self
+            .unhealthy
+            .is_some_and(|(since, _)| now.saturating_duration_since(since) < self.policy.ready_timeout);
+        if starting || self.is_shutting_down() || self.is_on_track() || healing {
             if self.timers.withholding_watchdog {
                 info!("the flock is healthy again; resuming watchdog pings");
                 self.timers.withholding_watchdog = false;
