@@ -1,10 +1,12 @@
 //! A deterministic simulation of a flock's world, fed to the real core: a
 //! seeded world of workers that boot fast, slow or never, crash at boot or
 //! later, hang, leave on their own, say odd things, grow in memory, listen
-//! on a port of their own instead of the passed socket, and
-//! obey (or ignore) their stop signal; the operator's reloads (good, broken
-//! and refused), scales, stops (and a second stop while stopping) and
-//! in-place hand-overs; stalls of the loop. Every
+//! on a port of their own instead of the passed socket, answer pings over
+//! Node IPC, and obey (or ignore) their stop signal; recycling by age, and
+//! listeners shut down; the operator's reloads (good, broken and refused),
+//! scales, stops (and a second stop while stopping) and in-place hand-overs
+//! (and corrupt hand-over states); stalls of the loop, and passes at the
+//! very deadline the core gave. Every
 //! invariant of docs/reliability.md's "Invariants" is checked after every
 //! pass; a failure names its seed and step and replays from the seed
 //! (`SIM_FIRST=SEED SIM_SEEDS=1 SIM_TRACE=1`).
@@ -24,13 +26,26 @@
 //! worker (`a_scale_down_does_not_end_a_stretch_below_min_ready`); an astray
 //! replacement kept beside the worker it was to replace, holding the surge's
 //! place so that a later reload waited for ever (seed 13307182063533607681;
-//! `an_astray_replacement_is_stopped_and_the_worker_it_was_to_replace_serves_on`).
+//! `an_astray_replacement_is_stopped_and_the_worker_it_was_to_replace_serves_on`);
+//! replacements failing beside the worker they replace retried at once, as
+//! that worker's long readiness cleared the slot's backoff in every pass,
+//! and a replacement ready in the pass a reload began, marked for the reload
+//! with the worker it replaced, so that neither replaced the other and the
+//! reload waited for ever (both seed 3650559709271155169;
+//! `replacements_that_keep_failing_beside_their_predecessor_back_off`,
+//! `a_replacement_ready_as_a_reload_begins_takes_over_and_the_reload_completes`);
+//! the highest slot passed over by recycling round after round (the same
+//! seed; `the_worker_due_longest_is_recycled_first`); a watchdog ping
+//! withheld while one crashed worker's replacement booted, which is enough
+//! for systemd's watchdog to fire (seed 15;
+//! `a_crash_replaced_in_time_does_not_cost_a_watchdog_ping`).
 
 mod explore;
 
 use std::collections::{BTreeMap, VecDeque};
 
 use super::*;
+use crate::clock::MAX_OFFSET;
 use crate::core::flock::Phase;
 
 /// splitmix64: a small, seedable generator; the same seed, the same world.
@@ -70,6 +85,7 @@ const STALL: Duration = Duration::from_secs(9);
 #[derive(Debug, Clone, Copy)]
 struct Process {
     command: CommandId,
+    slot: usize,
     spawned_at: Moment,
     /// When it says it is ready; None: never.
     ready_at: Option<Moment>,
@@ -81,6 +97,8 @@ struct Process {
     signalled: bool,
     /// It said STOPPING=1 and leaves on its own.
     leaving: bool,
+    /// It asked to be replaced (WATCHDOG=trigger).
+    triggered: bool,
     memory: u64,
     /// It listens on a port of its own instead of the passed socket
     /// (`app.listen(3000)`): a look at it says so.
@@ -146,6 +164,32 @@ struct World {
     started_commands: std::collections::BTreeSet<CommandId>,
     /// When the loop would wake next, as the last pass left it.
     wake: Option<Moment>,
+    /// Workers pinged over Node IPC, to answer in the next pass.
+    pinged: std::collections::BTreeSet<Pid>,
+    /// The last watchdog ping, and since when the flock has been healthy
+    /// (or starting) with the loop on time.
+    last_watchdog: Moment,
+    on_time_and_healthy_since: Option<Moment>,
+    /// Since when fewer desired slots have been served than the minimum, as
+    /// seen after each pass; and the same clock started again by every pass
+    /// that changed the desired count or the minimum (the core may have
+    /// seen the flock healthy within such a pass, and started its own again).
+    below_since: Option<Moment>,
+    below_since_surely: Option<Moment>,
+    /// Per slot: failures in a row since a worker started after them got
+    /// ready (or a reload began: the new generation starts afresh), when
+    /// the last was seen, and the newest generation then.
+    streaks: BTreeMap<usize, (u32, Moment, u32)>,
+    /// When the last recycle by age began.
+    last_recycle: Option<Moment>,
+    /// The shell found the shared listener gone for good.
+    listener_lost: bool,
+    /// Workers whose queue is being drained: since when, and when the shell
+    /// reports it empty (never, for one that keeps its queue full).
+    draining: BTreeMap<Pid, (Moment, Option<Moment>)>,
+    /// Workers the last look at the CPUs allows to start in this pass past
+    /// a CPU's worth of starting ones.
+    load_allowance: usize,
 }
 
 /// What one pass did, for the checks.
@@ -166,6 +210,44 @@ struct Pass {
     second_stop: bool,
     /// The pass was set off by time alone (and heartbeats).
     events_were_time_only: bool,
+    /// Scale requests, in order, and the slots asked to be replaced.
+    scales: Vec<Request>,
+    replaces: Vec<usize>,
+    /// A reload was asked for in this pass (it changes the desired count).
+    reload_asked: bool,
+    /// The desired count when the pass began.
+    desired_before: usize,
+}
+
+impl Pass {
+    /// `command` is one of a reload under way when the pass began.
+    fn rolls(&self, command: CommandId) -> bool {
+        self.rolling.iter().any(|t| command == 100 + t || command == BROKEN + t)
+    }
+
+    /// A worker of a reload under way that ends before it is ready fails
+    /// the reload, not the flock.
+    fn aborts(&self, before: &BTreeMap<Pid, WorkerState>, pid: Pid, command: CommandId) -> bool {
+        !before.get(&pid).is_some_and(|s| matches!(s, WorkerState::Ready { .. })) && self.rolls(command)
+    }
+}
+
+/// The worker was stopping when the pass began.
+fn was_stopping(before: &BTreeMap<Pid, WorkerState>, pid: Pid) -> bool {
+    before
+        .get(&pid)
+        .is_some_and(|s| matches!(s, WorkerState::Stopping { .. }))
+}
+
+/// The worker was stopped for a failure in this pass.
+fn newly_failed(w: &Worker, before: &BTreeMap<Pid, WorkerState>) -> bool {
+    matches!(
+        w.state,
+        WorkerState::Stopping {
+            cause: StopCause::Failed(_),
+            ..
+        }
+    ) && !was_stopping(before, w.pid)
 }
 
 impl World {
@@ -186,6 +268,23 @@ impl World {
             1_000_000
         };
         policy.restart.window = Duration::from_secs(5 + rng.below(60));
+        // One seed in three asks Node workers for heartbeats over IPC
+        // (a ping each interval, any answer counts); the others' workers
+        // send them unasked (WATCHDOG=1).
+        if seed % 3 == 1 {
+            policy.channel = Channel::NodeIpc;
+        }
+        // Two in five recycle their workers by age.
+        if seed % 5 >= 3 {
+            policy.recycle = RecyclePolicy {
+                max_age: Some(Duration::from_secs(8 + rng.below(30))),
+                jitter: Duration::from_millis(rng.below(5_000)),
+            };
+        }
+        // One in two checks that the shared listeners still listen.
+        if seed % 2 == 1 {
+            policy.listener_check = Some(1000 * MS);
+        }
         World {
             seed,
             rng,
@@ -210,6 +309,16 @@ impl World {
             started_commands: std::collections::BTreeSet::new(),
             // The loop's first pass comes at once.
             wake: Some(T0),
+            pinged: std::collections::BTreeSet::new(),
+            last_watchdog: T0,
+            on_time_and_healthy_since: Some(T0),
+            below_since: None,
+            below_since_surely: None,
+            streaks: BTreeMap::new(),
+            last_recycle: None,
+            listener_lost: false,
+            draining: BTreeMap::new(),
+            load_allowance: 0,
         }
     }
 
@@ -223,18 +332,28 @@ impl World {
     /// One step: time passes, the world acts, the core sees it in one pass.
     fn step(&mut self) {
         self.steps += 1;
+        let until_wake = self.wake.map(|at| at.saturating_duration_since(self.now));
         let gap = match self.rng.below(100) {
             0 => STALL,
             1..=20 => Duration::ZERO,
+            // The loop woken by the deadline the core gave, on the dot.
+            21..=50 if until_wake.is_some_and(|d| d <= STALL) => until_wake.unwrap(),
             _ => Duration::from_millis(1 + self.rng.below(600)),
         };
+        // A gap longer than half the watchdog interval is the loop's own
+        // lateness: systemd could not have been pinged on time.
+        if self.policy.watchdog.is_some_and(|w| gap > w / 2) {
+            self.on_time_and_healthy_since = None;
+        }
         self.now += gap;
         let mut pass = Pass {
             rolling: self.unanswered.keys().copied().collect(),
             was_shutting_down: self.flock.is_shutting_down(),
+            desired_before: self.flock.desired(),
             ..Pass::default()
         };
         let events = self.world_events(&mut pass);
+        self.load_allowance = 0;
         // Now and then the flock is handed over, as an in-place upgrade
         // does: written as its state, read back, validated, carried on.
         if self.rng.one_in(500) {
@@ -269,7 +388,12 @@ impl World {
             twin.status_update();
         }
         if trace {
-            eprintln!("  -> {:?}", pass.actions);
+            eprintln!(
+                "  -> {:?}\n  workers: {}\n  unhealthy since {:?}",
+                pass.actions,
+                self.table().join("; "),
+                self.flock.unhealthy
+            );
         }
         self.check(&pass, &before);
         if pass.exit.is_some() {
@@ -288,14 +412,31 @@ impl World {
     fn world_events(&mut self, pass: &mut Pass) -> Vec<Event> {
         let mut events = Vec::new();
         let now = self.now;
+        let empty: Vec<Pid> = self
+            .draining
+            .iter()
+            .filter(|(_, (_, empty_at))| empty_at.is_some_and(|at| at <= now))
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in empty {
+            self.draining.remove(&pid);
+            events.push(Event::Drained { pid });
+        }
         let pids: Vec<Pid> = self.processes.keys().copied().collect();
         for pid in pids {
             let process = self.processes.get_mut(&pid).unwrap();
             if let Some((at, status)) = process.exits_at
                 && at <= now
             {
-                let (asked, command) = (process.signalled || process.leaving, process.command);
+                let (asked, command, slot) = (process.signalled || process.leaving, process.command, process.slot);
                 self.processes.remove(&pid);
+                self.draining.remove(&pid);
+                let state = self.flock.workers().iter().find(|w| w.pid == pid).map(|w| w.state);
+                let was_stopping = matches!(state, Some(WorkerState::Stopping { .. }));
+                let was_ready = matches!(state, Some(WorkerState::Ready { .. }));
+                if !asked && !was_stopping && !self.flock.is_shutting_down() && (was_ready || !pass.rolls(command)) {
+                    self.fail_in_a_row(slot);
+                }
                 pass.exited.push((pid, asked, command));
                 events.push(Event::Exited { pid, status });
                 continue;
@@ -303,7 +444,9 @@ impl World {
             let message = if !process.said_ready && process.ready_at.is_some_and(|at| at <= now) {
                 process.said_ready = true;
                 Some(WorkerMessage::Ready)
-            } else if process.said_ready && !process.hung {
+            } else if !process.hung
+                && (self.pinged.remove(&pid) || (process.said_ready && self.policy.channel != Channel::NodeIpc))
+            {
                 Some(WorkerMessage::Heartbeat)
             } else {
                 None
@@ -333,9 +476,17 @@ impl World {
                     pid,
                     message: WorkerMessage::ChannelClosed,
                 }),
+                14 => {
+                    process.triggered = true;
+                    events.push(Event::Message {
+                        pid,
+                        message: WorkerMessage::WatchdogTrigger,
+                    });
+                }
                 _ => {}
             }
         }
+        self.pinged.clear();
         if self.stops_asked == 1 && self.flock.is_shutting_down() && self.rng.one_in(8) {
             self.stops_asked += 1;
             pass.second_stop = true;
@@ -350,6 +501,7 @@ impl World {
                 self.next_ticket += 1;
                 let broken = self.rng.one_in(3);
                 self.unanswered.insert(ticket, now);
+                pass.reload_asked = true;
                 events.push(Event::Request(Request::Reload {
                     ticket,
                     policy: Box::new(policy),
@@ -366,17 +518,38 @@ impl World {
                     reason: "app.toml:1:1: workers: bad".into(),
                 }));
             }
-            3 => events.push(Event::Request(Request::Scale(1 + self.rng.below(4) as usize))),
+            3 => pass.scales.push(Request::Scale(1 + self.rng.below(4) as usize)),
+            7 => {
+                let slot = self.rng.below(4) as usize;
+                // What `sheepdog replace` is told: the worker that will be
+                // replaced, or why none is.
+                let serving = self
+                    .flock
+                    .workers()
+                    .iter()
+                    .find(|w| w.slot == slot && w.serves_for_good())
+                    .map(|w| w.pid);
+                match (self.flock.replaceable(slot), serving) {
+                    (Ok(pid), Some(serving)) if pid == serving => {}
+                    (Err(_), None) => {}
+                    (told, _) => self.fail(format!(
+                        "`replace {slot}` told {told:?}, and the worker ready for good there is {serving:?}"
+                    )),
+                }
+                pass.replaces.push(slot);
+                events.push(Event::Request(Request::Replace(slot)));
+            }
             // Rarely the operator stops the flock (systemctl stop), and now
             // and then asks again while it stops: then what is left is killed.
             6 if self.stops_asked == 0 && self.rng.one_in(40) => {
                 self.stops_asked += 1;
                 events.push(Event::Request(Request::Stop));
             }
-            4 => events.push(Event::Request(Request::ScaleUp)),
-            5 => events.push(Event::Request(Request::ScaleDown)),
+            4 => pass.scales.push(Request::ScaleUp),
+            5 => pass.scales.push(Request::ScaleDown),
             _ => {}
         }
+        events.extend(pass.scales.iter().cloned().map(Event::Request));
         events.push(Event::Tick);
         events
     }
@@ -423,6 +596,9 @@ impl World {
         if self.flock.is_shutting_down() {
             return;
         }
+        if self.rng.one_in(3) {
+            self.hand_over_corrupt();
+        }
         let state = super::snapshot::state_of(&self.flock, self.now)
             .unwrap_or_else(|why| self.fail(format!("no state: {why}")));
         let json = serde_json::to_string(&state).unwrap();
@@ -433,6 +609,85 @@ impl World {
         self.handed_over += 1;
         // The new binary's loop runs a pass as soon as it has the flock.
         self.wake = Some(self.now);
+    }
+
+    /// A state no config could give is refused as it is read (the new
+    /// binary hands back rather than crash or spin); one at the edge of
+    /// what a config gives is taken.
+    fn hand_over_corrupt(&mut self) {
+        let most = MAX_WORKERS as usize;
+        let zero = Duration::ZERO;
+        let mut bad = self.flock.clone();
+        let (what, refused) = match self.rng.below(14) {
+            0 => {
+                bad.desired = 0;
+                ("no workers desired", true)
+            }
+            1 => {
+                bad.desired = most + 1;
+                ("more workers desired than a config allows", true)
+            }
+            2 => {
+                bad.generation = 0;
+                ("generation 0", true)
+            }
+            3 => {
+                bad.newest_generation = bad.generation - 1;
+                ("a generation newer than the newest", true)
+            }
+            4 => {
+                bad.policy.memory_interval = zero;
+                ("a memory interval of zero", true)
+            }
+            5 => {
+                bad.policy.heartbeat = bad.policy.heartbeat.map(|h| HeartbeatPolicy { interval: zero, ..h });
+                ("a heartbeat interval of zero", true)
+            }
+            6 => {
+                bad.policy.watchdog = Some(MAX_OFFSET + Duration::from_secs(1));
+                ("a watchdog interval longer than the clock holds", true)
+            }
+            7 => {
+                bad.policy.recycle.max_age = Some(zero);
+                ("a max_age of zero", true)
+            }
+            8 => {
+                bad.policy.listener_check = Some(zero);
+                ("a listener check of zero", true)
+            }
+            9 => {
+                bad.budget.per_second = 0.5;
+                ("a spawn budget of half a spawn a second", true)
+            }
+            10 if bad.workers.len() >= 2 => {
+                bad.workers[1].pid = bad.workers[0].pid;
+                ("a pid twice", true)
+            }
+            10 if !bad.workers.is_empty() => {
+                bad.workers[0].pid = 1;
+                ("a worker with pid 1", true)
+            }
+            11 => {
+                bad.slots.resize(2 * most + 1, bad.slots[0].clone());
+                ("more slots than can be", true)
+            }
+            12 => {
+                bad.slots.resize(2 * most, bad.slots[0].clone());
+                ("as many slots as can be", false)
+            }
+            _ => {
+                bad.desired = most;
+                ("as many workers desired as a config allows", false)
+            }
+        };
+        let Ok(state) = super::snapshot::state_of(&bad, self.now) else {
+            return;
+        };
+        match (super::snapshot::restore(state, self.now), refused) {
+            (Ok(_), true) => self.fail(format!("a hand-over state with {what} was taken")),
+            (Err(why), false) => self.fail(format!("a hand-over state with {what} was refused: {why}")),
+            _ => {}
+        }
     }
 
     fn compare_twin(&self, actions: &[Action], twin: Option<Vec<Action>>) {
@@ -451,6 +706,8 @@ impl World {
     fn perform(&mut self, action: Action, pass: &mut Pass) -> Vec<Event> {
         match action {
             Action::Spawn(order) => {
+                self.check_backoff(order.slot);
+                self.check_load(order.slot);
                 self.next_pid += 1;
                 let pid = self.next_pid;
                 self.started_commands.insert(order.command);
@@ -465,12 +722,14 @@ impl World {
                     pid,
                     Process {
                         command: order.command,
+                        slot: order.slot,
                         spawned_at: self.now,
                         ready_at: boot.map(|b| self.now + b),
                         said_ready: false,
                         hung: false,
                         signalled: false,
                         leaving: false,
+                        triggered: false,
                         memory: LEAN,
                         astray: self.rng.one_in(40),
                         exits_at: crash_at_boot.then_some((self.now + 50 * MS, ExitStatus::Code(1))),
@@ -487,6 +746,20 @@ impl World {
                     self.fail(format!("{signal:?} sent to pid {pid}, which is no live worker"));
                 };
                 process.signalled = true;
+                // A worker being drained gets its stop signal once its queue
+                // is empty, or once the drain limit has passed (at a stop,
+                // at once: no other worker takes its connections).
+                if let Some((since, _)) = self.draining.remove(&pid)
+                    && signal != Signal::SIGKILL
+                    && !self.flock.is_shutting_down()
+                    && self.now - since < self.drain_limit()
+                {
+                    self.fail(format!(
+                        "pid {pid} sent {signal:?} {:?} into its drain, its queue not empty",
+                        self.now - since
+                    ));
+                }
+                let process = self.processes.get_mut(&pid).unwrap();
                 let (at, status) = if signal == Signal::SIGKILL {
                     (self.now, ExitStatus::Signaled(Signal::SIGKILL))
                 } else if self.rng.one_in(10) {
@@ -504,7 +777,17 @@ impl World {
                 }
                 Vec::new()
             }
-            Action::Drain { pid } => vec![Event::Drained { pid }],
+            Action::Drain { pid } => {
+                // Most queues are empty at once; some take a while, a few
+                // never empty (a flood of connections).
+                let empty_at = match self.rng.below(10) {
+                    0..=6 => return vec![Event::Drained { pid }],
+                    7 | 8 => Some(self.now + Duration::from_millis(self.rng.below(4_000))),
+                    _ => None,
+                };
+                self.draining.insert(pid, (self.now, empty_at));
+                Vec::new()
+            }
             Action::Measure { pids, .. } => pids
                 .into_iter()
                 .map(|pid| Event::Measured {
@@ -520,8 +803,47 @@ impl World {
                     })
                     .collect(),
             )],
-            Action::SampleLoad => vec![Event::LoadSampled { runnable: 0 }],
-            Action::CheckListeners => vec![Event::QueuesSampled(Vec::new())],
+            Action::SampleLoad => {
+                // The starting workers keep the CPUs busy one time in four.
+                let cpus = self.flock.policy().cpus;
+                let runnable = if self.rng.one_in(4) { cpus } else { 0 };
+                self.load_allowance = if runnable < cpus { cpus } else { 0 };
+                vec![Event::LoadSampled { runnable }]
+            }
+            Action::CheckListeners => {
+                let mut found = vec![Event::QueuesSampled(Vec::new())];
+                // Now and then the shell finds a listener shut down: made
+                // to listen again, or lost for good (the service is down).
+                match self.rng.below(20_000) {
+                    0 => {
+                        self.listener_lost = true;
+                        found.push(Event::ListenersChecked {
+                            recovered: Vec::new(),
+                            lost: vec!["fd 3 (127.0.0.1:8080) was shut down and cannot listen again".into()],
+                        });
+                    }
+                    1..=3 => found.push(Event::ListenersChecked {
+                        recovered: vec!["fd 3 (127.0.0.1:8080) was shut down; listening again".into()],
+                        lost: Vec::new(),
+                    }),
+                    _ => {}
+                }
+                found
+            }
+            Action::Ping { pid, .. } => {
+                if !self.processes.contains_key(&pid) {
+                    self.fail(format!("pid {pid} pinged, which is no live worker"));
+                }
+                if self.policy.channel != Channel::NodeIpc {
+                    self.fail(format!("pid {pid} pinged over IPC, which the policy does not use"));
+                }
+                self.pinged.insert(pid);
+                Vec::new()
+            }
+            Action::Notify(Upward::Watchdog) => {
+                self.last_watchdog = self.now;
+                Vec::new()
+            }
             Action::Notify(Upward::Ready) if !self.started => {
                 self.started = true;
                 let ready = self.flock.ready_count();
@@ -543,7 +865,7 @@ impl World {
                 pass.exit = Some((code, reason));
                 Vec::new()
             }
-            Action::Ping { .. } | Action::Notify(_) | Action::ReleaseCommand(_) => Vec::new(),
+            Action::Notify(_) | Action::ReleaseCommand(_) => Vec::new(),
         }
     }
 
@@ -568,11 +890,15 @@ impl World {
             .map(|w| {
                 let astray = self.processes.get(&w.pid).is_some_and(|p| p.astray);
                 format!(
-                    "slot {} pid {} gen {} {:?} astray {astray}",
-                    w.slot, w.pid, w.generation, w.state
+                    "slot {} pid {} gen {} {:?} astray {astray} recycle at {:?}",
+                    w.slot, w.pid, w.generation, w.state, w.recycle_at
                 )
             })
             .collect()
+    }
+
+    fn drain_limit(&self) -> Duration {
+        crate::core::flock::DRAIN_LIMIT.min(self.flock.policy().stop_timeout)
     }
 
     fn min_ready(&self) -> usize {
@@ -611,7 +937,14 @@ impl World {
                 table.join("\n  ")
             ));
         }
-        self.check_punishments(before);
+        self.check_punishments(pass, before);
+        self.check_requests(pass, before);
+        self.check_streaks(pass, before);
+        self.check_recycling(before);
+        self.check_watchdog_alive(pass);
+        if self.listener_lost && !self.flock.is_shutting_down() {
+            self.fail("the shared listener is lost for good, and the flock runs on".into());
+        }
         self.check_reloads(pass);
         self.check_reload_blame(pass, before);
         if running {
@@ -641,12 +974,17 @@ impl World {
         }
     }
 
-    /// No watchdog ping while the flock is unhealthy, once it started
-    /// (before READY=1 systemd's start timeout rules, while stopping its
-    /// stop timeout): at least the minimum ready, or on their way in slots
-    /// that never failed. Judged on the state that decided the ping.
+    /// No watchdog ping once the flock has been unhealthy for
+    /// `ready_timeout` (a replacement's time to get ready), after it
+    /// started (before READY=1 systemd's start timeout rules, while
+    /// stopping its stop timeout): at least the minimum ready, or on their
+    /// way in slots that never failed. Judged on the state that decided the
+    /// ping.
     fn check_watchdog(&self) {
-        if !self.started || self.flock.is_shutting_down() {
+        let given_up = self
+            .below_since_surely
+            .is_some_and(|since| self.now - since >= self.policy.ready_timeout);
+        if !self.started || self.flock.is_shutting_down() || !given_up {
             return;
         }
         let slots = &self.flock.slots;
@@ -661,10 +999,255 @@ impl World {
         }
     }
 
+    /// What the operator and the workers ask for is done in their pass: a
+    /// worker that asks to be replaced (WATCHDOG=trigger) is stopped; a
+    /// ready worker the operator asks to replace is marked for it; the
+    /// desired count follows scale requests (one at least, a reload aside).
+    fn check_requests(&self, pass: &Pass, before: &BTreeMap<Pid, WorkerState>) {
+        if self.flock.is_shutting_down() || pass.was_shutting_down {
+            return;
+        }
+        for w in self.flock.workers() {
+            if self.processes[&w.pid].triggered && !w.is_stopping() {
+                self.fail(format!("pid {} asked to be replaced, and is not stopped", w.pid));
+            }
+        }
+        let ready_before = |w: &&Worker| matches!(before.get(&w.pid), Some(WorkerState::Ready { retiring: None, .. }));
+        if !pass.reload_asked
+            && let Some(w) = self
+                .flock
+                .workers()
+                .iter()
+                .filter(ready_before)
+                .find(|w| pass.replaces.contains(&w.slot) && w.serves_for_good())
+        {
+            self.fail(format!(
+                "pid {} of slot {} asked to be replaced, and is not",
+                w.pid, w.slot
+            ));
+        }
+        let reload_ended = pass.actions.iter().any(|a| matches!(a, Action::ReloadFinished { .. }));
+        if pass.scales.is_empty() || pass.reload_asked || reload_ended {
+            return;
+        }
+        let expected = pass
+            .scales
+            .iter()
+            .fold(pass.desired_before, |desired, scale| match scale {
+                Request::ScaleUp => desired + 1,
+                Request::ScaleDown => desired.saturating_sub(1).max(1),
+                Request::Scale(n) => *n,
+                _ => desired,
+            });
+        if self.flock.desired() != expected {
+            self.fail(format!(
+                "{:?} from {} workers, and {} are desired",
+                pass.scales,
+                pass.desired_before,
+                self.flock.desired()
+            ));
+        }
+    }
+
+    /// Failures in a row of a slot: one more now.
+    fn fail_in_a_row(&mut self, slot: usize) {
+        let (now, newest) = (self.now, self.flock.newest_generation);
+        let streak = self.streaks.entry(slot).or_insert((0, now, newest));
+        let failures = if streak.2 == newest { streak.0 } else { 0 };
+        *streak = (failures + 1, now, newest);
+        if std::env::var_os("SIM_TRACE").is_some() {
+            eprintln!("  world: slot {slot} failed {} in a row", failures + 1);
+        }
+    }
+
+    /// A slot's failures in a row: workers stopped for a failure this
+    /// pass count (their exits were counted as they came); a worker started
+    /// after the last of them and ready ends the streak.
+    fn check_streaks(&mut self, pass: &Pass, before: &BTreeMap<Pid, WorkerState>) {
+        // A reload begun in the pass starts every slot afresh; whether a
+        // failure came before or after it within the pass is not known here.
+        if self.flock.is_shutting_down() || pass.reload_asked {
+            return;
+        }
+        let failed: Vec<usize> = self
+            .flock
+            .workers()
+            .iter()
+            .filter(|w| newly_failed(w, before) && !pass.aborts(before, w.pid, self.processes[&w.pid].command))
+            .map(|w| w.slot)
+            .collect();
+        for slot in failed {
+            self.fail_in_a_row(slot);
+        }
+        let newest = self.flock.newest_generation;
+        self.streaks.retain(|_, (.., generation)| *generation == newest);
+        for w in self.flock.workers() {
+            if w.is_ready()
+                && let Some((_, last, _)) = self.streaks.get(&w.slot)
+                && self.processes[&w.pid].spawned_at >= *last
+            {
+                self.streaks.remove(&w.slot);
+            }
+        }
+    }
+
+    /// Past a CPU's worth of starting workers, more start only as many as
+    /// the last look at the CPUs (in this pass) found idle.
+    fn check_load(&mut self, slot: usize) {
+        let floor = self.flock.policy().cpus.max(2);
+        let starting = self.flock.workers().iter().filter(|w| w.is_starting()).count();
+        if starting < floor {
+            return;
+        }
+        if self.load_allowance == 0 {
+            self.fail(format!(
+                "slot {slot} started with {starting} starting already, and the CPUs busy or not looked at"
+            ));
+        }
+        self.load_allowance -= 1;
+    }
+
+    /// A slot is refilled no sooner than its backoff allows: after `n`
+    /// failures in a row, `backoff(n - 1)` after the last.
+    fn check_backoff(&self, slot: usize) {
+        let Some(&(failures, last, generation)) = self.streaks.get(&slot) else {
+            return;
+        };
+        if generation != self.flock.newest_generation {
+            return;
+        }
+        let wait = backoff(&self.policy.restart, failures - 1);
+        if self.now < last + wait {
+            self.fail(format!(
+                "slot {slot} refilled {:?} after its failure {failures} in a row; its backoff is {wait:?}",
+                self.now - last
+            ));
+        }
+    }
+
+    /// Recycling by age: no worker before its `max_age`, no two begun
+    /// closer than `max_age / workers`, and none left waiting: while a
+    /// worker is surely due (past `max_age` and the whole jitter) and the
+    /// spacing allows, each pass begins a recycle.
+    fn check_recycling(&mut self, before: &BTreeMap<Pid, WorkerState>) {
+        let recycle = self.policy.recycle;
+        let Some(max_age) = recycle.max_age else { return };
+        let spacing = max_age / self.flock.desired() as u32;
+        let aged = |s: &WorkerState| {
+            matches!(
+                s,
+                WorkerState::Ready {
+                    retiring: Some(Retire::MaxAge),
+                    ..
+                }
+            )
+        };
+        let last = self.last_recycle;
+        let mut begun = false;
+        for w in self.flock.workers() {
+            if !aged(&w.state) || before.get(&w.pid).is_some_and(aged) {
+                continue;
+            }
+            let age = self.now - self.processes[&w.pid].spawned_at;
+            if age < max_age {
+                self.fail(format!("pid {} recycled at {age:?}, younger than {max_age:?}", w.pid));
+            }
+            if let Some(last) = last
+                && self.now - last < spacing
+            {
+                self.fail(format!(
+                    "pid {} recycled {:?} after the last, closer than {spacing:?}",
+                    w.pid,
+                    self.now - last
+                ));
+            }
+            begun = true;
+            self.last_recycle = Some(self.now);
+        }
+        // A recycle the world did not see begin (its worker gone in the same
+        // pass) still spaces the next.
+        let last = last.max(self.flock.recycling.last_begun);
+        let spaced = last.is_none_or(|at| self.now - at >= spacing);
+        let settled = self.unanswered.is_empty() && !self.flock.is_shutting_down();
+        let due =
+            self.flock.workers().iter().find(|w| {
+                w.serves_for_good() && self.now - self.processes[&w.pid].spawned_at >= max_age + recycle.jitter
+            });
+        if let Some(w) = due
+            && spaced
+            && settled
+            && !begun
+        {
+            self.fail(format!(
+                "pid {} is due to be recycled ({:?} old), the last recycle began at {last:?}, and none begins",
+                w.pid,
+                self.now - self.processes[&w.pid].spawned_at
+            ));
+        }
+    }
+
+    /// Unless the flock has been unhealthy for `ready_timeout` (or stops),
+    /// and while the loop is on time, systemd is pinged at least every
+    /// watchdog interval: a dip that heals in time does not make systemd's
+    /// watchdog fire.
+    fn check_watchdog_alive(&mut self, pass: &Pass) {
+        // Unhealthy: fewer desired slots served than the minimum.
+        let mut served: Vec<usize> = self
+            .flock
+            .workers()
+            .iter()
+            .filter(|w| w.serves() && w.slot < self.flock.desired())
+            .map(|w| w.slot)
+            .collect();
+        served.sort_unstable();
+        served.dedup();
+        // Below when the pass began, or at its end (a ping is decided
+        // within it, on the state then).
+        let was_below = self.below_since;
+        let reshaped = pass.reload_asked
+            || !pass.scales.is_empty()
+            || self.flock.desired() != pass.desired_before
+            || pass.actions.iter().any(|a| matches!(a, Action::ReloadFinished { .. }));
+        if served.len() >= self.min_ready() || self.flock.is_shutting_down() {
+            self.below_since = None;
+            self.below_since_surely = None;
+        } else {
+            self.below_since.get_or_insert(self.now);
+            if reshaped {
+                self.below_since_surely = Some(self.now);
+            } else {
+                self.below_since_surely.get_or_insert(self.now);
+            }
+        }
+        let Some(interval) = self.policy.watchdog else { return };
+        let given_up = [was_below, self.below_since]
+            .iter()
+            .flatten()
+            .any(|since| self.now - *since >= self.policy.ready_timeout);
+        if self.flock.is_shutting_down() || (self.started && given_up) {
+            self.on_time_and_healthy_since = None;
+            return;
+        }
+        let serving = served.len();
+        let since = *self.on_time_and_healthy_since.get_or_insert(self.now);
+        let silent = self.now.saturating_duration_since(since.max(self.last_watchdog));
+        if silent > interval {
+            self.fail(format!(
+                "healthy and on time since {since:?}, and no watchdog ping since {:?}: {serving} serve, {} ready, \
+                 {} needed; below since {:?} (the core: {:?})",
+                self.last_watchdog,
+                self.flock.ready_count(),
+                self.min_ready(),
+                self.below_since,
+                self.flock.unhealthy
+            ));
+        }
+    }
+
     /// A worker that did what it should in time is never stopped for a
     /// failure, whatever the loop's delays: hung only if it hung, not ready
     /// in time only if it was not, over the limit only if it was.
-    fn check_punishments(&self, before: &BTreeMap<Pid, WorkerState>) {
+    fn check_punishments(&self, pass: &Pass, before: &BTreeMap<Pid, WorkerState>) {
         let ready_timeout = self.policy.ready_timeout;
         for w in self.flock.workers() {
             let process = &self.processes[&w.pid];
@@ -676,9 +1259,9 @@ impl World {
                     cause
                 }
                 WorkerState::Ready {
-                    retiring: Some(Retire::MemoryLimit),
+                    retiring: Some(retire @ (Retire::MemoryLimit | Retire::Requested)),
                     ..
-                } => StopCause::Replaced(Retire::MemoryLimit),
+                } if was != Some(&w.state) => StopCause::Replaced(retire),
                 _ => continue,
             };
             let unfair = match punished {
@@ -692,6 +1275,17 @@ impl World {
                             .is_some_and(|at| at <= process.spawned_at + ready_timeout)
                 }
                 StopCause::Replaced(Retire::MemoryLimit) => process.memory <= LIMIT,
+                StopCause::Replaced(Retire::Requested) => {
+                    let marked = matches!(
+                        was,
+                        Some(WorkerState::Ready {
+                            retiring: Some(Retire::Requested),
+                            ..
+                        })
+                    );
+                    !marked && !pass.replaces.contains(&w.slot)
+                }
+                StopCause::Failed(Failure::Triggered) => !process.triggered,
                 _ => false,
             };
             if unfair {
@@ -756,15 +1350,7 @@ impl World {
             }
             let exited = pass.exited.iter().any(|(_, _, c)| commands.contains(c));
             let failed = self.flock.workers().iter().any(|w| {
-                matches!(
-                    w.state,
-                    WorkerState::Stopping {
-                        cause: StopCause::Failed(_),
-                        ..
-                    }
-                ) && !before
-                    .get(&w.pid)
-                    .is_some_and(|s| matches!(s, WorkerState::Stopping { .. }))
+                newly_failed(w, before)
                     && self
                         .processes
                         .get(&w.pid)
@@ -799,6 +1385,24 @@ impl World {
             ));
         }
         self.wake = self.flock.next_deadline();
+        if let Some(at) = self.wake
+            && at <= self.now
+        {
+            self.fail(format!(
+                "the next deadline, {at:?}, is not after the pass at {:?}: the loop would spin",
+                self.now
+            ));
+        }
+        if let Some((pid, (since, _))) = self
+            .draining
+            .iter()
+            .find(|(_, (since, _))| self.now - *since >= self.drain_limit())
+        {
+            self.fail(format!(
+                "pid {pid} has been draining for {:?}, and is not told to stop",
+                self.now - *since
+            ));
+        }
         let timeout = self.flock.policy().stop_timeout;
         for w in self.flock.workers() {
             if let WorkerState::Stopping {
@@ -842,36 +1446,18 @@ impl World {
         if pass.was_shutting_down {
             return;
         }
-        let was_stopping = |pid: &Pid| {
-            before
-                .get(pid)
-                .is_some_and(|s| matches!(s, WorkerState::Stopping { .. }))
-        };
-        // A worker of a reload under way that ends before it is ready fails
-        // the reload, not the flock.
-        let aborts = |pid: &Pid, command: CommandId| {
-            !before.get(pid).is_some_and(|s| matches!(s, WorkerState::Ready { .. }))
-                && pass.rolling.iter().any(|t| command == 100 + t || command == BROKEN + t)
-        };
         let newly_failed = self
             .flock
             .workers()
             .iter()
-            .filter(|w| {
-                matches!(
-                    w.state,
-                    WorkerState::Stopping {
-                        cause: StopCause::Failed(_),
-                        ..
-                    }
-                )
-            })
-            .filter(|w| !was_stopping(&w.pid) && !aborts(&w.pid, self.processes[&w.pid].command))
+            .filter(|w| newly_failed(w, before) && !pass.aborts(before, w.pid, self.processes[&w.pid].command))
             .count();
         let unrequested = pass
             .exited
             .iter()
-            .filter(|(pid, asked, command)| !asked && !was_stopping(pid) && !aborts(pid, *command))
+            .filter(|(pid, asked, command)| {
+                !asked && !was_stopping(before, *pid) && !pass.aborts(before, *pid, *command)
+            })
             .count();
         let failures = newly_failed + unrequested;
         if failures > 0 && std::env::var_os("SIM_TRACE").is_some() {
@@ -901,7 +1487,7 @@ impl World {
             Phase::ShuttingDown { reason, .. } => Some(reason.clone()),
             Phase::Running => None,
         };
-        if self.stops_asked > 0 {
+        if self.stops_asked > 0 || self.listener_lost {
             return;
         }
         match (&crash_loop, too_many || long_unhealthy) {
