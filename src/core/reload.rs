@@ -252,16 +252,18 @@ impl Flock {
     /// A replacement found listening on a port of its own will never serve:
     /// it is stopped as a failed start (its slot tried again after its
     /// backoff) rather than kept beside the worker it was to replace, which
-    /// serves on, and would hold the surge's place for ever.
+    /// serves on, and would hold the surge's place for ever. So is one marked
+    /// for a reload that began as it got ready: it is still the newer of the
+    /// two.
     pub(super) fn stop_astray_replacements(&mut self, now: Moment, actions: &mut Vec<Action>) {
         let astray: Vec<Pid> = self
             .workers
             .iter()
-            .filter(|w| w.serves_for_good() && w.inspected && !w.listens_itself.is_empty())
+            .filter(|w| w.is_ready() && !w.is_stopping() && w.inspected && !w.listens_itself.is_empty())
             .filter(|w| {
                 self.workers
                     .iter()
-                    .any(|old| old.slot == w.slot && old.pid != w.pid && old.retiring().is_some())
+                    .any(|old| old.slot == w.slot && old.started_at < w.started_at && old.retiring().is_some())
             })
             .map(|w| w.pid)
             .collect();
