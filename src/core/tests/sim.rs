@@ -163,8 +163,10 @@ struct World {
     stopped: u64,
     /// Every command a worker was started with.
     started_commands: std::collections::BTreeSet<CommandId>,
-    /// When the loop would wake next, as the last pass left it.
+    /// When the loop would wake next, as the last pass left it; when that
+    /// pass was.
     wake: Option<Moment>,
+    last_pass: Moment,
     /// Workers pinged over Node IPC, to answer in the next pass.
     pinged: std::collections::BTreeSet<Pid>,
     /// The last watchdog ping, and since when the flock has been healthy
@@ -208,6 +210,8 @@ struct Pass {
     exited: Vec<(Pid, bool, CommandId)>,
     /// Those of them that exited with a code (not killed by a signal).
     crashed: Vec<Pid>,
+    /// Their slots.
+    slot_of: BTreeMap<Pid, usize>,
     /// Reloads under way when the pass began: a worker of theirs that
     /// fails before it is ready aborts its reload, and is no crash.
     rolling: Vec<u64>,
@@ -300,6 +304,7 @@ impl World {
             started_commands: std::collections::BTreeSet::new(),
             // The loop's first pass comes at once.
             wake: Some(T0),
+            last_pass: T0,
             pinged: std::collections::BTreeSet::new(),
             last_watchdog: T0,
             on_time_and_healthy_since: Some(T0),
@@ -432,6 +437,7 @@ impl World {
                     self.fail_in_a_row(slot);
                 }
                 pass.exited.push((pid, asked, command));
+                pass.slot_of.insert(pid, slot);
                 pass.crashed
                     .extend(matches!(status, ExitStatus::Code(_)).then_some(pid));
                 events.push(Event::Exited { pid, status });
@@ -623,7 +629,7 @@ impl World {
         let most = MAX_WORKERS as usize;
         let zero = Duration::ZERO;
         let mut bad = self.flock.clone();
-        let (what, refused) = match self.rng.below(14) {
+        let (what, refused) = match self.rng.below(15) {
             0 => {
                 bad.desired = 0;
                 ("no workers desired", true)
@@ -679,6 +685,10 @@ impl World {
             12 => {
                 bad.slots.resize(2 * most, bad.slots[0].clone());
                 ("as many slots as can be", false)
+            }
+            13 => {
+                bad.budget.per_second = 1.0;
+                ("a spawn budget of one spawn a second", false)
             }
             _ => {
                 bad.desired = most;

@@ -52,7 +52,9 @@ impl World {
         self.check_reload_blame(pass, before);
         if running {
             self.check_slots();
+            self.check_refilled_at_once(pass, before);
         }
+        self.last_pass = self.now;
         self.check_crash_loops(pass, before);
         self.check_wake_and_kill(pass);
         if pass.second_stop
@@ -176,8 +178,25 @@ impl World {
             return;
         }
         for w in self.flock.workers() {
-            if self.processes[&w.pid].triggered && !w.is_stopping() {
+            let process = &self.processes[&w.pid];
+            if process.triggered && !w.is_stopping() {
                 self.fail(format!("pid {} asked to be replaced, and is not stopped", w.pid));
+            }
+            // STOPPING=1: it leaves, and is taken for leaving.
+            if process.leaving && !w.is_stopping() {
+                self.fail(format!("pid {} said it is stopping, and is not taken for it", w.pid));
+            }
+            // A worker is marked for a reload only while one rolls.
+            if self.flock.rollout.is_none()
+                && matches!(
+                    w.state,
+                    WorkerState::Ready {
+                        retiring: Some(Retire::Reload),
+                        ..
+                    }
+                )
+            {
+                self.fail(format!("pid {} is marked for a reload, and none is under way", w.pid));
             }
         }
         let ready_before = |w: &&Worker| matches!(before.get(&w.pid), Some(WorkerState::Ready { retiring: None, .. }));
@@ -603,6 +622,41 @@ impl World {
             let since = *self.empty_since.entry(slot).or_insert(self.now);
             if self.now - since > bound {
                 self.fail(format!("slot {slot} has waited {:?} for a worker", self.now - since));
+            }
+        }
+    }
+
+    /// The backoff is cleared by a long good run: a worker ready for
+    /// `backoff_reset` (seen so by a pass before this one) that then ends on
+    /// its own has its slot refilled in the same pass, whatever failures
+    /// came before it (the load gate aside).
+    fn check_refilled_at_once(&self, pass: &Pass, before: &BTreeMap<Pid, WorkerState>) {
+        let starting = self.flock.workers().iter().filter(|w| w.is_starting()).count();
+        if starting >= self.flock.policy().cpus.max(2) {
+            return;
+        }
+        let reset_after = self.policy.restart.backoff_reset;
+        for (pid, asked, _) in &pass.exited {
+            let slot = pass.slot_of[pid];
+            let Some(WorkerState::Ready { since, .. }) = before.get(pid) else {
+                continue;
+            };
+            let long_run = *since + reset_after <= self.last_pass;
+            // Its own end is the first of a streak (those before it were
+            // cleared when it, started after them, got ready).
+            let started_after_failures = self
+                .streaks
+                .get(&slot)
+                .is_none_or(|(failures, last, _)| *failures == 1 && *last == self.now);
+            if *asked || !long_run || !started_after_failures || slot >= self.flock.desired() {
+                continue;
+            }
+            let filled = self.flock.workers().iter().any(|w| w.slot == slot && !w.is_stopping());
+            if !filled {
+                self.fail(format!(
+                    "pid {pid} ran well for {:?} and ended; slot {slot} is not refilled at once",
+                    self.now - *since
+                ));
             }
         }
     }
