@@ -402,7 +402,10 @@ fn the_watchdog_relay_pings_while_healthy_and_stops_when_no_worker_can_be() {
             break;
         }
         nth += 1;
-        assert!(nth < 20, "replacements keep failing, and no later than the pings stopped");
+        assert!(
+            nth < 20,
+            "replacements keep failing, and no later than the pings stopped"
+        );
     }
     let late_pings = notify
         .messages
