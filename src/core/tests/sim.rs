@@ -228,6 +228,8 @@ struct Pass {
     second_stop: bool,
     /// The pass was set off by time alone (and heartbeats).
     events_were_time_only: bool,
+    /// More than one event but heartbeats and ticks in the pass.
+    busy: bool,
     /// Scale requests, in order, and the slots asked to be replaced.
     scales: Vec<Request>,
     replaces: Vec<usize>,
@@ -364,6 +366,20 @@ impl World {
         if self.rng.one_in(500) {
             self.hand_over();
         }
+        pass.busy = events
+            .iter()
+            .filter(|e| {
+                !matches!(
+                    e,
+                    Event::Tick
+                        | Event::Message {
+                            message: WorkerMessage::Heartbeat,
+                            ..
+                        }
+                )
+            })
+            .count()
+            > 1;
         pass.events_were_time_only = events.iter().all(|e| {
             matches!(
                 e,
@@ -531,15 +547,14 @@ impl World {
                 let slot = self.rng.below(4) as usize;
                 // What `sheepdog replace` is told: the worker that will be
                 // replaced, or why none is.
-                let serving = self
-                    .flock
-                    .workers()
-                    .iter()
-                    .find(|w| w.slot == slot && w.serves_for_good())
-                    .map(|w| w.pid);
+                let workers = self.flock.workers().iter().filter(|w| w.slot == slot);
+                let serving = workers.clone().find(|w| w.serves_for_good()).map(|w| w.pid);
+                let replaced = workers.clone().any(|w| w.retiring().is_some());
                 match (self.flock.replaceable(slot), serving) {
                     (Ok(pid), Some(serving)) if pid == serving => {}
                     (Err(_), None) => {}
+                    // A slot being replaced already: one at a time.
+                    (Err(_), Some(_)) if replaced => {}
                     (told, _) => self.fail(format!(
                         "`replace {slot}` told {told:?}, and the worker ready for good there is {serving:?}"
                     )),

@@ -106,16 +106,16 @@ impl World {
 
     /// What the flock says is true: the metrics count every worker that
     /// ended (but those stopped at a shutdown), and as crashes those that
-    /// ended on their own with an exit code. (With two exits read in one
-    /// pass, the first may stop the other before its own exit is read, by a
-    /// reload aborted or a crash loop: then the other counts as stopped, or
-    /// at a shutdown not at all.) `/readyz`'s reason is given exactly when
+    /// ended on their own with an exit code. (With other events read in the
+    /// same pass, one of them may stop the worker before its exit is read,
+    /// by a reload aborted or a crash loop: then it counts as stopped, or at
+    /// a shutdown not at all.) `/readyz`'s reason is given exactly when
     /// fewer than the minimum are ready, and says a worker listens on a port
     /// of its own only of one that does.
     fn check_said(&mut self, pass: &Pass, before: &BTreeMap<Pid, WorkerState>) {
         for (pid, ..) in &pass.exited {
             let Some(state) = before.get(pid) else { continue };
-            if pass.exited.len() > 1 {
+            if pass.busy {
                 self.ends_among_others += 1;
             }
             match state {
@@ -128,7 +128,7 @@ impl World {
                     let crashed = u64::from(pass.crashed.contains(pid));
                     self.ended += 1;
                     self.crashes += crashed;
-                    if pass.exited.len() > 1 {
+                    if pass.busy {
                         self.crashes_among_others += crashed;
                     }
                 }
@@ -143,7 +143,7 @@ impl World {
         {
             self.fail(format!(
                 "the metrics count {ended} ended and {crashes} crashes; {} ended, {} of them crashes ({} and {} in \
-                 a pass with other exits)",
+                 a pass with other events)",
                 self.ended, self.crashes, self.ends_among_others, self.crashes_among_others
             ));
         }
