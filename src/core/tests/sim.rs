@@ -410,10 +410,15 @@ impl World {
         }
         if trace {
             eprintln!(
-                "  -> {:?}\n  workers: {}\n  unhealthy since {:?}",
+                "  -> {:?}\n  workers: {}\n  unhealthy since {:?}\n  slots: {:?}",
                 pass.actions,
                 self.table().join("; "),
-                self.flock.unhealthy
+                self.flock.unhealthy,
+                self.flock
+                    .slots
+                    .iter()
+                    .map(|s| (s.failures, s.next_spawn))
+                    .collect::<Vec<_>>()
             );
         }
         self.check(&pass, &before);

@@ -256,16 +256,27 @@ impl World {
     /// pass count (their exits were counted as they came); a worker started
     /// after the last of them and ready ends the streak.
     fn check_streaks(&mut self, pass: &Pass, before: &BTreeMap<Pid, WorkerState>) {
-        // A reload begun in the pass starts every slot afresh; whether a
-        // failure came before or after it within the pass is not known here.
-        if self.flock.is_shutting_down() || pass.reload_asked {
+        if self.flock.is_shutting_down() {
             return;
         }
+        // A reload begun in the pass starts every slot afresh: failures the
+        // pass's messages brought (read before the request) are wiped, those
+        // its deadlines found (judged after it) count.
+        let judged_after = |w: &Worker| {
+            matches!(
+                w.state,
+                WorkerState::Stopping {
+                    cause: StopCause::Failed(Failure::Hung | Failure::NotReadyInTime),
+                    ..
+                }
+            )
+        };
         let failed: Vec<usize> = self
             .flock
             .workers()
             .iter()
             .filter(|w| newly_failed(w, before) && !pass.aborts(before, w.pid, self.processes[&w.pid].command))
+            .filter(|w| !pass.reload_asked || judged_after(w))
             .map(|w| w.slot)
             .collect();
         for slot in failed {
