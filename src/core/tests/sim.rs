@@ -230,6 +230,8 @@ struct Pass {
     events_were_time_only: bool,
     /// More than one event but heartbeats and ticks in the pass.
     busy: bool,
+    /// Workers that said they are ready in this pass.
+    said_ready: Vec<Pid>,
     /// Scale requests, in order, and the slots asked to be replaced.
     scales: Vec<Request>,
     replaces: Vec<usize>,
@@ -246,9 +248,11 @@ impl Pass {
     }
 
     /// A worker of a reload under way that ends before it is ready fails
-    /// the reload, not the flock.
+    /// the reload, not the flock (one that said it is ready earlier in the
+    /// same pass was ready by then).
     fn aborts(&self, before: &BTreeMap<Pid, WorkerState>, pid: Pid, command: CommandId) -> bool {
-        !before.get(&pid).is_some_and(|s| matches!(s, WorkerState::Ready { .. })) && self.rolls(command)
+        let ready = before.get(&pid).is_some_and(|s| matches!(s, WorkerState::Ready { .. }));
+        !ready && !self.said_ready.contains(&pid) && self.rolls(command)
     }
 }
 
@@ -472,6 +476,7 @@ impl World {
             }
             let message = if !process.said_ready && process.ready_at.is_some_and(|at| at <= now) {
                 process.said_ready = true;
+                pass.said_ready.push(pid);
                 Some(WorkerMessage::Ready)
             } else if !process.hung
                 && (self.pinged.remove(&pid) || (process.said_ready && self.policy.channel != Channel::NodeIpc))
