@@ -167,6 +167,8 @@ struct World {
     stopped: u64,
     /// Every command a worker was started with.
     started_commands: std::collections::BTreeSet<CommandId>,
+    /// Per slot, when a worker of it last ended or was told to stop.
+    trouble: BTreeMap<usize, Moment>,
     /// When the loop would wake next, as the last pass left it; when that
     /// pass was.
     wake: Option<Moment>,
@@ -216,7 +218,7 @@ struct Pass {
     /// Those of them that exited with a code (not killed by a signal).
     crashed: Vec<Pid>,
     /// Their slots.
-    slot_of: BTreeMap<Pid, usize>,
+    slot_of: BTreeMap<Pid, (usize, Moment)>,
     /// Reloads under way when the pass began: a worker of theirs that
     /// fails before it is ready aborts its reload, and is no crash.
     rolling: Vec<u64>,
@@ -316,6 +318,7 @@ impl World {
             // The loop's first pass comes at once.
             wake: Some(T0),
             last_pass: T0,
+            trouble: BTreeMap::new(),
             pinged: std::collections::BTreeSet::new(),
             last_watchdog: T0,
             on_time_and_healthy_since: Some(T0),
@@ -458,7 +461,12 @@ impl World {
             if let Some((at, status)) = process.exits_at
                 && at <= now
             {
-                let (asked, command, slot) = (process.signalled || process.leaving, process.command, process.slot);
+                let (asked, command, slot, spawned_at) = (
+                    process.signalled || process.leaving,
+                    process.command,
+                    process.slot,
+                    process.spawned_at,
+                );
                 self.processes.remove(&pid);
                 self.draining.remove(&pid);
                 let state = self.flock.workers().iter().find(|w| w.pid == pid).map(|w| w.state);
@@ -468,7 +476,7 @@ impl World {
                     self.fail_in_a_row(slot);
                 }
                 pass.exited.push((pid, asked, command));
-                pass.slot_of.insert(pid, slot);
+                pass.slot_of.insert(pid, (slot, spawned_at));
                 pass.crashed
                     .extend(matches!(status, ExitStatus::Code(_)).then_some(pid));
                 events.push(Event::Exited { pid, status });

@@ -643,28 +643,43 @@ impl World {
     }
 
     /// The backoff is cleared by a long good run: a worker ready for
-    /// `backoff_reset` (seen so by a pass before this one) that then ends on
-    /// its own has its slot refilled in the same pass, whatever failures
-    /// came before it (the load gate aside).
-    fn check_refilled_at_once(&self, pass: &Pass, before: &BTreeMap<Pid, WorkerState>) {
+    /// `backoff_reset` (seen so by a pass before this one), alone in its
+    /// slot since it started, that then ends on its own has its slot
+    /// refilled in the same pass, whatever failures came before it (the
+    /// load gate aside).
+    fn check_refilled_at_once(&mut self, pass: &Pass, before: &BTreeMap<Pid, WorkerState>) {
+        self.check_refilled(pass, before);
+        for (slot, _) in pass.slot_of.values() {
+            self.trouble.insert(*slot, self.now);
+        }
+        let stopped: Vec<usize> = self
+            .flock
+            .workers()
+            .iter()
+            .filter(|w| w.is_stopping() && !was_stopping(before, w.pid))
+            .map(|w| w.slot)
+            .collect();
+        for slot in stopped {
+            self.trouble.insert(slot, self.now);
+        }
+    }
+
+    fn check_refilled(&self, pass: &Pass, before: &BTreeMap<Pid, WorkerState>) {
         let starting = self.flock.workers().iter().filter(|w| w.is_starting()).count();
         if starting >= self.flock.policy().cpus.max(2) {
             return;
         }
         let reset_after = self.policy.restart.backoff_reset;
         for (pid, asked, _) in &pass.exited {
-            let slot = pass.slot_of[pid];
+            let (slot, spawned_at) = pass.slot_of[pid];
             let Some(WorkerState::Ready { since, .. }) = before.get(pid) else {
                 continue;
             };
             let long_run = *since + reset_after <= self.last_pass;
-            // Its own end is the first of a streak (those before it were
-            // cleared when it, started after them, got ready).
-            let started_after_failures = self
-                .streaks
-                .get(&slot)
-                .is_none_or(|(failures, last, _)| *failures == 1 && *last == self.now);
-            if *asked || !long_run || !started_after_failures || slot >= self.flock.desired() {
+            // The failures before it started were cleared once it had been
+            // ready that long; none came after.
+            let alone = self.trouble.get(&slot).is_none_or(|at| *at < spawned_at);
+            if *asked || !long_run || !alone || slot >= self.flock.desired() {
                 continue;
             }
             let filled = self.flock.workers().iter().any(|w| w.slot == slot && !w.is_stopping());
