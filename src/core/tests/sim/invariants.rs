@@ -678,7 +678,13 @@ impl World {
             let long_run = *since + reset_after <= self.last_pass;
             // The failures before it started were cleared once it had been
             // ready that long; none came after.
-            let alone = self.trouble.get(&slot).is_none_or(|at| *at < spawned_at);
+            let siblings = self
+                .flock
+                .workers()
+                .iter()
+                .any(|w| w.slot == slot && self.processes[&w.pid].spawned_at < self.now)
+                || pass.slot_of.iter().any(|(other, (s, _))| other != pid && *s == slot);
+            let alone = !siblings && self.trouble.get(&slot).is_none_or(|at| *at < spawned_at);
             if *asked || !long_run || !alone || slot >= self.flock.desired() {
                 continue;
             }
