@@ -290,8 +290,8 @@ impl Flock {
         let signal = self.policy.stop_signal;
         for worker in &mut self.workers {
             if let Some(reason) = worker.retiring()
-                && let Some((_, new, ..)) = serving.iter().find(|(slot, pid, started, for_good)| {
-                    *slot == worker.slot && *pid != worker.pid && (*for_good || *started > worker.started_at)
+                && let Some((_, new, ..)) = serving.iter().find(|(slot, _, started, for_good)| {
+                    *slot == worker.slot && (*for_good || *started > worker.started_at)
                 })
             {
                 info!(

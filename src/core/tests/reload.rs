@@ -475,8 +475,10 @@ fn an_astray_replacement_is_stopped_and_the_worker_it_was_to_replace_serves_on()
 /// request. The reload marked both for replacement, so neither replaced the
 /// other: the two filled `desired + max_surge`, the new generation had no
 /// room to start, and the reload waited for ever.
-#[test]
-fn a_replacement_ready_as_a_reload_begins_takes_over_and_the_reload_completes() {
+/// A flock of one worker over its memory limit whose replacement (listening
+/// on `own_port`, if any) says it is ready in the pass a reload begins: the
+/// pass's actions, the old worker and the replacement.
+fn replacement_ready_as_a_reload_begins(own_port: Option<&str>) -> (Harness, Vec<Action>, Pid, Pid) {
     let mut p = reload_policy(1);
     p.memory_limit = Some(100 << 20);
     let mut h = Harness::ready(p.clone());
@@ -488,6 +490,9 @@ fn a_replacement_ready_as_a_reload_begins_takes_over_and_the_reload_completes() 
     }));
     assert_eq!(spawned, vec![0], "its replacement first");
     let replacement = h.newest();
+    if let Some(port) = own_port {
+        h.astray.insert(replacement, vec![port.into()]);
+    }
     let actions = h.feed_pass(vec![
         Event::Message {
             pid: replacement,
@@ -499,6 +504,12 @@ fn a_replacement_ready_as_a_reload_begins_takes_over_and_the_reload_completes() 
             command: command_of(1),
         }),
     ]);
+    (h, actions, fat, replacement)
+}
+
+#[test]
+fn a_replacement_ready_as_a_reload_begins_takes_over_and_the_reload_completes() {
+    let (mut h, actions, fat, _) = replacement_ready_as_a_reload_begins(None);
     assert!(
         signals(&actions).contains(&(fat, Signal::SIGTERM)),
         "the worker over its limit is stopped, replaced: {actions:?}"
@@ -515,28 +526,7 @@ fn a_replacement_ready_as_a_reload_begins_takes_over_and_the_reload_completes() 
 /// surge's place, and the reload (and every recycle) waited for ever.
 #[test]
 fn an_astray_replacement_ready_as_a_reload_begins_is_stopped_and_the_reload_completes() {
-    let mut p = reload_policy(1);
-    p.memory_limit = Some(100 << 20);
-    let mut h = Harness::ready(p.clone());
-    h.at(Duration::from_secs(5));
-    let fat = h.pid_of(0);
-    h.feed(Event::Measured {
-        pid: fat,
-        bytes: 300 << 20,
-    });
-    let replacement = h.newest();
-    h.astray.insert(replacement, vec!["0.0.0.0:3000".into()]);
-    let actions = h.feed_pass(vec![
-        Event::Message {
-            pid: replacement,
-            message: WorkerMessage::Ready,
-        },
-        Event::Request(Request::Reload {
-            ticket: 1,
-            policy: Box::new(p),
-            command: command_of(1),
-        }),
-    ]);
+    let (mut h, actions, _, replacement) = replacement_ready_as_a_reload_begins(Some("0.0.0.0:3000"));
     assert!(
         signals(&actions).iter().any(|(pid, _)| *pid == replacement),
         "the astray replacement is stopped: {actions:?}"
